@@ -1,0 +1,106 @@
+//! The grant feed: what the control plane tells proxies about users, grants
+//! and pending requests. In `serve` it travels in-process; the same types
+//! will travel over the network to remote proxies.
+
+use serde::{Deserialize, Serialize};
+
+/// Milliseconds since the Unix epoch: the feed's one clock unit.
+pub type UnixMillis = i64;
+
+/// An engineer as a proxy needs to know them: a name and a SCRAM verifier.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserEntry {
+    /// Login name, as typed in `user=`.
+    pub name: String,
+    /// `SCRAM-SHA-256$<iter>:<salt>$<StoredKey>:<ServerKey>`, as PostgreSQL stores it.
+    pub scram_verifier: String,
+}
+
+/// Why a grant stopped early.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revocation {
+    /// Who revoked it.
+    pub by: String,
+    /// Their reason, if any.
+    pub reason: Option<String>,
+    /// When.
+    pub at: UnixMillis,
+}
+
+/// One grant: `user` may use `role` on `resource` from `starts_at` until `expires_at`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantEntry {
+    /// Grant id, e.g. `grt_3f9a1c2b7d4e`.
+    pub id: String,
+    /// The request it came from.
+    pub request_id: String,
+    /// Engineer.
+    pub user: String,
+    /// Resource name from the config.
+    pub resource: String,
+    /// Role name from the resource's `roles`.
+    pub role: String,
+    /// Start of validity (approval time or the scheduled start).
+    pub starts_at: UnixMillis,
+    /// The deadline.
+    pub expires_at: UnixMillis,
+    /// Set once the grant is revoked.
+    pub revoked: Option<Revocation>,
+}
+
+/// A request still waiting for approval, so a proxy can say "pending" instead of "no grant".
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingEntry {
+    /// Request id, e.g. `req_3f9a1c2b7d4e`.
+    pub request_id: String,
+    /// Engineer.
+    pub user: String,
+    /// Resource name.
+    pub resource: String,
+    /// Requested role.
+    pub role: String,
+}
+
+/// One change to what proxies hold.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum FeedEvent {
+    /// A user was added or their verifier changed.
+    User(UserEntry),
+    /// A user was removed; their sessions may no longer start.
+    UserRemoved {
+        /// Login name.
+        name: String,
+    },
+    /// A grant was created, extended or revoked (an upsert by id).
+    Grant(GrantEntry),
+    /// A request was made and awaits approval.
+    Pending(PendingEntry),
+    /// A pending request was decided, cancelled or expired.
+    PendingClosed {
+        /// Request id.
+        request_id: String,
+    },
+}
+
+/// A change with its position in the feed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedChange {
+    /// Strictly increasing per control plane.
+    pub revision: u64,
+    /// What changed.
+    pub event: FeedEvent,
+}
+
+/// Everything a proxy needs to start enforcing, as of `revision`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedSnapshot {
+    /// Changes with a revision at or below this are already included.
+    pub revision: u64,
+    /// All users.
+    pub users: Vec<UserEntry>,
+    /// Live and scheduled grants, and recently ended ones (so refusals can say "expired"/"revoked").
+    pub grants: Vec<GrantEntry>,
+    /// Pending requests.
+    pub pending: Vec<PendingEntry>,
+}

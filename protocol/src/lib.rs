@@ -1,0 +1,11 @@
+//! Sans-I/O wire formats for Portcullis: PostgreSQL frontend/backend messages,
+//! SCRAM-SHA-256, durations, and the grant feed types that `control` publishes
+//! and `proxy` follows. No sockets and no async runtime live here.
+#![forbid(unsafe_code)]
+
+pub mod duration;
+pub mod feed;
+pub mod pg;
+pub mod scram;
+pub mod secret;
+pub mod sessions;

@@ -1,0 +1,9 @@
+//! PostgreSQL wire protocol v3, sans-I/O: framing, the startup packet, the
+//! messages the proxy writes itself, and the few it must read.
+
+pub mod backend;
+pub mod boundary;
+pub mod error;
+pub mod frontend;
+pub mod message;
+pub mod startup;
