@@ -1,0 +1,171 @@
+//! The JSON shapes of docs/API.md. Times are RFC 3339 UTC with milliseconds;
+//! durations in answers are whole seconds. No shape carries a secret.
+
+use portcullis_protocol::feed::UnixMillis;
+use portcullis_protocol::sessions::SessionInfo;
+use serde::Serialize;
+
+use crate::model::{Approval, Grant, Request, User};
+use crate::time::rfc3339;
+
+/// `User`.
+#[derive(Serialize)]
+pub(crate) struct UserView {
+    name: String,
+    groups: Vec<String>,
+    admin: bool,
+    created_at: String,
+}
+
+impl From<User> for UserView {
+    fn from(u: User) -> Self {
+        UserView {
+            name: u.name,
+            groups: u.groups,
+            admin: u.admin,
+            created_at: rfc3339(u.created_at),
+        }
+    }
+}
+
+/// `User` plus `token`: the answer of `POST /v1/users`, the only one with a token.
+#[derive(Serialize)]
+pub(crate) struct NewUserView {
+    #[serde(flatten)]
+    pub user: UserView,
+    pub token: String,
+}
+
+/// One approval of a request.
+#[derive(Serialize)]
+struct ApprovalView {
+    by: String,
+    comment: Option<String>,
+    at: String,
+}
+
+impl From<Approval> for ApprovalView {
+    fn from(a: Approval) -> Self {
+        ApprovalView {
+            by: a.by,
+            comment: a.comment,
+            at: rfc3339(a.at),
+        }
+    }
+}
+
+/// `Request`.
+#[derive(Serialize)]
+pub(crate) struct RequestView {
+    id: String,
+    user: String,
+    resource: String,
+    role: String,
+    state: &'static str,
+    reason: Option<String>,
+    duration_s: i64,
+    created_at: String,
+    start_at: Option<String>,
+    decided_at: Option<String>,
+    decided_by: Option<String>,
+    decision_reason: Option<String>,
+    approvals: Vec<ApprovalView>,
+    approvals_required: u32,
+    grant_id: Option<String>,
+    auto_approved: bool,
+}
+
+impl From<Request> for RequestView {
+    fn from(r: Request) -> Self {
+        RequestView {
+            id: r.id,
+            user: r.user,
+            resource: r.resource,
+            role: r.role,
+            state: r.state.as_str(),
+            reason: r.reason,
+            duration_s: r.duration_ms / 1000,
+            created_at: rfc3339(r.created_at),
+            start_at: r.start_at.map(rfc3339),
+            decided_at: r.decided_at.map(rfc3339),
+            decided_by: r.decided_by,
+            decision_reason: r.decision_reason,
+            approvals: r.approvals.into_iter().map(ApprovalView::from).collect(),
+            approvals_required: r.approvals_required,
+            grant_id: r.grant_id,
+            auto_approved: r.auto_approved,
+        }
+    }
+}
+
+/// `Grant`, its state as of `now`.
+#[derive(Serialize)]
+pub(crate) struct GrantView {
+    id: String,
+    request_id: String,
+    user: String,
+    resource: String,
+    role: String,
+    starts_at: String,
+    expires_at: String,
+    duration_s: i64,
+    state: &'static str,
+    revoked_at: Option<String>,
+    revoked_by: Option<String>,
+    revoke_reason: Option<String>,
+}
+
+impl GrantView {
+    /// The view of `g` at `now`.
+    pub(crate) fn at(g: Grant, now: UnixMillis) -> GrantView {
+        let state = g.state(now).as_str();
+        let (revoked_at, revoked_by, revoke_reason) = match g.revoked {
+            Some(r) => (Some(rfc3339(r.at)), Some(r.by), r.reason),
+            None => (None, None, None),
+        };
+        GrantView {
+            id: g.id,
+            request_id: g.request_id,
+            user: g.user,
+            resource: g.resource,
+            role: g.role,
+            starts_at: rfc3339(g.starts_at),
+            expires_at: rfc3339(g.expires_at),
+            duration_s: g.expires_at.saturating_sub(g.starts_at) / 1000,
+            state,
+            revoked_at,
+            revoked_by,
+            revoke_reason,
+        }
+    }
+}
+
+/// `Session`.
+#[derive(Serialize)]
+pub(crate) struct SessionView {
+    id: String,
+    user: String,
+    resource: String,
+    role: String,
+    protocol: String,
+    grant_id: String,
+    started_at: String,
+    bytes_in: u64,
+    bytes_out: u64,
+}
+
+impl From<SessionInfo> for SessionView {
+    fn from(s: SessionInfo) -> Self {
+        SessionView {
+            id: s.id,
+            user: s.user,
+            resource: s.resource,
+            role: s.role,
+            protocol: s.protocol,
+            grant_id: s.grant_id,
+            started_at: rfc3339(s.started_at),
+            bytes_in: s.bytes_in,
+            bytes_out: s.bytes_out,
+        }
+    }
+}

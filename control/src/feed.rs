@@ -1,0 +1,180 @@
+//! The `FeedHub`: what proxies follow. It keeps a mirror of everything a proxy
+//! holds (users, recent grants, pending requests) and a broadcast of changes.
+//! Each change gets the next revision and is applied to the mirror and sent
+//! under one lock, so a subscriber that subscribes first and then takes a
+//! snapshot can skip every change at or below the snapshot's revision.
+
+use std::collections::BTreeMap;
+use std::sync::{Mutex, PoisonError};
+
+use portcullis_protocol::feed::{FeedChange, FeedEvent, FeedSnapshot, GrantEntry, PendingEntry, UnixMillis, UserEntry};
+use tokio::sync::broadcast;
+
+/// How many changes a slow subscriber may fall behind before it must resync.
+const CAPACITY: usize = 4096;
+
+/// How long ended grants stay in snapshots, so a proxy that starts later can
+/// still say "expired" or "revoked" rather than "no grant".
+pub(crate) const RECENT_MS: i64 = 24 * 3600 * 1000;
+
+/// The grant feed: a snapshot and a stream of changes, in commit order.
+pub struct FeedHub {
+    mirror: Mutex<Mirror>,
+    changes: broadcast::Sender<FeedChange>,
+}
+
+#[derive(Default)]
+struct Mirror {
+    revision: u64,
+    users: BTreeMap<String, UserEntry>,
+    grants: BTreeMap<String, GrantEntry>,
+    pending: BTreeMap<String, PendingEntry>,
+}
+
+impl Mirror {
+    fn apply(&mut self, event: &FeedEvent) {
+        match event {
+            FeedEvent::User(u) => {
+                self.users.insert(u.name.clone(), u.clone());
+            }
+            FeedEvent::UserRemoved { name } => {
+                self.users.remove(name);
+            }
+            FeedEvent::Grant(g) => {
+                self.grants.insert(g.id.clone(), g.clone());
+            }
+            FeedEvent::Pending(p) => {
+                self.pending.insert(p.request_id.clone(), p.clone());
+            }
+            FeedEvent::PendingClosed { request_id } => {
+                self.pending.remove(request_id);
+            }
+        }
+    }
+}
+
+/// When a grant stopped (or will stop) admitting sessions.
+fn ended_at(g: &GrantEntry) -> UnixMillis {
+    g.revoked.as_ref().map_or(g.expires_at, |r| r.at.min(g.expires_at))
+}
+
+impl FeedHub {
+    /// A hub at revision 0 holding what the store holds now.
+    pub(crate) fn new(users: Vec<UserEntry>, grants: Vec<GrantEntry>, pending: Vec<PendingEntry>) -> FeedHub {
+        let mirror = Mirror {
+            revision: 0,
+            users: users.into_iter().map(|u| (u.name.clone(), u)).collect(),
+            grants: grants.into_iter().map(|g| (g.id.clone(), g)).collect(),
+            pending: pending.into_iter().map(|p| (p.request_id.clone(), p)).collect(),
+        };
+        let (changes, _) = broadcast::channel(CAPACITY);
+        FeedHub {
+            mirror: Mutex::new(mirror),
+            changes,
+        }
+    }
+
+    /// Everything a proxy needs, as of the returned revision. Ended grants are
+    /// kept for a day, then dropped.
+    pub fn snapshot(&self) -> FeedSnapshot {
+        let horizon = crate::time::now().saturating_sub(RECENT_MS);
+        let mut m = self.mirror.lock().unwrap_or_else(PoisonError::into_inner);
+        // Pruning here keeps the mirror bounded without a background task.
+        m.grants.retain(|_, g| ended_at(g) >= horizon);
+        FeedSnapshot {
+            revision: m.revision,
+            users: m.users.values().cloned().collect(),
+            grants: m.grants.values().cloned().collect(),
+            pending: m.pending.values().cloned().collect(),
+        }
+    }
+
+    /// Changes from now on. Subscribe before taking a snapshot, then skip
+    /// changes whose revision is at or below the snapshot's.
+    pub fn subscribe(&self) -> broadcast::Receiver<FeedChange> {
+        self.changes.subscribe()
+    }
+
+    /// The revision of the last change published.
+    pub fn revision(&self) -> u64 {
+        self.mirror.lock().unwrap_or_else(PoisonError::into_inner).revision
+    }
+
+    /// Publishes changes that were just committed, in order. Callers publish
+    /// while still holding the store, so revisions follow commit order.
+    pub(crate) fn publish(&self, events: Vec<FeedEvent>) {
+        if events.is_empty() {
+            return;
+        }
+        let mut m = self.mirror.lock().unwrap_or_else(PoisonError::into_inner);
+        for event in events {
+            m.revision += 1;
+            m.apply(&event);
+            // No subscriber is fine: the mirror still has the change for the next snapshot.
+            let _ = self.changes.send(FeedChange {
+                revision: m.revision,
+                event,
+            });
+        }
+    }
+}
+
+impl std::fmt::Debug for FeedHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FeedHub").field("revision", &self.revision()).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(id: &str) -> FeedEvent {
+        FeedEvent::Pending(PendingEntry {
+            request_id: id.to_owned(),
+            user: "alice".to_owned(),
+            resource: "orders".to_owned(),
+            role: "read".to_owned(),
+        })
+    }
+
+    #[test]
+    fn revisions_increase_in_publish_order_and_snapshots_line_up() {
+        let hub = FeedHub::new(Vec::new(), Vec::new(), Vec::new());
+        let mut rx = hub.subscribe();
+        hub.publish(vec![pending("req_1"), pending("req_2")]);
+        let snap = hub.snapshot();
+        hub.publish(vec![FeedEvent::PendingClosed {
+            request_id: "req_1".to_owned(),
+        }]);
+        assert_eq!(snap.revision, 2);
+        assert_eq!(snap.pending.len(), 2);
+        let got: Vec<u64> = std::iter::from_fn(|| rx.try_recv().ok()).map(|c| c.revision).collect();
+        assert_eq!(got, vec![1, 2, 3]);
+        // A follower skips what its snapshot already holds.
+        assert_eq!(got.iter().filter(|r| **r > snap.revision).count(), 1);
+        assert_eq!(hub.snapshot().pending.len(), 1);
+    }
+
+    #[test]
+    fn long_ended_grants_leave_the_snapshot() {
+        let now = crate::time::now();
+        let grant = |id: &str, expires_at| GrantEntry {
+            id: id.to_owned(),
+            request_id: format!("req_{id}"),
+            user: "alice".to_owned(),
+            resource: "orders".to_owned(),
+            role: "read".to_owned(),
+            starts_at: 0,
+            expires_at,
+            revoked: None,
+        };
+        let hub = FeedHub::new(
+            Vec::new(),
+            vec![grant("old", now - RECENT_MS - 1000), grant("live", now + 60_000)],
+            Vec::new(),
+        );
+        let ids: Vec<String> = hub.snapshot().grants.into_iter().map(|g| g.id).collect();
+        assert_eq!(ids, vec!["live".to_owned()]);
+    }
+}

@@ -1,0 +1,122 @@
+//! Portcullis control plane: users, resources and policies, the request and
+//! approval workflow, grants, history, the HTTP API (docs/API.md) and the
+//! grant feed that proxies follow.
+#![forbid(unsafe_code)]
+
+mod api;
+mod bootstrap;
+mod catalog;
+mod error;
+mod feed;
+mod ids;
+mod metrics;
+mod model;
+mod settings;
+mod store;
+mod time;
+mod token;
+mod workflow;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use portcullis_protocol::sessions::SessionDirectory;
+
+pub use error::ControlError;
+pub use feed::FeedHub;
+pub use settings::{AutoApprove, ControlSettings, Policy, Principals, ReasonRule, ResourceKind, ResourceSettings};
+
+use crate::catalog::Catalog;
+use crate::metrics::Metrics;
+use crate::store::{Store, grants, requests, users};
+use crate::workflow::Workflow;
+
+/// The control plane of one process: the store, the workflow and the feed.
+pub struct Control {
+    workflow: Workflow,
+    gateways: Arc<api::Gateways>,
+    data_dir: PathBuf,
+}
+
+impl Control {
+    /// Checks the resources, opens (or creates) the store in `data_dir`,
+    /// creates `admin` on first start, and registers metrics on `registry`.
+    pub async fn open(
+        settings: ControlSettings,
+        registry: &prometheus::Registry,
+    ) -> Result<Arc<Control>, ControlError> {
+        let catalog = Arc::new(Catalog::new(settings.resources)?);
+        let metrics = Metrics::register(registry)?;
+        let data_dir = settings.data_dir;
+        let dir = data_dir.clone();
+        let (store, feed) = tokio::task::spawn_blocking(move || open_blocking(&dir)).await??;
+        metrics
+            .feed_revision
+            .set(i64::try_from(feed.revision()).unwrap_or(i64::MAX));
+        Ok(Arc::new(Control {
+            workflow: Workflow {
+                store,
+                catalog,
+                feed: Arc::new(feed),
+                metrics,
+            },
+            gateways: Arc::new(api::Gateways {
+                postgres: settings.gateway_postgres,
+                ssh: settings.gateway_ssh,
+            }),
+            data_dir,
+        }))
+    }
+
+    /// The grant feed: a snapshot and the changes after it.
+    pub fn feed(&self) -> &FeedHub {
+        &self.workflow.feed
+    }
+
+    /// Where the built-in admin's token was written on first start.
+    pub fn admin_token_path(&self) -> PathBuf {
+        self.data_dir.join(bootstrap::TOKEN_FILE)
+    }
+
+    /// The HTTP API of docs/API.md, with `/metrics` serving `registry`.
+    pub fn router(&self, sessions: Arc<dyn SessionDirectory>, registry: prometheus::Registry) -> axum::Router {
+        api::router(api::AppState {
+            workflow: self.workflow.clone(),
+            sessions,
+            registry,
+            gateways: Arc::clone(&self.gateways),
+        })
+    }
+}
+
+impl std::fmt::Debug for Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Control")
+            .field("data_dir", &self.data_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Creates the directory, opens the store, creates `admin` if needed, and
+/// loads what proxies need into a fresh feed.
+fn open_blocking(data_dir: &Path) -> Result<(Store, FeedHub), ControlError> {
+    std::fs::create_dir_all(data_dir).map_err(|source| ControlError::DataDir {
+        path: data_dir.to_path_buf(),
+        source,
+    })?;
+    let store = Store::open_blocking(&store::path_in(data_dir))?;
+    bootstrap::ensure_admin(&store, data_dir)?;
+    let feed = store.with_blocking(|conn| -> Result<FeedHub, ControlError> {
+        let since = time::now().saturating_sub(feed::RECENT_MS);
+        let grants = grants::ended_after(conn, since)?
+            .iter()
+            .map(model::Grant::entry)
+            .collect();
+        Ok(FeedHub::new(
+            users::entries(conn)?,
+            grants,
+            requests::pending_entries(conn)?,
+        ))
+    })?;
+    Ok((store, feed))
+}

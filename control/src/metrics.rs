@@ -1,0 +1,75 @@
+//! The control plane's Prometheus metrics. Labels carry outcomes and kinds
+//! only: never user names, tokens or reasons.
+
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
+
+/// Counters and histograms registered on the process registry.
+#[derive(Clone, Debug)]
+pub(crate) struct Metrics {
+    /// Requests filed, by outcome: `pending`, `auto_approved`, `refused`.
+    pub requests: IntCounterVec,
+    /// Decisions on pending requests: `approved`, `denied`, `cancelled`.
+    pub decisions: IntCounterVec,
+    /// Grant changes: `created`, `extended`, `revoked`.
+    pub grant_changes: IntCounterVec,
+    /// Seconds from a request to its final approval.
+    pub time_to_approve: Histogram,
+    /// API answers that were refusals, by HTTP status.
+    pub api_refusals: IntCounterVec,
+    /// The feed's latest revision.
+    pub feed_revision: IntGauge,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn register(registry: &Registry) -> Result<Metrics, prometheus::Error> {
+        let m = Metrics {
+            requests: IntCounterVec::new(
+                Opts::new("portcullis_requests_total", "Access requests filed, by outcome"),
+                &["outcome"],
+            )?,
+            decisions: IntCounterVec::new(
+                Opts::new("portcullis_request_decisions_total", "Decisions on pending requests"),
+                &["decision"],
+            )?,
+            grant_changes: IntCounterVec::new(
+                Opts::new("portcullis_grant_changes_total", "Grants created, extended and revoked"),
+                &["change"],
+            )?,
+            time_to_approve: Histogram::with_opts(
+                HistogramOpts::new(
+                    "portcullis_request_time_to_approve_seconds",
+                    "Time from a request to the approval that granted it",
+                )
+                .buckets(vec![
+                    5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 14400.0,
+                ]),
+            )?,
+            api_refusals: IntCounterVec::new(
+                Opts::new(
+                    "portcullis_api_refusals_total",
+                    "API calls answered with an error, by status",
+                ),
+                &["status"],
+            )?,
+            feed_revision: IntGauge::new("portcullis_feed_revision", "Revision of the latest grant feed change")?,
+        };
+        // Known label values start at 0, so they are exported before the first event.
+        for outcome in ["pending", "auto_approved", "refused"] {
+            m.requests.with_label_values(&[outcome]);
+        }
+        for decision in ["approved", "denied", "cancelled"] {
+            m.decisions.with_label_values(&[decision]);
+        }
+        for change in ["created", "extended", "revoked"] {
+            m.grant_changes.with_label_values(&[change]);
+        }
+        registry.register(Box::new(m.requests.clone()))?;
+        registry.register(Box::new(m.decisions.clone()))?;
+        registry.register(Box::new(m.grant_changes.clone()))?;
+        registry.register(Box::new(m.time_to_approve.clone()))?;
+        registry.register(Box::new(m.api_refusals.clone()))?;
+        registry.register(Box::new(m.feed_revision.clone()))?;
+        Ok(m)
+    }
+}

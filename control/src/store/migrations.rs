@@ -1,0 +1,191 @@
+//! Versioned schema migrations: numbered, applied in order, each once, each
+//! in its own transaction, recorded in `schema_migrations`.
+
+use std::path::Path;
+
+use rusqlite::{Connection, params};
+
+use crate::error::ControlError;
+
+/// One schema step.
+pub(crate) struct Migration {
+    /// Its number; strictly increasing.
+    pub version: i64,
+    /// What it does.
+    pub name: &'static str,
+    /// The statements.
+    pub sql: &'static str,
+}
+
+/// Every migration, oldest first. Append only: never edit one that shipped.
+pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "users, requests, approvals, grants, history",
+    sql: r#"
+CREATE TABLE users (
+    name            TEXT PRIMARY KEY,
+    groups          TEXT NOT NULL DEFAULT '[]',
+    admin           INTEGER NOT NULL DEFAULT 0,
+    token_hash      TEXT NOT NULL UNIQUE,
+    scram_verifier  TEXT NOT NULL,
+    ssh_keys        TEXT NOT NULL DEFAULT '[]',
+    created_at      INTEGER NOT NULL
+);
+
+CREATE TABLE requests (
+    id                  TEXT PRIMARY KEY,
+    user_name           TEXT NOT NULL REFERENCES users(name),
+    resource            TEXT NOT NULL,
+    role                TEXT NOT NULL,
+    state               TEXT NOT NULL,
+    reason              TEXT,
+    duration_ms         INTEGER NOT NULL,
+    start_at            INTEGER,
+    created_at          INTEGER NOT NULL,
+    decided_at          INTEGER,
+    decided_by          TEXT,
+    decision_reason     TEXT,
+    approvals_required  INTEGER NOT NULL,
+    auto_approved       INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX requests_by_state ON requests(state, created_at);
+
+CREATE TABLE approvals (
+    request_id  TEXT NOT NULL REFERENCES requests(id),
+    approver    TEXT NOT NULL,
+    comment     TEXT,
+    at          INTEGER NOT NULL,
+    PRIMARY KEY (request_id, approver)
+);
+
+CREATE TABLE grants (
+    id             TEXT PRIMARY KEY,
+    request_id     TEXT NOT NULL UNIQUE REFERENCES requests(id),
+    user_name      TEXT NOT NULL REFERENCES users(name),
+    resource       TEXT NOT NULL,
+    role           TEXT NOT NULL,
+    starts_at      INTEGER NOT NULL,
+    expires_at     INTEGER NOT NULL,
+    revoked_at     INTEGER,
+    revoked_by     TEXT,
+    revoke_reason  TEXT
+);
+CREATE INDEX grants_by_expiry ON grants(expires_at);
+
+CREATE TABLE history (
+    seq      INTEGER PRIMARY KEY AUTOINCREMENT,
+    at       INTEGER NOT NULL,
+    actor    TEXT NOT NULL,
+    action   TEXT NOT NULL,
+    subject  TEXT NOT NULL,
+    detail   TEXT
+);
+CREATE INDEX history_by_subject ON history(subject, seq);
+CREATE TRIGGER history_is_kept_forever_update BEFORE UPDATE ON history
+    BEGIN SELECT RAISE(ABORT, 'history is append-only'); END;
+CREATE TRIGGER history_is_kept_forever_delete BEFORE DELETE ON history
+    BEGIN SELECT RAISE(ABORT, 'history is append-only'); END;
+"#,
+}];
+
+/// Applies every migration the store lacks; answers the versions applied now.
+pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<Vec<i64>, ControlError> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+            version     INTEGER PRIMARY KEY,
+            name        TEXT NOT NULL,
+            applied_at  INTEGER NOT NULL
+        )",
+    )?;
+    let current: i64 = conn.query_row("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", [], |r| {
+        r.get(0)
+    })?;
+    let known = MIGRATIONS.last().map_or(0, |m| m.version);
+    if current > known {
+        return Err(ControlError::SchemaTooNew {
+            path: path.to_path_buf(),
+            found: current,
+            known,
+        });
+    }
+    let mut applied = Vec::new();
+    for m in MIGRATIONS.iter().filter(|m| m.version > current) {
+        let fail = |source| ControlError::Migration {
+            version: m.version,
+            name: m.name,
+            source,
+        };
+        let tx = conn.transaction().map_err(fail)?;
+        tx.execute_batch(m.sql).map_err(fail)?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?1, ?2, ?3)",
+            params![m.version, m.name, crate::time::now()],
+        )
+        .map_err(fail)?;
+        tx.commit().map_err(fail)?;
+        tracing::info!(version = m.version, name = m.name, "applied store migration");
+        applied.push(m.version);
+    }
+    Ok(applied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_are_numbered_in_order() {
+        let mut last = 0;
+        for m in MIGRATIONS {
+            assert!(m.version > last, "migration {} out of order", m.version);
+            last = m.version;
+        }
+    }
+
+    #[test]
+    fn applied_once_on_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("portcullis.db");
+        let mut conn = Connection::open(&path).expect("open");
+        let first = migrate(&mut conn, &path).expect("migrate");
+        assert_eq!(first, MIGRATIONS.iter().map(|m| m.version).collect::<Vec<_>>());
+        drop(conn);
+
+        let mut conn = Connection::open(&path).expect("reopen");
+        assert!(migrate(&mut conn, &path).expect("migrate again").is_empty());
+        let rows: i64 = conn
+            .query_row("SELECT COUNT(*) FROM schema_migrations", [], |r| r.get(0))
+            .expect("count");
+        assert_eq!(rows, i64::try_from(MIGRATIONS.len()).expect("small"));
+    }
+
+    #[test]
+    fn refuses_a_newer_store() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("portcullis.db");
+        let mut conn = Connection::open(&path).expect("open");
+        migrate(&mut conn, &path).expect("migrate");
+        conn.execute(
+            "INSERT INTO schema_migrations (version, name, applied_at) VALUES (999, 'future', 0)",
+            [],
+        )
+        .expect("insert");
+        let err = migrate(&mut conn, &path).expect_err("newer schema");
+        assert!(err.to_string().contains("999"), "{err}");
+    }
+
+    #[test]
+    fn history_is_append_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("portcullis.db");
+        let mut conn = Connection::open(&path).expect("open");
+        migrate(&mut conn, &path).expect("migrate");
+        conn.execute(
+            "INSERT INTO history (at, actor, action, subject) VALUES (1, 'a', 'x', 'req_1')",
+            [],
+        )
+        .expect("insert");
+        assert!(conn.execute("UPDATE history SET actor = 'b'", []).is_err());
+        assert!(conn.execute("DELETE FROM history", []).is_err());
+    }
+}

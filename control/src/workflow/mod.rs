@@ -1,0 +1,51 @@
+//! The approval workflow: requests, approvals, grants and users, each change
+//! made in one store transaction that also records history, then published to
+//! the feed before the store is released (so revisions follow commit order).
+
+pub(crate) mod grants;
+pub(crate) mod policy;
+pub(crate) mod queries;
+pub(crate) mod requests;
+pub(crate) mod sessions;
+pub(crate) mod users;
+
+use std::sync::Arc;
+
+use portcullis_protocol::feed::FeedEvent;
+use rusqlite::Transaction;
+
+use crate::catalog::Catalog;
+use crate::error::ApiError;
+use crate::feed::FeedHub;
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+/// The store, the configured resources, the feed and the metrics: all a
+/// workflow step needs. Cheap to clone into a blocking store call.
+#[derive(Clone)]
+pub(crate) struct Workflow {
+    /// Where the truth is kept.
+    pub store: Store,
+    /// Resources and policies.
+    pub catalog: Arc<Catalog>,
+    /// Where committed changes go.
+    pub feed: Arc<FeedHub>,
+    /// Counters.
+    pub metrics: Metrics,
+}
+
+impl Workflow {
+    /// Commits `tx`, then publishes its feed events while the caller still
+    /// holds the store.
+    pub(crate) fn commit(&self, tx: Transaction<'_>, events: Vec<FeedEvent>) -> Result<(), ApiError> {
+        tx.commit()?;
+        self.feed.publish(events);
+        self.metrics
+            .feed_revision
+            .set(i64::try_from(self.feed.revision()).unwrap_or(i64::MAX));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,305 @@
+//! The pure policy checks: who may request, approve, deny, extend or revoke,
+//! and which role, duration and reason a request gets. No clock reads and no
+//! I/O here; callers pass `now`.
+
+use std::time::Duration;
+
+use portcullis_protocol::feed::UnixMillis;
+
+use crate::catalog::Resource;
+use crate::error::ApiError;
+use crate::model::{Grant, Request, RequestState, User};
+use crate::settings::{Policy, Principals, ReasonRule};
+use crate::time::{duration, millis};
+
+/// Longest reason, comment or denial text kept, in characters.
+pub(crate) const MAX_TEXT: usize = 2000;
+
+/// What a requester asked for, parsed but not yet checked.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Ask {
+    /// Role, if named.
+    pub role: Option<String>,
+    /// Length, if named.
+    pub duration: Option<Duration>,
+    /// Why.
+    pub reason: Option<String>,
+    /// Requested start.
+    pub start_at: Option<UnixMillis>,
+}
+
+/// A request the policy accepts, ready to store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Plan {
+    /// The role granted.
+    pub role: String,
+    /// The grant's length.
+    pub duration: Duration,
+    /// The reason, trimmed; `None` when blank.
+    pub reason: Option<String>,
+    /// A start later than now, if one was asked for.
+    pub start_at: Option<UnixMillis>,
+    /// An auto-approve rule matched.
+    pub auto_approved: bool,
+}
+
+/// Whether `user` is one of `p`, by name or by group.
+pub(crate) fn is_in(p: &Principals, user: &User) -> bool {
+    p.users.contains(&user.name) || p.groups.iter().any(|g| user.groups.contains(g))
+}
+
+/// Whether `user` may request access under `policy` (no `requesters`: anyone).
+pub(crate) fn may_request(policy: &Policy, user: &User) -> bool {
+    policy.requesters.as_ref().is_none_or(|p| is_in(p, user))
+}
+
+/// Whether `user` approves under `policy`: the named approvers, or admins when none are named.
+pub(crate) fn is_approver(policy: &Policy, user: &User) -> bool {
+    match &policy.approvers {
+        Some(p) => is_in(p, user),
+        None => user.admin,
+    }
+}
+
+/// Whether `user` may see (and kill sessions of) something of `owner`'s on `resource`:
+/// admins, the owner, and the resource's approvers.
+pub(crate) fn may_oversee(resource: Option<&Resource>, owner: &str, user: &User) -> bool {
+    user.admin || owner == user.name || resource.is_some_and(|r| is_approver(&r.settings.policy, user))
+}
+
+/// Checks a new request against the resource's policy.
+pub(crate) fn plan_request(resource: &Resource, user: &User, ask: &Ask, now: UnixMillis) -> Result<Plan, ApiError> {
+    let policy = &resource.settings.policy;
+    if !may_request(policy, user) {
+        return Err(ApiError::NotRequester {
+            resource: resource.name().to_owned(),
+        });
+    }
+    let role = pick_role(resource, ask.role.as_deref())?;
+    let duration = pick_duration(resource, ask.duration)?;
+    let reason = check_reason(resource, ask.reason.as_deref())?;
+    Ok(Plan {
+        role,
+        duration,
+        reason,
+        start_at: ask.start_at.filter(|s| *s > now),
+        auto_approved: auto_approves(policy, user, duration),
+    })
+}
+
+/// The named role, or the only one; 400 naming the roles otherwise.
+pub(crate) fn pick_role(resource: &Resource, role: Option<&str>) -> Result<String, ApiError> {
+    let roles = &resource.settings.roles;
+    match (role, roles.as_slice()) {
+        (Some(r), _) if roles.iter().any(|x| x == r) => Ok(r.to_owned()),
+        (Some(r), _) => Err(ApiError::UnknownRole {
+            resource: resource.name().to_owned(),
+            role: r.to_owned(),
+            roles: roles.join(", "),
+        }),
+        (None, [only]) => Ok(only.clone()),
+        (None, _) => Err(ApiError::RoleRequired {
+            resource: resource.name().to_owned(),
+            roles: roles.join(", "),
+        }),
+    }
+}
+
+/// The asked length or the default, within 1s, `min_duration` and `max_duration`.
+pub(crate) fn pick_duration(resource: &Resource, asked: Option<Duration>) -> Result<Duration, ApiError> {
+    let policy = &resource.settings.policy;
+    let d = asked.unwrap_or(policy.default_duration);
+    if d < Duration::from_secs(1) {
+        return Err(ApiError::UnderOneSecond { requested: d });
+    }
+    if d > policy.max_duration {
+        return Err(ApiError::TooLong {
+            resource: resource.name().to_owned(),
+            requested: d,
+            max: policy.max_duration,
+        });
+    }
+    if let Some(min) = policy.min_duration.filter(|min| d < *min) {
+        return Err(ApiError::TooShort {
+            resource: resource.name().to_owned(),
+            requested: d,
+            min,
+        });
+    }
+    Ok(d)
+}
+
+/// The reason, trimmed, as the resource's rule wants it.
+pub(crate) fn check_reason(resource: &Resource, reason: Option<&str>) -> Result<Option<String>, ApiError> {
+    let reason = reason.map(str::trim).filter(|r| !r.is_empty());
+    check_text("reason", reason)?;
+    match (&resource.settings.policy.reason, reason) {
+        (ReasonRule::Optional, r) => Ok(r.map(str::to_owned)),
+        (ReasonRule::Required, Some(r)) => Ok(Some(r.to_owned())),
+        (ReasonRule::Required, None) => Err(ApiError::ReasonRequired {
+            resource: resource.name().to_owned(),
+        }),
+        (ReasonRule::Pattern(pattern), r) => match (&resource.reason_pattern, r) {
+            (Some(re), Some(r)) if re.is_match(r) => Ok(Some(r.to_owned())),
+            _ => Err(ApiError::ReasonMismatch {
+                resource: resource.name().to_owned(),
+                pattern: pattern.clone(),
+            }),
+        },
+    }
+}
+
+/// Refuses free text longer than `MAX_TEXT` characters.
+pub(crate) fn check_text(field: &'static str, text: Option<&str>) -> Result<(), ApiError> {
+    match text {
+        Some(t) if t.chars().count() > MAX_TEXT => Err(ApiError::TextTooLong { field, max: MAX_TEXT }),
+        _ => Ok(()),
+    }
+}
+
+/// Whether an auto-approve rule covers `user` asking for `duration`.
+pub(crate) fn auto_approves(policy: &Policy, user: &User, duration: Duration) -> bool {
+    policy.auto_approve.iter().any(|rule| {
+        let named = rule.users.contains(&user.name) || rule.groups.iter().any(|g| user.groups.contains(g));
+        named && duration <= rule.max_duration
+    })
+}
+
+/// Checks one approval; `Ok(true)` when it is the last one needed.
+pub(crate) fn check_approve(resource: &Resource, req: &Request, approver: &User) -> Result<bool, ApiError> {
+    if req.user == approver.name {
+        return Err(ApiError::SelfApproval);
+    }
+    if !is_approver(&resource.settings.policy, approver) {
+        return Err(ApiError::NotApprover {
+            resource: resource.name().to_owned(),
+        });
+    }
+    if req.state != RequestState::Pending {
+        return Err(ApiError::NotPending {
+            id: req.id.clone(),
+            state: req.state,
+        });
+    }
+    if req.approvals.iter().any(|a| a.by == approver.name) {
+        return Err(ApiError::AlreadyApproved { id: req.id.clone() });
+    }
+    let distinct = req.approvals.len() + 1;
+    Ok(distinct >= usize::try_from(req.approvals_required).unwrap_or(usize::MAX))
+}
+
+/// Checks a denial; the reason is required.
+pub(crate) fn check_deny(
+    resource: &Resource,
+    req: &Request,
+    approver: &User,
+    reason: Option<&str>,
+) -> Result<String, ApiError> {
+    if req.user == approver.name {
+        return Err(ApiError::SelfDenial);
+    }
+    if !is_approver(&resource.settings.policy, approver) {
+        return Err(ApiError::NotApprover {
+            resource: resource.name().to_owned(),
+        });
+    }
+    if req.state != RequestState::Pending {
+        return Err(ApiError::NotPending {
+            id: req.id.clone(),
+            state: req.state,
+        });
+    }
+    let reason = reason.map(str::trim).filter(|r| !r.is_empty());
+    check_text("reason", reason)?;
+    reason.map(str::to_owned).ok_or(ApiError::DenyReasonRequired)
+}
+
+/// Checks a cancellation: only the requester, only while pending.
+pub(crate) fn check_cancel(req: &Request, user: &User) -> Result<(), ApiError> {
+    if req.user != user.name {
+        return Err(ApiError::NotRequestOwner { id: req.id.clone() });
+    }
+    if req.state != RequestState::Pending {
+        return Err(ApiError::NotPending {
+            id: req.id.clone(),
+            state: req.state,
+        });
+    }
+    Ok(())
+}
+
+/// A grant approved at `now`: it starts then (or at the requested start, if later).
+pub(crate) fn grant_window(
+    now: UnixMillis,
+    start_at: Option<UnixMillis>,
+    duration_ms: i64,
+) -> (UnixMillis, UnixMillis) {
+    let starts = start_at.map_or(now, |s| s.max(now));
+    (starts, starts.saturating_add(duration_ms))
+}
+
+/// Checks an extension; answers the new deadline.
+pub(crate) fn check_extend(
+    resource: &Resource,
+    grant: &Grant,
+    actor: &User,
+    by: Duration,
+    now: UnixMillis,
+) -> Result<UnixMillis, ApiError> {
+    if grant.user == actor.name {
+        return Err(ApiError::SelfExtension);
+    }
+    if !is_approver(&resource.settings.policy, actor) {
+        return Err(ApiError::NotApprover {
+            resource: resource.name().to_owned(),
+        });
+    }
+    let state = grant.state(now);
+    if !state.is_live() {
+        return Err(ApiError::GrantEnded {
+            id: grant.id.clone(),
+            state,
+        });
+    }
+    if by < Duration::from_secs(1) {
+        return Err(ApiError::EmptyExtension);
+    }
+    let expires = grant.expires_at.saturating_add(millis(by));
+    let total = duration(expires.saturating_sub(grant.starts_at));
+    if total > resource.max_duration() {
+        return Err(ApiError::ExtendPastMax {
+            id: grant.id.clone(),
+            resource: resource.name().to_owned(),
+            by,
+            total,
+            max: resource.max_duration(),
+        });
+    }
+    Ok(expires)
+}
+
+/// Checks a revocation: the grant's user, an approver of its resource, or an admin.
+pub(crate) fn check_revoke(
+    resource: Option<&Resource>,
+    grant: &Grant,
+    actor: &User,
+    now: UnixMillis,
+) -> Result<(), ApiError> {
+    if !may_oversee(resource, &grant.user, actor) {
+        return Err(ApiError::NotRevoker {
+            id: grant.id.clone(),
+            resource: grant.resource.clone(),
+        });
+    }
+    let state = grant.state(now);
+    if !state.is_live() {
+        return Err(ApiError::GrantEnded {
+            id: grant.id.clone(),
+            state,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;
