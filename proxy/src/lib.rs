@@ -1,0 +1,85 @@
+//! Portcullis proxy: the Postgres listener, engineer authentication, the
+//! in-memory grant table fed by the control plane's feed, and the session
+//! registry that cuts sessions at expiry, revocation or kill.
+#![forbid(unsafe_code)]
+
+pub mod backoff;
+pub mod clock;
+pub mod grants;
+pub mod metrics;
+pub mod postgres;
+pub mod sessions;
+pub mod settings;
+pub mod tls;
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::backoff::LoginBackoff;
+use crate::grants::table::GrantTable;
+use crate::metrics::ProxyMetrics;
+use crate::postgres::cancel::CancelMap;
+use crate::sessions::SessionRegistry;
+use crate::settings::ProxySettings;
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The TLS certificate or key could not be loaded or created.
+    #[error("TLS setup failed: {0}")]
+    Tls(String),
+    /// Metrics could not be registered.
+    #[error("metrics registration failed: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// Everything the listeners share: settings, grants, sessions, TLS, metrics.
+pub struct Proxy {
+    /// Settings as loaded at start.
+    pub settings: ProxySettings,
+    /// What the feed told us: users, grants, pending requests.
+    pub grants: Arc<GrantTable>,
+    /// Live sessions.
+    pub sessions: Arc<SessionRegistry>,
+    /// Backend keys of live sessions, for CancelRequest.
+    pub cancels: CancelMap,
+    /// Failed-login backoff per user and per address.
+    pub backoff: LoginBackoff,
+    /// TLS for clients that send SSLRequest.
+    pub tls: tokio_rustls::TlsAcceptor,
+    /// Prometheus metrics.
+    pub metrics: ProxyMetrics,
+    /// Seed for mock SCRAM secrets of unknown users (random per process).
+    pub mock_seed: [u8; 32],
+    /// Tracks session tasks so shutdown can drain them.
+    pub tracker: TaskTracker,
+}
+
+impl Proxy {
+    /// Builds the proxy: loads or creates the TLS certificate and registers metrics.
+    pub fn new(settings: ProxySettings, registry: &prometheus::Registry) -> Result<Arc<Proxy>, ProxyError> {
+        let tls = tls::acceptor(&settings.postgres.tls, &settings.data_dir)?;
+        let metrics = ProxyMetrics::register(registry)?;
+        let mut mock_seed = [0u8; 32];
+        getrandom::fill(&mut mock_seed).map_err(|e| ProxyError::Tls(e.to_string()))?;
+        Ok(Arc::new(Proxy {
+            sessions: Arc::new(SessionRegistry::new(metrics.clone())),
+            settings,
+            grants: Arc::new(GrantTable::default()),
+            cancels: CancelMap::default(),
+            backoff: LoginBackoff::default(),
+            tls,
+            metrics,
+            mock_seed,
+            tracker: TaskTracker::new(),
+        }))
+    }
+
+    /// Serves Postgres clients on `listener` until `shutdown` is cancelled.
+    pub async fn serve_postgres(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
+        postgres::listener::serve(self, listener, shutdown).await
+    }
+}

@@ -1,0 +1,62 @@
+//! Prometheus metrics of the proxy: connections by outcome, live sessions, cuts by reason, bytes.
+
+use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
+
+/// Handles to the proxy's metrics; cheap to clone.
+#[derive(Clone)]
+pub struct ProxyMetrics {
+    /// `portcullis_connections_total{protocol, resource, outcome}`.
+    pub connections: IntCounterVec,
+    /// `portcullis_sessions_active{protocol}`.
+    pub sessions_active: IntGaugeVec,
+    /// `portcullis_session_cuts_total{protocol, reason}`.
+    pub cuts: IntCounterVec,
+    /// `portcullis_bytes_relayed_total{protocol, direction}`.
+    pub bytes: IntCounterVec,
+}
+
+impl ProxyMetrics {
+    /// Creates the metrics and registers them in `registry`.
+    pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let connections = IntCounterVec::new(
+            Opts::new(
+                "portcullis_connections_total",
+                "Client connections by protocol, resource and outcome (allowed or why refused)",
+            ),
+            &["protocol", "resource", "outcome"],
+        )?;
+        let sessions_active = IntGaugeVec::new(
+            Opts::new("portcullis_sessions_active", "Live proxied sessions"),
+            &["protocol"],
+        )?;
+        let cuts = IntCounterVec::new(
+            Opts::new(
+                "portcullis_session_cuts_total",
+                "Sessions ended by the gateway, by reason (expired, revoked, killed, shutdown)",
+            ),
+            &["protocol", "reason"],
+        )?;
+        let bytes = IntCounterVec::new(
+            Opts::new(
+                "portcullis_bytes_relayed_total",
+                "Bytes relayed, counted when a session ends",
+            ),
+            &["protocol", "direction"],
+        )?;
+        registry.register(Box::new(connections.clone()))?;
+        registry.register(Box::new(sessions_active.clone()))?;
+        registry.register(Box::new(cuts.clone()))?;
+        registry.register(Box::new(bytes.clone()))?;
+        Ok(ProxyMetrics {
+            connections,
+            sessions_active,
+            cuts,
+            bytes,
+        })
+    }
+
+    /// Counts one connection attempt's outcome.
+    pub fn connection(&self, protocol: &str, resource: &str, outcome: &str) {
+        self.connections.with_label_values(&[protocol, resource, outcome]).inc();
+    }
+}

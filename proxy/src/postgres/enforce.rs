@@ -1,0 +1,177 @@
+//! Where a session is cut: it waits on its grant's deadline, the grant's
+//! change signal (extend, revoke) and its kill token, never on a polling
+//! tick. Warnings go out at the `warn_before` offsets; the one decision to
+//! end the session is returned as a `Cut`.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use portcullis_protocol::duration;
+use portcullis_protocol::feed::{GrantEntry, UnixMillis};
+use portcullis_protocol::pg::backend::{Severity, error_response, notice_response};
+use tokio::sync::{mpsc, watch};
+
+use crate::clock::{instant_at, now_millis, rfc3339};
+use crate::sessions::SessionHandle;
+
+/// Why the gateway ends a session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Cut {
+    /// The grant's deadline passed.
+    Expired {
+        /// Grant id.
+        grant_id: String,
+        /// The deadline.
+        at: UnixMillis,
+    },
+    /// The grant was revoked.
+    Revoked {
+        /// Grant id.
+        grant_id: String,
+        /// Who.
+        by: String,
+        /// Why, if given.
+        reason: Option<String>,
+    },
+    /// `portcullis kill`.
+    Killed {
+        /// Who.
+        by: String,
+    },
+    /// The grant disappeared from the feed.
+    GrantGone {
+        /// Grant id.
+        grant_id: String,
+    },
+    /// The gateway is shutting down.
+    Shutdown,
+}
+
+impl Cut {
+    /// Label for `portcullis_session_cuts_total{reason}`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Cut::Expired { .. } => "expired",
+            Cut::Revoked { .. } => "revoked",
+            Cut::Killed { .. } => "killed",
+            Cut::GrantGone { .. } => "grant_gone",
+            Cut::Shutdown => "shutdown",
+        }
+    }
+
+    /// The sentence the engineer reads.
+    pub fn text(&self, resource: &str, session_id: &str) -> String {
+        match self {
+            Cut::Expired { grant_id, at } => {
+                format!(
+                    "grant {grant_id} on \"{resource}\" expired at {}; the session is closed",
+                    rfc3339(*at)
+                )
+            }
+            Cut::Revoked { grant_id, by, reason } => format!(
+                "grant {grant_id} on \"{resource}\" was revoked by {by}{}; the session is closed",
+                reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default()
+            ),
+            Cut::Killed { by } => format!("session {session_id} on \"{resource}\" was killed by {by}"),
+            Cut::GrantGone { grant_id } => {
+                format!("grant {grant_id} on \"{resource}\" is no longer known to the gateway; the session is closed")
+            }
+            Cut::Shutdown => "the Portcullis gateway is shutting down".to_owned(),
+        }
+    }
+
+    /// The FATAL ErrorResponse sent before closing (SQLSTATE 57P01, admin_shutdown).
+    pub fn message(&self, resource: &str, session_id: &str) -> Bytes {
+        error_response(Severity::Fatal, "57P01", &self.text(resource, session_id), None, None)
+    }
+}
+
+/// Waits until the session must end, sending warnings on `notices` on the way.
+pub async fn enforce(
+    mut grant: watch::Receiver<GrantEntry>,
+    warn_before: &[Duration],
+    handle: &SessionHandle,
+    notices: mpsc::Sender<Bytes>,
+) -> Cut {
+    let resource = handle.info.resource.clone();
+    let mut deadline: Option<UnixMillis> = None;
+    // Offsets (ms before the deadline) not yet warned about for the current deadline.
+    let mut unwarned: Vec<i64> = Vec::new();
+    loop {
+        let g = grant.borrow_and_update().clone();
+        if let Some(r) = &g.revoked {
+            return Cut::Revoked {
+                grant_id: g.id,
+                by: r.by.clone(),
+                reason: r.reason.clone(),
+            };
+        }
+        let now = now_millis();
+        if now >= g.expires_at {
+            return Cut::Expired {
+                grant_id: g.id,
+                at: g.expires_at,
+            };
+        }
+        if deadline != Some(g.expires_at) {
+            if let Some(old) = deadline {
+                let text = format!(
+                    "grant {} on \"{resource}\" was {}; the session now ends at {} (in {})",
+                    g.id,
+                    if g.expires_at > old { "extended" } else { "shortened" },
+                    rfc3339(g.expires_at),
+                    human(g.expires_at - now)
+                );
+                let _ = notices.try_send(notice_response(Severity::Notice, "01000", &text, None, None));
+            }
+            deadline = Some(g.expires_at);
+            unwarned = warn_before.iter().map(|w| w.as_millis() as i64).collect();
+            // Offsets already inside the window collapse into one warning now.
+            let before = unwarned.len();
+            unwarned.retain(|w| g.expires_at - w > now);
+            if unwarned.len() < before {
+                let _ = notices.try_send(warning(&g, &resource, now));
+            }
+        }
+        let next_warning = unwarned.iter().map(|w| g.expires_at - w).min();
+        let wake = next_warning.unwrap_or(g.expires_at);
+        tokio::select! {
+            biased;
+            _ = handle.kill.cancelled() => {
+                return match handle.killed_by.lock().ok().and_then(|g| g.clone()) {
+                    Some(by) => Cut::Killed { by },
+                    None => Cut::Shutdown,
+                };
+            }
+            changed = grant.changed() => {
+                if changed.is_err() {
+                    return Cut::GrantGone { grant_id: g.id };
+                }
+            }
+            _ = tokio::time::sleep_until(instant_at(wake, now)) => {
+                if next_warning.is_some() {
+                    let now = now_millis();
+                    unwarned.retain(|w| g.expires_at - w > now);
+                    let _ = notices.try_send(warning(&g, &resource, now));
+                }
+            }
+        }
+    }
+}
+
+fn warning(g: &GrantEntry, resource: &str, now: UnixMillis) -> Bytes {
+    let text = format!(
+        "grant {} on \"{resource}\" expires in {} (at {}); the session will be closed then",
+        g.id,
+        human(g.expires_at - now),
+        rfc3339(g.expires_at)
+    );
+    let hint = format!("an approver can extend it: portcullis extend {} --by 30m", g.id);
+    notice_response(Severity::Warning, "01000", &text, None, Some(&hint))
+}
+
+/// Whole seconds, rounded up, in the config's spelling.
+fn human(ms: i64) -> String {
+    let secs = (ms.max(0) as u64).div_ceil(1000);
+    duration::format(Duration::from_secs(secs))
+}

@@ -1,0 +1,255 @@
+//! Logging in to the real server with the role's credentials: TCP, TLS per
+//! the resource's `tls:` mode, StartupMessage, then cleartext, md5 or
+//! SCRAM-SHA-256 (client side from postgres-protocol) or trust. Everything the
+//! server says after AuthenticationOk up to ReadyForQuery is kept to be
+//! relayed verbatim, so the engineer sees the real server's parameters and
+//! backend key.
+
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use portcullis_protocol::pg::backend::{AuthRequest, parse_auth_request, parse_backend_key_data, parse_error_notice};
+use portcullis_protocol::pg::message::{Message, parse_message};
+use portcullis_protocol::pg::startup::StartupParams;
+use postgres_protocol::authentication::md5_hash;
+use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
+use postgres_protocol::message::frontend;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::stream::Stream;
+use crate::settings::{PostgresTarget, Role, UpstreamTls};
+use crate::tls;
+
+/// How long logging in upstream may take.
+const LOGIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest message accepted from upstream during login.
+const MAX_LOGIN_MESSAGE: usize = 1 << 20;
+/// Startup parameters never forwarded: the proxy sets them, or they are not proxied.
+const NOT_FORWARDED: [&str; 3] = ["user", "database", "replication"];
+
+/// A logged-in upstream connection.
+pub struct Upstream {
+    /// The connection.
+    pub stream: Stream,
+    /// The real backend's (pid, secret), for cancels.
+    pub backend_key: Option<(i32, Bytes)>,
+    /// ParameterStatus, BackendKeyData, notices and ReadyForQuery, verbatim.
+    pub greeting: BytesMut,
+}
+
+/// Why the upstream login failed; the text never includes a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// TCP or TLS trouble.
+    #[error("cannot reach {addr}: {detail}")]
+    Connect {
+        /// host:port.
+        addr: String,
+        /// What failed.
+        detail: String,
+    },
+    /// The server said no.
+    #[error("the server refused the login as \"{user}\": {message} (SQLSTATE {code})")]
+    Refused {
+        /// Upstream user.
+        user: String,
+        /// The server's message.
+        message: String,
+        /// The server's SQLSTATE.
+        code: String,
+    },
+    /// The server wants a password and none is configured, or an unsupported method.
+    #[error("{0}")]
+    Auth(String),
+    /// The server broke the protocol or closed the connection.
+    #[error("protocol error from the server: {0}")]
+    Protocol(String),
+    /// Login took too long.
+    #[error("the server did not complete the login within {0:?}")]
+    Timeout(Duration),
+}
+
+/// Connects and logs in as `role`, forwarding the client's session parameters.
+pub async fn connect(target: &PostgresTarget, role: &Role, client: &StartupParams) -> Result<Upstream, UpstreamError> {
+    tokio::time::timeout(LOGIN_TIMEOUT, login(target, role, client))
+        .await
+        .map_err(|_| UpstreamError::Timeout(LOGIN_TIMEOUT))?
+}
+
+async fn login(target: &PostgresTarget, role: &Role, client: &StartupParams) -> Result<Upstream, UpstreamError> {
+    let mut stream = open(target).await?;
+    let mut out = BytesMut::new();
+    let params = [("user", role.user.as_str()), ("database", target.database.as_str())]
+        .into_iter()
+        .chain(
+            client
+                .iter()
+                .filter(|(k, _)| !NOT_FORWARDED.contains(k) && !k.starts_with("_pq_.")),
+        );
+    frontend::startup_message(params, &mut out).map_err(|e| UpstreamError::Protocol(e.to_string()))?;
+    send(&mut stream, &mut out).await?;
+
+    let mut buf = BytesMut::with_capacity(1024);
+    let mut scram: Option<ScramSha256> = None;
+    let mut greeting = BytesMut::new();
+    let mut backend_key = None;
+    loop {
+        let msg = read(&mut stream, &mut buf).await?;
+        match msg.tag {
+            b'R' => {
+                let request = parse_auth_request(msg.body).map_err(|e| UpstreamError::Protocol(e.to_string()))?;
+                answer_auth(request, role, &mut scram, &mut out)?;
+                if !out.is_empty() {
+                    send(&mut stream, &mut out).await?;
+                }
+            }
+            b'E' => {
+                let e = parse_error_notice(&msg.body).map_err(|e| UpstreamError::Protocol(e.to_string()))?;
+                return Err(UpstreamError::Refused {
+                    user: role.user.clone(),
+                    message: e.message,
+                    code: e.code,
+                });
+            }
+            b'K' => {
+                backend_key = parse_backend_key_data(&msg.body).ok();
+                append(&mut greeting, &msg);
+            }
+            b'Z' => {
+                append(&mut greeting, &msg);
+                return Ok(Upstream {
+                    stream,
+                    backend_key,
+                    greeting,
+                });
+            }
+            // ParameterStatus, NoticeResponse, NegotiateProtocolVersion: the client sees them as the server sent them.
+            _ => append(&mut greeting, &msg),
+        }
+    }
+}
+
+fn answer_auth(
+    request: AuthRequest,
+    role: &Role,
+    scram: &mut Option<ScramSha256>,
+    out: &mut BytesMut,
+) -> Result<(), UpstreamError> {
+    let password = || {
+        role.password.as_ref().map(|p| p.expose().as_bytes()).ok_or_else(|| {
+            UpstreamError::Auth(format!(
+                "the server asks a password for \"{}\" and none is configured",
+                role.user
+            ))
+        })
+    };
+    let io = |e: std::io::Error| UpstreamError::Protocol(e.to_string());
+    match request {
+        AuthRequest::Ok => Ok(()),
+        AuthRequest::CleartextPassword => frontend::password_message(password()?, out).map_err(io),
+        AuthRequest::Md5Password { salt } => {
+            let hash = md5_hash(role.user.as_bytes(), password()?, salt);
+            frontend::password_message(hash.as_bytes(), out).map_err(io)
+        }
+        AuthRequest::Sasl { mechanisms } => {
+            if !mechanisms.iter().any(|m| m == SCRAM_SHA_256) {
+                return Err(UpstreamError::Auth(format!(
+                    "unsupported SASL mechanisms: {}",
+                    mechanisms.join(", ")
+                )));
+            }
+            let client = ScramSha256::new(password()?, ChannelBinding::unsupported());
+            frontend::sasl_initial_response(SCRAM_SHA_256, client.message(), out).map_err(io)?;
+            *scram = Some(client);
+            Ok(())
+        }
+        AuthRequest::SaslContinue(data) => {
+            let client = scram
+                .as_mut()
+                .ok_or_else(|| UpstreamError::Protocol("SASL continue before start".into()))?;
+            client
+                .update(&data)
+                .map_err(|e| UpstreamError::Auth(format!("SCRAM with the server failed: {e}")))?;
+            frontend::sasl_response(client.message(), out).map_err(io)
+        }
+        AuthRequest::SaslFinal(data) => {
+            let client = scram
+                .as_mut()
+                .ok_or_else(|| UpstreamError::Protocol("SASL final before start".into()))?;
+            client
+                .finish(&data)
+                .map_err(|e| UpstreamError::Auth(format!("the server's SCRAM signature is wrong: {e}")))
+        }
+        AuthRequest::Unsupported(code) => Err(UpstreamError::Auth(format!(
+            "unsupported authentication request {code}"
+        ))),
+    }
+}
+
+async fn open(target: &PostgresTarget) -> Result<Stream, UpstreamError> {
+    let addr = format!("{}:{}", target.host, target.port);
+    let fail = |detail: String| UpstreamError::Connect {
+        addr: addr.clone(),
+        detail,
+    };
+    let tcp = TcpStream::connect((target.host.as_str(), target.port))
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let _ = tcp.set_nodelay(true);
+    if target.tls == UpstreamTls::Disable {
+        return Ok(Stream::Plain(tcp));
+    }
+    let mut tcp = tcp;
+    let mut req = BytesMut::new();
+    frontend::ssl_request(&mut req);
+    tcp.write_all(&req).await.map_err(|e| fail(e.to_string()))?;
+    let answer = tcp.read_u8().await.map_err(|e| fail(e.to_string()))?;
+    if answer != b'S' {
+        return match target.tls {
+            UpstreamTls::Prefer => Ok(Stream::Plain(tcp)),
+            _ => Err(fail(
+                "the server does not offer TLS and the resource requires it".into(),
+            )),
+        };
+    }
+    let config = tls::upstream_config(target.tls, target.ca_file.as_deref()).map_err(|e| fail(e.to_string()))?;
+    let name = tls::server_name(&target.host).map_err(|e| fail(e.to_string()))?;
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| fail(format!("TLS: {e}")))?;
+    Ok(Stream::Client(Box::new(tls)))
+}
+
+async fn send(stream: &mut Stream, out: &mut BytesMut) -> Result<(), UpstreamError> {
+    stream
+        .write_all(out)
+        .await
+        .map_err(|e| UpstreamError::Protocol(e.to_string()))?;
+    out.clear();
+    Ok(())
+}
+
+async fn read(stream: &mut Stream, buf: &mut BytesMut) -> Result<Message, UpstreamError> {
+    loop {
+        if let Some(msg) = parse_message(buf, MAX_LOGIN_MESSAGE).map_err(|e| UpstreamError::Protocol(e.to_string()))? {
+            return Ok(msg);
+        }
+        let n = stream
+            .read_buf(buf)
+            .await
+            .map_err(|e| UpstreamError::Protocol(e.to_string()))?;
+        if n == 0 {
+            return Err(UpstreamError::Protocol(
+                "the server closed the connection during login".into(),
+            ));
+        }
+    }
+}
+
+fn append(out: &mut BytesMut, msg: &Message) {
+    out.put_u8(msg.tag);
+    out.put_u32((msg.body.len() + 4) as u32);
+    out.put_slice(&msg.body);
+}
