@@ -1,0 +1,136 @@
+//! From the file's shape to what each part needs: the control plane gets
+//! resources and policies, the proxy gets listeners, targets and secrets.
+//! Secrets are read here, from env or files, and wrapped so they never print.
+
+use portcullis_control as control;
+use portcullis_protocol::secret::Secret;
+use portcullis_proxy::settings as proxy;
+
+use super::schema::{Config, Kind, Principals, Reason, ReasonWord, Resource, Role, TlsMode};
+
+/// What the control plane needs.
+pub fn control_settings(config: &Config) -> control::ControlSettings {
+    control::ControlSettings {
+        data_dir: config.data_dir.clone(),
+        resources: config.resources.iter().map(control_resource).collect(),
+        gateway_postgres: Some(
+            config
+                .postgres
+                .advertise
+                .clone()
+                .unwrap_or_else(|| config.postgres.listen.to_string()),
+        ),
+        gateway_ssh: config.ssh.as_ref().map(|s| s.listen.to_string()),
+    }
+}
+
+fn control_resource(r: &Resource) -> control::ResourceSettings {
+    let p = &r.policy;
+    let defaults = control::Policy::default();
+    let max_duration = p.max_duration.map_or(defaults.max_duration, |d| d.0);
+    let default_duration = p
+        .default_duration
+        .map_or(defaults.default_duration.min(max_duration), |d| d.0);
+    control::ResourceSettings {
+        name: r.name.clone(),
+        kind: match r.kind {
+            Kind::Postgres => control::ResourceKind::Postgres,
+            Kind::Ssh => control::ResourceKind::Ssh,
+        },
+        roles: r.roles.keys().cloned().collect(),
+        policy: control::Policy {
+            requesters: p.requesters.as_ref().map(principals),
+            approvers: p.approvers.as_ref().map(principals),
+            approvals_required: p.approvals_required,
+            min_duration: p.min_duration.map(|d| d.0),
+            max_duration,
+            default_duration,
+            reason: match &p.reason {
+                None | Some(Reason::Word(ReasonWord::Optional)) => control::ReasonRule::Optional,
+                Some(Reason::Word(ReasonWord::Required)) => control::ReasonRule::Required,
+                Some(Reason::Pattern { pattern }) => control::ReasonRule::Pattern(pattern.clone()),
+            },
+            auto_approve: p
+                .auto_approve
+                .iter()
+                .map(|a| control::AutoApprove {
+                    users: a.users.clone(),
+                    groups: a.groups.clone(),
+                    max_duration: a.max_duration.0,
+                })
+                .collect(),
+        },
+    }
+}
+
+fn principals(p: &Principals) -> control::Principals {
+    control::Principals {
+        users: p.users.clone(),
+        groups: p.groups.clone(),
+    }
+}
+
+/// What the proxy needs; fails when a secret cannot be read.
+pub fn proxy_settings(config: &Config) -> Result<proxy::ProxySettings, String> {
+    let mut resources = Vec::new();
+    for r in &config.resources {
+        let target = match r.kind {
+            Kind::Postgres => proxy::Target::Postgres(proxy::PostgresTarget {
+                host: r.host.clone(),
+                port: r.port.unwrap_or(5432),
+                database: r.database.clone().unwrap_or_else(|| r.name.clone()),
+                tls: match r.tls {
+                    TlsMode::Disable => proxy::UpstreamTls::Disable,
+                    TlsMode::Prefer => proxy::UpstreamTls::Prefer,
+                    TlsMode::Require => proxy::UpstreamTls::Require,
+                    TlsMode::VerifyFull => proxy::UpstreamTls::VerifyFull,
+                },
+                ca_file: r.ca_file.clone(),
+            }),
+            Kind::Ssh => proxy::Target::Ssh,
+        };
+        let mut roles = Vec::new();
+        for (name, role) in &r.roles {
+            roles.push(proxy::Role {
+                name: name.clone(),
+                user: role.user.clone(),
+                password: password(role).map_err(|e| format!("resources[{}].roles.{name}: {e}", r.name))?,
+            });
+        }
+        resources.push(proxy::Resource {
+            name: r.name.clone(),
+            target,
+            roles,
+        });
+    }
+    Ok(proxy::ProxySettings {
+        data_dir: config.data_dir.clone(),
+        postgres: proxy::PostgresListener {
+            listen: config.postgres.listen,
+            require_tls: config.postgres.require_tls,
+            handshake_timeout: config.postgres.handshake_timeout.0,
+            tls: config.postgres.tls.as_ref().map(|t| proxy::TlsFiles {
+                cert: t.cert.clone(),
+                key: t.key.clone(),
+            }),
+        },
+        warn_before: config.warn_before.iter().map(|w| w.0).collect(),
+        resources,
+    })
+}
+
+fn password(role: &Role) -> Result<Option<Secret<String>>, String> {
+    if let Some(var) = &role.password_env {
+        return match std::env::var(var) {
+            Ok(v) => Ok(Some(Secret::new(v))),
+            Err(_) => Err(format!("password_env: the environment variable {var} is not set")),
+        };
+    }
+    if let Some(path) = &role.password_file {
+        return match std::fs::read_to_string(path) {
+            Ok(v) => Ok(Some(Secret::new(v.trim_end_matches(['\r', '\n']).to_owned()))),
+            Err(e) => Err(format!("password_file: cannot read {}: {e}", path.display())),
+        };
+    }
+    Ok(None)
+}

@@ -1,0 +1,527 @@
+//! A `portcullis serve` process per test: its config in a fresh temp dir, its
+//! log beside it, and helpers that drive it the way people do (the CLI, psql,
+//! tokio-postgres, plain HTTP).
+
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+use super::pg::{free_port, pg};
+
+/// How long the gateway may take to come up.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// Bound on any CLI call.
+const CLI_TIMEOUT: Duration = Duration::from_secs(60);
+/// Bound on any psql run.
+const PSQL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The upstream roles a test can configure on `orders`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// `read`: orders_ro, SCRAM, password from an env var.
+    Read,
+    /// `admin`: orders_admin, SCRAM, password from a file.
+    Admin,
+    /// `md5`: md5user, md5, password from an env var.
+    Md5,
+    /// `trust`: trustuser, no password.
+    Trust,
+}
+
+impl Role {
+    /// The role's name in the config and in `dbname=orders@NAME`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Read => "read",
+            Role::Admin => "admin",
+            Role::Md5 => "md5",
+            Role::Trust => "trust",
+        }
+    }
+
+    /// The upstream user it logs in as.
+    pub fn upstream_user(self) -> &'static str {
+        match self {
+            Role::Read => "orders_ro",
+            Role::Admin => "orders_admin",
+            Role::Md5 => "md5user",
+            Role::Trust => "trustuser",
+        }
+    }
+}
+
+/// What a test may vary in the config.
+#[derive(Clone, Debug)]
+pub struct GatewayOptions {
+    /// `warn_before:` offsets.
+    pub warn_before: Vec<String>,
+    /// `postgres.require_tls`.
+    pub require_tls: bool,
+    /// `postgres.handshake_timeout`.
+    pub handshake_timeout: String,
+    /// Roles of `orders`.
+    pub roles: Vec<Role>,
+    /// `policy.approvals_required` of `orders`.
+    pub approvals_required: u32,
+    /// `policy.min_duration` of `orders`.
+    pub min_duration: Option<String>,
+    /// `policy.max_duration` of `orders`.
+    pub max_duration: String,
+    /// `policy.default_duration` of `orders`.
+    pub default_duration: String,
+    /// `policy.reason: required` when true.
+    pub reason_required: bool,
+    /// RUST_LOG for the gateway, when set.
+    pub log_filter: Option<String>,
+}
+
+impl Default for GatewayOptions {
+    fn default() -> Self {
+        GatewayOptions {
+            warn_before: vec!["5m".into(), "1m".into()],
+            require_tls: false,
+            handshake_timeout: "10s".into(),
+            roles: vec![Role::Read],
+            approvals_required: 1,
+            min_duration: None,
+            max_duration: "4h".into(),
+            default_duration: "1h".into(),
+            reason_required: true,
+            log_filter: None,
+        }
+    }
+}
+
+/// A running gateway; killed on drop.
+pub struct Gateway {
+    /// Temp dir with the config, the log and the data dir; removed on drop.
+    _dir: TempDir,
+    /// HTTP API port.
+    pub api_port: u16,
+    /// Postgres listener port.
+    pub pg_port: u16,
+    /// `data_dir`.
+    pub data_dir: PathBuf,
+    /// Token of the built-in `admin`, from `data_dir/admin.token`.
+    pub admin_token: String,
+    log_path: PathBuf,
+    child: Child,
+}
+
+impl Gateway {
+    /// Writes a config, starts `portcullis serve -c FILE`, and waits until the
+    /// API answers `/healthz`, the Postgres port accepts and admin.token exists.
+    pub fn start(opts: GatewayOptions) -> Gateway {
+        let pg = pg();
+        let dir = tempfile::Builder::new()
+            .prefix("portcullis-e2e-gw-")
+            .tempdir()
+            .expect("tempdir");
+        let data_dir = dir.path().join("data");
+        let admin_pw = dir.path().join("orders_admin.password");
+        std::fs::write(&admin_pw, format!("{}\n", pg.admin_password)).expect("write password file");
+        let api_port = free_port();
+        let pg_port = free_port();
+        let config = config_yaml(&opts, &data_dir, api_port, pg_port, &admin_pw);
+        let config_path = dir.path().join("portcullis.yaml");
+        std::fs::write(&config_path, config).expect("write config");
+        let log_path = dir.path().join("gateway.log");
+        let log = std::fs::File::create(&log_path).expect("create log");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_portcullis"));
+        cmd.arg("serve")
+            .arg("-c")
+            .arg(&config_path)
+            .env("ORDERS_RO_PASSWORD", &pg.ro_password)
+            .env("MD5_PASSWORD", &pg.md5_password)
+            .env_remove("PORTCULLIS_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log"))
+            .stderr(log);
+        if let Some(filter) = &opts.log_filter {
+            cmd.env("RUST_LOG", filter);
+        }
+        let child = cmd.spawn().expect("spawn portcullis serve");
+        let mut gw = Gateway {
+            _dir: dir,
+            api_port,
+            pg_port,
+            admin_token: String::new(),
+            data_dir,
+            log_path,
+            child,
+        };
+        gw.wait_ready();
+        gw
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        let token_path = self.data_dir.join("admin.token");
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("portcullis serve exited during start ({status}); log:\n{}", self.log());
+            }
+            let healthy = matches!(self.try_http("GET", "/healthz", None, None), Ok((200, _)));
+            let pg_up = TcpStream::connect(("127.0.0.1", self.pg_port)).is_ok();
+            let token = std::fs::read_to_string(&token_path).unwrap_or_default();
+            if healthy && pg_up && !token.trim().is_empty() {
+                self.admin_token = token.trim().to_owned();
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "portcullis serve not ready after {START_TIMEOUT:?} (healthz {healthy}, postgres port {pg_up}, admin.token {}); log:\n{}",
+                    !token.trim().is_empty(),
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The API's base URL.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.api_port)
+    }
+
+    /// Everything the gateway wrote to stdout and stderr so far.
+    pub fn log(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.log_path).unwrap_or_default()).into_owned()
+    }
+
+    /// Panics (with the log) if the gateway process has exited.
+    pub fn assert_alive(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!("the gateway exited ({status}); log:\n{}", self.log());
+        }
+    }
+
+    /// Runs `portcullis ARGS` with PORTCULLIS_URL and PORTCULLIS_TOKEN set.
+    pub fn cli(&self, token: &str, args: &[&str]) -> Output {
+        self.cli_with(Some(token), args)
+    }
+
+    /// Like `cli`, but PORTCULLIS_TOKEN only when `token` is given.
+    pub fn cli_with(&self, token: Option<&str>, args: &[&str]) -> Output {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_portcullis"));
+        cmd.args(args)
+            .env("PORTCULLIS_URL", self.url())
+            .env_remove("PORTCULLIS_TOKEN");
+        if let Some(t) = token {
+            cmd.env("PORTCULLIS_TOKEN", t);
+        }
+        run_bounded(&mut cmd, CLI_TIMEOUT)
+    }
+
+    /// Like `cli`, with `input` on stdin.
+    pub fn cli_input(&self, token: &str, args: &[&str], input: &str) -> Output {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_portcullis"));
+        cmd.args(args)
+            .env("PORTCULLIS_URL", self.url())
+            .env("PORTCULLIS_TOKEN", token)
+            .env("PGCONNECT_TIMEOUT", "10")
+            .env("PGPASSFILE", "/dev/null");
+        run_bounded_input(&mut cmd, Some(input.as_bytes()), CLI_TIMEOUT)
+    }
+
+    /// Runs a CLI verb that must succeed; answers its stdout, trimmed.
+    pub fn cli_ok(&self, token: &str, args: &[&str]) -> String {
+        let out = self.cli(token, args);
+        assert!(
+            out.status.success(),
+            "portcullis {} failed ({}):\nstdout: {}\nstderr: {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// `user add NAME [--group G].. [--admin]` as admin; answers the token.
+    pub fn add_user(&self, name: &str, groups: &[&str], admin: bool) -> String {
+        let mut args = vec!["user", "add", name];
+        for g in groups {
+            args.extend(["--group", g]);
+        }
+        if admin {
+            args.push("--admin");
+        }
+        let token = self.cli_ok(&self.admin_token, &args);
+        assert!(
+            !token.is_empty() && !token.contains(char::is_whitespace),
+            "user add should print the token alone, got {token:?}"
+        );
+        token
+    }
+
+    /// `request RESOURCE [--role R] --for D --reason ...`; answers the request id.
+    pub fn request(&self, token: &str, resource: &str, role: Option<&str>, duration: &str) -> String {
+        let mut args = vec!["request", resource, "--for", duration, "--reason", "e2e test"];
+        if let Some(r) = role {
+            args.extend(["--role", r]);
+        }
+        self.cli_ok(token, &args)
+    }
+
+    /// A request approved by `approver`: answers (request id, grant id).
+    pub fn grant(
+        &self,
+        user_token: &str,
+        approver_token: &str,
+        resource: &str,
+        role: Option<&str>,
+        duration: &str,
+    ) -> (String, String) {
+        let id = self.request(user_token, resource, role, duration);
+        let state = self.cli_ok(approver_token, &["approve", &id]);
+        assert_eq!(state, "approved", "approving {id}");
+        let req = self.api_json(user_token, &format!("/v1/requests/{id}"));
+        let grant_id = req["grant_id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("approved request without grant_id: {req}"))
+            .to_owned();
+        (id, grant_id)
+    }
+
+    /// The grant with this id, as the API shows it to `token`.
+    pub fn grant_json(&self, token: &str, grant_id: &str) -> Value {
+        let all = self.api_json(token, "/v1/grants?all=true");
+        all.as_array()
+            .and_then(|gs| gs.iter().find(|g| g["id"] == grant_id))
+            .cloned()
+            .unwrap_or_else(|| panic!("grant {grant_id} not in {all}"))
+    }
+
+    /// psql through the gateway with a keyword connection string.
+    pub fn psql(&self, user: &str, token: &str, dbname: &str, sslmode: &str, sql: &str) -> Output {
+        let conninfo = format!(
+            "host=127.0.0.1 port={} user={user} dbname={dbname} sslmode={sslmode}",
+            self.pg_port
+        );
+        self.psql_conn(&conninfo, token, sql)
+    }
+
+    /// psql with any connection string or URL, the token as PGPASSWORD.
+    pub fn psql_conn(&self, conninfo: &str, token: &str, sql: &str) -> Output {
+        let mut cmd = Command::new("psql");
+        cmd.args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", conninfo, "-c", sql])
+            .env("PGPASSWORD", token)
+            .env("PGCONNECT_TIMEOUT", "10");
+        for var in [
+            "PGHOST",
+            "PGPORT",
+            "PGUSER",
+            "PGDATABASE",
+            "PGSSLMODE",
+            "PGSERVICE",
+            "PGOPTIONS",
+        ] {
+            cmd.env_remove(var);
+        }
+        cmd.env("PGPASSFILE", "/dev/null");
+        run_bounded(&mut cmd, PSQL_TIMEOUT)
+    }
+
+    /// A tokio-postgres config for the gateway (plain TCP).
+    pub fn pg_config(&self, user: &str, token: &str, dbname: &str) -> tokio_postgres::Config {
+        let mut c = tokio_postgres::Config::new();
+        c.host("127.0.0.1")
+            .port(self.pg_port)
+            .user(user)
+            .password(token)
+            .dbname(dbname)
+            .ssl_mode(tokio_postgres::config::SslMode::Disable)
+            .connect_timeout(Duration::from_secs(10));
+        c
+    }
+
+    /// A plain HTTP/1.1 call to the API: (status, body).
+    pub fn http(&self, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> (u16, String) {
+        self.try_http(method, path, token, body)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}; log:\n{}", self.log()))
+    }
+
+    /// `GET path` that must answer 200 with JSON.
+    pub fn api_json(&self, token: &str, path: &str) -> Value {
+        let (status, body) = self.http("GET", path, Some(token), None);
+        assert_eq!(status, 200, "GET {path} answered {status}: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: not JSON ({e}): {body}"))
+    }
+
+    fn try_http(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+    ) -> std::io::Result<(u16, String)> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.api_port))?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let mut req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n",
+            self.api_port
+        );
+        if let Some(t) = token {
+            let _ = write!(req, "Authorization: Bearer {t}\r\n");
+        }
+        let body = body.unwrap_or("");
+        if !body.is_empty() || method == "POST" {
+            let _ = write!(
+                req,
+                "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                body.len()
+            );
+        }
+        req.push_str("\r\n");
+        req.push_str(body);
+        s.write_all(req.as_bytes())?;
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw)?;
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let Some((head, rest)) = text.split_once("\r\n\r\n") else {
+            return Err(std::io::Error::other(format!("no HTTP header in {text:?}")));
+        };
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("bad status line in {head:?}")))?;
+        let chunked = head.lines().any(|l| {
+            l.to_ascii_lowercase().starts_with("transfer-encoding:") && l.to_ascii_lowercase().contains("chunked")
+        });
+        let body = if chunked { dechunk(rest) } else { rest.to_owned() };
+        Ok((status, body))
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- gateway log ({}) ---\n{}", self.log_path.display(), self.log());
+        }
+    }
+}
+
+fn dechunk(mut rest: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || after.len() < n {
+            break;
+        }
+        out.push_str(&after[..n]);
+        rest = after[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+fn config_yaml(
+    opts: &GatewayOptions,
+    data_dir: &std::path::Path,
+    api_port: u16,
+    pg_port: u16,
+    admin_pw: &std::path::Path,
+) -> String {
+    let pg = pg();
+    let mut roles = String::new();
+    for role in &opts.roles {
+        let creds = match role {
+            Role::Read => "{ user: orders_ro, password_env: ORDERS_RO_PASSWORD }".to_owned(),
+            Role::Admin => format!("{{ user: orders_admin, password_file: {} }}", admin_pw.display()),
+            Role::Md5 => "{ user: md5user, password_env: MD5_PASSWORD }".to_owned(),
+            Role::Trust => "{ user: trustuser }".to_owned(),
+        };
+        let _ = writeln!(roles, "      {}: {creds}", role.name());
+    }
+    let mut policy = format!(
+        "      approvers: {{ users: [carol], groups: [dba] }}\n      approvals_required: {}\n      max_duration: {}\n      default_duration: {}\n",
+        opts.approvals_required, opts.max_duration, opts.default_duration
+    );
+    if let Some(min) = &opts.min_duration {
+        let _ = writeln!(policy, "      min_duration: {min}");
+    }
+    if opts.reason_required {
+        policy.push_str("      reason: required\n");
+    }
+    format!(
+        "data_dir: {data}\n\
+         api: {{ listen: 127.0.0.1:{api_port} }}\n\
+         postgres:\n  listen: 127.0.0.1:{pg_port}\n  require_tls: {tls}\n  handshake_timeout: {hs}\n\
+         warn_before: [{warn}]\n\
+         resources:\n\
+         \x20 - name: orders\n    kind: postgres\n    host: 127.0.0.1\n    port: {port}\n    database: orders\n    tls: disable\n    roles:\n{roles}    policy:\n{policy}\
+         \x20 - name: bench\n    kind: postgres\n    host: 127.0.0.1\n    port: {port}\n    database: bench\n    tls: disable\n    roles:\n      admin: {{ user: orders_admin, password_file: {pw} }}\n    policy:\n      approvers: {{ users: [carol], groups: [dba] }}\n      max_duration: 4h\n      default_duration: 1h\n",
+        data = data_dir.display(),
+        tls = opts.require_tls,
+        hs = opts.handshake_timeout,
+        warn = opts.warn_before.join(", "),
+        port = pg.port,
+        pw = admin_pw.display(),
+    )
+}
+
+/// Runs `cmd` to completion with captured output, killing it after `timeout`.
+pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> Output {
+    run_bounded_input(cmd, None, timeout)
+}
+
+/// Like `run_bounded`, with `input` written to stdin (else stdin is null).
+pub fn run_bounded_input(cmd: &mut Command, input: Option<&[u8]>, timeout: Duration) -> Output {
+    let mut child = cmd
+        .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    if let (Some(bytes), Some(mut stdin)) = (input, child.stdin.take()) {
+        let bytes = bytes.to_vec();
+        std::thread::spawn(move || {
+            let _ = stdin.write_all(&bytes);
+        });
+    }
+    let reader = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let out = reader(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let err = reader(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let stdout = out.join().unwrap_or_default();
+            let stderr = err.join().unwrap_or_default();
+            panic!(
+                "{cmd:?} did not finish within {timeout:?}\nstdout: {}\nstderr: {}",
+                String::from_utf8_lossy(&stdout),
+                String::from_utf8_lossy(&stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    }
+}

@@ -1,0 +1,20 @@
+//! End-to-end tests: the real `portcullis` binary against a throwaway
+//! PostgreSQL 15 cluster, driven by the CLI, psql, pgbench, tokio-postgres
+//! and raw sockets. See harness/ for how the pieces are started.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::large_enum_variant
+)]
+
+mod harness;
+
+mod bad_input;
+mod driver;
+mod enforcement;
+mod psql;
+mod refusals;
+mod secrets;
+mod workflow;
