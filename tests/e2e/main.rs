@@ -14,6 +14,7 @@ mod harness;
 mod bad_input;
 mod driver;
 mod enforcement;
+mod metrics;
 mod psql;
 mod refusals;
 mod secrets;

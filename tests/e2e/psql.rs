@@ -207,3 +207,59 @@ fn connect_runs_psql_with_the_token() {
         stderr(&out)
     );
 }
+
+/// Whether the upstream backend serving this session runs over TLS.
+const BACKEND_SSL: &str = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()";
+
+#[test]
+fn upstream_tls_follows_the_resource_setting() {
+    let ca = crate::harness::pg::pg().ca_file.clone();
+    for (mode, ca_file, want) in [
+        ("disable", None, "f"),
+        ("prefer", None, "t"),
+        ("require", None, "t"),
+        ("verify-full", Some(ca), "t"),
+    ] {
+        let gw = Gateway::start(GatewayOptions {
+            upstream_tls: mode,
+            upstream_ca: ca_file,
+            ..GatewayOptions::default()
+        });
+        let alice = gw.add_user("alice", &[], false);
+        let carol = gw.add_user("carol", &[], false);
+        gw.grant(&alice, &carol, "orders", None, "1h");
+        let out = gw.psql("alice", &alice, "orders", "disable", BACKEND_SSL);
+        assert_eq!(
+            ok(&out, &format!("psql with upstream tls: {mode}")),
+            want,
+            "tls: {mode}"
+        );
+    }
+}
+
+#[test]
+fn verify_full_refuses_an_upstream_it_cannot_verify() {
+    // A CA that did not sign the server's certificate: the gateway's own.
+    let other_ca = tempfile::NamedTempFile::new().expect("temp file");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .and_then(|p| p.self_signed(&key))
+        .expect("certificate");
+    std::fs::write(other_ca.path(), cert.pem()).expect("write CA");
+    let gw = Gateway::start(GatewayOptions {
+        upstream_tls: "verify-full",
+        upstream_ca: Some(other_ca.path().to_path_buf()),
+        ..GatewayOptions::default()
+    });
+    let alice = gw.add_user("alice", &[], false);
+    let carol = gw.add_user("carol", &[], false);
+    gw.grant(&alice, &carol, "orders", None, "1h");
+    let out = gw.psql("alice", &alice, "orders", "disable", "SELECT 1");
+    assert!(!out.status.success(), "an unverifiable upstream must be refused");
+    let err = stderr(&out);
+    assert!(err.contains("FATAL") && err.contains("orders"), "{err}");
+    assert!(
+        err.to_lowercase().contains("certificate"),
+        "the refusal should say why: {err}"
+    );
+}

@@ -79,6 +79,10 @@ pub struct GatewayOptions {
     pub reason_required: bool,
     /// RUST_LOG for the gateway, when set.
     pub log_filter: Option<String>,
+    /// `tls:` of `orders` towards the upstream server.
+    pub upstream_tls: &'static str,
+    /// `ca_file:` of `orders`.
+    pub upstream_ca: Option<PathBuf>,
 }
 
 impl Default for GatewayOptions {
@@ -94,6 +98,8 @@ impl Default for GatewayOptions {
             default_duration: "1h".into(),
             reason_required: true,
             log_filter: None,
+            upstream_tls: "disable",
+            upstream_ca: None,
         }
     }
 }
@@ -454,13 +460,17 @@ fn config_yaml(
     if opts.reason_required {
         policy.push_str("      reason: required\n");
     }
+    let mut upstream_tls = format!("tls: {}", opts.upstream_tls);
+    if let Some(ca) = &opts.upstream_ca {
+        let _ = write!(upstream_tls, "\n    ca_file: {}", ca.display());
+    }
     format!(
         "data_dir: {data}\n\
          api: {{ listen: 127.0.0.1:{api_port} }}\n\
          postgres:\n  listen: 127.0.0.1:{pg_port}\n  require_tls: {tls}\n  handshake_timeout: {hs}\n\
          warn_before: [{warn}]\n\
          resources:\n\
-         \x20 - name: orders\n    kind: postgres\n    host: 127.0.0.1\n    port: {port}\n    database: orders\n    tls: disable\n    roles:\n{roles}    policy:\n{policy}\
+         \x20 - name: orders\n    kind: postgres\n    host: 127.0.0.1\n    port: {port}\n    database: orders\n    {upstream_tls}\n    roles:\n{roles}    policy:\n{policy}\
          \x20 - name: bench\n    kind: postgres\n    host: 127.0.0.1\n    port: {port}\n    database: bench\n    tls: disable\n    roles:\n      admin: {{ user: orders_admin, password_file: {pw} }}\n    policy:\n      approvers: {{ users: [carol], groups: [dba] }}\n      max_duration: 4h\n      default_duration: 1h\n",
         data = data_dir.display(),
         tls = opts.require_tls,

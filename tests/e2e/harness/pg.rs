@@ -25,6 +25,9 @@ pub struct Pg {
     pub admin_password: String,
     /// Password of `md5user` (stored as md5).
     pub md5_password: String,
+    /// The server's self-signed certificate (for 127.0.0.1 and localhost),
+    /// the CA a `verify-full` resource trusts.
+    pub ca_file: PathBuf,
 }
 
 static PG: OnceLock<Pg> = OnceLock::new();
@@ -100,6 +103,7 @@ impl Pg {
             ro_password: format!("ro-{}", random_hex()),
             admin_password: format!("adm-{}", random_hex()),
             md5_password: format!("md5-{}", random_hex()),
+            ca_file: dir.join("server.crt"),
         };
         let data = dir.join("data");
         let pwfile = dir.join("pw");
@@ -126,6 +130,13 @@ impl Pg {
              fsync = off\nsynchronous_commit = off\nfull_page_writes = off\nmax_connections = 200\n",
             pg.port,
             dir.display()
+        );
+        write_server_cert(&pg.ca_file, &dir.join("server.key"))?;
+        let _ = write!(
+            conf,
+            "ssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'\n",
+            pg.ca_file.display(),
+            dir.join("server.key").display()
         );
         write(&data.join("postgresql.conf"), &conf)?;
         let mut ctl = Command::new(format!("{BIN}/pg_ctl"));
@@ -263,6 +274,23 @@ fn write(path: &Path, text: &str) -> Result<(), String> {
     let _ = Command::new("chmod").arg("0644").arg(path).status();
     if pg_owner().ok().flatten().is_some() {
         let _ = Command::new("chown").arg("postgres").arg(path).status();
+    }
+    Ok(())
+}
+
+/// A self-signed certificate for 127.0.0.1 and localhost, and its key
+/// (mode 0600, owned by the cluster's user, as PostgreSQL insists).
+fn write_server_cert(cert_path: &Path, key_path: &Path) -> Result<(), String> {
+    let names = vec!["127.0.0.1".to_owned(), "localhost".to_owned()];
+    let key = rcgen::KeyPair::generate().map_err(|e| format!("key: {e}"))?;
+    let cert = rcgen::CertificateParams::new(names)
+        .and_then(|p| p.self_signed(&key))
+        .map_err(|e| format!("certificate: {e}"))?;
+    write(cert_path, &cert.pem())?;
+    std::fs::write(key_path, key.serialize_pem()).map_err(|e| format!("write key: {e}"))?;
+    let _ = Command::new("chmod").arg("0600").arg(key_path).status();
+    if pg_owner().ok().flatten().is_some() {
+        let _ = Command::new("chown").arg("postgres").arg(key_path).status();
     }
     Ok(())
 }
