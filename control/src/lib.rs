@@ -108,10 +108,7 @@ fn open_blocking(data_dir: &Path) -> Result<(Store, FeedHub), ControlError> {
     bootstrap::ensure_admin(&store, data_dir)?;
     let feed = store.with_blocking(|conn| -> Result<FeedHub, ControlError> {
         let since = time::now().saturating_sub(feed::RECENT_MS);
-        let grants = grants::ended_after(conn, since)?
-            .iter()
-            .map(model::Grant::entry)
-            .collect();
+        let grants = grants::ended_after(conn, since)?;
         Ok(FeedHub::new(
             users::entries(conn)?,
             grants,

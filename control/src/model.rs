@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use portcullis_protocol::feed::{GrantEntry, PendingEntry, Revocation, UnixMillis};
+use portcullis_protocol::feed::{GrantEntry, PendingEntry, UnixMillis};
 
 /// An engineer (or admin) as the control plane knows them; no secrets.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -160,30 +160,18 @@ impl fmt::Display for GrantState {
     }
 }
 
-/// Time-boxed access of one user to one role of one resource.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Grant {
-    /// `grt_` + 12 hex chars.
-    pub id: String,
-    /// The request it came from.
-    pub request_id: String,
-    /// Engineer.
-    pub user: String,
-    /// Resource name.
-    pub resource: String,
-    /// Role name.
-    pub role: String,
-    /// Start of validity.
-    pub starts_at: UnixMillis,
-    /// The deadline.
-    pub expires_at: UnixMillis,
-    /// Set once revoked.
-    pub revoked: Option<Revocation>,
+/// Time-boxed access of one user to one role of one resource: the very
+/// entry proxies hold, so the store and the feed cannot drift apart.
+pub(crate) type Grant = GrantEntry;
+
+/// The clock's view of a grant.
+pub(crate) trait GrantClock {
+    /// The state at `now`: revoked wins, else the clock decides.
+    fn state(&self, now: UnixMillis) -> GrantState;
 }
 
-impl Grant {
-    /// The state at `now`: revoked wins, else the clock decides.
-    pub fn state(&self, now: UnixMillis) -> GrantState {
+impl GrantClock for Grant {
+    fn state(&self, now: UnixMillis) -> GrantState {
         if self.revoked.is_some() {
             GrantState::Revoked
         } else if now < self.starts_at {
@@ -192,20 +180,6 @@ impl Grant {
             GrantState::Expired
         } else {
             GrantState::Active
-        }
-    }
-
-    /// What proxies hold.
-    pub fn entry(&self) -> GrantEntry {
-        GrantEntry {
-            id: self.id.clone(),
-            request_id: self.request_id.clone(),
-            user: self.user.clone(),
-            resource: self.resource.clone(),
-            role: self.role.clone(),
-            starts_at: self.starts_at,
-            expires_at: self.expires_at,
-            revoked: self.revoked.clone(),
         }
     }
 }

@@ -12,6 +12,7 @@
 mod harness;
 
 mod bad_input;
+mod config;
 mod driver;
 mod enforcement;
 mod metrics;

@@ -5,7 +5,7 @@ use portcullis_protocol::feed::UnixMillis;
 use portcullis_protocol::sessions::SessionInfo;
 use serde::Serialize;
 
-use crate::model::{Approval, Grant, Request, User};
+use crate::model::{Approval, Grant, GrantClock, Request, User};
 use crate::time::rfc3339;
 
 /// `User`.

@@ -43,7 +43,7 @@ impl Workflow {
                     json!({ "reason": revocation.reason }),
                 )?;
                 grant.revoked = Some(revocation);
-                this.commit(tx, vec![FeedEvent::Grant(grant.entry())])?;
+                this.commit(tx, vec![FeedEvent::Grant(grant.clone())])?;
                 this.metrics.grant_changes.with_label_values(&["revoked"]).inc();
                 tracing::info!(grant = %id, by = %caller.name, "grant revoked");
                 Ok(grant)
@@ -75,7 +75,7 @@ impl Workflow {
                     }),
                 )?;
                 grant.expires_at = expires_at;
-                this.commit(tx, vec![FeedEvent::Grant(grant.entry())])?;
+                this.commit(tx, vec![FeedEvent::Grant(grant.clone())])?;
                 this.metrics.grant_changes.with_label_values(&["extended"]).inc();
                 tracing::info!(grant = %id, by = %caller.name, extension = %duration::format(by), "grant extended");
                 Ok(grant)

@@ -8,7 +8,7 @@ use portcullis_protocol::feed::UnixMillis;
 
 use crate::catalog::Resource;
 use crate::error::ApiError;
-use crate::model::{Grant, Request, RequestState, User};
+use crate::model::{Grant, GrantClock, Request, RequestState, User};
 use crate::settings::{Policy, Principals, ReasonRule};
 use crate::time::{duration, millis};
 
@@ -170,6 +170,16 @@ pub(crate) fn check_approve(resource: &Resource, req: &Request, approver: &User)
     if req.user == approver.name {
         return Err(ApiError::SelfApproval);
     }
+    check_decider(resource, req, approver)?;
+    if req.approvals.iter().any(|a| a.by == approver.name) {
+        return Err(ApiError::AlreadyApproved { id: req.id.clone() });
+    }
+    let distinct = req.approvals.len() + 1;
+    Ok(distinct >= usize::try_from(req.approvals_required).unwrap_or(usize::MAX))
+}
+
+/// What approving and denying both need: an approver of this resource, and a pending request.
+fn check_decider(resource: &Resource, req: &Request, approver: &User) -> Result<(), ApiError> {
     if !is_approver(&resource.settings.policy, approver) {
         return Err(ApiError::NotApprover {
             resource: resource.name().to_owned(),
@@ -181,11 +191,7 @@ pub(crate) fn check_approve(resource: &Resource, req: &Request, approver: &User)
             state: req.state,
         });
     }
-    if req.approvals.iter().any(|a| a.by == approver.name) {
-        return Err(ApiError::AlreadyApproved { id: req.id.clone() });
-    }
-    let distinct = req.approvals.len() + 1;
-    Ok(distinct >= usize::try_from(req.approvals_required).unwrap_or(usize::MAX))
+    Ok(())
 }
 
 /// Checks a denial; the reason is required.
@@ -198,17 +204,7 @@ pub(crate) fn check_deny(
     if req.user == approver.name {
         return Err(ApiError::SelfDenial);
     }
-    if !is_approver(&resource.settings.policy, approver) {
-        return Err(ApiError::NotApprover {
-            resource: resource.name().to_owned(),
-        });
-    }
-    if req.state != RequestState::Pending {
-        return Err(ApiError::NotPending {
-            id: req.id.clone(),
-            state: req.state,
-        });
-    }
+    check_decider(resource, req, approver)?;
     let reason = reason.map(str::trim).filter(|r| !r.is_empty());
     check_text("reason", reason)?;
     reason.map(str::to_owned).ok_or(ApiError::DenyReasonRequired)

@@ -79,7 +79,7 @@ impl Workflow {
                 json!({ "grant_id": grant.id }),
             )?;
             record(&tx, now, POLICY_ACTOR, "grant.create", &grant.id, grant_detail(&grant))?;
-            events.push(FeedEvent::Grant(grant.entry()));
+            events.push(FeedEvent::Grant(grant.clone()));
             req.grant_id = Some(grant.id);
             self.metrics.grant_changes.with_label_values(&["created"]).inc();
         } else {
@@ -147,7 +147,7 @@ impl Workflow {
             events.push(FeedEvent::PendingClosed {
                 request_id: id.to_owned(),
             });
-            events.push(FeedEvent::Grant(grant.entry()));
+            events.push(FeedEvent::Grant(grant.clone()));
         }
         self.commit(tx, events)?;
         if last {

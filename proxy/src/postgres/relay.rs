@@ -84,6 +84,21 @@ async fn client_to_server(
     }
 }
 
+/// At a message boundary: sends the final FATAL (which ends the relay) or
+/// the queued notices.
+async fn inject(to: &mut WriteHalf<Stream>, notices: &mut Vec<Bytes>, fatal: &mut Option<Bytes>) -> Option<RelayEnd> {
+    if let Some(f) = fatal.take() {
+        return Some(finish(to, notices, &f).await);
+    }
+    if !notices.is_empty() {
+        if let Err(e) = write_all(to, notices).await {
+            return Some(RelayEnd::Error(format!("client: {e}")));
+        }
+        notices.clear();
+    }
+    None
+}
+
 async fn server_to_client(
     from: &mut ReadHalf<Stream>,
     to: &mut WriteHalf<Stream>,
@@ -96,16 +111,10 @@ async fn server_to_client(
     let mut notices: Vec<Bytes> = Vec::new();
     let mut fatal: Option<Bytes> = None;
     loop {
-        if boundary.at_boundary() {
-            if let Some(f) = fatal.take() {
-                return finish(to, &notices, &f).await;
-            }
-            if !notices.is_empty() {
-                if let Err(e) = write_all(to, &notices).await {
-                    return RelayEnd::Error(format!("client: {e}"));
-                }
-                notices.clear();
-            }
+        if boundary.at_boundary()
+            && let Some(end) = inject(to, &mut notices, &mut fatal).await
+        {
+            return end;
         }
         let n = tokio::select! {
             biased;
@@ -130,16 +139,10 @@ async fn server_to_client(
         if let Err(e) = to.write_all(head).await {
             return RelayEnd::Error(format!("client: {e}"));
         }
-        if split.is_some() {
-            if let Some(f) = fatal.take() {
-                return finish(to, &notices, &f).await;
-            }
-            if !notices.is_empty() {
-                if let Err(e) = write_all(to, &notices).await {
-                    return RelayEnd::Error(format!("client: {e}"));
-                }
-                notices.clear();
-            }
+        if split.is_some()
+            && let Some(end) = inject(to, &mut notices, &mut fatal).await
+        {
+            return end;
         }
         if !tail.is_empty() {
             handle.bytes_out.fetch_add(tail.len() as u64, Ordering::Relaxed);
