@@ -67,7 +67,7 @@ async fn client_to_server(
     first: Bytes,
     handle: &SessionHandle,
 ) -> RelayEnd {
-    if !first.is_empty() && to.write_all(&first).await.is_err() {
+    if !first.is_empty() && (to.write_all(&first).await.is_err() || to.flush().await.is_err()) {
         return RelayEnd::ServerClosed;
     }
     let mut buf = vec![0u8; BUF];
@@ -78,7 +78,9 @@ async fn client_to_server(
             Err(e) => return RelayEnd::Error(format!("client: {e}")),
         };
         handle.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
-        if let Err(e) = to.write_all(&buf[..n]).await {
+        // Flush every chunk: over TLS a write may leave ciphertext buffered
+        // in rustls until the next write, which may never come.
+        if let Err(e) = write_chunk(to, &buf[..n]).await {
             return RelayEnd::Error(format!("server: {e}"));
         }
     }
@@ -150,7 +152,16 @@ async fn server_to_client(
                 return RelayEnd::Error(format!("client: {e}"));
             }
         }
+        // See client_to_server: TLS may hold the last chunk until flushed.
+        if let Err(e) = to.flush().await {
+            return RelayEnd::Error(format!("client: {e}"));
+        }
     }
+}
+
+async fn write_chunk(to: &mut WriteHalf<Stream>, chunk: &[u8]) -> io::Result<()> {
+    to.write_all(chunk).await?;
+    to.flush().await
 }
 
 async fn write_all(to: &mut WriteHalf<Stream>, parts: &[Bytes]) -> io::Result<()> {
