@@ -55,9 +55,7 @@ impl Workflow {
             })
             .await
     }
-}
 
-impl Workflow {
     /// One grant, if the caller may see it.
     pub(crate) async fn get_grant(&self, caller: User, id: String) -> Result<Grant, ApiError> {
         let this = self.clone();
