@@ -22,6 +22,7 @@ use crate::backoff::LoginBackoff;
 use crate::grants::table::GrantTable;
 use crate::metrics::ProxyMetrics;
 use crate::postgres::cancel::CancelMap;
+use crate::postgres::pool::Pool;
 use crate::sessions::SessionRegistry;
 use crate::settings::ProxySettings;
 
@@ -46,6 +47,8 @@ pub struct Proxy {
     pub sessions: Arc<SessionRegistry>,
     /// Backend keys of live sessions, for CancelRequest.
     pub cancels: CancelMap,
+    /// Warm server connections between sessions.
+    pub pool: Pool,
     /// Failed-login backoff per user and per address.
     pub backoff: LoginBackoff,
     /// TLS for clients that send SSLRequest.
@@ -67,14 +70,15 @@ impl Proxy {
         getrandom::fill(&mut mock_seed).map_err(|e| ProxyError::Tls(e.to_string()))?;
         Ok(Arc::new(Proxy {
             sessions: Arc::new(SessionRegistry::new(metrics.clone())),
-            settings,
             grants: Arc::new(GrantTable::default()),
             cancels: CancelMap::default(),
+            pool: Pool::new(settings.postgres.pool),
             backoff: LoginBackoff::default(),
             tls,
             metrics,
             mock_seed,
             tracker: TaskTracker::new(),
+            settings,
         }))
     }
 

@@ -1,6 +1,6 @@
 //! Prometheus metrics of the proxy: connections by outcome, live sessions, cuts by reason, bytes.
 
-use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 /// Handles to the proxy's metrics; cheap to clone.
 #[derive(Clone)]
@@ -13,6 +13,10 @@ pub struct ProxyMetrics {
     pub cuts: IntCounterVec,
     /// `portcullis_bytes_relayed_total{protocol, direction}`.
     pub bytes: IntCounterVec,
+    /// `portcullis_upstream_connections_total{resource, source}`: `pool` or `login`.
+    pub upstream: IntCounterVec,
+    /// `portcullis_upstream_idle_connections`: warm server connections in the pool.
+    pub pool_idle: IntGauge,
 }
 
 impl ProxyMetrics {
@@ -43,6 +47,19 @@ impl ProxyMetrics {
             ),
             &["protocol", "direction"],
         )?;
+        let upstream = IntCounterVec::new(
+            Opts::new(
+                "portcullis_upstream_connections_total",
+                "Server connections given to sessions, by resource and source (pool: a warm one reused; login: a new one)",
+            ),
+            &["resource", "source"],
+        )?;
+        let pool_idle = IntGauge::new(
+            "portcullis_upstream_idle_connections",
+            "Warm server connections waiting in the pool for the next session",
+        )?;
+        registry.register(Box::new(upstream.clone()))?;
+        registry.register(Box::new(pool_idle.clone()))?;
         registry.register(Box::new(connections.clone()))?;
         registry.register(Box::new(sessions_active.clone()))?;
         registry.register(Box::new(cuts.clone()))?;
@@ -52,6 +69,8 @@ impl ProxyMetrics {
             sessions_active,
             cuts,
             bytes,
+            upstream,
+            pool_idle,
         })
     }
 

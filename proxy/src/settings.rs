@@ -30,6 +30,8 @@ pub struct PostgresListener {
     pub handshake_timeout: Duration,
     /// Certificate and key; `None` makes a self-signed pair in `data_dir` once.
     pub tls: Option<TlsFiles>,
+    /// Warm upstream connections kept between sessions.
+    pub pool: crate::postgres::pool::PoolSettings,
 }
 
 /// PEM files for a server certificate.

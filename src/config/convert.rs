@@ -4,9 +4,10 @@
 
 use portcullis_control as control;
 use portcullis_protocol::secret::Secret;
+use portcullis_proxy::postgres::pool::PoolSettings;
 use portcullis_proxy::settings as proxy;
 
-use super::schema::{Config, Kind, Principals, Reason, ReasonWord, Resource, Role, TlsMode};
+use super::schema::{Config, Kind, Pool, Principals, Reason, ReasonWord, Resource, Role, TlsMode};
 
 /// What the control plane needs.
 pub fn control_settings(config: &Config) -> control::ControlSettings {
@@ -113,10 +114,21 @@ pub fn proxy_settings(config: &Config) -> Result<proxy::ProxySettings, String> {
                 cert: t.cert.clone(),
                 key: t.key.clone(),
             }),
+            pool: config.postgres.pool.as_ref().map(Pool::settings).unwrap_or_default(),
         },
         warn_before: config.warn_before.iter().map(|w| w.0).collect(),
         resources,
     })
+}
+
+impl Pool {
+    fn settings(&self) -> PoolSettings {
+        let default = PoolSettings::default();
+        PoolSettings {
+            max_idle: self.max_idle.unwrap_or(default.max_idle),
+            idle_timeout: self.idle_timeout.as_ref().map_or(default.idle_timeout, |d| d.0),
+        }
+    }
 }
 
 fn password(role: &Role) -> Result<Option<Secret<String>>, String> {

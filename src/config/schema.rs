@@ -95,6 +95,18 @@ pub struct Postgres {
     pub tls: Option<TlsFiles>,
     /// host:port engineers should use, when it differs from `listen` (used by `portcullis connect`).
     pub advertise: Option<String>,
+    /// Warm server connections kept between sessions (PgBouncer's session mode).
+    pub pool: Option<Pool>,
+}
+
+/// `postgres.pool:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pool {
+    /// Idle server connections kept per resource, role and client parameters; 0 turns pooling off.
+    pub max_idle: Option<usize>,
+    /// Idle connections older than this are closed.
+    pub idle_timeout: Option<Dur>,
 }
 
 fn default_handshake_timeout() -> Dur {
@@ -108,6 +120,7 @@ impl Default for Postgres {
             require_tls: false,
             handshake_timeout: default_handshake_timeout(),
             tls: None,
+            pool: None,
             advertise: None,
         }
     }

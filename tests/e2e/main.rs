@@ -16,6 +16,7 @@ mod config;
 mod driver;
 mod enforcement;
 mod metrics;
+mod pool;
 mod psql;
 mod refusals;
 mod secrets;

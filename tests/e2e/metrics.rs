@@ -5,7 +5,7 @@ use std::time::Duration;
 use crate::harness::{Gateway, GatewayOptions, connect};
 
 /// The value of the sample whose line starts with `name{` and contains every label.
-fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+pub fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
     text.lines()
         .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
         .find(|l| labels.iter().all(|want| l.contains(want)))
@@ -13,7 +13,7 @@ fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
-fn metrics(gw: &Gateway) -> String {
+pub fn metrics(gw: &Gateway) -> String {
     let (status, body) = gw.http("GET", "/metrics", None, None);
     assert_eq!(status, 200, "{body}");
     body

@@ -28,6 +28,19 @@ impl Boundary {
     /// Feeds the next chunk; answers the offset just past the last message
     /// that ended inside it, if any did.
     pub fn advance(&mut self, chunk: &[u8]) -> Result<Option<usize>, ProtocolError> {
+        self.advance_with(chunk, |_, _| {})
+    }
+
+    /// As [`Boundary::advance`], and calls `on_header(tag, pos)` for each
+    /// message whose header completes in `chunk`, `pos` being the offset just
+    /// past that header (so the header began at `pos - 5`, possibly in an
+    /// earlier chunk).
+    #[inline]
+    pub fn advance_with(
+        &mut self,
+        chunk: &[u8],
+        mut on_header: impl FnMut(u8, usize),
+    ) -> Result<Option<usize>, ProtocolError> {
         let mut pos = 0;
         let mut last_end = None;
         while pos < chunk.len() {
@@ -55,6 +68,7 @@ impl Boundary {
                 }
                 self.header_len = 0;
                 self.remaining = len as usize - 4;
+                on_header(h[0], pos);
                 if self.remaining == 0 {
                     last_end = Some(pos);
                 }
@@ -111,6 +125,18 @@ mod tests {
             .filter(|&i| b.advance(&s[i..i + 1]).expect("ok").is_some())
             .collect();
         assert_eq!(ends, vec![14, 28, s.len() - 1]);
+    }
+
+    #[test]
+    fn reports_each_header_once_whatever_the_split() {
+        let s = stream();
+        for cut in 1..s.len() {
+            let mut b = Boundary::new();
+            let mut seen = Vec::new();
+            let _ = b.advance_with(&s[..cut], |t, p| seen.push((t, p))).expect("ok");
+            let _ = b.advance_with(&s[cut..], |t, p| seen.push((t, p + cut))).expect("ok");
+            assert_eq!(seen, vec![(b'T', 5), (b'C', 20), (b'Z', 34)], "cut at {cut}");
+        }
     }
 
     #[test]

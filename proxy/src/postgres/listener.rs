@@ -10,11 +10,20 @@ use tokio_util::sync::CancellationToken;
 use super::session::handle;
 use crate::Proxy;
 
+/// How often idle pooled server connections are checked for their timeout.
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
+
 /// Accepts until `shutdown` is cancelled.
 pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener, shutdown: CancellationToken) {
+    let mut sweep = tokio::time::interval(SWEEP_EVERY);
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
+            _ = sweep.tick() => {
+                proxy.pool.sweep().await;
+                proxy.metrics.pool_idle.set(proxy.pool.idle_count() as i64);
+                continue;
+            }
             accepted = listener.accept() => accepted,
         };
         match accepted {

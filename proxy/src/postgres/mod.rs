@@ -3,14 +3,18 @@
 //! `auth` runs SCRAM with the engineer, `admission` checks the grant,
 //! `upstream` logs in to the real server, `relay` moves bytes while `enforce`
 //! decides when the session must end. `refusal` turns every "no" into an
-//! ErrorResponse; `cancel` routes CancelRequests to the right backend.
+//! ErrorResponse; `cancel` routes CancelRequests to the right backend;
+//! `pool` keeps server connections warm between sessions; `buffers` lends
+//! read buffers only while bytes move.
 
 pub mod admission;
 pub mod auth;
+pub mod buffers;
 pub mod cancel;
 pub mod enforce;
 pub mod io;
 pub mod listener;
+pub mod pool;
 pub mod refusal;
 pub mod relay;
 pub mod session;

@@ -1,179 +1,317 @@
-//! The relay: bytes both ways, unparsed, while the enforcer decides. The
-//! server-to-client direction follows message boundaries (headers only) so a
-//! warning or the final FATAL is only ever inserted between whole messages.
+//! The relay: bytes both ways while the enforcer decides. One task polls
+//! both directions (no split halves, no locks), and each direction borrows a
+//! read buffer only while bytes are moving. Message headers are followed,
+//! never bodies, so that a warning or the final FATAL goes in between two of
+//! the server's messages, the client's Terminate is kept from the server,
+//! and the relay knows whether the server connection ended idle and can
+//! serve the next session.
 
-use std::io;
+use std::future::Future;
+use std::pin::{Pin, pin};
 use std::sync::atomic::Ordering;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
 use portcullis_protocol::pg::boundary::Boundary;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use portcullis_protocol::pg::error::ProtocolError;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
+use super::buffers::Lease;
 use super::stream::Stream;
 use crate::sessions::SessionHandle;
 
-/// Relay buffer size per direction.
-const BUF: usize = 8 * 1024;
-/// How long a cut may wait for the current server message to finish.
-const CUT_GRACE: Duration = Duration::from_secs(1);
+/// How long a cut may wait for the server's current message to end before
+/// the connection is closed without the FATAL.
+const CUT_GRACE: Duration = Duration::from_millis(200);
 
 /// How the relay ended.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub enum RelayEnd {
-    /// The client closed its side (Terminate or EOF).
+    /// The client sent Terminate; `idle` when the server had answered every
+    /// query and stood between messages, so its connection can be reused.
+    ClientQuit {
+        /// The server connection is idle and clean.
+        idle: bool,
+    },
+    /// The client closed its socket without Terminate.
     ClientClosed,
     /// The server closed its side.
     ServerClosed,
-    /// The cut message was delivered (or the grace period ran out).
+    /// The session was cut (FATAL delivered, or the grace period ran out).
     Cut,
     /// An I/O or framing error on either side.
     Error(String),
 }
 
 /// Relays until one side closes or `cut` resolves to the reason and the
-/// FATAL message to deliver; `notices` are inserted as they come.
+/// FATAL message to deliver; `notices` are inserted between server messages.
 pub async fn relay<T>(
-    client: Stream,
-    upstream: Stream,
-    first_to_upstream: Bytes,
+    client: &mut Stream,
+    server: &mut Stream,
+    first_to_server: Bytes,
     handle: &SessionHandle,
-    mut notices: mpsc::Receiver<Bytes>,
-    cut: impl std::future::Future<Output = (T, Bytes)>,
+    notices: mpsc::Receiver<Bytes>,
+    cut: impl Future<Output = (T, Bytes)>,
 ) -> (RelayEnd, Option<T>) {
-    let (mut cr, mut cw) = tokio::io::split(client);
-    let (mut ur, mut uw) = tokio::io::split(upstream);
-    let c2u = client_to_server(&mut cr, &mut uw, first_to_upstream, handle);
-    let (cut_tx, mut cut_rx) = mpsc::channel::<Bytes>(1);
-    let u2c = server_to_client(&mut ur, &mut cw, handle, &mut notices, &mut cut_rx);
-    tokio::pin!(c2u, u2c, cut);
-    tokio::select! {
-        end = &mut c2u => (end, None),
-        end = &mut u2c => (end, None),
-        (why, fatal) = &mut cut => {
-            let _ = cut_tx.send(fatal).await;
-            match tokio::time::timeout(CUT_GRACE, &mut u2c).await {
-                Ok(end) => (end, Some(why)),
-                Err(_) => (RelayEnd::Cut, Some(why)),
-            }
-        }
+    let mut relay = Relay {
+        client,
+        server,
+        handle,
+        up: Pipe::default(),
+        down: Pipe::default(),
+        asked: 0,
+        answered: 0,
+        quit: None,
+        notices,
+        own: None,
+        own_pos: 0,
+        fatal: None,
+        ending: false,
+    };
+    if let Some(end) = relay.send_first(&first_to_server).await {
+        return (end, None);
     }
-}
-
-async fn client_to_server(
-    from: &mut ReadHalf<Stream>,
-    to: &mut WriteHalf<Stream>,
-    first: Bytes,
-    handle: &SessionHandle,
-) -> RelayEnd {
-    if !first.is_empty() && (to.write_all(&first).await.is_err() || to.flush().await.is_err()) {
-        return RelayEnd::ServerClosed;
-    }
-    let mut buf = vec![0u8; BUF];
-    loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) => return RelayEnd::ClientClosed,
-            Ok(n) => n,
-            Err(e) => return RelayEnd::Error(format!("client: {e}")),
-        };
-        handle.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
-        // Flush every chunk: over TLS a write may leave ciphertext buffered
-        // in rustls until the next write, which may never come.
-        if let Err(e) = write_chunk(to, &buf[..n]).await {
-            return RelayEnd::Error(format!("server: {e}"));
-        }
-    }
-}
-
-/// At a message boundary: sends the final FATAL (which ends the relay) or
-/// the queued notices.
-async fn inject(to: &mut WriteHalf<Stream>, notices: &mut Vec<Bytes>, fatal: &mut Option<Bytes>) -> Option<RelayEnd> {
-    if let Some(f) = fatal.take() {
-        return Some(finish(to, notices, &f).await);
-    }
-    if !notices.is_empty() {
-        if let Err(e) = write_all(to, notices).await {
-            return Some(RelayEnd::Error(format!("client: {e}")));
-        }
-        notices.clear();
-    }
-    None
-}
-
-async fn server_to_client(
-    from: &mut ReadHalf<Stream>,
-    to: &mut WriteHalf<Stream>,
-    handle: &SessionHandle,
-    incoming: &mut mpsc::Receiver<Bytes>,
-    cut: &mut mpsc::Receiver<Bytes>,
-) -> RelayEnd {
-    let mut buf = vec![0u8; BUF];
-    let mut boundary = Boundary::new();
-    let mut notices: Vec<Bytes> = Vec::new();
-    let mut fatal: Option<Bytes> = None;
-    loop {
-        if boundary.at_boundary()
-            && let Some(end) = inject(to, &mut notices, &mut fatal).await
+    drop(first_to_server);
+    let mut cut = pin!(cut);
+    let mut why = None;
+    let mut grace: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    let end = std::future::poll_fn(|cx| {
+        if why.is_none()
+            && let Poll::Ready((reason, fatal)) = cut.as_mut().poll(cx)
         {
-            return end;
+            why = Some(reason);
+            relay.fatal = Some(fatal);
+            grace = Some(Box::pin(tokio::time::sleep(CUT_GRACE)));
         }
-        let n = tokio::select! {
-            biased;
-            Some(f) = cut.recv(), if fatal.is_none() => { fatal = Some(f); continue; }
-            Some(notice) = incoming.recv(), if fatal.is_none() => { notices.push(notice); continue; }
-            read = from.read(&mut buf) => match read {
-                Ok(0) => return RelayEnd::ServerClosed,
-                Ok(n) => n,
-                Err(e) => return RelayEnd::Error(format!("server: {e}")),
-            },
-        };
-        let chunk = &buf[..n];
-        let split = match boundary.advance(chunk) {
+        if let Some(g) = grace.as_mut()
+            && g.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(RelayEnd::Cut);
+        }
+        // Once cut, nothing more from the client reaches the server.
+        if why.is_none()
+            && let Poll::Ready(end) = relay.poll_up(cx)
+        {
+            return Poll::Ready(end);
+        }
+        relay.poll_down(cx)
+    })
+    .await;
+    (end, why)
+}
+
+/// One direction: the lent buffer, the part of it still to be written, and
+/// where the stream stands between messages.
+#[derive(Default)]
+struct Pipe {
+    lease: Lease,
+    start: usize,
+    end: usize,
+    /// Bytes written since the last flush: over TLS they may sit in rustls
+    /// until flushed, and the next write may never come.
+    unflushed: bool,
+    frames: Boundary,
+    /// Offset in the buffer just past the last whole message in it.
+    mark: Option<usize>,
+}
+
+struct Relay<'a> {
+    client: &'a mut Stream,
+    server: &'a mut Stream,
+    handle: &'a SessionHandle,
+    /// Client to server.
+    up: Pipe,
+    /// Server to client.
+    down: Pipe,
+    /// Query, Sync and FunctionCall messages sent: each gets one ReadyForQuery.
+    asked: u64,
+    /// ReadyForQuery messages received.
+    answered: u64,
+    /// The client sent Terminate; true when it came whole, at a boundary.
+    quit: Option<bool>,
+    notices: mpsc::Receiver<Bytes>,
+    /// A message of ours being written to the client, between two of the server's.
+    own: Option<Bytes>,
+    own_pos: usize,
+    /// The cut's FATAL, waiting for the server's current message to end.
+    fatal: Option<Bytes>,
+    /// The FATAL is out: flush, close, done.
+    ending: bool,
+}
+
+/// What a chunk from the client holds for the relay.
+struct ClientChunk {
+    /// Bytes to forward: all of them, or those before Terminate.
+    forward: usize,
+    /// Terminate seen: true when its header lies whole in this chunk.
+    quit: Option<bool>,
+    /// Messages that each get one ReadyForQuery.
+    asked: u64,
+}
+
+fn scan_client(frames: &mut Boundary, chunk: &[u8]) -> Result<ClientChunk, ProtocolError> {
+    let mut scan = ClientChunk {
+        forward: chunk.len(),
+        quit: None,
+        asked: 0,
+    };
+    frames.advance_with(chunk, |tag, pos| match tag {
+        b'Q' | b'S' | b'F' if scan.quit.is_none() => scan.asked += 1,
+        b'X' if scan.quit.is_none() => {
+            scan.quit = Some(pos >= 5);
+            scan.forward = pos.saturating_sub(5);
+        }
+        _ => {}
+    })?;
+    Ok(scan)
+}
+
+impl Relay<'_> {
+    /// Forwards what the client sent right after authenticating.
+    async fn send_first(&mut self, first: &[u8]) -> Option<RelayEnd> {
+        if first.is_empty() {
+            return None;
+        }
+        self.handle.bytes_in.fetch_add(first.len() as u64, Ordering::Relaxed);
+        let scan = match scan_client(&mut self.up.frames, first) {
             Ok(s) => s,
-            Err(e) => return RelayEnd::Error(format!("server: {e}")),
+            Err(e) => return Some(RelayEnd::Error(format!("client: {e}"))),
         };
-        let (head, tail) = match split {
-            Some(pos) if fatal.is_some() || !notices.is_empty() => chunk.split_at(pos),
-            _ => (chunk, &[][..]),
+        self.asked += scan.asked;
+        let sent = async {
+            self.server.write_all(&first[..scan.forward]).await?;
+            self.server.flush().await
         };
-        handle.bytes_out.fetch_add(head.len() as u64, Ordering::Relaxed);
-        if let Err(e) = to.write_all(head).await {
-            return RelayEnd::Error(format!("client: {e}"));
+        if let Err(e) = sent.await {
+            return Some(RelayEnd::Error(format!("server: {e}")));
         }
-        if split.is_some()
-            && let Some(end) = inject(to, &mut notices, &mut fatal).await
-        {
-            return end;
+        scan.quit.map(|clean| self.quit_end(clean))
+    }
+
+    fn quit_end(&self, clean: bool) -> RelayEnd {
+        RelayEnd::ClientQuit {
+            idle: clean && self.asked == self.answered && self.down.frames.at_boundary(),
         }
-        if !tail.is_empty() {
-            handle.bytes_out.fetch_add(tail.len() as u64, Ordering::Relaxed);
-            if let Err(e) = to.write_all(tail).await {
-                return RelayEnd::Error(format!("client: {e}"));
+    }
+
+    /// Client to server.
+    fn poll_up(&mut self, cx: &mut Context<'_>) -> Poll<RelayEnd> {
+        loop {
+            let up = &mut self.up;
+            if up.start < up.end {
+                match ready!(Pin::new(&mut *self.server).poll_write(cx, &up.lease.bytes()[up.start..up.end])) {
+                    Ok(0) => return Poll::Ready(RelayEnd::Error("server: write returned zero".into())),
+                    Ok(n) => {
+                        up.start += n;
+                        up.unflushed = true;
+                        continue;
+                    }
+                    Err(e) => return Poll::Ready(RelayEnd::Error(format!("server: {e}"))),
+                }
             }
-        }
-        // See client_to_server: TLS may hold the last chunk until flushed.
-        if let Err(e) = to.flush().await {
-            return RelayEnd::Error(format!("client: {e}"));
+            if up.unflushed {
+                if let Err(e) = ready!(Pin::new(&mut *self.server).poll_flush(cx)) {
+                    return Poll::Ready(RelayEnd::Error(format!("server: {e}")));
+                }
+                up.unflushed = false;
+            }
+            if let Some(clean) = self.quit {
+                return Poll::Ready(self.quit_end(clean));
+            }
+            let n = match ready!(up.lease.poll_read(&mut *self.client, cx)) {
+                Ok(0) => return Poll::Ready(RelayEnd::ClientClosed),
+                Ok(n) => n,
+                Err(e) => return Poll::Ready(RelayEnd::Error(format!("client: {e}"))),
+            };
+            self.handle.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+            let scan = match scan_client(&mut up.frames, &up.lease.bytes()[..n]) {
+                Ok(s) => s,
+                Err(e) => return Poll::Ready(RelayEnd::Error(format!("client: {e}"))),
+            };
+            self.asked += scan.asked;
+            self.quit = scan.quit;
+            up.start = 0;
+            up.end = scan.forward;
         }
     }
-}
 
-async fn write_chunk(to: &mut WriteHalf<Stream>, chunk: &[u8]) -> io::Result<()> {
-    to.write_all(chunk).await?;
-    to.flush().await
-}
-
-async fn write_all(to: &mut WriteHalf<Stream>, parts: &[Bytes]) -> io::Result<()> {
-    for p in parts {
-        to.write_all(p).await?;
+    /// Server to client, with our own messages slipped in at boundaries.
+    fn poll_down(&mut self, cx: &mut Context<'_>) -> Poll<RelayEnd> {
+        loop {
+            if let Some(own) = &self.own {
+                while self.own_pos < own.len() {
+                    match ready!(Pin::new(&mut *self.client).poll_write(cx, &own[self.own_pos..])) {
+                        Ok(0) => return Poll::Ready(RelayEnd::Error("client: write returned zero".into())),
+                        Ok(n) => self.own_pos += n,
+                        Err(e) => return Poll::Ready(RelayEnd::Error(format!("client: {e}"))),
+                    }
+                }
+                self.own = None;
+                self.own_pos = 0;
+                self.down.unflushed = true;
+                continue;
+            }
+            if self.ending {
+                let _ = ready!(Pin::new(&mut *self.client).poll_flush(cx));
+                let _ = ready!(Pin::new(&mut *self.client).poll_shutdown(cx));
+                return Poll::Ready(RelayEnd::Cut);
+            }
+            let down = &mut self.down;
+            let at_boundary = down.mark == Some(down.start) || (down.start == down.end && down.frames.at_boundary());
+            if at_boundary {
+                if let Some(fatal) = self.fatal.take() {
+                    self.own = Some(fatal);
+                    self.ending = true;
+                    continue;
+                }
+                if let Poll::Ready(Some(notice)) = self.notices.poll_recv(cx) {
+                    self.own = Some(notice);
+                    continue;
+                }
+            }
+            if down.start < down.end {
+                // Stop at the last boundary only when something waits to go in there.
+                let waiting = self.fatal.is_some() || !self.notices.is_empty();
+                let limit = match down.mark {
+                    Some(m) if waiting && m > down.start => m,
+                    _ => down.end,
+                };
+                match ready!(Pin::new(&mut *self.client).poll_write(cx, &down.lease.bytes()[down.start..limit])) {
+                    Ok(0) => return Poll::Ready(RelayEnd::Error("client: write returned zero".into())),
+                    Ok(n) => {
+                        down.start += n;
+                        down.unflushed = true;
+                        continue;
+                    }
+                    Err(e) => return Poll::Ready(RelayEnd::Error(format!("client: {e}"))),
+                }
+            }
+            if down.unflushed {
+                if let Err(e) = ready!(Pin::new(&mut *self.client).poll_flush(cx)) {
+                    return Poll::Ready(RelayEnd::Error(format!("client: {e}")));
+                }
+                down.unflushed = false;
+            }
+            let n = match ready!(down.lease.poll_read(&mut *self.server, cx)) {
+                Ok(0) => return Poll::Ready(RelayEnd::ServerClosed),
+                Ok(n) => n,
+                Err(e) => return Poll::Ready(RelayEnd::Error(format!("server: {e}"))),
+            };
+            self.handle.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+            let mut answered = 0;
+            down.mark = match down.frames.advance_with(&down.lease.bytes()[..n], |tag, _| {
+                if tag == b'Z' {
+                    answered += 1;
+                }
+            }) {
+                Ok(m) => m,
+                Err(e) => return Poll::Ready(RelayEnd::Error(format!("server: {e}"))),
+            };
+            self.answered += answered;
+            down.start = 0;
+            down.end = n;
+        }
     }
-    to.flush().await
-}
-
-async fn finish(to: &mut WriteHalf<Stream>, notices: &[Bytes], fatal: &Bytes) -> RelayEnd {
-    let _ = write_all(to, notices).await;
-    let _ = to.write_all(fatal).await;
-    let _ = to.shutdown().await;
-    RelayEnd::Cut
 }

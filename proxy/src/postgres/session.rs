@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use bytes::BytesMut;
 use portcullis_protocol::pg::backend::auth_ok;
@@ -18,11 +19,12 @@ use super::admission::{Admitted, admit, split_dbname};
 use super::auth::authenticate;
 use super::cancel::send_cancel;
 use super::enforce::enforce;
+use super::pool::PoolKey;
 use super::refusal::Refusal;
 use super::relay::{RelayEnd, relay};
 use super::startup::{Opening, open};
 use super::stream::Stream;
-use super::upstream::{Upstream, connect};
+use super::upstream::{Upstream, connect, forwarded_params, terminate};
 use crate::Proxy;
 use crate::clock::now_millis;
 
@@ -50,19 +52,43 @@ pub async fn handle(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, shutdow
     let admitted = async {
         authenticate(&proxy, &mut stream, &mut buf, &user, peer.ip(), deadline).await?;
         let admitted = admit(&proxy, &user, &dbname)?;
-        let upstream = connect(&admitted.target, &admitted.role, &params)
-            .await
-            .map_err(|e| Refusal::Upstream {
-                resource: admitted.resource.name.clone(),
-                detail: e.to_string(),
-            })?;
-        Ok::<_, Refusal>((admitted, upstream))
+        let key = PoolKey {
+            resource: admitted.resource.name.clone(),
+            role: admitted.role.name.clone(),
+            params: forwarded_params(&params),
+        };
+        let upstream = match proxy.pool.take(&key) {
+            Some(warm) => {
+                proxy.metrics.pool_idle.set(proxy.pool.idle_count() as i64);
+                proxy.metrics.upstream.with_label_values(&[&key.resource, "pool"]).inc();
+                warm
+            }
+            None => {
+                let fresh = connect(&admitted.target, &admitted.role, &key.params)
+                    .await
+                    .map_err(|e| Refusal::Upstream {
+                        resource: admitted.resource.name.clone(),
+                        detail: e.to_string(),
+                    })?;
+                proxy
+                    .metrics
+                    .upstream
+                    .with_label_values(&[&key.resource, "login"])
+                    .inc();
+                fresh
+            }
+        };
+        Ok::<_, Refusal>((admitted, key, upstream))
     }
     .await;
+    drop(params);
     match admitted {
-        Ok((admitted, upstream)) => {
+        Ok((admitted, key, upstream)) => {
             proxy.metrics.connection(PROTOCOL, &resource_label, "allowed");
-            run(&proxy, stream, buf, &user, admitted, upstream, &shutdown).await;
+            if let Some(idle) = run(&proxy, stream, buf, &user, admitted, upstream, &shutdown).await {
+                proxy.pool.put(key, idle).await;
+                proxy.metrics.pool_idle.set(proxy.pool.idle_count() as i64);
+            }
         }
         Err(refusal) => {
             tracing::info!(%peer, user = %user, database = %dbname, outcome = refusal.kind(), "connection refused: {}", refusal.text().1);
@@ -95,29 +121,28 @@ fn metric_resource(proxy: &Proxy, dbname: &str) -> String {
     }
 }
 
+/// Runs an admitted session to its end; answers the server connection when
+/// it ended idle and may serve the next session.
 async fn run(
     proxy: &Proxy,
     mut client: Stream,
     pending_input: BytesMut,
     user: &str,
     admitted: Admitted,
-    upstream: Upstream,
+    mut upstream: Upstream,
     shutdown: &CancellationToken,
-) {
+) -> Option<Upstream> {
     let Admitted {
         resource,
         target,
         role,
         grant,
     } = admitted;
-    let Upstream {
-        stream: server,
-        backend_key,
-        greeting,
-    } = upstream;
     let Some(grant_rx) = proxy.grants.watch(&grant.id) else {
-        return;
+        tracing::warn!(user, grant = %grant.id, "grant vanished between admission and session start");
+        return None;
     };
+    let backend_key = upstream.backend_key.clone();
     let info = SessionInfo {
         id: new_session_id(),
         user: user.to_owned(),
@@ -140,18 +165,32 @@ async fn run(
     tracing::info!(session = %id, user, resource = %resource.name, role = %role.name, grant = %grant.id, "session started");
 
     let mut hello = BytesMut::from(&auth_ok()[..]);
-    hello.extend_from_slice(&greeting);
+    hello.extend_from_slice(&upstream.greeting);
+    handle.bytes_out.fetch_add(hello.len() as u64, Ordering::Relaxed);
     let started = Instant::now();
-    let (end, cut) = if client.write_all(&hello).await.is_err() {
+    let hello_sent = async {
+        client.write_all(&hello).await?;
+        client.flush().await
+    };
+    let (end, cut) = if hello_sent.await.is_err() {
         (RelayEnd::ClientClosed, None)
     } else {
+        drop(hello);
         let (notice_tx, notice_rx) = mpsc::channel(8);
         let cut = async {
             let cut = enforce(grant_rx, &proxy.settings.warn_before, handle, notice_tx).await;
             let msg = cut.message(&resource.name, &id);
             (cut, msg)
         };
-        relay(client, server, pending_input.freeze(), handle, notice_rx, cut).await
+        relay(
+            &mut client,
+            &mut upstream.stream,
+            pending_input.freeze(),
+            handle,
+            notice_rx,
+            cut,
+        )
+        .await
     };
 
     if let Some((pid, secret)) = &backend_key {
@@ -161,8 +200,8 @@ async fn run(
             send_cancel(&target.host, target.port, *pid, secret).await;
         }
     }
-    let bytes_in = handle.bytes_in.load(std::sync::atomic::Ordering::Relaxed);
-    let bytes_out = handle.bytes_out.load(std::sync::atomic::Ordering::Relaxed);
+    let bytes_in = handle.bytes_in.load(Ordering::Relaxed);
+    let bytes_out = handle.bytes_out.load(Ordering::Relaxed);
     let secs = started.elapsed().as_secs_f64();
     match cut {
         Some(cut) => {
@@ -170,6 +209,14 @@ async fn run(
             tracing::info!(session = %id, reason = cut.reason(), bytes_in, bytes_out, secs, "session cut: {}", cut.text(&resource.name, &id));
         }
         None => tracing::info!(session = %id, end = ?end, bytes_in, bytes_out, secs, "session ended"),
+    }
+    match end {
+        RelayEnd::ClientQuit { idle: true } => Some(upstream),
+        RelayEnd::ClientQuit { idle: false } => {
+            terminate(&mut upstream.stream).await;
+            None
+        }
+        _ => None,
     }
 }
 

@@ -23,6 +23,20 @@ impl Stream {
     pub fn is_tls(&self) -> bool {
         !matches!(self, Stream::Plain(_))
     }
+
+    /// Whether the peer has neither closed nor sent anything: an idle pooled
+    /// server connection must be quiet, or it is not reused.
+    pub fn is_quiet(&mut self) -> bool {
+        let tcp = match self {
+            Stream::Plain(s) => s,
+            Stream::Server(s) => s.get_mut().0,
+            Stream::Client(s) => s.get_mut().0,
+        };
+        let mut byte = [0u8; 1];
+        let mut buf = ReadBuf::new(&mut byte);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        tcp.poll_peek(&mut cx, &mut buf).is_pending()
+    }
 }
 
 impl AsyncRead for Stream {

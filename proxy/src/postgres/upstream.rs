@@ -70,23 +70,39 @@ pub enum UpstreamError {
     Timeout(Duration),
 }
 
-/// Connects and logs in as `role`, forwarding the client's session parameters.
-pub async fn connect(target: &PostgresTarget, role: &Role, client: &StartupParams) -> Result<Upstream, UpstreamError> {
-    tokio::time::timeout(LOGIN_TIMEOUT, login(target, role, client))
+/// The client's startup parameters that reach the server (sorted, so equal
+/// sessions compare equal for the pool).
+pub fn forwarded_params(client: &StartupParams) -> Vec<(String, String)> {
+    let mut params: Vec<(String, String)> = client
+        .iter()
+        .filter(|(k, _)| !NOT_FORWARDED.contains(k) && !k.starts_with("_pq_."))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    params.sort();
+    params
+}
+
+/// Connects and logs in as `role` with the client's forwarded parameters.
+pub async fn connect(
+    target: &PostgresTarget,
+    role: &Role,
+    params: &[(String, String)],
+) -> Result<Upstream, UpstreamError> {
+    tokio::time::timeout(LOGIN_TIMEOUT, login(target, role, params))
         .await
         .map_err(|_| UpstreamError::Timeout(LOGIN_TIMEOUT))?
 }
 
-async fn login(target: &PostgresTarget, role: &Role, client: &StartupParams) -> Result<Upstream, UpstreamError> {
+async fn login(
+    target: &PostgresTarget,
+    role: &Role,
+    forwarded: &[(String, String)],
+) -> Result<Upstream, UpstreamError> {
     let mut stream = open(target).await?;
     let mut out = BytesMut::new();
     let params = [("user", role.user.as_str()), ("database", target.database.as_str())]
         .into_iter()
-        .chain(
-            client
-                .iter()
-                .filter(|(k, _)| !NOT_FORWARDED.contains(k) && !k.starts_with("_pq_.")),
-        );
+        .chain(forwarded.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     frontend::startup_message(params, &mut out).map_err(|e| UpstreamError::Protocol(e.to_string()))?;
     send(&mut stream, &mut out).await?;
 
@@ -118,6 +134,11 @@ async fn login(target: &PostgresTarget, role: &Role, client: &StartupParams) -> 
             }
             b'Z' => {
                 append(&mut greeting, &msg);
+                // Anything the server sent after ReadyForQuery (a ParameterStatus
+                // on reload, say) belongs to the greeting too, as whole messages.
+                while !buf.is_empty() {
+                    append(&mut greeting, &read(&mut stream, &mut buf).await?);
+                }
                 return Ok(Upstream {
                     stream,
                     backend_key,
@@ -187,6 +208,54 @@ fn answer_auth(
     }
 }
 
+/// How long resetting a connection for the pool may take.
+const RESET_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Returns a connection to its state at login with `DISCARD ALL` (as
+/// PgBouncer's `server_reset_query`): session settings, prepared statements,
+/// temporary tables, LISTENs and advisory locks go. Fails unless the server
+/// answers cleanly and is idle outside any transaction.
+pub async fn reset(stream: &mut Stream) -> Result<(), UpstreamError> {
+    let check = async {
+        let mut out = BytesMut::new();
+        frontend::query("DISCARD ALL", &mut out).map_err(|e| UpstreamError::Protocol(e.to_string()))?;
+        send(stream, &mut out).await?;
+        let mut buf = BytesMut::new();
+        let mut failed = None;
+        loop {
+            let msg = read(stream, &mut buf).await?;
+            match msg.tag {
+                b'E' => {
+                    let e = parse_error_notice(&msg.body).map_err(|e| UpstreamError::Protocol(e.to_string()))?;
+                    failed = Some(e.message);
+                }
+                b'Z' if failed.is_none() && msg.body.first() == Some(&b'I') && buf.is_empty() => return Ok(()),
+                b'Z' => {
+                    return Err(UpstreamError::Protocol(
+                        failed.unwrap_or_else(|| "the server was not idle after DISCARD ALL".to_owned()),
+                    ));
+                }
+                // CommandComplete, and the ParameterStatus of every reset setting.
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(RESET_TIMEOUT, check)
+        .await
+        .map_err(|_| UpstreamError::Timeout(RESET_TIMEOUT))?
+}
+
+/// Tells the server the session is over, so it logs no lost connection.
+pub async fn terminate(stream: &mut Stream) {
+    let mut out = BytesMut::new();
+    frontend::terminate(&mut out);
+    let bye = async {
+        let _ = stream.write_all(&out).await;
+        let _ = stream.shutdown().await;
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), bye).await;
+}
+
 async fn open(target: &PostgresTarget) -> Result<Stream, UpstreamError> {
     let addr = format!("{}:{}", target.host, target.port);
     let fail = |detail: String| UpstreamError::Connect {
@@ -223,10 +292,10 @@ async fn open(target: &PostgresTarget) -> Result<Stream, UpstreamError> {
 }
 
 async fn send(stream: &mut Stream, out: &mut BytesMut) -> Result<(), UpstreamError> {
-    stream
-        .write_all(out)
-        .await
-        .map_err(|e| UpstreamError::Protocol(e.to_string()))?;
+    let io = |e: std::io::Error| UpstreamError::Protocol(e.to_string());
+    stream.write_all(out).await.map_err(io)?;
+    // Over TLS the message may otherwise wait in rustls.
+    stream.flush().await.map_err(io)?;
     out.clear();
     Ok(())
 }
