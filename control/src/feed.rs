@@ -17,6 +17,10 @@ const CAPACITY: usize = 4096;
 /// still say "expired" or "revoked" rather than "no grant".
 pub(crate) const RECENT_MS: i64 = 24 * 3600 * 1000;
 
+/// How often `publish` drops long-ended grants from the mirror; snapshots are
+/// rare (start, lagging subscriber), so they alone would let it grow for ever.
+const PRUNE_EVERY_MS: i64 = 60 * 1000;
+
 /// The grant feed: a snapshot and a stream of changes, in commit order.
 pub struct FeedHub {
     mirror: Mutex<Mirror>,
@@ -29,9 +33,18 @@ struct Mirror {
     users: BTreeMap<String, UserEntry>,
     grants: BTreeMap<String, GrantEntry>,
     pending: BTreeMap<String, PendingEntry>,
+    /// Clock reading before which `publish` skips pruning.
+    next_prune: UnixMillis,
 }
 
 impl Mirror {
+    /// Drops grants that ended more than `RECENT_MS` before `now`.
+    fn prune(&mut self, now: UnixMillis) {
+        let horizon = now.saturating_sub(RECENT_MS);
+        self.grants.retain(|_, g| ended_at(g) >= horizon);
+        self.next_prune = now.saturating_add(PRUNE_EVERY_MS);
+    }
+
     fn apply(&mut self, event: &FeedEvent) {
         match event {
             FeedEvent::User(u) => {
@@ -66,6 +79,7 @@ impl FeedHub {
             users: users.into_iter().map(|u| (u.name.clone(), u)).collect(),
             grants: grants.into_iter().map(|g| (g.id.clone(), g)).collect(),
             pending: pending.into_iter().map(|p| (p.request_id.clone(), p)).collect(),
+            next_prune: 0,
         };
         let (changes, _) = broadcast::channel(CAPACITY);
         FeedHub {
@@ -77,10 +91,8 @@ impl FeedHub {
     /// Everything a proxy needs, as of the returned revision. Ended grants are
     /// kept for a day, then dropped.
     pub fn snapshot(&self) -> FeedSnapshot {
-        let horizon = crate::time::now().saturating_sub(RECENT_MS);
         let mut m = self.mirror.lock().unwrap_or_else(PoisonError::into_inner);
-        // Pruning here keeps the mirror bounded without a background task.
-        m.grants.retain(|_, g| ended_at(g) >= horizon);
+        m.prune(crate::time::now());
         FeedSnapshot {
             revision: m.revision,
             users: m.users.values().cloned().collect(),
@@ -106,7 +118,12 @@ impl FeedHub {
         if events.is_empty() {
             return;
         }
+        let now = crate::time::now();
         let mut m = self.mirror.lock().unwrap_or_else(PoisonError::into_inner);
+        // Pruning as changes arrive keeps the mirror bounded without a background task.
+        if now >= m.next_prune {
+            m.prune(now);
+        }
         for event in events {
             m.revision += 1;
             m.apply(&event);
@@ -156,10 +173,8 @@ mod tests {
         assert_eq!(hub.snapshot().pending.len(), 1);
     }
 
-    #[test]
-    fn long_ended_grants_leave_the_snapshot() {
-        let now = crate::time::now();
-        let grant = |id: &str, expires_at| GrantEntry {
+    fn grant(id: &str, expires_at: UnixMillis) -> GrantEntry {
+        GrantEntry {
             id: id.to_owned(),
             request_id: format!("req_{id}"),
             user: "alice".to_owned(),
@@ -168,7 +183,34 @@ mod tests {
             starts_at: 0,
             expires_at,
             revoked: None,
-        };
+        }
+    }
+
+    fn mirrored(hub: &FeedHub) -> Vec<String> {
+        let m = hub.mirror.lock().unwrap_or_else(PoisonError::into_inner);
+        m.grants.keys().cloned().collect()
+    }
+
+    #[test]
+    fn long_ended_grants_leave_the_mirror_without_a_snapshot() {
+        let now = crate::time::now();
+        let hub = FeedHub::new(
+            Vec::new(),
+            vec![grant("old", now - RECENT_MS - 1000), grant("live", now + 60_000)],
+            Vec::new(),
+        );
+        hub.publish(vec![pending("req_1")]);
+        assert_eq!(mirrored(&hub), vec!["live".to_owned()]);
+        // Grants that end later go too, once the next prune is due.
+        hub.publish(vec![FeedEvent::Grant(grant("ended", now - RECENT_MS - 1000))]);
+        hub.mirror.lock().unwrap_or_else(PoisonError::into_inner).next_prune = 0;
+        hub.publish(vec![pending("req_2")]);
+        assert_eq!(mirrored(&hub), vec!["live".to_owned()]);
+    }
+
+    #[test]
+    fn long_ended_grants_leave_the_snapshot() {
+        let now = crate::time::now();
         let hub = FeedHub::new(
             Vec::new(),
             vec![grant("old", now - RECENT_MS - 1000), grant("live", now + 60_000)],

@@ -7,6 +7,7 @@ pub mod backoff;
 pub mod clock;
 pub mod grants;
 pub mod metrics;
+pub mod mock_seed;
 pub mod postgres;
 pub mod sessions;
 pub mod settings;
@@ -35,6 +36,9 @@ pub enum ProxyError {
     /// Metrics could not be registered.
     #[error("metrics registration failed: {0}")]
     Metrics(#[from] prometheus::Error),
+    /// The mock SCRAM seed in `data_dir` could not be read or created.
+    #[error("mock SCRAM seed: {0}")]
+    MockSeed(String),
 }
 
 /// Everything the listeners share: settings, grants, sessions, TLS, metrics.
@@ -49,25 +53,24 @@ pub struct Proxy {
     pub cancels: CancelMap,
     /// Warm server connections between sessions.
     pub pool: Pool,
-    /// Failed-login backoff per user and per address.
+    /// Failed-login backoff per (user, address) and per address.
     pub backoff: LoginBackoff,
     /// TLS for clients that send SSLRequest.
     pub tls: tokio_rustls::TlsAcceptor,
     /// Prometheus metrics.
     pub metrics: ProxyMetrics,
-    /// Seed for mock SCRAM secrets of unknown users (random per process).
+    /// Seed for mock SCRAM secrets of unknown users, kept in `data_dir` so fake salts survive restarts.
     pub mock_seed: [u8; 32],
     /// Tracks session tasks so shutdown can drain them.
     pub tracker: TaskTracker,
 }
 
 impl Proxy {
-    /// Builds the proxy: loads or creates the TLS certificate and registers metrics.
+    /// Builds the proxy: loads or creates the TLS certificate and the mock seed, and registers metrics.
     pub fn new(settings: ProxySettings, registry: &prometheus::Registry) -> Result<Arc<Proxy>, ProxyError> {
         let tls = tls::acceptor(&settings.postgres.tls, &settings.data_dir)?;
         let metrics = ProxyMetrics::register(registry)?;
-        let mut mock_seed = [0u8; 32];
-        getrandom::fill(&mut mock_seed).map_err(|e| ProxyError::Tls(e.to_string()))?;
+        let mock_seed = mock_seed::load_or_create(&settings.data_dir)?;
         Ok(Arc::new(Proxy {
             sessions: Arc::new(SessionRegistry::new(metrics.clone())),
             grants: Arc::new(GrantTable::default()),

@@ -1,23 +1,56 @@
 //! The in-memory grant table: users, grants and pending requests as the feed
-//! reports them. Each grant carries a `watch` so live sessions learn of an
-//! extension or revocation the moment the feed delivers it.
+//! reports them. Each grant that can still admit or hold a session carries a
+//! `watch` so live sessions learn of an extension or revocation the moment the
+//! feed delivers it. Ended grants lose their channel (after sending it their
+//! final state) and only the latest per user, resource and role is kept, for
+//! a day, so refusals can still say "expired" or "revoked" without the table
+//! growing forever.
 
+use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use dashmap::DashMap;
-use portcullis_protocol::feed::{FeedChange, FeedEvent, FeedSnapshot, GrantEntry, PendingEntry, UserEntry};
+use dashmap::mapref::entry::Entry;
+use portcullis_protocol::feed::{FeedChange, FeedEvent, FeedSnapshot, GrantEntry, PendingEntry, UnixMillis, UserEntry};
 use portcullis_protocol::scram::ServerSecret;
 use tokio::sync::watch;
+
+use crate::clock::now_millis;
+
+/// How long after its deadline a grant that simply ran out keeps its channel.
+/// Its sessions cut themselves at the deadline by their own timer; the grace
+/// keeps a late timer from seeing a closed channel instead.
+const EXPIRY_GRACE_MS: i64 = 5 * 60 * 1000;
+/// How long an ended grant is remembered for refusals, as the feed's snapshot does.
+const ENDED_RETENTION_MS: i64 = 24 * 3600 * 1000;
+/// How often `apply` sweeps out grants that ended without a change saying so.
+const SWEEP_EVERY_MS: i64 = 60 * 1000;
 
 /// Users, grants and pending requests, indexed for the admission check.
 #[derive(Default)]
 pub struct GrantTable {
     users: DashMap<String, Arc<ServerSecret>>,
+    /// Grants that may still admit or hold sessions, with the channel sessions follow.
     grants: DashMap<String, watch::Sender<GrantEntry>>,
+    /// Ended grants without a channel: at most one per user, resource and role.
+    ended: DashMap<String, GrantEntry>,
+    /// Ids in `grants` or `ended`, per (user, resource).
     by_subject: DashMap<(String, String), Vec<String>>,
     pending: DashMap<String, PendingEntry>,
     revision: AtomicU64,
+    /// Wall-clock millis before which `apply` skips the sweep.
+    next_sweep: AtomicI64,
+}
+
+/// When a grant stopped admitting, as the admission check ranks ended grants.
+fn ended_at(g: &GrantEntry) -> UnixMillis {
+    g.revoked.as_ref().map_or(g.expires_at, |r| r.at)
+}
+
+/// Whether `g` can no longer admit a session at `now` nor at any later time.
+fn is_ended(g: &GrantEntry, now: UnixMillis) -> bool {
+    g.revoked.is_some() || g.expires_at <= now
 }
 
 impl GrantTable {
@@ -29,25 +62,47 @@ impl GrantTable {
     /// Replaces the whole table with `snapshot`; live sessions of grants that
     /// still exist see their new state, the others see their grant vanish.
     pub fn apply_snapshot(&self, snapshot: FeedSnapshot) {
-        self.users.clear();
+        self.apply_snapshot_at(snapshot, now_millis());
+    }
+
+    /// `apply_snapshot` by the clock reading `now`. Entries are upserted before
+    /// what the snapshot lacks is removed, so a concurrent admission check never
+    /// sees a user or grant that exists on both sides of the snapshot go missing.
+    fn apply_snapshot_at(&self, snapshot: FeedSnapshot, now: UnixMillis) {
+        let user_names: HashSet<String> = snapshot.users.iter().map(|u| u.name.clone()).collect();
         for user in snapshot.users {
             self.put_user(user);
         }
-        self.pending.clear();
+        self.users.retain(|name, _| user_names.contains(name));
+
+        let request_ids: HashSet<String> = snapshot.pending.iter().map(|p| p.request_id.clone()).collect();
         for p in snapshot.pending {
             self.pending.insert(p.request_id.clone(), p);
         }
-        let keep: std::collections::HashSet<&str> = snapshot.grants.iter().map(|g| g.id.as_str()).collect();
-        self.grants.retain(|id, _| keep.contains(id.as_str()));
-        self.by_subject.clear();
+        self.pending.retain(|id, _| request_ids.contains(id));
+
+        let grant_ids: HashSet<String> = snapshot.grants.iter().map(|g| g.id.clone()).collect();
         for g in snapshot.grants {
-            self.put_grant(g);
+            self.put_grant(g, now);
         }
+        // Dropping a Sender here closes the channel: those sessions are cut as "grant gone".
+        self.grants.retain(|id, _| grant_ids.contains(id));
+        self.ended.retain(|id, _| grant_ids.contains(id));
+        self.by_subject.retain(|_, ids| {
+            ids.retain(|id| grant_ids.contains(id));
+            !ids.is_empty()
+        });
+        self.prune(now);
         self.revision.store(snapshot.revision, Ordering::Release);
     }
 
     /// Applies one change; changes at or below the current revision are ignored.
     pub fn apply(&self, change: FeedChange) {
+        self.apply_at(change, now_millis());
+    }
+
+    /// `apply` by the clock reading `now`.
+    fn apply_at(&self, change: FeedChange, now: UnixMillis) {
         if change.revision <= self.revision() {
             return;
         }
@@ -56,7 +111,7 @@ impl GrantTable {
             FeedEvent::UserRemoved { name } => {
                 self.users.remove(&name);
             }
-            FeedEvent::Grant(grant) => self.put_grant(grant),
+            FeedEvent::Grant(grant) => self.put_grant(grant, now),
             FeedEvent::Pending(p) => {
                 self.pending.insert(p.request_id.clone(), p);
             }
@@ -64,7 +119,38 @@ impl GrantTable {
                 self.pending.remove(&request_id);
             }
         }
+        if now >= self.next_sweep.load(Ordering::Relaxed) {
+            self.prune(now);
+        }
         self.revision.store(change.revision, Ordering::Release);
+    }
+
+    /// Retires grants that ran out more than `EXPIRY_GRACE_MS` ago and forgets
+    /// ended grants older than a day. `apply` calls it at most once a minute;
+    /// the table only grows when the feed delivers, so that bounds it.
+    pub fn prune(&self, now: UnixMillis) {
+        self.next_sweep
+            .store(now.saturating_add(SWEEP_EVERY_MS), Ordering::Relaxed);
+        let ran_out: Vec<GrantEntry> = self
+            .grants
+            .iter()
+            .filter(|tx| tx.borrow().expires_at.saturating_add(EXPIRY_GRACE_MS) <= now)
+            .map(|tx| tx.borrow().clone())
+            .collect();
+        for g in ran_out {
+            self.retire(g);
+        }
+        let horizon = now.saturating_sub(ENDED_RETENTION_MS);
+        let forgotten: Vec<GrantEntry> = self
+            .ended
+            .iter()
+            .filter(|g| ended_at(g) < horizon)
+            .map(|g| g.value().clone())
+            .collect();
+        for g in forgotten {
+            self.ended.remove(&g.id);
+            self.unindex(&g);
+        }
     }
 
     fn put_user(&self, user: UserEntry) {
@@ -79,21 +165,76 @@ impl GrantTable {
         }
     }
 
-    fn put_grant(&self, grant: GrantEntry) {
+    fn put_grant(&self, grant: GrantEntry, now: UnixMillis) {
         let subject = (grant.user.clone(), grant.resource.clone());
         let id = grant.id.clone();
-        match self.grants.get(&id) {
-            Some(tx) => {
-                tx.send_replace(grant);
-            }
-            None => {
-                self.grants.insert(id.clone(), watch::channel(grant).0);
+        {
+            let mut ids = self.by_subject.entry(subject).or_default();
+            if !ids.contains(&id) {
+                ids.push(id.clone());
             }
         }
-        let mut ids = self.by_subject.entry(subject).or_default();
-        if !ids.contains(&id) {
-            ids.push(id);
+        if is_ended(&grant, now) {
+            self.retire(grant);
+            return;
         }
+        match self.grants.entry(id.clone()) {
+            Entry::Occupied(tx) => {
+                tx.get().send_replace(grant);
+            }
+            Entry::Vacant(slot) => {
+                slot.insert(watch::channel(grant).0);
+            }
+        }
+        // Extended past its end: live again, so no longer a tombstone.
+        self.ended.remove(&id);
+    }
+
+    /// Moves an ended grant out of `grants`: its sessions get the final state,
+    /// then the channel closes. A receiver still reads a value sent before the
+    /// sender dropped, and `changed()` reports it before reporting the close,
+    /// so `enforce` cuts with the grant's own reason (revoked or expired).
+    fn retire(&self, grant: GrantEntry) {
+        let id = grant.id.clone();
+        if let Some(tx) = self.grants.get(&id) {
+            tx.send_replace(grant.clone());
+        }
+        let rivals = self.ended_rivals(&grant);
+        if rivals.iter().any(|r| ended_at(r) > ended_at(&grant)) {
+            // A later end of the same role is what refusals report; this one adds nothing.
+            self.ended.remove(&id);
+            self.grants.remove(&id);
+            self.unindex(&grant);
+            return;
+        }
+        self.ended.insert(id.clone(), grant);
+        self.grants.remove(&id);
+        for rival in rivals {
+            self.ended.remove(&rival.id);
+            self.unindex(&rival);
+        }
+    }
+
+    /// Other ended grants of the same user, resource and role.
+    fn ended_rivals(&self, grant: &GrantEntry) -> Vec<GrantEntry> {
+        let ids = self
+            .by_subject
+            .get(&(grant.user.clone(), grant.resource.clone()))
+            .map(|ids| ids.clone())
+            .unwrap_or_default();
+        ids.iter()
+            .filter(|id| **id != grant.id)
+            .filter_map(|id| self.ended.get(id).map(|g| g.value().clone()))
+            .filter(|g| g.role == grant.role)
+            .collect()
+    }
+
+    fn unindex(&self, grant: &GrantEntry) {
+        let subject = (grant.user.clone(), grant.resource.clone());
+        if let Some(mut ids) = self.by_subject.get_mut(&subject) {
+            ids.retain(|id| *id != grant.id);
+        }
+        self.by_subject.remove_if(&subject, |_, ids| ids.is_empty());
     }
 
     /// The SCRAM secret of `user`, if the feed knows them.
@@ -110,7 +251,10 @@ impl GrantTable {
             .unwrap_or_default();
         let grants = ids
             .iter()
-            .filter_map(|id| self.grants.get(id).map(|tx| tx.borrow().clone()))
+            .filter_map(|id| {
+                let live = self.grants.get(id).map(|tx| tx.borrow().clone());
+                live.or_else(|| self.ended.get(id).map(|g| g.value().clone()))
+            })
             .collect();
         let pending = self
             .pending
@@ -121,8 +265,338 @@ impl GrantTable {
         (grants, pending)
     }
 
-    /// A receiver that sees every later change of grant `id`.
+    /// A receiver that sees every later change of grant `id`. For a grant that
+    /// already ended it holds the final state on a closed channel, so a session
+    /// admitted just before the end is still cut with the right reason.
     pub fn watch(&self, id: &str) -> Option<watch::Receiver<GrantEntry>> {
-        self.grants.get(id).map(|tx| tx.subscribe())
+        if let Some(tx) = self.grants.get(id) {
+            return Some(tx.subscribe());
+        }
+        let last = self.ended.get(id).map(|g| g.value().clone())?;
+        Some(watch::channel(last).1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+    use std::time::Duration;
+
+    use portcullis_protocol::feed::Revocation;
+    use portcullis_protocol::sessions::SessionInfo;
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::grants::check::{Denied, check};
+    use crate::postgres::enforce::{Cut, enforce};
+    use crate::sessions::SessionHandle;
+
+    const T0: UnixMillis = 1_800_000_000_000;
+    const HOUR: i64 = 3600 * 1000;
+
+    fn grant(id: &str, role: &str, starts: UnixMillis, expires: UnixMillis) -> GrantEntry {
+        GrantEntry {
+            id: id.into(),
+            request_id: format!("req_{id}"),
+            user: "alice".into(),
+            resource: "orders".into(),
+            role: role.into(),
+            starts_at: starts,
+            expires_at: expires,
+            revoked: None,
+        }
+    }
+
+    fn revoked(mut g: GrantEntry, at: UnixMillis) -> GrantEntry {
+        g.revoked = Some(Revocation {
+            by: "carol".into(),
+            reason: Some("done".into()),
+            at,
+        });
+        g
+    }
+
+    fn user(name: &str) -> UserEntry {
+        let secret = ServerSecret::mock(b"seed", name);
+        UserEntry {
+            name: name.into(),
+            scram_verifier: secret.to_verifier(),
+        }
+    }
+
+    fn change(revision: u64, event: FeedEvent) -> FeedChange {
+        FeedChange { revision, event }
+    }
+
+    fn grant_ids(table: &GrantTable) -> Vec<String> {
+        let mut ids: Vec<String> = table.lookup("alice", "orders").0.into_iter().map(|g| g.id).collect();
+        ids.sort();
+        ids
+    }
+
+    #[test]
+    fn snapshot_never_hides_entries_present_on_both_sides() {
+        let table = Arc::new(GrantTable::default());
+        // Many entries ahead of alice's widen the window a clear-then-refill leaves open.
+        let mut users: Vec<UserEntry> = (0..300).map(|i| user(&format!("u{i}"))).collect();
+        users.push(user("alice"));
+        let mut grants: Vec<GrantEntry> = (0..300)
+            .map(|i| {
+                let mut g = grant(&format!("g{i}"), "read", 0, i64::MAX);
+                g.user = format!("u{i}");
+                g
+            })
+            .collect();
+        grants.push(grant("g_alice", "read", 0, i64::MAX));
+        let snapshot = FeedSnapshot {
+            revision: 1,
+            users,
+            grants,
+            pending: Vec::new(),
+        };
+        table.apply_snapshot_at(snapshot.clone(), T0);
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let (table, stop) = (Arc::clone(&table), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let mut misses = 0u32;
+                while !stop.load(Ordering::Relaxed) {
+                    let (grants, pending) = table.lookup("alice", "orders");
+                    if table.user_secret("alice").is_none() || check(&grants, &pending, None, T0).is_err() {
+                        misses += 1;
+                    }
+                }
+                misses
+            })
+        };
+        for _ in 0..200 {
+            table.apply_snapshot_at(snapshot.clone(), T0);
+        }
+        stop.store(true, Ordering::Relaxed);
+        assert_eq!(reader.join().ok(), Some(0), "a reader saw alice or her grant vanish");
+    }
+
+    #[test]
+    fn snapshot_removes_what_it_no_longer_holds_and_keeps_channels() {
+        let table = GrantTable::default();
+        table.apply_snapshot_at(
+            FeedSnapshot {
+                revision: 1,
+                users: vec![user("alice"), user("bob")],
+                grants: vec![grant("g1", "read", 0, T0 + HOUR), grant("g2", "admin", 0, T0 + HOUR)],
+                pending: vec![PendingEntry {
+                    request_id: "req_p".into(),
+                    user: "alice".into(),
+                    resource: "orders".into(),
+                    role: "write".into(),
+                }],
+            },
+            T0,
+        );
+        let rx1 = table.watch("g1");
+        let rx2 = table.watch("g2");
+        let extended = grant("g1", "read", 0, T0 + 2 * HOUR);
+        table.apply_snapshot_at(
+            FeedSnapshot {
+                revision: 2,
+                users: vec![user("alice")],
+                grants: vec![extended.clone()],
+                pending: Vec::new(),
+            },
+            T0,
+        );
+        assert!(table.user_secret("bob").is_none());
+        assert!(table.user_secret("alice").is_some());
+        assert_eq!(grant_ids(&table), vec!["g1".to_owned()]);
+        assert!(table.lookup("alice", "orders").1.is_empty());
+        let rx1 = rx1.map(|rx| (rx.has_changed().is_ok(), rx.borrow().clone()));
+        assert_eq!(
+            rx1,
+            Some((true, extended.clone())),
+            "g1's channel must survive the snapshot"
+        );
+        assert_eq!(
+            rx2.map(|rx| rx.has_changed().is_err()),
+            Some(true),
+            "g2's channel must close"
+        );
+        assert_eq!(table.revision(), 2);
+    }
+
+    #[tokio::test]
+    async fn revoke_retires_the_channel_after_sessions_see_the_final_state() {
+        let table = GrantTable::default();
+        table.apply_at(change(1, FeedEvent::Grant(grant("g1", "read", 0, T0 + HOUR))), T0);
+        let Some(mut rx) = table.watch("g1") else {
+            panic!("no channel for a live grant");
+        };
+        let gone = revoked(grant("g1", "read", 0, T0 + HOUR), T0 + 10);
+        table.apply_at(change(2, FeedEvent::Grant(gone.clone())), T0 + 10);
+
+        assert!(table.grants.is_empty(), "the ended grant kept its channel");
+        assert!(
+            rx.changed().await.is_ok(),
+            "the final state must arrive before the close"
+        );
+        assert_eq!(*rx.borrow_and_update(), gone);
+        assert!(
+            rx.changed().await.is_err(),
+            "the channel must close once the grant is retired"
+        );
+        // Refusals still say why.
+        let (grants, pending) = table.lookup("alice", "orders");
+        assert!(matches!(
+            check(&grants, &pending, None, T0 + 20),
+            Err(Denied::Revoked { .. })
+        ));
+    }
+
+    fn handle() -> SessionHandle {
+        SessionHandle {
+            info: SessionInfo {
+                id: "ses_1".into(),
+                user: "alice".into(),
+                resource: "orders".into(),
+                role: "read".into(),
+                protocol: "postgres".into(),
+                grant_id: "g1".into(),
+                started_at: 0,
+                bytes_in: 0,
+                bytes_out: 0,
+            },
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            kill: CancellationToken::new(),
+            killed_by: std::sync::Mutex::new(None),
+        }
+    }
+
+    #[tokio::test]
+    async fn enforce_cuts_a_session_of_a_retired_grant_as_revoked() {
+        let now = now_millis();
+        let table = Arc::new(GrantTable::default());
+        table.apply_at(change(1, FeedEvent::Grant(grant("g1", "read", 0, now + HOUR))), now);
+        let Some(rx) = table.watch("g1") else {
+            panic!("no channel for a live grant");
+        };
+        let (notices, _keep) = tokio::sync::mpsc::channel(8);
+        let h = handle();
+        let session = enforce(rx, &[], &h, notices);
+        let revoke = async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let gone = revoked(grant("g1", "read", 0, now + HOUR), now);
+            table.apply_at(change(2, FeedEvent::Grant(gone)), now);
+        };
+        let (cut, ()) = tokio::time::timeout(Duration::from_secs(5), async { tokio::join!(session, revoke) })
+            .await
+            .unwrap_or_else(|_| panic!("enforce did not return"));
+        assert_eq!(
+            cut,
+            Cut::Revoked {
+                grant_id: "g1".into(),
+                by: "carol".into(),
+                reason: Some("done".into())
+            }
+        );
+
+        // A session admitted just before the end, watching afterwards, is cut the same way.
+        let Some(late) = table.watch("g1") else {
+            panic!("no final state for a just-ended grant");
+        };
+        let (notices, _keep) = tokio::sync::mpsc::channel(8);
+        assert!(matches!(enforce(late, &[], &h, notices).await, Cut::Revoked { .. }));
+    }
+
+    #[tokio::test]
+    async fn grants_that_ran_out_are_retired_after_the_grace() {
+        let table = GrantTable::default();
+        table.apply_at(change(1, FeedEvent::Grant(grant("g1", "read", 0, T0 + HOUR))), T0);
+        let Some(mut rx) = table.watch("g1") else {
+            panic!("no channel for a live grant");
+        };
+        table.prune(T0 + HOUR + EXPIRY_GRACE_MS - 1);
+        assert_eq!(table.grants.len(), 1, "retired within the grace");
+        // Any change once the next sweep is due retires it, no snapshot needed.
+        table.apply_at(
+            change(2, FeedEvent::UserRemoved { name: "nobody".into() }),
+            T0 + HOUR + EXPIRY_GRACE_MS + SWEEP_EVERY_MS,
+        );
+        assert!(table.grants.is_empty());
+        assert!(rx.changed().await.is_ok());
+        assert!(rx.changed().await.is_err());
+        let (grants, pending) = table.lookup("alice", "orders");
+        assert!(matches!(
+            check(&grants, &pending, None, T0 + 2 * HOUR),
+            Err(Denied::Expired { .. })
+        ));
+    }
+
+    #[test]
+    fn ended_grants_are_bounded_per_role_and_forgotten_after_a_day() {
+        let table = GrantTable::default();
+        let mut revision = 0;
+        let mut next = || {
+            revision += 1;
+            revision
+        };
+        for i in 0..50 {
+            let start = T0 + i * HOUR;
+            let g = grant(&format!("r{i:02}"), "read", start, start + HOUR / 2);
+            table.apply_at(change(next(), FeedEvent::Grant(g.clone())), start);
+            // Revoked early, or let run out: either way it ended.
+            let end = if i % 2 == 0 {
+                revoked(g, start + 60_000)
+            } else {
+                GrantEntry {
+                    expires_at: start + 60_000,
+                    ..g
+                }
+            };
+            table.apply_at(change(next(), FeedEvent::Grant(end)), start + 60_000);
+        }
+        table.apply_at(
+            change(
+                next(),
+                FeedEvent::Grant(grant("w", "write", T0 + 49 * HOUR, T0 + 49 * HOUR + 1)),
+            ),
+            T0 + 50 * HOUR,
+        );
+        assert!(table.grants.is_empty());
+        assert_eq!(grant_ids(&table), vec!["r49".to_owned(), "w".to_owned()]);
+        let (grants, pending) = table.lookup("alice", "orders");
+        assert!(matches!(
+            check(&grants, &pending, Some("read"), T0 + 50 * HOUR),
+            Err(Denied::Expired { grant_id, .. }) if grant_id == "r49"
+        ));
+        // An older end arriving late does not displace the latest.
+        table.apply_at(
+            change(
+                next(),
+                FeedEvent::Grant(revoked(grant("r00", "read", T0, T0 + HOUR), T0)),
+            ),
+            T0 + 50 * HOUR,
+        );
+        assert_eq!(grant_ids(&table), vec!["r49".to_owned(), "w".to_owned()]);
+        table.prune(T0 + 50 * HOUR + ENDED_RETENTION_MS);
+        assert!(grant_ids(&table).is_empty());
+        assert!(table.by_subject.is_empty() && table.ended.is_empty());
+    }
+
+    #[test]
+    fn an_ended_grant_extended_is_live_again() {
+        let table = GrantTable::default();
+        let g = grant("g1", "read", T0, T0 + HOUR);
+        table.apply_at(change(1, FeedEvent::Grant(g.clone())), T0 + 2 * HOUR);
+        assert!(table.grants.is_empty());
+        let extended = GrantEntry {
+            expires_at: T0 + 3 * HOUR,
+            ..g
+        };
+        table.apply_at(change(2, FeedEvent::Grant(extended)), T0 + 2 * HOUR);
+        assert!(table.ended.is_empty());
+        let (grants, pending) = table.lookup("alice", "orders");
+        assert!(check(&grants, &pending, None, T0 + 2 * HOUR).is_ok());
+        assert!(table.watch("g1").is_some_and(|rx| rx.has_changed().is_ok()));
     }
 }
