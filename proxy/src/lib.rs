@@ -24,6 +24,7 @@ use crate::grants::table::GrantTable;
 use crate::metrics::ProxyMetrics;
 use crate::postgres::cancel::CancelMap;
 use crate::postgres::pool::Pool;
+use crate::postgres::upstream::ScramKeys;
 use crate::sessions::SessionRegistry;
 use crate::settings::ProxySettings;
 
@@ -53,6 +54,8 @@ pub struct Proxy {
     pub cancels: CancelMap,
     /// Warm server connections between sessions.
     pub pool: Pool,
+    /// Salted SCRAM keys of upstream roles.
+    pub scram_keys: ScramKeys,
     /// Failed-login backoff per (user, address) and per address.
     pub backoff: LoginBackoff,
     /// TLS for clients that send SSLRequest.
@@ -76,6 +79,7 @@ impl Proxy {
             grants: Arc::new(GrantTable::default()),
             cancels: CancelMap::default(),
             pool: Pool::new(settings.postgres.pool),
+            scram_keys: ScramKeys::default(),
             backoff: LoginBackoff::default(),
             tls,
             metrics,

@@ -64,7 +64,7 @@ pub async fn handle(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, shutdow
                 warm
             }
             None => {
-                let fresh = connect(&admitted.target, &admitted.role, &key.params)
+                let fresh = connect(&admitted.target, &admitted.role, &key.params, &proxy.scram_keys)
                     .await
                     .map_err(|e| Refusal::Upstream {
                         resource: admitted.resource.name.clone(),

@@ -8,11 +8,13 @@
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use dashmap::DashMap;
 use portcullis_protocol::pg::backend::{AuthRequest, parse_auth_request, parse_backend_key_data, parse_error_notice};
 use portcullis_protocol::pg::message::{Message, parse_message};
 use portcullis_protocol::pg::startup::StartupParams;
+use portcullis_protocol::scram::client::{ClientExchange, ClientKeys, SaltParams};
 use postgres_protocol::authentication::md5_hash;
-use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
+use postgres_protocol::authentication::sasl::SCRAM_SHA_256;
 use postgres_protocol::message::frontend;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -27,6 +29,32 @@ const LOGIN_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_LOGIN_MESSAGE: usize = 1 << 20;
 /// Startup parameters never forwarded: the proxy sets them, or they are not proxied.
 const NOT_FORWARDED: [&str; 3] = ["user", "database", "replication"];
+
+/// Most salted keys kept; past it the cache starts over (salts change only
+/// when a role's password does).
+const MAX_CACHED_KEYS: usize = 1024;
+
+/// SCRAM keys per (upstream user, salt, iterations), so only a role's first
+/// login pays PBKDF2 (thousands of HMACs, milliseconds of CPU).
+#[derive(Default)]
+pub struct ScramKeys {
+    keys: DashMap<(String, SaltParams), ClientKeys>,
+}
+
+impl ScramKeys {
+    fn get(&self, user: &str, params: SaltParams, password: &str) -> ClientKeys {
+        let key = (user.to_owned(), params);
+        if let Some(keys) = self.keys.get(&key) {
+            return keys.clone();
+        }
+        let keys = ClientKeys::derive(password, &key.1.salt, key.1.iterations);
+        if self.keys.len() >= MAX_CACHED_KEYS {
+            self.keys.clear();
+        }
+        self.keys.insert(key, keys.clone());
+        keys
+    }
+}
 
 /// A logged-in upstream connection.
 pub struct Upstream {
@@ -87,8 +115,9 @@ pub async fn connect(
     target: &PostgresTarget,
     role: &Role,
     params: &[(String, String)],
+    keys: &ScramKeys,
 ) -> Result<Upstream, UpstreamError> {
-    tokio::time::timeout(LOGIN_TIMEOUT, login(target, role, params))
+    tokio::time::timeout(LOGIN_TIMEOUT, login(target, role, params, keys))
         .await
         .map_err(|_| UpstreamError::Timeout(LOGIN_TIMEOUT))?
 }
@@ -97,6 +126,7 @@ async fn login(
     target: &PostgresTarget,
     role: &Role,
     forwarded: &[(String, String)],
+    keys: &ScramKeys,
 ) -> Result<Upstream, UpstreamError> {
     let mut stream = open(target).await?;
     let mut out = BytesMut::new();
@@ -107,7 +137,7 @@ async fn login(
     send(&mut stream, &mut out).await?;
 
     let mut buf = BytesMut::with_capacity(1024);
-    let mut scram: Option<ScramSha256> = None;
+    let mut scram: Option<ClientExchange> = None;
     let mut greeting = BytesMut::new();
     let mut backend_key = None;
     loop {
@@ -115,7 +145,7 @@ async fn login(
         match msg.tag {
             b'R' => {
                 let request = parse_auth_request(msg.body).map_err(|e| UpstreamError::Protocol(e.to_string()))?;
-                answer_auth(request, role, &mut scram, &mut out)?;
+                answer_auth(request, role, keys, &mut scram, &mut out)?;
                 if !out.is_empty() {
                     send(&mut stream, &mut out).await?;
                 }
@@ -154,11 +184,12 @@ async fn login(
 fn answer_auth(
     request: AuthRequest,
     role: &Role,
-    scram: &mut Option<ScramSha256>,
+    keys: &ScramKeys,
+    scram: &mut Option<ClientExchange>,
     out: &mut BytesMut,
 ) -> Result<(), UpstreamError> {
     let password = || {
-        role.password.as_ref().map(|p| p.expose().as_bytes()).ok_or_else(|| {
+        role.password.as_ref().map(|p| p.expose().as_str()).ok_or_else(|| {
             UpstreamError::Auth(format!(
                 "the server asks a password for \"{}\" and none is configured",
                 role.user
@@ -168,9 +199,9 @@ fn answer_auth(
     let io = |e: std::io::Error| UpstreamError::Protocol(e.to_string());
     match request {
         AuthRequest::Ok => Ok(()),
-        AuthRequest::CleartextPassword => frontend::password_message(password()?, out).map_err(io),
+        AuthRequest::CleartextPassword => frontend::password_message(password()?.as_bytes(), out).map_err(io),
         AuthRequest::Md5Password { salt } => {
-            let hash = md5_hash(role.user.as_bytes(), password()?, salt);
+            let hash = md5_hash(role.user.as_bytes(), password()?.as_bytes(), salt);
             frontend::password_message(hash.as_bytes(), out).map_err(io)
         }
         AuthRequest::Sasl { mechanisms } => {
@@ -180,8 +211,9 @@ fn answer_auth(
                     mechanisms.join(", ")
                 )));
             }
-            let client = ScramSha256::new(password()?, ChannelBinding::unsupported());
-            frontend::sasl_initial_response(SCRAM_SHA_256, client.message(), out).map_err(io)?;
+            password()?;
+            let client = ClientExchange::new(&nonce());
+            frontend::sasl_initial_response(SCRAM_SHA_256, client.first().as_bytes(), out).map_err(io)?;
             *scram = Some(client);
             Ok(())
         }
@@ -189,17 +221,18 @@ fn answer_auth(
             let client = scram
                 .as_mut()
                 .ok_or_else(|| UpstreamError::Protocol("SASL continue before start".into()))?;
-            client
-                .update(&data)
-                .map_err(|e| UpstreamError::Auth(format!("SCRAM with the server failed: {e}")))?;
-            frontend::sasl_response(client.message(), out).map_err(io)
+            let failed = |e| UpstreamError::Auth(format!("SCRAM with the server failed: {e}"));
+            let params = ClientExchange::salt_params(&data).map_err(failed)?;
+            let keys = keys.get(&role.user, params, password()?);
+            let reply = client.server_first(&data, &keys).map_err(failed)?;
+            frontend::sasl_response(reply.as_bytes(), out).map_err(io)
         }
         AuthRequest::SaslFinal(data) => {
             let client = scram
                 .as_mut()
                 .ok_or_else(|| UpstreamError::Protocol("SASL final before start".into()))?;
             client
-                .finish(&data)
+                .server_final(&data)
                 .map_err(|e| UpstreamError::Auth(format!("the server's SCRAM signature is wrong: {e}")))
         }
         AuthRequest::Unsupported(code) => Err(UpstreamError::Auth(format!(
@@ -254,6 +287,13 @@ pub async fn terminate(stream: &mut Stream) {
         let _ = stream.shutdown().await;
     };
     let _ = tokio::time::timeout(Duration::from_secs(1), bye).await;
+}
+
+/// A fresh printable SCRAM nonce.
+fn nonce() -> String {
+    let mut raw = [0u8; 18];
+    let _ = getrandom::fill(&mut raw);
+    raw.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 async fn open(target: &PostgresTarget) -> Result<Stream, UpstreamError> {
@@ -321,4 +361,26 @@ fn append(out: &mut BytesMut, msg: &Message) {
     out.put_u8(msg.tag);
     out.put_u32((msg.body.len() + 4) as u32);
     out.put_slice(&msg.body);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn salted_keys_are_derived_once_per_user_and_salt() {
+        let cache = ScramKeys::default();
+        let params = |salt: &[u8]| SaltParams {
+            salt: salt.to_vec(),
+            iterations: 4096,
+        };
+        let first = cache.get("orders_ro", params(b"salt-1"), "pw");
+        // A second login with the same salt is served from the cache, not PBKDF2.
+        assert_eq!(cache.get("orders_ro", params(b"salt-1"), "ignored"), first);
+        assert_eq!(cache.keys.len(), 1);
+        // A new salt (the password changed on the server) derives again.
+        assert_ne!(cache.get("orders_ro", params(b"salt-2"), "pw"), first);
+        assert_ne!(cache.get("orders_admin", params(b"salt-1"), "other"), first);
+        assert_eq!(cache.keys.len(), 3);
+    }
 }

@@ -1,7 +1,10 @@
 //! The server side of SCRAM-SHA-256 (RFC 5802, RFC 7677) as PostgreSQL
 //! speaks it: no channel binding offered, the user name in the exchange is
 //! ignored (the startup packet names the user), verifiers in PostgreSQL's
-//! `SCRAM-SHA-256$<iter>:<salt>$<StoredKey>:<ServerKey>` form.
+//! `SCRAM-SHA-256$<iter>:<salt>$<StoredKey>:<ServerKey>` form. The client
+//! side, for logging in upstream, is in [`client`].
+
+pub mod client;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -70,7 +73,7 @@ impl std::fmt::Debug for ServerSecret {
     }
 }
 
-fn hmac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+pub(crate) fn hmac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
     let mut mac =
         <Hmac<Sha256> as KeyInit>::new_from_slice(key).unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
     for p in parts {
@@ -82,11 +85,7 @@ fn hmac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
 impl ServerSecret {
     /// Derives the secret of `password` (SASLprep'd when possible, as PostgreSQL does).
     pub fn derive(password: &str, salt: &[u8], iterations: u32) -> ServerSecret {
-        let prepped = stringprep::saslprep(password)
-            .map(|p| p.into_owned())
-            .unwrap_or_else(|_| password.to_owned());
-        let mut salted = [0u8; 32];
-        pbkdf2::pbkdf2_hmac::<Sha256>(prepped.as_bytes(), salt, iterations, &mut salted);
+        let salted = salted_password(password, salt, iterations);
         let client_key = hmac(&salted, &[b"Client Key"]);
         ServerSecret {
             iterations,
@@ -144,6 +143,17 @@ impl ServerSecret {
             server_key: hmac(seed, &[b"server\0", user.as_bytes()]),
         }
     }
+}
+
+/// PBKDF2 of the SASLprep'd password (the raw one when SASLprep refuses it,
+/// as PostgreSQL does): the expensive step, thousands of HMACs.
+pub(crate) fn salted_password(password: &str, salt: &[u8], iterations: u32) -> [u8; 32] {
+    let prepped = stringprep::saslprep(password)
+        .map(|p| p.into_owned())
+        .unwrap_or_else(|_| password.to_owned());
+    let mut salted = [0u8; 32];
+    pbkdf2::pbkdf2_hmac::<Sha256>(prepped.as_bytes(), salt, iterations, &mut salted);
+    salted
 }
 
 enum State {
