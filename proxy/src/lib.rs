@@ -12,6 +12,7 @@ pub mod postgres;
 pub mod sessions;
 pub mod settings;
 pub mod tls;
+pub mod workers;
 
 use std::sync::Arc;
 
@@ -27,6 +28,7 @@ use crate::postgres::pool::Pool;
 use crate::postgres::upstream::ScramKeys;
 use crate::sessions::SessionRegistry;
 use crate::settings::ProxySettings;
+use crate::workers::Workers;
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +36,9 @@ pub enum ProxyError {
     /// The TLS certificate or key could not be loaded or created.
     #[error("TLS setup failed: {0}")]
     Tls(String),
+    /// The session threads could not be started.
+    #[error("cannot start the session threads: {0}")]
+    Workers(std::io::Error),
     /// Metrics could not be registered.
     #[error("metrics registration failed: {0}")]
     Metrics(#[from] prometheus::Error),
@@ -64,6 +69,8 @@ pub struct Proxy {
     pub metrics: ProxyMetrics,
     /// Seed for mock SCRAM secrets of unknown users, kept in `data_dir` so fake salts survive restarts.
     pub mock_seed: [u8; 32],
+    /// The threads sessions run on.
+    pub workers: Workers,
     /// Tracks session tasks so shutdown can drain them.
     pub tracker: TaskTracker,
 }
@@ -85,6 +92,7 @@ impl Proxy {
             metrics,
             mock_seed,
             tracker: TaskTracker::new(),
+            workers: Workers::start(settings.postgres.workers).map_err(ProxyError::Workers)?,
             settings,
         }))
     }

@@ -32,6 +32,8 @@ pub struct PostgresListener {
     pub tls: Option<TlsFiles>,
     /// Warm upstream connections kept between sessions.
     pub pool: crate::postgres::pool::PoolSettings,
+    /// Threads sessions run on.
+    pub workers: usize,
 }
 
 /// PEM files for a server certificate.

@@ -115,6 +115,10 @@ pub fn proxy_settings(config: &Config) -> Result<proxy::ProxySettings, String> {
                 key: t.key.clone(),
             }),
             pool: config.postgres.pool.as_ref().map(Pool::settings).unwrap_or_default(),
+            workers: config
+                .postgres
+                .workers
+                .unwrap_or_else(portcullis_proxy::workers::default_count),
         },
         warn_before: config.warn_before.iter().map(|w| w.0).collect(),
         resources,

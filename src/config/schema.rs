@@ -97,6 +97,8 @@ pub struct Postgres {
     pub advertise: Option<String>,
     /// Warm server connections kept between sessions (PgBouncer's session mode).
     pub pool: Option<Pool>,
+    /// Threads that run sessions; default one per core.
+    pub workers: Option<usize>,
 }
 
 /// `postgres.pool:`.
@@ -121,6 +123,7 @@ impl Default for Postgres {
             handshake_timeout: default_handshake_timeout(),
             tls: None,
             pool: None,
+            workers: None,
             advertise: None,
         }
     }

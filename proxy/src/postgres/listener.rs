@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use super::session::handle;
@@ -28,9 +28,23 @@ pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener, shutdown: Cancellat
         };
         match accepted {
             Ok((tcp, peer)) => {
+                // The socket moves to a session thread's own reactor.
+                let tcp = match tcp.into_std() {
+                    Ok(tcp) => tcp,
+                    Err(e) => {
+                        tracing::warn!(%peer, error = %e, "cannot hand a connection to a session thread");
+                        continue;
+                    }
+                };
                 let proxy2 = Arc::clone(&proxy);
                 let token = shutdown.child_token();
-                proxy.tracker.spawn(handle(proxy2, tcp, peer, token));
+                let (worker, runtime) = proxy.workers.next();
+                runtime.spawn(proxy.tracker.track_future(async move {
+                    match TcpStream::from_std(tcp) {
+                        Ok(tcp) => handle(proxy2, tcp, peer, worker, token).await,
+                        Err(e) => tracing::warn!(%peer, error = %e, "cannot adopt a connection"),
+                    }
+                }));
             }
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.

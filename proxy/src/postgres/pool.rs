@@ -35,6 +35,8 @@ impl Default for PoolSettings {
 /// What makes two sessions' server connections interchangeable.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PoolKey {
+    /// The session thread: a connection stays on the reactor it was made on.
+    pub worker: usize,
     /// Resource name.
     pub resource: String,
     /// Role name.

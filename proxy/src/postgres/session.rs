@@ -11,14 +11,15 @@ use portcullis_protocol::pg::backend::auth_ok;
 use portcullis_protocol::sessions::SessionInfo;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 use super::admission::{Admitted, admit, split_dbname};
 use super::auth::authenticate;
 use super::cancel::send_cancel;
-use super::enforce::enforce;
+use super::enforce::{Cut, enforce};
 use super::pool::PoolKey;
 use super::refusal::Refusal;
 use super::relay::{RelayEnd, relay};
@@ -31,7 +32,7 @@ use crate::clock::now_millis;
 const PROTOCOL: &str = "postgres";
 
 /// Handles one accepted TCP connection to the end.
-pub async fn handle(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, shutdown: CancellationToken) {
+pub async fn handle(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, worker: usize, shutdown: CancellationToken) {
     let _ = tcp.set_nodelay(true);
     let deadline = Instant::now() + proxy.settings.postgres.handshake_timeout;
     let (mut stream, params, mut buf) = match open(&proxy, Stream::Plain(tcp), deadline).await {
@@ -53,6 +54,7 @@ pub async fn handle(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, shutdow
         authenticate(&proxy, &mut stream, &mut buf, &user, peer.ip(), deadline).await?;
         let admitted = admit(&proxy, &user, &dbname)?;
         let key = PoolKey {
+            worker,
             resource: admitted.resource.name.clone(),
             role: admitted.role.name.clone(),
             params: forwarded_params(&params),
@@ -177,8 +179,18 @@ async fn run(
     } else {
         drop(hello);
         let (notice_tx, notice_rx) = mpsc::channel(8);
+        // The enforcer is a task of its own, so the relay's many wakeups
+        // never poll its timer, watch and kill token; it reports once.
+        let (cut_tx, cut_rx) = oneshot::channel();
+        let _enforcer = {
+            let handle = Arc::clone(&registration.handle);
+            let warn_before = proxy.settings.warn_before.clone();
+            AbortOnDropHandle::new(tokio::spawn(async move {
+                let _ = cut_tx.send(enforce(grant_rx, &warn_before, &handle, notice_tx).await);
+            }))
+        };
         let cut = async {
-            let cut = enforce(grant_rx, &proxy.settings.warn_before, handle, notice_tx).await;
+            let cut = cut_rx.await.unwrap_or(Cut::Shutdown);
             let msg = cut.message(&resource.name, &id);
             (cut, msg)
         };
