@@ -37,7 +37,10 @@ pub struct GrantTable {
     ended: DashMap<String, GrantEntry>,
     /// Ids in `grants` or `ended`, per (user, resource).
     by_subject: DashMap<(String, String), Vec<String>>,
-    pending: DashMap<String, PendingEntry>,
+    /// Pending requests per (user, resource): admission reads one subject's, never all.
+    pending: DashMap<(String, String), Vec<PendingEntry>>,
+    /// The subject of each pending request id, to close it by id.
+    pending_ids: DashMap<String, (String, String)>,
     revision: AtomicU64,
     /// Wall-clock millis before which `apply` skips the sweep.
     next_sweep: AtomicI64,
@@ -77,9 +80,17 @@ impl GrantTable {
 
         let request_ids: HashSet<String> = snapshot.pending.iter().map(|p| p.request_id.clone()).collect();
         for p in snapshot.pending {
-            self.pending.insert(p.request_id.clone(), p);
+            self.put_pending(p);
         }
-        self.pending.retain(|id, _| request_ids.contains(id));
+        let closed: Vec<String> = self
+            .pending_ids
+            .iter()
+            .filter(|e| !request_ids.contains(e.key()))
+            .map(|e| e.key().clone())
+            .collect();
+        for id in closed {
+            self.remove_pending(&id);
+        }
 
         let grant_ids: HashSet<String> = snapshot.grants.iter().map(|g| g.id.clone()).collect();
         for g in snapshot.grants {
@@ -112,12 +123,8 @@ impl GrantTable {
                 self.users.remove(&name);
             }
             FeedEvent::Grant(grant) => self.put_grant(grant, now),
-            FeedEvent::Pending(p) => {
-                self.pending.insert(p.request_id.clone(), p);
-            }
-            FeedEvent::PendingClosed { request_id } => {
-                self.pending.remove(&request_id);
-            }
+            FeedEvent::Pending(p) => self.put_pending(p),
+            FeedEvent::PendingClosed { request_id } => self.remove_pending(&request_id),
         }
         if now >= self.next_sweep.load(Ordering::Relaxed) {
             self.prune(now);
@@ -237,6 +244,36 @@ impl GrantTable {
         self.by_subject.remove_if(&subject, |_, ids| ids.is_empty());
     }
 
+    /// Inserts or replaces a pending request in place (never absent in between).
+    fn put_pending(&self, p: PendingEntry) {
+        let subject = (p.user.clone(), p.resource.clone());
+        if let Some(old) = self.pending_ids.insert(p.request_id.clone(), subject.clone())
+            && old != subject
+        {
+            self.drop_pending_from(&old, &p.request_id);
+        }
+        let mut list = self.pending.entry(subject).or_default();
+        match list.iter_mut().find(|q| q.request_id == p.request_id) {
+            Some(q) => *q = p,
+            None => list.push(p),
+        }
+    }
+
+    fn remove_pending(&self, id: &str) {
+        if let Some((_, subject)) = self.pending_ids.remove(id) {
+            self.drop_pending_from(&subject, id);
+        }
+    }
+
+    fn drop_pending_from(&self, subject: &(String, String), id: &str) {
+        if let dashmap::Entry::Occupied(mut e) = self.pending.entry(subject.clone()) {
+            e.get_mut().retain(|p| p.request_id != id);
+            if e.get().is_empty() {
+                e.remove();
+            }
+        }
+    }
+
     /// The SCRAM secret of `user`, if the feed knows them.
     pub fn user_secret(&self, user: &str) -> Option<Arc<ServerSecret>> {
         self.users.get(user).map(|s| Arc::clone(&s))
@@ -258,10 +295,9 @@ impl GrantTable {
             .collect();
         let pending = self
             .pending
-            .iter()
-            .filter(|p| p.user == user && p.resource == resource)
-            .map(|p| p.value().clone())
-            .collect();
+            .get(&(user.to_owned(), resource.to_owned()))
+            .map(|list| list.clone())
+            .unwrap_or_default();
         (grants, pending)
     }
 
@@ -332,6 +368,60 @@ mod tests {
         let mut ids: Vec<String> = table.lookup("alice", "orders").0.into_iter().map(|g| g.id).collect();
         ids.sort();
         ids
+    }
+
+    fn pending(id: &str, user: &str) -> PendingEntry {
+        PendingEntry {
+            request_id: id.into(),
+            user: user.into(),
+            resource: "orders".into(),
+            role: "read".into(),
+        }
+    }
+
+    fn pending_ids(table: &GrantTable, user: &str) -> Vec<String> {
+        let mut ids: Vec<String> = table
+            .lookup(user, "orders")
+            .1
+            .into_iter()
+            .map(|p| p.request_id)
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    #[test]
+    fn pending_requests_are_kept_per_subject_and_closed_by_id() {
+        let table = GrantTable::default();
+        table.apply_at(change(1, FeedEvent::Pending(pending("r1", "alice"))), T0);
+        table.apply_at(change(2, FeedEvent::Pending(pending("r2", "alice"))), T0);
+        table.apply_at(change(3, FeedEvent::Pending(pending("r3", "bob"))), T0);
+        // The same request again replaces, never duplicates.
+        table.apply_at(change(4, FeedEvent::Pending(pending("r1", "alice"))), T0);
+        assert_eq!(pending_ids(&table, "alice"), ["r1", "r2"]);
+        assert_eq!(pending_ids(&table, "bob"), ["r3"]);
+        table.apply_at(
+            change(
+                5,
+                FeedEvent::PendingClosed {
+                    request_id: "r1".into(),
+                },
+            ),
+            T0,
+        );
+        assert_eq!(pending_ids(&table, "alice"), ["r2"]);
+        table.apply_snapshot_at(
+            FeedSnapshot {
+                revision: 6,
+                users: Vec::new(),
+                grants: Vec::new(),
+                pending: vec![pending("r3", "bob")],
+            },
+            T0,
+        );
+        assert!(pending_ids(&table, "alice").is_empty(), "the snapshot closed r2");
+        assert_eq!(pending_ids(&table, "bob"), ["r3"]);
+        assert_eq!(table.pending.len(), 1, "no empty subject lists are left behind");
     }
 
     #[test]
