@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::NoTls;
 
+use crate::harness::pg::pg;
 use crate::harness::{Gateway, GatewayOptions, connect, db_error, ok};
 use crate::metrics::{metrics, sample};
 
@@ -101,6 +102,19 @@ async fn a_session_left_in_a_transaction_or_cut_is_not_reused() {
     let mut s = s;
     let (_, closed) = s.until_closed(Duration::from_secs(10)).await;
     assert!(closed.is_some(), "revoke should end the session");
+    // An idle session's backend gets Terminate (no cancel needed) and exits.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pg().sql(
+        "postgres",
+        &format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {next}"),
+    ) != "0"
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the cut session's backend {next} is still there"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     gw.grant(&alice, &carol, "orders", None, "1h");
     let s = connect(&config).await.expect("connect after a new grant");
     assert_ne!(pid(&s).await, next, "a cut session's backend must not be reused");

@@ -2,22 +2,29 @@
 //! so a client's cancel carries the real (pid, secret); this map says which
 //! upstream server that backend lives on, and only live sessions are in it.
 
+use std::net::SocketAddr;
+use std::time::Duration;
+
 use bytes::Bytes;
 use dashmap::DashMap;
 use portcullis_protocol::pg::frontend::cancel_request;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-/// (pid, secret) of live sessions' backends to their server's address.
+/// How long sending one cancel may take.
+const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// (pid, secret) of live sessions' backends to the address their connection
+/// reached (not the host name: DNS may answer differently by now).
 #[derive(Default)]
 pub struct CancelMap {
-    keys: DashMap<(i32, Bytes), (String, u16)>,
+    keys: DashMap<(i32, Bytes), SocketAddr>,
 }
 
 impl CancelMap {
     /// Remembers a live session's backend key.
-    pub fn insert(&self, pid: i32, secret: Bytes, host: String, port: u16) {
-        self.keys.insert((pid, secret), (host, port));
+    pub fn insert(&self, pid: i32, secret: Bytes, server: SocketAddr) {
+        self.keys.insert((pid, secret), server);
     }
 
     /// Forgets a backend key when its session ends.
@@ -27,22 +34,26 @@ impl CancelMap {
 
     /// Forwards a client's CancelRequest to the backend it names, if that backend is ours.
     pub async fn forward(&self, pid: i32, secret: Bytes) {
-        let Some((host, port)) = self.keys.get(&(pid, secret.clone())).map(|a| a.clone()) else {
+        let Some(server) = self.keys.get(&(pid, secret.clone())).map(|a| *a) else {
             tracing::debug!(pid, "cancel request for an unknown backend key ignored");
             return;
         };
-        send_cancel(&host, port, pid, &secret).await;
+        send_cancel(server, pid, &secret).await;
     }
 }
 
-/// Sends a CancelRequest for backend (pid, secret) on host:port.
-pub async fn send_cancel(host: &str, port: u16, pid: i32, secret: &[u8]) {
+/// Sends a CancelRequest for backend (pid, secret) to `server`, giving up
+/// after a few seconds (an unreachable server must not hold a task).
+pub async fn send_cancel(server: SocketAddr, pid: i32, secret: &[u8]) {
     // PostgreSQL reads cancel requests without TLS or authentication, as libpq sends them.
-    match TcpStream::connect((host, port)).await {
-        Ok(mut s) => {
-            let _ = s.write_all(&cancel_request(pid, secret)).await;
-            let _ = s.shutdown().await;
-        }
-        Err(e) => tracing::warn!(pid, error = %e, "could not send a cancel request upstream"),
+    let send = async {
+        let mut s = TcpStream::connect(server).await?;
+        s.write_all(&cancel_request(pid, secret)).await?;
+        s.shutdown().await
+    };
+    match tokio::time::timeout(CANCEL_TIMEOUT, send).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(pid, %server, error = %e, "could not send a cancel request upstream"),
+        Err(_) => tracing::warn!(pid, %server, "a cancel request upstream timed out"),
     }
 }

@@ -39,8 +39,12 @@ pub enum RelayEnd {
     ClientClosed,
     /// The server closed its side.
     ServerClosed,
-    /// The session was cut (FATAL delivered, or the grace period ran out).
-    Cut,
+    /// The session was cut (FATAL delivered, or the grace period ran out);
+    /// `server_idle` when no query was running, so nothing needs cancelling.
+    Cut {
+        /// Every query was answered and the server stood between messages.
+        server_idle: bool,
+    },
     /// An I/O or framing error on either side.
     Error(String),
 }
@@ -88,7 +92,7 @@ pub async fn relay<T>(
         if let Some(g) = grace.as_mut()
             && g.as_mut().poll(cx).is_ready()
         {
-            return Poll::Ready(RelayEnd::Cut);
+            return Poll::Ready(relay.cut_end());
         }
         // Once cut, nothing more from the client reaches the server.
         if why.is_none()
@@ -190,9 +194,20 @@ impl Relay<'_> {
         scan.quit.map(|clean| self.quit_end(clean))
     }
 
+    /// Whether the server has answered everything and stands between messages.
+    fn server_idle(&self) -> bool {
+        self.asked == self.answered && self.down.frames.at_boundary()
+    }
+
     fn quit_end(&self, clean: bool) -> RelayEnd {
         RelayEnd::ClientQuit {
-            idle: clean && self.asked == self.answered && self.down.frames.at_boundary(),
+            idle: clean && self.server_idle(),
+        }
+    }
+
+    fn cut_end(&self) -> RelayEnd {
+        RelayEnd::Cut {
+            server_idle: self.server_idle(),
         }
     }
 
@@ -256,7 +271,7 @@ impl Relay<'_> {
             if self.ending {
                 let _ = ready!(Pin::new(&mut *self.client).poll_flush(cx));
                 let _ = ready!(Pin::new(&mut *self.client).poll_shutdown(cx));
-                return Poll::Ready(RelayEnd::Cut);
+                return Poll::Ready(self.cut_end());
             }
             let down = &mut self.down;
             let at_boundary = down.mark == Some(down.start) || (down.start == down.end && down.frames.at_boundary());

@@ -135,10 +135,7 @@ async fn run(
     shutdown: &CancellationToken,
 ) -> Option<Upstream> {
     let Admitted {
-        resource,
-        target,
-        role,
-        grant,
+        resource, role, grant, ..
     } = admitted;
     let Some(grant_rx) = proxy.grants.watch(&grant.id) else {
         tracing::warn!(user, grant = %grant.id, "grant vanished between admission and session start");
@@ -160,9 +157,7 @@ async fn run(
     let handle = &registration.handle;
     let id = handle.info.id.clone();
     if let Some((pid, secret)) = &backend_key {
-        proxy
-            .cancels
-            .insert(*pid, secret.clone(), target.host.clone(), target.port);
+        proxy.cancels.insert(*pid, secret.clone(), upstream.server);
     }
     tracing::info!(session = %id, user, resource = %resource.name, role = %role.name, grant = %grant.id, "session started");
 
@@ -207,10 +202,6 @@ async fn run(
 
     if let Some((pid, secret)) = &backend_key {
         proxy.cancels.remove(*pid, secret);
-        // Stop whatever the backend is running; it exits once it sees the closed socket.
-        if cut.is_some() {
-            send_cancel(&target.host, target.port, *pid, secret).await;
-        }
     }
     let bytes_in = handle.bytes_in.load(Ordering::Relaxed);
     let bytes_out = handle.bytes_out.load(Ordering::Relaxed);
@@ -224,7 +215,15 @@ async fn run(
     }
     match end {
         RelayEnd::ClientQuit { idle: true } => Some(upstream),
-        RelayEnd::ClientQuit { idle: false } => {
+        RelayEnd::Cut { server_idle: false } => {
+            // Stop the running query; the backend exits once it sees the closed socket.
+            if let Some((pid, secret)) = &backend_key {
+                send_cancel(upstream.server, *pid, secret).await;
+            }
+            None
+        }
+        // An idle server needs no cancel (each one costs PostgreSQL a fork): Terminate is enough.
+        RelayEnd::ClientQuit { idle: false } | RelayEnd::Cut { server_idle: true } => {
             terminate(&mut upstream.stream).await;
             None
         }

@@ -60,6 +60,8 @@ impl ScramKeys {
 pub struct Upstream {
     /// The connection.
     pub stream: Stream,
+    /// The address the connection reached, where cancels go.
+    pub server: std::net::SocketAddr,
     /// The real backend's (pid, secret), for cancels.
     pub backend_key: Option<(i32, Bytes)>,
     /// ParameterStatus, BackendKeyData, notices and ReadyForQuery, verbatim.
@@ -128,7 +130,7 @@ async fn login(
     forwarded: &[(String, String)],
     keys: &ScramKeys,
 ) -> Result<Upstream, UpstreamError> {
-    let mut stream = open(target).await?;
+    let (mut stream, server) = open(target).await?;
     let mut out = BytesMut::new();
     let params = [("user", role.user.as_str()), ("database", target.database.as_str())]
         .into_iter()
@@ -170,6 +172,7 @@ async fn login(
                     append(&mut greeting, &read(&mut stream, &mut buf).await?);
                 }
                 return Ok(Upstream {
+                    server,
                     stream,
                     backend_key,
                     greeting,
@@ -296,7 +299,9 @@ fn nonce() -> String {
     raw.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-async fn open(target: &PostgresTarget) -> Result<Stream, UpstreamError> {
+/// TCP (and TLS per the resource's mode) to the server; answers the stream
+/// and the address it reached.
+async fn open(target: &PostgresTarget) -> Result<(Stream, std::net::SocketAddr), UpstreamError> {
     let addr = format!("{}:{}", target.host, target.port);
     let fail = |detail: String| UpstreamError::Connect {
         addr: addr.clone(),
@@ -306,8 +311,9 @@ async fn open(target: &PostgresTarget) -> Result<Stream, UpstreamError> {
         .await
         .map_err(|e| fail(e.to_string()))?;
     let _ = tcp.set_nodelay(true);
+    let server = tcp.peer_addr().map_err(|e| fail(e.to_string()))?;
     if target.tls == UpstreamTls::Disable {
-        return Ok(Stream::Plain(tcp));
+        return Ok((Stream::Plain(tcp), server));
     }
     let mut tcp = tcp;
     let mut req = BytesMut::new();
@@ -316,7 +322,7 @@ async fn open(target: &PostgresTarget) -> Result<Stream, UpstreamError> {
     let answer = tcp.read_u8().await.map_err(|e| fail(e.to_string()))?;
     if answer != b'S' {
         return match target.tls {
-            UpstreamTls::Prefer => Ok(Stream::Plain(tcp)),
+            UpstreamTls::Prefer => Ok((Stream::Plain(tcp), server)),
             _ => Err(fail(
                 "the server does not offer TLS and the resource requires it".into(),
             )),
@@ -328,7 +334,7 @@ async fn open(target: &PostgresTarget) -> Result<Stream, UpstreamError> {
         .connect(name, tcp)
         .await
         .map_err(|e| fail(format!("TLS: {e}")))?;
-    Ok(Stream::Client(Box::new(tls)))
+    Ok((Stream::Client(Box::new(tls)), server))
 }
 
 async fn send(stream: &mut Stream, out: &mut BytesMut) -> Result<(), UpstreamError> {
