@@ -238,6 +238,33 @@ fn upstream_tls_follows_the_resource_setting() {
 }
 
 #[test]
+fn a_cleartext_password_goes_upstream_only_over_verified_tls() {
+    let ca = crate::harness::pg::pg().ca_file.clone();
+    for (mode, ca_file) in [("disable", None), ("require", None), ("verify-full", Some(ca))] {
+        let gw = Gateway::start(GatewayOptions {
+            roles: vec![Role::Cleartext],
+            upstream_tls: mode,
+            upstream_ca: ca_file,
+            ..GatewayOptions::default()
+        });
+        let alice = gw.add_user("alice", &[], false);
+        let carol = gw.add_user("carol", &[], false);
+        gw.grant(&alice, &carol, "orders", None, "1h");
+        let out = gw.psql("alice", &alice, "orders", "disable", "SELECT current_user");
+        if mode == "verify-full" {
+            assert_eq!(ok(&out, "cleartext over verify-full"), "pwuser");
+            continue;
+        }
+        assert!(!out.status.success(), "tls: {mode} must not carry a cleartext password");
+        let err = stderr(&out);
+        assert!(
+            err.contains("FATAL") && err.contains("cleartext") && err.contains("verify-full"),
+            "tls: {mode}: the refusal should say why and what to change: {err}"
+        );
+    }
+}
+
+#[test]
 fn verify_full_refuses_an_upstream_it_cannot_verify() {
     // A CA that did not sign the server's certificate: the gateway's own.
     let other_ca = tempfile::NamedTempFile::new().expect("temp file");

@@ -140,6 +140,8 @@ async fn login(
 
     let mut buf = BytesMut::with_capacity(1024);
     let mut scram: Option<ClientExchange> = None;
+    // Only a server whose certificate was checked may see a cleartext password.
+    let verified = target.tls == UpstreamTls::VerifyFull && stream.is_tls();
     let mut greeting = BytesMut::new();
     let mut backend_key = None;
     loop {
@@ -147,7 +149,7 @@ async fn login(
         match msg.tag {
             b'R' => {
                 let request = parse_auth_request(msg.body).map_err(|e| UpstreamError::Protocol(e.to_string()))?;
-                answer_auth(request, role, keys, &mut scram, &mut out)?;
+                answer_auth(request, role, keys, verified, &mut scram, &mut out)?;
                 if !out.is_empty() {
                     send(&mut stream, &mut out).await?;
                 }
@@ -188,6 +190,7 @@ fn answer_auth(
     request: AuthRequest,
     role: &Role,
     keys: &ScramKeys,
+    verified: bool,
     scram: &mut Option<ClientExchange>,
     out: &mut BytesMut,
 ) -> Result<(), UpstreamError> {
@@ -202,6 +205,11 @@ fn answer_auth(
     let io = |e: std::io::Error| UpstreamError::Protocol(e.to_string());
     match request {
         AuthRequest::Ok => Ok(()),
+        AuthRequest::CleartextPassword if !verified => Err(UpstreamError::Auth(format!(
+            "the server asks for \"{}\"'s password in cleartext, which the gateway sends only over TLS with \
+             a verified certificate: set tls: verify-full on the resource, or use scram-sha-256 in pg_hba.conf",
+            role.user
+        ))),
         AuthRequest::CleartextPassword => frontend::password_message(password()?.as_bytes(), out).map_err(io),
         AuthRequest::Md5Password { salt } => {
             let hash = md5_hash(role.user.as_bytes(), password()?.as_bytes(), salt);

@@ -32,6 +32,8 @@ pub enum Role {
     Md5,
     /// `trust`: trustuser, no password.
     Trust,
+    /// `cleartext`: pwuser, whose server asks for the password in cleartext.
+    Cleartext,
 }
 
 impl Role {
@@ -42,6 +44,7 @@ impl Role {
             Role::Admin => "admin",
             Role::Md5 => "md5",
             Role::Trust => "trust",
+            Role::Cleartext => "cleartext",
         }
     }
 
@@ -52,6 +55,7 @@ impl Role {
             Role::Admin => "orders_admin",
             Role::Md5 => "md5user",
             Role::Trust => "trustuser",
+            Role::Cleartext => "pwuser",
         }
     }
 }
@@ -447,6 +451,7 @@ fn config_yaml(
             Role::Admin => format!("{{ user: orders_admin, password_file: {} }}", admin_pw.display()),
             Role::Md5 => "{ user: md5user, password_env: MD5_PASSWORD }".to_owned(),
             Role::Trust => "{ user: trustuser }".to_owned(),
+            Role::Cleartext => "{ user: pwuser, password_env: MD5_PASSWORD }".to_owned(),
         };
         let _ = writeln!(roles, "      {}: {creds}", role.name());
     }

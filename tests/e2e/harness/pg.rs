@@ -121,6 +121,7 @@ impl Pg {
             "local all all trust\n\
              host all md5user 127.0.0.1/32 md5\n\
              host all trustuser 127.0.0.1/32 trust\n\
+             host all pwuser 127.0.0.1/32 password\n\
              host all all 127.0.0.1/32 scram-sha-256\n",
         )?;
         let mut conf = std::fs::read_to_string(data.join("postgresql.conf")).map_err(|e| e.to_string())?;
@@ -158,13 +159,14 @@ impl Pg {
              CREATE ROLE md5user LOGIN PASSWORD '{md5}';\n\
              RESET password_encryption;\n\
              CREATE ROLE trustuser LOGIN;\n\
+             CREATE ROLE pwuser LOGIN PASSWORD '{md5}';\n\
              CREATE DATABASE orders OWNER orders_admin;\n\
              CREATE DATABASE bench OWNER orders_admin;\n\
              \\c orders\n\
              SET ROLE orders_admin;\n\
              CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL);\n\
              INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, 1000) g;\n\
-             GRANT SELECT ON items TO orders_ro, md5user, trustuser;\n",
+             GRANT SELECT ON items TO orders_ro, md5user, trustuser, pwuser;\n",
             ro = self.ro_password,
             adm = self.admin_password,
             md5 = self.md5_password,
@@ -321,7 +323,7 @@ fn cluster_is_set_up() {
         "postgres",
         "SELECT string_agg(user_name[1] || ':' || auth_method, ',' ORDER BY line_number) FROM pg_hba_file_rules WHERE type = 'host'",
     );
-    assert_eq!(hba, "md5user:md5,trustuser:trust,all:scram-sha-256");
+    assert_eq!(hba, "md5user:md5,trustuser:trust,pwuser:password,all:scram-sha-256");
     assert_eq!(pg.sql("bench", "SELECT count(*) FROM pgbench_accounts"), "100000");
     assert_eq!(
         pg.sql(
