@@ -10,6 +10,7 @@ use portcullis_protocol::duration;
 use portcullis_protocol::feed::{GrantEntry, UnixMillis};
 use portcullis_protocol::pg::backend::{Severity, error_response, notice_response};
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 
 use crate::clock::{instant_at, now_millis, rfc3339};
 use crate::sessions::SessionHandle;
@@ -86,6 +87,10 @@ impl Cut {
     }
 }
 
+/// Longest single sleep: deadlines are wall-clock times, sleeps are
+/// monotonic, so a stepped system clock is noticed within this.
+const RECHECK: Duration = Duration::from_secs(10);
+
 /// Waits until the session must end, sending warnings on `notices` on the way.
 pub async fn enforce(
     mut grant: watch::Receiver<GrantEntry>,
@@ -148,10 +153,12 @@ pub async fn enforce(
                     return Cut::GrantGone { grant_id: g.id };
                 }
             }
-            _ = tokio::time::sleep_until(instant_at(wake, now)) => {
-                if next_warning.is_some() {
-                    let now = now_millis();
-                    unwarned.retain(|w| g.expires_at - w > now);
+            _ = tokio::time::sleep_until(instant_at(wake, now).min(Instant::now() + RECHECK)) => {
+                // Warn only when an offset was really crossed, not when the recheck woke us.
+                let now = now_millis();
+                let before = unwarned.len();
+                unwarned.retain(|w| g.expires_at - w > now);
+                if unwarned.len() < before {
                     let _ = notices.try_send(warning(&g, &resource, now));
                 }
             }
