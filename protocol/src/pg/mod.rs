@@ -1,5 +1,6 @@
 //! PostgreSQL wire protocol v3, sans-I/O: framing, the startup packet, the
-//! messages the proxy writes itself, and the few it must read.
+//! messages the proxy writes itself, the few it must read, and the
+//! statement tracker audit records are made from.
 
 pub mod backend;
 pub mod boundary;
@@ -7,3 +8,4 @@ pub mod error;
 pub mod frontend;
 pub mod message;
 pub mod startup;
+pub mod statements;

@@ -1,0 +1,645 @@
+//! One record per statement a session runs, from both directions of its
+//! stream: the simple protocol's Query, or the extended protocol's Parse,
+//! Bind and Execute tied together, with the outcome (command tags and rows,
+//! or the error's SQLSTATE), COPY direction and bytes, and the duration.
+//! Sans-I/O: the caller hands it whole messages (`client`, `server`) with
+//! the time they passed; it answers the statements that completed, in order.
+//!
+//! Responses come back in request order, so the tracker keeps a queue of
+//! what each client message expects; after an error in the extended
+//! protocol the server skips everything up to the next Sync, and so does
+//! the queue.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+use super::backend::parse_error_notice;
+use super::message::{read_cstr, read_i32};
+
+/// Statement text kept per record; longer text is cut, with its length and hash.
+pub const MAX_TEXT: usize = 64 * 1024;
+/// Bytes kept of one parameter value.
+pub const MAX_PARAM: usize = 1024;
+/// Prepared statements and portals remembered per session.
+const MAX_NAMES: usize = 10_000;
+
+/// Statement text, cut to `MAX_TEXT` when longer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Text {
+    /// The text, or its first `MAX_TEXT` bytes (cut on a character boundary).
+    pub text: String,
+    /// Length of the whole text in bytes.
+    pub len: usize,
+    /// SHA-256 (hex) of the whole text, when it was cut.
+    pub sha256: Option<String>,
+}
+
+impl Text {
+    fn new(raw: &[u8]) -> Text {
+        if raw.len() <= MAX_TEXT {
+            return Text {
+                text: String::from_utf8_lossy(raw).into_owned(),
+                len: raw.len(),
+                sha256: None,
+            };
+        }
+        // Cut before a character split in two; other invalid bytes are shown lossily.
+        let cut = match std::str::from_utf8(&raw[..MAX_TEXT]) {
+            Err(e) if e.error_len().is_none() => e.valid_up_to(),
+            _ => MAX_TEXT,
+        };
+        let hash = Sha256::digest(raw);
+        Text {
+            text: String::from_utf8_lossy(&raw[..cut]).into_owned(),
+            len: raw.len(),
+            sha256: Some(hash.iter().map(|b| format!("{b:02x}")).collect()),
+        }
+    }
+}
+
+/// A bound parameter value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Param {
+    /// SQL NULL.
+    Null,
+    /// A text-format value (cut to `MAX_PARAM` bytes).
+    Text(String),
+    /// A binary-format value: only its length is kept.
+    Binary(usize),
+}
+
+/// One command's completion: its tag (`SELECT 3`, `INSERT 0 1`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Completion {
+    /// The command tag as the server sent it.
+    pub tag: String,
+    /// Rows, when the tag carries a count.
+    pub rows: Option<u64>,
+}
+
+/// How a statement ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Completed: one completion per command (a simple Query may hold several).
+    Done(Vec<Completion>),
+    /// The server reported an error.
+    Failed {
+        /// SQLSTATE.
+        sqlstate: String,
+        /// The server's message.
+        message: String,
+    },
+    /// An Execute that stopped at its row limit (PortalSuspended).
+    Suspended,
+    /// Skipped by the server after an earlier error in the same pipeline.
+    NotRun,
+}
+
+/// Which protocol carried the statement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flow {
+    /// Query.
+    Simple,
+    /// Parse, Bind, Execute.
+    Extended,
+    /// FunctionCall.
+    Function,
+}
+
+/// COPY in a statement: which way and how many bytes of CopyData.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Copy {
+    /// True for COPY FROM STDIN (client to server).
+    pub inbound: bool,
+    /// CopyData payload bytes.
+    pub bytes: u64,
+}
+
+/// One executed (or attempted) statement.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Statement {
+    /// Simple or extended protocol.
+    pub flow: Flow,
+    /// The SQL text.
+    pub text: Text,
+    /// Prepared statement name (extended; empty for the unnamed one).
+    pub statement: String,
+    /// Portal name (extended; empty for the unnamed one).
+    pub portal: String,
+    /// Bound parameters (extended).
+    pub params: Vec<Param>,
+    /// COPY, if the statement ran one.
+    pub copy: Option<Copy>,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// When the client sent it.
+    pub started: Instant,
+    /// From sending to its outcome.
+    pub duration: Duration,
+}
+
+/// What a client message waits for.
+enum Expect {
+    Run(Box<Statement>),
+    Parse(String),
+    Other,
+    Sync,
+}
+
+struct Prepared {
+    text: Text,
+}
+
+struct Portal {
+    statement: String,
+    text: Text,
+    params: Vec<Param>,
+}
+
+/// Follows one session's statements.
+#[derive(Default)]
+pub struct StatementTracker {
+    prepared: HashMap<String, Prepared>,
+    portals: HashMap<String, Portal>,
+    expect: VecDeque<Expect>,
+    /// After an extended-protocol error: skipping to the next Sync.
+    skipping: bool,
+}
+
+fn statement(flow: Flow, text: Text, now: Instant) -> Statement {
+    Statement {
+        flow,
+        text,
+        statement: String::new(),
+        portal: String::new(),
+        params: Vec::new(),
+        copy: None,
+        outcome: Outcome::Done(Vec::new()),
+        started: now,
+        duration: Duration::ZERO,
+    }
+}
+
+impl StatementTracker {
+    /// A tracker for a new session.
+    pub fn new() -> StatementTracker {
+        StatementTracker::default()
+    }
+
+    /// A whole message from the client. Malformed ones are ignored here: the
+    /// server rejects them and its error is what gets recorded.
+    pub fn client(&mut self, tag: u8, body: &[u8], now: Instant) {
+        let mut b = body;
+        match tag {
+            b'Q' => {
+                let text = read_cstr(&mut b, "Query").map(|t| Text::new(t.as_bytes()));
+                let text = text.unwrap_or_else(|_| Text::new(body));
+                self.expect.push_back(Expect::Run(Box::new(statement(Flow::Simple, text, now))));
+            }
+            b'P' => {
+                let (Ok(name), Ok(query)) = (read_cstr(&mut b, "Parse"), read_cstr(&mut b, "Parse")) else {
+                    return self.expect.push_back(Expect::Other);
+                };
+                let name = name.to_owned();
+                if self.prepared.len() < MAX_NAMES || self.prepared.contains_key(&name) {
+                    let text = Text::new(query.as_bytes());
+                    self.prepared.insert(name.clone(), Prepared { text });
+                }
+                self.expect.push_back(Expect::Parse(name));
+            }
+            b'B' => {
+                self.bind(b);
+                self.expect.push_back(Expect::Other);
+            }
+            b'E' => {
+                let portal = read_cstr(&mut b, "Execute").unwrap_or_default();
+                let mut s = match self.portals.get(portal) {
+                    Some(p) => {
+                        let mut s = statement(Flow::Extended, p.text.clone(), now);
+                        s.statement = p.statement.clone();
+                        s.params = p.params.clone();
+                        s
+                    }
+                    None => statement(Flow::Extended, Text::new(b""), now),
+                };
+                s.portal = portal.to_owned();
+                self.expect.push_back(Expect::Run(Box::new(s)));
+            }
+            b'C' => {
+                if let Some((&kind, mut rest)) = b.split_first() {
+                    let name = read_cstr(&mut rest, "Close").unwrap_or_default();
+                    match kind {
+                        b'S' => self.prepared.remove(name).map(drop),
+                        _ => self.portals.remove(name).map(drop),
+                    };
+                }
+                self.expect.push_back(Expect::Other);
+            }
+            b'D' => self.expect.push_back(Expect::Other),
+            b'S' => self.expect.push_back(Expect::Sync),
+            b'F' => {
+                let oid = read_i32(&mut b, "FunctionCall").unwrap_or_default();
+                let text = Text::new(format!("<function call, oid {oid}>").as_bytes());
+                self.expect.push_back(Expect::Run(Box::new(statement(Flow::Function, text, now))));
+            }
+            b'd' => self.copy_bytes(true, body.len()),
+            _ => {}
+        }
+    }
+
+    fn bind(&mut self, mut b: &[u8]) {
+        let parsed = (|| {
+            let portal = read_cstr(&mut b, "Bind")?.to_owned();
+            let stmt = read_cstr(&mut b, "Bind")?.to_owned();
+            let nformats = read_i16(&mut b)?;
+            let mut formats = Vec::new();
+            for _ in 0..nformats {
+                formats.push(read_i16(&mut b)?);
+            }
+            let nparams = read_i16(&mut b)?;
+            let mut params = Vec::new();
+            for i in 0..nparams {
+                let len = read_i32(&mut b, "Bind")?;
+                if len < 0 {
+                    params.push(Param::Null);
+                    continue;
+                }
+                let len = len as usize;
+                let value = b
+                    .get(..len)
+                    .ok_or(super::error::ProtocolError::Malformed { what: "Bind" })?;
+                b = &b[len..];
+                let binary = match formats.len() {
+                    0 => false,
+                    1 => formats[0] == 1,
+                    _ => formats.get(i as usize) == Some(&1),
+                };
+                params.push(if binary {
+                    Param::Binary(len)
+                } else {
+                    Param::Text(Text::new(&value[..len.min(MAX_PARAM)]).text)
+                });
+            }
+            Ok::<_, super::error::ProtocolError>((portal, stmt, params))
+        })();
+        let Ok((portal, stmt, params)) = parsed else {
+            return;
+        };
+        let text = self
+            .prepared
+            .get(&stmt)
+            .map_or_else(|| Text::new(b""), |p| p.text.clone());
+        if self.portals.len() < MAX_NAMES || self.portals.contains_key(&portal) {
+            self.portals.insert(
+                portal,
+                Portal {
+                    statement: stmt,
+                    text,
+                    params,
+                },
+            );
+        }
+    }
+
+    fn copy_bytes(&mut self, inbound: bool, n: usize) {
+        if let Some(Expect::Run(s)) = self.expect.front_mut()
+            && let Some(c) = s.copy.as_mut()
+            && c.inbound == inbound
+        {
+            c.bytes += n as u64;
+        }
+    }
+
+    /// A whole message from the server; completed statements go to `out`.
+    pub fn server(&mut self, tag: u8, body: &[u8], now: Instant, out: &mut Vec<Statement>) {
+        match tag {
+            b'C' | b'I' => {
+                let tag_text = read_cstr(&mut &body[..], "CommandComplete").unwrap_or_default();
+                let done = Completion {
+                    tag: tag_text.to_owned(),
+                    rows: tag_text.rsplit(' ').next().and_then(|n| n.parse().ok()),
+                };
+                match self.expect.front_mut() {
+                    Some(Expect::Run(s)) if s.flow == Flow::Simple => {
+                        if tag == b'C'
+                            && let Outcome::Done(list) = &mut s.outcome
+                        {
+                            list.push(done);
+                        }
+                    }
+                    Some(Expect::Run(_)) => {
+                        let list = if tag == b'C' { vec![done] } else { Vec::new() };
+                        self.finish(Outcome::Done(list), now, out);
+                    }
+                    _ => {}
+                }
+            }
+            b's' => {
+                if matches!(self.expect.front(), Some(Expect::Run(_))) {
+                    self.finish(Outcome::Suspended, now, out);
+                }
+            }
+            b'E' => self.error(body, now, out),
+            b'Z' => {
+                while let Some(e) = self.expect.pop_front() {
+                    match e {
+                        // The simple protocol's statement (or a function call) ends here.
+                        Expect::Run(mut s) if s.flow != Flow::Extended => {
+                            s.duration = now.saturating_duration_since(s.started);
+                            out.push(*s);
+                            break;
+                        }
+                        Expect::Sync => break,
+                        Expect::Run(mut s) => {
+                            s.outcome = Outcome::NotRun;
+                            out.push(*s);
+                        }
+                        _ => {}
+                    }
+                }
+                self.skipping = false;
+            }
+            // ParseComplete, BindComplete, CloseComplete answer the front item.
+            b'1' | b'2' | b'3' => {
+                self.expect.pop_front();
+            }
+            b'T' | b'n' => {
+                if matches!(self.expect.front(), Some(Expect::Other)) {
+                    self.expect.pop_front();
+                }
+            }
+            b'G' | b'H' | b'W' => {
+                if let Some(Expect::Run(s)) = self.expect.front_mut() {
+                    s.copy = Some(Copy {
+                        inbound: tag == b'G',
+                        bytes: 0,
+                    });
+                }
+            }
+            b'd' => self.copy_bytes(false, body.len()),
+            _ => {}
+        }
+    }
+
+    fn error(&mut self, body: &[u8], now: Instant, out: &mut Vec<Statement>) {
+        let (sqlstate, message) = parse_error_notice(body).map_or_else(
+            |_| ("XX000".to_owned(), "unreadable error".to_owned()),
+            |e| (e.code, e.message),
+        );
+        let failed = Outcome::Failed { sqlstate, message };
+        match self.expect.front_mut() {
+            // The simple protocol goes on to ReadyForQuery.
+            Some(Expect::Run(s)) if s.flow != Flow::Extended => s.outcome = failed,
+            Some(_) if !self.skipping => {
+                self.skipping = true;
+                // The error belongs to the first statement up to the Sync: a
+                // failed Parse or Bind means its Execute never ran.
+                let failing = self
+                    .expect
+                    .iter()
+                    .position(|e| matches!(e, Expect::Run(_) | Expect::Sync));
+                if let Some(i) = failing
+                    && matches!(self.expect.get(i), Some(Expect::Run(_)))
+                    && let Some(Expect::Run(mut s)) = self.expect.remove(i)
+                {
+                    s.outcome = failed;
+                    s.duration = now.saturating_duration_since(s.started);
+                    out.push(*s);
+                } else if let Some(Expect::Parse(name)) = self.expect.front() {
+                    // A Parse that failed on its own: record its text.
+                    let name = name.clone();
+                    let text = self.prepared.remove(&name).map_or_else(|| Text::new(b""), |p| p.text);
+                    let mut s = statement(Flow::Extended, text, now);
+                    s.statement = name;
+                    s.outcome = failed;
+                    out.push(s);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn finish(&mut self, outcome: Outcome, now: Instant, out: &mut Vec<Statement>) {
+        if let Some(Expect::Run(mut s)) = self.expect.pop_front() {
+            s.outcome = outcome;
+            s.duration = now.saturating_duration_since(s.started);
+            out.push(*s);
+        }
+    }
+}
+
+fn read_i16(b: &mut &[u8]) -> Result<i16, super::error::ProtocolError> {
+    let (head, rest) = b
+        .split_first_chunk::<2>()
+        .ok_or(super::error::ProtocolError::Malformed { what: "Bind" })?;
+    *b = rest;
+    Ok(i16::from_be_bytes(*head))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pg::backend::{Severity, error_response};
+
+    fn cstr(s: &str) -> Vec<u8> {
+        let mut v = s.as_bytes().to_vec();
+        v.push(0);
+        v
+    }
+
+    fn parse(name: &str, sql: &str) -> Vec<u8> {
+        let mut b = cstr(name);
+        b.extend(cstr(sql));
+        b.extend(0i16.to_be_bytes());
+        b
+    }
+
+    fn bind(portal: &str, stmt: &str, formats: &[i16], params: &[Option<&[u8]>]) -> Vec<u8> {
+        let mut b = cstr(portal);
+        b.extend(cstr(stmt));
+        b.extend((formats.len() as i16).to_be_bytes());
+        for f in formats {
+            b.extend(f.to_be_bytes());
+        }
+        b.extend((params.len() as i16).to_be_bytes());
+        for p in params {
+            match p {
+                None => b.extend((-1i32).to_be_bytes()),
+                Some(v) => {
+                    b.extend((v.len() as i32).to_be_bytes());
+                    b.extend(*v);
+                }
+            }
+        }
+        b.extend(0i16.to_be_bytes());
+        b
+    }
+
+    fn execute(portal: &str) -> Vec<u8> {
+        let mut b = cstr(portal);
+        b.extend(0i32.to_be_bytes());
+        b
+    }
+
+    fn error(code: &str) -> Vec<u8> {
+        error_response(Severity::Error, code, "boom", None, None)[5..].to_vec()
+    }
+
+    /// Feeds `(from_client, tag, body)` in order; answers what completed.
+    fn run(steps: &[(bool, u8, Vec<u8>)]) -> Vec<Statement> {
+        let mut t = StatementTracker::new();
+        let mut out = Vec::new();
+        let now = Instant::now();
+        for (client, tag, body) in steps {
+            if *client {
+                t.client(*tag, body, now);
+            } else {
+                t.server(*tag, body, now, &mut out);
+            }
+        }
+        assert!(t.expect.is_empty(), "everything answered");
+        out
+    }
+
+    fn done(tags: &[(&str, Option<u64>)]) -> Outcome {
+        Outcome::Done(
+            tags.iter()
+                .map(|(t, r)| Completion {
+                    tag: (*t).to_owned(),
+                    rows: *r,
+                })
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn a_simple_query_with_two_commands_is_one_record() {
+        let out = run(&[
+            (true, b'Q', cstr("CREATE TABLE t (x int); SELECT 1")),
+            (false, b'C', cstr("CREATE TABLE")),
+            (false, b'T', vec![0, 0]),
+            (false, b'D', vec![0, 0]),
+            (false, b'C', cstr("SELECT 1")),
+            (false, b'Z', vec![b'I']),
+        ]);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].flow, Flow::Simple);
+        assert_eq!(out[0].text.text, "CREATE TABLE t (x int); SELECT 1");
+        assert_eq!(out[0].outcome, done(&[("CREATE TABLE", None), ("SELECT 1", Some(1))]));
+    }
+
+    #[test]
+    fn a_simple_query_error_carries_the_sqlstate() {
+        let out = run(&[
+            (true, b'Q', cstr("SELEC 1")),
+            (false, b'E', error("42601")),
+            (false, b'Z', vec![b'I']),
+        ]);
+        assert!(matches!(&out[0].outcome, Outcome::Failed { sqlstate, .. } if sqlstate == "42601"));
+    }
+
+    #[test]
+    fn parse_bind_execute_are_tied_together() {
+        let out = run(&[
+            (true, b'P', parse("s1", "SELECT $1::int, $2, $3")),
+            (
+                true,
+                b'B',
+                bind("", "s1", &[0, 0, 1], &[Some(b"42"), None, Some(&[1, 2, 3])]),
+            ),
+            (true, b'D', vec![b'P', 0]),
+            (true, b'E', execute("")),
+            (true, b'S', Vec::new()),
+            (false, b'1', Vec::new()),
+            (false, b'2', Vec::new()),
+            (false, b'T', vec![0, 0]),
+            (false, b'D', vec![0, 0]),
+            (false, b'C', cstr("SELECT 1")),
+            (false, b'Z', vec![b'I']),
+        ]);
+        assert_eq!(out.len(), 1);
+        let s = &out[0];
+        assert_eq!(
+            (s.flow, s.statement.as_str(), s.text.text.as_str()),
+            (Flow::Extended, "s1", "SELECT $1::int, $2, $3")
+        );
+        assert_eq!(s.params, vec![Param::Text("42".into()), Param::Null, Param::Binary(3)]);
+        assert_eq!(s.outcome, done(&[("SELECT 1", Some(1))]));
+    }
+
+    #[test]
+    fn after_an_error_the_rest_of_the_pipeline_did_not_run() {
+        let out = run(&[
+            (true, b'P', parse("", "SELECT 1/$1")),
+            (true, b'B', bind("", "", &[], &[Some(b"0")])),
+            (true, b'E', execute("")),
+            (true, b'B', bind("", "", &[], &[Some(b"1")])),
+            (true, b'E', execute("")),
+            (true, b'S', Vec::new()),
+            (false, b'1', Vec::new()),
+            (false, b'2', Vec::new()),
+            (false, b'E', error("22012")),
+            (false, b'Z', vec![b'I']),
+        ]);
+        assert_eq!(out.len(), 2);
+        assert!(matches!(&out[0].outcome, Outcome::Failed { sqlstate, .. } if sqlstate == "22012"));
+        assert_eq!(out[0].params, vec![Param::Text("0".into())]);
+        assert_eq!(out[1].outcome, Outcome::NotRun);
+    }
+
+    #[test]
+    fn a_failed_parse_is_recorded_with_its_text() {
+        let out = run(&[
+            (true, b'P', parse("bad", "SELEC 1")),
+            (true, b'S', Vec::new()),
+            (false, b'E', error("42601")),
+            (false, b'Z', vec![b'I']),
+        ]);
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            (out[0].statement.as_str(), out[0].text.text.as_str()),
+            ("bad", "SELEC 1")
+        );
+    }
+
+    #[test]
+    fn copy_records_direction_and_bytes() {
+        let out = run(&[
+            (true, b'Q', cstr("COPY t FROM STDIN")),
+            (false, b'G', vec![0, 0, 0]),
+            (true, b'd', vec![b'x'; 10]),
+            (true, b'd', vec![b'y'; 5]),
+            (true, b'c', Vec::new()),
+            (false, b'C', cstr("COPY 2")),
+            (false, b'Z', vec![b'I']),
+        ]);
+        assert_eq!(
+            out[0].copy,
+            Some(Copy {
+                inbound: true,
+                bytes: 15
+            })
+        );
+        assert_eq!(out[0].outcome, done(&[("COPY 2", Some(2))]));
+    }
+
+    #[test]
+    fn huge_text_is_cut_with_its_length_and_hash() {
+        let sql = format!("SELECT '{}'", "é".repeat(MAX_TEXT));
+        let out = run(&[
+            (true, b'Q', cstr(&sql)),
+            (false, b'I', Vec::new()),
+            (false, b'Z', vec![b'I']),
+        ]);
+        let t = &out[0].text;
+        assert_eq!(t.len, sql.len());
+        assert!(t.text.len() <= MAX_TEXT && sql.starts_with(&t.text));
+        assert_eq!(t.sha256.as_deref().map(str::len), Some(64));
+        // Not UTF-8 at all: cut at the limit all the same, at once.
+        let garbage = vec![0xffu8; MAX_TEXT * 2];
+        let t = Text::new(&garbage);
+        assert_eq!((t.len, t.text.chars().count()), (MAX_TEXT * 2, MAX_TEXT));
+    }
+}
