@@ -1,8 +1,9 @@
 //! Sans-I/O wire formats for Portcullis: PostgreSQL frontend/backend messages,
-//! SCRAM-SHA-256, durations, and the grant feed types that `control` publishes
-//! and `proxy` follows. No sockets and no async runtime live here.
+//! SCRAM-SHA-256, durations, the grant feed types that `control` publishes
+//! and `proxy` follows, and audit events with their tamper-evident chain. No sockets and no async runtime live here.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod duration;
 pub mod feed;
 pub mod pg;
