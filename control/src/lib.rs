@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod api;
+pub mod audit;
 mod bootstrap;
 mod catalog;
 mod error;
