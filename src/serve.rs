@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use portcullis_control::Control;
+use portcullis_control::audit::{AuditLog, run_writer};
 use portcullis_protocol::sessions::SessionDirectory;
 use portcullis_proxy::Proxy;
 use portcullis_proxy::grants::table::GrantTable;
@@ -20,6 +21,8 @@ use crate::config;
 
 /// How long shutdown waits for sessions to close after telling them.
 const DRAIN: Duration = Duration::from_secs(5);
+/// Audit events queued between the proxy and the audit log; past it sessions wait.
+const AUDIT_QUEUE: usize = 10_000;
 
 /// Runs until SIGINT or SIGTERM.
 pub async fn run(path: &Path) -> anyhow::Result<()> {
@@ -32,7 +35,11 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
 
     let registry = prometheus::Registry::new();
     let control = Control::open(config::control_settings(&config), &registry).await?;
-    let proxy = Proxy::new(proxy_settings, &registry)?;
+    let data_dir = config.data_dir.clone();
+    let audit_log = tokio::task::spawn_blocking(move || AuditLog::open_blocking(&data_dir)).await??;
+    let (audit_tx, audit_rx) = tokio::sync::mpsc::channel(AUDIT_QUEUE);
+    let audit_writer = tokio::spawn(run_writer(audit_log, audit_rx));
+    let proxy = Proxy::new(proxy_settings, &registry, Some(audit_tx))?;
     let shutdown = CancellationToken::new();
     follow_feed(Arc::clone(&control), Arc::clone(&proxy.grants), shutdown.clone());
 
@@ -63,6 +70,11 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
     }
     let _ = pg_task.await;
     let _ = api_task.await;
+    // The writer ends once the proxy (the queue's last sender) is gone and the queue is drained.
+    drop(proxy);
+    if tokio::time::timeout(DRAIN, audit_writer).await.is_err() {
+        tracing::warn!("some audit events were not written before exit");
+    }
     Ok(())
 }
 

@@ -3,6 +3,7 @@
 //! registry that cuts sessions at expiry, revocation or kill.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod backoff;
 pub mod clock;
 pub mod grants;
@@ -20,6 +21,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::audit::AuditQueue;
 use crate::backoff::LoginBackoff;
 use crate::grants::table::GrantTable;
 use crate::metrics::ProxyMetrics;
@@ -59,6 +61,8 @@ pub struct Proxy {
     pub cancels: CancelMap,
     /// Warm server connections between sessions.
     pub pool: Pool,
+    /// Audit events on their way to the audit log.
+    pub audit: AuditQueue,
     /// Salted SCRAM keys of upstream roles.
     pub scram_keys: ScramKeys,
     /// Failed-login backoff per (user, address) and per address.
@@ -77,7 +81,12 @@ pub struct Proxy {
 
 impl Proxy {
     /// Builds the proxy: loads or creates the TLS certificate and the mock seed, and registers metrics.
-    pub fn new(settings: ProxySettings, registry: &prometheus::Registry) -> Result<Arc<Proxy>, ProxyError> {
+    /// `audit` receives the proxy's audit events (none are kept without it).
+    pub fn new(
+        settings: ProxySettings,
+        registry: &prometheus::Registry,
+        audit: Option<tokio::sync::mpsc::Sender<portcullis_protocol::audit::AuditEvent>>,
+    ) -> Result<Arc<Proxy>, ProxyError> {
         let tls = tls::acceptor(&settings.postgres.tls, &settings.data_dir)?;
         let metrics = ProxyMetrics::register(registry)?;
         let mock_seed = mock_seed::load_or_create(&settings.data_dir)?;
@@ -86,6 +95,7 @@ impl Proxy {
             grants: Arc::new(GrantTable::default()),
             cancels: CancelMap::default(),
             pool: Pool::new(settings.postgres.pool),
+            audit: AuditQueue::new(audit, metrics.audit_waits.clone()),
             scram_keys: ScramKeys::default(),
             backoff: LoginBackoff::default(),
             tls,

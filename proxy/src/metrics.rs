@@ -1,6 +1,6 @@
 //! Prometheus metrics of the proxy: connections by outcome, live sessions, cuts by reason, bytes.
 
-use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 /// Handles to the proxy's metrics; cheap to clone.
 #[derive(Clone)]
@@ -17,6 +17,8 @@ pub struct ProxyMetrics {
     pub upstream: IntCounterVec,
     /// `portcullis_upstream_idle_connections`: warm server connections in the pool.
     pub pool_idle: IntGauge,
+    /// `portcullis_audit_queue_waits_total`: events that waited for room in the audit queue.
+    pub audit_waits: IntCounter,
 }
 
 impl ProxyMetrics {
@@ -59,7 +61,12 @@ impl ProxyMetrics {
             "Warm server connections waiting in the pool for the next session",
         )?;
         registry.register(Box::new(upstream.clone()))?;
+        let audit_waits = IntCounter::new(
+            "portcullis_audit_queue_waits_total",
+            "Audit events that found the queue full and slowed their session until there was room",
+        )?;
         registry.register(Box::new(pool_idle.clone()))?;
+        registry.register(Box::new(audit_waits.clone()))?;
         registry.register(Box::new(connections.clone()))?;
         registry.register(Box::new(sessions_active.clone()))?;
         registry.register(Box::new(cuts.clone()))?;
@@ -71,6 +78,7 @@ impl ProxyMetrics {
             bytes,
             upstream,
             pool_idle,
+            audit_waits,
         })
     }
 

@@ -11,6 +11,7 @@
 
 mod harness;
 
+mod audit;
 mod bad_input;
 mod config;
 mod driver;

@@ -196,7 +196,8 @@ impl StatementTracker {
             b'Q' => {
                 let text = read_cstr(&mut b, "Query").map(|t| Text::new(t.as_bytes()));
                 let text = text.unwrap_or_else(|_| Text::new(body));
-                self.expect.push_back(Expect::Run(Box::new(statement(Flow::Simple, text, now))));
+                self.expect
+                    .push_back(Expect::Run(Box::new(statement(Flow::Simple, text, now))));
             }
             b'P' => {
                 let (Ok(name), Ok(query)) = (read_cstr(&mut b, "Parse"), read_cstr(&mut b, "Parse")) else {
@@ -242,7 +243,8 @@ impl StatementTracker {
             b'F' => {
                 let oid = read_i32(&mut b, "FunctionCall").unwrap_or_default();
                 let text = Text::new(format!("<function call, oid {oid}>").as_bytes());
-                self.expect.push_back(Expect::Run(Box::new(statement(Flow::Function, text, now))));
+                self.expect
+                    .push_back(Expect::Run(Box::new(statement(Flow::Function, text, now))));
             }
             b'd' => self.copy_bytes(true, body.len()),
             _ => {}

@@ -49,6 +49,19 @@ pub enum RelayEnd {
     Error(String),
 }
 
+impl RelayEnd {
+    /// How the session ended, as the audit log spells it.
+    pub fn label(&self) -> &'static str {
+        match self {
+            RelayEnd::ClientQuit { .. } => "client_quit",
+            RelayEnd::ClientClosed => "client_closed",
+            RelayEnd::ServerClosed => "server_closed",
+            RelayEnd::Cut { .. } => "cut",
+            RelayEnd::Error(_) => "error",
+        }
+    }
+}
+
 /// Relays until one side closes or `cut` resolves to the reason and the
 /// FATAL message to deliver; `notices` are inserted between server messages.
 pub async fn relay<T>(

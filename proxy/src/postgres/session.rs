@@ -26,8 +26,8 @@ use super::relay::{RelayEnd, relay};
 use super::startup::{Opening, open};
 use super::stream::Stream;
 use super::upstream::{Upstream, connect, forwarded_params, terminate};
-use crate::Proxy;
 use crate::clock::now_millis;
+use crate::{Proxy, audit};
 
 const PROTOCOL: &str = "postgres";
 
@@ -42,7 +42,7 @@ pub async fn handle(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, worker:
             return;
         }
         Err((stream, refusal)) => {
-            refuse(&proxy, stream, &refusal, "unknown", peer).await;
+            refuse(&proxy, stream, &refusal, "unknown", peer, "").await;
             return;
         }
     };
@@ -87,20 +87,43 @@ pub async fn handle(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, worker:
     match admitted {
         Ok((admitted, key, upstream)) => {
             proxy.metrics.connection(PROTOCOL, &resource_label, "allowed");
-            if let Some(idle) = run(&proxy, stream, buf, &user, admitted, upstream, &shutdown).await {
+            let client = Client {
+                stream,
+                pending: buf,
+                user: &user,
+                peer,
+            };
+            if let Some(idle) = run(&proxy, client, admitted, upstream, &shutdown).await {
                 proxy.pool.put(key, idle).await;
                 proxy.metrics.pool_idle.set(proxy.pool.idle_count() as i64);
             }
         }
         Err(refusal) => {
             tracing::info!(%peer, user = %user, database = %dbname, outcome = refusal.kind(), "connection refused: {}", refusal.text().1);
-            refuse(&proxy, Some(stream), &refusal, &resource_label, peer).await;
+            refuse(&proxy, Some(stream), &refusal, &resource_label, peer, &user).await;
         }
     }
 }
 
-async fn refuse(proxy: &Proxy, stream: Option<Stream>, refusal: &Refusal, resource: &str, peer: SocketAddr) {
+async fn refuse(
+    proxy: &Proxy,
+    stream: Option<Stream>,
+    refusal: &Refusal,
+    resource: &str,
+    peer: SocketAddr,
+    user: &str,
+) {
     proxy.metrics.connection(PROTOCOL, resource, refusal.kind());
+    // A client that left before asking anything (a port probe) got no decision to record.
+    if !matches!(refusal, Refusal::Gone) {
+        let mut denied = audit::event("connect.denied", if user.is_empty() { "-" } else { user });
+        denied.resource = (resource != "unknown").then(|| resource.to_owned());
+        denied.detail.insert("protocol".into(), PROTOCOL.into());
+        denied.detail.insert("outcome".into(), refusal.kind().into());
+        denied.detail.insert("why".into(), refusal.text().1);
+        denied.detail.insert("peer".into(), peer.ip().to_string());
+        proxy.audit.record(denied).await;
+    }
     if matches!(refusal, Refusal::Protocol(_) | Refusal::HandshakeTimeout) {
         tracing::info!(%peer, outcome = refusal.kind(), "connection refused: {}", refusal.text().1);
     }
@@ -123,13 +146,20 @@ fn metric_resource(proxy: &Proxy, dbname: &str) -> String {
     }
 }
 
+/// The engineer's side of an admitted session.
+struct Client<'a> {
+    stream: Stream,
+    /// What the client sent after authenticating, before the relay started.
+    pending: BytesMut,
+    user: &'a str,
+    peer: SocketAddr,
+}
+
 /// Runs an admitted session to its end; answers the server connection when
 /// it ended idle and may serve the next session.
 async fn run(
     proxy: &Proxy,
-    mut client: Stream,
-    pending_input: BytesMut,
-    user: &str,
+    client: Client<'_>,
     admitted: Admitted,
     mut upstream: Upstream,
     shutdown: &CancellationToken,
@@ -137,6 +167,12 @@ async fn run(
     let Admitted {
         resource, role, grant, ..
     } = admitted;
+    let Client {
+        stream: mut client,
+        pending: pending_input,
+        user,
+        peer,
+    } = client;
     let Some(grant_rx) = proxy.grants.watch(&grant.id) else {
         tracing::warn!(user, grant = %grant.id, "grant vanished between admission and session start");
         return None;
@@ -160,6 +196,20 @@ async fn run(
         proxy.cancels.insert(*pid, secret.clone(), upstream.server);
     }
     tracing::info!(session = %id, user, resource = %resource.name, role = %role.name, grant = %grant.id, "session started");
+    let session_event = |action: &str| {
+        let mut e = audit::event(action, user);
+        e.resource = Some(resource.name.clone());
+        e.role = Some(role.name.clone());
+        e.session_id = Some(id.clone());
+        e.grant_id = Some(grant.id.clone());
+        e.request_id = Some(grant.request_id.clone());
+        e.detail.insert("protocol".into(), PROTOCOL.into());
+        e
+    };
+    let mut start = session_event("session.start");
+    start.detail.insert("peer".into(), peer.ip().to_string());
+    start.detail.insert("tls".into(), client.is_tls().to_string());
+    proxy.audit.record(start).await;
 
     let mut hello = BytesMut::from(&auth_ok()[..]);
     hello.extend_from_slice(&upstream.greeting);
@@ -206,13 +256,24 @@ async fn run(
     let bytes_in = handle.bytes_in.load(Ordering::Relaxed);
     let bytes_out = handle.bytes_out.load(Ordering::Relaxed);
     let secs = started.elapsed().as_secs_f64();
-    match cut {
+    match &cut {
         Some(cut) => {
             proxy.metrics.cuts.with_label_values(&[PROTOCOL, cut.reason()]).inc();
             tracing::info!(session = %id, reason = cut.reason(), bytes_in, bytes_out, secs, "session cut: {}", cut.text(&resource.name, &id));
         }
         None => tracing::info!(session = %id, end = ?end, bytes_in, bytes_out, secs, "session ended"),
     }
+    let mut ended = session_event("session.end");
+    let how = cut.as_ref().map_or_else(|| end.label(), |c| c.reason());
+    for (k, v) in [
+        ("ended", how.to_owned()),
+        ("bytes_in", bytes_in.to_string()),
+        ("bytes_out", bytes_out.to_string()),
+        ("duration_ms", started.elapsed().as_millis().to_string()),
+    ] {
+        ended.detail.insert(k.into(), v);
+    }
+    proxy.audit.record(ended).await;
     match end {
         RelayEnd::ClientQuit { idle: true } => Some(upstream),
         RelayEnd::Cut { server_idle: false } => {
