@@ -44,6 +44,11 @@ impl Workers {
         (i, &self.handles[i])
     }
 
+    /// Every thread: its index and runtime.
+    pub fn iter(&self) -> impl Iterator<Item = (usize, &Handle)> {
+        self.handles.iter().enumerate()
+    }
+
     /// How many threads there are.
     pub fn len(&self) -> usize {
         self.handles.len()

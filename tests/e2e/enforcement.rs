@@ -311,3 +311,40 @@ async fn sessions_lists_live_sessions() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[test]
+fn a_client_that_vanishes_mid_query_leaves_nothing_running() {
+    let gw = Gateway::start(GatewayOptions::default());
+    let alice = gw.add_user("alice", &[], false);
+    let carol = gw.add_user("carol", &[], false);
+    gw.grant(&alice, &carol, "orders", None, "1h");
+    let marker = format!("vanish_{}", crate::harness::pg::random_hex());
+    let conninfo = format!(
+        "host=127.0.0.1 port={} user=alice dbname=orders sslmode=disable",
+        gw.pg_port
+    );
+    let mut psql = std::process::Command::new("psql")
+        .args(["-X", "-d", &conninfo, "-c", &format!("SELECT pg_sleep(60) AS {marker}")])
+        .env("PGPASSWORD", &alice)
+        .env("PGPASSFILE", "/dev/null")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn psql");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while pg().sql(
+        "postgres",
+        &format!("SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%{marker}%' AND pid <> pg_backend_pid()"),
+    ) != "1"
+    {
+        assert!(std::time::Instant::now() < deadline, "the query never started");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Gone without a Terminate: the socket just closes.
+    psql.kill().expect("kill psql");
+    let _ = psql.wait();
+    assert!(
+        wait_upstream_gone(&marker, Duration::from_secs(5)),
+        "the query of a vanished client must not keep running upstream"
+    );
+}

@@ -131,6 +131,7 @@ async fn cancel_and_backend_pid_hold_on_a_reused_connection() {
     let s = connect(&config).await.expect("connect");
     let row = s.client.query_one("SELECT pg_backend_pid()", &[]).await.expect("pid");
     let first: i32 = row.get(0);
+    let old_token = s.client.cancel_token();
     drop(s);
     let gw_ref = &gw;
     tokio::task::block_in_place(|| wait_idle(gw_ref, 1.0));
@@ -138,6 +139,16 @@ async fn cancel_and_backend_pid_hold_on_a_reused_connection() {
     let s = connect(&config).await.expect("reconnect");
     let row = s.client.query_one("SELECT pg_backend_pid()", &[]).await.expect("pid");
     assert_eq!(row.get::<_, i32>(0), first, "the warm backend is reused");
+    // The backend's last user kept its cancel key: it must not reach the new session.
+    let client = s.client.clone();
+    let napper = tokio::spawn(async move { client.simple_query("SELECT pg_sleep(1)").await.map(drop) });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    old_token.cancel_query(NoTls).await.expect("send the old CancelRequest");
+    let nap = tokio::time::timeout(Duration::from_secs(10), napper)
+        .await
+        .expect("nap ends")
+        .expect("join");
+    assert!(nap.is_ok(), "the previous user cancelled this session's query: {nap:?}");
     let token = s.client.cancel_token();
     let client = s.client.clone();
     let sleeper = tokio::spawn(async move { client.simple_query("SELECT pg_sleep(30)").await.map(drop) });

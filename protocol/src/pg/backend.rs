@@ -213,6 +213,28 @@ pub fn parse_auth_request(body: Bytes) -> Result<AuthRequest, ProtocolError> {
     })
 }
 
+/// Replaces the secret of the BackendKeyData among `messages` (whole
+/// backend messages) with `secret` of the same length; answers whether one was found.
+pub fn set_backend_key_secret(messages: &mut [u8], secret: &[u8]) -> bool {
+    let mut pos = 0;
+    while let Some(header) = messages.get(pos..pos + 5) {
+        let len = i32::from_be_bytes([header[1], header[2], header[3], header[4]]);
+        let Ok(len) = usize::try_from(len) else {
+            return false;
+        };
+        let end = pos + 1 + len;
+        if header[0] == b'K'
+            && len == 8 + secret.len()
+            && let Some(body) = messages.get_mut(pos + 5..end)
+        {
+            body[4..].copy_from_slice(secret);
+            return true;
+        }
+        pos = end;
+    }
+    false
+}
+
 /// Parses BackendKeyData: process id and secret key.
 pub fn parse_backend_key_data(body: &[u8]) -> Result<(i32, Bytes), ProtocolError> {
     let mut b = body;
@@ -227,6 +249,25 @@ pub fn parse_backend_key_data(body: &[u8]) -> Result<(i32, Bytes), ProtocolError
 mod tests {
     use super::*;
     use crate::pg::message::parse_message;
+
+    #[test]
+    fn the_backend_key_secret_is_replaced_in_place() {
+        let mut m = BytesMut::new();
+        encode(b'S', b"a\0b\0", &mut m);
+        encode(b'K', &[0, 0, 0, 7, 1, 2, 3, 4], &mut m);
+        encode(b'Z', b"I", &mut m);
+        assert!(set_backend_key_secret(&mut m, &[9, 9, 9, 9]));
+        let k = &m[9..];
+        assert_eq!(
+            parse_backend_key_data(&k[5..13]),
+            Ok((7, Bytes::from_static(&[9, 9, 9, 9])))
+        );
+        assert!(!set_backend_key_secret(&mut m[..9], &[9, 9, 9, 9]), "no K there");
+        assert!(
+            !set_backend_key_secret(&mut m, &[9, 9]),
+            "a secret of another length is refused"
+        );
+    }
 
     #[test]
     fn error_response_round_trips() {

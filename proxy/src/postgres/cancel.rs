@@ -14,17 +14,18 @@ use tokio::net::TcpStream;
 /// How long sending one cancel may take.
 const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// (pid, secret) of live sessions' backends to the address their connection
-/// reached (not the host name: DNS may answer differently by now).
+/// (pid, the session's own secret) of live sessions to the address their
+/// server connection reached (not the host name: DNS may answer differently
+/// by now) and the backend's real secret.
 #[derive(Default)]
 pub struct CancelMap {
-    keys: DashMap<(i32, Bytes), SocketAddr>,
+    keys: DashMap<(i32, Bytes), (SocketAddr, Bytes)>,
 }
 
 impl CancelMap {
     /// Remembers a live session's backend key.
-    pub fn insert(&self, pid: i32, secret: Bytes, server: SocketAddr) {
-        self.keys.insert((pid, secret), server);
+    pub fn insert(&self, pid: i32, secret: Bytes, server: SocketAddr, real_secret: Bytes) {
+        self.keys.insert((pid, secret), (server, real_secret));
     }
 
     /// Forgets a backend key when its session ends.
@@ -34,11 +35,11 @@ impl CancelMap {
 
     /// Forwards a client's CancelRequest to the backend it names, if that backend is ours.
     pub async fn forward(&self, pid: i32, secret: Bytes) {
-        let Some(server) = self.keys.get(&(pid, secret.clone())).map(|a| *a) else {
+        let Some((server, real)) = self.keys.get(&(pid, secret)).map(|a| a.clone()) else {
             tracing::debug!(pid, "cancel request for an unknown backend key ignored");
             return;
         };
-        send_cancel(server, pid, &secret).await;
+        send_cancel(server, pid, &real).await;
     }
 }
 

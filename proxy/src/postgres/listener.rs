@@ -13,17 +13,27 @@ use crate::Proxy;
 /// How often idle pooled server connections are checked for their timeout.
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
 
+/// Closes one session thread's idle pooled connections past their timeout.
+async fn sweep(proxy: Arc<Proxy>, worker: usize, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(SWEEP_EVERY);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        proxy.pool.sweep(worker).await;
+        proxy.metrics.pool_idle.set(proxy.pool.idle_count() as i64);
+    }
+}
+
 /// Accepts until `shutdown` is cancelled.
 pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener, shutdown: CancellationToken) {
-    let mut sweep = tokio::time::interval(SWEEP_EVERY);
+    for (worker, runtime) in proxy.workers.iter() {
+        runtime.spawn(sweep(Arc::clone(&proxy), worker, shutdown.clone()));
+    }
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = sweep.tick() => {
-                proxy.pool.sweep().await;
-                proxy.metrics.pool_idle.set(proxy.pool.idle_count() as i64);
-                continue;
-            }
             accepted = listener.accept() => accepted,
         };
         match accepted {

@@ -124,12 +124,13 @@ impl Pool {
             .unwrap_or(0)
     }
 
-    /// Closes connections idle past the timeout; run now and then.
-    pub async fn sweep(&self) {
+    /// Closes `worker`'s connections idle past the timeout; run now and then
+    /// on that worker, whose reactor the connections belong to.
+    pub async fn sweep(&self, worker: usize) {
         let expired: Vec<Idle> = match self.idle.lock() {
             Ok(mut idle) => {
                 let mut expired = Vec::new();
-                for list in idle.values_mut() {
+                for (_, list) in idle.iter_mut().filter(|(k, _)| k.worker == worker) {
                     // Oldest first: the expired ones form a prefix.
                     let keep = list
                         .iter()

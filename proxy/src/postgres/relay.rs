@@ -39,12 +39,8 @@ pub enum RelayEnd {
     ClientClosed,
     /// The server closed its side.
     ServerClosed,
-    /// The session was cut (FATAL delivered, or the grace period ran out);
-    /// `server_idle` when no query was running, so nothing needs cancelling.
-    Cut {
-        /// Every query was answered and the server stood between messages.
-        server_idle: bool,
-    },
+    /// The session was cut (FATAL delivered, or the grace period ran out).
+    Cut,
     /// An I/O or framing error on either side.
     Error(String),
 }
@@ -56,7 +52,7 @@ impl RelayEnd {
             RelayEnd::ClientQuit { .. } => "client_quit",
             RelayEnd::ClientClosed => "client_closed",
             RelayEnd::ServerClosed => "server_closed",
-            RelayEnd::Cut { .. } => "cut",
+            RelayEnd::Cut => "cut",
             RelayEnd::Error(_) => "error",
         }
     }
@@ -64,6 +60,8 @@ impl RelayEnd {
 
 /// Relays until one side closes or `cut` resolves to the reason and the
 /// FATAL message to deliver; `notices` are inserted between server messages.
+/// Answers how it ended, the cut if there was one, and whether the server
+/// had answered everything (if not, a query may still be running there).
 pub async fn relay<T>(
     client: &mut Stream,
     server: &mut Stream,
@@ -71,7 +69,7 @@ pub async fn relay<T>(
     handle: &SessionHandle,
     notices: mpsc::Receiver<Bytes>,
     cut: impl Future<Output = (T, Bytes)>,
-) -> (RelayEnd, Option<T>) {
+) -> (RelayEnd, Option<T>, bool) {
     let mut relay = Relay {
         client,
         server,
@@ -88,7 +86,8 @@ pub async fn relay<T>(
         ending: false,
     };
     if let Some(end) = relay.send_first(&first_to_server).await {
-        return (end, None);
+        let idle = relay.server_idle();
+        return (end, None, idle);
     }
     drop(first_to_server);
     let mut cut = pin!(cut);
@@ -105,7 +104,7 @@ pub async fn relay<T>(
         if let Some(g) = grace.as_mut()
             && g.as_mut().poll(cx).is_ready()
         {
-            return Poll::Ready(relay.cut_end());
+            return Poll::Ready(RelayEnd::Cut);
         }
         // Once cut, nothing more from the client reaches the server.
         if why.is_none()
@@ -116,7 +115,8 @@ pub async fn relay<T>(
         relay.poll_down(cx)
     })
     .await;
-    (end, why)
+    let idle = relay.server_idle();
+    (end, why, idle)
 }
 
 /// One direction: the lent buffer, the part of it still to be written, and
@@ -218,12 +218,6 @@ impl Relay<'_> {
         }
     }
 
-    fn cut_end(&self) -> RelayEnd {
-        RelayEnd::Cut {
-            server_idle: self.server_idle(),
-        }
-    }
-
     /// Client to server.
     fn poll_up(&mut self, cx: &mut Context<'_>) -> Poll<RelayEnd> {
         loop {
@@ -284,7 +278,7 @@ impl Relay<'_> {
             if self.ending {
                 let _ = ready!(Pin::new(&mut *self.client).poll_flush(cx));
                 let _ = ready!(Pin::new(&mut *self.client).poll_shutdown(cx));
-                return Poll::Ready(self.cut_end());
+                return Poll::Ready(RelayEnd::Cut);
             }
             let down = &mut self.down;
             let at_boundary = down.mark == Some(down.start) || (down.start == down.end && down.frames.at_boundary());

@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use bytes::BytesMut;
-use portcullis_protocol::pg::backend::auth_ok;
+use bytes::{Bytes, BytesMut};
+use portcullis_protocol::pg::backend::{auth_ok, set_backend_key_secret};
 use portcullis_protocol::sessions::SessionInfo;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -192,8 +192,11 @@ async fn run(
     let registration = proxy.sessions.register(info, shutdown);
     let handle = &registration.handle;
     let id = handle.info.id.clone();
-    if let Some((pid, secret)) = &backend_key {
-        proxy.cancels.insert(*pid, secret.clone(), upstream.server);
+    // The client sees the real backend pid with a secret of this session's
+    // own: a pooled backend's next user cannot be cancelled by its last one.
+    let client_secret = backend_key.as_ref().map(|(_, real)| random_bytes(real.len()));
+    if let (Some((pid, real)), Some(ours)) = (&backend_key, &client_secret) {
+        proxy.cancels.insert(*pid, ours.clone(), upstream.server, real.clone());
     }
     tracing::info!(session = %id, user, resource = %resource.name, role = %role.name, grant = %grant.id, "session started");
     let session_event = |action: &str| {
@@ -212,15 +215,19 @@ async fn run(
     proxy.audit.record(start).await;
 
     let mut hello = BytesMut::from(&auth_ok()[..]);
+    let greeting_at = hello.len();
     hello.extend_from_slice(&upstream.greeting);
+    if let Some(ours) = &client_secret {
+        set_backend_key_secret(&mut hello[greeting_at..], ours);
+    }
     handle.bytes_out.fetch_add(hello.len() as u64, Ordering::Relaxed);
     let started = Instant::now();
     let hello_sent = async {
         client.write_all(&hello).await?;
         client.flush().await
     };
-    let (end, cut) = if hello_sent.await.is_err() {
-        (RelayEnd::ClientClosed, None)
+    let (end, cut, server_idle) = if hello_sent.await.is_err() {
+        (RelayEnd::ClientClosed, None, true)
     } else {
         drop(hello);
         let (notice_tx, notice_rx) = mpsc::channel(8);
@@ -250,8 +257,8 @@ async fn run(
         .await
     };
 
-    if let Some((pid, secret)) = &backend_key {
-        proxy.cancels.remove(*pid, secret);
+    if let (Some((pid, _)), Some(ours)) = (&backend_key, &client_secret) {
+        proxy.cancels.remove(*pid, ours);
     }
     let bytes_in = handle.bytes_in.load(Ordering::Relaxed);
     let bytes_out = handle.bytes_out.load(Ordering::Relaxed);
@@ -276,20 +283,27 @@ async fn run(
     proxy.audit.record(ended).await;
     match end {
         RelayEnd::ClientQuit { idle: true } => Some(upstream),
-        RelayEnd::Cut { server_idle: false } => {
-            // Stop the running query; the backend exits once it sees the closed socket.
+        // However the session ended, a query still running upstream is stopped:
+        // the backend would otherwise finish it, grant or no grant.
+        _ if !server_idle => {
             if let Some((pid, secret)) = &backend_key {
                 send_cancel(upstream.server, *pid, secret).await;
             }
             None
         }
         // An idle server needs no cancel (each one costs PostgreSQL a fork): Terminate is enough.
-        RelayEnd::ClientQuit { idle: false } | RelayEnd::Cut { server_idle: true } => {
+        RelayEnd::ClientQuit { .. } | RelayEnd::Cut => {
             terminate(&mut upstream.stream).await;
             None
         }
         _ => None,
     }
+}
+
+fn random_bytes(n: usize) -> Bytes {
+    let mut raw = vec![0u8; n];
+    let _ = getrandom::fill(&mut raw);
+    Bytes::from(raw)
 }
 
 fn new_session_id() -> String {

@@ -16,6 +16,7 @@ use portcullis_protocol::scram::client::{ClientExchange, ClientKeys, SaltParams}
 use postgres_protocol::authentication::md5_hash;
 use postgres_protocol::authentication::sasl::SCRAM_SHA_256;
 use postgres_protocol::message::frontend;
+use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -34,25 +35,62 @@ const NOT_FORWARDED: [&str; 3] = ["user", "database", "replication"];
 /// when a role's password does).
 const MAX_CACHED_KEYS: usize = 1024;
 
-/// SCRAM keys per (upstream user, salt, iterations), so only a role's first
-/// login pays PBKDF2 (thousands of HMACs, milliseconds of CPU).
+/// Most PBKDF2 iterations a server may ask for (PostgreSQL's default is
+/// 4096): past it a hostile server could stall a session thread.
+const MAX_ITERATIONS: u32 = 100_000;
+
+/// What one set of salted keys is good for: this server, this user, this
+/// password (by hash), this salt and iteration count. A salt alone is
+/// public, so keying on it alone would let one resource's server obtain a
+/// proof made with another's password.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct KeyId {
+    server: String,
+    user: String,
+    password: [u8; 32],
+    salt: SaltParams,
+}
+
+/// SCRAM keys per server, user, password, salt and iterations, so only a
+/// role's first login pays PBKDF2 (thousands of HMACs, milliseconds of CPU).
 #[derive(Default)]
 pub struct ScramKeys {
-    keys: DashMap<(String, SaltParams), ClientKeys>,
+    keys: DashMap<KeyId, ClientKeys>,
 }
 
 impl ScramKeys {
-    fn get(&self, user: &str, params: SaltParams, password: &str) -> ClientKeys {
-        let key = (user.to_owned(), params);
-        if let Some(keys) = self.keys.get(&key) {
-            return keys.clone();
+    /// The keys for `salt`, derived on a blocking thread the first time.
+    async fn get(
+        &self,
+        target: &PostgresTarget,
+        user: &str,
+        password: &str,
+        salt: SaltParams,
+    ) -> Result<ClientKeys, UpstreamError> {
+        if salt.iterations > MAX_ITERATIONS {
+            return Err(UpstreamError::Auth(format!(
+                "the server asks for {} SCRAM iterations, more than the gateway's limit of {MAX_ITERATIONS}",
+                salt.iterations
+            )));
         }
-        let keys = ClientKeys::derive(password, &key.1.salt, key.1.iterations);
+        let id = KeyId {
+            server: format!("{}:{}", target.host, target.port),
+            user: user.to_owned(),
+            password: Sha256::digest(password.as_bytes()).into(),
+            salt,
+        };
+        if let Some(keys) = self.keys.get(&id) {
+            return Ok(keys.clone());
+        }
+        let (password, salt) = (password.to_owned(), id.salt.clone());
+        let keys = tokio::task::spawn_blocking(move || ClientKeys::derive(&password, &salt.salt, salt.iterations))
+            .await
+            .map_err(|e| UpstreamError::Auth(format!("SCRAM key derivation failed: {e}")))?;
         if self.keys.len() >= MAX_CACHED_KEYS {
             self.keys.clear();
         }
-        self.keys.insert(key, keys.clone());
-        keys
+        self.keys.insert(id, keys.clone());
+        Ok(keys)
     }
 }
 
@@ -149,7 +187,17 @@ async fn login(
         match msg.tag {
             b'R' => {
                 let request = parse_auth_request(msg.body).map_err(|e| UpstreamError::Protocol(e.to_string()))?;
-                answer_auth(request, role, keys, verified, &mut scram, &mut out)?;
+                // The salted keys for the server's salt, before the (synchronous) answer.
+                let salted = match &request {
+                    AuthRequest::SaslContinue(data) => {
+                        let salt = ClientExchange::salt_params(data)
+                            .map_err(|e| UpstreamError::Auth(format!("SCRAM with the server failed: {e}")))?;
+                        let password = role.password.as_ref().map(|p| p.expose().as_str()).unwrap_or_default();
+                        Some(keys.get(target, &role.user, password, salt).await?)
+                    }
+                    _ => None,
+                };
+                answer_auth(request, role, salted, verified, &mut scram, &mut out)?;
                 if !out.is_empty() {
                     send(&mut stream, &mut out).await?;
                 }
@@ -189,7 +237,7 @@ async fn login(
 fn answer_auth(
     request: AuthRequest,
     role: &Role,
-    keys: &ScramKeys,
+    salted: Option<ClientKeys>,
     verified: bool,
     scram: &mut Option<ClientExchange>,
     out: &mut BytesMut,
@@ -204,6 +252,10 @@ fn answer_auth(
     };
     let io = |e: std::io::Error| UpstreamError::Protocol(e.to_string());
     match request {
+        // After SASL began, only a verified SASLFinal (which clears `scram`) may lead here.
+        AuthRequest::Ok if scram.is_some() => Err(UpstreamError::Auth(
+            "the server ended SCRAM without proving it knows the password".into(),
+        )),
         AuthRequest::Ok => Ok(()),
         AuthRequest::CleartextPassword if !verified => Err(UpstreamError::Auth(format!(
             "the server asks for \"{}\"'s password in cleartext, which the gateway sends only over TLS with \
@@ -223,7 +275,7 @@ fn answer_auth(
                 )));
             }
             password()?;
-            let client = ClientExchange::new(&nonce());
+            let client = ClientExchange::new(&nonce()?);
             frontend::sasl_initial_response(SCRAM_SHA_256, client.first().as_bytes(), out).map_err(io)?;
             *scram = Some(client);
             Ok(())
@@ -233,8 +285,8 @@ fn answer_auth(
                 .as_mut()
                 .ok_or_else(|| UpstreamError::Protocol("SASL continue before start".into()))?;
             let failed = |e| UpstreamError::Auth(format!("SCRAM with the server failed: {e}"));
-            let params = ClientExchange::salt_params(&data).map_err(failed)?;
-            let keys = keys.get(&role.user, params, password()?);
+            password()?;
+            let keys = salted.ok_or_else(|| UpstreamError::Protocol("SASL continue without keys".into()))?;
             let reply = client.server_first(&data, &keys).map_err(failed)?;
             frontend::sasl_response(reply.as_bytes(), out).map_err(io)
         }
@@ -244,7 +296,9 @@ fn answer_auth(
                 .ok_or_else(|| UpstreamError::Protocol("SASL final before start".into()))?;
             client
                 .server_final(&data)
-                .map_err(|e| UpstreamError::Auth(format!("the server's SCRAM signature is wrong: {e}")))
+                .map_err(|e| UpstreamError::Auth(format!("the server's SCRAM signature is wrong: {e}")))?;
+            *scram = None;
+            Ok(())
         }
         AuthRequest::Unsupported(code) => Err(UpstreamError::Auth(format!(
             "unsupported authentication request {code}"
@@ -300,11 +354,11 @@ pub async fn terminate(stream: &mut Stream) {
     let _ = tokio::time::timeout(Duration::from_secs(1), bye).await;
 }
 
-/// A fresh printable SCRAM nonce.
-fn nonce() -> String {
+/// A fresh printable SCRAM nonce; no randomness, no login.
+fn nonce() -> Result<String, UpstreamError> {
     let mut raw = [0u8; 18];
-    let _ = getrandom::fill(&mut raw);
-    raw.iter().map(|b| format!("{b:02x}")).collect()
+    getrandom::fill(&mut raw).map_err(|e| UpstreamError::Auth(format!("no randomness for a SCRAM nonce: {e}")))?;
+    Ok(raw.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// TCP (and TLS per the resource's mode) to the server; answers the stream
@@ -381,20 +435,69 @@ fn append(out: &mut BytesMut, msg: &Message) {
 mod tests {
     use super::*;
 
-    #[test]
-    fn salted_keys_are_derived_once_per_user_and_salt() {
+    fn target(port: u16) -> PostgresTarget {
+        PostgresTarget {
+            host: "127.0.0.1".into(),
+            port,
+            database: "orders".into(),
+            tls: UpstreamTls::Disable,
+            ca_file: None,
+        }
+    }
+
+    fn salt(s: &[u8], iterations: u32) -> SaltParams {
+        SaltParams {
+            salt: s.to_vec(),
+            iterations,
+        }
+    }
+
+    #[tokio::test]
+    async fn salted_keys_are_kept_per_server_user_password_and_salt() {
         let cache = ScramKeys::default();
-        let params = |salt: &[u8]| SaltParams {
-            salt: salt.to_vec(),
-            iterations: 4096,
-        };
-        let first = cache.get("orders_ro", params(b"salt-1"), "pw");
-        // A second login with the same salt is served from the cache, not PBKDF2.
-        assert_eq!(cache.get("orders_ro", params(b"salt-1"), "ignored"), first);
+        let a = target(5432);
+        let first = cache
+            .get(&a, "orders_ro", "pw", salt(b"s1", 4096))
+            .await
+            .expect("derive");
+        // The same login again is served from the cache, not PBKDF2.
+        assert_eq!(
+            cache
+                .get(&a, "orders_ro", "pw", salt(b"s1", 4096))
+                .await
+                .expect("cached"),
+            first
+        );
         assert_eq!(cache.keys.len(), 1);
-        // A new salt (the password changed on the server) derives again.
-        assert_ne!(cache.get("orders_ro", params(b"salt-2"), "pw"), first);
-        assert_ne!(cache.get("orders_admin", params(b"salt-1"), "other"), first);
-        assert_eq!(cache.keys.len(), 3);
+        // Another password with the same (public) salt never gets these keys.
+        let other = cache
+            .get(&a, "orders_ro", "other", salt(b"s1", 4096))
+            .await
+            .expect("derive");
+        assert_ne!(other, first);
+        // Nor does another server or user, nor a new salt.
+        cache
+            .get(&target(5433), "orders_ro", "pw", salt(b"s1", 4096))
+            .await
+            .expect("derive");
+        cache
+            .get(&a, "orders_admin", "pw", salt(b"s1", 4096))
+            .await
+            .expect("derive");
+        cache
+            .get(&a, "orders_ro", "pw", salt(b"s2", 4096))
+            .await
+            .expect("derive");
+        assert_eq!(cache.keys.len(), 5);
+    }
+
+    #[tokio::test]
+    async fn a_server_asking_for_too_many_iterations_is_refused() {
+        let cache = ScramKeys::default();
+        let err = cache
+            .get(&target(5432), "orders_ro", "pw", salt(b"s1", u32::MAX))
+            .await
+            .expect_err("refused");
+        assert!(err.to_string().contains("iterations"), "{err}");
     }
 }
