@@ -11,6 +11,7 @@
 //! the queue.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -24,6 +25,14 @@ pub const MAX_TEXT: usize = 64 * 1024;
 pub const MAX_PARAM: usize = 1024;
 /// Prepared statements and portals remembered per session.
 const MAX_NAMES: usize = 10_000;
+/// Bytes of statement text and parameters remembered per session; past it
+/// new statements keep only their length.
+const MAX_KEPT: usize = 8 * 1024 * 1024;
+/// Bytes of parameter values kept per Bind.
+const MAX_PARAMS_KEPT: usize = 64 * 1024;
+/// Messages awaiting an answer; past it the tracker gives up on the session
+/// (see [`StatementTracker::lost`]) rather than grow.
+const MAX_EXPECT: usize = 100_000;
 
 /// Statement text, cut to `MAX_TEXT` when longer.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,6 +77,8 @@ pub enum Param {
     Text(String),
     /// A binary-format value: only its length is kept.
     Binary(usize),
+    /// A value past the per-Bind budget: only its length is kept.
+    Omitted(usize),
 }
 
 /// One command's completion: its tag (`SELECT 3`, `INSERT 0 1`).
@@ -123,13 +134,13 @@ pub struct Statement {
     /// Simple or extended protocol.
     pub flow: Flow,
     /// The SQL text.
-    pub text: Text,
+    pub text: Arc<Text>,
     /// Prepared statement name (extended; empty for the unnamed one).
     pub statement: String,
     /// Portal name (extended; empty for the unnamed one).
     pub portal: String,
     /// Bound parameters (extended).
-    pub params: Vec<Param>,
+    pub params: Arc<[Param]>,
     /// COPY, if the statement ran one.
     pub copy: Option<Copy>,
     /// How it ended.
@@ -146,16 +157,20 @@ enum Expect {
     Parse(String),
     Other,
     Sync,
+    /// The client ended a COPY IN before the server's CopyInResponse came.
+    CopyEnd,
 }
 
 struct Prepared {
-    text: Text,
+    text: Arc<Text>,
 }
 
 struct Portal {
     statement: String,
-    text: Text,
-    params: Vec<Param>,
+    text: Arc<Text>,
+    params: Arc<[Param]>,
+    /// Bytes this portal counts against `MAX_KEPT`.
+    kept: usize,
 }
 
 /// Follows one session's statements.
@@ -164,17 +179,23 @@ pub struct StatementTracker {
     prepared: HashMap<String, Prepared>,
     portals: HashMap<String, Portal>,
     expect: VecDeque<Expect>,
-    /// After an extended-protocol error: skipping to the next Sync.
+    /// After an extended-protocol error: the server discards up to the next Sync.
     skipping: bool,
+    /// In an extended-protocol COPY IN, where the server ignores Sync.
+    copy_in: bool,
+    /// Text and parameter bytes held in `prepared` and `portals`.
+    kept: usize,
+    /// Too many messages in flight: tracking stopped.
+    lost: bool,
 }
 
 fn statement(flow: Flow, text: Text, now: Instant) -> Statement {
     Statement {
         flow,
-        text,
+        text: Arc::new(text),
         statement: String::new(),
         portal: String::new(),
-        params: Vec::new(),
+        params: Arc::from([]),
         copy: None,
         outcome: Outcome::Done(Vec::new()),
         started: now,
@@ -188,65 +209,120 @@ impl StatementTracker {
         StatementTracker::default()
     }
 
+    /// Whether tracking stopped because the client kept more messages in
+    /// flight than the tracker keeps (`MAX_EXPECT`); nothing more is reported.
+    pub fn lost(&self) -> bool {
+        self.lost
+    }
+
+    fn push(&mut self, e: Expect) {
+        // The server discards everything but Sync after an error, and
+        // ignores Sync during an extended COPY IN: so does the queue.
+        if (self.skipping && !matches!(e, Expect::Sync)) || (self.copy_in && matches!(e, Expect::Sync)) {
+            return;
+        }
+        if self.expect.len() >= MAX_EXPECT {
+            self.lost = true;
+            self.expect.clear();
+            self.prepared.clear();
+            self.portals.clear();
+            self.kept = 0;
+            return;
+        }
+        self.expect.push_back(e);
+    }
+
+    /// Statement text as kept: whole, or only its length past the session's budget.
+    fn keep_text(&mut self, raw: &[u8]) -> Text {
+        let text = Text::new(raw);
+        if self.kept + text.text.len() > MAX_KEPT {
+            return Text {
+                text: String::new(),
+                len: text.len,
+                sha256: None,
+            };
+        }
+        self.kept += text.text.len();
+        text
+    }
+
     /// A whole message from the client. Malformed ones are ignored here: the
     /// server rejects them and its error is what gets recorded.
     pub fn client(&mut self, tag: u8, body: &[u8], now: Instant) {
+        if self.lost {
+            return;
+        }
         let mut b = body;
         match tag {
             b'Q' => {
                 let text = read_cstr(&mut b, "Query").map(|t| Text::new(t.as_bytes()));
                 let text = text.unwrap_or_else(|_| Text::new(body));
-                self.expect
-                    .push_back(Expect::Run(Box::new(statement(Flow::Simple, text, now))));
+                self.push(Expect::Run(Box::new(statement(Flow::Simple, text, now))));
             }
             b'P' => {
                 let (Ok(name), Ok(query)) = (read_cstr(&mut b, "Parse"), read_cstr(&mut b, "Parse")) else {
-                    return self.expect.push_back(Expect::Other);
+                    return self.push(Expect::Other);
                 };
                 let name = name.to_owned();
-                if self.prepared.len() < MAX_NAMES || self.prepared.contains_key(&name) {
-                    let text = Text::new(query.as_bytes());
+                if !self.skipping && (self.prepared.len() < MAX_NAMES || self.prepared.contains_key(&name)) {
+                    if let Some(old) = self.prepared.remove(&name) {
+                        self.kept = self.kept.saturating_sub(old.text.text.len());
+                    }
+                    let text = Arc::new(self.keep_text(query.as_bytes()));
                     self.prepared.insert(name.clone(), Prepared { text });
                 }
-                self.expect.push_back(Expect::Parse(name));
+                self.push(Expect::Parse(name));
             }
             b'B' => {
-                self.bind(b);
-                self.expect.push_back(Expect::Other);
+                if !self.skipping {
+                    self.bind(b);
+                }
+                self.push(Expect::Other);
             }
             b'E' => {
                 let portal = read_cstr(&mut b, "Execute").unwrap_or_default();
                 let mut s = match self.portals.get(portal) {
                     Some(p) => {
-                        let mut s = statement(Flow::Extended, p.text.clone(), now);
+                        let mut s = statement(Flow::Extended, Text::new(b""), now);
+                        s.text = Arc::clone(&p.text);
                         s.statement = p.statement.clone();
-                        s.params = p.params.clone();
+                        s.params = Arc::clone(&p.params);
                         s
                     }
                     None => statement(Flow::Extended, Text::new(b""), now),
                 };
                 s.portal = portal.to_owned();
-                self.expect.push_back(Expect::Run(Box::new(s)));
+                self.push(Expect::Run(Box::new(s)));
             }
             b'C' => {
                 if let Some((&kind, mut rest)) = b.split_first() {
                     let name = read_cstr(&mut rest, "Close").unwrap_or_default();
-                    match kind {
-                        b'S' => self.prepared.remove(name).map(drop),
-                        _ => self.portals.remove(name).map(drop),
+                    let freed = match kind {
+                        b'S' => self.prepared.remove(name).map_or(0, |p| p.text.text.len()),
+                        _ => self.portals.remove(name).map_or(0, |p| p.kept),
                     };
+                    self.kept = self.kept.saturating_sub(freed);
                 }
-                self.expect.push_back(Expect::Other);
+                self.push(Expect::Other);
             }
-            b'D' => self.expect.push_back(Expect::Other),
-            b'S' => self.expect.push_back(Expect::Sync),
+            b'D' => self.push(Expect::Other),
+            b'S' => self.push(Expect::Sync),
             b'F' => {
                 let oid = read_i32(&mut b, "FunctionCall").unwrap_or_default();
                 let text = Text::new(format!("<function call, oid {oid}>").as_bytes());
-                self.expect
-                    .push_back(Expect::Run(Box::new(statement(Flow::Function, text, now))));
+                self.push(Expect::Run(Box::new(statement(Flow::Function, text, now))));
             }
             b'd' => self.copy_bytes(true, body.len()),
+            // CopyDone, CopyFail: the copy is over on the client's side.
+            b'c' | b'f' => {
+                let started = matches!(self.expect.front(), Some(Expect::Run(s)) if s.copy.is_some());
+                if self.copy_in {
+                    self.copy_in = false;
+                } else if !started {
+                    // Ahead of the server's CopyInResponse: mark where the copy ends.
+                    self.push(Expect::CopyEnd);
+                }
+            }
             _ => {}
         }
     }
@@ -262,6 +338,7 @@ impl StatementTracker {
             }
             let nparams = read_i16(&mut b)?;
             let mut params = Vec::new();
+            let mut kept = 0;
             for i in 0..nparams {
                 let len = read_i32(&mut b, "Bind")?;
                 if len < 0 {
@@ -278,28 +355,46 @@ impl StatementTracker {
                     1 => formats[0] == 1,
                     _ => formats.get(i as usize) == Some(&1),
                 };
+                let keep = len.min(MAX_PARAM);
                 params.push(if binary {
                     Param::Binary(len)
+                } else if kept + keep > MAX_PARAMS_KEPT {
+                    Param::Omitted(len)
                 } else {
-                    Param::Text(Text::new(&value[..len.min(MAX_PARAM)]).text)
+                    kept += keep;
+                    Param::Text(Text::new(&value[..keep]).text)
                 });
             }
-            Ok::<_, super::error::ProtocolError>((portal, stmt, params))
+            Ok::<_, super::error::ProtocolError>((portal, stmt, params, kept))
         })();
-        let Ok((portal, stmt, params)) = parsed else {
+        let Ok((portal, stmt, mut params, mut kept)) = parsed else {
             return;
         };
+        if let Some(old) = self.portals.remove(&portal) {
+            self.kept = self.kept.saturating_sub(old.kept);
+        }
+        if self.kept + kept > MAX_KEPT {
+            // Over the session's budget: keep only the lengths.
+            for p in &mut params {
+                if let Param::Text(t) = p {
+                    *p = Param::Omitted(t.len());
+                }
+            }
+            kept = 0;
+        }
         let text = self
             .prepared
             .get(&stmt)
-            .map_or_else(|| Text::new(b""), |p| p.text.clone());
-        if self.portals.len() < MAX_NAMES || self.portals.contains_key(&portal) {
+            .map_or_else(|| Arc::new(Text::new(b"")), |p| Arc::clone(&p.text));
+        if self.portals.len() < MAX_NAMES {
+            self.kept += kept;
             self.portals.insert(
                 portal,
                 Portal {
                     statement: stmt,
                     text,
-                    params,
+                    params: params.into(),
+                    kept,
                 },
             );
         }
@@ -316,6 +411,9 @@ impl StatementTracker {
 
     /// A whole message from the server; completed statements go to `out`.
     pub fn server(&mut self, tag: u8, body: &[u8], now: Instant, out: &mut Vec<Statement>) {
+        if self.lost {
+            return;
+        }
         match tag {
             b'C' | b'I' => {
                 let tag_text = read_cstr(&mut &body[..], "CommandComplete").unwrap_or_default();
@@ -373,15 +471,44 @@ impl StatementTracker {
                 }
             }
             b'G' | b'H' | b'W' => {
-                if let Some(Expect::Run(s)) = self.expect.front_mut() {
-                    s.copy = Some(Copy {
-                        inbound: tag == b'G',
-                        bytes: 0,
-                    });
+                let extended = match self.expect.front_mut() {
+                    Some(Expect::Run(s)) => {
+                        s.copy = Some(Copy {
+                            inbound: tag == b'G',
+                            bytes: 0,
+                        });
+                        s.flow == Flow::Extended
+                    }
+                    _ => false,
+                };
+                if tag == b'G' && extended {
+                    self.copy_in_started();
                 }
             }
             b'd' => self.copy_bytes(false, body.len()),
             _ => {}
+        }
+    }
+
+    /// An extended COPY IN began: the server ignores the Syncs the client
+    /// sends until its CopyDone or CopyFail, so they leave the queue.
+    fn copy_in_started(&mut self) {
+        let end = self.expect.iter().position(|e| matches!(e, Expect::CopyEnd));
+        let mut upto = end.unwrap_or(self.expect.len());
+        let mut i = 1;
+        while i < upto {
+            if matches!(self.expect.get(i), Some(Expect::Sync)) {
+                self.expect.remove(i);
+                upto -= 1;
+            } else {
+                i += 1;
+            }
+        }
+        match end {
+            Some(_) => {
+                self.expect.remove(upto);
+            }
+            None => self.copy_in = true,
         }
     }
 
@@ -391,9 +518,16 @@ impl StatementTracker {
             |e| (e.code, e.message),
         );
         let failed = Outcome::Failed { sqlstate, message };
+        self.copy_in = false;
         match self.expect.front_mut() {
             // The simple protocol goes on to ReadyForQuery.
             Some(Expect::Run(s)) if s.flow != Flow::Extended => s.outcome = failed,
+            // An error at Sync: the implicit commit of what ran before it failed.
+            Some(Expect::Sync) if !self.skipping => {
+                let mut s = statement(Flow::Extended, Text::new(b"<implicit COMMIT at Sync>"), now);
+                s.outcome = failed;
+                out.push(s);
+            }
             Some(_) if !self.skipping => {
                 self.skipping = true;
                 // The error belongs to the first statement up to the Sync: a
@@ -412,8 +546,11 @@ impl StatementTracker {
                 } else if let Some(Expect::Parse(name)) = self.expect.front() {
                     // A Parse that failed on its own: record its text.
                     let name = name.clone();
-                    let text = self.prepared.remove(&name).map_or_else(|| Text::new(b""), |p| p.text);
-                    let mut s = statement(Flow::Extended, text, now);
+                    let mut s = statement(Flow::Extended, Text::new(b""), now);
+                    if let Some(p) = self.prepared.remove(&name) {
+                        self.kept = self.kept.saturating_sub(p.text.text.len());
+                        s.text = p.text;
+                    }
                     s.statement = name;
                     s.outcome = failed;
                     out.push(s);
@@ -567,7 +704,10 @@ mod tests {
             (s.flow, s.statement.as_str(), s.text.text.as_str()),
             (Flow::Extended, "s1", "SELECT $1::int, $2, $3")
         );
-        assert_eq!(s.params, vec![Param::Text("42".into()), Param::Null, Param::Binary(3)]);
+        assert_eq!(
+            &*s.params,
+            &[Param::Text("42".into()), Param::Null, Param::Binary(3)][..]
+        );
         assert_eq!(s.outcome, done(&[("SELECT 1", Some(1))]));
     }
 
@@ -587,7 +727,7 @@ mod tests {
         ]);
         assert_eq!(out.len(), 2);
         assert!(matches!(&out[0].outcome, Outcome::Failed { sqlstate, .. } if sqlstate == "22012"));
-        assert_eq!(out[0].params, vec![Param::Text("0".into())]);
+        assert_eq!(&*out[0].params, &[Param::Text("0".into())][..]);
         assert_eq!(out[1].outcome, Outcome::NotRun);
     }
 
@@ -625,6 +765,94 @@ mod tests {
             })
         );
         assert_eq!(out[0].outcome, done(&[("COPY 2", Some(2))]));
+    }
+
+    #[test]
+    fn an_extended_copy_in_keeps_the_records_aligned() {
+        let out = run(&[
+            (true, b'P', parse("", "COPY t FROM STDIN")),
+            (true, b'B', bind("", "", &[], &[])),
+            (true, b'E', execute("")),
+            // libpq's Sync right after Execute: the server ignores it in copy-in.
+            (true, b'S', Vec::new()),
+            (false, b'1', Vec::new()),
+            (false, b'2', Vec::new()),
+            (false, b'G', vec![0, 0, 0]),
+            (true, b'd', vec![b'x'; 7]),
+            (true, b'c', Vec::new()),
+            (true, b'S', Vec::new()),
+            (false, b'C', cstr("COPY 1")),
+            (false, b'Z', vec![b'I']),
+            (true, b'Q', cstr("SELECT 2")),
+            (false, b'C', cstr("SELECT 1")),
+            (false, b'Z', vec![b'I']),
+        ]);
+        assert_eq!(out.len(), 2);
+        assert_eq!(
+            out[0].copy,
+            Some(Copy {
+                inbound: true,
+                bytes: 7
+            })
+        );
+        assert_eq!(
+            (out[1].text.text.as_str(), &out[1].outcome),
+            ("SELECT 2", &done(&[("SELECT 1", Some(1))]))
+        );
+    }
+
+    #[test]
+    fn after_an_error_nothing_is_queued_until_sync() {
+        let mut steps = vec![
+            (true, b'P', parse("", "SELECT 1/0")),
+            (true, b'B', bind("", "", &[], &[])),
+            (true, b'E', execute("")),
+            (false, b'1', Vec::new()),
+            (false, b'2', Vec::new()),
+            (false, b'E', error("22012")),
+        ];
+        // The server discards these without a word; the tracker must not keep them.
+        steps.extend((0..1000).map(|_| (true, b'E', execute(""))));
+        steps.push((true, b'S', Vec::new()));
+        steps.push((false, b'Z', vec![b'I']));
+        let out = run(&steps);
+        assert_eq!(out.len(), 1);
+    }
+
+    #[test]
+    fn an_error_at_sync_is_recorded_as_a_failed_commit() {
+        let out = run(&[
+            (true, b'P', parse("", "INSERT INTO t VALUES (1)")),
+            (true, b'B', bind("", "", &[], &[])),
+            (true, b'E', execute("")),
+            (true, b'S', Vec::new()),
+            (false, b'1', Vec::new()),
+            (false, b'2', Vec::new()),
+            (false, b'C', cstr("INSERT 0 1")),
+            (false, b'E', error("23503")),
+            (false, b'Z', vec![b'I']),
+        ]);
+        assert_eq!(out.len(), 2);
+        assert!(matches!(&out[1].outcome, Outcome::Failed { sqlstate, .. } if sqlstate == "23503"));
+        assert!(out[1].text.text.contains("COMMIT"));
+    }
+
+    #[test]
+    fn memory_is_bounded() {
+        // Parameters past the per-Bind budget keep only their length.
+        let big = vec![b'v'; MAX_PARAM];
+        let values: Vec<Option<&[u8]>> = (0..100).map(|_| Some(&big[..])).collect();
+        let mut t = StatementTracker::new();
+        t.client(b'P', &parse("", "SELECT"), Instant::now());
+        t.client(b'B', &bind("", "", &[], &values), Instant::now());
+        let params = &t.portals[""].params;
+        assert!(matches!(params[0], Param::Text(_)));
+        assert_eq!(params[99], Param::Omitted(MAX_PARAM));
+        // Too many messages in flight: tracking stops instead of growing.
+        for _ in 0..=MAX_EXPECT {
+            t.client(b'S', &[], Instant::now());
+        }
+        assert!(t.lost() && t.expect.is_empty() && t.portals.is_empty());
     }
 
     #[test]
