@@ -173,11 +173,68 @@ struct Portal {
     kept: usize,
 }
 
+/// Prepared statements or portals by name. Drivers mostly use the unnamed
+/// one (`""`), which lives outside the map: no hashing per statement.
+struct Names<T> {
+    unnamed: Option<T>,
+    named: HashMap<String, T>,
+}
+
+impl<T> Default for Names<T> {
+    fn default() -> Self {
+        Names {
+            unnamed: None,
+            named: HashMap::new(),
+        }
+    }
+}
+
+impl<T> Names<T> {
+    fn get(&self, name: &str) -> Option<&T> {
+        if name.is_empty() {
+            self.unnamed.as_ref()
+        } else {
+            self.named.get(name)
+        }
+    }
+
+    fn remove(&mut self, name: &str) -> Option<T> {
+        if name.is_empty() {
+            self.unnamed.take()
+        } else {
+            self.named.remove(name)
+        }
+    }
+
+    fn insert(&mut self, name: String, value: T) {
+        if name.is_empty() {
+            self.unnamed = Some(value);
+        } else {
+            self.named.insert(name, value);
+        }
+    }
+
+    /// Whether another named entry fits (the unnamed one always does).
+    fn has_room_for(&self, name: &str) -> bool {
+        name.is_empty() || self.named.len() < MAX_NAMES || self.named.contains_key(name)
+    }
+
+    fn clear(&mut self) {
+        self.unnamed = None;
+        self.named.clear();
+    }
+
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
+        self.unnamed.is_none() && self.named.is_empty()
+    }
+}
+
 /// Follows one session's statements.
 #[derive(Default)]
 pub struct StatementTracker {
-    prepared: HashMap<String, Prepared>,
-    portals: HashMap<String, Portal>,
+    prepared: Names<Prepared>,
+    portals: Names<Portal>,
     expect: VecDeque<Expect>,
     /// After an extended-protocol error: the server discards up to the next Sync.
     skipping: bool,
@@ -189,10 +246,10 @@ pub struct StatementTracker {
     lost: bool,
 }
 
-fn statement(flow: Flow, text: Text, now: Instant) -> Statement {
+fn statement(flow: Flow, text: Arc<Text>, now: Instant) -> Statement {
     Statement {
         flow,
-        text: Arc::new(text),
+        text,
         statement: String::new(),
         portal: String::new(),
         params: Arc::from([]),
@@ -257,14 +314,14 @@ impl StatementTracker {
             b'Q' => {
                 let text = read_cstr(&mut b, "Query").map(|t| Text::new(t.as_bytes()));
                 let text = text.unwrap_or_else(|_| Text::new(body));
-                self.push(Expect::Run(Box::new(statement(Flow::Simple, text, now))));
+                self.push(Expect::Run(Box::new(statement(Flow::Simple, Arc::new(text), now))));
             }
             b'P' => {
                 let (Ok(name), Ok(query)) = (read_cstr(&mut b, "Parse"), read_cstr(&mut b, "Parse")) else {
                     return self.push(Expect::Other);
                 };
                 let name = name.to_owned();
-                if !self.skipping && (self.prepared.len() < MAX_NAMES || self.prepared.contains_key(&name)) {
+                if !self.skipping && self.prepared.has_room_for(&name) {
                     if let Some(old) = self.prepared.remove(&name) {
                         self.kept = self.kept.saturating_sub(old.text.text.len());
                     }
@@ -283,13 +340,12 @@ impl StatementTracker {
                 let portal = read_cstr(&mut b, "Execute").unwrap_or_default();
                 let mut s = match self.portals.get(portal) {
                     Some(p) => {
-                        let mut s = statement(Flow::Extended, Text::new(b""), now);
-                        s.text = Arc::clone(&p.text);
+                        let mut s = statement(Flow::Extended, Arc::clone(&p.text), now);
                         s.statement = p.statement.clone();
                         s.params = Arc::clone(&p.params);
                         s
                     }
-                    None => statement(Flow::Extended, Text::new(b""), now),
+                    None => statement(Flow::Extended, Arc::new(Text::new(b"")), now),
                 };
                 s.portal = portal.to_owned();
                 self.push(Expect::Run(Box::new(s)));
@@ -310,7 +366,7 @@ impl StatementTracker {
             b'F' => {
                 let oid = read_i32(&mut b, "FunctionCall").unwrap_or_default();
                 let text = Text::new(format!("<function call, oid {oid}>").as_bytes());
-                self.push(Expect::Run(Box::new(statement(Flow::Function, text, now))));
+                self.push(Expect::Run(Box::new(statement(Flow::Function, Arc::new(text), now))));
             }
             b'd' => self.copy_bytes(true, body.len()),
             // CopyDone, CopyFail: the copy is over on the client's side.
@@ -386,7 +442,7 @@ impl StatementTracker {
             .prepared
             .get(&stmt)
             .map_or_else(|| Arc::new(Text::new(b"")), |p| Arc::clone(&p.text));
-        if self.portals.len() < MAX_NAMES {
+        if self.portals.has_room_for(&portal) {
             self.kept += kept;
             self.portals.insert(
                 portal,
@@ -524,7 +580,8 @@ impl StatementTracker {
             Some(Expect::Run(s)) if s.flow != Flow::Extended => s.outcome = failed,
             // An error at Sync: the implicit commit of what ran before it failed.
             Some(Expect::Sync) if !self.skipping => {
-                let mut s = statement(Flow::Extended, Text::new(b"<implicit COMMIT at Sync>"), now);
+                let text = Arc::new(Text::new(b"<implicit COMMIT at Sync>"));
+                let mut s = statement(Flow::Extended, text, now);
                 s.outcome = failed;
                 out.push(s);
             }
@@ -546,11 +603,14 @@ impl StatementTracker {
                 } else if let Some(Expect::Parse(name)) = self.expect.front() {
                     // A Parse that failed on its own: record its text.
                     let name = name.clone();
-                    let mut s = statement(Flow::Extended, Text::new(b""), now);
-                    if let Some(p) = self.prepared.remove(&name) {
-                        self.kept = self.kept.saturating_sub(p.text.text.len());
-                        s.text = p.text;
-                    }
+                    let text = match self.prepared.remove(&name) {
+                        Some(p) => {
+                            self.kept = self.kept.saturating_sub(p.text.text.len());
+                            p.text
+                        }
+                        None => Arc::new(Text::new(b"")),
+                    };
+                    let mut s = statement(Flow::Extended, text, now);
                     s.statement = name;
                     s.outcome = failed;
                     out.push(s);
@@ -845,7 +905,7 @@ mod tests {
         let mut t = StatementTracker::new();
         t.client(b'P', &parse("", "SELECT"), Instant::now());
         t.client(b'B', &bind("", "", &[], &values), Instant::now());
-        let params = &t.portals[""].params;
+        let params = &t.portals.get("").expect("the unnamed portal").params;
         assert!(matches!(params[0], Param::Text(_)));
         assert_eq!(params[99], Param::Omitted(MAX_PARAM));
         // Too many messages in flight: tracking stops instead of growing.
