@@ -64,6 +64,8 @@ export PORTCULLIS_URL="http://127.0.0.1:$api"
 admin=$(cat "$demo/data/admin.token")
 alice=$(PORTCULLIS_TOKEN=$admin "$bin" user add alice --group eng)
 req=$(PORTCULLIS_TOKEN=$alice "$bin" request orders --for 1h --reason "quick start")
+# admin may approve only because examples/portcullis.yaml names it under
+# `approvers`: the admin right alone approves nothing.
 PORTCULLIS_TOKEN=$admin "$bin" approve "$req" >/dev/null
 
 cat <<EOT

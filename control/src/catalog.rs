@@ -1,60 +1,49 @@
 //! The configured resources, checked once at start and held with their reason
 //! patterns compiled.
 
-use std::collections::BTreeMap;
-use std::time::Duration;
-
 use regex_lite::Regex;
+use std::collections::BTreeMap;
 
 use crate::error::{ApiError, ControlError};
-use crate::settings::{ReasonRule, ResourceSettings};
+use crate::settings::{Policy, ReasonRule, ResourceSettings};
 
-/// One resource with its policy ready to apply.
+/// One resource with its policies ready to apply.
 #[derive(Clone, Debug)]
 pub(crate) struct Resource {
-    /// Name, kind, roles and policy as configured.
+    /// Name, kind, roles and policies as configured.
     pub settings: ResourceSettings,
-    /// The compiled `ReasonRule::Pattern`, if any.
-    pub reason_pattern: Option<Regex>,
+    /// Every `ReasonRule::Pattern` of its policies, compiled, by pattern.
+    patterns: BTreeMap<String, Regex>,
 }
 
 impl Resource {
-    /// Checks one resource's settings and compiles its pattern.
+    /// Checks one resource's settings and compiles its patterns.
     pub fn new(settings: ResourceSettings) -> Result<Resource, ControlError> {
         let name = &settings.name;
-        let p = &settings.policy;
         if settings.roles.is_empty() {
             return Err(ControlError::NoRoles { resource: name.clone() });
         }
-        if p.approvals_required == 0 {
-            return Err(ControlError::NoApprovals { resource: name.clone() });
+        let mut patterns = BTreeMap::new();
+        let policies =
+            std::iter::once(("", &settings.policy)).chain(settings.role_policies.iter().map(|(r, p)| (r.as_str(), p)));
+        for (role, p) in policies {
+            // A role's errors name it, so the operator finds the override at fault.
+            let at = if role.is_empty() {
+                name.clone()
+            } else {
+                format!("{name} (role {role})")
+            };
+            check_policy(&at, p)?;
+            if let ReasonRule::Pattern(pattern) = &p.reason {
+                let re = Regex::new(pattern).map_err(|e| ControlError::BadReasonPattern {
+                    resource: at.clone(),
+                    pattern: pattern.clone(),
+                    error: e.to_string(),
+                })?;
+                patterns.insert(pattern.clone(), re);
+            }
         }
-        if p.default_duration > p.max_duration {
-            return Err(ControlError::DefaultOverMax {
-                resource: name.clone(),
-                default: p.default_duration,
-                max: p.max_duration,
-            });
-        }
-        if let Some(min) = p.min_duration.filter(|min| *min > p.max_duration) {
-            return Err(ControlError::MinOverMax {
-                resource: name.clone(),
-                min,
-                max: p.max_duration,
-            });
-        }
-        let reason_pattern = match &p.reason {
-            ReasonRule::Pattern(pattern) => Some(Regex::new(pattern).map_err(|e| ControlError::BadReasonPattern {
-                resource: name.clone(),
-                pattern: pattern.clone(),
-                error: e.to_string(),
-            })?),
-            ReasonRule::Optional | ReasonRule::Required => None,
-        };
-        Ok(Resource {
-            settings,
-            reason_pattern,
-        })
+        Ok(Resource { settings, patterns })
     }
 
     /// The resource's name.
@@ -62,10 +51,52 @@ impl Resource {
         &self.settings.name
     }
 
-    /// The policy's longest grant.
-    pub fn max_duration(&self) -> Duration {
-        self.settings.policy.max_duration
+    /// The policy of `role`: its override, or the resource's.
+    pub fn policy(&self, role: &str) -> &Policy {
+        self.settings.role_policies.get(role).unwrap_or(&self.settings.policy)
     }
+
+    /// Every policy of the resource: its own, then its roles' overrides.
+    pub fn policies(&self) -> impl Iterator<Item = &Policy> {
+        std::iter::once(&self.settings.policy).chain(self.settings.role_policies.values())
+    }
+
+    /// The compiled form of a reason pattern of this resource's policies.
+    pub fn pattern(&self, pattern: &str) -> Option<&Regex> {
+        self.patterns.get(pattern)
+    }
+}
+
+/// What the types alone cannot say about one policy.
+fn check_policy(at: &str, p: &Policy) -> Result<(), ControlError> {
+    if p.approvals_required == 0 {
+        return Err(ControlError::NoApprovals {
+            resource: at.to_owned(),
+        });
+    }
+    if p.default_duration > p.max_duration {
+        return Err(ControlError::DefaultOverMax {
+            resource: at.to_owned(),
+            default: p.default_duration,
+            max: p.max_duration,
+        });
+    }
+    if let Some(min) = p.min_duration.filter(|min| *min > p.max_duration) {
+        return Err(ControlError::MinOverMax {
+            resource: at.to_owned(),
+            min,
+            max: p.max_duration,
+        });
+    }
+    if p.escalation
+        .windows(2)
+        .any(|w| matches!(w, [a, b] if a.after >= b.after))
+    {
+        return Err(ControlError::EscalationOrder {
+            resource: at.to_owned(),
+        });
+    }
+    Ok(())
 }
 
 /// All resources by name, in config order for listings.

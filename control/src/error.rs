@@ -92,6 +92,12 @@ pub enum ControlError {
         /// Its max.
         max: Duration,
     },
+    /// Escalation steps whose `after` does not grow.
+    #[error("resource {resource}: escalation steps must be listed with growing `after` times")]
+    EscalationOrder {
+        /// The resource.
+        resource: String,
+    },
     /// A reason pattern is not a valid regular expression.
     #[error("resource {resource}: reason pattern \"{pattern}\" is not a valid regular expression: {error}")]
     BadReasonPattern {
@@ -266,13 +272,13 @@ pub enum ApiError {
         resource: String,
     },
     /// Under one second.
-    #[error("{} is too short: a grant lasts at least 1s", duration::format(*.requested))]
+    #[error("duration {} is too short: a grant lasts at least 1s", duration::format(*.requested))]
     UnderOneSecond {
         /// What was asked for.
         requested: Duration,
     },
     /// Over the policy's `max_duration`.
-    #[error("{} is longer than the {} allowed for {resource}", duration::format(*.requested), duration::format(*.max))]
+    #[error("duration {} is longer than the {} allowed for {resource}", duration::format(*.requested), duration::format(*.max))]
     TooLong {
         /// The resource.
         resource: String,
@@ -282,7 +288,7 @@ pub enum ApiError {
         max: Duration,
     },
     /// Under the policy's `min_duration`.
-    #[error("{} is shorter than the {} required for {resource}", duration::format(*.requested), duration::format(*.min))]
+    #[error("duration {} is shorter than the {} required for {resource}", duration::format(*.requested), duration::format(*.min))]
     TooShort {
         /// The resource.
         resource: String,
@@ -292,13 +298,13 @@ pub enum ApiError {
         min: Duration,
     },
     /// The policy needs a reason and none was given.
-    #[error("a reason is required to request access to {resource}")]
+    #[error("reason: a reason is required to request access to {resource}")]
     ReasonRequired {
         /// The resource.
         resource: String,
     },
     /// The reason does not match the policy's pattern.
-    #[error("the reason must match the pattern \"{pattern}\" for {resource} (e.g. a ticket id)")]
+    #[error("reason: the reason must match the pattern \"{pattern}\" for {resource} (e.g. a ticket id)")]
     ReasonMismatch {
         /// The resource.
         resource: String,
@@ -318,10 +324,49 @@ pub enum ApiError {
         id: String,
     },
     /// The caller is not an approver of the resource.
-    #[error("you are not an approver of {resource}")]
+    #[error("you are not an approver of {resource}: {why}")]
     NotApprover {
         /// The resource.
         resource: String,
+        /// Why not.
+        why: &'static str,
+    },
+    /// The caller may not break the glass here.
+    #[error("break-glass is not open to you on {resource} (role {role})")]
+    NoBreakGlass {
+        /// The resource.
+        resource: String,
+        /// The role.
+        role: String,
+    },
+    /// Break-glass without a reason.
+    #[error("reason: break-glass on {resource} needs a reason")]
+    BreakGlassReason {
+        /// The resource.
+        resource: String,
+    },
+    /// Break-glass with a later start.
+    #[error("start: break-glass grants start at once")]
+    BreakGlassStart,
+    /// Break-glass over its cap.
+    #[error("duration {} is longer than the {} break-glass allows on {resource}", duration::format(*.requested), duration::format(*.max))]
+    BreakGlassTooLong {
+        /// The resource.
+        resource: String,
+        /// What was asked for.
+        requested: Duration,
+        /// The cap.
+        max: Duration,
+    },
+    /// One approver extending a grant that needed several.
+    #[error(
+        "grant {id} needed {required} approvals; one approver may not extend it: ask for a new request starting when it ends"
+    )]
+    ExtendNeedsApprovals {
+        /// The grant.
+        id: String,
+        /// Approvals its request needed.
+        required: u32,
     },
     /// Self-approval, refused even for admins.
     #[error("you cannot approve your own request")]
@@ -445,6 +490,8 @@ impl ApiError {
             | NotRequester { .. }
             | HiddenRequest { .. }
             | NotApprover { .. }
+            | NoBreakGlass { .. }
+            | ExtendNeedsApprovals { .. }
             | SelfApproval
             | SelfDenial
             | NotRequestOwner { .. }
@@ -483,6 +530,9 @@ impl ApiError {
             | ReasonMismatch { .. }
             | DenyReasonRequired
             | EmptyExtension
+            | BreakGlassReason { .. }
+            | BreakGlassStart
+            | BreakGlassTooLong { .. }
             | ExtendPastMax { .. } => StatusCode::BAD_REQUEST,
         }
     }

@@ -107,6 +107,11 @@ impl FeedHub {
         self.changes.subscribe()
     }
 
+    /// How many requests are pending, as of the last change published.
+    pub(crate) fn pending_count(&self) -> usize {
+        self.mirror.lock().unwrap_or_else(PoisonError::into_inner).pending.len()
+    }
+
     /// The revision of the last change published.
     pub fn revision(&self) -> u64 {
         self.mirror.lock().unwrap_or_else(PoisonError::into_inner).revision

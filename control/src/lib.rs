@@ -25,7 +25,10 @@ use portcullis_protocol::sessions::SessionDirectory;
 
 pub use error::ControlError;
 pub use feed::FeedHub;
-pub use settings::{AutoApprove, ControlSettings, Policy, Principals, ReasonRule, ResourceKind, ResourceSettings};
+pub use settings::{
+    AutoApprove, BreakGlass, ControlSettings, DEFAULT_PENDING_TTL, Escalation, Policy, Principals, ReasonRule,
+    ResourceKind, ResourceSettings,
+};
 
 use crate::catalog::Catalog;
 use crate::metrics::Metrics;
@@ -54,13 +57,21 @@ impl Control {
         metrics
             .feed_revision
             .set(i64::try_from(feed.revision()).unwrap_or(i64::MAX));
+        let workflow = Workflow {
+            store,
+            catalog,
+            feed: Arc::new(feed),
+            metrics,
+            expiry: Arc::new(tokio::sync::Notify::new()),
+        };
+        // Pending requests are counted once here, then after every commit.
+        workflow
+            .metrics
+            .pending
+            .set(i64::try_from(workflow.feed.pending_count()).unwrap_or(i64::MAX));
+        tokio::spawn(workflow.clone().run_expiry());
         Ok(Arc::new(Control {
-            workflow: Workflow {
-                store,
-                catalog,
-                feed: Arc::new(feed),
-                metrics,
-            },
+            workflow,
             gateways: Arc::new(api::Gateways {
                 postgres: settings.gateway_postgres,
                 ssh: settings.gateway_ssh,

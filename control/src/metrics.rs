@@ -1,15 +1,24 @@
 //! The control plane's Prometheus metrics. Labels carry outcomes and kinds
 //! only: never user names, tokens or reasons.
 
-use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
+
+/// Buckets of the request-to-decision histograms, in seconds.
+const DECISION_BUCKETS: [f64; 10] = [5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 14400.0];
 
 /// Counters and histograms registered on the process registry.
 #[derive(Clone, Debug)]
 pub(crate) struct Metrics {
-    /// Requests filed, by outcome: `pending`, `auto_approved`, `refused`.
+    /// Requests filed, by outcome: `pending`, `auto_approved`, `break_glass`, `refused`.
     pub requests: IntCounterVec,
-    /// Decisions on pending requests: `approved`, `denied`, `cancelled`.
+    /// Decisions on pending requests: `approved`, `denied`, `cancelled`, `expired`.
     pub decisions: IntCounterVec,
+    /// Seconds from a request to its decision, by the decision's outcome.
+    pub time_to_decision: HistogramVec,
+    /// Requests waiting for an answer now.
+    pub pending: IntGauge,
+    /// Escalation steps reached by pending requests.
+    pub escalations: prometheus::IntCounter,
     /// Grant changes: `created`, `extended`, `revoked`.
     pub grant_changes: IntCounterVec,
     /// Seconds from a request to its final approval.
@@ -41,9 +50,20 @@ impl Metrics {
                     "portcullis_request_time_to_approve_seconds",
                     "Time from a request to the approval that granted it",
                 )
-                .buckets(vec![
-                    5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 14400.0,
-                ]),
+                .buckets(DECISION_BUCKETS.to_vec()),
+            )?,
+            time_to_decision: HistogramVec::new(
+                HistogramOpts::new(
+                    "portcullis_request_time_to_decision_seconds",
+                    "Time from a request to its decision (approved, denied, cancelled or expired)",
+                )
+                .buckets(DECISION_BUCKETS.to_vec()),
+                &["outcome"],
+            )?,
+            pending: IntGauge::new("portcullis_requests_pending", "Requests waiting for an answer")?,
+            escalations: prometheus::IntCounter::new(
+                "portcullis_request_escalations_total",
+                "Escalation steps reached by unanswered requests",
             )?,
             api_refusals: IntCounterVec::new(
                 Opts::new(
@@ -55,11 +75,12 @@ impl Metrics {
             feed_revision: IntGauge::new("portcullis_feed_revision", "Revision of the latest grant feed change")?,
         };
         // Known label values start at 0, so they are exported before the first event.
-        for outcome in ["pending", "auto_approved", "refused"] {
+        for outcome in ["pending", "auto_approved", "break_glass", "refused"] {
             m.requests.with_label_values(&[outcome]);
         }
-        for decision in ["approved", "denied", "cancelled"] {
+        for decision in ["approved", "denied", "cancelled", "expired"] {
             m.decisions.with_label_values(&[decision]);
+            m.time_to_decision.with_label_values(&[decision]);
         }
         for change in ["created", "extended", "revoked"] {
             m.grant_changes.with_label_values(&[change]);
@@ -69,7 +90,19 @@ impl Metrics {
         registry.register(Box::new(m.grant_changes.clone()))?;
         registry.register(Box::new(m.time_to_approve.clone()))?;
         registry.register(Box::new(m.api_refusals.clone()))?;
+        registry.register(Box::new(m.time_to_decision.clone()))?;
+        registry.register(Box::new(m.pending.clone()))?;
+        registry.register(Box::new(m.escalations.clone()))?;
         registry.register(Box::new(m.feed_revision.clone()))?;
         Ok(m)
+    }
+
+    /// Counts a decision on a request made at `created_at`, decided at `now`.
+    pub fn decided(&self, outcome: &str, created_at: i64, now: i64) {
+        self.decisions.with_label_values(&[outcome]).inc();
+        let waited = crate::time::duration(now.saturating_sub(created_at));
+        self.time_to_decision
+            .with_label_values(&[outcome])
+            .observe(waited.as_secs_f64());
     }
 }

@@ -110,6 +110,12 @@ pub(crate) struct Request {
     pub grant_id: Option<String>,
     /// Approved at once by an auto-approve rule.
     pub auto_approved: bool,
+    /// A break-glass self-grant.
+    pub break_glass: bool,
+    /// Escalation steps reached while pending (their approvers may approve).
+    pub escalation_level: u32,
+    /// When it expires if still unanswered; `None`: never.
+    pub pending_until: Option<UnixMillis>,
 }
 
 impl Request {

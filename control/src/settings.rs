@@ -1,6 +1,7 @@
 //! What the control plane is configured with: resources, their roles and
-//! per-resource policies. The binary builds these from the YAML config.
+//! policies per resource and per role. The binary builds these from the YAML config.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -28,6 +29,9 @@ pub struct ResourceSettings {
     pub roles: Vec<String>,
     /// Who may request and approve, and for how long.
     pub policy: Policy,
+    /// Whole policies of roles that override some of the resource's fields
+    /// (already merged onto `policy`); roles not here follow `policy`.
+    pub role_policies: BTreeMap<String, Policy>,
 }
 
 /// The protocol a resource speaks.
@@ -49,12 +53,13 @@ impl ResourceKind {
     }
 }
 
-/// Per-resource access policy.
+/// Access policy of a resource, or of one of its roles.
 #[derive(Clone, Debug)]
 pub struct Policy {
     /// Who may request; `None`: any user.
     pub requesters: Option<Principals>,
-    /// Who may approve; `None`: users with the admin right; `Some`: only those named.
+    /// Who may approve; `None`: nobody (only auto-approve rules and break-glass
+    /// grant access). The admin right alone never approves.
     pub approvers: Option<Principals>,
     /// Distinct approvals needed, 1 or more.
     pub approvals_required: u32,
@@ -68,7 +73,16 @@ pub struct Policy {
     pub reason: ReasonRule,
     /// Rules that approve matching requests at once.
     pub auto_approve: Vec<AutoApprove>,
+    /// How long a request may wait unanswered before it expires; `None`: forever.
+    pub pending_ttl: Option<Duration>,
+    /// Further approvers who may approve once a request has waited this long, in order.
+    pub escalation: Vec<Escalation>,
+    /// Who may grant themselves access at once, and for how long.
+    pub break_glass: Option<BreakGlass>,
 }
+
+/// How long a request waits for an answer when the policy does not say.
+pub const DEFAULT_PENDING_TTL: Duration = Duration::from_secs(24 * 3600);
 
 impl Default for Policy {
     fn default() -> Self {
@@ -81,6 +95,9 @@ impl Default for Policy {
             default_duration: Duration::from_secs(3600),
             reason: ReasonRule::Optional,
             auto_approve: Vec::new(),
+            pending_ttl: Some(DEFAULT_PENDING_TTL),
+            escalation: Vec::new(),
+            break_glass: None,
         }
     }
 }
@@ -113,5 +130,24 @@ pub struct AutoApprove {
     /// Group names.
     pub groups: Vec<String>,
     /// Longest request this rule approves.
+    pub max_duration: Duration,
+}
+
+/// One step of an escalation chain: once a request has waited `after`
+/// unanswered, `approvers` may approve it too.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Escalation {
+    /// Time since the request was made.
+    pub after: Duration,
+    /// The next approvers.
+    pub approvers: Principals,
+}
+
+/// Break-glass: a self-grant, at once, with a mandatory reason and a short cap.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BreakGlass {
+    /// Who may break the glass.
+    pub who: Principals,
+    /// Longest self-grant.
     pub max_duration: Duration,
 }

@@ -1,158 +1,12 @@
 //! The HTTP API of docs/API.md, served on loopback and called with plain
 //! HTTP/1.1: statuses, JSON shapes, refusals and who may do what.
 
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+mod common;
 
-use portcullis_control::{Control, ControlSettings, Policy, Principals, ReasonRule, ResourceKind, ResourceSettings};
+use common::{is_api_time, start};
 use portcullis_protocol::sessions::{SessionDirectory, SessionInfo};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-
-/// Sessions held in a list; `kill` removes one.
-#[derive(Default)]
-struct FakeSessions(Mutex<Vec<SessionInfo>>);
-
-impl SessionDirectory for FakeSessions {
-    fn list(&self) -> Vec<SessionInfo> {
-        self.0.lock().expect("lock").clone()
-    }
-    fn kill(&self, id: &str, _by: &str) -> bool {
-        let mut list = self.0.lock().expect("lock");
-        let before = list.len();
-        list.retain(|s| s.id != id);
-        list.len() != before
-    }
-}
-
-struct Api {
-    addr: std::net::SocketAddr,
-    admin: String,
-    sessions: Arc<FakeSessions>,
-    control: Arc<Control>,
-    _dir: tempfile::TempDir,
-}
-
-async fn start() -> Api {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let settings = ControlSettings {
-        data_dir: dir.path().join("data"),
-        resources: vec![
-            ResourceSettings {
-                name: "orders".to_owned(),
-                kind: ResourceKind::Postgres,
-                roles: vec!["read".to_owned(), "admin".to_owned()],
-                policy: Policy {
-                    approvers: Some(Principals {
-                        users: vec!["carol".to_owned()],
-                        groups: vec!["dba".to_owned()],
-                    }),
-                    max_duration: Duration::from_secs(4 * 3600),
-                    default_duration: Duration::from_secs(3600),
-                    reason: ReasonRule::Pattern("^[A-Z]+-[0-9]+".to_owned()),
-                    ..Policy::default()
-                },
-            },
-            ResourceSettings {
-                name: "web1".to_owned(),
-                kind: ResourceKind::Ssh,
-                roles: vec!["deploy".to_owned()],
-                policy: Policy::default(),
-            },
-        ],
-        gateway_postgres: Some("127.0.0.1:6432".to_owned()),
-        gateway_ssh: None,
-    };
-    let registry = prometheus::Registry::new();
-    let control = Control::open(settings, &registry).await.expect("open");
-    let sessions = Arc::new(FakeSessions::default());
-    let router = control.router(sessions.clone(), registry);
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move { axum::serve(listener, router).await });
-    let admin = std::fs::read_to_string(dir.path().join("data/admin.token"))
-        .expect("admin.token")
-        .trim()
-        .to_owned();
-    Api {
-        addr,
-        admin,
-        sessions,
-        control,
-        _dir: dir,
-    }
-}
-
-impl Api {
-    /// One call: (status, body as JSON or as a string).
-    async fn raw(&self, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> (u16, String) {
-        let mut s = TcpStream::connect(self.addr).await.expect("connect");
-        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
-        if let Some(t) = token {
-            req.push_str(&format!("Authorization: Bearer {t}\r\n"));
-        }
-        let body = body.unwrap_or("");
-        req.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        ));
-        s.write_all(req.as_bytes()).await.expect("write");
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw).await.expect("read");
-        let text = String::from_utf8(raw).expect("utf-8");
-        let (head, rest) = text.split_once("\r\n\r\n").expect("header");
-        let status = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .expect("status");
-        assert!(
-            !head.to_ascii_lowercase().contains("transfer-encoding: chunked"),
-            "answers carry a length"
-        );
-        (status, rest.to_owned())
-    }
-
-    async fn call(&self, method: &str, path: &str, token: &str, body: Option<Value>) -> (u16, Value) {
-        let body = body.map(|b| b.to_string());
-        let (status, text) = self.raw(method, path, Some(token), body.as_deref()).await;
-        let v = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {text}"));
-        (status, v)
-    }
-
-    async fn ok(&self, method: &str, path: &str, token: &str, body: Option<Value>) -> Value {
-        let (status, v) = self.call(method, path, token, body).await;
-        assert!(status == 200 || status == 201, "{method} {path} answered {status}: {v}");
-        v
-    }
-
-    async fn refused(&self, method: &str, path: &str, token: &str, body: Option<Value>, want: u16) -> String {
-        let (status, v) = self.call(method, path, token, body).await;
-        assert_eq!(status, want, "{method} {path}: {v}");
-        let msg = v["error"].as_str().unwrap_or_else(|| panic!("no error sentence: {v}"));
-        assert_eq!(v.as_object().map(|o| o.len()), Some(1), "only the error: {v}");
-        msg.to_owned()
-    }
-
-    async fn user(&self, name: &str, groups: &[&str], admin: bool) -> String {
-        let v = self
-            .ok(
-                "POST",
-                "/v1/users",
-                &self.admin,
-                Some(json!({"name": name, "groups": groups, "admin": admin})),
-            )
-            .await;
-        v["token"].as_str().expect("token").to_owned()
-    }
-}
-
-fn is_api_time(v: &Value) -> bool {
-    let s = v.as_str().unwrap_or_default();
-    // 2026-11-23T10:15:00.123Z
-    s.len() == 24 && s.ends_with('Z') && s.as_bytes().get(19) == Some(&b'.') && s.as_bytes().get(10) == Some(&b'T')
-}
+use tokio::net::TcpListener;
 
 #[tokio::test]
 async fn open_routes_and_authentication() {
@@ -542,4 +396,88 @@ async fn wiring_as_serve_does() {
     stop.cancel();
     served.await.expect("join").expect("serve");
     let _ = boxed;
+}
+
+/// Each bad field gets a 4xx whose sentence names the field, and the server
+/// goes on serving.
+#[tokio::test]
+async fn bad_fields_are_named_in_the_refusal() {
+    let api = start().await;
+    let alice = api.user("alice", &["eng"], false).await;
+    let ask = |extra: Value| {
+        let mut body = json!({"resource": "orders", "role": "read", "reason": "INC-1 x"});
+        if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+            b.extend(e.clone());
+        }
+        Some(body)
+    };
+    for (extra, field) in [
+        (json!({"duration": "-5m"}), "duration"),
+        (json!({"duration": "99999h"}), "duration"),
+        (json!({"duration": "0s"}), "duration"),
+        (json!({"duration": 30}), "duration"),
+        (json!({"reason": "INC-1 ".repeat(400)}), "reason"),
+        (json!({"start": "tomorrow"}), "start"),
+        (json!({"break_glass": "yes"}), "break_glass"),
+        (json!({"colour": "blue"}), "colour"),
+    ] {
+        let msg = api
+            .refused("POST", "/v1/requests", &alice, ask(extra.clone()), 400)
+            .await;
+        assert!(msg.contains(field), "{extra}: {msg}");
+    }
+    let (status, body) = api
+        .raw("POST", "/v1/requests", Some(&alice), Some(r#"{"resource": "orders",""#))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let v: Value = serde_json::from_str(&body).expect("a JSON error");
+    assert!(v["error"].as_str().is_some_and(|e| e.contains("EOF")), "{v}");
+    let (status, body) = api.raw("POST", "/v1/requests", Some(&alice), Some("[1, 2]")).await;
+    assert_eq!(status, 400, "{body}");
+
+    // Bodies of the other verbs too.
+    let (_, req) = api.call("POST", "/v1/requests", &alice, ask(json!({}))).await;
+    let id = req["id"].as_str().expect("id").to_owned();
+    let carol = api.user("carol", &[], false).await;
+    let msg = api
+        .refused(
+            "POST",
+            &format!("/v1/requests/{id}/approve"),
+            &carol,
+            Some(json!({"comment": "x".repeat(2001)})),
+            400,
+        )
+        .await;
+    assert!(msg.starts_with("comment"), "{msg}");
+    let msg = api
+        .refused(
+            "POST",
+            &format!("/v1/requests/{id}/deny"),
+            &carol,
+            Some(json!({"reason": "no", "why": "x"})),
+            400,
+        )
+        .await;
+    assert!(msg.contains("why"), "{msg}");
+    let granted = api
+        .ok("POST", &format!("/v1/requests/{id}/approve"), &carol, None)
+        .await;
+    let gid = granted["grant_id"].as_str().expect("grant").to_owned();
+    for by in ["-5m", "99999h", "soon"] {
+        let (status, v) = api
+            .call(
+                "POST",
+                &format!("/v1/grants/{gid}/extend"),
+                &carol,
+                Some(json!({"by": by})),
+            )
+            .await;
+        assert_eq!(status, 400, "{by}: {v}");
+        let msg = v["error"].as_str().expect("error");
+        assert!(msg.contains("by") || msg.contains("extending"), "{by}: {msg}");
+    }
+    // Nothing else was affected: the grant is as it was, the server answers.
+    let g = api.ok("GET", &format!("/v1/grants/{gid}"), &alice, None).await;
+    assert_eq!(g["duration_s"], 3600);
+    assert_eq!(g["state"], "active");
 }

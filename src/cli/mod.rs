@@ -4,6 +4,7 @@
 mod client;
 mod connect;
 mod grants;
+mod history;
 mod output;
 mod requests;
 mod sessions;
@@ -107,6 +108,14 @@ pub enum ClientCommand {
     },
     /// Show who the token belongs to.
     Whoami,
+    /// Show every transition of a request or grant: who, when and why.
+    History {
+        /// Request id (req_...) or grant id (grt_...).
+        id: String,
+        /// Print the API's JSON array.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run psql against a resource through the gateway, with your token as the password.
     Connect {
         /// Resource name.
@@ -144,6 +153,7 @@ pub async fn run(args: ClientArgs, cmd: ClientCommand) -> anyhow::Result<()> {
         ClientCommand::Sessions { json } => sessions::list(&api, json).await,
         ClientCommand::Kill { session_id } => sessions::kill(&api, &session_id).await,
         ClientCommand::Whoami => users::whoami(&api).await,
+        ClientCommand::History { id, json } => history::show(&api, &id, json).await,
         ClientCommand::Connect { resource, role } => connect::connect(&api, &resource, role.as_deref()).await,
     }
 }

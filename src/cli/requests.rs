@@ -1,4 +1,4 @@
-//! `request`, `requests`, `approve`, `deny`, `cancel`.
+//! `request` (also `--break-glass`), `requests`, `approve`, `deny`, `cancel`.
 
 use std::io::Write;
 use std::time::Duration;
@@ -13,7 +13,7 @@ use super::output::{cell, duration, print_list};
 /// How often `request --wait` asks whether the request was decided.
 const POLL_EVERY: Duration = Duration::from_millis(500);
 
-/// `request RESOURCE [--role R] [--for 30m] [--reason TEXT] [--start TIME] [--wait]`.
+/// `request RESOURCE [--role R] [--for 30m] [--reason TEXT] [--start TIME] [--wait] [--break-glass]`.
 #[derive(Debug, clap::Args)]
 pub struct RequestArgs {
     /// Resource name, e.g. orders.
@@ -33,12 +33,18 @@ pub struct RequestArgs {
     /// Wait until the request is decided; exit non-zero unless approved.
     #[arg(long)]
     pub wait: bool,
+    /// Grant yourself access at once (where the policy allows it); needs --reason.
+    #[arg(long)]
+    pub break_glass: bool,
 }
 
 /// Files the request and prints its id; with `--wait`, then its final state.
 pub async fn request(api: &Api, args: RequestArgs) -> anyhow::Result<()> {
     let mut body = Map::new();
     body.insert("resource".into(), json!(args.resource));
+    if args.break_glass {
+        body.insert("break_glass".into(), json!(true));
+    }
     for (key, value) in [
         ("role", args.role),
         ("duration", args.duration),

@@ -7,7 +7,7 @@ use portcullis_protocol::secret::Secret;
 use portcullis_proxy::postgres::pool::PoolSettings;
 use portcullis_proxy::settings as proxy;
 
-use super::schema::{Config, Kind, Pool, Principals, Reason, ReasonWord, Resource, Role, TlsMode};
+use super::schema::{Config, Kind, Policy, Pool, Principals, Reason, ReasonWord, Resource, Role, TlsMode};
 
 /// What the control plane needs.
 pub fn control_settings(config: &Config) -> control::ControlSettings {
@@ -26,12 +26,6 @@ pub fn control_settings(config: &Config) -> control::ControlSettings {
 }
 
 fn control_resource(r: &Resource) -> control::ResourceSettings {
-    let p = &r.policy;
-    let defaults = control::Policy::default();
-    let max_duration = p.max_duration.map_or(defaults.max_duration, |d| d.0);
-    let default_duration = p
-        .default_duration
-        .map_or(defaults.default_duration.min(max_duration), |d| d.0);
     control::ResourceSettings {
         name: r.name.clone(),
         kind: match r.kind {
@@ -39,28 +33,60 @@ fn control_resource(r: &Resource) -> control::ResourceSettings {
             Kind::Ssh => control::ResourceKind::Ssh,
         },
         roles: r.roles.keys().cloned().collect(),
-        policy: control::Policy {
-            requesters: p.requesters.as_ref().map(principals),
-            approvers: p.approvers.as_ref().map(principals),
-            approvals_required: p.approvals_required,
-            min_duration: p.min_duration.map(|d| d.0),
-            max_duration,
-            default_duration,
-            reason: match &p.reason {
-                None | Some(Reason::Word(ReasonWord::Optional)) => control::ReasonRule::Optional,
-                Some(Reason::Word(ReasonWord::Required)) => control::ReasonRule::Required,
-                Some(Reason::Pattern { pattern }) => control::ReasonRule::Pattern(pattern.clone()),
-            },
-            auto_approve: p
-                .auto_approve
-                .iter()
-                .map(|a| control::AutoApprove {
-                    users: a.users.clone(),
-                    groups: a.groups.clone(),
-                    max_duration: a.max_duration.0,
-                })
-                .collect(),
+        policy: control_policy(&r.policy),
+        role_policies: r
+            .roles
+            .iter()
+            .filter_map(|(name, role)| Some((name.clone(), control_policy(&role.policy.as_ref()?.over(&r.policy)))))
+            .collect(),
+    }
+}
+
+fn control_policy(p: &Policy) -> control::Policy {
+    let defaults = control::Policy::default();
+    let max_duration = p.max_duration.map_or(defaults.max_duration, |d| d.0);
+    let default_duration = p
+        .default_duration
+        .map_or(defaults.default_duration.min(max_duration), |d| d.0);
+    control::Policy {
+        requesters: p.requesters.as_ref().map(principals),
+        approvers: p.approvers.as_ref().map(principals),
+        approvals_required: p.approvals_required.unwrap_or(defaults.approvals_required),
+        min_duration: p.min_duration.map(|d| d.0),
+        max_duration,
+        default_duration,
+        reason: match &p.reason {
+            None | Some(Reason::Word(ReasonWord::Optional)) => control::ReasonRule::Optional,
+            Some(Reason::Word(ReasonWord::Required)) => control::ReasonRule::Required,
+            Some(Reason::Pattern { pattern }) => control::ReasonRule::Pattern(pattern.clone()),
         },
+        auto_approve: p
+            .auto_approve
+            .iter()
+            .flatten()
+            .map(|a| control::AutoApprove {
+                users: a.users.clone(),
+                groups: a.groups.clone(),
+                max_duration: a.max_duration.0,
+            })
+            .collect(),
+        pending_ttl: Some(p.pending_ttl.map_or(control::DEFAULT_PENDING_TTL, |d| d.0)),
+        escalation: p
+            .escalation
+            .iter()
+            .flatten()
+            .map(|e| control::Escalation {
+                after: e.after.0,
+                approvers: principals(&e.approvers),
+            })
+            .collect(),
+        break_glass: p.break_glass.as_ref().map(|b| control::BreakGlass {
+            who: control::Principals {
+                users: b.users.clone(),
+                groups: b.groups.clone(),
+            },
+            max_duration: b.max_duration.0,
+        }),
     }
 }
 

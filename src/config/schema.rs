@@ -214,19 +214,21 @@ pub struct Role {
     /// SSH private key file.
     #[expect(dead_code, reason = "accepted now so configs stay valid; the SSH gateway reads it")]
     pub key_file: Option<PathBuf>,
+    /// Policy fields this role overrides; the rest come from the resource's `policy`.
+    pub policy: Option<Policy>,
 }
 
-/// `policy:`.
-#[derive(Debug, Deserialize)]
+/// `policy:` of a resource, or the fields a role overrides. Every field is
+/// optional so a role's policy can name only what differs.
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Policy {
     /// Who may request; absent: any user.
     pub requesters: Option<Principals>,
-    /// Who may approve; absent: admins.
+    /// Who may approve; absent: nobody (the admin right alone does not approve).
     pub approvers: Option<Principals>,
-    /// Distinct approvals needed.
-    #[serde(default = "one")]
-    pub approvals_required: u32,
+    /// Distinct approvals needed (default 1).
+    pub approvals_required: Option<u32>,
     /// Shortest grant.
     pub min_duration: Option<Dur>,
     /// Longest grant.
@@ -236,31 +238,82 @@ pub struct Policy {
     /// Whether a reason is needed.
     pub reason: Option<Reason>,
     /// Requests approved at once.
-    #[serde(default)]
-    pub auto_approve: Vec<AutoApprove>,
+    pub auto_approve: Option<Vec<AutoApprove>>,
+    /// How long a request waits for an answer before it expires (default 24h).
+    pub pending_ttl: Option<Dur>,
+    /// Further approvers who may approve after a wait, in order.
+    pub escalation: Option<Vec<EscalationStep>>,
+    /// Self-grants at once, with a reason and a short cap.
+    pub break_glass: Option<BreakGlass>,
 }
 
-fn one() -> u32 {
-    1
-}
-
-impl Default for Policy {
-    fn default() -> Self {
+impl Policy {
+    /// This role's fields where set, `base`'s elsewhere.
+    pub fn over(&self, base: &Policy) -> Policy {
         Policy {
-            requesters: None,
-            approvers: None,
-            approvals_required: 1,
-            min_duration: None,
-            max_duration: None,
-            default_duration: None,
-            reason: None,
-            auto_approve: Vec::new(),
+            requesters: self.requesters.clone().or_else(|| base.requesters.clone()),
+            approvers: self.approvers.clone().or_else(|| base.approvers.clone()),
+            approvals_required: self.approvals_required.or(base.approvals_required),
+            min_duration: self.min_duration.or(base.min_duration),
+            max_duration: self.max_duration.or(base.max_duration),
+            default_duration: self.default_duration.or(base.default_duration),
+            reason: self.reason.clone().or_else(|| base.reason.clone()),
+            auto_approve: self.auto_approve.clone().or_else(|| base.auto_approve.clone()),
+            pending_ttl: self.pending_ttl.or(base.pending_ttl),
+            escalation: self.escalation.clone().or_else(|| base.escalation.clone()),
+            break_glass: self.break_glass.clone().or_else(|| base.break_glass.clone()),
         }
+    }
+
+    /// Checks what the types alone cannot; `at` names the policy in errors.
+    fn validate(&self, at: &str) -> Result<(), String> {
+        if self.approvals_required == Some(0) {
+            return Err(format!("{at}.approvals_required: expected 1 or more"));
+        }
+        if let (Some(d), Some(m)) = (self.default_duration, self.max_duration)
+            && d.0 > m.0
+        {
+            return Err(format!("{at}.default_duration: {d} is longer than max_duration {m}"));
+        }
+        if let (Some(min), Some(m)) = (self.min_duration, self.max_duration)
+            && min.0 > m.0
+        {
+            return Err(format!("{at}.min_duration: {min} is longer than max_duration {m}"));
+        }
+        let steps = self.escalation.as_deref().unwrap_or_default();
+        if steps.windows(2).any(|w| matches!(w, [a, b] if a.after.0 >= b.after.0)) {
+            return Err(format!("{at}.escalation: list the steps with growing `after` times"));
+        }
+        Ok(())
     }
 }
 
+/// One step of `escalation`: after this long unanswered, these approvers may approve too.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EscalationStep {
+    /// Time since the request was made.
+    pub after: Dur,
+    /// The next approvers.
+    pub approvers: Principals,
+}
+
+/// `break_glass:`: who may grant themselves access at once, and for how long.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakGlass {
+    /// Users who may.
+    #[serde(default)]
+    pub users: Vec<String>,
+    /// Groups whose members may.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Longest self-grant.
+    pub max_duration: Dur,
+}
+
 /// Users and groups.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Principals {
     /// User names.
@@ -272,7 +325,7 @@ pub struct Principals {
 }
 
 /// `reason: required`, `reason: optional` or `reason: { pattern: "^[A-Z]+-[0-9]+" }`.
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(untagged, expecting = "`required`, `optional` or { pattern: REGEX }")]
 pub enum Reason {
     /// A word.
@@ -285,7 +338,7 @@ pub enum Reason {
 }
 
 /// `required` or `optional`.
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ReasonWord {
     /// A reason must be given.
@@ -295,7 +348,7 @@ pub enum ReasonWord {
 }
 
 /// One `auto_approve` rule.
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AutoApprove {
     /// Users it applies to.
@@ -335,23 +388,11 @@ impl Config {
                     ));
                 }
             }
-            let p = &r.policy;
-            if p.approvals_required == 0 {
-                return Err(format!("{at}.policy.approvals_required: expected 1 or more"));
-            }
-            if let (Some(d), Some(m)) = (p.default_duration, p.max_duration)
-                && d.0 > m.0
-            {
-                return Err(format!(
-                    "{at}.policy.default_duration: {d} is longer than max_duration {m}"
-                ));
-            }
-            if let (Some(min), Some(m)) = (p.min_duration, p.max_duration)
-                && min.0 > m.0
-            {
-                return Err(format!(
-                    "{at}.policy.min_duration: {min} is longer than max_duration {m}"
-                ));
+            r.policy.validate(&format!("{at}.policy"))?;
+            for (name, role) in &r.roles {
+                if let Some(p) = &role.policy {
+                    p.over(&r.policy).validate(&format!("{at}.roles.{name}.policy"))?;
+                }
             }
         }
         Ok(())

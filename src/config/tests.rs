@@ -71,3 +71,73 @@ fn default_over_max_is_refused() {
         other => panic!("expected an invalid-value error, got {other:?}"),
     }
 }
+
+#[test]
+fn a_role_overrides_some_policy_fields() {
+    let text = GOOD.replace(
+        "      read:  { user: orders_ro, password_env: ORDERS_RO_PASSWORD }\n",
+        "      read:  { user: orders_ro, password_env: ORDERS_RO_PASSWORD }\n      admin:\n        user: orders_admin\n        policy: { approvals_required: 2, max_duration: 1h, break_glass: { groups: [oncall], max_duration: 15m } }\n",
+    );
+    let c = parse(&text, "p.yaml").expect("a role policy parses");
+    let settings = super::control_settings(&c);
+    let orders = settings.resources.first().expect("orders");
+    assert_eq!(orders.policy.approvals_required, 1);
+    let admin = orders.role_policies.get("admin").expect("admin overrides");
+    assert_eq!(admin.approvals_required, 2);
+    assert_eq!(admin.max_duration.as_secs(), 3600);
+    assert_eq!(admin.default_duration.as_secs(), 3600, "inherited from the resource");
+    assert_eq!(admin.approvers, orders.policy.approvers, "inherited from the resource");
+    assert!(admin.break_glass.is_some() && orders.policy.break_glass.is_none());
+    assert!(!orders.role_policies.contains_key("read"), "read follows the resource");
+}
+
+#[test]
+fn a_role_override_is_checked_against_what_it_inherits() {
+    let text = GOOD.replace(
+        "      read:  { user: orders_ro, password_env: ORDERS_RO_PASSWORD }\n",
+        "      read:  { user: orders_ro, password_env: ORDERS_RO_PASSWORD, policy: { max_duration: 30m } }\n",
+    );
+    match parse(&text, "p.yaml") {
+        Err(ConfigError::Invalid { message, .. }) => {
+            assert!(message.contains("roles.read.policy.default_duration"), "{message}")
+        }
+        other => panic!("default 1h over the role's max 30m should be refused, got {other:?}"),
+    }
+    let typo = GOOD.replace(
+        "      read:  { user: orders_ro, password_env: ORDERS_RO_PASSWORD }\n",
+        "      read:\n        user: orders_ro\n        policy: { aprovals_required: 2 }\n",
+    );
+    let (line, message) = parse_error(&typo);
+    assert_eq!(line, 16, "the line of the role's policy");
+    assert!(message.contains("aprovals_required"), "{message}");
+}
+
+#[test]
+fn ttl_escalation_and_break_glass_parse() {
+    let text = GOOD.replace(
+        "      auto_approve:",
+        "      pending_ttl: 2h\n      escalation: [ { after: 30m, approvers: { groups: [managers] } }, { after: 1h, approvers: { users: [cto] } } ]\n      break_glass: { groups: [oncall], max_duration: 15m }\n      auto_approve:",
+    );
+    let c = parse(&text, "p.yaml").expect("parses");
+    let p = &super::control_settings(&c).resources[0].policy;
+    assert_eq!(p.pending_ttl.map(|d| d.as_secs()), Some(7200));
+    assert_eq!(p.escalation.len(), 2);
+    assert_eq!(p.break_glass.as_ref().map(|b| b.max_duration.as_secs()), Some(900));
+    let backwards = text.replace("after: 1h", "after: 10m");
+    match parse(&backwards, "p.yaml") {
+        Err(ConfigError::Invalid { message, .. }) => assert!(message.contains("escalation"), "{message}"),
+        other => panic!("escalation steps out of order should be refused, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_example_config_parses() {
+    let text = include_str!("../../examples/portcullis.yaml");
+    let c = parse(text, "examples/portcullis.yaml").expect("examples/portcullis.yaml parses");
+    let orders = super::control_settings(&c)
+        .resources
+        .into_iter()
+        .next()
+        .expect("orders");
+    assert!(orders.policy.approvers.is_some(), "the example names its approvers");
+}

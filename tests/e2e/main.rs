@@ -22,3 +22,4 @@ mod psql;
 mod refusals;
 mod secrets;
 mod workflow;
+mod workflow_rules;

@@ -49,9 +49,18 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
             }
         })?;
         let text: &[u8] = if bytes.trim_ascii().is_empty() { b"{}" } else { &bytes };
-        serde_json::from_slice(text)
-            .map(JsonBody)
-            .map_err(|e| ApiError::BadBody { detail: e.to_string() })
+        // The path names the field at fault even when serde's own message does not (a wrong type).
+        let mut de = serde_json::Deserializer::from_slice(text);
+        serde_path_to_error::deserialize(&mut de).map(JsonBody).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let detail = if path == "." || path.is_empty() {
+                inner.to_string()
+            } else {
+                format!("{path}: {inner}")
+            };
+            ApiError::BadBody { detail }
+        })
     }
 }
 

@@ -18,18 +18,26 @@ pub(crate) async fn list(
     All(all): All,
 ) -> Result<Json<Vec<GrantView>>, ApiError> {
     let grants = state.workflow.list_grants(me, all).await?;
+    let flagged = state.workflow.break_glass_grants().await?;
     let now = time::now();
-    Ok(Json(grants.into_iter().map(|g| GrantView::at(g, now)).collect()))
+    Ok(Json(
+        grants.into_iter().map(|g| GrantView::at(g, now, &flagged)).collect(),
+    ))
 }
 
-/// One grant.
+/// One grant, with its history and its request's.
 pub(crate) async fn get(
     State(state): State<AppState>,
     Caller(me): Caller,
     Id(id): Id,
 ) -> Result<Json<GrantView>, ApiError> {
     let grant = state.workflow.get_grant(me, id).await?;
-    Ok(Json(GrantView::at(grant, time::now())))
+    let history = state
+        .workflow
+        .history(vec![grant.request_id.clone(), grant.id.clone()])
+        .await?;
+    let flagged = state.workflow.break_glass_grants().await?;
+    Ok(Json(GrantView::at(grant, time::now(), &flagged).with_history(history)))
 }
 
 /// Body of `revoke`.
@@ -47,7 +55,8 @@ pub(crate) async fn revoke(
     JsonBody(body): JsonBody<RevokeBody>,
 ) -> Result<Json<GrantView>, ApiError> {
     let grant = state.workflow.revoke(me, id, body.reason).await?;
-    Ok(Json(GrantView::at(grant, time::now())))
+    let flagged = state.workflow.break_glass_grants().await?;
+    Ok(Json(GrantView::at(grant, time::now(), &flagged)))
 }
 
 /// Body of `extend`.
@@ -69,5 +78,6 @@ pub(crate) async fn extend(
         value: body.by.clone(),
     })?;
     let grant = state.workflow.extend(me, id, by).await?;
-    Ok(Json(GrantView::at(grant, time::now())))
+    let flagged = state.workflow.break_glass_grants().await?;
+    Ok(Json(GrantView::at(grant, time::now(), &flagged)))
 }

@@ -19,7 +19,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::{Method, Uri};
 use axum::middleware;
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use portcullis_protocol::sessions::SessionDirectory;
 
 use crate::error::ApiError;
@@ -50,27 +50,55 @@ pub(crate) struct AppState {
     pub gateways: Arc<Gateways>,
 }
 
+/// One route: its method and path as docs/openapi.yaml spells them, and its handler.
+pub(crate) struct Route {
+    /// `get` or `post`, lower case as in OpenAPI.
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "read by the OpenAPI test; the handler carries the method")
+    )]
+    pub method: &'static str,
+    /// The path, with `{id}` for ids.
+    pub path: &'static str,
+    /// What answers it.
+    pub handler: MethodRouter<AppState>,
+}
+
+/// Every route of docs/API.md, in one table: the router is built from it, and
+/// a test checks that docs/openapi.yaml describes each entry.
+pub(crate) fn routes() -> Vec<Route> {
+    let r = |method, path, handler| Route { method, path, handler };
+    vec![
+        r("get", "/healthz", get(health::healthz)),
+        r("get", "/readyz", get(health::readyz)),
+        r("get", "/metrics", get(health::metrics)),
+        r("get", "/v1/whoami", get(users::whoami)),
+        r("get", "/v1/users", get(users::list)),
+        r("post", "/v1/users", post(users::create)),
+        r("get", "/v1/resources", get(resources::list)),
+        r("get", "/v1/requests", get(requests::list)),
+        r("post", "/v1/requests", post(requests::create)),
+        r("get", "/v1/requests/{id}", get(requests::get)),
+        r("post", "/v1/requests/{id}/approve", post(requests::approve)),
+        r("post", "/v1/requests/{id}/deny", post(requests::deny)),
+        r("post", "/v1/requests/{id}/cancel", post(requests::cancel)),
+        r("get", "/v1/grants", get(grants::list)),
+        r("get", "/v1/grants/{id}", get(grants::get)),
+        r("post", "/v1/grants/{id}/revoke", post(grants::revoke)),
+        r("post", "/v1/grants/{id}/extend", post(grants::extend)),
+        r("get", "/v1/sessions", get(sessions::list)),
+        r("post", "/v1/sessions/{id}/kill", post(sessions::kill)),
+    ]
+}
+
 /// Every route of docs/API.md.
 pub(crate) fn router(state: AppState) -> Router {
     let refusals = state.workflow.metrics.api_refusals.clone();
-    Router::new()
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics))
-        .route("/v1/whoami", get(users::whoami))
-        .route("/v1/users", get(users::list).post(users::create))
-        .route("/v1/resources", get(resources::list))
-        .route("/v1/requests", get(requests::list).post(requests::create))
-        .route("/v1/requests/{id}", get(requests::get))
-        .route("/v1/requests/{id}/approve", post(requests::approve))
-        .route("/v1/requests/{id}/deny", post(requests::deny))
-        .route("/v1/requests/{id}/cancel", post(requests::cancel))
-        .route("/v1/grants", get(grants::list))
-        .route("/v1/grants/{id}", get(grants::get))
-        .route("/v1/grants/{id}/revoke", post(grants::revoke))
-        .route("/v1/grants/{id}/extend", post(grants::extend))
-        .route("/v1/sessions", get(sessions::list))
-        .route("/v1/sessions/{id}/kill", post(sessions::kill))
+    // Routing a path twice merges its methods (axum panics only on a method routed twice).
+    let table = routes()
+        .into_iter()
+        .fold(Router::new(), |router, route| router.route(route.path, route.handler));
+    table
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -100,3 +128,6 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
         path: uri.path().to_owned(),
     }
 }
+
+#[cfg(test)]
+mod openapi_test;

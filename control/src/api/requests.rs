@@ -22,6 +22,8 @@ pub(crate) struct NewRequest {
     duration: Option<String>,
     reason: Option<String>,
     start: Option<String>,
+    #[serde(default)]
+    break_glass: bool,
 }
 
 /// Files a request; 201, already `approved` when an auto-approve rule matched.
@@ -53,6 +55,7 @@ pub(crate) async fn create(
         duration,
         reason: body.reason,
         start_at,
+        break_glass: body.break_glass,
     };
     let req = state.workflow.create_request(me, body.resource, ask).await?;
     Ok((StatusCode::CREATED, Json(req.into())))
@@ -68,13 +71,16 @@ pub(crate) async fn list(
     Ok(Json(reqs.into_iter().map(RequestView::from).collect()))
 }
 
-/// One request.
+/// One request, with its history and its grant's.
 pub(crate) async fn get(
     State(state): State<AppState>,
     Caller(me): Caller,
     Id(id): Id,
 ) -> Result<Json<RequestView>, ApiError> {
-    Ok(Json(state.workflow.get_request(me, id).await?.into()))
+    let req = state.workflow.get_request(me, id).await?;
+    let subjects = std::iter::once(req.id.clone()).chain(req.grant_id.clone()).collect();
+    let history = state.workflow.history(subjects).await?;
+    Ok(Json(RequestView::from(req).with_history(history)))
 }
 
 /// Body of `approve`.

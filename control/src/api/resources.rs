@@ -1,5 +1,6 @@
 //! `GET /v1/resources`: the configured resources, their roles, where to
-//! connect, the policy's limits, and what the caller may do there.
+//! connect, the resource policy's limits, and what the caller may do there
+//! (on any role: a role's policy may differ).
 
 use axum::Json;
 use axum::extract::State;
@@ -8,7 +9,7 @@ use serde::Serialize;
 use crate::api::AppState;
 use crate::api::extract::Caller;
 use crate::settings::{ReasonRule, ResourceKind};
-use crate::workflow::policy::{is_approver, may_request};
+use crate::workflow::policy::{approves_any, is_in, may_request};
 
 /// One resource as callers see it; credentials never leave the proxy.
 #[derive(Serialize)]
@@ -23,8 +24,10 @@ pub(crate) struct ResourceView {
     approvals_required: u32,
     reason: &'static str,
     reason_pattern: Option<String>,
+    pending_ttl_s: Option<u64>,
     may_request: bool,
     may_approve: bool,
+    may_break_glass: bool,
 }
 
 /// Every resource, in config order.
@@ -55,8 +58,12 @@ pub(crate) async fn list(State(state): State<AppState>, Caller(me): Caller) -> J
                 approvals_required: p.approvals_required,
                 reason,
                 reason_pattern,
+                pending_ttl_s: p.pending_ttl.map(|d| d.as_secs()),
                 may_request: may_request(p, &me),
-                may_approve: is_approver(p, &me),
+                may_approve: approves_any(r, &me),
+                may_break_glass: r
+                    .policies()
+                    .any(|p| p.break_glass.as_ref().is_some_and(|bg| is_in(&bg.who, &me))),
             }
         })
         .collect();

@@ -5,7 +5,10 @@ use portcullis_protocol::feed::UnixMillis;
 use portcullis_protocol::sessions::SessionInfo;
 use serde::Serialize;
 
+use std::collections::HashSet;
+
 use crate::model::{Approval, Grant, GrantClock, Request, User};
+use crate::store::history::Recorded;
 use crate::time::rfc3339;
 
 /// `User`.
@@ -73,6 +76,42 @@ pub(crate) struct RequestView {
     approvals_required: u32,
     grant_id: Option<String>,
     auto_approved: bool,
+    break_glass: bool,
+    escalation_level: u32,
+    pending_until: Option<String>,
+    /// Only on `GET /v1/requests/{id}`: every transition of the request and its grant.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    history: Option<Vec<HistoryView>>,
+}
+
+impl RequestView {
+    /// The view with its history, as one request is shown.
+    pub(crate) fn with_history(mut self, history: Vec<Recorded>) -> RequestView {
+        self.history = Some(history.into_iter().map(HistoryView::from).collect());
+        self
+    }
+}
+
+/// One history entry: who did what, when and why.
+#[derive(Serialize)]
+pub(crate) struct HistoryView {
+    at: String,
+    actor: String,
+    action: String,
+    subject: String,
+    detail: serde_json::Value,
+}
+
+impl From<Recorded> for HistoryView {
+    fn from(e: Recorded) -> Self {
+        HistoryView {
+            at: rfc3339(e.at),
+            actor: e.actor,
+            action: e.action,
+            subject: e.subject,
+            detail: e.detail,
+        }
+    }
 }
 
 impl From<Request> for RequestView {
@@ -94,6 +133,10 @@ impl From<Request> for RequestView {
             approvals_required: r.approvals_required,
             grant_id: r.grant_id,
             auto_approved: r.auto_approved,
+            break_glass: r.break_glass,
+            escalation_level: r.escalation_level,
+            pending_until: r.pending_until.map(rfc3339),
+            history: None,
         }
     }
 }
@@ -113,11 +156,16 @@ pub(crate) struct GrantView {
     revoked_at: Option<String>,
     revoked_by: Option<String>,
     revoke_reason: Option<String>,
+    break_glass: bool,
+    /// Only on `GET /v1/grants/{id}`: every transition of the grant and its request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    history: Option<Vec<HistoryView>>,
 }
 
 impl GrantView {
-    /// The view of `g` at `now`.
-    pub(crate) fn at(g: Grant, now: UnixMillis) -> GrantView {
+    /// The view of `g` at `now`; `break_glass` holds the ids of break-glass grants.
+    pub(crate) fn at(g: Grant, now: UnixMillis, break_glass: &HashSet<String>) -> GrantView {
+        let flagged = break_glass.contains(&g.id);
         let state = g.state(now).as_str();
         let (revoked_at, revoked_by, revoke_reason) = match g.revoked {
             Some(r) => (Some(rfc3339(r.at)), Some(r.by), r.reason),
@@ -136,7 +184,15 @@ impl GrantView {
             revoked_at,
             revoked_by,
             revoke_reason,
+            break_glass: flagged,
+            history: None,
         }
+    }
+
+    /// The view with its history, as one grant is shown.
+    pub(crate) fn with_history(mut self, history: Vec<Recorded>) -> GrantView {
+        self.history = Some(history.into_iter().map(HistoryView::from).collect());
+        self
     }
 }
 

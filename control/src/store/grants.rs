@@ -32,12 +32,12 @@ fn row_to_grant(row: &rusqlite::Row<'_>) -> rusqlite::Result<Grant> {
     })
 }
 
-/// Inserts a new grant.
-pub(crate) fn insert(conn: &Connection, g: &Grant) -> rusqlite::Result<()> {
+/// Inserts a new grant made at `now` (a later start is recorded when it comes).
+pub(crate) fn insert(conn: &Connection, g: &Grant, now: UnixMillis) -> rusqlite::Result<()> {
     conn.execute(
         "INSERT INTO grants (id, request_id, user_name, resource, role, starts_at, expires_at,
-                             revoked_at, revoked_by, revoke_reason)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                             revoked_at, revoked_by, revoke_reason, start_noted)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         params![
             g.id,
             g.request_id,
@@ -48,7 +48,8 @@ pub(crate) fn insert(conn: &Connection, g: &Grant) -> rusqlite::Result<()> {
             g.expires_at,
             g.revoked.as_ref().map(|r| r.at),
             g.revoked.as_ref().map(|r| r.by.as_str()),
-            g.revoked.as_ref().and_then(|r| r.reason.as_deref())
+            g.revoked.as_ref().and_then(|r| r.reason.as_deref()),
+            g.starts_at <= now
         ],
     )?;
     Ok(())
@@ -101,5 +102,61 @@ pub(crate) fn revoke(conn: &Connection, id: &str, r: &Revocation) -> rusqlite::R
         "UPDATE grants SET revoked_at = ?2, revoked_by = ?3, revoke_reason = ?4 WHERE id = ?1 AND revoked_at IS NULL",
         params![id, r.at, r.by, r.reason],
     )?;
+    Ok(())
+}
+
+/// Ids of the grants whose request was a break-glass self-grant.
+pub(crate) fn break_glass_ids(conn: &Connection) -> rusqlite::Result<std::collections::HashSet<String>> {
+    let mut stmt = conn
+        .prepare_cached("SELECT g.id FROM grants g JOIN requests r ON r.id = g.request_id WHERE r.break_glass = 1")?;
+    let rows = stmt.query_map([], |r| r.get(0))?;
+    rows.collect()
+}
+
+/// A grant whose clock events are not all in history yet.
+pub(crate) struct Unnoted {
+    /// The grant.
+    pub grant: Grant,
+    /// The deadline an "expiring soon" event was recorded for, if any.
+    pub expiring_noted_for: Option<UnixMillis>,
+    /// Its start is in history (or it started when it was made).
+    pub start_noted: bool,
+}
+
+/// Live or just-ended grants whose expiry is not yet in history.
+pub(crate) fn unnoted(conn: &Connection) -> rusqlite::Result<Vec<Unnoted>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, request_id, user_name, resource, role, starts_at, expires_at,
+                revoked_at, revoked_by, revoke_reason, expiring_noted_for, start_noted
+         FROM grants WHERE revoked_at IS NULL AND expiry_noted = 0 ORDER BY expires_at, rowid",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(Unnoted {
+            grant: row_to_grant(r)?,
+            expiring_noted_for: r.get(10)?,
+            start_noted: r.get(11)?,
+        })
+    })?;
+    rows.collect()
+}
+
+/// Records that a scheduled grant's start is in history.
+pub(crate) fn note_started(conn: &Connection, id: &str) -> rusqlite::Result<()> {
+    conn.execute("UPDATE grants SET start_noted = 1 WHERE id = ?1", [id])?;
+    Ok(())
+}
+
+/// Records that "expiring soon" was noted for the deadline `expires_at`.
+pub(crate) fn note_expiring(conn: &Connection, id: &str, expires_at: UnixMillis) -> rusqlite::Result<()> {
+    conn.execute(
+        "UPDATE grants SET expiring_noted_for = ?2 WHERE id = ?1",
+        params![id, expires_at],
+    )?;
+    Ok(())
+}
+
+/// Records that the grant's expiry is in history.
+pub(crate) fn note_expired(conn: &Connection, id: &str) -> rusqlite::Result<()> {
+    conn.execute("UPDATE grants SET expiry_noted = 1 WHERE id = ?1", [id])?;
     Ok(())
 }

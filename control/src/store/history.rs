@@ -5,19 +5,23 @@ use portcullis_protocol::feed::UnixMillis;
 use rusqlite::{Connection, params};
 use serde_json::Value;
 
-/// Actor of transitions no person made (auto-approval). Not a valid user
-/// name, so it cannot be mistaken for one.
-pub(crate) const POLICY_ACTOR: &str = "(policy)";
-
-/// Actor of what Portcullis does on its own (creating `admin` on first start).
+/// Actor of what Portcullis does on its own (creating `admin` on first
+/// start, expiring and escalating requests). Not a valid user name, so it
+/// cannot be mistaken for one.
 pub(crate) const SYSTEM_ACTOR: &str = "(portcullis)";
+
+/// Actor of an auto-approval: `auto-approve rule N` (N from 1). The space
+/// makes it no valid user name either.
+pub(crate) fn auto_rule_actor(rule: usize) -> String {
+    format!("auto-approve rule {rule}")
+}
 
 /// One recorded transition.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Entry {
     /// When.
     pub at: UnixMillis,
-    /// Who: a user name, or `POLICY_ACTOR`.
+    /// Who: a user name, `SYSTEM_ACTOR` or an auto-approve rule.
     pub actor: String,
     /// What, e.g. `request.approve`.
     pub action: &'static str,
@@ -32,6 +36,49 @@ pub(crate) fn record(conn: &Connection, e: &Entry) -> rusqlite::Result<()> {
     conn.prepare_cached("INSERT INTO history (at, actor, action, subject, detail) VALUES (?1, ?2, ?3, ?4, ?5)")?
         .execute(params![e.at, e.actor, e.action, e.subject, e.detail.to_string()])?;
     Ok(())
+}
+
+/// A recorded entry as read back.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Recorded {
+    /// When.
+    pub at: UnixMillis,
+    /// Who.
+    pub actor: String,
+    /// What.
+    pub action: String,
+    /// The id it concerns.
+    pub subject: String,
+    /// Why and the details.
+    pub detail: Value,
+}
+
+/// Every entry about any of `subjects`, in the order they were recorded.
+pub(crate) fn of(conn: &Connection, subjects: &[&str]) -> rusqlite::Result<Vec<Recorded>> {
+    let mut out = Vec::new();
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, at, actor, action, subject, COALESCE(detail, 'null') FROM history WHERE subject = ?1 ORDER BY seq",
+    )?;
+    for subject in subjects {
+        let rows = stmt.query_map([subject], |r| {
+            let detail: String = r.get(5)?;
+            Ok((
+                r.get::<_, i64>(0)?,
+                Recorded {
+                    at: r.get(1)?,
+                    actor: r.get(2)?,
+                    action: r.get(3)?,
+                    subject: r.get(4)?,
+                    detail: serde_json::from_str(&detail).unwrap_or(Value::Null),
+                },
+            ))
+        })?;
+        for row in rows {
+            out.push(row?);
+        }
+    }
+    out.sort_by_key(|(seq, _)| *seq);
+    Ok(out.into_iter().map(|(_, e)| e).collect())
 }
 
 /// The entries about one subject, oldest first: (actor, action, detail).

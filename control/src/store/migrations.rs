@@ -18,10 +18,11 @@ pub(crate) struct Migration {
 }
 
 /// Every migration, oldest first. Append only: never edit one that shipped.
-pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "users, requests, approvals, grants, history",
-    sql: r#"
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "users, requests, approvals, grants, history",
+        sql: r#"
 CREATE TABLE users (
     name            TEXT PRIMARY KEY,
     groups          TEXT NOT NULL DEFAULT '[]',
@@ -86,7 +87,27 @@ CREATE TRIGGER history_is_kept_forever_update BEFORE UPDATE ON history
 CREATE TRIGGER history_is_kept_forever_delete BEFORE DELETE ON history
     BEGIN SELECT RAISE(ABORT, 'history is append-only'); END;
 "#,
-}];
+    },
+    Migration {
+        version: 2,
+        name: "break-glass, escalation and pending TTL of requests; grant expiry notes",
+        sql: r#"
+ALTER TABLE requests ADD COLUMN break_glass INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE requests ADD COLUMN escalation_level INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE requests ADD COLUMN pending_until INTEGER;
+-- Requests already pending get the default TTL (24h) from when they were made.
+UPDATE requests SET pending_until = created_at + 86400000 WHERE state = 'pending';
+-- The deadline an "expiring soon" event was recorded for, whether the
+-- grant's expiry was recorded, and whether its scheduled start was; grants that ended before this migration count as recorded.
+ALTER TABLE grants ADD COLUMN expiring_noted_for INTEGER;
+ALTER TABLE grants ADD COLUMN expiry_noted INTEGER NOT NULL DEFAULT 0;
+-- 0 while a scheduled grant's start is not yet in history.
+ALTER TABLE grants ADD COLUMN start_noted INTEGER NOT NULL DEFAULT 1;
+UPDATE grants SET expiry_noted = 1
+    WHERE revoked_at IS NOT NULL OR expires_at <= CAST(strftime('%s', 'now') AS INTEGER) * 1000;
+"#,
+    },
+];
 
 /// Applies every migration the store lacks; answers the versions applied now.
 pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<Vec<i64>, ControlError> {

@@ -9,7 +9,8 @@ use crate::model::{Approval, Request, RequestState};
 
 /// The request columns, with the grant id joined in.
 const SELECT: &str = "SELECT r.id, r.user_name, r.resource, r.role, r.state, r.reason, r.duration_ms, r.start_at,
-        r.created_at, r.decided_at, r.decided_by, r.decision_reason, r.approvals_required, r.auto_approved, g.id
+        r.created_at, r.decided_at, r.decided_by, r.decision_reason, r.approvals_required, r.auto_approved, g.id,
+        r.break_glass, r.escalation_level, r.pending_until
      FROM requests r LEFT JOIN grants g ON g.request_id = r.id";
 
 fn row_to_request(row: &rusqlite::Row<'_>) -> rusqlite::Result<Request> {
@@ -34,6 +35,9 @@ fn row_to_request(row: &rusqlite::Row<'_>) -> rusqlite::Result<Request> {
         approvals_required: row.get(12)?,
         auto_approved: row.get(13)?,
         grant_id: row.get(14)?,
+        break_glass: row.get(15)?,
+        escalation_level: row.get(16)?,
+        pending_until: row.get(17)?,
     })
 }
 
@@ -59,8 +63,9 @@ fn with_approvals(conn: &Connection, mut req: Request) -> rusqlite::Result<Reque
 pub(crate) fn insert(conn: &Connection, r: &Request) -> rusqlite::Result<()> {
     conn.execute(
         "INSERT INTO requests (id, user_name, resource, role, state, reason, duration_ms, start_at, created_at,
-                               decided_at, decided_by, decision_reason, approvals_required, auto_approved)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                               decided_at, decided_by, decision_reason, approvals_required, auto_approved,
+                               break_glass, pending_until)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
         params![
             r.id,
             r.user,
@@ -75,7 +80,9 @@ pub(crate) fn insert(conn: &Connection, r: &Request) -> rusqlite::Result<()> {
             r.decided_by,
             r.decision_reason,
             r.approvals_required,
-            r.auto_approved
+            r.auto_approved,
+            r.break_glass,
+            r.pending_until
         ],
     )?;
     Ok(())
@@ -108,6 +115,20 @@ pub(crate) fn add_approval(conn: &Connection, id: &str, a: &Approval) -> rusqlit
     conn.execute(
         "INSERT INTO approvals (request_id, approver, comment, at) VALUES (?1, ?2, ?3, ?4)",
         params![id, a.by, a.comment, a.at],
+    )?;
+    Ok(())
+}
+
+/// Pending requests, oldest first.
+pub(crate) fn pending(conn: &Connection) -> rusqlite::Result<Vec<Request>> {
+    list(conn, false)
+}
+
+/// Records that a pending request reached escalation step `level`.
+pub(crate) fn set_escalation(conn: &Connection, id: &str, level: u32) -> rusqlite::Result<()> {
+    conn.execute(
+        "UPDATE requests SET escalation_level = ?2 WHERE id = ?1 AND state = 'pending'",
+        params![id, level],
     )?;
     Ok(())
 }

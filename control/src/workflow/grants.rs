@@ -5,15 +5,14 @@ use std::time::Duration;
 
 use portcullis_protocol::duration;
 use portcullis_protocol::feed::{FeedEvent, Revocation};
-use serde_json::json;
 
 use crate::error::ApiError;
 use crate::model::{Grant, User};
-use crate::store::grants;
+use crate::store::{grants, requests};
 use crate::time;
 use crate::workflow::Workflow;
+use crate::workflow::events::{Event, emit};
 use crate::workflow::policy;
-use crate::workflow::requests::record;
 
 impl Workflow {
     /// Ends a grant now; its live sessions are cut when proxies hear of it.
@@ -34,14 +33,10 @@ impl Workflow {
                     at: now,
                 };
                 grants::revoke(&tx, &id, &revocation)?;
-                record(
-                    &tx,
-                    now,
-                    &caller.name,
-                    "grant.revoke",
-                    &id,
-                    json!({ "reason": revocation.reason }),
-                )?;
+                let event = Event::Revoked {
+                    reason: revocation.reason.as_deref(),
+                };
+                emit(&tx, now, &caller.name, &id, &event)?;
                 grant.revoked = Some(revocation);
                 this.commit(tx, vec![FeedEvent::Grant(grant.clone())])?;
                 this.metrics.grant_changes.with_label_values(&["revoked"]).inc();
@@ -60,23 +55,20 @@ impl Workflow {
                 let tx = conn.transaction()?;
                 let mut grant = grants::get(&tx, &id)?.ok_or_else(|| unknown(&id))?;
                 let resource = this.catalog.existing(&grant.resource)?;
-                let expires_at = policy::check_extend(resource, &grant, &caller, by, now)?;
+                let req = requests::get(&tx, &grant.request_id)?.ok_or_else(|| unknown(&id))?;
+                let expires_at = policy::check_extend(resource, &req, &grant, &caller, by, now)?;
                 grants::set_expires(&tx, &id, expires_at)?;
-                record(
-                    &tx,
-                    now,
-                    &caller.name,
-                    "grant.extend",
-                    &id,
-                    json!({
-                        "by": duration::format(by),
-                        "from": time::rfc3339(grant.expires_at),
-                        "to": time::rfc3339(expires_at),
-                    }),
-                )?;
+                let event = Event::Extended {
+                    by,
+                    from: grant.expires_at,
+                    to: expires_at,
+                };
+                emit(&tx, now, &caller.name, &id, &event)?;
                 grant.expires_at = expires_at;
                 this.commit(tx, vec![FeedEvent::Grant(grant.clone())])?;
                 this.metrics.grant_changes.with_label_values(&["extended"]).inc();
+                // The deadline moved, and with it the expiry task's next one.
+                this.expiry.notify_one();
                 tracing::info!(grant = %id, by = %caller.name, extension = %duration::format(by), "grant extended");
                 Ok(grant)
             })

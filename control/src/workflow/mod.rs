@@ -2,6 +2,8 @@
 //! made in one store transaction that also records history, then published to
 //! the feed before the store is released (so revisions follow commit order).
 
+pub(crate) mod events;
+pub(crate) mod expiry;
 pub(crate) mod grants;
 pub(crate) mod policy;
 pub(crate) mod queries;
@@ -13,6 +15,7 @@ use std::sync::Arc;
 
 use portcullis_protocol::feed::FeedEvent;
 use rusqlite::Transaction;
+use tokio::sync::Notify;
 
 use crate::catalog::Catalog;
 use crate::error::ApiError;
@@ -32,6 +35,8 @@ pub(crate) struct Workflow {
     pub feed: Arc<FeedHub>,
     /// Counters.
     pub metrics: Metrics,
+    /// Wakes the expiry task when a new request may bring its next deadline closer.
+    pub expiry: Arc<Notify>,
 }
 
 impl Workflow {
@@ -43,6 +48,10 @@ impl Workflow {
         self.metrics
             .feed_revision
             .set(i64::try_from(self.feed.revision()).unwrap_or(i64::MAX));
+        // The feed mirrors every pending request, so it counts them for free.
+        self.metrics
+            .pending
+            .set(i64::try_from(self.feed.pending_count()).unwrap_or(i64::MAX));
         Ok(())
     }
 }

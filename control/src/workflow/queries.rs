@@ -1,12 +1,15 @@
 //! What each caller may see: admins see everything; others see their own
 //! requests and grants and those on resources they approve.
 
+use std::collections::HashSet;
+
 use crate::error::ApiError;
 use crate::model::{Grant, Request, User};
+use crate::store::history::{self, Recorded};
 use crate::store::{grants, requests};
 use crate::time;
 use crate::workflow::Workflow;
-use crate::workflow::policy::may_oversee;
+use crate::workflow::policy::{may_oversee, may_see_request};
 
 impl Workflow {
     fn may_see(&self, resource: &str, owner: &str, caller: &User) -> bool {
@@ -19,7 +22,7 @@ impl Workflow {
         self.store
             .call(move |conn| {
                 let mut list = requests::list(conn, all)?;
-                list.retain(|r| this.may_see(&r.resource, &r.user, &caller));
+                list.retain(|r| may_see_request(this.catalog.get(&r.resource), r, &caller));
                 Ok(list)
             })
             .await
@@ -31,7 +34,7 @@ impl Workflow {
         self.store
             .call(move |conn| {
                 let req = requests::get(conn, &id)?.ok_or_else(|| ApiError::UnknownRequest { id: id.clone() })?;
-                if this.may_see(&req.resource, &req.user, &caller) {
+                if may_see_request(this.catalog.get(&req.resource), &req, &caller) {
                     Ok(req)
                 } else {
                     Err(ApiError::HiddenRequest { id })
@@ -69,5 +72,21 @@ impl Workflow {
                 }
             })
             .await
+    }
+
+    /// Every history entry about these requests and grants, oldest first.
+    /// Callers check visibility first (they fetched the request or grant).
+    pub(crate) async fn history(&self, subjects: Vec<String>) -> Result<Vec<Recorded>, ApiError> {
+        self.store
+            .call(move |conn| {
+                let refs: Vec<&str> = subjects.iter().map(String::as_str).collect();
+                Ok(history::of(conn, &refs)?)
+            })
+            .await
+    }
+
+    /// Ids of the grants break-glass created (few: it is for emergencies).
+    pub(crate) async fn break_glass_grants(&self) -> Result<HashSet<String>, ApiError> {
+        self.store.call(|conn| Ok(grants::break_glass_ids(conn)?)).await
     }
 }

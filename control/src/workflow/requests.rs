@@ -4,19 +4,19 @@
 
 use portcullis_protocol::feed::FeedEvent;
 use rusqlite::Connection;
-use serde_json::json;
 
 use crate::error::ApiError;
 use crate::ids::{self, new_id};
 use crate::model::{Approval, Grant, Request, RequestState, User};
-use crate::store::history::{self, Entry, POLICY_ACTOR};
-use crate::store::{grants, requests};
+use crate::store::{grants, history, requests};
 use crate::time::{self, millis};
 use crate::workflow::Workflow;
+use crate::workflow::events::{Event, emit};
 use crate::workflow::policy::{self, Ask};
 
 impl Workflow {
-    /// Files a request for `resource`; approved at once when an auto-approve rule matches.
+    /// Files a request for `resource`; approved at once when an auto-approve
+    /// rule matches or the requester breaks the glass.
     pub(crate) async fn create_request(&self, caller: User, resource: String, ask: Ask) -> Result<Request, ApiError> {
         let this = self.clone();
         let result = self
@@ -24,6 +24,7 @@ impl Workflow {
             .call(move |conn| this.create_blocking(conn, &caller, &resource, &ask))
             .await;
         let outcome = match &result {
+            Ok(r) if r.break_glass => "break_glass",
             Ok(r) if r.auto_approved => "auto_approved",
             Ok(_) => "pending",
             Err(_) => "refused",
@@ -42,6 +43,8 @@ impl Workflow {
         let now = time::now();
         let resource = self.catalog.lookup(resource)?;
         let plan = policy::plan_request(resource, caller, ask, now)?;
+        let policy = resource.policy(&plan.role);
+        let at_once = plan.auto_rule.is_some() || plan.break_glass;
         let mut req = Request {
             id: new_id(ids::REQUEST)?,
             user: caller.name.clone(),
@@ -56,42 +59,60 @@ impl Workflow {
             decided_by: None,
             decision_reason: None,
             approvals: Vec::new(),
-            approvals_required: resource.settings.policy.approvals_required,
+            approvals_required: policy.approvals_required,
             grant_id: None,
-            auto_approved: plan.auto_approved,
+            auto_approved: plan.auto_rule.is_some(),
+            break_glass: plan.break_glass,
+            escalation_level: 0,
+            pending_until: policy
+                .pending_ttl
+                .filter(|_| !at_once)
+                .map(|ttl| now.saturating_add(millis(ttl))),
         };
         let tx = conn.transaction()?;
         let mut events = Vec::new();
-        if plan.auto_approved {
+        if at_once {
+            let (actor, note) = match plan.auto_rule {
+                Some(rule) => (
+                    history::auto_rule_actor(rule),
+                    format!("auto-approved by rule {rule} of {}'s policy", req.resource),
+                ),
+                None => (caller.name.clone(), "break-glass: granted by the requester".to_owned()),
+            };
             req.state = RequestState::Approved;
             req.decided_at = Some(now);
-            req.decision_reason = Some(format!("auto-approved by a rule of {}'s policy", req.resource));
+            req.decided_by = Some(actor.clone());
+            req.decision_reason = Some(note);
             requests::insert(&tx, &req)?;
-            record(&tx, now, &caller.name, "request.create", &req.id, request_detail(&req))?;
+            emit(&tx, now, &caller.name, &req.id, &Event::Requested(&req))?;
+            match plan.auto_rule {
+                Some(rule) => emit(&tx, now, &actor, &req.id, &Event::AutoApproved { rule })?,
+                None => emit(&tx, now, &actor, &req.id, &Event::BreakGlassUsed(&req))?,
+            }
             let grant = new_grant(&req, now)?;
-            grants::insert(&tx, &grant)?;
-            record(
-                &tx,
-                now,
-                POLICY_ACTOR,
-                "request.auto_approve",
-                &req.id,
-                json!({ "grant_id": grant.id }),
-            )?;
-            record(&tx, now, POLICY_ACTOR, "grant.create", &grant.id, grant_detail(&grant))?;
+            grants::insert(&tx, &grant, now)?;
+            emit(&tx, now, &actor, &grant.id, &Event::GrantCreated(&grant))?;
             events.push(FeedEvent::Grant(grant.clone()));
             req.grant_id = Some(grant.id);
             self.metrics.grant_changes.with_label_values(&["created"]).inc();
         } else {
             requests::insert(&tx, &req)?;
-            record(&tx, now, &caller.name, "request.create", &req.id, request_detail(&req))?;
+            emit(&tx, now, &caller.name, &req.id, &Event::Requested(&req))?;
             events.push(FeedEvent::Pending(req.pending_entry()));
         }
         self.commit(tx, events)?;
+        if req.break_glass {
+            // Loud on purpose: break-glass skips every approver.
+            tracing::warn!(
+                request = %req.id, user = %req.user, resource = %req.resource, role = %req.role,
+                "break-glass: access self-granted"
+            );
+        }
         tracing::info!(
             request = %req.id, user = %req.user, resource = %req.resource, role = %req.role,
-            auto_approved = req.auto_approved, "request filed"
+            auto_approved = req.auto_approved, break_glass = req.break_glass, "request filed"
         );
+        self.expiry.notify_one();
         Ok(req)
     }
 
@@ -123,18 +144,17 @@ impl Workflow {
             at: now,
         };
         requests::add_approval(&tx, id, &approval)?;
-        record(
-            &tx,
-            now,
-            &caller.name,
-            "request.approve",
-            id,
-            json!({ "comment": comment }),
-        )?;
+        let event = Event::Approved {
+            comment: comment.as_deref(),
+            approvals: req.approvals.len() + 1,
+            required: req.approvals_required,
+            last,
+        };
+        emit(&tx, now, &caller.name, id, &event)?;
         let mut events = Vec::new();
         if last {
             let grant = new_grant(&req, now)?;
-            grants::insert(&tx, &grant)?;
+            grants::insert(&tx, &grant, now)?;
             requests::decide(
                 &tx,
                 id,
@@ -143,7 +163,7 @@ impl Workflow {
                 Some(&caller.name),
                 comment.as_deref(),
             )?;
-            record(&tx, now, &caller.name, "grant.create", &grant.id, grant_detail(&grant))?;
+            emit(&tx, now, &caller.name, &grant.id, &Event::GrantCreated(&grant))?;
             events.push(FeedEvent::PendingClosed {
                 request_id: id.to_owned(),
             });
@@ -151,7 +171,9 @@ impl Workflow {
         }
         self.commit(tx, events)?;
         if last {
-            self.metrics.decisions.with_label_values(&["approved"]).inc();
+            // A new grant: its "expiring soon" and expiry are the expiry task's to record.
+            self.expiry.notify_one();
+            self.metrics.decided("approved", req.created_at, now);
             self.metrics.grant_changes.with_label_values(&["created"]).inc();
             let waited = time::duration(now.saturating_sub(req.created_at));
             self.metrics.time_to_approve.observe(waited.as_secs_f64());
@@ -171,9 +193,9 @@ impl Workflow {
                 let resource = this.catalog.existing(&req.resource)?;
                 let reason = policy::check_deny(resource, &req, &caller, reason.as_deref())?;
                 requests::decide(&tx, &id, RequestState::Denied, now, Some(&caller.name), Some(&reason))?;
-                record(&tx, now, &caller.name, "request.deny", &id, json!({ "reason": reason }))?;
+                emit(&tx, now, &caller.name, &id, &Event::Denied { reason: &reason })?;
                 this.commit(tx, vec![FeedEvent::PendingClosed { request_id: id.clone() }])?;
-                this.metrics.decisions.with_label_values(&["denied"]).inc();
+                this.metrics.decided("denied", req.created_at, now);
                 tracing::info!(request = %id, approver = %caller.name, "request denied");
                 requests::get(conn, &id)?.ok_or_else(|| unknown(&id))
             })
@@ -190,9 +212,9 @@ impl Workflow {
                 let req = requests::get(&tx, &id)?.ok_or_else(|| unknown(&id))?;
                 policy::check_cancel(&req, &caller)?;
                 requests::decide(&tx, &id, RequestState::Cancelled, now, Some(&caller.name), None)?;
-                record(&tx, now, &caller.name, "request.cancel", &id, serde_json::Value::Null)?;
+                emit(&tx, now, &caller.name, &id, &Event::Cancelled)?;
                 this.commit(tx, vec![FeedEvent::PendingClosed { request_id: id.clone() }])?;
-                this.metrics.decisions.with_label_values(&["cancelled"]).inc();
+                this.metrics.decided("cancelled", req.created_at, now);
                 tracing::info!(request = %id, user = %caller.name, "request cancelled");
                 requests::get(conn, &id)?.ok_or_else(|| unknown(&id))
             })
@@ -217,49 +239,4 @@ fn new_grant(req: &Request, now: i64) -> Result<Grant, ApiError> {
         expires_at,
         revoked: None,
     })
-}
-
-fn request_detail(req: &Request) -> serde_json::Value {
-    json!({
-        "user": req.user,
-        "resource": req.resource,
-        "role": req.role,
-        "reason": req.reason,
-        "duration_s": req.duration_ms / 1000,
-        "start_at": req.start_at.map(time::rfc3339),
-    })
-}
-
-/// What history keeps about a grant.
-pub(crate) fn grant_detail(g: &Grant) -> serde_json::Value {
-    json!({
-        "request_id": g.request_id,
-        "user": g.user,
-        "resource": g.resource,
-        "role": g.role,
-        "starts_at": time::rfc3339(g.starts_at),
-        "expires_at": time::rfc3339(g.expires_at),
-    })
-}
-
-/// Appends one history entry.
-pub(crate) fn record(
-    conn: &Connection,
-    at: i64,
-    actor: &str,
-    action: &'static str,
-    subject: &str,
-    detail: serde_json::Value,
-) -> Result<(), ApiError> {
-    history::record(
-        conn,
-        &Entry {
-            at,
-            actor: actor.to_owned(),
-            action,
-            subject: subject.to_owned(),
-            detail,
-        },
-    )?;
-    Ok(())
 }

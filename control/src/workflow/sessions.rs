@@ -9,8 +9,8 @@ use crate::error::ApiError;
 use crate::model::User;
 use crate::time;
 use crate::workflow::Workflow;
+use crate::workflow::events::record;
 use crate::workflow::policy::may_oversee;
-use crate::workflow::requests::record;
 
 impl Workflow {
     /// The live sessions `caller` may see, in start order.

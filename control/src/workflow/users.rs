@@ -11,7 +11,7 @@ use crate::store::users::{self, NewUser};
 use crate::time;
 use crate::token::{self, StoredToken};
 use crate::workflow::Workflow;
-use crate::workflow::requests::record;
+use crate::workflow::events::record;
 
 /// Longest user or group name.
 const MAX_NAME: usize = 63;

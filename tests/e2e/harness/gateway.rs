@@ -87,6 +87,9 @@ pub struct GatewayOptions {
     pub upstream_tls: &'static str,
     /// `ca_file:` of `orders`.
     pub upstream_ca: Option<PathBuf>,
+    /// More lines of `orders`' policy, each indented six spaces
+    /// (e.g. `      pending_ttl: 1s\n`).
+    pub policy_extra: String,
 }
 
 impl Default for GatewayOptions {
@@ -104,6 +107,7 @@ impl Default for GatewayOptions {
             log_filter: None,
             upstream_tls: "disable",
             upstream_ca: None,
+            policy_extra: String::new(),
         }
     }
 }
@@ -465,6 +469,7 @@ fn config_yaml(
     if opts.reason_required {
         policy.push_str("      reason: required\n");
     }
+    policy.push_str(&opts.policy_extra);
     let mut upstream_tls = format!("tls: {}", opts.upstream_tls);
     if let Some(ca) = &opts.upstream_ca {
         let _ = write!(upstream_tls, "\n    ca_file: {}", ca.display());

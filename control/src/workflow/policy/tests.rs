@@ -23,6 +23,7 @@ fn resource(policy: Policy) -> Resource {
         kind: ResourceKind::Postgres,
         roles: vec!["read".to_owned(), "admin".to_owned()],
         policy,
+        role_policies: Default::default(),
     })
     .expect("valid resource")
 }
@@ -57,6 +58,9 @@ fn pending(requester: &str, approvals_required: u32) -> Request {
         approvals_required,
         grant_id: None,
         auto_approved: false,
+        break_glass: false,
+        escalation_level: 0,
+        pending_until: None,
     }
 }
 
@@ -79,6 +83,7 @@ fn ask(role: &str, secs: u64, reason: &str) -> Ask {
         duration: Some(Duration::from_secs(secs)),
         reason: Some(reason.to_owned()),
         start_at: None,
+        break_glass: false,
     }
 }
 
@@ -93,14 +98,119 @@ fn self_approval_is_refused_even_for_an_admin_approver() {
 }
 
 #[test]
-fn admins_approve_only_where_no_approvers_are_named() {
+fn the_admin_right_alone_never_approves() {
     let admin = user("admin", &[], true);
     let named = check_approve(&orders(), &pending("alice", 1), &admin).expect_err("not named");
-    assert!(matches!(named, ApiError::NotApprover { .. }));
+    assert!(
+        named.to_string().contains("the admin right alone does not approve"),
+        "{named}"
+    );
     let open = resource(Policy::default());
-    assert!(check_approve(&open, &pending("alice", 1), &admin).expect("admin approves"));
+    let none = check_approve(&open, &pending("alice", 1), &admin).expect_err("no approvers named");
+    assert!(none.to_string().contains("names no approvers"), "{none}");
     let bob = user("bob", &[], false);
     assert!(check_approve(&open, &pending("alice", 1), &bob).is_err());
+}
+
+#[test]
+fn a_role_overrides_the_resource_policy() {
+    let base = Policy {
+        approvers: Some(Principals {
+            users: vec!["carol".to_owned(), "dave".to_owned()],
+            groups: Vec::new(),
+        }),
+        ..Policy::default()
+    };
+    let strict = Policy {
+        approvals_required: 2,
+        max_duration: Duration::from_secs(1800),
+        default_duration: Duration::from_secs(900),
+        ..base.clone()
+    };
+    let r = Resource::new(ResourceSettings {
+        name: "orders".to_owned(),
+        kind: ResourceKind::Postgres,
+        roles: vec!["read".to_owned(), "admin".to_owned()],
+        policy: base,
+        role_policies: [("admin".to_owned(), strict)].into_iter().collect(),
+    })
+    .expect("valid");
+    let alice = user("alice", &[], false);
+    assert!(plan_request(&r, &alice, &ask("read", 3600, "x"), NOW).is_ok());
+    let err = plan_request(&r, &alice, &ask("admin", 3600, "x"), NOW).expect_err("admin role caps at 30m");
+    assert!(err.to_string().contains("30m"), "{err}");
+    assert_eq!(r.policy("admin").approvals_required, 2);
+    assert_eq!(r.policy("read").approvals_required, 1);
+}
+
+#[test]
+fn escalation_steps_add_approvers_once_reached() {
+    let r = resource(Policy {
+        approvers: Some(Principals {
+            users: vec!["carol".to_owned()],
+            groups: Vec::new(),
+        }),
+        escalation: vec![crate::settings::Escalation {
+            after: Duration::from_secs(60),
+            approvers: Principals {
+                users: Vec::new(),
+                groups: vec!["managers".to_owned()],
+            },
+        }],
+        ..Policy::default()
+    });
+    let mia = user("mia", &["managers"], false);
+    let mut req = pending("alice", 1);
+    assert!(check_approve(&r, &req, &mia).is_err(), "not before the step");
+    req.escalation_level = 1;
+    assert!(check_approve(&r, &req, &mia).expect("escalated approver"));
+}
+
+#[test]
+fn break_glass_needs_the_right_a_reason_and_stays_under_the_cap() {
+    let r = resource(Policy {
+        break_glass: Some(crate::settings::BreakGlass {
+            who: Principals {
+                users: Vec::new(),
+                groups: vec!["oncall".to_owned()],
+            },
+            max_duration: Duration::from_secs(900),
+        }),
+        ..Policy::default()
+    });
+    let olga = user("olga", &["oncall"], false);
+    let mut a = ask("read", 600, "prod down");
+    a.break_glass = true;
+    let plan = plan_request(&r, &olga, &a, NOW).expect("break-glass");
+    assert!(plan.break_glass && plan.auto_rule.is_none());
+    let err = plan_request(&r, &user("bob", &[], false), &a, NOW).expect_err("not oncall");
+    assert!(matches!(err, ApiError::NoBreakGlass { .. }));
+    a.reason = Some("  ".to_owned());
+    let err = plan_request(&r, &olga, &a, NOW).expect_err("no reason");
+    assert!(err.to_string().starts_with("reason:"), "{err}");
+    a.reason = Some("prod down".to_owned());
+    a.duration = Some(Duration::from_secs(901));
+    let err = plan_request(&r, &olga, &a, NOW).expect_err("over the cap");
+    assert!(err.to_string().contains("15m"), "{err}");
+}
+
+#[test]
+fn one_approver_does_not_extend_what_two_approved() {
+    let r = orders();
+    let g = grant("alice", NOW, Duration::from_secs(600));
+    let err = check_extend(
+        &r,
+        &pending("alice", 2),
+        &g,
+        &user("carol", &[], false),
+        Duration::from_secs(60),
+        NOW,
+    )
+    .expect_err("needs two");
+    assert!(
+        matches!(err, ApiError::ExtendNeedsApprovals { required: 2, .. }),
+        "{err}"
+    );
 }
 
 #[test]
@@ -234,18 +344,21 @@ fn auto_approve_rules_match_group_and_duration() {
     assert!(
         plan_request(&r, &oncall, &ask("read", 1800, "x"), NOW)
             .expect("plan")
-            .auto_approved
+            .auto_rule
+            .is_some()
     );
     assert!(
-        !plan_request(&r, &oncall, &ask("read", 1801, "x"), NOW)
+        plan_request(&r, &oncall, &ask("read", 1801, "x"), NOW)
             .expect("plan")
-            .auto_approved
+            .auto_rule
+            .is_none()
     );
     let other = user("bob", &[], false);
     assert!(
-        !plan_request(&r, &other, &ask("read", 60, "x"), NOW)
+        plan_request(&r, &other, &ask("read", 60, "x"), NOW)
             .expect("plan")
-            .auto_approved
+            .auto_rule
+            .is_none()
     );
 }
 
@@ -261,23 +374,53 @@ fn extend_within_and_beyond_max() {
     let r = orders();
     let carol = user("carol", &[], false);
     let g = grant("alice", NOW, Duration::from_secs(3600));
-    let to = check_extend(&r, &g, &carol, Duration::from_secs(1800), NOW).expect("within max");
+    let to = check_extend(&r, &pending("alice", 1), &g, &carol, Duration::from_secs(1800), NOW).expect("within max");
     assert_eq!(to, g.expires_at + 1_800_000);
-    let err = check_extend(&r, &g, &carol, Duration::from_secs(3 * 3600 + 1), NOW).expect_err("past max");
+    let err = check_extend(
+        &r,
+        &pending("alice", 1),
+        &g,
+        &carol,
+        Duration::from_secs(3 * 3600 + 1),
+        NOW,
+    )
+    .expect_err("past max");
     assert!(matches!(err, ApiError::ExtendPastMax { .. }));
     assert!(
         err.to_string().contains("the longest allowed for orders is 4h"),
         "{err}"
     );
     assert!(matches!(
-        check_extend(&r, &g, &user("alice", &["dba"], false), Duration::from_secs(60), NOW),
+        check_extend(
+            &r,
+            &pending("alice", 1),
+            &g,
+            &user("alice", &["dba"], false),
+            Duration::from_secs(60),
+            NOW
+        ),
         Err(ApiError::SelfExtension)
     ));
     assert!(matches!(
-        check_extend(&r, &g, &user("bob", &[], false), Duration::from_secs(60), NOW),
+        check_extend(
+            &r,
+            &pending("alice", 1),
+            &g,
+            &user("bob", &[], false),
+            Duration::from_secs(60),
+            NOW
+        ),
         Err(ApiError::NotApprover { .. })
     ));
-    let ended = check_extend(&r, &g, &carol, Duration::from_secs(60), g.expires_at).expect_err("expired");
+    let ended = check_extend(
+        &r,
+        &pending("alice", 1),
+        &g,
+        &carol,
+        Duration::from_secs(60),
+        g.expires_at,
+    )
+    .expect_err("expired");
     assert!(matches!(ended, ApiError::GrantEnded { .. }));
 }
 
