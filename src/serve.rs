@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use portcullis_control::Control;
-use portcullis_control::audit::{AuditLog, run_writer};
+use portcullis_control::audit::{AuditLog, spawn_writer};
 use portcullis_protocol::sessions::SessionDirectory;
 use portcullis_proxy::Proxy;
 use portcullis_proxy::grants::table::GrantTable;
@@ -38,7 +38,7 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
     let data_dir = config.data_dir.clone();
     let audit_log = tokio::task::spawn_blocking(move || AuditLog::open_blocking(&data_dir)).await??;
     let (audit_tx, audit_rx) = tokio::sync::mpsc::channel(AUDIT_QUEUE);
-    let audit_writer = tokio::spawn(run_writer(audit_log, audit_rx));
+    let audit_writer = spawn_writer(audit_log, audit_rx).context("cannot start the audit writer")?;
     let proxy = Proxy::new(proxy_settings, &registry, Some(audit_tx))?;
     let shutdown = CancellationToken::new();
     follow_feed(Arc::clone(&control), Arc::clone(&proxy.grants), shutdown.clone());
@@ -72,7 +72,8 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
     let _ = api_task.await;
     // The writer ends once the proxy (the queue's last sender) is gone and the queue is drained.
     drop(proxy);
-    if tokio::time::timeout(DRAIN, audit_writer).await.is_err() {
+    let joined = tokio::task::spawn_blocking(move || audit_writer.join());
+    if tokio::time::timeout(DRAIN, joined).await.is_err() {
         tracing::warn!("some audit events were not written before exit");
     }
     Ok(())

@@ -24,6 +24,8 @@ pub use store::Search;
 pub const FILE: &str = "audit.db";
 /// Events written per transaction at most.
 const BATCH: usize = 512;
+/// How long the writer waits for more events before writing a batch.
+const COALESCE: Duration = Duration::from_millis(10);
 
 /// Why the audit log failed.
 #[derive(Debug, thiserror::Error)]
@@ -110,25 +112,40 @@ impl AuditLog {
     }
 }
 
-/// Drains `queue` into `log` in batches until every sender is gone. A write
-/// that fails is retried (with backoff) rather than dropped: the queue then
+/// Starts the writer: a thread of its own that drains `queue` into `log` in
+/// batches until every sender is gone. A thread rather than a task: each
+/// event then costs one wakeup of one thread, and each batch one SQLite
+/// transaction, with no hand-off through the async runtime. A write that
+/// fails is retried (with backoff) rather than dropped: the queue then
 /// fills and senders slow down, which is the point.
-pub async fn run_writer(log: AuditLog, mut queue: mpsc::Receiver<AuditEvent>) {
-    let mut batch = Vec::with_capacity(BATCH);
-    while queue.recv_many(&mut batch, BATCH).await > 0 {
-        let mut wait = Duration::from_millis(50);
-        loop {
-            match log.append(batch.clone()).await {
-                Ok(_) => break,
-                Err(e) => {
+pub fn spawn_writer(
+    log: AuditLog,
+    mut queue: mpsc::Receiver<AuditEvent>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("portcullis-audit".into())
+        .spawn(move || {
+            let mut batch = Vec::with_capacity(BATCH);
+            while let Some(first) = queue.blocking_recv() {
+                batch.push(first);
+                // What arrives within a few milliseconds shares the transaction:
+                // a commit per event costs more than the events themselves.
+                std::thread::sleep(COALESCE);
+                while batch.len() < BATCH {
+                    match queue.try_recv() {
+                        Ok(e) => batch.push(e),
+                        Err(_) => break,
+                    }
+                }
+                let mut wait = Duration::from_millis(50);
+                while let Err(e) = log.with(|conn, key| store::append(conn, key, &batch)) {
                     tracing::error!(error = %e, events = batch.len(), "cannot write audit events; retrying");
-                    tokio::time::sleep(wait).await;
+                    std::thread::sleep(wait);
                     wait = (wait * 2).min(Duration::from_secs(5));
                 }
+                batch.clear();
             }
-        }
-        batch.clear();
-    }
+        })
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@ use portcullis_protocol::audit::{AuditEvent, ChainBreak};
 use rusqlite::Connection;
 use tokio::sync::mpsc;
 
-use super::{AuditLog, FILE, Search, Verdict, key, run_writer};
+use super::{AuditLog, FILE, Search, Verdict, key, spawn_writer};
 
 fn event(i: u64, user: &str, action: &str) -> AuditEvent {
     AuditEvent {
@@ -139,13 +139,16 @@ async fn the_writer_drains_the_queue_and_survives_restarts() {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = AuditLog::open_blocking(dir.path()).expect("open");
     let (tx, rx) = mpsc::channel(4);
-    let writer = tokio::spawn(run_writer(log.clone(), rx));
+    let writer = spawn_writer(log.clone(), rx).expect("writer thread");
     for i in 1..=20 {
         tx.send(event(i, "alice", "statement")).await.expect("queue");
     }
     tx.send(event(5, "alice", "statement")).await.expect("a resend");
     drop(tx);
-    writer.await.expect("writer");
+    tokio::task::spawn_blocking(move || writer.join())
+        .await
+        .expect("join")
+        .expect("writer");
     drop(log);
 
     // A restart reopens the same chain with the same key and extends it.
