@@ -4,6 +4,7 @@
 //! dropped.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use portcullis_protocol::audit::AuditEvent;
 use prometheus::IntCounter;
@@ -42,10 +43,13 @@ impl AuditQueue {
 
 /// A new event of `action` by `user`, now, with a fresh id.
 pub fn event(action: &str, user: &str) -> AuditEvent {
-    let mut raw = [0u8; 8];
-    let _ = getrandom::fill(&mut raw);
+    // Ids must never repeat (the log keeps one event per id): without
+    // randomness, fall back to the clock and a counter.
+    static FALLBACK: AtomicU64 = AtomicU64::new(0);
+    let id = crate::random::hex(8)
+        .unwrap_or_else(|_| format!("{:x}-{:x}", now_millis(), FALLBACK.fetch_add(1, Ordering::Relaxed)));
     AuditEvent {
-        id: format!("evt_{}", raw.iter().map(|b| format!("{b:02x}")).collect::<String>()),
+        id: format!("evt_{id}"),
         at: now_millis(),
         action: action.to_owned(),
         user: user.to_owned(),

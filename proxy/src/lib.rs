@@ -10,6 +10,7 @@ pub mod grants;
 pub mod metrics;
 pub mod mock_seed;
 pub mod postgres;
+pub mod random;
 pub mod sessions;
 pub mod settings;
 pub mod tls;

@@ -91,10 +91,8 @@ async fn send(stream: &mut Stream, bytes: &[u8]) -> Result<(), Refusal> {
 
 /// 18 random bytes as hex: printable and comma-free, as SCRAM requires.
 fn server_nonce() -> Result<String, Refusal> {
-    let mut raw = [0u8; 18];
-    getrandom::fill(&mut raw).map_err(|e| Refusal::Upstream {
+    crate::random::hex(18).map_err(|e| Refusal::Upstream {
         resource: String::new(),
         detail: format!("no randomness: {e}"),
-    })?;
-    Ok(raw.iter().map(|b| format!("{b:02x}")).collect())
+    })
 }

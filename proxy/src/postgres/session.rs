@@ -307,8 +307,5 @@ fn random_bytes(n: usize) -> Bytes {
 }
 
 fn new_session_id() -> String {
-    let mut raw = [0u8; 6];
-    let _ = getrandom::fill(&mut raw);
-    let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-    format!("ses_{hex}")
+    format!("ses_{}", crate::random::hex(6).unwrap_or_default())
 }

@@ -356,9 +356,7 @@ pub async fn terminate(stream: &mut Stream) {
 
 /// A fresh printable SCRAM nonce; no randomness, no login.
 fn nonce() -> Result<String, UpstreamError> {
-    let mut raw = [0u8; 18];
-    getrandom::fill(&mut raw).map_err(|e| UpstreamError::Auth(format!("no randomness for a SCRAM nonce: {e}")))?;
-    Ok(raw.iter().map(|b| format!("{b:02x}")).collect())
+    crate::random::hex(18).map_err(|e| UpstreamError::Auth(format!("no randomness for a SCRAM nonce: {e}")))
 }
 
 /// TCP (and TLS per the resource's mode) to the server; answers the stream
