@@ -169,17 +169,7 @@ pub(crate) fn emit(
     subject: &str,
     event: &Event<'_>,
 ) -> Result<(), ApiError> {
-    history::record(
-        conn,
-        &Entry {
-            at,
-            actor: actor.to_owned(),
-            action: event.action(),
-            subject: subject.to_owned(),
-            detail: event.detail(),
-        },
-    )?;
-    Ok(())
+    record(conn, at, actor, event.action(), subject, event.detail())
 }
 
 /// Appends an entry that is no request or grant event (users, sessions).
