@@ -114,10 +114,11 @@ pub fn check(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn grant(id: &str, role: &str, starts: i64, expires: i64) -> GrantEntry {
+    /// alice's grant `id` on orders, for tests here and in the table's.
+    pub(crate) fn grant(id: &str, role: &str, starts: i64, expires: i64) -> GrantEntry {
         GrantEntry {
             id: id.into(),
             request_id: format!("req_{id}"),

@@ -1,0 +1,293 @@
+use super::*;
+use crate::pg::backend::{Severity, error_response};
+
+fn cstr(s: &str) -> Vec<u8> {
+    let mut v = s.as_bytes().to_vec();
+    v.push(0);
+    v
+}
+
+fn parse(name: &str, sql: &str) -> Vec<u8> {
+    let mut b = cstr(name);
+    b.extend(cstr(sql));
+    b.extend(0i16.to_be_bytes());
+    b
+}
+
+fn bind(portal: &str, stmt: &str, formats: &[i16], params: &[Option<&[u8]>]) -> Vec<u8> {
+    let mut b = cstr(portal);
+    b.extend(cstr(stmt));
+    b.extend((formats.len() as i16).to_be_bytes());
+    for f in formats {
+        b.extend(f.to_be_bytes());
+    }
+    b.extend((params.len() as i16).to_be_bytes());
+    for p in params {
+        match p {
+            None => b.extend((-1i32).to_be_bytes()),
+            Some(v) => {
+                b.extend((v.len() as i32).to_be_bytes());
+                b.extend(*v);
+            }
+        }
+    }
+    b.extend(0i16.to_be_bytes());
+    b
+}
+
+fn execute(portal: &str) -> Vec<u8> {
+    let mut b = cstr(portal);
+    b.extend(0i32.to_be_bytes());
+    b
+}
+
+fn error(code: &str) -> Vec<u8> {
+    error_response(Severity::Error, code, "boom", None, None)[5..].to_vec()
+}
+
+/// Feeds `(from_client, tag, body)` in order; answers what completed.
+fn run(steps: &[(bool, u8, Vec<u8>)]) -> Vec<Statement> {
+    let mut t = StatementTracker::new();
+    let mut out = Vec::new();
+    let now = Instant::now();
+    for (client, tag, body) in steps {
+        if *client {
+            t.client(*tag, body, now);
+        } else {
+            t.server(*tag, body, now, &mut out);
+        }
+    }
+    assert!(t.expect.is_empty(), "everything answered");
+    out
+}
+
+fn done(tags: &[(&str, Option<u64>)]) -> Outcome {
+    Outcome::Done(
+        tags.iter()
+            .map(|(t, r)| Completion {
+                tag: (*t).to_owned(),
+                rows: *r,
+            })
+            .collect(),
+    )
+}
+
+#[test]
+fn a_simple_query_with_two_commands_is_one_record() {
+    let out = run(&[
+        (true, b'Q', cstr("CREATE TABLE t (x int); SELECT 1")),
+        (false, b'C', cstr("CREATE TABLE")),
+        (false, b'T', vec![0, 0]),
+        (false, b'D', vec![0, 0]),
+        (false, b'C', cstr("SELECT 1")),
+        (false, b'Z', vec![b'I']),
+    ]);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].flow, Flow::Simple);
+    assert_eq!(out[0].text.text, "CREATE TABLE t (x int); SELECT 1");
+    assert_eq!(out[0].outcome, done(&[("CREATE TABLE", None), ("SELECT 1", Some(1))]));
+}
+
+#[test]
+fn a_simple_query_error_carries_the_sqlstate() {
+    let out = run(&[
+        (true, b'Q', cstr("SELEC 1")),
+        (false, b'E', error("42601")),
+        (false, b'Z', vec![b'I']),
+    ]);
+    assert!(matches!(&out[0].outcome, Outcome::Failed { sqlstate, .. } if sqlstate == "42601"));
+}
+
+#[test]
+fn parse_bind_execute_are_tied_together() {
+    let out = run(&[
+        (true, b'P', parse("s1", "SELECT $1::int, $2, $3")),
+        (
+            true,
+            b'B',
+            bind("", "s1", &[0, 0, 1], &[Some(b"42"), None, Some(&[1, 2, 3])]),
+        ),
+        (true, b'D', vec![b'P', 0]),
+        (true, b'E', execute("")),
+        (true, b'S', Vec::new()),
+        (false, b'1', Vec::new()),
+        (false, b'2', Vec::new()),
+        (false, b'T', vec![0, 0]),
+        (false, b'D', vec![0, 0]),
+        (false, b'C', cstr("SELECT 1")),
+        (false, b'Z', vec![b'I']),
+    ]);
+    assert_eq!(out.len(), 1);
+    let s = &out[0];
+    assert_eq!(
+        (s.flow, s.statement.as_str(), s.text.text.as_str()),
+        (Flow::Extended, "s1", "SELECT $1::int, $2, $3")
+    );
+    assert_eq!(
+        &*s.params,
+        &[Param::Text("42".into()), Param::Null, Param::Binary(3)][..]
+    );
+    assert_eq!(s.outcome, done(&[("SELECT 1", Some(1))]));
+}
+
+#[test]
+fn after_an_error_the_rest_of_the_pipeline_did_not_run() {
+    let out = run(&[
+        (true, b'P', parse("", "SELECT 1/$1")),
+        (true, b'B', bind("", "", &[], &[Some(b"0")])),
+        (true, b'E', execute("")),
+        (true, b'B', bind("", "", &[], &[Some(b"1")])),
+        (true, b'E', execute("")),
+        (true, b'S', Vec::new()),
+        (false, b'1', Vec::new()),
+        (false, b'2', Vec::new()),
+        (false, b'E', error("22012")),
+        (false, b'Z', vec![b'I']),
+    ]);
+    assert_eq!(out.len(), 2);
+    assert!(matches!(&out[0].outcome, Outcome::Failed { sqlstate, .. } if sqlstate == "22012"));
+    assert_eq!(&*out[0].params, &[Param::Text("0".into())][..]);
+    assert_eq!(out[1].outcome, Outcome::NotRun);
+}
+
+#[test]
+fn a_failed_parse_is_recorded_with_its_text() {
+    let out = run(&[
+        (true, b'P', parse("bad", "SELEC 1")),
+        (true, b'S', Vec::new()),
+        (false, b'E', error("42601")),
+        (false, b'Z', vec![b'I']),
+    ]);
+    assert_eq!(out.len(), 1);
+    assert_eq!(
+        (out[0].statement.as_str(), out[0].text.text.as_str()),
+        ("bad", "SELEC 1")
+    );
+}
+
+#[test]
+fn copy_records_direction_and_bytes() {
+    let out = run(&[
+        (true, b'Q', cstr("COPY t FROM STDIN")),
+        (false, b'G', vec![0, 0, 0]),
+        (true, b'd', vec![b'x'; 10]),
+        (true, b'd', vec![b'y'; 5]),
+        (true, b'c', Vec::new()),
+        (false, b'C', cstr("COPY 2")),
+        (false, b'Z', vec![b'I']),
+    ]);
+    assert_eq!(
+        out[0].copy,
+        Some(Copy {
+            inbound: true,
+            bytes: 15
+        })
+    );
+    assert_eq!(out[0].outcome, done(&[("COPY 2", Some(2))]));
+}
+
+#[test]
+fn an_extended_copy_in_keeps_the_records_aligned() {
+    let out = run(&[
+        (true, b'P', parse("", "COPY t FROM STDIN")),
+        (true, b'B', bind("", "", &[], &[])),
+        (true, b'E', execute("")),
+        // libpq's Sync right after Execute: the server ignores it in copy-in.
+        (true, b'S', Vec::new()),
+        (false, b'1', Vec::new()),
+        (false, b'2', Vec::new()),
+        (false, b'G', vec![0, 0, 0]),
+        (true, b'd', vec![b'x'; 7]),
+        (true, b'c', Vec::new()),
+        (true, b'S', Vec::new()),
+        (false, b'C', cstr("COPY 1")),
+        (false, b'Z', vec![b'I']),
+        (true, b'Q', cstr("SELECT 2")),
+        (false, b'C', cstr("SELECT 1")),
+        (false, b'Z', vec![b'I']),
+    ]);
+    assert_eq!(out.len(), 2);
+    assert_eq!(
+        out[0].copy,
+        Some(Copy {
+            inbound: true,
+            bytes: 7
+        })
+    );
+    assert_eq!(
+        (out[1].text.text.as_str(), &out[1].outcome),
+        ("SELECT 2", &done(&[("SELECT 1", Some(1))]))
+    );
+}
+
+#[test]
+fn after_an_error_nothing_is_queued_until_sync() {
+    let mut steps = vec![
+        (true, b'P', parse("", "SELECT 1/0")),
+        (true, b'B', bind("", "", &[], &[])),
+        (true, b'E', execute("")),
+        (false, b'1', Vec::new()),
+        (false, b'2', Vec::new()),
+        (false, b'E', error("22012")),
+    ];
+    // The server discards these without a word; the tracker must not keep them.
+    steps.extend((0..1000).map(|_| (true, b'E', execute(""))));
+    steps.push((true, b'S', Vec::new()));
+    steps.push((false, b'Z', vec![b'I']));
+    let out = run(&steps);
+    assert_eq!(out.len(), 1);
+}
+
+#[test]
+fn an_error_at_sync_is_recorded_as_a_failed_commit() {
+    let out = run(&[
+        (true, b'P', parse("", "INSERT INTO t VALUES (1)")),
+        (true, b'B', bind("", "", &[], &[])),
+        (true, b'E', execute("")),
+        (true, b'S', Vec::new()),
+        (false, b'1', Vec::new()),
+        (false, b'2', Vec::new()),
+        (false, b'C', cstr("INSERT 0 1")),
+        (false, b'E', error("23503")),
+        (false, b'Z', vec![b'I']),
+    ]);
+    assert_eq!(out.len(), 2);
+    assert!(matches!(&out[1].outcome, Outcome::Failed { sqlstate, .. } if sqlstate == "23503"));
+    assert!(out[1].text.text.contains("COMMIT"));
+}
+
+#[test]
+fn memory_is_bounded() {
+    // Parameters past the per-Bind budget keep only their length.
+    let big = vec![b'v'; MAX_PARAM];
+    let values: Vec<Option<&[u8]>> = (0..100).map(|_| Some(&big[..])).collect();
+    let mut t = StatementTracker::new();
+    t.client(b'P', &parse("", "SELECT"), Instant::now());
+    t.client(b'B', &bind("", "", &[], &values), Instant::now());
+    let params = &t.portals.get("").expect("the unnamed portal").params;
+    assert!(matches!(params[0], Param::Text(_)));
+    assert_eq!(params[99], Param::Omitted(MAX_PARAM));
+    // Too many messages in flight: tracking stops instead of growing.
+    for _ in 0..=MAX_EXPECT {
+        t.client(b'S', &[], Instant::now());
+    }
+    assert!(t.lost() && t.expect.is_empty() && t.portals.is_empty());
+}
+
+#[test]
+fn huge_text_is_cut_with_its_length_and_hash() {
+    let sql = format!("SELECT '{}'", "é".repeat(MAX_TEXT));
+    let out = run(&[
+        (true, b'Q', cstr(&sql)),
+        (false, b'I', Vec::new()),
+        (false, b'Z', vec![b'I']),
+    ]);
+    let t = &out[0].text;
+    assert_eq!(t.len, sql.len());
+    assert!(t.text.len() <= MAX_TEXT && sql.starts_with(&t.text));
+    assert_eq!(t.sha256.as_deref().map(str::len), Some(64));
+    // Not UTF-8 at all: cut at the limit all the same, at once.
+    let garbage = vec![0xffu8; MAX_TEXT * 2];
+    let t = Text::new(&garbage);
+    assert_eq!((t.len, t.text.chars().count()), (MAX_TEXT * 2, MAX_TEXT));
+}
