@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tokio_postgres::NoTls;
 
 use crate::harness::pg::pg;
-use crate::harness::{Gateway, GatewayOptions, connect, db_error, ok};
+use crate::harness::{Gateway, GatewayOptions, cancel_long_query, connect, ok};
 use crate::metrics::{metrics, sample};
 
 /// Waits until the pool holds `n` idle connections (the reset runs after the client left).
@@ -149,15 +149,5 @@ async fn cancel_and_backend_pid_hold_on_a_reused_connection() {
         .expect("nap ends")
         .expect("join");
     assert!(nap.is_ok(), "the previous user cancelled this session's query: {nap:?}");
-    let token = s.client.cancel_token();
-    let client = s.client.clone();
-    let sleeper = tokio::spawn(async move { client.simple_query("SELECT pg_sleep(30)").await.map(drop) });
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    token.cancel_query(NoTls).await.expect("send CancelRequest");
-    let result = tokio::time::timeout(Duration::from_secs(10), sleeper)
-        .await
-        .expect("the cancelled query should end within 10 s")
-        .expect("join");
-    let err = result.expect_err("pg_sleep(30) should be cancelled");
-    assert_eq!(db_error(&err).0, "57014", "{err:?}");
+    assert_eq!(cancel_long_query(&s).await, "57014");
 }

@@ -94,6 +94,25 @@ impl Session {
     }
 }
 
+/// Starts `SELECT pg_sleep(30)` on `s`, cancels it through the gateway with
+/// the session's own cancel key, and answers the SQLSTATE it ended with.
+pub async fn cancel_long_query(s: &Session) -> String {
+    let token = s.client.cancel_token();
+    let client = s.client.clone();
+    let sleeper = tokio::spawn(async move { client.simple_query("SELECT pg_sleep(30)").await.map(drop) });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    token
+        .cancel_query(NoTls)
+        .await
+        .expect("send CancelRequest through the gateway");
+    let result = tokio::time::timeout(Duration::from_secs(10), sleeper)
+        .await
+        .expect("the cancelled query should end within 10 s")
+        .expect("join");
+    let err = result.expect_err("pg_sleep(30) should be cancelled");
+    db_error(&err).0
+}
+
 /// The wall clock, as the API writes times.
 pub fn now() -> OffsetDateTime {
     OffsetDateTime::now_utc()
