@@ -132,6 +132,23 @@ impl Gateway {
     /// Writes a config, starts `portcullis serve -c FILE`, and waits until the
     /// API answers `/healthz`, the Postgres port accepts and admin.token exists.
     pub fn start(opts: GatewayOptions) -> Gateway {
+        // A port found free can still be taken before the gateway binds it;
+        // such a start is retried on other ports, anything else fails at once.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let mut gw = Gateway::spawn(&opts);
+            match gw.wait_ready() {
+                Ok(()) => return gw,
+                Err(e) if attempts < 3 && gw.log().contains("Address already in use") => {
+                    eprintln!("gateway start hit a port clash, retrying: {e}");
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
+    fn spawn(opts: &GatewayOptions) -> Gateway {
         let pg = pg();
         let dir = tempfile::Builder::new()
             .prefix("portcullis-e2e-gw-")
@@ -142,7 +159,7 @@ impl Gateway {
         std::fs::write(&admin_pw, format!("{}\n", pg.admin_password)).expect("write password file");
         let api_port = free_port();
         let pg_port = free_port();
-        let config = config_yaml(&opts, &data_dir, api_port, pg_port, &admin_pw);
+        let config = config_yaml(opts, &data_dir, api_port, pg_port, &admin_pw);
         let config_path = dir.path().join("portcullis.yaml");
         std::fs::write(&config_path, config).expect("write config");
         let log_path = dir.path().join("gateway.log");
@@ -161,7 +178,7 @@ impl Gateway {
             cmd.env("RUST_LOG", filter);
         }
         let child = cmd.spawn().expect("spawn portcullis serve");
-        let mut gw = Gateway {
+        Gateway {
             _dir: dir,
             api_port,
             pg_port,
@@ -169,31 +186,32 @@ impl Gateway {
             data_dir,
             log_path,
             child,
-        };
-        gw.wait_ready();
-        gw
+        }
     }
 
-    fn wait_ready(&mut self) {
+    fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + START_TIMEOUT;
         let token_path = self.data_dir.join("admin.token");
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("portcullis serve exited during start ({status}); log:\n{}", self.log());
+                return Err(format!(
+                    "portcullis serve exited during start ({status}); log:\n{}",
+                    self.log()
+                ));
             }
             let healthy = matches!(self.try_http("GET", "/healthz", None, None), Ok((200, _)));
             let pg_up = TcpStream::connect(("127.0.0.1", self.pg_port)).is_ok();
             let token = std::fs::read_to_string(&token_path).unwrap_or_default();
             if healthy && pg_up && !token.trim().is_empty() {
                 self.admin_token = token.trim().to_owned();
-                return;
+                return Ok(());
             }
             if Instant::now() > deadline {
-                panic!(
+                return Err(format!(
                     "portcullis serve not ready after {START_TIMEOUT:?} (healthz {healthy}, postgres port {pg_up}, admin.token {}); log:\n{}",
                     !token.trim().is_empty(),
                     self.log()
-                );
+                ));
             }
             std::thread::sleep(Duration::from_millis(100));
         }

@@ -52,9 +52,25 @@ pub fn random_hex() -> String {
 }
 
 /// A port that was free a moment ago on 127.0.0.1.
+///
+/// Taken below the kernel's ephemeral range (32768 and up by default): a port
+/// from `bind(0)` can be handed to another test's outgoing connection before
+/// the server that was meant to listen on it binds it.
 pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local_addr").port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Start each test process at its own place so concurrent runs rarely meet.
+    let start = std::process::id().wrapping_mul(7919) % SPAN;
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = u16::try_from(LOW + (start + n) % SPAN).expect("port in range");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in 127.0.0.1:{LOW}..{}", LOW + SPAN);
 }
 
 impl Pg {
