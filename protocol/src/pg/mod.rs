@@ -4,6 +4,7 @@
 
 pub mod backend;
 pub mod boundary;
+pub mod capture;
 pub mod error;
 pub mod frontend;
 pub mod message;

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 use super::backend::parse_error_notice;
+use super::capture::{Message, TextDigest};
 use super::message::{read_cstr, read_i32};
 
 /// Statement text kept per record; longer text is cut, with its length and hash.
@@ -54,16 +55,32 @@ impl Text {
                 sha256: None,
             };
         }
+        Text::cut(raw, raw.len(), Sha256::digest(raw).into())
+    }
+
+    /// The first bytes of a text of `len` bytes whose SHA-256 is `sha256`.
+    fn cut(first: &[u8], len: usize, sha256: [u8; 32]) -> Text {
+        let first = &first[..first.len().min(MAX_TEXT)];
         // Cut before a character split in two; other invalid bytes are shown lossily.
-        let cut = match std::str::from_utf8(&raw[..MAX_TEXT]) {
+        let end = match std::str::from_utf8(first) {
             Err(e) if e.error_len().is_none() => e.valid_up_to(),
-            _ => MAX_TEXT,
+            _ => first.len(),
         };
-        let hash = Sha256::digest(raw);
         Text {
-            text: String::from_utf8_lossy(&raw[..cut]).into_owned(),
-            len: raw.len(),
-            sha256: Some(hash.iter().map(|b| format!("{b:02x}")).collect()),
+            text: String::from_utf8_lossy(&first[..end]).into_owned(),
+            len,
+            sha256: Some(sha256.iter().map(|b| format!("{b:02x}")).collect()),
+        }
+    }
+
+    /// The text of a message body that may have been cut: the whole
+    /// NUL-terminated string at the start of `body`, or its first bytes and
+    /// the digest of the whole.
+    fn of(body: &[u8], digest: Option<TextDigest>) -> Text {
+        let end = body.iter().position(|&b| b == 0).unwrap_or(body.len());
+        match digest {
+            Some(d) => Text::cut(&body[..end], d.len, d.sha256),
+            None => Text::new(&body[..end]),
         }
     }
 }
@@ -79,6 +96,9 @@ pub enum Param {
     Binary(usize),
     /// A value past the per-Bind budget: only its length is kept.
     Omitted(usize),
+    /// A value in the part of an over-long Bind that was not kept (past
+    /// [`MAX_BODY`](super::capture::MAX_BODY)): not even its length is known.
+    Unseen,
 }
 
 /// One command's completion: its tag (`SELECT 3`, `INSERT 0 1`).
@@ -290,13 +310,12 @@ impl StatementTracker {
     }
 
     /// Statement text as kept: whole, or only its length past the session's budget.
-    fn keep_text(&mut self, raw: &[u8]) -> Text {
-        let text = Text::new(raw);
+    fn keep_text(&mut self, text: Text) -> Text {
         if self.kept + text.text.len() > MAX_KEPT {
             return Text {
                 text: String::new(),
                 len: text.len,
-                sha256: None,
+                sha256: text.sha256,
             };
         }
         self.kept += text.text.len();
@@ -306,33 +325,42 @@ impl StatementTracker {
     /// A whole message from the client. Malformed ones are ignored here: the
     /// server rejects them and its error is what gets recorded.
     pub fn client(&mut self, tag: u8, body: &[u8], now: Instant) {
+        self.client_message(&Message::whole(tag, body), now);
+    }
+
+    /// A message from the client, as [`Capture`](super::capture::Capture)
+    /// passes it: its body may be cut, with the digest of its text.
+    pub fn client_message(&mut self, m: &Message<'_>, now: Instant) {
         if self.lost {
             return;
         }
+        let body = m.body;
         let mut b = body;
-        match tag {
+        match m.tag {
             b'Q' => {
-                let text = read_cstr(&mut b, "Query").map(|t| Text::new(t.as_bytes()));
-                let text = text.unwrap_or_else(|_| Text::new(body));
+                let text = Text::of(body, m.text);
                 self.push(Expect::Run(Box::new(statement(Flow::Simple, Arc::new(text), now))));
             }
             b'P' => {
-                let (Ok(name), Ok(query)) = (read_cstr(&mut b, "Parse"), read_cstr(&mut b, "Parse")) else {
+                let Ok(name) = read_cstr(&mut b, "Parse") else {
                     return self.push(Expect::Other);
                 };
+                if m.text.is_none() && read_cstr(&mut &b[..], "Parse").is_err() {
+                    return self.push(Expect::Other);
+                }
                 let name = name.to_owned();
                 if !self.skipping && self.prepared.has_room_for(&name) {
                     if let Some(old) = self.prepared.remove(&name) {
                         self.kept = self.kept.saturating_sub(old.text.text.len());
                     }
-                    let text = Arc::new(self.keep_text(query.as_bytes()));
+                    let text = Arc::new(self.keep_text(Text::of(b, m.text)));
                     self.prepared.insert(name.clone(), Prepared { text });
                 }
                 self.push(Expect::Parse(name));
             }
             b'B' => {
                 if !self.skipping {
-                    self.bind(b);
+                    self.bind(b, body.len() < m.len);
                 }
                 self.push(Expect::Other);
             }
@@ -368,7 +396,7 @@ impl StatementTracker {
                 let text = Text::new(format!("<function call, oid {oid}>").as_bytes());
                 self.push(Expect::Run(Box::new(statement(Flow::Function, Arc::new(text), now))));
             }
-            b'd' => self.copy_bytes(true, body.len()),
+            b'd' => self.copy_bytes(true, m.len),
             // CopyDone, CopyFail: the copy is over on the client's side.
             b'c' | b'f' => {
                 let started = matches!(self.expect.front(), Some(Expect::Run(s)) if s.copy.is_some());
@@ -383,7 +411,9 @@ impl StatementTracker {
         }
     }
 
-    fn bind(&mut self, mut b: &[u8]) {
+    /// A Bind's portal and parameters; when `cut`, the body ends early and
+    /// values past its end are recorded as unseen.
+    fn bind(&mut self, mut b: &[u8], cut: bool) {
         let parsed = (|| {
             let portal = read_cstr(&mut b, "Bind")?.to_owned();
             let stmt = read_cstr(&mut b, "Bind")?.to_owned();
@@ -396,15 +426,27 @@ impl StatementTracker {
             let mut params = Vec::new();
             let mut kept = 0;
             for i in 0..nparams {
-                let len = read_i32(&mut b, "Bind")?;
+                let len = match read_i32(&mut b, "Bind") {
+                    Ok(len) => len,
+                    Err(_) if cut => {
+                        params.extend((i..nparams).map(|_| Param::Unseen));
+                        break;
+                    }
+                    Err(e) => return Err(e),
+                };
                 if len < 0 {
                     params.push(Param::Null);
                     continue;
                 }
                 let len = len as usize;
-                let value = b
-                    .get(..len)
-                    .ok_or(super::error::ProtocolError::Malformed { what: "Bind" })?;
+                let Some(value) = b.get(..len) else {
+                    if !cut {
+                        return Err(super::error::ProtocolError::Malformed { what: "Bind" });
+                    }
+                    params.push(Param::Omitted(len));
+                    params.extend((i + 1..nparams).map(|_| Param::Unseen));
+                    break;
+                };
                 b = &b[len..];
                 let binary = match formats.len() {
                     0 => false,
@@ -467,9 +509,16 @@ impl StatementTracker {
 
     /// A whole message from the server; completed statements go to `out`.
     pub fn server(&mut self, tag: u8, body: &[u8], now: Instant, out: &mut Vec<Statement>) {
+        self.server_message(&Message::whole(tag, body), now, out);
+    }
+
+    /// A message from the server, as [`Capture`](super::capture::Capture)
+    /// passes it; completed statements go to `out`.
+    pub fn server_message(&mut self, m: &Message<'_>, now: Instant, out: &mut Vec<Statement>) {
         if self.lost {
             return;
         }
+        let (tag, body) = (m.tag, m.body);
         match tag {
             b'C' | b'I' => {
                 let tag_text = read_cstr(&mut &body[..], "CommandComplete").unwrap_or_default();
@@ -541,7 +590,7 @@ impl StatementTracker {
                     self.copy_in_started();
                 }
             }
-            b'd' => self.copy_bytes(false, body.len()),
+            b'd' => self.copy_bytes(false, m.len),
             _ => {}
         }
     }

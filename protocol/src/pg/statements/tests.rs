@@ -291,3 +291,68 @@ fn huge_text_is_cut_with_its_length_and_hash() {
     let t = Text::new(&garbage);
     assert_eq!((t.len, t.text.chars().count()), (MAX_TEXT * 2, MAX_TEXT));
 }
+
+/// Feeds client messages through a `Capture` in 8 KiB chunks, as the relay does.
+fn captured(t: &mut StatementTracker, messages: &[(u8, Vec<u8>)]) {
+    use crate::pg::capture::{Capture, Keep};
+    let mut stream = Vec::new();
+    for (tag, body) in messages {
+        stream.push(*tag);
+        stream.extend((body.len() as u32 + 4).to_be_bytes());
+        stream.extend(body);
+    }
+    let mut capture = Capture::new();
+    let keep = |tag| match tag {
+        b'Q' => Keep::Text(0),
+        b'P' => Keep::Text(1),
+        b'B' | b'E' => Keep::Body,
+        _ => Keep::Length,
+    };
+    for chunk in stream.chunks(8192) {
+        capture
+            .feed(chunk, keep, |m| t.client_message(&m, Instant::now()))
+            .expect("well-formed");
+    }
+}
+
+#[test]
+fn statements_longer_than_what_is_kept_stream_through_with_length_and_hash() {
+    use crate::pg::capture::MAX_BODY;
+    let sql = format!("SELECT '{}'", "x".repeat(MAX_BODY * 2));
+    let hash = |s: &str| {
+        Sha256::digest(s.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    let mut t = StatementTracker::new();
+    captured(&mut t, &[(b'Q', cstr(&sql))]);
+    let mut out = Vec::new();
+    t.server(b'C', &cstr("SELECT 1"), Instant::now(), &mut out);
+    t.server(b'Z', b"I", Instant::now(), &mut out);
+    assert_eq!((out[0].text.len, out[0].text.text.len()), (sql.len(), MAX_TEXT));
+    assert_eq!(out[0].text.sha256.as_deref(), Some(hash(&sql).as_str()));
+
+    // A Parse as long, then a Bind whose values run past what is kept.
+    let big = vec![b'v'; 1000];
+    let values: Vec<Option<&[u8]>> = (0..400).map(|_| Some(&big[..])).collect();
+    captured(
+        &mut t,
+        &[
+            (b'P', parse("s", &sql)),
+            (b'B', bind("", "s", &[], &values)),
+            (b'E', execute("")),
+        ],
+    );
+    for (tag, body) in [(b'1', vec![]), (b'2', vec![]), (b'C', cstr("SELECT 1"))] {
+        t.server(tag, &body, Instant::now(), &mut out);
+    }
+    let s = &out[1];
+    assert_eq!(
+        (s.text.len, s.text.sha256.as_deref()),
+        (sql.len(), Some(hash(&sql).as_str()))
+    );
+    assert_eq!(s.params.len(), 400);
+    assert!(matches!(s.params[0], Param::Text(_)));
+    assert_eq!(s.params[399], Param::Unseen);
+}
