@@ -87,6 +87,9 @@ fn grant(
         starts_at,
         expires_at,
         revoked: None,
+        reason: None,
+        approvers: Vec::new(),
+        break_glass: false,
     }
 }
 

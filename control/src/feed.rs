@@ -188,6 +188,9 @@ mod tests {
             starts_at: 0,
             expires_at,
             revoked: None,
+            reason: None,
+            approvers: Vec::new(),
+            break_glass: false,
         }
     }
 

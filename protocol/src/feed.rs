@@ -46,6 +46,15 @@ pub struct GrantEntry {
     pub expires_at: UnixMillis,
     /// Set once the grant is revoked.
     pub revoked: Option<Revocation>,
+    /// The request's reason, for the audit of its sessions.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Who approved the request (an auto-approve rule names itself).
+    #[serde(default)]
+    pub approvers: Vec<String>,
+    /// Self-granted with break-glass: its sessions' audit events say so.
+    #[serde(default)]
+    pub break_glass: bool,
 }
 
 /// A request still waiting for approval, so a proxy can say "pending" instead of "no grant".

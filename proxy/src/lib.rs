@@ -96,7 +96,7 @@ impl Proxy {
             grants: Arc::new(GrantTable::default()),
             cancels: CancelMap::default(),
             pool: Pool::new(settings.postgres.pool),
-            audit: AuditQueue::new(audit, metrics.audit_waits.clone()),
+            audit: AuditQueue::new(audit, metrics.audit_waits.clone()).map_err(ProxyError::Workers)?,
             scram_keys: ScramKeys::default(),
             backoff: LoginBackoff::default(),
             tls,

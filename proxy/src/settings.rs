@@ -109,4 +109,6 @@ pub struct Role {
     pub user: String,
     /// Upstream password; `None` for trust authentication.
     pub password: Option<Secret<String>>,
+    /// Bound parameter values are left out of statement audit events.
+    pub redact_parameters: bool,
 }

@@ -118,10 +118,15 @@ pub fn proxy_settings(config: &Config) -> Result<proxy::ProxySettings, String> {
         };
         let mut roles = Vec::new();
         for (name, role) in &r.roles {
+            let policy = role
+                .policy
+                .as_ref()
+                .map_or_else(|| r.policy.clone(), |p| p.over(&r.policy));
             roles.push(proxy::Role {
                 name: name.clone(),
                 user: role.user.clone(),
                 password: password(role).map_err(|e| format!("resources[{}].roles.{name}: {e}", r.name))?,
+                redact_parameters: policy.redact_parameters.unwrap_or(false),
             });
         }
         resources.push(proxy::Resource {

@@ -245,6 +245,8 @@ pub struct Policy {
     pub escalation: Option<Vec<EscalationStep>>,
     /// Self-grants at once, with a reason and a short cap.
     pub break_glass: Option<BreakGlass>,
+    /// Leave bound parameter values out of statement audit events (default false).
+    pub redact_parameters: Option<bool>,
 }
 
 impl Policy {
@@ -262,6 +264,7 @@ impl Policy {
             pending_ttl: self.pending_ttl.or(base.pending_ttl),
             escalation: self.escalation.clone().or_else(|| base.escalation.clone()),
             break_glass: self.break_glass.clone().or_else(|| base.break_glass.clone()),
+            redact_parameters: self.redact_parameters.or(base.redact_parameters),
         }
     }
 

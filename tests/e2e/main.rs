@@ -21,5 +21,6 @@ mod pool;
 mod psql;
 mod refusals;
 mod secrets;
+mod statements;
 mod workflow;
 mod workflow_rules;

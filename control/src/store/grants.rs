@@ -6,9 +6,16 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::model::Grant;
 
-const SELECT: &str = "SELECT id, request_id, user_name, resource, role, starts_at, expires_at,
-        revoked_at, revoked_by, revoke_reason FROM grants";
-
+/// A grant's columns, with its request's reason, break-glass flag and
+/// approvers (an auto-approve rule, which leaves no approval row, is its decider).
+const COLUMNS: &str = "g.id, g.request_id, g.user_name, g.resource, g.role, g.starts_at, g.expires_at,
+        g.revoked_at, g.revoked_by, g.revoke_reason, r.reason, r.break_glass,
+        CASE WHEN r.auto_approved = 1 THEN json_array(r.decided_by)
+             ELSE (SELECT json_group_array(approver) FROM
+                     (SELECT approver FROM approvals a WHERE a.request_id = g.request_id ORDER BY a.at, a.rowid))
+        END";
+/// Where `COLUMNS` come from.
+const FROM: &str = "FROM grants g JOIN requests r ON r.id = g.request_id";
 fn row_to_grant(row: &rusqlite::Row<'_>) -> rusqlite::Result<Grant> {
     let revoked_at: Option<UnixMillis> = row.get(7)?;
     let revoked_by: Option<String> = row.get(8)?;
@@ -29,6 +36,9 @@ fn row_to_grant(row: &rusqlite::Row<'_>) -> rusqlite::Result<Grant> {
         starts_at: row.get(5)?,
         expires_at: row.get(6)?,
         revoked,
+        reason: row.get(10)?,
+        break_glass: row.get(11)?,
+        approvers: serde_json::from_str(&row.get::<_, Option<String>>(12)?.unwrap_or_default()).unwrap_or_default(),
     })
 }
 
@@ -57,14 +67,14 @@ pub(crate) fn insert(conn: &Connection, g: &Grant, now: UnixMillis) -> rusqlite:
 
 /// The grant with this id.
 pub(crate) fn get(conn: &Connection, id: &str) -> rusqlite::Result<Option<Grant>> {
-    conn.prepare_cached(&format!("{SELECT} WHERE id = ?1"))?
+    conn.prepare_cached(&format!("SELECT {COLUMNS} {FROM} WHERE g.id = ?1"))?
         .query_row([id], row_to_grant)
         .optional()
 }
 
 /// Every grant, oldest start first.
 pub(crate) fn list(conn: &Connection) -> rusqlite::Result<Vec<Grant>> {
-    let mut stmt = conn.prepare_cached(&format!("{SELECT} ORDER BY starts_at, rowid"))?;
+    let mut stmt = conn.prepare_cached(&format!("SELECT {COLUMNS} {FROM} ORDER BY g.starts_at, g.rowid"))?;
     let rows = stmt.query_map([], row_to_grant)?;
     rows.collect()
 }
@@ -72,7 +82,7 @@ pub(crate) fn list(conn: &Connection) -> rusqlite::Result<Vec<Grant>> {
 /// Grants not revoked whose deadline is after `now`: active and scheduled ones.
 pub(crate) fn live(conn: &Connection, now: UnixMillis) -> rusqlite::Result<Vec<Grant>> {
     let mut stmt = conn.prepare_cached(&format!(
-        "{SELECT} WHERE revoked_at IS NULL AND expires_at > ?1 ORDER BY starts_at, rowid"
+        "SELECT {COLUMNS} {FROM} WHERE g.revoked_at IS NULL AND g.expires_at > ?1 ORDER BY g.starts_at, g.rowid"
     ))?;
     let rows = stmt.query_map([now], row_to_grant)?;
     rows.collect()
@@ -81,7 +91,7 @@ pub(crate) fn live(conn: &Connection, now: UnixMillis) -> rusqlite::Result<Vec<G
 /// Grants that were still admitting sessions at `since` or later.
 pub(crate) fn ended_after(conn: &Connection, since: UnixMillis) -> rusqlite::Result<Vec<Grant>> {
     let mut stmt = conn.prepare_cached(&format!(
-        "{SELECT} WHERE expires_at >= ?1 AND (revoked_at IS NULL OR revoked_at >= ?1) ORDER BY starts_at, rowid"
+        "SELECT {COLUMNS} {FROM} WHERE g.expires_at >= ?1 AND (g.revoked_at IS NULL OR g.revoked_at >= ?1) ORDER BY g.starts_at, g.rowid"
     ))?;
     let rows = stmt.query_map([since], row_to_grant)?;
     rows.collect()
@@ -125,16 +135,15 @@ pub(crate) struct Unnoted {
 
 /// Live or just-ended grants whose expiry is not yet in history.
 pub(crate) fn unnoted(conn: &Connection) -> rusqlite::Result<Vec<Unnoted>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT id, request_id, user_name, resource, role, starts_at, expires_at,
-                revoked_at, revoked_by, revoke_reason, expiring_noted_for, start_noted
-         FROM grants WHERE revoked_at IS NULL AND expiry_noted = 0 ORDER BY expires_at, rowid",
-    )?;
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS}, g.expiring_noted_for, g.start_noted {FROM}
+             WHERE g.revoked_at IS NULL AND g.expiry_noted = 0 ORDER BY g.expires_at, g.rowid"
+    ))?;
     let rows = stmt.query_map([], |r| {
         Ok(Unnoted {
             grant: row_to_grant(r)?,
-            expiring_noted_for: r.get(10)?,
-            start_noted: r.get(11)?,
+            expiring_noted_for: r.get(13)?,
+            start_noted: r.get(14)?,
         })
     })?;
     rows.collect()

@@ -89,7 +89,9 @@ impl Workflow {
                 Some(rule) => emit(&tx, now, &actor, &req.id, &Event::AutoApproved { rule })?,
                 None => emit(&tx, now, &actor, &req.id, &Event::BreakGlassUsed(&req))?,
             }
-            let grant = new_grant(&req, now)?;
+            // Break-glass has no approver; a rule is named as one.
+            let approvers = plan.auto_rule.map(|_| vec![actor.clone()]).unwrap_or_default();
+            let grant = new_grant(&req, now, approvers)?;
             grants::insert(&tx, &grant, now)?;
             emit(&tx, now, &actor, &grant.id, &Event::GrantCreated(&grant))?;
             events.push(FeedEvent::Grant(grant.clone()));
@@ -153,7 +155,8 @@ impl Workflow {
         emit(&tx, now, &caller.name, id, &event)?;
         let mut events = Vec::new();
         if last {
-            let grant = new_grant(&req, now)?;
+            let approvers = req.approvals.iter().map(|a| a.by.clone()).chain([caller.name.clone()]);
+            let grant = new_grant(&req, now, approvers.collect())?;
             grants::insert(&tx, &grant, now)?;
             requests::decide(
                 &tx,
@@ -226,8 +229,8 @@ fn unknown(id: &str) -> ApiError {
     ApiError::UnknownRequest { id: id.to_owned() }
 }
 
-/// The grant an approval at `now` creates for `req`.
-fn new_grant(req: &Request, now: i64) -> Result<Grant, ApiError> {
+/// The grant an approval at `now` creates for `req`; `approvers` approved it.
+fn new_grant(req: &Request, now: i64, approvers: Vec<String>) -> Result<Grant, ApiError> {
     let (starts_at, expires_at) = policy::grant_window(now, req.start_at, req.duration_ms);
     Ok(Grant {
         id: new_id(ids::GRANT)?,
@@ -238,5 +241,8 @@ fn new_grant(req: &Request, now: i64) -> Result<Grant, ApiError> {
         starts_at,
         expires_at,
         revoked: None,
+        reason: req.reason.clone(),
+        approvers,
+        break_glass: req.break_glass,
     })
 }

@@ -126,6 +126,8 @@ pub enum Outcome {
     Suspended,
     /// Skipped by the server after an earlier error in the same pipeline.
     NotRun,
+    /// The session ended (cut, or either side closed) before the outcome came.
+    Interrupted,
 }
 
 /// Which protocol carried the statement.
@@ -504,6 +506,18 @@ impl StatementTracker {
             && c.inbound == inbound
         {
             c.bytes += n as u64;
+        }
+    }
+
+    /// The session ended: statements sent and not answered go to `out` as
+    /// interrupted (a query the cut stopped is recorded all the same).
+    pub fn interrupt(&mut self, now: Instant, out: &mut Vec<Statement>) {
+        for e in self.expect.drain(..) {
+            if let Expect::Run(mut s) = e {
+                s.outcome = Outcome::Interrupted;
+                s.duration = now.saturating_duration_since(s.started);
+                out.push(*s);
+            }
         }
     }
 

@@ -128,6 +128,9 @@ pub(crate) mod tests {
             starts_at: starts,
             expires_at: expires,
             revoked: None,
+            reason: None,
+            approvers: Vec::new(),
+            break_glass: false,
         }
     }
 

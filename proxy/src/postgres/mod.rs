@@ -15,6 +15,7 @@ pub mod enforce;
 pub mod io;
 pub mod listener;
 pub mod pool;
+pub mod recorder;
 pub mod refusal;
 pub mod relay;
 pub mod session;

@@ -4,7 +4,8 @@
 //! never bodies, so that a warning or the final FATAL goes in between two of
 //! the server's messages, the client's Terminate is kept from the server,
 //! and the relay knows whether the server connection ended idle and can
-//! serve the next session.
+//! serve the next session. With a `Recorder`, the relay also hands it each
+//! chunk for the statement audit, and waits when the audit queue is full.
 
 use std::future::Future;
 use std::pin::{Pin, pin};
@@ -19,6 +20,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use super::buffers::Lease;
+use super::recorder::Recorder;
 use super::stream::Stream;
 use crate::sessions::SessionHandle;
 
@@ -60,8 +62,9 @@ impl RelayEnd {
 
 /// Relays until one side closes or `cut` resolves to the reason and the
 /// FATAL message to deliver; `notices` are inserted between server messages.
-/// Answers how it ended, the cut if there was one, and whether the server
-/// had answered everything (if not, a query may still be running there).
+/// `recorder` sees every chunk relayed. Answers how it ended, the cut if
+/// there was one, and whether the server had answered everything (if not,
+/// a query may still be running there).
 pub async fn relay<T>(
     client: &mut Stream,
     server: &mut Stream,
@@ -69,11 +72,13 @@ pub async fn relay<T>(
     handle: &SessionHandle,
     notices: mpsc::Receiver<Bytes>,
     cut: impl Future<Output = (T, Bytes)>,
+    recorder: Option<&mut Recorder>,
 ) -> (RelayEnd, Option<T>, bool) {
     let mut relay = Relay {
         client,
         server,
         handle,
+        recorder,
         up: Pipe::default(),
         down: Pipe::default(),
         asked: 0,
@@ -138,6 +143,8 @@ struct Relay<'a> {
     client: &'a mut Stream,
     server: &'a mut Stream,
     handle: &'a SessionHandle,
+    /// The statement audit, when on.
+    recorder: Option<&'a mut Recorder>,
     /// Client to server.
     up: Pipe,
     /// Server to client.
@@ -197,6 +204,9 @@ impl Relay<'_> {
             Err(e) => return Some(RelayEnd::Error(format!("client: {e}"))),
         };
         self.asked += scan.asked;
+        if let Some(r) = self.recorder.as_mut() {
+            r.client(&first[..scan.forward]);
+        }
         let sent = async {
             self.server.write_all(&first[..scan.forward]).await?;
             self.server.flush().await
@@ -242,6 +252,10 @@ impl Relay<'_> {
             if let Some(clean) = self.quit {
                 return Poll::Ready(self.quit_end(clean));
             }
+            if let Some(r) = self.recorder.as_mut() {
+                ready!(r.poll_room(cx));
+            }
+            let up = &mut self.up;
             let n = match ready!(up.lease.poll_read(&mut *self.client, cx)) {
                 Ok(0) => return Poll::Ready(RelayEnd::ClientClosed),
                 Ok(n) => n,
@@ -254,6 +268,9 @@ impl Relay<'_> {
             };
             self.asked += scan.asked;
             self.quit = scan.quit;
+            if let Some(r) = self.recorder.as_mut() {
+                r.client(&up.lease.bytes()[..scan.forward]);
+            }
             up.start = 0;
             up.end = scan.forward;
         }
@@ -316,6 +333,10 @@ impl Relay<'_> {
                 }
                 down.unflushed = false;
             }
+            if let Some(r) = self.recorder.as_mut() {
+                ready!(r.poll_room(cx));
+            }
+            let down = &mut self.down;
             let n = match ready!(down.lease.poll_read(&mut *self.server, cx)) {
                 Ok(0) => return Poll::Ready(RelayEnd::ServerClosed),
                 Ok(n) => n,
@@ -332,6 +353,9 @@ impl Relay<'_> {
                 Err(e) => return Poll::Ready(RelayEnd::Error(format!("server: {e}"))),
             };
             self.answered += answered;
+            if let Some(r) = self.recorder.as_mut() {
+                r.server(&down.lease.bytes()[..n]);
+            }
             down.start = 0;
             down.end = n;
         }

@@ -21,11 +21,13 @@ use super::auth::authenticate;
 use super::cancel::send_cancel;
 use super::enforce::{Cut, enforce};
 use super::pool::PoolKey;
+use super::recorder::Recorder;
 use super::refusal::Refusal;
 use super::relay::{RelayEnd, relay};
 use super::startup::{Opening, open};
 use super::stream::Stream;
 use super::upstream::{Upstream, connect, forwarded_params, terminate};
+use crate::audit::SessionAudit;
 use crate::clock::now_millis;
 use crate::{Proxy, audit};
 
@@ -199,16 +201,21 @@ async fn run(
         proxy.cancels.insert(*pid, ours.clone(), upstream.server, real.clone());
     }
     tracing::info!(session = %id, user, resource = %resource.name, role = %role.name, grant = %grant.id, "session started");
-    let session_event = |action: &str| {
-        let mut e = audit::event(action, user);
-        e.resource = Some(resource.name.clone());
-        e.role = Some(role.name.clone());
-        e.session_id = Some(id.clone());
-        e.grant_id = Some(grant.id.clone());
-        e.request_id = Some(grant.request_id.clone());
-        e.detail.insert("protocol".into(), PROTOCOL.into());
-        e
-    };
+    let audit = Arc::new(SessionAudit {
+        user: user.to_owned(),
+        resource: resource.name.clone(),
+        role: role.name.clone(),
+        session_id: id.clone(),
+        grant_id: grant.id.clone(),
+        request_id: grant.request_id.clone(),
+        reason: grant.reason.clone(),
+        approvers: grant.approvers.clone(),
+        break_glass: grant.break_glass,
+        redact_parameters: role.redact_parameters,
+        wall: now_millis(),
+        since: std::time::Instant::now(),
+    });
+    let session_event = |action: &str| audit.event(action);
     let mut start = session_event("session.start");
     start.detail.insert("peer".into(), peer.ip().to_string());
     start.detail.insert("tls".into(), client.is_tls().to_string());
@@ -246,15 +253,24 @@ async fn run(
             let msg = cut.message(&resource.name, &id);
             (cut, msg)
         };
-        relay(
+        let mut recorder = proxy
+            .audit
+            .statements()
+            .map(|queue| Recorder::new(Arc::clone(&audit), queue));
+        let relayed = relay(
             &mut client,
             &mut upstream.stream,
             pending_input.freeze(),
             handle,
             notice_rx,
             cut,
+            recorder.as_mut(),
         )
-        .await
+        .await;
+        if let Some(r) = recorder {
+            r.finish().await;
+        }
+        relayed
     };
 
     if let (Some((pid, _)), Some(ours)) = (&backend_key, &client_secret) {

@@ -74,6 +74,9 @@ fn grant(user: &str, starts_at: UnixMillis, len: Duration) -> Grant {
         starts_at,
         expires_at: starts_at + millis(len),
         revoked: None,
+        reason: None,
+        approvers: Vec::new(),
+        break_glass: false,
     }
 }
 

@@ -1,0 +1,306 @@
+//! What a statement is (SELECT, INSERT, DDL, ...) and which tables it
+//! touches, from PostgreSQL's own parser (pg_query); and the redaction of
+//! passwords written into statements, before anything is stored. Runs on the
+//! audit thread, never on the relay path.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use pg_query::protobuf::Token;
+
+/// Statement shapes remembered; past it the cache starts over.
+const CACHE: usize = 4096;
+/// What replaces a secret in a statement.
+pub const REDACTED: &str = "'[redacted]'";
+
+/// A statement's class and tables.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Class {
+    /// e.g. `SELECT`, `INSERT`, `DDL`, `DCL`; several commands give `DDL,SELECT`.
+    pub class: String,
+    /// Tables touched, sorted, comma-separated (empty when none or unknown).
+    pub tables: String,
+}
+
+/// Classifies statements, remembering each shape (the text with its
+/// literals blanked) so a workload that repeats itself is parsed once.
+#[derive(Default)]
+pub struct Classifier {
+    cache: HashMap<String, Arc<Class>>,
+}
+
+impl Classifier {
+    /// The class and tables of `sql` (one statement or several).
+    pub fn classify(&mut self, sql: &str) -> Arc<Class> {
+        let Some(key) = shape(sql) else {
+            return Arc::new(parse(sql));
+        };
+        if let Some(c) = self.cache.get(&key) {
+            return Arc::clone(c);
+        }
+        if self.cache.len() >= CACHE {
+            self.cache.clear();
+        }
+        let class = Arc::new(parse(sql));
+        self.cache.insert(key, Arc::clone(&class));
+        class
+    }
+}
+
+fn parse(sql: &str) -> Class {
+    match pg_query::summary(sql, 0, -1) {
+        Ok(s) => {
+            let mut classes: Vec<&str> = s.statement_types.iter().map(|t| class_of(t)).collect();
+            classes.sort_unstable();
+            classes.dedup();
+            let mut tables: Vec<&str> = s.tables.iter().map(|t| t.name.as_str()).collect();
+            tables.sort_unstable();
+            tables.dedup();
+            Class {
+                class: if classes.is_empty() {
+                    "EMPTY".into()
+                } else {
+                    classes.join(",")
+                },
+                tables: tables.join(","),
+            }
+        }
+        // Not valid SQL (the server will have said so), or cut short: the first word.
+        Err(_) => Class {
+            class: sql
+                .split(|c: char| !c.is_ascii_alphabetic())
+                .find(|w| !w.is_empty())
+                .map_or_else(|| "UNKNOWN".to_owned(), str::to_ascii_uppercase),
+            tables: String::new(),
+        },
+    }
+}
+
+/// The class of one parse node type, e.g. `SelectStmt` -> `SELECT`.
+fn class_of(stmt: &str) -> &'static str {
+    let name = stmt.strip_suffix("Stmt").unwrap_or(stmt);
+    match name {
+        "Select" => "SELECT",
+        "Insert" => "INSERT",
+        "Update" => "UPDATE",
+        "Delete" => "DELETE",
+        "Merge" => "MERGE",
+        "Copy" => "COPY",
+        "Truncate" => "TRUNCATE",
+        "Transaction" => "TRANSACTION",
+        "Explain" => "EXPLAIN",
+        "Call" => "CALL",
+        "Do" => "DO",
+        "Prepare" | "Execute" | "Deallocate" => "PREPARED",
+        "VariableSet" | "VariableShow" | "Discard" | "Listen" | "Unlisten" | "Notify" | "Lock" | "Checkpoint"
+        | "Vacuum" | "Cluster" | "Reindex" | "Load" | "DeclareCursor" | "Fetch" | "ClosePortal" | "ConstraintsSet" => {
+            "UTILITY"
+        }
+        "Grant"
+        | "GrantRole"
+        | "CreateRole"
+        | "AlterRole"
+        | "AlterRoleSet"
+        | "DropRole"
+        | "DropOwned"
+        | "ReassignOwned"
+        | "AlterDefaultPrivileges"
+        | "CreateUserMapping"
+        | "AlterUserMapping"
+        | "DropUserMapping"
+        | "CreatePolicy"
+        | "AlterPolicy"
+        | "SecLabel" => "DCL",
+        n if [
+            "Create",
+            "Alter",
+            "Drop",
+            "Rename",
+            "Comment",
+            "Define",
+            "Index",
+            "View",
+            "Composite",
+            "Import",
+        ]
+        .iter()
+        .any(|p| n.starts_with(p)) =>
+        {
+            "DDL"
+        }
+        _ => "OTHER",
+    }
+}
+
+/// The text with its literals (quoted strings and numbers) blanked, as a
+/// cache key; `None` when the text has quoting this cannot follow safely
+/// (dollar quotes, escape strings), and is then parsed every time.
+fn shape(sql: &str) -> Option<String> {
+    let b = sql.as_bytes();
+    let mut out = String::with_capacity(sql.len());
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        match c {
+            b'$' => return None,
+            b'\'' => {
+                if i > 0 && matches!(b[i - 1], b'e' | b'E' | b'u' | b'U' | b'&' | b'b' | b'B' | b'x' | b'X') {
+                    return None;
+                }
+                i += 1;
+                loop {
+                    match b.get(i) {
+                        None => return None,
+                        Some(b'\'') if b.get(i + 1) == Some(&b'\'') => i += 2,
+                        Some(b'\'') => break,
+                        Some(_) => i += 1,
+                    }
+                }
+                out.push('?');
+            }
+            b'0'..=b'9' if i == 0 || !(b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_') => {
+                while i + 1 < b.len() && (b[i + 1].is_ascii_alphanumeric() || b[i + 1] == b'.') {
+                    i += 1;
+                }
+                out.push('?');
+            }
+            _ => {
+                // Whole UTF-8 sequences: a multi-byte character is copied byte by byte.
+                let len = utf8_len(c);
+                out.push_str(sql.get(i..i + len)?);
+                i += len;
+                continue;
+            }
+        }
+        i += 1;
+    }
+    Some(out)
+}
+
+fn utf8_len(first: u8) -> usize {
+    match first {
+        0xf0.. => 4,
+        0xe0.. => 3,
+        0xc0.. => 2,
+        _ => 1,
+    }
+}
+
+/// `text` with every password written into it replaced by [`REDACTED`], or
+/// `None` when it holds none: a string after the PASSWORD keyword (`CREATE
+/// ROLE`, `ALTER USER`, `OPTIONS (password ...)`), and connection strings
+/// and URLs with a password (`password=...`, `scheme://user:secret@host`).
+/// Text that mentions a password but cannot be scanned is withheld whole.
+pub fn redact(text: &str) -> Option<String> {
+    let lower = text.to_ascii_lowercase();
+    if !lower.contains("password") && !lower.contains("://") {
+        return None;
+    }
+    let Ok(tokens) = pg_query::scan_tokens(text) else {
+        return Some("[redacted: the statement mentions a password and could not be scanned]".to_owned());
+    };
+    let mut spans = Vec::new();
+    let mut after_password = false;
+    for t in &tokens {
+        let is_string = t.token == Token::Sconst as i32 || t.token == Token::Usconst as i32;
+        if is_string {
+            let (start, end) = (t.start as usize, t.end as usize);
+            let literal = lower.get(start..end).unwrap_or_default();
+            if after_password || holds_secret(literal) {
+                spans.push((start, end));
+            }
+        }
+        after_password = t.token == Token::Password as i32;
+    }
+    if spans.is_empty() {
+        return None;
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut at = 0;
+    for (start, end) in spans {
+        out.push_str(text.get(at..start)?);
+        out.push_str(REDACTED);
+        at = end;
+    }
+    out.push_str(text.get(at..)?);
+    Some(out)
+}
+
+/// Whether a literal (lowercased) is a connection string or URL with a password.
+pub fn holds_secret(literal: &str) -> bool {
+    let conninfo = literal
+        .match_indices("password")
+        .any(|(i, w)| literal[i + w.len()..].trim_start().starts_with('='));
+    let url = literal.find("://").is_some_and(|i| {
+        let rest = &literal[i + 3..];
+        let host_start = rest.find(['/', '?']).unwrap_or(rest.len());
+        rest[..host_start].contains('@') && rest[..host_start].split('@').next().is_some_and(|u| u.contains(':'))
+    });
+    conninfo || url
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classes_and_tables_come_from_the_parser() {
+        let mut c = Classifier::default();
+        let s = c.classify("SELECT abalance FROM pgbench_accounts WHERE aid = 5");
+        assert_eq!((s.class.as_str(), s.tables.as_str()), ("SELECT", "pgbench_accounts"));
+        let s = c.classify("CREATE TABLE t (x int); SELECT 1 FROM a JOIN b.c ON true");
+        assert_eq!((s.class.as_str(), s.tables.as_str()), ("DDL,SELECT", "a,b.c,t"));
+        assert_eq!(c.classify("ALTER ROLE x PASSWORD 'p'").class, "DCL");
+        assert_eq!(c.classify("UPDATE t SET x = 1").class, "UPDATE");
+        assert_eq!(c.classify("begin").class, "TRANSACTION");
+        assert_eq!(c.classify("selec 1").class, "SELEC");
+    }
+
+    #[test]
+    fn literals_do_not_split_the_cache_but_do_not_merge_different_statements() {
+        assert_eq!(
+            shape("SELECT 1 FROM t WHERE a = 'x''y'"),
+            shape("SELECT 22 FROM t WHERE a = 'z'")
+        );
+        assert_ne!(shape("SELECT 1 FROM t1"), shape("SELECT 1 FROM t2"));
+        assert_eq!(shape("SELECT $$x$$"), None);
+        assert_eq!(shape("SELECT E'\\''"), None);
+        assert_eq!(shape("SELECT 'é', 1"), Some("SELECT ?, ?".to_owned()));
+        let mut c = Classifier::default();
+        c.classify("SELECT 1 FROM t WHERE a = 1");
+        c.classify("SELECT 1 FROM t WHERE a = 2");
+        assert_eq!(c.cache.len(), 1);
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        for (sql, want) in [
+            (
+                "ALTER ROLE bob PASSWORD 'hunter2'",
+                "ALTER ROLE bob PASSWORD '[redacted]'",
+            ),
+            (
+                "CREATE USER bob WITH LOGIN ENCRYPTED PASSWORD 'hunter2' VALID UNTIL 'infinity'",
+                "CREATE USER bob WITH LOGIN ENCRYPTED PASSWORD '[redacted]' VALID UNTIL 'infinity'",
+            ),
+            (
+                "CREATE USER MAPPING FOR bob SERVER s OPTIONS (user 'bob', password 'hunter2')",
+                "CREATE USER MAPPING FOR bob SERVER s OPTIONS (user 'bob', password '[redacted]')",
+            ),
+            (
+                "SELECT dblink_connect('host=db password = hunter2 user=x')",
+                "SELECT dblink_connect('[redacted]')",
+            ),
+            (
+                "SELECT dblink('postgresql://bob:hunter2@db/x', 'select 1')",
+                "SELECT dblink('[redacted]', 'select 1')",
+            ),
+        ] {
+            assert_eq!(redact(sql).as_deref(), Some(want), "{sql}");
+        }
+        assert_eq!(redact("SELECT 'https://example.com/x'"), None);
+        assert_eq!(redact("SELECT password FROM users"), None);
+        let withheld = redact("ALTER ROLE bob PASSWORD 'hunter2").expect("withheld");
+        assert!(!withheld.contains("hunter2"));
+    }
+}

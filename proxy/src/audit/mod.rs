@@ -1,0 +1,154 @@
+//! The proxy's audit events on their way to the audit log: connections
+//! refused, sessions started and ended, and every statement. They go through
+//! one bounded queue to the audit thread (`pipeline`), which classifies and
+//! redacts statements off the relay path and hands events on to the log in
+//! the order they were queued. When the queue is full the reporting session
+//! waits, and the wait is counted; nothing is dropped.
+
+pub mod classify;
+mod pipeline;
+pub mod statement;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use portcullis_protocol::audit::AuditEvent;
+use prometheus::IntCounter;
+use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
+
+use crate::clock::now_millis;
+pub use statement::{Batch, SessionAudit};
+
+/// Items queued for the audit thread.
+pub const QUEUE: usize = 4096;
+
+/// What sessions hand to the audit thread.
+pub enum Item {
+    /// An event ready as it is.
+    Event(Box<AuditEvent>),
+    /// Statements of one session, to be classified, redacted and recorded.
+    Statements(Batch),
+}
+
+/// Where the proxy's audit events go.
+pub struct AuditQueue {
+    tx: Option<mpsc::Sender<Item>>,
+    waits: IntCounter,
+}
+
+impl AuditQueue {
+    /// A queue whose events end in `log`, through an audit thread started
+    /// here; `None` records nothing (a proxy without an audit log).
+    pub fn new(log: Option<mpsc::Sender<AuditEvent>>, waits: IntCounter) -> std::io::Result<AuditQueue> {
+        let tx = match log {
+            Some(log) => {
+                let (tx, rx) = mpsc::channel(QUEUE);
+                pipeline::spawn(rx, log)?;
+                Some(tx)
+            }
+            None => None,
+        };
+        Ok(AuditQueue { tx, waits })
+    }
+
+    /// Queues `event`, waiting for room when the queue is full.
+    pub async fn record(&self, event: AuditEvent) {
+        if let Some(tx) = &self.tx {
+            self.send(tx, Item::Event(Box::new(event))).await;
+        }
+    }
+
+    async fn send(&self, tx: &mpsc::Sender<Item>, item: Item) {
+        match tx.try_send(item) {
+            Ok(()) => {}
+            Err(TrySendError::Full(item)) => {
+                self.waits.inc();
+                let _ = tx.send(item).await;
+            }
+            Err(TrySendError::Closed(_)) => {}
+        }
+    }
+
+    /// The queue for a session's statements; `None` when nothing is recorded.
+    pub fn statements(&self) -> Option<StatementQueue> {
+        self.tx.as_ref().map(|tx| StatementQueue {
+            tx: tx.clone(),
+            waits: self.waits.clone(),
+            reserving: None,
+        })
+    }
+}
+
+type Reserve = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<mpsc::OwnedPermit<Item>, mpsc::error::SendError<()>>> + Send>,
+>;
+
+/// One session's handle on the queue, polled from the relay: sending never
+/// blocks the relay's task, and a full queue makes the relay wait for room.
+pub struct StatementQueue {
+    tx: mpsc::Sender<Item>,
+    waits: IntCounter,
+    /// Waiting for room, when the queue was full.
+    reserving: Option<Reserve>,
+}
+
+impl StatementQueue {
+    /// Sends `batch` when there is room; `Pending` (woken when there is)
+    /// hands the batch back untouched for the next try.
+    pub fn poll_send(&mut self, cx: &mut std::task::Context<'_>, batch: &mut Batch) -> std::task::Poll<()> {
+        use std::task::Poll;
+        if self.reserving.is_none() {
+            match self.tx.try_reserve() {
+                Ok(permit) => {
+                    permit.send(Item::Statements(batch.take()));
+                    return Poll::Ready(());
+                }
+                Err(TrySendError::Closed(())) => {
+                    // The log is gone (shutdown): nothing more can be recorded.
+                    batch.statements.clear();
+                    return Poll::Ready(());
+                }
+                Err(TrySendError::Full(())) => {
+                    self.waits.inc();
+                    self.reserving = Some(Box::pin(self.tx.clone().reserve_owned()));
+                }
+            }
+        }
+        let Some(reserving) = self.reserving.as_mut() else {
+            return Poll::Ready(());
+        };
+        let permit = std::task::ready!(reserving.as_mut().poll(cx));
+        self.reserving = None;
+        match permit {
+            Ok(permit) => {
+                permit.send(Item::Statements(batch.take()));
+            }
+            Err(_) => batch.statements.clear(),
+        }
+        Poll::Ready(())
+    }
+}
+
+/// A new event of `action` by `user`, now, with a fresh id.
+pub fn event(action: &str, user: &str) -> AuditEvent {
+    // Ids must never repeat (the log keeps one event per id): without
+    // randomness, fall back to the clock and a counter.
+    static FALLBACK: AtomicU64 = AtomicU64::new(0);
+    let id = crate::random::hex(8)
+        .unwrap_or_else(|_| format!("{:x}-{:x}", now_millis(), FALLBACK.fetch_add(1, Ordering::Relaxed)));
+    AuditEvent {
+        id: format!("evt_{id}"),
+        at: now_millis(),
+        action: action.to_owned(),
+        user: user.to_owned(),
+        resource: None,
+        role: None,
+        session_id: None,
+        grant_id: None,
+        request_id: None,
+        reason: None,
+        approvers: Vec::new(),
+        detail: BTreeMap::new(),
+    }
+}

@@ -1,0 +1,48 @@
+//! The audit thread: takes what sessions queue, turns statements into events
+//! (classification and redaction run here, off the relay path) and hands
+//! every event to the audit log in queue order, waiting when the log's queue
+//! is full, so backpressure reaches the sessions instead of events being lost.
+
+use std::time::Duration;
+
+use portcullis_protocol::audit::AuditEvent;
+use tokio::sync::mpsc;
+
+use super::Item;
+use super::classify::Classifier;
+use super::statement::statement_event;
+
+/// After a batch, what arrives within this long is handled together: one
+/// wakeup of this thread per burst instead of one per statement.
+const COALESCE: Duration = Duration::from_millis(2);
+
+/// Starts the thread; it ends when every sender is gone and the queue is drained.
+pub(super) fn spawn(mut rx: mpsc::Receiver<Item>, log: mpsc::Sender<AuditEvent>) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("portcullis-audit-sql".into())
+        .spawn(move || {
+            let mut classifier = Classifier::default();
+            while let Some(first) = rx.blocking_recv() {
+                let mut next = Some(first);
+                while let Some(item) = next {
+                    if !forward(item, &log, &mut classifier) {
+                        return;
+                    }
+                    next = rx.try_recv().ok();
+                }
+                std::thread::sleep(COALESCE);
+            }
+        })
+        .map(drop)
+}
+
+/// Hands `item`'s events to the log; false once the log is gone.
+fn forward(item: Item, log: &mpsc::Sender<AuditEvent>, classifier: &mut Classifier) -> bool {
+    match item {
+        Item::Event(e) => log.blocking_send(*e).is_ok(),
+        Item::Statements(batch) => batch.statements.iter().all(|s| {
+            log.blocking_send(statement_event(&batch.session, s, classifier))
+                .is_ok()
+        }),
+    }
+}

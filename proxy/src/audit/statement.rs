@@ -1,0 +1,293 @@
+//! One audit event per statement: what the relay's tracker saw, with the
+//! session's who/where/why, turned into an `AuditEvent` on the audit thread.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Instant;
+
+use portcullis_protocol::audit::AuditEvent;
+use portcullis_protocol::feed::UnixMillis;
+use portcullis_protocol::pg::statements::{Flow, Outcome, Param, Statement};
+
+use super::classify::{Classifier, REDACTED, holds_secret, redact};
+
+/// What every event of one session carries.
+#[derive(Debug)]
+pub struct SessionAudit {
+    /// The engineer.
+    pub user: String,
+    /// Resource name.
+    pub resource: String,
+    /// Role name.
+    pub role: String,
+    /// Session id.
+    pub session_id: String,
+    /// Grant id.
+    pub grant_id: String,
+    /// The grant's request.
+    pub request_id: String,
+    /// The request's reason.
+    pub reason: Option<String>,
+    /// Who approved it.
+    pub approvers: Vec<String>,
+    /// Granted by break-glass: every event says so.
+    pub break_glass: bool,
+    /// Bound parameter values are not recorded (the resource's policy).
+    pub redact_parameters: bool,
+    /// The wall clock at `since`, to date statements timed by `Instant`.
+    pub wall: UnixMillis,
+    /// See `wall`.
+    pub since: Instant,
+}
+
+impl SessionAudit {
+    /// A new event of `action` in this session, now, with its fields filled.
+    pub fn event(&self, action: &str) -> AuditEvent {
+        let mut e = super::event(action, &self.user);
+        e.resource = Some(self.resource.clone());
+        e.role = Some(self.role.clone());
+        e.session_id = Some(self.session_id.clone());
+        e.grant_id = Some(self.grant_id.clone());
+        e.request_id = Some(self.request_id.clone());
+        e.reason.clone_from(&self.reason);
+        e.approvers.clone_from(&self.approvers);
+        e.detail.insert("protocol".into(), "postgres".into());
+        if self.break_glass {
+            e.detail.insert("break_glass".into(), "true".into());
+        }
+        e
+    }
+}
+
+/// Statements of one session, in the order they completed.
+pub struct Batch {
+    /// Whose.
+    pub session: Arc<SessionAudit>,
+    /// What.
+    pub statements: Vec<Statement>,
+}
+
+impl Batch {
+    /// An empty batch for `session`.
+    pub fn new(session: Arc<SessionAudit>) -> Batch {
+        Batch {
+            session,
+            statements: Vec::new(),
+        }
+    }
+
+    /// The statements so far, as a batch of their own; this one is left empty.
+    pub fn take(&mut self) -> Batch {
+        Batch {
+            session: Arc::clone(&self.session),
+            statements: std::mem::take(&mut self.statements),
+        }
+    }
+}
+
+/// The audit event of `s`, classified and with passwords redacted.
+pub fn statement_event(session: &SessionAudit, s: &Statement, classifier: &mut Classifier) -> AuditEvent {
+    let mut e = session.event("statement");
+    let offset = s.started.saturating_duration_since(session.since).as_millis();
+    e.at = session.wall.saturating_add(i64::try_from(offset).unwrap_or(i64::MAX));
+    let d = &mut e.detail;
+    let flow = match s.flow {
+        Flow::Simple => "simple",
+        Flow::Extended => "extended",
+        Flow::Function => "function",
+    };
+    d.insert("flow".into(), flow.into());
+    let class = classifier.classify(&s.text.text);
+    d.insert("class".into(), class.class.clone());
+    if !class.tables.is_empty() {
+        d.insert("tables".into(), class.tables.clone());
+    }
+    match redact(&s.text.text) {
+        Some(redacted) => {
+            d.insert("text".into(), redacted);
+            d.insert("redacted".into(), "true".into());
+        }
+        None => {
+            d.insert("text".into(), s.text.text.clone());
+        }
+    }
+    if let Some(sha) = &s.text.sha256 {
+        // Cut: the whole text's length and hash, never the rest of it.
+        d.insert("text_len".into(), s.text.len.to_string());
+        d.insert("text_sha256".into(), sha.clone());
+    }
+    if s.flow == Flow::Extended {
+        if !s.statement.is_empty() {
+            d.insert("statement".into(), s.statement.clone());
+        }
+        if !s.portal.is_empty() {
+            d.insert("portal".into(), s.portal.clone());
+        }
+        d.insert("param_count".into(), s.params.len().to_string());
+        if !s.params.is_empty() {
+            if session.redact_parameters {
+                d.insert("params".into(), "[redacted by policy]".into());
+            } else {
+                d.insert("params".into(), params_json(&s.params));
+            }
+        }
+    }
+    if let Some(copy) = s.copy {
+        d.insert(
+            "copy".into(),
+            if copy.inbound { "from_stdin" } else { "to_stdout" }.into(),
+        );
+        d.insert("copy_bytes".into(), copy.bytes.to_string());
+    }
+    match &s.outcome {
+        Outcome::Done(list) => {
+            d.insert("outcome".into(), "ok".into());
+            let tags: Vec<&str> = list.iter().map(|c| c.tag.as_str()).collect();
+            if !tags.is_empty() {
+                d.insert("tag".into(), tags.join("; "));
+            }
+            let rows: Option<u64> = list.iter().filter_map(|c| c.rows).reduce(|a, b| a.saturating_add(b));
+            if let Some(rows) = rows {
+                d.insert("rows".into(), rows.to_string());
+            }
+        }
+        Outcome::Failed { sqlstate, message } => {
+            d.insert("outcome".into(), "error".into());
+            d.insert("sqlstate".into(), sqlstate.clone());
+            d.insert("error".into(), message.clone());
+        }
+        Outcome::Suspended => {
+            d.insert("outcome".into(), "suspended".into());
+        }
+        Outcome::NotRun => {
+            d.insert("outcome".into(), "not_run".into());
+        }
+        Outcome::Interrupted => {
+            d.insert("outcome".into(), "interrupted".into());
+        }
+    }
+    d.insert("duration_us".into(), s.duration.as_micros().to_string());
+    e
+}
+
+/// Parameter values as a JSON array: text values as strings (a connection
+/// string or URL with a password redacted), NULL as null, the rest described.
+fn params_json(params: &[Param]) -> String {
+    let values: Vec<serde_json::Value> = params
+        .iter()
+        .map(|p| match p {
+            Param::Null => serde_json::Value::Null,
+            Param::Text(t) if holds_secret(&t.to_ascii_lowercase()) => REDACTED.into(),
+            Param::Text(t) => t.as_str().into(),
+            Param::Binary(n) => describe(*n, "binary").into(),
+            Param::Omitted(n) => describe(*n, "not kept").into(),
+            Param::Unseen => "<not seen>".into(),
+        })
+        .collect();
+    serde_json::Value::Array(values).to_string()
+}
+
+fn describe(n: usize, what: &str) -> String {
+    let mut s = String::new();
+    let _ = write!(s, "<{what}, {n} bytes>");
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use portcullis_protocol::pg::statements::{Completion, Text};
+
+    use super::*;
+
+    fn session(redact_parameters: bool) -> SessionAudit {
+        SessionAudit {
+            user: "alice".into(),
+            resource: "orders".into(),
+            role: "read".into(),
+            session_id: "ses_1".into(),
+            grant_id: "grt_1".into(),
+            request_id: "req_1".into(),
+            reason: Some("INC-1".into()),
+            approvers: vec!["carol".into()],
+            break_glass: true,
+            redact_parameters,
+            wall: 1_000,
+            since: Instant::now(),
+        }
+    }
+
+    fn bound(params: Vec<Param>, since: Instant) -> Statement {
+        Statement {
+            flow: Flow::Extended,
+            text: Arc::new(Text {
+                text: "SELECT dblink($1, $2)".into(),
+                len: 21,
+                sha256: None,
+            }),
+            statement: "s1".into(),
+            portal: String::new(),
+            params: params.into(),
+            copy: None,
+            outcome: Outcome::Done(vec![Completion {
+                tag: "SELECT 2".into(),
+                rows: Some(2),
+            }]),
+            started: since + Duration::from_millis(5),
+            duration: Duration::from_micros(250),
+        }
+    }
+
+    #[test]
+    fn a_bound_statement_becomes_one_event_with_its_values() {
+        let s = session(false);
+        let params = vec![
+            Param::Text("host=db password=hunter2".into()),
+            Param::Null,
+            Param::Binary(4),
+            Param::Omitted(9000),
+            Param::Unseen,
+        ];
+        let e = statement_event(&s, &bound(params, s.since), &mut Classifier::default());
+        assert_eq!(
+            (e.action.as_str(), e.at, e.user.as_str()),
+            ("statement", 1_005, "alice")
+        );
+        assert_eq!(
+            (e.reason.as_deref(), e.approvers.as_slice()),
+            (Some("INC-1"), &["carol".to_owned()][..])
+        );
+        let d = &e.detail;
+        assert_eq!(
+            d["params"],
+            r#"["'[redacted]'",null,"<binary, 4 bytes>","<not kept, 9000 bytes>","<not seen>"]"#
+        );
+        for (k, v) in [
+            ("flow", "extended"),
+            ("statement", "s1"),
+            ("param_count", "5"),
+            ("outcome", "ok"),
+            ("tag", "SELECT 2"),
+            ("rows", "2"),
+            ("duration_us", "250"),
+            ("class", "SELECT"),
+            ("break_glass", "true"),
+        ] {
+            assert_eq!(d.get(k).map(String::as_str), Some(v), "{k}");
+        }
+        assert!(!d.contains_key("portal"));
+    }
+
+    #[test]
+    fn a_policy_can_keep_values_out() {
+        let s = session(true);
+        let e = statement_event(
+            &s,
+            &bound(vec![Param::Text("4111 1111 1111 1111".into())], s.since),
+            &mut Classifier::default(),
+        );
+        assert_eq!(e.detail["params"], "[redacted by policy]");
+        assert_eq!(e.detail["param_count"], "1");
+    }
+}
