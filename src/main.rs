@@ -56,7 +56,11 @@ fn main() -> ExitCode {
             Command::Serve { config } => serve::run(&config).await,
             Command::CheckConfig { config } => config::load(&config)
                 .map_err(anyhow::Error::from)
-                .and_then(|c| config::proxy_settings(&c).map_err(|m| anyhow::anyhow!("{}: {m}", config.display())))
+                .and_then(|c| {
+                    let at = |m: String| anyhow::anyhow!("{}: {m}", config.display());
+                    config::proxy_settings(&c).map_err(at)?;
+                    config::notify_settings(&c).map_err(at)
+                })
                 .map(|_| println!("ok")),
             Command::Client(cmd) => cli::run(cli.client, cmd).await,
         }

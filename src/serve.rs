@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use portcullis_control::Control;
-use portcullis_control::audit::{AuditLog, spawn_writer};
+use portcullis_control::audit::spawn_writer;
 use portcullis_protocol::sessions::SessionDirectory;
 use portcullis_proxy::Proxy;
 use portcullis_proxy::grants::table::GrantTable;
@@ -34,14 +34,19 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
 
     let registry = prometheus::Registry::new();
-    let control = Control::open(config::control_settings(&config), &registry).await?;
-    let data_dir = config.data_dir.clone();
-    let audit_log = tokio::task::spawn_blocking(move || AuditLog::open_blocking(&data_dir)).await??;
+    let mut control_settings = config::control_settings(&config);
+    control_settings.notifications =
+        config::notify_settings(&config).map_err(|m| anyhow!("{}: {m}", path.display()))?;
+    let control = Control::open(control_settings, &registry).await?;
+    // The control plane owns the audit log (it also ships workflow history there).
     let (audit_tx, audit_rx) = tokio::sync::mpsc::channel(AUDIT_QUEUE);
-    let audit_writer = spawn_writer(audit_log, audit_rx).context("cannot start the audit writer")?;
+    let audit_writer = spawn_writer(control.audit_log(), audit_rx).context("cannot start the audit writer")?;
     let proxy = Proxy::new(proxy_settings, &registry, Some(audit_tx))?;
     let shutdown = CancellationToken::new();
     follow_feed(Arc::clone(&control), Arc::clone(&proxy.grants), shutdown.clone());
+    // Queued notifications (webhooks, Slack) are delivered from here; what is
+    // still queued at shutdown stays in the store for the next start.
+    let notifier = control.spawn_notifier(shutdown.clone());
 
     let api = TcpListener::bind(config.api.listen)
         .await
@@ -70,11 +75,18 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
     }
     let _ = pg_task.await;
     let _ = api_task.await;
+    let _ = notifier.await;
     // The writer ends once the proxy (the queue's last sender) is gone and the queue is drained.
     drop(proxy);
     let joined = tokio::task::spawn_blocking(move || audit_writer.join());
     if tokio::time::timeout(DRAIN, joined).await.is_err() {
         tracing::warn!("some audit events were not written before exit");
+    }
+    // Workflow actions of the last moments; what is left is shipped at the next start.
+    match tokio::time::timeout(DRAIN, control.flush_audit()).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "workflow history not shipped to the audit log before exit"),
+        Err(_) => tracing::warn!("workflow history not shipped to the audit log before exit"),
     }
     Ok(())
 }

@@ -133,6 +133,18 @@ pub enum ControlError {
     /// A blocking store task panicked or was cancelled.
     #[error("a store task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    /// The audit log failed.
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
+    /// Two notification destinations of one kind share a URL.
+    #[error("notifications: two {kind} destinations have the same URL")]
+    DuplicateDestination {
+        /// `webhook` or `slack`.
+        kind: &'static str,
+    },
+    /// The HTTP client of notifications could not be set up.
+    #[error("notifications: cannot set up the HTTP client: {0}")]
+    HttpClient(reqwest::Error),
 }
 
 /// Why an API call was refused; `Display` is the sentence the caller reads
@@ -459,6 +471,12 @@ pub enum ApiError {
         /// Its resource.
         resource: String,
     },
+    /// The caller may not see this session's record.
+    #[error("you may not see session {id}: only its user, an approver of its resource or an admin may")]
+    HiddenSession {
+        /// The session.
+        id: String,
+    },
     /// No route here.
     #[error("no such route: {method} {path}")]
     NoRoute {
@@ -498,7 +516,8 @@ impl ApiError {
             | HiddenGrant { .. }
             | SelfExtension
             | NotRevoker { .. }
-            | NotSessionKiller { .. } => StatusCode::FORBIDDEN,
+            | NotSessionKiller { .. }
+            | HiddenSession { .. } => StatusCode::FORBIDDEN,
             UnknownRequest { .. } | UnknownGrant { .. } | UnknownSession { .. } | NoRoute { .. } => {
                 StatusCode::NOT_FOUND
             }
@@ -549,6 +568,12 @@ impl ApiError {
 impl From<rusqlite::Error> for ApiError {
     fn from(e: rusqlite::Error) -> Self {
         ApiError::Internal(ControlError::Store(e))
+    }
+}
+
+impl From<crate::audit::AuditError> for ApiError {
+    fn from(e: crate::audit::AuditError) -> Self {
+        ApiError::Internal(ControlError::Audit(e))
     }
 }
 

@@ -1,5 +1,6 @@
 //! Identifiers: `req_`/`grt_` + 12 lowercase hex characters from the system's
-//! random source.
+//! random source; notification ids (`ntf_`) carry 32, since receivers outside
+//! this store use them as idempotency keys.
 
 use crate::error::ControlError;
 
@@ -7,10 +8,19 @@ use crate::error::ControlError;
 pub(crate) const REQUEST: &str = "req_";
 /// Prefix of grant ids.
 pub(crate) const GRANT: &str = "grt_";
+/// Prefix of notification (outbox) ids.
+pub(crate) const NOTIFICATION: &str = "ntf_";
 
 /// A fresh id with this prefix, e.g. `req_3f9a1c2b7d4e`.
 pub(crate) fn new_id(prefix: &str) -> Result<String, ControlError> {
     let mut bytes = [0u8; 6];
+    getrandom::fill(&mut bytes).map_err(ControlError::Random)?;
+    Ok(format!("{prefix}{}", hex(&bytes)))
+}
+
+/// A fresh id with this prefix and 128 random bits, e.g. `ntf_` + 32 hex characters.
+pub(crate) fn new_long_id(prefix: &str) -> Result<String, ControlError> {
+    let mut bytes = [0u8; 16];
     getrandom::fill(&mut bytes).map_err(ControlError::Random)?;
     Ok(format!("{prefix}{}", hex(&bytes)))
 }

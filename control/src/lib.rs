@@ -12,6 +12,7 @@ mod feed;
 mod ids;
 mod metrics;
 mod model;
+mod notify;
 mod settings;
 mod store;
 mod time;
@@ -25,26 +26,33 @@ use portcullis_protocol::sessions::SessionDirectory;
 
 pub use error::ControlError;
 pub use feed::FeedHub;
+pub use notify::settings::{NotifyEvent, NotifySettings, SlackSettings, WebhookSettings};
 pub use settings::{
     AutoApprove, BreakGlass, ControlSettings, DEFAULT_PENDING_TTL, Escalation, Policy, Principals, ReasonRule,
     ResourceKind, ResourceSettings,
 };
 
+use crate::audit::AuditLog;
+use crate::audit::ship::Shipper;
 use crate::catalog::Catalog;
 use crate::metrics::Metrics;
 use crate::store::{Store, grants, requests, users};
 use crate::workflow::Workflow;
 
-/// The control plane of one process: the store, the workflow and the feed.
+/// The control plane of one process: the store, the workflow, the feed and
+/// the audit log.
 pub struct Control {
     workflow: Workflow,
+    audit: AuditLog,
+    shipper: Shipper,
     gateways: Arc<api::Gateways>,
     data_dir: PathBuf,
 }
 
 impl Control {
-    /// Checks the resources, opens (or creates) the store in `data_dir`,
-    /// creates `admin` on first start, and registers metrics on `registry`.
+    /// Checks the resources, opens (or creates) the store and the audit log
+    /// in `data_dir`, creates `admin` on first start, registers metrics on
+    /// `registry`, and starts shipping workflow history to the audit log.
     pub async fn open(
         settings: ControlSettings,
         registry: &prometheus::Registry,
@@ -53,7 +61,10 @@ impl Control {
         let metrics = Metrics::register(registry)?;
         let data_dir = settings.data_dir;
         let dir = data_dir.clone();
-        let (store, feed) = tokio::task::spawn_blocking(move || open_blocking(&dir)).await??;
+        let (store, feed, audit) = tokio::task::spawn_blocking(move || open_blocking(&dir)).await??;
+        let audit = audit.with_metrics(metrics.audit.clone());
+        let audit_wake = Arc::new(tokio::sync::Notify::new());
+        let shipper = Shipper::new(store.clone(), audit.clone(), Arc::clone(&audit_wake));
         metrics
             .feed_revision
             .set(i64::try_from(feed.revision()).unwrap_or(i64::MAX));
@@ -63,6 +74,8 @@ impl Control {
             feed: Arc::new(feed),
             metrics,
             expiry: Arc::new(tokio::sync::Notify::new()),
+            audit_wake,
+            notify: Arc::new(notify::Notifier::new(settings.notifications)?),
         };
         // Pending requests are counted once here, then after every commit.
         workflow
@@ -70,8 +83,11 @@ impl Control {
             .pending
             .set(i64::try_from(workflow.feed.pending_count()).unwrap_or(i64::MAX));
         tokio::spawn(workflow.clone().run_expiry());
+        tokio::spawn(shipper.clone().run());
         Ok(Arc::new(Control {
             workflow,
+            audit,
+            shipper,
             gateways: Arc::new(api::Gateways {
                 postgres: settings.gateway_postgres,
                 ssh: settings.gateway_ssh,
@@ -83,6 +99,23 @@ impl Control {
     /// The grant feed: a snapshot and the changes after it.
     pub fn feed(&self) -> &FeedHub {
         &self.workflow.feed
+    }
+
+    /// The audit log, for the writer that drains the proxy's queue into it.
+    pub fn audit_log(&self) -> AuditLog {
+        self.audit.clone()
+    }
+
+    /// Ships the workflow history not in the audit log yet (e.g. at
+    /// shutdown); answers how many events were new.
+    pub async fn flush_audit(&self) -> Result<usize, ControlError> {
+        self.shipper.catch_up().await
+    }
+
+    /// Starts the task that delivers queued notifications (webhooks, Slack)
+    /// until `shutdown`; what is still queued then is sent after the next start.
+    pub fn spawn_notifier(&self, shutdown: tokio_util::sync::CancellationToken) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(self.workflow.clone().run_sender(shutdown))
     }
 
     /// Where the built-in admin's token was written on first start.
@@ -97,6 +130,7 @@ impl Control {
             sessions,
             registry,
             gateways: Arc::clone(&self.gateways),
+            audit: self.audit.clone(),
         })
     }
 }
@@ -109,9 +143,9 @@ impl std::fmt::Debug for Control {
     }
 }
 
-/// Creates the directory, opens the store, creates `admin` if needed, and
-/// loads what proxies need into a fresh feed.
-fn open_blocking(data_dir: &Path) -> Result<(Store, FeedHub), ControlError> {
+/// Creates the directory, opens the store, creates `admin` if needed, loads
+/// what proxies need into a fresh feed, and opens the audit log.
+fn open_blocking(data_dir: &Path) -> Result<(Store, FeedHub, AuditLog), ControlError> {
     std::fs::create_dir_all(data_dir).map_err(|source| ControlError::DataDir {
         path: data_dir.to_path_buf(),
         source,
@@ -127,5 +161,6 @@ fn open_blocking(data_dir: &Path) -> Result<(Store, FeedHub), ControlError> {
             requests::pending_entries(conn)?,
         ))
     })?;
-    Ok((store, feed))
+    let audit = AuditLog::open_blocking(data_dir)?;
+    Ok((store, feed, audit))
 }

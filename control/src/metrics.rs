@@ -27,6 +27,33 @@ pub(crate) struct Metrics {
     pub api_refusals: IntCounterVec,
     /// The feed's latest revision.
     pub feed_revision: IntGauge,
+    /// What the audit log's writers observe.
+    pub audit: AuditMetrics,
+    /// Notifications delivered, by destination kind (`webhook`, `slack`).
+    pub notifications_sent: IntCounterVec,
+    /// Delivery attempts that failed and will be retried, by destination kind.
+    pub notifications_retried: IntCounterVec,
+    /// Notifications given up on (attempts ran out), by destination kind.
+    pub notifications_failed: IntCounterVec,
+    /// Notifications waiting in the outbox.
+    pub outbox_depth: IntGauge,
+    /// Slack button clicks, by outcome (`approved`, `denied`, `refused`,
+    /// `cli_only`, `unmapped`, `bad_signature`, `stale`, `replayed`, `malformed`, `not_configured`).
+    pub chat_actions: IntCounterVec,
+}
+
+/// Buckets of the audit lag histogram, in seconds: milliseconds when all is
+/// well, up to a minute when the log's disk stalls.
+const AUDIT_LAG_BUCKETS: [f64; 12] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0, 60.0];
+
+/// The audit log's metrics, by `source`: `proxy` (the proxy's queue) or
+/// `workflow` (history shipped by the control plane).
+#[derive(Clone, Debug)]
+pub(crate) struct AuditMetrics {
+    /// Seconds from an event's time to the commit that made it durable.
+    pub lag: HistogramVec,
+    /// Events written (duplicates of stored ones are not counted).
+    pub written: IntCounterVec,
 }
 
 impl Metrics {
@@ -73,6 +100,55 @@ impl Metrics {
                 &["status"],
             )?,
             feed_revision: IntGauge::new("portcullis_feed_revision", "Revision of the latest grant feed change")?,
+            audit: AuditMetrics {
+                lag: HistogramVec::new(
+                    HistogramOpts::new(
+                        "portcullis_audit_lag_seconds",
+                        "Time from an audit event to the commit that made it durable in the audit log",
+                    )
+                    .buckets(AUDIT_LAG_BUCKETS.to_vec()),
+                    &["source"],
+                )?,
+                written: IntCounterVec::new(
+                    Opts::new(
+                        "portcullis_audit_events_written_total",
+                        "Audit events written to the audit log, by source",
+                    ),
+                    &["source"],
+                )?,
+            },
+            notifications_sent: IntCounterVec::new(
+                Opts::new(
+                    "portcullis_notifications_sent_total",
+                    "Notifications delivered, by destination kind",
+                ),
+                &["destination"],
+            )?,
+            notifications_retried: IntCounterVec::new(
+                Opts::new(
+                    "portcullis_notifications_retried_total",
+                    "Notification delivery attempts that failed and will be retried, by destination kind",
+                ),
+                &["destination"],
+            )?,
+            notifications_failed: IntCounterVec::new(
+                Opts::new(
+                    "portcullis_notifications_failed_total",
+                    "Notifications given up on after their last attempt, by destination kind",
+                ),
+                &["destination"],
+            )?,
+            outbox_depth: IntGauge::new(
+                "portcullis_notification_outbox_depth",
+                "Notifications waiting in the outbox for delivery",
+            )?,
+            chat_actions: IntCounterVec::new(
+                Opts::new(
+                    "portcullis_chat_actions_total",
+                    "Slack button clicks received, by outcome",
+                ),
+                &["outcome"],
+            )?,
         };
         // Known label values start at 0, so they are exported before the first event.
         for outcome in ["pending", "auto_approved", "break_glass", "refused"] {
@@ -85,6 +161,15 @@ impl Metrics {
         for change in ["created", "extended", "revoked"] {
             m.grant_changes.with_label_values(&[change]);
         }
+        for source in ["proxy", "workflow"] {
+            m.audit.lag.with_label_values(&[source]);
+            m.audit.written.with_label_values(&[source]);
+        }
+        for kind in ["webhook", "slack"] {
+            m.notifications_sent.with_label_values(&[kind]);
+            m.notifications_retried.with_label_values(&[kind]);
+            m.notifications_failed.with_label_values(&[kind]);
+        }
         registry.register(Box::new(m.requests.clone()))?;
         registry.register(Box::new(m.decisions.clone()))?;
         registry.register(Box::new(m.grant_changes.clone()))?;
@@ -94,6 +179,13 @@ impl Metrics {
         registry.register(Box::new(m.pending.clone()))?;
         registry.register(Box::new(m.escalations.clone()))?;
         registry.register(Box::new(m.feed_revision.clone()))?;
+        registry.register(Box::new(m.audit.lag.clone()))?;
+        registry.register(Box::new(m.audit.written.clone()))?;
+        registry.register(Box::new(m.notifications_sent.clone()))?;
+        registry.register(Box::new(m.notifications_retried.clone()))?;
+        registry.register(Box::new(m.notifications_failed.clone()))?;
+        registry.register(Box::new(m.outbox_depth.clone()))?;
+        registry.register(Box::new(m.chat_actions.clone()))?;
         Ok(m)
     }
 

@@ -16,6 +16,8 @@ pub struct ControlSettings {
     pub gateway_postgres: Option<String>,
     /// Address of the SSH listener as engineers reach it.
     pub gateway_ssh: Option<String>,
+    /// Webhooks, Slack, and chat approvals.
+    pub notifications: crate::NotifySettings,
 }
 
 /// One resource: its name, kind, role names and policy.

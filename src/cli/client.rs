@@ -12,6 +12,12 @@ use super::ClientArgs;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Bound on a streamed answer (an export of the whole audit log).
+const STREAM_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// Bound on a pause within a streamed answer.
+const STREAM_IDLE: Duration = Duration::from_secs(60);
+/// Longest line a streamed answer may send.
+const MAX_LINE: usize = 64 * 1024 * 1024;
 
 /// A client of one Portcullis API with one token.
 pub struct Api {
@@ -62,6 +68,55 @@ impl Api {
     /// `POST path` with a JSON body, answering the JSON body.
     pub async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
         self.call(Method::POST, path, Some(body)).await
+    }
+
+    /// `GET path` whose answer is JSON lines, handed to `line` one by one as
+    /// they arrive, so an answer of any size takes little memory. An answer
+    /// that breaks off is an error, never taken for a short one.
+    pub async fn get_lines(&self, path: &str, mut line: impl FnMut(&[u8]) -> anyhow::Result<()>) -> anyhow::Result<()> {
+        let token = self.token()?;
+        let url = format!("{}{path}", self.base);
+        let req = self.http.get(&url).bearer_auth(token).timeout(STREAM_TIMEOUT);
+        let mut resp = req.send().await.map_err(|e| unreachable_api(&self.base, e))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let text = resp.text().await.map_err(|e| unreachable_api(&self.base, e))?;
+            return Err(anyhow!(api_error(status, &text)));
+        }
+        let mut buf: Vec<u8> = Vec::new();
+        loop {
+            let chunk = tokio::time::timeout(STREAM_IDLE, resp.chunk())
+                .await
+                .map_err(|_| {
+                    anyhow!(
+                        "the API at {} stopped sending for {}s",
+                        self.base,
+                        STREAM_IDLE.as_secs()
+                    )
+                })?
+                .map_err(|e| anyhow!("the answer from {} broke off: {e}", self.base))?;
+            let Some(chunk) = chunk else { break };
+            buf.extend_from_slice(&chunk);
+            let mut start = 0;
+            while let Some(len) = buf.get(start..).and_then(|rest| rest.iter().position(|b| *b == b'\n')) {
+                if let Some(l) = buf.get(start..start + len).filter(|l| !l.is_empty()) {
+                    line(l)?;
+                }
+                start += len + 1;
+            }
+            buf.drain(..start);
+            if buf.len() > MAX_LINE {
+                return Err(anyhow!(
+                    "the API at {} sent a line over {} MiB",
+                    self.base,
+                    MAX_LINE >> 20
+                ));
+            }
+        }
+        if !buf.is_empty() {
+            line(&buf)?;
+        }
+        Ok(())
     }
 
     async fn call(&self, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {

@@ -1,6 +1,7 @@
 //! The `portcullis` client verbs for people: a thin client of the HTTP API
 //! (docs/API.md) whose output is the contract in DESIGN.md's CLI table.
 
+mod audit;
 mod client;
 mod connect;
 mod grants;
@@ -95,17 +96,15 @@ pub enum ClientCommand {
         #[arg(long, value_name = "DURATION")]
         by: String,
     },
-    /// List live sessions.
-    Sessions {
-        /// Print the API's JSON array.
-        #[arg(long)]
-        json: bool,
-    },
+    /// List live sessions; with --all past ones too; `sessions show ID` for one and its statements.
+    Sessions(sessions::SessionsArgs),
     /// End one live session.
     Kill {
         /// Session id.
         session_id: String,
     },
+    /// Search the audit log (oldest first), or `audit verify` its hash chain.
+    Audit(audit::AuditArgs),
     /// Show who the token belongs to.
     Whoami,
     /// Show every transition of a request or grant: who, when and why.
@@ -150,7 +149,8 @@ pub async fn run(args: ClientArgs, cmd: ClientCommand) -> anyhow::Result<()> {
         ClientCommand::Grants(list) => grants::list(&api, list).await,
         ClientCommand::Revoke { grant_id, reason } => grants::revoke(&api, &grant_id, reason).await,
         ClientCommand::Extend { grant_id, by } => grants::extend(&api, &grant_id, &by).await,
-        ClientCommand::Sessions { json } => sessions::list(&api, json).await,
+        ClientCommand::Sessions(args) => sessions::run(&api, args).await,
+        ClientCommand::Audit(args) => audit::run(&api, args).await,
         ClientCommand::Kill { session_id } => sessions::kill(&api, &session_id).await,
         ClientCommand::Whoami => users::whoami(&api).await,
         ClientCommand::History { id, json } => history::show(&api, &id, json).await,

@@ -97,6 +97,44 @@ pub fn print_list(
     Ok(())
 }
 
+/// A JSON array written one element at a time, so a list of any length is
+/// never held whole: `[`, the elements one per line, `]`.
+pub struct JsonArray<W: std::io::Write> {
+    out: W,
+    empty: bool,
+}
+
+impl<W: std::io::Write> JsonArray<W> {
+    /// An array on `out`; nothing is written before the first element.
+    pub fn new(out: W) -> JsonArray<W> {
+        JsonArray { out, empty: true }
+    }
+
+    /// Writes one element.
+    pub fn push(&mut self, v: &Value) -> anyhow::Result<()> {
+        self.out.write_all(if self.empty { b"[\n  " } else { b",\n  " })?;
+        self.empty = false;
+        serde_json::to_writer(&mut self.out, v)?;
+        Ok(())
+    }
+
+    /// Closes the array and flushes; answers the writer.
+    pub fn finish(mut self) -> anyhow::Result<W> {
+        self.out.write_all(if self.empty { b"[]\n" } else { b"\n]\n" })?;
+        self.out.flush()?;
+        Ok(self.out)
+    }
+}
+
+/// Whether `e` is stdout closed by its reader (`portcullis audit | head`):
+/// the reader has what it wanted, so that is no failure.
+pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,6 +150,19 @@ mod tests {
             ],
         );
         assert_eq!(t, "ID   USER   STATE\nr1   alice  pending\nr22  bo     approved\n");
+    }
+
+    #[test]
+    fn arrays_are_written_element_by_element() {
+        let mut a = JsonArray::new(Vec::new());
+        a.push(&json!({"a": 1})).expect("push");
+        a.push(&json!("b")).expect("push");
+        let text = String::from_utf8(a.finish().expect("finish")).expect("utf-8");
+        assert_eq!(text, "[\n  {\"a\":1},\n  \"b\"\n]\n");
+        let parsed: Value = serde_json::from_str(&text).expect("valid JSON");
+        assert_eq!(parsed, json!([{"a": 1}, "b"]));
+        let empty = JsonArray::new(Vec::new()).finish().expect("finish");
+        assert_eq!(empty, b"[]\n");
     }
 
     #[test]

@@ -1,12 +1,60 @@
-//! `sessions`, `kill`.
+//! `sessions`, `sessions --all`, `sessions show`, `kill`.
 
-use serde_json::json;
+use std::io::{BufWriter, Write};
 
+use anyhow::anyhow;
+use serde_json::{Value, json};
+
+use super::audit::event_line;
 use super::client::{Api, seg};
-use super::output::{cell, print_list};
+use super::output::{JsonArray, cell, is_broken_pipe, items, print_list, table};
 
-/// `sessions [--json]`.
-pub async fn list(api: &Api, json: bool) -> anyhow::Result<()> {
+/// `sessions [--all] [--json]`, or `sessions show SESSION_ID [--json]`.
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct SessionsArgs {
+    /// `show`, or nothing to list.
+    #[command(subcommand)]
+    pub command: Option<SessionsCommand>,
+    /// Past sessions too (from the audit log), with how and when they ended.
+    #[arg(long)]
+    pub all: bool,
+    /// Print a JSON array.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `sessions show`.
+#[derive(Debug, clap::Subcommand)]
+pub enum SessionsCommand {
+    /// Show one session, live or past, and its statements, oldest first.
+    Show {
+        /// Session id.
+        session_id: String,
+        /// Print JSON: `{"session": {...}, "statements": [...]}`.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Sessions or events fetched per page.
+const PAGE: usize = 1000;
+
+/// Runs `sessions ...`.
+pub async fn run(api: &Api, args: SessionsArgs) -> anyhow::Result<()> {
+    let result = match args.command {
+        Some(SessionsCommand::Show { session_id, json }) => show(api, &session_id, json).await,
+        None if args.all => history(api, args.json).await,
+        None => list(api, args.json).await,
+    };
+    match result {
+        Err(e) if is_broken_pipe(&e) => Ok(()),
+        other => other,
+    }
+}
+
+/// `sessions [--json]`: live sessions.
+async fn list(api: &Api, json: bool) -> anyhow::Result<()> {
     let value = api.get("/v1/sessions").await?;
     print_list(
         &value,
@@ -35,6 +83,174 @@ pub async fn list(api: &Api, json: bool) -> anyhow::Result<()> {
                 cell(s, "bytes_out"),
             ]
         },
+    )
+}
+
+/// One page of `path`, which takes `limit` and `after` and answers `next`.
+async fn page(api: &Api, path: &str, after: Option<u64>) -> anyhow::Result<Value> {
+    let sep = if path.contains('?') { '&' } else { '?' };
+    let cursor = after.map(|a| format!("&after={a}")).unwrap_or_default();
+    api.get(&format!("{path}{sep}limit={PAGE}{cursor}")).await
+}
+
+/// Calls `f` on each element of the `key` array of `first` and of every
+/// page of `path` after it: one page in memory at a time.
+async fn each(
+    api: &Api,
+    path: &str,
+    first: Value,
+    key: &str,
+    mut f: impl FnMut(&Value) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let mut current = first;
+    loop {
+        for item in items(current.get(key).unwrap_or(&Value::Null)) {
+            f(item)?;
+        }
+        match current.get("next").and_then(Value::as_u64) {
+            Some(after) => current = page(api, path, Some(after)).await?,
+            None => return Ok(()),
+        }
+    }
+}
+
+/// `sessions --all [--json]`: past and live sessions, oldest first.
+async fn history(api: &Api, json: bool) -> anyhow::Result<()> {
+    let path = "/v1/sessions/history";
+    let first = page(api, path, None).await?;
+    if json {
+        let mut array = JsonArray::new(BufWriter::new(std::io::stdout()));
+        each(api, path, first, "sessions", |s| array.push(s)).await?;
+        array.finish()?;
+        return Ok(());
+    }
+    let mut rows = Vec::new();
+    each(api, path, first, "sessions", |s| {
+        rows.push(vec![
+            cell(s, "id"),
+            cell(s, "user"),
+            cell(s, "resource"),
+            cell(s, "role"),
+            cell(s, "started_at"),
+            cell(s, "ended_at"),
+            cell(s, "state"),
+            cell(s, "ended"),
+            cell(s, "bytes_in"),
+            cell(s, "bytes_out"),
+        ]);
+        Ok(())
+    })
+    .await?;
+    let headers = [
+        "ID",
+        "USER",
+        "RESOURCE",
+        "ROLE",
+        "STARTED",
+        "ENDED",
+        "STATE",
+        "HOW",
+        "BYTES_IN",
+        "BYTES_OUT",
+    ];
+    std::io::stdout().write_all(table(&headers, &rows).as_bytes())?;
+    Ok(())
+}
+
+/// `sessions show ID [--json]`: the session, then its statements.
+async fn show(api: &Api, id: &str, json: bool) -> anyhow::Result<()> {
+    let path = format!("/v1/sessions/{}/events?action=statement", seg(id));
+    let first = page(api, &path, None).await?;
+    let session = first
+        .get("session")
+        .cloned()
+        .ok_or_else(|| anyhow!("the API's answer has no \"session\" field"))?;
+    let mut out = BufWriter::new(std::io::stdout());
+    if json {
+        write!(
+            out,
+            "{{\n\"session\": {},\n\"statements\": ",
+            serde_json::to_string(&session)?
+        )?;
+        let mut array = JsonArray::new(&mut out);
+        each(api, &path, first, "events", |e| array.push(e)).await?;
+        array.finish()?;
+        writeln!(out, "}}")?;
+        out.flush()?;
+        return Ok(());
+    }
+    write_session(&mut out, &session)?;
+    let mut statements = 0usize;
+    each(api, &path, first, "events", |e| {
+        if statements == 0 {
+            writeln!(out, "\nSTATEMENTS")?;
+        }
+        statements += 1;
+        writeln!(out, "{}", statement_line(e))?;
+        Ok(())
+    })
+    .await?;
+    if statements == 0 {
+        writeln!(out, "\nno statements recorded")?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// The session's fields, one per line.
+fn write_session(out: &mut impl Write, s: &Value) -> anyhow::Result<()> {
+    let ended = match (cell(s, "state").as_str(), cell(s, "ended_at"), cell(s, "ended")) {
+        ("ended", at, how) => format!("{at} ({how})"),
+        ("live", _, _) => "- (live)".to_owned(),
+        (_, _, _) => "- (no end recorded: the gateway stopped before it could record one)".to_owned(),
+    };
+    for (name, value) in [
+        ("session", cell(s, "id")),
+        ("user", cell(s, "user")),
+        ("resource", cell(s, "resource")),
+        ("role", cell(s, "role")),
+        ("protocol", cell(s, "protocol")),
+        ("grant", cell(s, "grant_id")),
+        ("request", cell(s, "request_id")),
+        ("from", cell(s, "peer")),
+        ("started", cell(s, "started_at")),
+        ("ended", ended),
+        ("bytes in", cell(s, "bytes_in")),
+        ("bytes out", cell(s, "bytes_out")),
+    ] {
+        writeln!(out, "{name:<10}{value}")?;
+    }
+    Ok(())
+}
+
+/// One statement: when, outcome, rows, duration and text; an event of
+/// another kind reads as `audit` prints it.
+fn statement_line(e: &Value) -> String {
+    let detail = e.get("detail").unwrap_or(&Value::Null);
+    if cell(e, "action") != "statement" {
+        return event_line(e);
+    }
+    let outcome = match (
+        cell(detail, "outcome").as_str(),
+        cell(detail, "tag"),
+        cell(detail, "sqlstate"),
+    ) {
+        ("error", _, state) => format!("error {state}"),
+        (_, tag, _) if tag != "-" => tag,
+        (outcome, _, _) => outcome.to_owned(),
+    };
+    let duration = detail
+        .get("duration_us")
+        .and_then(Value::as_str)
+        .and_then(|us| us.parse::<f64>().ok())
+        .map_or_else(|| "-".to_owned(), |us| format!("{:.1}ms", us / 1000.0));
+    format!(
+        "{}  {}  rows={}  {}  {}",
+        cell(e, "at"),
+        outcome,
+        cell(detail, "rows"),
+        duration,
+        cell(detail, "text")
     )
 }
 

@@ -7,7 +7,7 @@ use portcullis_protocol::secret::Secret;
 use portcullis_proxy::postgres::pool::PoolSettings;
 use portcullis_proxy::settings as proxy;
 
-use super::schema::{Config, Kind, Policy, Pool, Principals, Reason, ReasonWord, Resource, Role, TlsMode};
+use super::schema::{Config, EventName, Kind, Policy, Pool, Principals, Reason, ReasonWord, Resource, Role, TlsMode};
 
 /// What the control plane needs.
 pub fn control_settings(config: &Config) -> control::ControlSettings {
@@ -22,6 +22,8 @@ pub fn control_settings(config: &Config) -> control::ControlSettings {
                 .unwrap_or_else(|| config.postgres.listen.to_string()),
         ),
         gateway_ssh: config.ssh.as_ref().map(|s| s.listen.to_string()),
+        // Secrets are read by `notify_settings`, which may fail; the caller sets this.
+        notifications: control::NotifySettings::default(),
     }
 }
 
@@ -164,6 +166,94 @@ impl Pool {
             idle_timeout: self.idle_timeout.as_ref().map_or(default.idle_timeout, |d| d.0),
         }
     }
+}
+
+/// What notifications need; fails when a secret cannot be read. Secrets
+/// (signing keys, the Slack URL) are wrapped so they never print.
+pub fn notify_settings(config: &Config) -> Result<control::NotifySettings, String> {
+    let defaults = control::NotifySettings::default();
+    let Some(n) = &config.notifications else {
+        return Ok(defaults);
+    };
+    let events = |e: &Option<Vec<EventName>>| e.as_ref().map(|e| e.iter().map(|n| n.0).collect());
+    let mut webhooks = Vec::new();
+    for (i, w) in n.webhooks.iter().enumerate() {
+        let secret = secret(w.secret_env.as_deref(), w.secret_file.as_deref())
+            .map_err(|e| format!("notifications.webhooks[{i}].{e}"))?
+            .ok_or_else(|| format!("notifications.webhooks[{i}]: a signing secret is required"))?;
+        webhooks.push(control::WebhookSettings {
+            url: Secret::new(w.url.clone()),
+            secret,
+            events: events(&w.events),
+        });
+    }
+    let slack = match &n.slack {
+        None => None,
+        Some(s) => {
+            let url = match (&s.url, &s.url_env) {
+                (Some(u), _) => Some(Secret::new(u.clone())),
+                (None, Some(var)) => {
+                    let url = std::env::var(var).map_err(|_| {
+                        format!("notifications.slack.url_env: the environment variable {var} is not set")
+                    })?;
+                    // The value is a secret: the error names the variable, never the URL.
+                    if !reqwest::Url::parse(&url).is_ok_and(|u| matches!(u.scheme(), "http" | "https")) {
+                        return Err(format!(
+                            "notifications.slack.url_env: {var} does not hold an http:// or https:// URL"
+                        ));
+                    }
+                    Some(Secret::new(url))
+                }
+                (None, None) => None,
+            };
+            let signing_secret = secret(s.signing_secret_env.as_deref(), s.signing_secret_file.as_deref())
+                .map_err(|e| format!("notifications.slack.signing_{e}"))?;
+            let cli_only_roles = config
+                .resources
+                .iter()
+                .flat_map(|r| {
+                    r.roles
+                        .iter()
+                        .filter(|(_, role)| role.chat_approval == Some(false))
+                        .map(|(name, _)| (r.name.clone(), name.clone()))
+                })
+                .collect();
+            Some(control::SlackSettings {
+                url,
+                signing_secret,
+                users: s.users.clone(),
+                events: events(&s.events),
+                cli_only_roles,
+            })
+        }
+    };
+    Ok(control::NotifySettings {
+        webhooks,
+        slack,
+        timeout: n.timeout.map_or(defaults.timeout, |d| d.0),
+        max_attempts: n.max_attempts.unwrap_or(defaults.max_attempts),
+        backoff: n.backoff.map_or(defaults.backoff, |d| d.0),
+        max_backoff: n.max_backoff.map_or(defaults.max_backoff, |d| d.0),
+    })
+}
+
+/// A secret from an env var or a file (trailing newline dropped); the error
+/// starts with the key at fault (`secret_env: ...`).
+fn secret(env: Option<&str>, file: Option<&std::path::Path>) -> Result<Option<Secret<String>>, String> {
+    if let Some(var) = env {
+        return match std::env::var(var) {
+            Ok(v) if !v.is_empty() => Ok(Some(Secret::new(v))),
+            _ => Err(format!("secret_env: the environment variable {var} is not set")),
+        };
+    }
+    if let Some(path) = file {
+        return match std::fs::read_to_string(path) {
+            Ok(v) if !v.trim().is_empty() => Ok(Some(Secret::new(v.trim_end_matches(['\r', '\n']).to_owned()))),
+            Ok(_) => Err(format!("secret_file: {} is empty", path.display())),
+            Err(e) => Err(format!("secret_file: cannot read {}: {e}", path.display())),
+        };
+    }
+    Ok(None)
 }
 
 fn password(role: &Role) -> Result<Option<Secret<String>>, String> {

@@ -141,3 +141,102 @@ fn the_example_config_parses() {
         .expect("orders");
     assert!(orders.policy.approvers.is_some(), "the example names its approvers");
 }
+
+/// GOOD with a `notifications:` section; line 23 is `notifications:`.
+fn with_notifications(section: &str) -> String {
+    format!("{GOOD}notifications:\n{section}")
+}
+
+#[test]
+fn notifications_parse_with_secrets_from_files_and_event_filters() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secret = dir.path().join("hook.secret");
+    std::fs::write(&secret, "whsec_1\n").expect("write");
+    let text = with_notifications(&format!(
+        "  timeout: 3s\n  backoff: 500ms\n  webhooks:\n    - url: http://127.0.0.1:9000/hook\n      secret_file: {}\n      events: [requested, break_glass]\n  slack:\n    url: https://hooks.slack.com/services/T/B/X\n    signing_secret_file: {}\n    users: {{ U012ABC: carol }}\n",
+        secret.display(),
+        secret.display()
+    ));
+    let text = text.replace(
+        "      read:  { user: orders_ro, password_env: ORDERS_RO_PASSWORD }\n",
+        "      read:  { user: orders_ro, password_env: ORDERS_RO_PASSWORD }\n      write: { user: orders_rw, chat_approval: false }\n",
+    );
+    let c = parse(&text, "p.yaml").expect("notifications parse");
+    let n = super::notify_settings(&c).expect("secrets readable");
+    assert_eq!(n.timeout.as_secs(), 3);
+    assert_eq!(n.backoff.as_millis(), 500);
+    let hook = n.webhooks.first().expect("one webhook");
+    assert_eq!(hook.secret.expose(), "whsec_1", "the trailing newline is dropped");
+    assert_eq!(
+        hook.events.as_ref().map(|e| e.len()),
+        Some(2),
+        "requested and break_glass only"
+    );
+    let slack = n.slack.expect("slack");
+    assert_eq!(slack.users.get("U012ABC").map(String::as_str), Some("carol"));
+    assert!(
+        slack
+            .cli_only_roles
+            .contains(&("orders".to_owned(), "write".to_owned()))
+    );
+    // Secrets never print.
+    let shown = format!("{hook:?}");
+    assert!(
+        !shown.contains("whsec_1") && !shown.contains("hooks.slack.com"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn bad_notifications_are_refused_naming_the_key() {
+    let (line, message) = parse_error(&with_notifications(
+        "  webhooks:\n    - url: http://127.0.0.1:9000/hook\n      secret_env: HOOK_SECRET\n      events: [requested, aproved]\n",
+    ));
+    assert_eq!(line, 27, "the line of the events list");
+    assert!(message.contains("aproved") && message.contains("approved"), "{message}");
+    let (line, message) = parse_error(&with_notifications("  slack:\n    signing_secret: x\n"));
+    assert_eq!(line, 25);
+    assert!(message.contains("unknown field `signing_secret`"), "{message}");
+    for (section, key) in [
+        ("  webhooks:\n    - url: http://127.0.0.1:9000/hook\n", "secret"),
+        (
+            "  webhooks:\n    - url: ftp://x/\n      secret_env: S\n",
+            "webhooks[0].url",
+        ),
+        ("  max_attempts: 0\n", "max_attempts"),
+    ] {
+        match parse(&with_notifications(section), "p.yaml") {
+            Err(ConfigError::Invalid { message, .. }) => assert!(message.contains(key), "{message}"),
+            other => panic!("{section:?} should be refused, got {other:?}"),
+        }
+    }
+    let admin = GOOD.replace(
+        "      read:  { user: orders_ro, password_env: ORDERS_RO_PASSWORD }\n",
+        "      admin: { user: orders_admin, chat_approval: true }\n",
+    );
+    assert!(matches!(parse(&admin, "p.yaml"), Err(ConfigError::Invalid { .. })));
+    let unset = with_notifications(
+        "  webhooks:\n    - url: http://127.0.0.1:9000/hook\n      secret_env: PORTCULLIS_TEST_UNSET_SECRET\n",
+    );
+    let c = parse(&unset, "p.yaml").expect("parses");
+    let err = super::notify_settings(&c).expect_err("the env var is not set");
+    assert!(err.contains("webhooks[0].secret_env"), "{err}");
+}
+
+#[test]
+fn the_example_notifications_section_parses_once_uncommented() {
+    let text = include_str!("../../examples/portcullis.yaml");
+    let start = text
+        .find("# notifications:")
+        .expect("a commented notifications section");
+    let section: String = text[start..]
+        .lines()
+        .map(|l| l.strip_prefix("# ").unwrap_or(l))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let c = parse(&format!("{}{section}", &text[..start]), "examples/portcullis.yaml")
+        .expect("the example's notifications section parses");
+    let n = c.notifications.expect("notifications");
+    assert_eq!(n.webhooks.len(), 1);
+    assert!(n.slack.is_some_and(|s| s.users.contains_key("U012ABC")));
+}

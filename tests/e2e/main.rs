@@ -17,6 +17,7 @@ mod config;
 mod driver;
 mod enforcement;
 mod metrics;
+mod notifications;
 mod pool;
 mod psql;
 mod refusals;

@@ -2,15 +2,19 @@
 //! are open; every `/v1` route needs a bearer token. Every refusal is JSON
 //! `{"error": ...}` with the status docs/API.md gives.
 
+mod audit;
 mod error;
 mod extract;
+mod filters;
 mod grants;
 mod health;
 mod requests;
 mod resources;
+mod session_history;
 mod sessions;
+mod slack;
 mod users;
-mod views;
+pub(crate) mod views;
 
 use std::sync::Arc;
 
@@ -22,6 +26,7 @@ use axum::response::Response;
 use axum::routing::{MethodRouter, get, post};
 use portcullis_protocol::sessions::SessionDirectory;
 
+use crate::audit::AuditLog;
 use crate::error::ApiError;
 use crate::workflow::Workflow;
 
@@ -48,6 +53,8 @@ pub(crate) struct AppState {
     pub registry: prometheus::Registry,
     /// Listener addresses for `/v1/resources`.
     pub gateways: Arc<Gateways>,
+    /// The audit log, for `/v1/audit` and the session history.
+    pub audit: AuditLog,
 }
 
 /// One route: its method and path as docs/openapi.yaml spells them, and its handler.
@@ -88,6 +95,12 @@ pub(crate) fn routes() -> Vec<Route> {
         r("post", "/v1/grants/{id}/extend", post(grants::extend)),
         r("get", "/v1/sessions", get(sessions::list)),
         r("post", "/v1/sessions/{id}/kill", post(sessions::kill)),
+        r("post", "/v1/slack/interactions", post(slack::interactions)),
+        r("get", "/v1/sessions/history", get(session_history::history)),
+        r("get", "/v1/sessions/{id}/events", get(session_history::events)),
+        r("get", "/v1/audit", get(audit::search)),
+        r("get", "/v1/audit/export", get(audit::export)),
+        r("get", "/v1/audit/verify", get(audit::verify)),
     ]
 }
 

@@ -1,12 +1,14 @@
 //! The JSON shapes of docs/API.md. Times are RFC 3339 UTC with milliseconds;
 //! durations in answers are whole seconds. No shape carries a secret.
 
+use portcullis_protocol::audit::AuditEvent;
 use portcullis_protocol::feed::UnixMillis;
 use portcullis_protocol::sessions::SessionInfo;
 use serde::Serialize;
 
 use std::collections::HashSet;
 
+use crate::audit::SessionRecord;
 use crate::model::{Approval, Grant, GrantClock, Request, User};
 use crate::store::history::Recorded;
 use crate::time::rfc3339;
@@ -222,6 +224,99 @@ impl From<SessionInfo> for SessionView {
             started_at: rfc3339(s.started_at),
             bytes_in: s.bytes_in,
             bytes_out: s.bytes_out,
+        }
+    }
+}
+
+/// `AuditEvent`: one event of the audit log, with its place in the chain.
+#[derive(Serialize)]
+pub(crate) struct AuditEventView {
+    seq: u64,
+    id: String,
+    at: String,
+    action: String,
+    user: String,
+    resource: Option<String>,
+    role: Option<String>,
+    session_id: Option<String>,
+    grant_id: Option<String>,
+    request_id: Option<String>,
+    reason: Option<String>,
+    approvers: Vec<String>,
+    detail: std::collections::BTreeMap<String, String>,
+}
+
+impl From<(u64, AuditEvent)> for AuditEventView {
+    fn from((seq, e): (u64, AuditEvent)) -> Self {
+        AuditEventView {
+            seq,
+            id: e.id,
+            at: rfc3339(e.at),
+            action: e.action,
+            user: e.user,
+            resource: e.resource,
+            role: e.role,
+            session_id: e.session_id,
+            grant_id: e.grant_id,
+            request_id: e.request_id,
+            reason: e.reason,
+            approvers: e.approvers,
+            detail: e.detail,
+        }
+    }
+}
+
+/// `PastSession`: a session as the audit log tells it, live or ended.
+#[derive(Serialize)]
+pub(crate) struct PastSessionView {
+    id: String,
+    user: String,
+    resource: Option<String>,
+    role: Option<String>,
+    protocol: Option<String>,
+    grant_id: Option<String>,
+    request_id: Option<String>,
+    peer: Option<String>,
+    started_at: String,
+    ended_at: Option<String>,
+    state: &'static str,
+    ended: Option<String>,
+    bytes_in: Option<u64>,
+    bytes_out: Option<u64>,
+    duration_ms: Option<u64>,
+}
+
+impl PastSessionView {
+    /// The view of `record`; `live` is the proxy's entry when the session is still live.
+    pub(crate) fn new(record: SessionRecord, live: Option<&SessionInfo>) -> PastSessionView {
+        let SessionRecord { start, end, .. } = record;
+        let number = |key: &str| {
+            end.as_ref()
+                .and_then(|e| e.detail.get(key))
+                .and_then(|v| v.parse().ok())
+        };
+        let state = match (&end, live) {
+            (Some(_), _) => "ended",
+            (None, Some(_)) => "live",
+            // No end recorded and not live: the gateway stopped before it could record one.
+            (None, None) => "unknown",
+        };
+        PastSessionView {
+            bytes_in: number("bytes_in").or(live.map(|s| s.bytes_in)),
+            bytes_out: number("bytes_out").or(live.map(|s| s.bytes_out)),
+            duration_ms: number("duration_ms"),
+            ended: end.as_ref().and_then(|e| e.detail.get("ended").cloned()),
+            ended_at: end.as_ref().map(|e| rfc3339(e.at)),
+            state,
+            id: start.session_id.unwrap_or_default(),
+            user: start.user,
+            resource: start.resource,
+            role: start.role,
+            protocol: start.detail.get("protocol").cloned(),
+            grant_id: start.grant_id,
+            request_id: start.request_id,
+            peer: start.detail.get("peer").cloned(),
+            started_at: rfc3339(start.at),
         }
     }
 }

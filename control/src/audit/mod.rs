@@ -4,10 +4,13 @@
 //! the workflow's writes. The chain key lives beside it in
 //! `DATA_DIR/audit.key` (mode 0600), outside the database.
 //!
-//! Events reach the log through a bounded queue drained by [`run_writer`]:
-//! a full queue slows the sender down; nothing is dropped.
+//! The proxy's events reach the log through a bounded queue drained by
+//! [`spawn_writer`]: a full queue slows the sender down; nothing is dropped.
+//! Workflow actions reach it from the history table through the shipper
+//! (`ship.rs`), whose cursor is committed with the events it ships.
 
 mod key;
+pub(crate) mod ship;
 mod store;
 
 use std::path::Path;
@@ -18,7 +21,10 @@ use portcullis_protocol::audit::{AuditEvent, ChainBreak};
 use rusqlite::Connection;
 use tokio::sync::mpsc;
 
-pub use store::Search;
+use crate::metrics::AuditMetrics;
+
+pub(crate) use store::Cursor;
+pub use store::{Scope, Search, SessionRecord, SessionSearch};
 
 /// File name of the audit log inside `data_dir`.
 pub const FILE: &str = "audit.db";
@@ -57,6 +63,8 @@ pub enum AuditError {
 /// What `verify` found.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Verdict {
+    /// Events in the log.
+    pub events: u64,
     /// Events checked before the end or the first break.
     pub checked: u64,
     /// The first break, if any.
@@ -68,6 +76,25 @@ pub struct Verdict {
 pub struct AuditLog {
     conn: Arc<Mutex<Connection>>,
     key: Arc<[u8; 32]>,
+    metrics: Option<AuditMetrics>,
+}
+
+/// Where a batch of events comes from, as the metrics label it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Source {
+    /// The proxy's queue.
+    Proxy,
+    /// The workflow's history, shipped.
+    Workflow,
+}
+
+impl Source {
+    fn label(self) -> &'static str {
+        match self {
+            Source::Proxy => "proxy",
+            Source::Workflow => "workflow",
+        }
+    }
 }
 
 impl AuditLog {
@@ -78,7 +105,14 @@ impl AuditLog {
         Ok(AuditLog {
             conn: Arc::new(Mutex::new(conn)),
             key: Arc::new(key),
+            metrics: None,
         })
+    }
+
+    /// The same log, counting what it writes and observing its lag in `metrics`.
+    pub(crate) fn with_metrics(mut self, metrics: AuditMetrics) -> AuditLog {
+        self.metrics = Some(metrics);
+        self
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Connection, &[u8; 32]) -> T) -> T {
@@ -98,7 +132,35 @@ impl AuditLog {
 
     /// Appends events not stored yet (by id) to the chain; answers how many were new.
     pub async fn append(&self, events: Vec<AuditEvent>) -> Result<usize, AuditError> {
-        self.blocking(move |conn, key| store::append(conn, key, &events)).await
+        let log = self.clone();
+        tokio::task::spawn_blocking(move || log.write_blocking(&events, Source::Proxy, None))
+            .await
+            .map_err(|e| AuditError::Task(e.to_string()))?
+    }
+
+    /// Appends `events` and moves `source`'s shipping cursor in one
+    /// transaction; counts and observes what was new. Blocking.
+    pub(crate) fn write_blocking(
+        &self,
+        events: &[AuditEvent],
+        source: Source,
+        shipped: Option<(&str, &Cursor)>,
+    ) -> Result<usize, AuditError> {
+        let new = self.with(|conn, key| store::append(conn, key, events, shipped))?;
+        if let Some(m) = &self.metrics {
+            let committed = crate::time::now();
+            let lag = m.lag.with_label_values(&[source.label()]);
+            for at in &new {
+                lag.observe(crate::time::duration(committed.saturating_sub(*at)).as_secs_f64());
+            }
+            m.written.with_label_values(&[source.label()]).inc_by(new.len() as u64);
+        }
+        Ok(new.len())
+    }
+
+    /// Where `source`'s shipper stands. Blocking.
+    pub(crate) fn cursor_blocking(&self, source: &str) -> Result<Option<Cursor>, AuditError> {
+        self.with(|conn, _| store::cursor(conn, source))
     }
 
     /// Checks the whole chain from the first event.
@@ -109,6 +171,11 @@ impl AuditLog {
     /// Events matching `search`, in its order.
     pub async fn search(&self, search: Search) -> Result<Vec<(u64, AuditEvent)>, AuditError> {
         self.blocking(move |conn, _| store::search(conn, &search)).await
+    }
+
+    /// Sessions matching `search` (from their start and end events), in its order.
+    pub async fn sessions(&self, search: SessionSearch) -> Result<Vec<SessionRecord>, AuditError> {
+        self.blocking(move |conn, _| store::sessions(conn, &search)).await
     }
 }
 
@@ -138,7 +205,7 @@ pub fn spawn_writer(
                     }
                 }
                 let mut wait = Duration::from_millis(50);
-                while let Err(e) = log.with(|conn, key| store::append(conn, key, &batch)) {
+                while let Err(e) = log.write_blocking(&batch, Source::Proxy, None) {
                     tracing::error!(error = %e, events = batch.len(), "cannot write audit events; retrying");
                     std::thread::sleep(wait);
                     wait = (wait * 2).min(Duration::from_secs(5));

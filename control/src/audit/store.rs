@@ -11,8 +11,10 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::{AuditError, Verdict};
 
-const SCHEMA_VERSION: i64 = 1;
-const SCHEMA: &str = "
+/// The schema, one step per version; a file gets the steps it lacks.
+const SCHEMA: &[&str] = &[
+    // 1: the chain.
+    "
 CREATE TABLE events (
     seq        INTEGER PRIMARY KEY,
     id         TEXT NOT NULL UNIQUE,
@@ -34,7 +36,20 @@ CREATE INDEX events_at ON events (at);
 CREATE INDEX events_user ON events (user_name, at);
 CREATE INDEX events_resource ON events (resource, at);
 CREATE INDEX events_session ON events (session_id);
-";
+",
+    // 2: how far each shipper got (committed with the events it shipped),
+    // and the indexes the session history walks: sessions by their start,
+    // a session's end or statements without reading all its events.
+    "
+CREATE TABLE shipped (
+    source   TEXT PRIMARY KEY,
+    position INTEGER NOT NULL,
+    last_id  TEXT NOT NULL
+);
+CREATE INDEX events_action ON events (action, seq);
+CREATE INDEX events_session_action ON events (session_id, action, seq);
+",
+];
 
 const COLUMNS: &str = "seq, id, at, action, user_name, resource, role, session_id, grant_id, request_id, reason, approvers, detail, prev, hash";
 
@@ -68,15 +83,52 @@ pub(super) fn open(path: &Path) -> Result<Connection, AuditError> {
     conn.busy_timeout(Duration::from_secs(5))?;
     conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")?;
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    if version == 0 {
-        conn.execute_batch(&format!(
-            "BEGIN; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
-        ))?;
+    for (done, step) in SCHEMA
+        .iter()
+        .enumerate()
+        .skip(usize::try_from(version).unwrap_or(usize::MAX))
+    {
+        let next = done + 1;
+        conn.execute_batch(&format!("BEGIN; {step} PRAGMA user_version = {next}; COMMIT;"))?;
     }
     Ok(conn)
 }
 
-pub(super) fn append(conn: &mut Connection, key: &[u8; 32], events: &[AuditEvent]) -> Result<usize, AuditError> {
+/// How far a shipper got: the position of the last entry it shipped, and
+/// that entry's event id (so a replaced source is noticed).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Cursor {
+    /// The source's position (e.g. a history row's sequence number).
+    pub position: i64,
+    /// The id of the event made from it.
+    pub last_id: String,
+}
+
+/// Where `source`'s shipper stands; `None` before its first shipment.
+pub(super) fn cursor(conn: &Connection, source: &str) -> Result<Option<Cursor>, AuditError> {
+    Ok(conn
+        .query_row(
+            "SELECT position, last_id FROM shipped WHERE source = ?1",
+            [source],
+            |r| {
+                Ok(Cursor {
+                    position: r.get(0)?,
+                    last_id: r.get(1)?,
+                })
+            },
+        )
+        .optional()?)
+}
+
+/// Appends the events not stored yet (by id) to the chain and, in the same
+/// transaction, moves `source`'s cursor: both are kept, or neither. Answers
+/// the times of the events that were new.
+pub(super) fn append(
+    conn: &mut Connection,
+    key: &[u8; 32],
+    events: &[AuditEvent],
+    shipped: Option<(&str, &Cursor)>,
+) -> Result<Vec<UnixMillis>, AuditError> {
     let tx = conn.transaction()?;
     let last: Option<(i64, Vec<u8>)> = tx
         .query_row("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1", [], |r| {
@@ -87,7 +139,7 @@ pub(super) fn append(conn: &mut Connection, key: &[u8; 32], events: &[AuditEvent
         Some((seq, hash)) => (seq_of(seq), to_hash(seq_of(seq), &hash)?),
         None => (0u64, GENESIS),
     };
-    let mut new = 0;
+    let mut new = Vec::new();
     {
         let mut exists = tx.prepare_cached("SELECT 1 FROM events WHERE id = ?1")?;
         let mut insert = tx.prepare_cached(&format!(
@@ -120,8 +172,15 @@ pub(super) fn append(conn: &mut Connection, key: &[u8; 32], events: &[AuditEvent
                 &hash[..],
             ])?;
             prev = hash;
-            new += 1;
+            new.push(e.at);
         }
+    }
+    if let Some((source, cursor)) = shipped {
+        tx.execute(
+            "INSERT INTO shipped (source, position, last_id) VALUES (?1, ?2, ?3)
+             ON CONFLICT (source) DO UPDATE SET position = excluded.position, last_id = excluded.last_id",
+            params![source, cursor.position, cursor.last_id],
+        )?;
     }
     tx.commit()?;
     Ok(new)
@@ -144,46 +203,71 @@ fn to_hash(seq: u64, bytes: &[u8]) -> Result<[u8; 32], AuditError> {
 type Stored = (u64, AuditEvent, Vec<u8>, Vec<u8>);
 
 fn row(r: &Row<'_>) -> rusqlite::Result<Stored> {
-    let seq = seq_of(r.get(0)?);
-    let json = |i: usize| -> rusqlite::Result<String> { r.get(i) };
+    row_at(r, 0)
+}
+
+/// The row whose `COLUMNS` start at column `base` (a join puts two side by side).
+fn row_at(r: &Row<'_>, base: usize) -> rusqlite::Result<Stored> {
+    let seq = seq_of(r.get(base)?);
+    let json = |i: usize| -> rusqlite::Result<String> { r.get(base + i) };
     let approvers: Vec<String> = serde_json::from_str(&json(11)?).unwrap_or_default();
     let detail: BTreeMap<String, String> = serde_json::from_str(&json(12)?).unwrap_or_default();
     let event = AuditEvent {
-        id: r.get(1)?,
-        at: r.get(2)?,
-        action: r.get(3)?,
-        user: r.get(4)?,
-        resource: r.get(5)?,
-        role: r.get(6)?,
-        session_id: r.get(7)?,
-        grant_id: r.get(8)?,
-        request_id: r.get(9)?,
-        reason: r.get(10)?,
+        id: r.get(base + 1)?,
+        at: r.get(base + 2)?,
+        action: r.get(base + 3)?,
+        user: r.get(base + 4)?,
+        resource: r.get(base + 5)?,
+        role: r.get(base + 6)?,
+        session_id: r.get(base + 7)?,
+        grant_id: r.get(base + 8)?,
+        request_id: r.get(base + 9)?,
+        reason: r.get(base + 10)?,
         approvers,
         detail,
     };
-    Ok((seq, event, r.get(13)?, r.get(14)?))
+    Ok((seq, event, r.get(base + 13)?, r.get(base + 14)?))
+}
+
+/// `COLUMNS` of the table aliased `alias`.
+fn columns_of(alias: &str) -> String {
+    COLUMNS
+        .split(", ")
+        .map(|c| format!("{alias}.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 pub(super) fn verify(conn: &mut Connection, key: &[u8; 32]) -> Result<Verdict, AuditError> {
+    // One read transaction: the count and the walk see the same events.
+    let tx = conn.transaction()?;
+    let events: i64 = tx.query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))?;
+    let events = u64::try_from(events).unwrap_or(0);
     let mut check = ChainCheck::new(key);
-    let mut stmt = conn.prepare(&format!("SELECT {COLUMNS} FROM events ORDER BY seq"))?;
+    let mut stmt = tx.prepare(&format!("SELECT {COLUMNS} FROM events ORDER BY seq"))?;
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
         let (seq, event, prev, hash) = row(r)?;
         let checked = check.next(seq, &event, &to_hash(seq, &prev)?, &to_hash(seq, &hash)?);
         if let Err(broken) = checked {
             return Ok(Verdict {
+                events,
                 checked: check.checked(),
                 broken: Some(broken),
             });
         }
     }
     Ok(Verdict {
+        events,
         checked: check.checked(),
         broken: None,
     })
 }
+
+/// What `grep` looks in: every text of an event.
+const GREPPED: &str = "detail || ' ' || coalesce(reason, '') || ' ' || action || ' ' || user_name || ' ' || \
+    coalesce(resource, '') || ' ' || coalesce(role, '') || ' ' || coalesce(session_id, '') || ' ' || \
+    coalesce(grant_id, '') || ' ' || coalesce(request_id, '') || ' ' || approvers";
 
 pub(super) fn search(conn: &mut Connection, s: &Search) -> Result<Vec<(u64, AuditEvent)>, AuditError> {
     let mut clauses: Vec<String> = Vec::new();
@@ -209,10 +293,7 @@ pub(super) fn search(conn: &mut Connection, s: &Search) -> Result<Vec<(u64, Audi
         filter("at < ?", t.into());
     }
     if let Some(text) = &s.grep {
-        filter(
-            "instr(lower(detail || ' ' || coalesce(reason, '') || ' ' || action), lower(?)) > 0",
-            text.clone().into(),
-        );
+        filter(&format!("instr(lower({GREPPED}), lower(?)) > 0"), text.clone().into());
     }
     if let Some(after) = s.after {
         let clause = if s.newest_first { "seq < ?" } else { "seq > ?" };
@@ -235,4 +316,132 @@ pub(super) fn search(conn: &mut Connection, s: &Search) -> Result<Vec<(u64, Audi
         .map(|r| r.map(|(seq, e, _, _)| (seq, e)))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(found)
+}
+
+/// Which sessions to list (from their `session.start` events); every field narrows.
+#[derive(Clone, Debug, Default)]
+pub struct SessionSearch {
+    /// This session only.
+    pub id: Option<String>,
+    /// Sessions of this user.
+    pub user: Option<String>,
+    /// On this resource.
+    pub resource: Option<String>,
+    /// Started at or after.
+    pub since: Option<UnixMillis>,
+    /// Started before.
+    pub until: Option<UnixMillis>,
+    /// Only what this caller may see; `None`: everything.
+    pub visible_to: Option<Scope>,
+    /// Newest first instead of oldest first.
+    pub newest_first: bool,
+    /// Continue after this sequence number (of a `session.start`, in the chosen order).
+    pub after: Option<u64>,
+    /// At most this many.
+    pub limit: usize,
+}
+
+/// Sessions of `user`, or on one of `resources`.
+#[derive(Clone, Debug, Default)]
+pub struct Scope {
+    /// The caller.
+    pub user: String,
+    /// Resources whose sessions the caller oversees.
+    pub resources: Vec<String>,
+}
+
+/// One session as its events tell it: the start and, once it ended, the end.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionRecord {
+    /// Sequence number of the `session.start` event (the paging cursor).
+    pub seq: u64,
+    /// `session.start`.
+    pub start: AuditEvent,
+    /// The first `session.end` of the same session, if any.
+    pub end: Option<AuditEvent>,
+}
+
+pub(super) fn sessions(conn: &mut Connection, s: &SessionSearch) -> Result<Vec<SessionRecord>, AuditError> {
+    let mut clauses: Vec<String> = vec!["s.action = 'session.start'".to_owned()];
+    let mut values: Vec<rusqlite::types::Value> = Vec::new();
+    let mut param = |value: rusqlite::types::Value| {
+        values.push(value);
+        format!("?{}", values.len())
+    };
+    for (column, value) in [
+        ("s.session_id", &s.id),
+        ("s.user_name", &s.user),
+        ("s.resource", &s.resource),
+    ] {
+        if let Some(v) = value {
+            clauses.push(format!("{column} = {}", param(v.clone().into())));
+        }
+    }
+    if let Some(t) = s.since {
+        clauses.push(format!("s.at >= {}", param(t.into())));
+    }
+    if let Some(t) = s.until {
+        clauses.push(format!("s.at < {}", param(t.into())));
+    }
+    if let Some(scope) = &s.visible_to {
+        let mut any = vec![format!("s.user_name = {}", param(scope.user.clone().into()))];
+        if !scope.resources.is_empty() {
+            let list: Vec<String> = scope.resources.iter().map(|r| param(r.clone().into())).collect();
+            any.push(format!("s.resource IN ({})", list.join(", ")));
+        }
+        clauses.push(format!("({})", any.join(" OR ")));
+    }
+    if let Some(after) = s.after {
+        let op = if s.newest_first { "<" } else { ">" };
+        clauses.push(format!("s.seq {op} {}", param((after as i64).into())));
+    }
+    let sql = format!(
+        "SELECT {start}, {end} FROM events s
+         LEFT JOIN events e ON e.seq = (
+             SELECT MIN(x.seq) FROM events x WHERE x.session_id = s.session_id AND x.action = 'session.end')
+         WHERE {clauses}
+         ORDER BY s.seq {order} LIMIT {limit}",
+        start = columns_of("s"),
+        end = columns_of("e"),
+        clauses = clauses.join(" AND "),
+        order = if s.newest_first { "DESC" } else { "ASC" },
+        limit = s.limit.max(1),
+    );
+    let width = COLUMNS.split(", ").count();
+    let mut stmt = conn.prepare(&sql)?;
+    let found = stmt
+        .query_map(rusqlite::params_from_iter(values), |r| {
+            let (seq, start, _, _) = row_at(r, 0)?;
+            let ended: Option<i64> = r.get(width)?;
+            let end = match ended {
+                Some(_) => Some(row_at(r, width)?.1),
+                None => None,
+            };
+            Ok(SessionRecord { seq, start, end })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_of_an_older_version_gets_the_later_steps_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.db");
+        let first = SCHEMA.first().expect("a first step");
+        Connection::open(&path)
+            .and_then(|c| c.execute_batch(&format!("{first} PRAGMA user_version = 1;")))
+            .expect("a version 1 file");
+        for _ in 0..2 {
+            let conn = open(&path).expect("open and upgrade");
+            let version: i64 = conn
+                .query_row("PRAGMA user_version", [], |r| r.get(0))
+                .expect("version");
+            assert_eq!(version, i64::try_from(SCHEMA.len()).expect("small"));
+            assert_eq!(cursor(&conn, "workflow").expect("the shipped table"), None);
+        }
+    }
 }

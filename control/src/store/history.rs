@@ -81,6 +81,35 @@ pub(crate) fn of(conn: &Connection, subjects: &[&str]) -> rusqlite::Result<Vec<R
     Ok(out.into_iter().map(|(_, e)| e).collect())
 }
 
+/// Up to `limit` entries recorded after sequence number `seq`, in order,
+/// each with its own sequence number (the audit shipper's position).
+pub(crate) fn after(conn: &Connection, seq: i64, limit: usize) -> rusqlite::Result<Vec<(i64, Recorded)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, at, actor, action, subject, COALESCE(detail, 'null') FROM history WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(params![seq, i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
+        let detail: String = r.get(5)?;
+        Ok((
+            r.get::<_, i64>(0)?,
+            Recorded {
+                at: r.get(1)?,
+                actor: r.get(2)?,
+                action: r.get(3)?,
+                subject: r.get(4)?,
+                detail: serde_json::from_str(&detail).unwrap_or(Value::Null),
+            },
+        ))
+    })?;
+    rows.collect()
+}
+
+/// When entry `seq` was recorded, if there is one.
+pub(crate) fn at_of(conn: &Connection, seq: i64) -> rusqlite::Result<Option<UnixMillis>> {
+    use rusqlite::OptionalExtension;
+    conn.query_row("SELECT at FROM history WHERE seq = ?1", [seq], |r| r.get(0))
+        .optional()
+}
+
 /// The entries about one subject, oldest first: (actor, action, detail).
 #[cfg(test)]
 pub(crate) fn about(conn: &Connection, subject: &str) -> rusqlite::Result<Vec<(String, String, Value)>> {

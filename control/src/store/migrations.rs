@@ -107,6 +107,28 @@ UPDATE grants SET expiry_noted = 1
     WHERE revoked_at IS NOT NULL OR expires_at <= CAST(strftime('%s', 'now') AS INTEGER) * 1000;
 "#,
     },
+    Migration {
+        version: 3,
+        name: "notification outbox",
+        sql: r#"
+-- One row per notification and destination, written in the transaction of
+-- the change it reports; the sender delivers it and keeps its retry state here.
+CREATE TABLE outbox (
+    id               TEXT PRIMARY KEY,            -- ntf_..., the Idempotency-Key
+    destination      TEXT NOT NULL,               -- webhook:HASH or slack:HASH (of the URL)
+    event            TEXT NOT NULL,               -- requested, approved, ...
+    subject          TEXT NOT NULL,               -- the request or grant id
+    body             TEXT NOT NULL,               -- the JSON document, as built at the event
+    created_at       INTEGER NOT NULL,
+    state            TEXT NOT NULL DEFAULT 'pending',  -- pending | sent | failed
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at  INTEGER NOT NULL,
+    last_error       TEXT,
+    done_at          INTEGER
+);
+CREATE INDEX outbox_due ON outbox(state, next_attempt_at);
+"#,
+    },
 ];
 
 /// Applies every migration the store lacks; answers the versions applied now.

@@ -1,6 +1,7 @@
 //! Every event of the workflow, in one enum, recorded in one place: `emit`
-//! appends it to the history table inside the caller's store transaction.
-//! Notifications (an outbox read by a sender) hook in here and nowhere else.
+//! appends it to the history table inside the caller's store transaction,
+//! and queues its notifications in the outbox in that same transaction
+//! (`notify/`); nothing else writes either.
 
 use std::time::Duration;
 
@@ -14,6 +15,7 @@ use crate::model::{Grant, Request};
 use crate::settings::Principals;
 use crate::store::history::{self, Entry};
 use crate::time;
+use crate::workflow::Workflow;
 
 /// What happened. Each variant carries what a notification would show.
 #[derive(Debug)]
@@ -112,7 +114,7 @@ impl Event<'_> {
     }
 
     /// Why and the details, as history keeps them.
-    fn detail(&self) -> Value {
+    pub(crate) fn detail(&self) -> Value {
         match self {
             Event::Requested(r) | Event::BreakGlassUsed(r) => json!({
                 "user": r.user,
@@ -160,16 +162,21 @@ impl Event<'_> {
     }
 }
 
-/// Records `event` about `subject` (a request or grant id), by `actor`, in
-/// the caller's transaction: it is kept exactly when the change is.
-pub(crate) fn emit(
-    conn: &Connection,
-    at: UnixMillis,
-    actor: &str,
-    subject: &str,
-    event: &Event<'_>,
-) -> Result<(), ApiError> {
-    record(conn, at, actor, event.action(), subject, event.detail())
+impl Workflow {
+    /// Records `event` about `subject` (a request or grant id), by `actor`,
+    /// and queues its notifications, in the caller's transaction: both are
+    /// kept exactly when the change is.
+    pub(crate) fn emit(
+        &self,
+        conn: &Connection,
+        at: UnixMillis,
+        actor: &str,
+        subject: &str,
+        event: &Event<'_>,
+    ) -> Result<(), ApiError> {
+        record(conn, at, actor, event.action(), subject, event.detail())?;
+        self.notify.enqueue(conn, &self.catalog, at, actor, subject, event)
+    }
 }
 
 /// Appends an entry that is no request or grant event (users, sessions).

@@ -15,7 +15,7 @@ use crate::store::history::SYSTEM_ACTOR;
 use crate::store::{grants, requests};
 use crate::time;
 use crate::workflow::Workflow;
-use crate::workflow::events::{Event, emit};
+use crate::workflow::events::Event;
 
 /// Longest sleep between passes when no deadline is near (a safety net, not a tick).
 const MAX_WAIT: Duration = Duration::from_secs(3600);
@@ -69,7 +69,7 @@ impl Workflow {
         let mut next = Soonest::default();
         for req in requests::pending(&tx)? {
             if req.pending_until.is_some_and(|until| until <= now) {
-                expire(&tx, &req, now)?;
+                self.expire(&tx, &req, now)?;
                 events.push(FeedEvent::PendingClosed {
                     request_id: req.id.clone(),
                 });
@@ -83,7 +83,7 @@ impl Workflow {
                 next.at(step_at);
             }
         }
-        note_grants(&tx, now, &mut next)?;
+        self.note_grants(&tx, now, &mut next)?;
         self.commit(tx, events)?;
         for req in expired {
             self.metrics.decided("expired", req.created_at, now);
@@ -105,7 +105,7 @@ impl Workflow {
             if due(step.after) > now {
                 break;
             }
-            emit(
+            self.emit(
                 conn,
                 now,
                 SYSTEM_ACTOR,
@@ -124,77 +124,77 @@ impl Workflow {
         }
         Ok(policy.escalation.get(level).map(|s| due(s.after)))
     }
-}
 
-/// Moves `req` to `expired`, said to be by Portcullis itself.
-fn expire(conn: &Connection, req: &Request, now: UnixMillis) -> Result<(), ApiError> {
-    let waited = duration::format(time::duration(now.saturating_sub(req.created_at)));
-    let why = format!("no answer within the policy's pending_ttl (waited {waited})");
-    requests::decide(
-        conn,
-        &req.id,
-        RequestState::Expired,
-        now,
-        Some(SYSTEM_ACTOR),
-        Some(&why),
-    )?;
-    emit(
-        conn,
-        now,
-        SYSTEM_ACTOR,
-        &req.id,
-        &Event::ExpiredUnanswered {
-            created_at: req.created_at,
-        },
-    )?;
-    Ok(())
-}
+    /// Moves `req` to `expired`, said to be by Portcullis itself.
+    fn expire(&self, conn: &Connection, req: &Request, now: UnixMillis) -> Result<(), ApiError> {
+        let waited = duration::format(time::duration(now.saturating_sub(req.created_at)));
+        let why = format!("no answer within the policy's pending_ttl (waited {waited})");
+        requests::decide(
+            conn,
+            &req.id,
+            RequestState::Expired,
+            now,
+            Some(SYSTEM_ACTOR),
+            Some(&why),
+        )?;
+        self.emit(
+            conn,
+            now,
+            SYSTEM_ACTOR,
+            &req.id,
+            &Event::ExpiredUnanswered {
+                created_at: req.created_at,
+            },
+        )?;
+        Ok(())
+    }
 
-/// Records a scheduled grant's start once it came, "expiring soon" once per
-/// deadline of each active grant, and its expiry once it passed (both start
-/// and expiry at the time they happened, not when noticed).
-fn note_grants(conn: &Connection, now: UnixMillis, next: &mut Soonest) -> Result<(), ApiError> {
-    for grants::Unnoted {
-        grant,
-        expiring_noted_for: noted_for,
-        start_noted,
-    } in grants::unnoted(conn)?
-    {
-        let expires_at = grant.expires_at;
-        if !start_noted {
-            if grant.starts_at <= now {
-                let starts_at = grant.starts_at;
-                emit(conn, starts_at, SYSTEM_ACTOR, &grant.id, &Event::Started { starts_at })?;
-                grants::note_started(conn, &grant.id)?;
+    /// Records a scheduled grant's start once it came, "expiring soon" once per
+    /// deadline of each active grant, and its expiry once it passed (both start
+    /// and expiry at the time they happened, not when noticed).
+    fn note_grants(&self, conn: &Connection, now: UnixMillis, next: &mut Soonest) -> Result<(), ApiError> {
+        for grants::Unnoted {
+            grant,
+            expiring_noted_for: noted_for,
+            start_noted,
+        } in grants::unnoted(conn)?
+        {
+            let expires_at = grant.expires_at;
+            if !start_noted {
+                if grant.starts_at <= now {
+                    let starts_at = grant.starts_at;
+                    self.emit(conn, starts_at, SYSTEM_ACTOR, &grant.id, &Event::Started { starts_at })?;
+                    grants::note_started(conn, &grant.id)?;
+                } else {
+                    next.at(grant.starts_at);
+                }
+            }
+            if expires_at <= now {
+                self.emit(
+                    conn,
+                    expires_at,
+                    SYSTEM_ACTOR,
+                    &grant.id,
+                    &Event::Expired { expires_at },
+                )?;
+                grants::note_expired(conn, &grant.id)?;
+                continue;
+            }
+            next.at(expires_at);
+            if noted_for == Some(expires_at) {
+                continue;
+            }
+            // A scheduled grant is not "expiring" before it starts.
+            let soon_at = expires_at
+                .saturating_sub(time::millis(EXPIRING_SOON))
+                .max(grant.starts_at);
+            if soon_at <= now {
+                self.emit(conn, now, SYSTEM_ACTOR, &grant.id, &Event::ExpiringSoon { expires_at })?;
+                grants::note_expiring(conn, &grant.id, expires_at)?;
             } else {
-                next.at(grant.starts_at);
+                next.at(soon_at);
             }
         }
-        if expires_at <= now {
-            emit(
-                conn,
-                expires_at,
-                SYSTEM_ACTOR,
-                &grant.id,
-                &Event::Expired { expires_at },
-            )?;
-            grants::note_expired(conn, &grant.id)?;
-            continue;
-        }
-        next.at(expires_at);
-        if noted_for == Some(expires_at) {
-            continue;
-        }
-        // A scheduled grant is not "expiring" before it starts.
-        let soon_at = expires_at
-            .saturating_sub(time::millis(EXPIRING_SOON))
-            .max(grant.starts_at);
-        if soon_at <= now {
-            emit(conn, now, SYSTEM_ACTOR, &grant.id, &Event::ExpiringSoon { expires_at })?;
-            grants::note_expiring(conn, &grant.id, expires_at)?;
-        } else {
-            next.at(soon_at);
-        }
+        Ok(())
     }
-    Ok(())
 }

@@ -11,7 +11,7 @@ use crate::model::{Grant, User};
 use crate::store::{grants, requests};
 use crate::time;
 use crate::workflow::Workflow;
-use crate::workflow::events::{Event, emit};
+use crate::workflow::events::Event;
 use crate::workflow::policy;
 
 impl Workflow {
@@ -36,7 +36,7 @@ impl Workflow {
                 let event = Event::Revoked {
                     reason: revocation.reason.as_deref(),
                 };
-                emit(&tx, now, &caller.name, &id, &event)?;
+                this.emit(&tx, now, &caller.name, &id, &event)?;
                 grant.revoked = Some(revocation);
                 this.commit(tx, vec![FeedEvent::Grant(grant.clone())])?;
                 this.metrics.grant_changes.with_label_values(&["revoked"]).inc();
@@ -63,7 +63,7 @@ impl Workflow {
                     from: grant.expires_at,
                     to: expires_at,
                 };
-                emit(&tx, now, &caller.name, &id, &event)?;
+                this.emit(&tx, now, &caller.name, &id, &event)?;
                 grant.expires_at = expires_at;
                 this.commit(tx, vec![FeedEvent::Grant(grant.clone())])?;
                 this.metrics.grant_changes.with_label_values(&["extended"]).inc();

@@ -21,6 +21,7 @@ use crate::catalog::Catalog;
 use crate::error::ApiError;
 use crate::feed::FeedHub;
 use crate::metrics::Metrics;
+use crate::notify::Notifier;
 use crate::store::Store;
 
 /// The store, the configured resources, the feed and the metrics: all a
@@ -37,6 +38,10 @@ pub(crate) struct Workflow {
     pub metrics: Metrics,
     /// Wakes the expiry task when a new request may bring its next deadline closer.
     pub expiry: Arc<Notify>,
+    /// Wakes the audit shipper when history grew.
+    pub audit_wake: Arc<Notify>,
+    /// Notification destinations; `emit` queues rows for them.
+    pub notify: Arc<Notifier>,
 }
 
 impl Workflow {
@@ -44,6 +49,9 @@ impl Workflow {
     /// holds the store.
     pub(crate) fn commit(&self, tx: Transaction<'_>, events: Vec<FeedEvent>) -> Result<(), ApiError> {
         tx.commit()?;
+        self.audit_wake.notify_one();
+        // The commit may have queued notifications (cheap when it did not).
+        self.notify.wake.notify_one();
         self.feed.publish(events);
         self.metrics
             .feed_revision

@@ -11,7 +11,7 @@ use crate::model::{Approval, Grant, Request, RequestState, User};
 use crate::store::{grants, history, requests};
 use crate::time::{self, millis};
 use crate::workflow::Workflow;
-use crate::workflow::events::{Event, emit};
+use crate::workflow::events::Event;
 use crate::workflow::policy::{self, Ask};
 
 impl Workflow {
@@ -84,22 +84,22 @@ impl Workflow {
             req.decided_by = Some(actor.clone());
             req.decision_reason = Some(note);
             requests::insert(&tx, &req)?;
-            emit(&tx, now, &caller.name, &req.id, &Event::Requested(&req))?;
+            self.emit(&tx, now, &caller.name, &req.id, &Event::Requested(&req))?;
             match plan.auto_rule {
-                Some(rule) => emit(&tx, now, &actor, &req.id, &Event::AutoApproved { rule })?,
-                None => emit(&tx, now, &actor, &req.id, &Event::BreakGlassUsed(&req))?,
+                Some(rule) => self.emit(&tx, now, &actor, &req.id, &Event::AutoApproved { rule })?,
+                None => self.emit(&tx, now, &actor, &req.id, &Event::BreakGlassUsed(&req))?,
             }
             // Break-glass has no approver; a rule is named as one.
             let approvers = plan.auto_rule.map(|_| vec![actor.clone()]).unwrap_or_default();
             let grant = new_grant(&req, now, approvers)?;
             grants::insert(&tx, &grant, now)?;
-            emit(&tx, now, &actor, &grant.id, &Event::GrantCreated(&grant))?;
+            self.emit(&tx, now, &actor, &grant.id, &Event::GrantCreated(&grant))?;
             events.push(FeedEvent::Grant(grant.clone()));
             req.grant_id = Some(grant.id);
             self.metrics.grant_changes.with_label_values(&["created"]).inc();
         } else {
             requests::insert(&tx, &req)?;
-            emit(&tx, now, &caller.name, &req.id, &Event::Requested(&req))?;
+            self.emit(&tx, now, &caller.name, &req.id, &Event::Requested(&req))?;
             events.push(FeedEvent::Pending(req.pending_entry()));
         }
         self.commit(tx, events)?;
@@ -152,7 +152,7 @@ impl Workflow {
             required: req.approvals_required,
             last,
         };
-        emit(&tx, now, &caller.name, id, &event)?;
+        self.emit(&tx, now, &caller.name, id, &event)?;
         let mut events = Vec::new();
         if last {
             let approvers = req.approvals.iter().map(|a| a.by.clone()).chain([caller.name.clone()]);
@@ -166,7 +166,7 @@ impl Workflow {
                 Some(&caller.name),
                 comment.as_deref(),
             )?;
-            emit(&tx, now, &caller.name, &grant.id, &Event::GrantCreated(&grant))?;
+            self.emit(&tx, now, &caller.name, &grant.id, &Event::GrantCreated(&grant))?;
             events.push(FeedEvent::PendingClosed {
                 request_id: id.to_owned(),
             });
@@ -196,7 +196,7 @@ impl Workflow {
                 let resource = this.catalog.existing(&req.resource)?;
                 let reason = policy::check_deny(resource, &req, &caller, reason.as_deref())?;
                 requests::decide(&tx, &id, RequestState::Denied, now, Some(&caller.name), Some(&reason))?;
-                emit(&tx, now, &caller.name, &id, &Event::Denied { reason: &reason })?;
+                this.emit(&tx, now, &caller.name, &id, &Event::Denied { reason: &reason })?;
                 this.commit(tx, vec![FeedEvent::PendingClosed { request_id: id.clone() }])?;
                 this.metrics.decided("denied", req.created_at, now);
                 tracing::info!(request = %id, approver = %caller.name, "request denied");
@@ -215,7 +215,7 @@ impl Workflow {
                 let req = requests::get(&tx, &id)?.ok_or_else(|| unknown(&id))?;
                 policy::check_cancel(&req, &caller)?;
                 requests::decide(&tx, &id, RequestState::Cancelled, now, Some(&caller.name), None)?;
-                emit(&tx, now, &caller.name, &id, &Event::Cancelled)?;
+                this.emit(&tx, now, &caller.name, &id, &Event::Cancelled)?;
                 this.commit(tx, vec![FeedEvent::PendingClosed { request_id: id.clone() }])?;
                 this.metrics.decided("cancelled", req.created_at, now);
                 tracing::info!(request = %id, user = %caller.name, "request cancelled");

@@ -49,6 +49,7 @@ impl Workflow {
         self.store
             .call(move |conn| record(conn, time::now(), &caller.name, "session.kill", &id, detail))
             .await?;
+        self.audit_wake.notify_one();
         Ok(session)
     }
 }

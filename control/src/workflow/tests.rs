@@ -54,6 +54,7 @@ fn settings(dir: &std::path::Path) -> ControlSettings {
         ],
         gateway_postgres: Some("127.0.0.1:6432".to_owned()),
         gateway_ssh: None,
+        notifications: Default::default(),
     }
 }
 

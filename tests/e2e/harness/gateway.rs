@@ -90,6 +90,8 @@ pub struct GatewayOptions {
     /// More lines of `orders`' policy, each indented six spaces
     /// (e.g. `      pending_ttl: 1s\n`).
     pub policy_extra: String,
+    /// More top-level YAML appended to the config (e.g. a `notifications:` section).
+    pub extra_yaml: String,
 }
 
 impl Default for GatewayOptions {
@@ -108,6 +110,7 @@ impl Default for GatewayOptions {
             upstream_tls: "disable",
             upstream_ca: None,
             policy_extra: String::new(),
+            extra_yaml: String::new(),
         }
     }
 }
@@ -125,6 +128,7 @@ pub struct Gateway {
     /// Token of the built-in `admin`, from `data_dir/admin.token`.
     pub admin_token: String,
     log_path: PathBuf,
+    log_filter: Option<String>,
     child: Child,
 }
 
@@ -163,21 +167,7 @@ impl Gateway {
         let config_path = dir.path().join("portcullis.yaml");
         std::fs::write(&config_path, config).expect("write config");
         let log_path = dir.path().join("gateway.log");
-        let log = std::fs::File::create(&log_path).expect("create log");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_portcullis"));
-        cmd.arg("serve")
-            .arg("-c")
-            .arg(&config_path)
-            .env("ORDERS_RO_PASSWORD", &pg.ro_password)
-            .env("MD5_PASSWORD", &pg.md5_password)
-            .env_remove("PORTCULLIS_TOKEN")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("clone log"))
-            .stderr(log);
-        if let Some(filter) = &opts.log_filter {
-            cmd.env("RUST_LOG", filter);
-        }
-        let child = cmd.spawn().expect("spawn portcullis serve");
+        let child = serve(&config_path, &log_path, opts.log_filter.as_deref());
         Gateway {
             _dir: dir,
             api_port,
@@ -185,7 +175,20 @@ impl Gateway {
             admin_token: String::new(),
             data_dir,
             log_path,
+            log_filter: opts.log_filter.clone(),
             child,
+        }
+    }
+
+    /// Kills the gateway at once (SIGKILL, as a crash would) and starts it
+    /// again on the same config, ports and data dir; waits until it is ready.
+    pub fn crash_and_restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let config_path = self._dir.path().join("portcullis.yaml");
+        self.child = serve(&config_path, &self.log_path, self.log_filter.as_deref());
+        if let Err(e) = self.wait_ready() {
+            panic!("{e}");
         }
     }
 
@@ -443,6 +446,30 @@ impl Drop for Gateway {
     }
 }
 
+/// `portcullis serve -c CONFIG`, its output appended to `log_path`.
+fn serve(config_path: &std::path::Path, log_path: &std::path::Path, log_filter: Option<&str>) -> Child {
+    let pg = pg();
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path)
+        .expect("open log");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_portcullis"));
+    cmd.arg("serve")
+        .arg("-c")
+        .arg(config_path)
+        .env("ORDERS_RO_PASSWORD", &pg.ro_password)
+        .env("MD5_PASSWORD", &pg.md5_password)
+        .env_remove("PORTCULLIS_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("clone log"))
+        .stderr(log);
+    if let Some(filter) = log_filter {
+        cmd.env("RUST_LOG", filter);
+    }
+    cmd.spawn().expect("spawn portcullis serve")
+}
+
 fn dechunk(mut rest: &str) -> String {
     let mut out = String::new();
     while let Some((size, after)) = rest.split_once("\r\n") {
@@ -492,7 +519,7 @@ fn config_yaml(
     if let Some(ca) = &opts.upstream_ca {
         let _ = write!(upstream_tls, "\n    ca_file: {}", ca.display());
     }
-    format!(
+    let mut yaml = format!(
         "data_dir: {data}\n\
          api: {{ listen: 127.0.0.1:{api_port} }}\n\
          postgres:\n  listen: 127.0.0.1:{pg_port}\n  require_tls: {tls}\n  handshake_timeout: {hs}\n\
@@ -506,7 +533,9 @@ fn config_yaml(
         warn = opts.warn_before.join(", "),
         port = pg.port,
         pw = admin_pw.display(),
-    )
+    );
+    yaml.push_str(&opts.extra_yaml);
+    yaml
 }
 
 /// Runs `cmd` to completion with captured output, killing it after `timeout`.

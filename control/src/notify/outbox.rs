@@ -1,0 +1,201 @@
+//! The `outbox` table: one row per notification and destination, inserted in
+//! the transaction of the change it reports, so a notification exists exactly
+//! when its change does and survives restarts until it is delivered.
+
+use std::collections::HashSet;
+
+use portcullis_protocol::feed::UnixMillis;
+use rusqlite::{Connection, params};
+
+/// A row waiting for (another) delivery attempt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Row {
+    /// `ntf_...`, sent as the `Idempotency-Key`.
+    pub id: String,
+    /// Key of the destination (`webhook:HASH`, `slack:HASH`).
+    pub destination: String,
+    /// The event's spelling, e.g. `approved`.
+    pub event: String,
+    /// The JSON document.
+    pub body: String,
+    /// Attempts made so far.
+    pub attempts: u32,
+}
+
+/// Queues one notification for `destination`, due at once.
+pub(crate) fn insert(conn: &Connection, row: &Row, subject: &str, created_at: UnixMillis) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO outbox (id, destination, event, subject, body, created_at, next_attempt_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+    )?
+    .execute(params![
+        row.id,
+        row.destination,
+        row.event,
+        subject,
+        row.body,
+        created_at
+    ])?;
+    Ok(())
+}
+
+/// Up to `limit` pending rows due by `now`, oldest due first, leaving out `busy` ones.
+pub(crate) fn due(
+    conn: &Connection,
+    now: UnixMillis,
+    limit: usize,
+    busy: &HashSet<String>,
+) -> rusqlite::Result<Vec<Row>> {
+    // Rows in flight are still pending and due: ask for enough to skip them.
+    let wanted = i64::try_from(limit.saturating_add(busy.len())).unwrap_or(i64::MAX);
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, destination, event, body, attempts FROM outbox
+         WHERE state = 'pending' AND next_attempt_at <= ?1 ORDER BY next_attempt_at, rowid LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(params![now, wanted], |r| {
+        Ok(Row {
+            id: r.get(0)?,
+            destination: r.get(1)?,
+            event: r.get(2)?,
+            body: r.get(3)?,
+            attempts: r.get(4)?,
+        })
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let row = row?;
+        if !busy.contains(&row.id) && out.len() < limit {
+            out.push(row);
+        }
+    }
+    Ok(out)
+}
+
+/// When the next pending row not in `busy` is due, if any.
+pub(crate) fn next_due(conn: &Connection, busy: &HashSet<String>) -> rusqlite::Result<Option<UnixMillis>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, next_attempt_at FROM outbox WHERE state = 'pending' ORDER BY next_attempt_at, rowid LIMIT ?1",
+    )?;
+    let wanted = i64::try_from(busy.len().saturating_add(1)).unwrap_or(i64::MAX);
+    let rows = stmt.query_map([wanted], |r| Ok((r.get::<_, String>(0)?, r.get::<_, UnixMillis>(1)?)))?;
+    for row in rows {
+        let (id, at) = row?;
+        if !busy.contains(&id) {
+            return Ok(Some(at));
+        }
+    }
+    Ok(None)
+}
+
+/// Pending rows: the outbox depth.
+pub(crate) fn depth(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.prepare_cached("SELECT COUNT(*) FROM outbox WHERE state = 'pending'")?
+        .query_row([], |r| r.get(0))
+}
+
+/// Records a delivery.
+pub(crate) fn mark_sent(conn: &Connection, id: &str, attempts: u32, now: UnixMillis) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "UPDATE outbox SET state = 'sent', attempts = ?2, done_at = ?3, last_error = NULL
+         WHERE id = ?1 AND state = 'pending'",
+    )?
+    .execute(params![id, attempts, now])?;
+    Ok(())
+}
+
+/// Records a failed attempt and when to try again.
+pub(crate) fn mark_retry(
+    conn: &Connection,
+    id: &str,
+    attempts: u32,
+    next_attempt_at: UnixMillis,
+    error: &str,
+) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "UPDATE outbox SET attempts = ?2, next_attempt_at = ?3, last_error = ?4 WHERE id = ?1 AND state = 'pending'",
+    )?
+    .execute(params![id, attempts, next_attempt_at, error])?;
+    Ok(())
+}
+
+/// Gives up on a row: its attempts ran out or its destination left the config.
+pub(crate) fn mark_failed(
+    conn: &Connection,
+    id: &str,
+    attempts: u32,
+    error: &str,
+    now: UnixMillis,
+) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "UPDATE outbox SET state = 'failed', attempts = ?2, last_error = ?3, done_at = ?4
+         WHERE id = ?1 AND state = 'pending'",
+    )?
+    .execute(params![id, attempts, error, now])?;
+    Ok(())
+}
+
+/// Deletes delivered rows finished before `sent_before` and failed ones before
+/// `failed_before` (history keeps the events themselves forever).
+pub(crate) fn purge(conn: &Connection, sent_before: UnixMillis, failed_before: UnixMillis) -> rusqlite::Result<usize> {
+    conn.execute(
+        "DELETE FROM outbox WHERE (state = 'sent' AND done_at < ?1) OR (state = 'failed' AND done_at < ?2)",
+        params![sent_before, failed_before],
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("portcullis.db");
+        let mut conn = Connection::open(&path).expect("open");
+        crate::store::migrations::migrate(&mut conn, &path).expect("migrate");
+        (dir, conn)
+    }
+
+    fn row(id: &str) -> Row {
+        Row {
+            id: id.to_owned(),
+            destination: "webhook:1".to_owned(),
+            event: "requested".to_owned(),
+            body: "{}".to_owned(),
+            attempts: 0,
+        }
+    }
+
+    #[test]
+    fn due_rows_skip_busy_ones_and_follow_backoff() {
+        let (_dir, conn) = store();
+        insert(&conn, &row("ntf_a"), "req_1", 100).expect("insert a");
+        insert(&conn, &row("ntf_b"), "req_1", 200).expect("insert b");
+        let none = HashSet::new();
+        assert_eq!(due(&conn, 150, 10, &none).expect("due").len(), 1);
+        let busy: HashSet<String> = ["ntf_a".to_owned()].into();
+        let ids: Vec<_> = due(&conn, 300, 10, &busy)
+            .expect("due")
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(ids, ["ntf_b"]);
+        assert_eq!(next_due(&conn, &busy).expect("next"), Some(200));
+
+        mark_retry(&conn, "ntf_a", 1, 1_000, "HTTP 500").expect("retry");
+        assert_eq!(due(&conn, 300, 10, &none).expect("due")[0].id, "ntf_b");
+        mark_sent(&conn, "ntf_b", 1, 300).expect("sent");
+        assert_eq!(next_due(&conn, &none).expect("next"), Some(1_000));
+        assert_eq!(depth(&conn).expect("depth"), 1);
+        let again = due(&conn, 1_000, 10, &none).expect("due");
+        assert_eq!((again[0].id.as_str(), again[0].attempts), ("ntf_a", 1));
+
+        mark_failed(&conn, "ntf_a", 2, "HTTP 500", 1_100).expect("failed");
+        assert_eq!(depth(&conn).expect("depth"), 0);
+        assert_eq!(next_due(&conn, &none).expect("next"), None);
+        // A finished row is never picked up again, even by a late retry mark.
+        mark_retry(&conn, "ntf_a", 3, 0, "late").expect("late retry");
+        assert!(due(&conn, i64::MAX, 10, &none).expect("due").is_empty());
+        assert_eq!(purge(&conn, 301, 1_000).expect("purge"), 1);
+        assert_eq!(purge(&conn, 301, 1_101).expect("purge"), 1);
+    }
+}

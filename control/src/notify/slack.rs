@@ -1,0 +1,590 @@
+//! Slack: the Block Kit message posted for each notification (with Approve
+//! and Deny buttons while a request is pending), and the checks on Slack's
+//! interactivity callbacks: the signing secret over `v0:TIMESTAMP:BODY`
+//! (<https://api.slack.com/authentication/verifying-requests-from-slack>),
+//! a five-minute timestamp window, a refusal of exact replays, and the
+//! `block_actions` payload.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+
+use hmac::Mac;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::notify::Chat;
+use crate::notify::webhook::mac;
+
+/// Oldest (or furthest in the future) callback timestamp accepted, in seconds.
+pub(crate) const WINDOW_S: i64 = 5 * 60;
+/// `action_id` of the Approve button.
+pub(crate) const APPROVE: &str = "portcullis.approve";
+/// `action_id` of the Deny button.
+pub(crate) const DENY: &str = "portcullis.deny";
+/// Signatures remembered to refuse replays; older ones fall out of the window anyway.
+const REPLAY_CAPACITY: usize = 10_000;
+/// Longest free text put in one message field (Slack caps a field at 2000).
+const MAX_FIELD: usize = 1000;
+
+/// Why a callback was refused before any workflow rule was applied.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Refusal {
+    /// No signing secret is configured.
+    #[error("Slack interactivity is not configured: set notifications.slack.signing_secret_env or signing_secret_file")]
+    NotConfigured,
+    /// A signing header is missing.
+    #[error("missing header {0}")]
+    MissingHeader(&'static str),
+    /// The timestamp header is not a number.
+    #[error("X-Slack-Request-Timestamp is not a Unix time in seconds")]
+    BadTimestamp,
+    /// The timestamp is outside the window: a replay, or a clock far off.
+    #[error("X-Slack-Request-Timestamp is {age_s}s away from now (more than {WINDOW_S}s): stale callback refused")]
+    Stale {
+        /// Seconds between the timestamp and now.
+        age_s: i64,
+    },
+    /// The signature does not match the body and the signing secret.
+    #[error("X-Slack-Signature does not match the body and the signing secret")]
+    BadSignature,
+    /// The same signed callback came before.
+    #[error("this callback was already received: replay refused")]
+    Replayed,
+    /// The body is not the payload expected; names the field.
+    #[error("{field}: {why}")]
+    BadPayload {
+        /// The field at fault, e.g. `payload.actions[0].value`.
+        field: String,
+        /// What is wrong.
+        why: String,
+    },
+}
+
+impl Refusal {
+    /// A short label for metrics.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            Refusal::NotConfigured => "not_configured",
+            Refusal::MissingHeader(_) | Refusal::BadTimestamp | Refusal::BadSignature => "bad_signature",
+            Refusal::Stale { .. } => "stale",
+            Refusal::Replayed => "replayed",
+            Refusal::BadPayload { .. } => "malformed",
+        }
+    }
+}
+
+/// Checks `X-Slack-Signature: v0=HEX` over `v0:{timestamp}:{body}` keyed with
+/// `secret`, and that `timestamp` is within the window of `now_s`.
+pub(crate) fn verify(
+    secret: &[u8],
+    timestamp: Option<&str>,
+    signature: Option<&str>,
+    body: &[u8],
+    now_s: i64,
+) -> Result<(), Refusal> {
+    let timestamp = timestamp.ok_or(Refusal::MissingHeader("X-Slack-Request-Timestamp"))?;
+    let signature = signature.ok_or(Refusal::MissingHeader("X-Slack-Signature"))?;
+    let ts: i64 = timestamp.trim().parse().map_err(|_| Refusal::BadTimestamp)?;
+    let age_s = now_s.saturating_sub(ts).saturating_abs();
+    if age_s > WINDOW_S {
+        return Err(Refusal::Stale { age_s });
+    }
+    let tag = signature
+        .strip_prefix("v0=")
+        .and_then(unhex)
+        .ok_or(Refusal::BadSignature)?;
+    let mut m = mac(secret);
+    m.update(b"v0:");
+    m.update(timestamp.as_bytes());
+    m.update(b":");
+    m.update(body);
+    // Constant-time comparison.
+    m.verify_slice(&tag).map_err(|_| Refusal::BadSignature)
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    let digit = |c: u8| char::from(c).to_digit(16).and_then(|d| u8::try_from(d).ok());
+    s.as_bytes()
+        .chunks(2)
+        .map(|pair| match pair {
+            [hi, lo] => Some((digit(*hi)? << 4) | digit(*lo)?),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Signatures of callbacks accepted within the window: the same signed body
+/// twice is a replay.
+#[derive(Default)]
+pub(crate) struct ReplayGuard {
+    seen: Mutex<HashMap<String, i64>>,
+}
+
+impl ReplayGuard {
+    /// Remembers `signature` seen at `now_s`; false when it was seen already.
+    pub(crate) fn first_time(&self, signature: &str, now_s: i64) -> bool {
+        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        if seen.contains_key(signature) {
+            return false;
+        }
+        if seen.len() >= REPLAY_CAPACITY {
+            // Entries past the window cannot be replayed: the timestamp check refuses them.
+            seen.retain(|_, at| now_s.saturating_sub(*at) <= 2 * WINDOW_S);
+            if seen.len() >= REPLAY_CAPACITY
+                && let Some(oldest) = seen.iter().min_by_key(|(_, at)| **at).map(|(k, _)| k.clone())
+            {
+                seen.remove(&oldest);
+            }
+        }
+        seen.insert(signature.to_owned(), now_s);
+        true
+    }
+}
+
+/// What the clicker asked for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Decision {
+    /// The Approve button.
+    Approve,
+    /// The Deny button.
+    Deny,
+}
+
+/// One button click, as Slack sent it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Action {
+    /// Slack user id of the clicker.
+    pub slack_user: String,
+    /// Approve or deny.
+    pub decision: Decision,
+    /// The request id the button carries.
+    pub request_id: String,
+    /// Where Slack takes a follow-up message, if given.
+    pub response_url: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Payload {
+    #[serde(rename = "type")]
+    kind: String,
+    user: SlackUser,
+    #[serde(default)]
+    actions: Vec<SlackAction>,
+    response_url: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct SlackUser {
+    id: String,
+}
+
+#[derive(Deserialize)]
+struct SlackAction {
+    action_id: String,
+    value: Option<String>,
+}
+
+fn bad(field: &str, why: impl Into<String>) -> Refusal {
+    Refusal::BadPayload {
+        field: field.to_owned(),
+        why: why.into(),
+    }
+}
+
+/// Reads the form-encoded `payload=JSON` of a `block_actions` callback.
+pub(crate) fn parse_action(body: &[u8]) -> Result<Action, Refusal> {
+    let payload = form_urlencoded::parse(body)
+        .find(|(k, _)| k == "payload")
+        .map(|(_, v)| v.into_owned())
+        .ok_or_else(|| bad("payload", "missing: expected a form field payload=JSON"))?;
+    let mut de = serde_json::Deserializer::from_str(&payload);
+    let p: Payload = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        // `?` is where serde_path_to_error stands before the syntax gives a field.
+        let field = if matches!(path.as_str(), "." | "?" | "") {
+            "payload".to_owned()
+        } else {
+            format!("payload.{path}")
+        };
+        bad(&field, e.into_inner().to_string())
+    })?;
+    if p.kind != "block_actions" {
+        return Err(bad(
+            "payload.type",
+            format!("expected block_actions, got \"{}\"", p.kind),
+        ));
+    }
+    if p.user.id.trim().is_empty() {
+        return Err(bad("payload.user.id", "empty"));
+    }
+    let [action] = p.actions.as_slice() else {
+        return Err(bad("payload.actions", "expected exactly one action"));
+    };
+    let decision = match action.action_id.as_str() {
+        APPROVE => Decision::Approve,
+        DENY => Decision::Deny,
+        other => {
+            return Err(bad(
+                "payload.actions[0].action_id",
+                format!("expected {APPROVE} or {DENY}, got \"{other}\""),
+            ));
+        }
+    };
+    let request_id = action
+        .value
+        .as_deref()
+        .map(str::trim)
+        .filter(|v| v.starts_with("req_") && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+        .ok_or_else(|| {
+            bad(
+                "payload.actions[0].value",
+                "expected a request id such as req_0123456789ab",
+            )
+        })?;
+    Ok(Action {
+        slack_user: p.user.id,
+        decision,
+        request_id: request_id.to_owned(),
+        response_url: p.response_url,
+    })
+}
+
+/// The answer the clicker sees (only them: ephemeral).
+pub(crate) fn answer(text: &str) -> Value {
+    json!({ "response_type": "ephemeral", "replace_original": false, "text": text })
+}
+
+/// Escapes text for Slack's mrkdwn, so user input cannot mention `@channel`
+/// or forge links; cut to `MAX_FIELD` characters, escapes included.
+pub(crate) fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len().min(MAX_FIELD));
+    let mut len = 0;
+    for c in text.chars() {
+        let piece = match c {
+            '&' => "&amp;",
+            '<' => "&lt;",
+            '>' => "&gt;",
+            _ => "",
+        };
+        let width = if piece.is_empty() { 1 } else { piece.len() };
+        if len + width > MAX_FIELD {
+            out.push('…');
+            break;
+        }
+        len += width;
+        if piece.is_empty() {
+            out.push(c);
+        } else {
+            out.push_str(piece);
+        }
+    }
+    out
+}
+
+/// The Block Kit message of a notification document. Buttons only while the
+/// request is pending and chat callbacks are configured (`chat`), and
+/// Approve only when chat may approve the request.
+pub(crate) fn message(doc: &Value, chat: Option<&Chat>) -> Value {
+    let s = |ptr: &str| doc.pointer(ptr).and_then(Value::as_str).unwrap_or("");
+    let event = s("/event");
+    let request_id = s("/request/id");
+    let header = match event {
+        "requested" => "Access requested",
+        "approved" => "Access approved",
+        "denied" => "Request denied",
+        "expired" => "Request expired unanswered",
+        "cancelled" => "Request cancelled",
+        "escalated" => "Request escalated",
+        "break_glass" => "BREAK-GLASS access",
+        "revoked" => "Grant revoked",
+        "extended" => "Grant extended",
+        "expiring_soon" => "Grant expiring soon",
+        _ => "Portcullis",
+    };
+    let duration = doc
+        .pointer("/request/duration_s")
+        .and_then(Value::as_i64)
+        .map(|s| portcullis_protocol::duration::format(std::time::Duration::from_secs(s.unsigned_abs())))
+        .unwrap_or_default();
+    let mut fields = vec![
+        field("User", s("/request/user")),
+        field("Resource", s("/request/resource")),
+        field("Role", s("/request/role")),
+        field("Duration", &duration),
+        field("Reason", s("/request/reason")),
+        field("Requested", s("/request/created_at")),
+    ];
+    if s("/request/state") == "pending" {
+        let needed = doc
+            .pointer("/request/approvals_needed")
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        fields.push(field("Approvals still needed", &needed.to_string()));
+    }
+    if !s("/grant/expires_at").is_empty() {
+        fields.push(field("Access until", s("/grant/expires_at")));
+    }
+    let audience = match s("/notify/audience") {
+        "requester" => format!("For {}", escape(s("/request/user"))),
+        _ => {
+            let list = |ptr: &str| {
+                doc.pointer(ptr)
+                    .and_then(Value::as_array)
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(Value::as_str)
+                            .map(escape)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    })
+                    .unwrap_or_default()
+            };
+            format!(
+                "For the approvers: users {}; groups {}",
+                list("/notify/users"),
+                list("/notify/groups")
+            )
+        }
+    };
+    let commands: Vec<String> = doc
+        .pointer("/commands")
+        .and_then(Value::as_object)
+        .map(|c| {
+            c.values()
+                .filter_map(Value::as_str)
+                .map(|c| format!("`{}`", escape(c)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut blocks = vec![
+        json!({ "type": "header", "text": { "type": "plain_text", "text": header } }),
+        json!({ "type": "section", "text": { "type": "mrkdwn", "text": escape(s("/summary")) }, "fields": fields }),
+        json!({ "type": "context", "elements": [
+            { "type": "mrkdwn", "text": audience },
+            { "type": "mrkdwn", "text": commands.join("  ") },
+        ] }),
+    ];
+    let pending = s("/request/state") == "pending" && matches!(event, "requested" | "escalated");
+    if let Some(chat) = chat.filter(|_| pending) {
+        let break_glass = doc.pointer("/request/break_glass").and_then(Value::as_bool) != Some(false);
+        let mut buttons = Vec::new();
+        if !break_glass && chat.may_approve_role(s("/request/resource"), s("/request/role")) {
+            buttons.push(json!({
+                "type": "button", "action_id": APPROVE, "style": "primary", "value": request_id,
+                "text": { "type": "plain_text", "text": "Approve" },
+            }));
+        } else {
+            blocks.push(json!({ "type": "context", "elements": [{ "type": "mrkdwn",
+                "text": format!("Chat cannot approve this role: use `portcullis approve {}` or the API", escape(request_id)) }] }));
+        }
+        buttons.push(json!({
+            "type": "button", "action_id": DENY, "style": "danger", "value": request_id,
+            "text": { "type": "plain_text", "text": "Deny" },
+        }));
+        blocks.push(json!({ "type": "actions", "block_id": format!("portcullis:{request_id}"), "elements": buttons }));
+    }
+    // The fallback text is mrkdwn too (and shows in notifications): escaped as well.
+    json!({ "text": escape(s("/summary")), "blocks": blocks })
+}
+
+fn field(label: &str, value: &str) -> Value {
+    let value = if value.is_empty() {
+        "-".to_owned()
+    } else {
+        escape(value)
+    };
+    json!({ "type": "mrkdwn", "text": format!("*{label}*\n{value}") })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Slack's own example (api.slack.com/authentication/verifying-requests-from-slack).
+    const SECRET: &[u8] = b"8f742231b10e8888abcd99yyyzzz85a5";
+    const TS: &str = "1531420618";
+    const BODY: &[u8] = b"token=xyzz0WbapA4vBCDEFasx0q6G&team_id=T1DC2JH3J&team_domain=testteamnow&channel_id=G8PSS9T3V&channel_name=foobar&user_id=U2CERLKJA&user_name=roadrunner&command=%2Fwebhook-collect&text=&response_url=https%3A%2F%2Fhooks.slack.com%2Fcommands%2FT1DC2JH3J%2F397700885554%2F96rGlfmibIGlgcZRskXaIFfN&trigger_id=398738663015.47445629121.803a0bc887a14d10d2c447fce8b6703c";
+    const SIG: &str = "v0=a2114d57b48eac39b9ad189dd8316235a7b4a8d21a10bd27519666489c69b503";
+    const NOW: i64 = 1_531_420_618 + 60;
+
+    #[test]
+    fn slacks_documented_example_verifies() {
+        verify(SECRET, Some(TS), Some(SIG), BODY, NOW).expect("Slack's example signature");
+    }
+
+    #[test]
+    fn forged_and_stale_callbacks_are_refused() {
+        let forged = "v0=a2114d57b48eac39b9ad189dd8316235a7b4a8d21a10bd27519666489c69b504";
+        assert!(matches!(
+            verify(SECRET, Some(TS), Some(forged), BODY, NOW),
+            Err(Refusal::BadSignature)
+        ));
+        assert!(matches!(
+            verify(b"another secret", Some(TS), Some(SIG), BODY, NOW),
+            Err(Refusal::BadSignature)
+        ));
+        let mut edited = BODY.to_vec();
+        edited.push(b'x');
+        assert!(matches!(
+            verify(SECRET, Some(TS), Some(SIG), &edited, NOW),
+            Err(Refusal::BadSignature)
+        ));
+        // Signed for another timestamp.
+        assert!(matches!(
+            verify(SECRET, Some("1531420619"), Some(SIG), BODY, NOW),
+            Err(Refusal::BadSignature)
+        ));
+        assert!(matches!(
+            verify(SECRET, Some(TS), Some("a2114d57"), BODY, NOW),
+            Err(Refusal::BadSignature)
+        ));
+        assert!(matches!(
+            verify(SECRET, Some(TS), Some("v0=zz"), BODY, NOW),
+            Err(Refusal::BadSignature)
+        ));
+        assert!(matches!(
+            verify(SECRET, Some(TS), Some(SIG), BODY, 1_531_420_618 + WINDOW_S + 1),
+            Err(Refusal::Stale { age_s: 301 })
+        ));
+        assert!(matches!(
+            verify(SECRET, Some(TS), Some(SIG), BODY, 1_531_420_618 - WINDOW_S - 1),
+            Err(Refusal::Stale { .. })
+        ));
+        assert!(verify(SECRET, Some(TS), Some(SIG), BODY, 1_531_420_618 + WINDOW_S).is_ok());
+        assert!(matches!(
+            verify(SECRET, None, Some(SIG), BODY, NOW),
+            Err(Refusal::MissingHeader(_))
+        ));
+        assert!(matches!(
+            verify(SECRET, Some(TS), None, BODY, NOW),
+            Err(Refusal::MissingHeader(_))
+        ));
+        assert!(matches!(
+            verify(SECRET, Some("soon"), Some(SIG), BODY, NOW),
+            Err(Refusal::BadTimestamp)
+        ));
+    }
+
+    #[test]
+    fn a_replay_is_refused_once_seen() {
+        let guard = ReplayGuard::default();
+        assert!(guard.first_time("v0=aa", 100));
+        assert!(!guard.first_time("v0=aa", 101));
+        assert!(guard.first_time("v0=bb", 101));
+    }
+
+    fn form(payload: &str) -> Vec<u8> {
+        form_urlencoded::Serializer::new(String::new())
+            .append_pair("payload", payload)
+            .finish()
+            .into_bytes()
+    }
+
+    #[test]
+    fn a_button_click_is_read_and_bad_payloads_name_the_field() {
+        let ok = r#"{"type":"block_actions","user":{"id":"U1","name":"c"},"actions":[{"action_id":"portcullis.approve","value":"req_0123456789ab"}],"response_url":"https://hooks.slack.com/x"}"#;
+        let action = parse_action(&form(ok)).expect("valid click");
+        assert_eq!(action.slack_user, "U1");
+        assert_eq!(action.decision, Decision::Approve);
+        assert_eq!(action.request_id, "req_0123456789ab");
+
+        let field_of = |body: &[u8]| match parse_action(body) {
+            Err(Refusal::BadPayload { field, .. }) => field,
+            other => panic!("expected a bad payload, got {other:?}"),
+        };
+        assert_eq!(field_of(b"nothing=here"), "payload");
+        assert_eq!(field_of(&form("{not json")), "payload");
+        assert_eq!(field_of(&form(r#"{"type":"block_actions","actions":[]}"#)), "payload");
+        assert_eq!(
+            field_of(&form(r#"{"type":"block_actions","user":{},"actions":[]}"#)),
+            "payload.user"
+        );
+        assert_eq!(
+            field_of(&form(r#"{"type":"view_submission","user":{"id":"U1"}}"#)),
+            "payload.type"
+        );
+        assert_eq!(
+            field_of(&form(r#"{"type":"block_actions","user":{"id":"U1"},"actions":[]}"#)),
+            "payload.actions"
+        );
+        assert_eq!(
+            field_of(&form(
+                r#"{"type":"block_actions","user":{"id":"U1"},"actions":[{"action_id":"x","value":"req_1"}]}"#
+            )),
+            "payload.actions[0].action_id"
+        );
+        assert_eq!(
+            field_of(&form(
+                r#"{"type":"block_actions","user":{"id":"U1"},"actions":[{"action_id":"portcullis.deny","value":"../x"}]}"#
+            )),
+            "payload.actions[0].value"
+        );
+    }
+
+    #[test]
+    fn user_text_cannot_mention_the_channel() {
+        assert_eq!(escape("<!channel> & co"), "&lt;!channel&gt; &amp; co");
+        // Escapes count towards Slack's field limit.
+        let long = escape(&"&".repeat(MAX_FIELD));
+        assert!(
+            long.chars().count() <= MAX_FIELD + 1 && long.ends_with('…'),
+            "{}",
+            long.len()
+        );
+    }
+
+    #[test]
+    fn buttons_only_while_pending_and_approve_only_when_chat_may() {
+        let chat = Chat {
+            signing_secret: portcullis_protocol::secret::Secret::new("s".to_owned()),
+            users: Default::default(),
+            cli_only_roles: [("orders".to_owned(), "write".to_owned())].into(),
+            replays: ReplayGuard::default(),
+        };
+        let doc = json!({
+            "event": "requested", "summary": "alice requests read on orders",
+            "request": { "id": "req_1", "state": "pending", "user": "alice", "duration_s": 3600, "approvals_needed": 1,
+                         "resource": "orders", "role": "read", "break_glass": false },
+            "notify": { "audience": "approvers", "users": ["carol"], "groups": ["dba"] },
+            "commands": { "approve": "portcullis approve req_1" },
+        });
+        let ids = |m: &Value| -> Vec<String> {
+            m["blocks"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|b| b["type"] == "actions")
+                .flat_map(|b| b["elements"].as_array().cloned().unwrap_or_default())
+                .map(|e| {
+                    format!(
+                        "{}={}",
+                        e["action_id"].as_str().unwrap_or(""),
+                        e["value"].as_str().unwrap_or("")
+                    )
+                })
+                .collect()
+        };
+        assert_eq!(
+            ids(&message(&doc, Some(&chat))),
+            ["portcullis.approve=req_1", "portcullis.deny=req_1"]
+        );
+        // Without interactivity there is nothing to click.
+        assert!(ids(&message(&doc, None)).is_empty());
+        for (field, value) in [("role", "admin"), ("role", "write")] {
+            let mut cli_only = doc.clone();
+            cli_only["request"][field] = value.into();
+            assert_eq!(
+                ids(&message(&cli_only, Some(&chat))),
+                ["portcullis.deny=req_1"],
+                "{value}"
+            );
+        }
+        let mut done = doc.clone();
+        done["request"]["state"] = "approved".into();
+        done["event"] = "approved".into();
+        assert!(ids(&message(&done, Some(&chat))).is_empty());
+    }
+}

@@ -1,0 +1,366 @@
+//! Notifications against a real store and real HTTP receivers on loopback:
+//! rows queued in the event's transaction, per destination and filter; the
+//! sender's retries, signatures, idempotency key, timeout and give-up.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use portcullis_protocol::secret::Secret;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::model::User;
+use crate::notify::settings::{NotifyEvent, NotifySettings, SlackSettings, WebhookSettings};
+use crate::notify::webhook;
+use crate::settings::{ControlSettings, Policy, Principals, ResourceKind, ResourceSettings};
+use crate::workflow::policy::Ask;
+use crate::workflow::users::UserAsk;
+use crate::{Control, ControlError};
+
+fn settings(dir: &std::path::Path, notifications: NotifySettings) -> ControlSettings {
+    ControlSettings {
+        data_dir: dir.join("data"),
+        resources: vec![ResourceSettings {
+            name: "orders".to_owned(),
+            kind: ResourceKind::Postgres,
+            roles: vec!["read".to_owned()],
+            policy: Policy {
+                approvers: Some(Principals {
+                    users: vec!["carol".to_owned()],
+                    groups: vec!["dba".to_owned()],
+                }),
+                ..Policy::default()
+            },
+            role_policies: Default::default(),
+        }],
+        gateway_postgres: None,
+        gateway_ssh: None,
+        notifications,
+    }
+}
+
+fn hook(url: String, events: Option<&[NotifyEvent]>) -> WebhookSettings {
+    WebhookSettings {
+        url: Secret::new(url),
+        secret: Secret::new("s3cret".to_owned()),
+        events: events.map(|e| e.iter().copied().collect::<BTreeSet<_>>()),
+    }
+}
+
+async fn add(c: &Control, name: &str) -> User {
+    let token = std::fs::read_to_string(c.admin_token_path()).expect("admin.token");
+    let admin = c.workflow.authenticate(token.trim()).await.expect("admin");
+    let ask = UserAsk {
+        name: name.to_owned(),
+        ..UserAsk::default()
+    };
+    c.workflow.add_user(admin, ask).await.expect("add user").0
+}
+
+fn ask() -> Ask {
+    Ask {
+        duration: Some(Duration::from_secs(3600)),
+        reason: Some("INC-1 look".to_owned()),
+        ..Ask::default()
+    }
+}
+
+/// (destination kind, event, body) of every outbox row, oldest first.
+async fn rows(c: &Control) -> Vec<(String, String, Value)> {
+    c.workflow
+        .store
+        .call(|conn| -> Result<_, ControlError> {
+            let mut stmt = conn.prepare("SELECT destination, event, body, state FROM outbox ORDER BY rowid")?;
+            let rows = stmt.query_map([], |r| {
+                let dest: String = r.get(0)?;
+                let body: String = r.get(2)?;
+                let kind = dest.split(':').next().unwrap_or_default().to_owned();
+                Ok((kind, r.get(1)?, serde_json::from_str(&body).unwrap_or(Value::Null)))
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+        .expect("outbox")
+}
+
+#[tokio::test]
+async fn events_queue_one_row_per_destination_that_wants_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let notifications = NotifySettings {
+        webhooks: vec![
+            hook("http://127.0.0.1:9/all".to_owned(), None),
+            hook("http://127.0.0.1:9/denied".to_owned(), Some(&[NotifyEvent::Denied])),
+        ],
+        slack: Some(SlackSettings {
+            url: Some(Secret::new("http://127.0.0.1:9/slack".to_owned())),
+            ..SlackSettings::default()
+        }),
+        ..NotifySettings::default()
+    };
+    let c = Control::open(settings(dir.path(), notifications), &prometheus::Registry::new())
+        .await
+        .expect("open");
+    let alice = add(&c, "alice").await;
+    let carol = add(&c, "carol").await;
+    let w = &c.workflow;
+
+    let first = w
+        .create_request(alice.clone(), "orders".into(), ask())
+        .await
+        .expect("request");
+    w.approve(carol.clone(), first.id.clone(), None).await.expect("approve");
+    let second = w
+        .create_request(alice.clone(), "orders".into(), ask())
+        .await
+        .expect("request");
+    // Refused calls change nothing, so they queue nothing.
+    assert!(w.approve(alice.clone(), second.id.clone(), None).await.is_err());
+    w.deny(carol.clone(), second.id.clone(), Some("not now".into()))
+        .await
+        .expect("deny");
+
+    let got = rows(&c).await;
+    let kinds: Vec<(&str, &str)> = got.iter().map(|(k, e, _)| (k.as_str(), e.as_str())).collect();
+    assert_eq!(
+        kinds,
+        [
+            ("webhook", "requested"),
+            ("slack", "requested"),
+            ("webhook", "approved"),
+            ("slack", "approved"),
+            ("webhook", "requested"),
+            ("slack", "requested"),
+            ("webhook", "denied"),
+            ("webhook", "denied"),
+            ("slack", "denied"),
+        ]
+    );
+    let requested = &got[0].2;
+    assert!(
+        requested["id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("ntf_") && id.len() == 36)
+    );
+    assert_ne!(
+        requested["id"], got[1].2["id"],
+        "each destination has its own idempotency key"
+    );
+    assert_eq!(requested["request"]["id"], first.id.as_str());
+    assert_eq!(requested["request"]["reason"], "INC-1 look");
+    assert_eq!(requested["request"]["duration_s"], 3600);
+    assert_eq!(requested["request"]["approvals_needed"], 1);
+    assert_eq!(requested["notify"]["audience"], "approvers");
+    assert_eq!(requested["notify"]["users"], serde_json::json!(["carol"]));
+    assert_eq!(requested["notify"]["groups"], serde_json::json!(["dba"]));
+    assert_eq!(
+        requested["commands"]["approve"],
+        format!("portcullis approve {}", first.id).as_str()
+    );
+    let approved = &got[2].2;
+    assert_eq!(approved["actor"], "carol");
+    assert_eq!(approved["notify"]["audience"], "requester");
+    assert_eq!(approved["notify"]["users"], serde_json::json!(["alice"]));
+    assert_eq!(approved["grant"]["state"], "active");
+    assert!(
+        approved["commands"]["revoke"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("portcullis revoke grt_"))
+    );
+    assert!(approved["commands"].get("approve").is_none());
+    assert_eq!(got[6].2["detail"]["reason"], "not now");
+}
+
+/// What a receiver got: the headers (names lower case) and the body.
+#[derive(Clone, Debug)]
+struct Received {
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Received {
+    fn header(&self, name: &str) -> &str {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map_or("", |(_, v)| v.as_str())
+    }
+}
+
+/// An HTTP receiver on loopback answering `statuses` in turn, then 200.
+async fn receiver(statuses: Vec<u16>) -> (SocketAddr, Arc<Mutex<Vec<Received>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&got);
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            let (head, body) = loop {
+                let n = s.read(&mut chunk).await.unwrap_or(0);
+                if n == 0 {
+                    break (String::new(), Vec::new());
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    break (head, buf[end + 4..].to_vec());
+                }
+            };
+            let headers: Vec<(String, String)> = head
+                .lines()
+                .skip(1)
+                .filter_map(|l| l.split_once(':'))
+                .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+                .collect();
+            let len: usize = headers
+                .iter()
+                .find(|(k, _)| k == "content-length")
+                .and_then(|(_, v)| v.parse().ok())
+                .unwrap_or(0);
+            let mut body = body;
+            while body.len() < len {
+                let n = s.read(&mut chunk).await.unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                body.extend_from_slice(&chunk[..n]);
+            }
+            let status = {
+                let mut got = seen.lock().expect("lock");
+                let status = statuses.get(got.len()).copied().unwrap_or(200);
+                got.push(Received {
+                    headers,
+                    body: String::from_utf8_lossy(&body).into_owned(),
+                });
+                status
+            };
+            let answer = format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            let _ = s.write_all(answer.as_bytes()).await;
+        }
+    });
+    (addr, got)
+}
+
+/// Waits (at most 10 s) until `got` holds `n` entries.
+async fn wait_for(got: &Arc<Mutex<Vec<Received>>>, n: usize) -> Vec<Received> {
+    for _ in 0..200 {
+        let now = got.lock().expect("lock").clone();
+        if now.len() >= n {
+            return now;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "the receiver got {} deliveries, expected {n}",
+        got.lock().expect("lock").len()
+    );
+}
+
+#[tokio::test]
+async fn retries_keep_the_key_and_sign_each_attempt() {
+    let (addr, got) = receiver(vec![500, 503]).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let notifications = NotifySettings {
+        webhooks: vec![hook(format!("http://{addr}/hook"), None)],
+        backoff: Duration::from_millis(20),
+        ..NotifySettings::default()
+    };
+    let c = Control::open(settings(dir.path(), notifications), &prometheus::Registry::new())
+        .await
+        .expect("open");
+    let shutdown = CancellationToken::new();
+    let sender = c.spawn_notifier(shutdown.clone());
+    let alice = add(&c, "alice").await;
+    let req = c
+        .workflow
+        .create_request(alice, "orders".into(), ask())
+        .await
+        .expect("request");
+
+    let seen = wait_for(&got, 3).await;
+    let key = seen[0].header("idempotency-key").to_owned();
+    assert!(key.starts_with("ntf_"), "{key}");
+    for r in &seen {
+        assert_eq!(r.header("idempotency-key"), key, "one key across retries");
+        assert_eq!(r.header("x-portcullis-event"), "requested");
+        let ts: i64 = r.header("x-portcullis-timestamp").parse().expect("timestamp");
+        assert_eq!(
+            r.header("x-portcullis-signature"),
+            webhook::signature(b"s3cret", ts, r.body.as_bytes())
+        );
+        let doc: Value = serde_json::from_str(&r.body).expect("JSON body");
+        assert_eq!(doc["request"]["id"], req.id.as_str());
+        assert_eq!(doc["id"], key.as_str());
+    }
+    // Delivered once it succeeded: nothing more comes.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(got.lock().expect("lock").len(), 3);
+    let m = &c.workflow.metrics;
+    assert_eq!(m.notifications_sent.with_label_values(&["webhook"]).get(), 1);
+    assert_eq!(m.notifications_retried.with_label_values(&["webhook"]).get(), 2);
+    assert_eq!(m.notifications_failed.with_label_values(&["webhook"]).get(), 0);
+    let state = c
+        .workflow
+        .store
+        .call(|conn| -> Result<(String, i64), ControlError> {
+            Ok(conn.query_row("SELECT state, attempts FROM outbox", [], |r| Ok((r.get(0)?, r.get(1)?)))?)
+        })
+        .await
+        .expect("row");
+    assert_eq!(state, ("sent".to_owned(), 3));
+    shutdown.cancel();
+    sender.await.expect("sender ends");
+}
+
+#[tokio::test]
+async fn a_hanging_receiver_times_out_and_others_still_get_theirs() {
+    // Accepts connections (the kernel does) and never answers.
+    let hang = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let (addr, got) = receiver(Vec::new()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let notifications = NotifySettings {
+        webhooks: vec![
+            hook(format!("http://{}/hang", hang.local_addr().expect("addr")), None),
+            hook(format!("http://{addr}/ok"), None),
+        ],
+        timeout: Duration::from_millis(300),
+        max_attempts: 2,
+        backoff: Duration::from_millis(50),
+        ..NotifySettings::default()
+    };
+    let c = Control::open(settings(dir.path(), notifications), &prometheus::Registry::new())
+        .await
+        .expect("open");
+    let shutdown = CancellationToken::new();
+    let _sender = c.spawn_notifier(shutdown.clone());
+    let alice = add(&c, "alice").await;
+    let started = std::time::Instant::now();
+    c.workflow
+        .create_request(alice, "orders".into(), ask())
+        .await
+        .expect("request");
+    wait_for(&got, 1).await;
+    assert!(
+        started.elapsed() < Duration::from_millis(250),
+        "the good receiver waited for the hanging one"
+    );
+    let failed = &c.workflow.metrics.notifications_failed;
+    for _ in 0..100 {
+        if failed.with_label_values(&["webhook"]).get() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        failed.with_label_values(&["webhook"]).get(),
+        1,
+        "given up after 2 attempts"
+    );
+    assert_eq!(c.workflow.metrics.outbox_depth.get(), 0);
+    shutdown.cancel();
+}
