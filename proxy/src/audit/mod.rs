@@ -130,15 +130,30 @@ impl StatementQueue {
     }
 }
 
+/// A fresh event id: `evt_`, this process's random prefix, then a counter.
+/// Ids must never repeat (the log keeps one event per id), and one is made
+/// per statement: a counter costs nothing where a read of the system's
+/// randomness per id is a syscall. The prefix (48 random bits, read once)
+/// keeps ids of different processes and restarts apart.
+fn next_id() -> String {
+    static PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let prefix = PREFIX.get_or_init(|| {
+        // Without randomness, the start time in nanoseconds tells processes apart.
+        crate::random::hex(6).unwrap_or_else(|_| {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            format!("{:012x}", nanos & 0xffff_ffff_ffff)
+        })
+    });
+    format!("evt_{prefix}{:08x}", COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
 /// A new event of `action` by `user`, now, with a fresh id.
 pub fn event(action: &str, user: &str) -> AuditEvent {
-    // Ids must never repeat (the log keeps one event per id): without
-    // randomness, fall back to the clock and a counter.
-    static FALLBACK: AtomicU64 = AtomicU64::new(0);
-    let id = crate::random::hex(8)
-        .unwrap_or_else(|_| format!("{:x}-{:x}", now_millis(), FALLBACK.fetch_add(1, Ordering::Relaxed)));
     AuditEvent {
-        id: format!("evt_{id}"),
+        id: next_id(),
         at: now_millis(),
         action: action.to_owned(),
         user: user.to_owned(),
@@ -150,5 +165,16 @@ pub fn event(action: &str, user: &str) -> AuditEvent {
         reason: None,
         approvers: Vec::new(),
         detail: BTreeMap::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn event_ids_share_the_process_prefix_and_never_repeat() {
+        let ids: Vec<String> = (0..1000).map(|_| super::event("statement", "alice").id).collect();
+        let unique: std::collections::HashSet<&String> = ids.iter().collect();
+        assert_eq!(unique.len(), ids.len());
+        assert!(ids.iter().all(|id| id.starts_with("evt_") && id[..16] == ids[0][..16]));
     }
 }
