@@ -192,6 +192,9 @@ pub fn spawn_writer(
     std::thread::Builder::new()
         .name("portcullis-audit".into())
         .spawn(move || {
+            // Below the sessions, as the proxy's audit thread (see there): the
+            // relay first; a full queue still slows sessions, nothing is lost.
+            let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 5);
             let mut batch = Vec::with_capacity(BATCH);
             while let Some(first) = queue.blocking_recv() {
                 batch.push(first);

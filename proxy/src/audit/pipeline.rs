@@ -21,6 +21,7 @@ pub(super) fn spawn(mut rx: mpsc::Receiver<Item>, log: mpsc::Sender<AuditEvent>)
     std::thread::Builder::new()
         .name("portcullis-audit-sql".into())
         .spawn(move || {
+            below_sessions();
             let mut classifier = Classifier::default();
             while let Some(first) = rx.blocking_recv() {
                 let mut next = Some(first);
@@ -34,6 +35,14 @@ pub(super) fn spawn(mut rx: mpsc::Receiver<Item>, log: mpsc::Sender<AuditEvent>)
             }
         })
         .map(drop)
+}
+
+/// Lowers this thread's priority (nice 5) below the session threads': when
+/// both want a core, statements are relayed first and the audit catches up
+/// in larger batches. Backpressure still holds: a full queue slows the
+/// sessions, so audit never falls behind for good. Best effort.
+fn below_sessions() {
+    let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 5);
 }
 
 /// Hands `item`'s events to the log; false once the log is gone.
