@@ -93,7 +93,7 @@ pub enum ClientCommand {
         /// Grant id.
         grant_id: String,
         /// How much longer, e.g. 15m.
-        #[arg(long, value_name = "DURATION")]
+        #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
         by: String,
     },
     /// List live sessions; with --all past ones too; `sessions show ID` for one and its statements.

@@ -22,7 +22,8 @@ pub struct RequestArgs {
     #[arg(long, value_name = "ROLE")]
     pub role: Option<String>,
     /// How long, e.g. 30m or 1h30m (default: the policy's).
-    #[arg(long = "for", value_name = "DURATION")]
+    // Hyphen values reach the API, whose refusal names the field (`-5m`).
+    #[arg(long = "for", value_name = "DURATION", allow_hyphen_values = true)]
     pub duration: Option<String>,
     /// Why you need access (required by most policies).
     #[arg(long, value_name = "TEXT")]

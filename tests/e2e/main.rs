@@ -22,6 +22,7 @@ mod pool;
 mod psql;
 mod refusals;
 mod secrets;
+mod slack;
 mod statements;
 mod workflow;
 mod workflow_rules;

@@ -1,9 +1,8 @@
-//! Notifications end to end: real HTTP receivers on loopback (std threads,
-//! no mock of our own server) check webhook signatures, retries and
-//! idempotency keys; a crash between enqueue and delivery loses nothing; a
-//! hanging receiver holds up nobody; Slack callbacks signed with a test
-//! secret approve, and forged, stale, replayed, self-approving, break-glass
-//! and admin-role ones are refused.
+//! Webhook notifications end to end: real HTTP receivers on loopback (std
+//! threads, no mock of our own server) check signatures, retries and
+//! idempotency keys; every event kind reaches its audience with the request's
+//! context; a crash between enqueue and delivery loses nothing; a hanging
+//! receiver holds up nobody. Slack's side is in `slack.rs`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
@@ -17,39 +16,38 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 
 use crate::harness::pg::free_port;
-use crate::harness::{Gateway, GatewayOptions, Role};
+use crate::harness::{Gateway, GatewayOptions};
 use crate::metrics::{metrics, sample};
 
 const HOOK_SECRET: &str = "whsec_e2e_hook_secret";
-const SLACK_SECRET: &str = "slack_e2e_signing_secret";
 
 /// One request a receiver got, and the status it answered.
 #[derive(Clone, Debug)]
-struct Hit {
-    path: String,
-    headers: HashMap<String, String>,
-    body: String,
-    status: u16,
+pub(crate) struct Hit {
+    pub path: String,
+    pub headers: HashMap<String, String>,
+    pub body: String,
+    pub status: u16,
 }
 
 impl Hit {
-    fn header(&self, name: &str) -> &str {
+    pub fn header(&self, name: &str) -> &str {
         self.headers.get(name).map_or("", String::as_str)
     }
 
-    fn json(&self) -> Value {
+    pub fn json(&self) -> Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
     }
 }
 
 /// A real HTTP/1.1 server on 127.0.0.1 that records every request.
-struct Receiver {
+pub(crate) struct Receiver {
     hits: Arc<Mutex<Vec<Hit>>>,
 }
 
 impl Receiver {
     /// Listens on `port`; `answer(path, earlier requests on that path)` gives each status.
-    fn start(port: u16, answer: fn(&str, usize) -> u16) -> Receiver {
+    pub fn start(port: u16, answer: fn(&str, usize) -> u16) -> Receiver {
         let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind the receiver");
         let hits = Arc::new(Mutex::new(Vec::new()));
         let seen = Arc::clone(&hits);
@@ -63,12 +61,12 @@ impl Receiver {
         Receiver { hits }
     }
 
-    fn hits(&self) -> Vec<Hit> {
+    pub fn hits(&self) -> Vec<Hit> {
         self.hits.lock().expect("lock").clone()
     }
 
     /// Waits (at most `within`) until `done` holds for the hits so far.
-    fn wait(&self, within: Duration, what: &str, done: impl Fn(&[Hit]) -> bool) -> Vec<Hit> {
+    pub fn wait(&self, within: Duration, what: &str, done: impl Fn(&[Hit]) -> bool) -> Vec<Hit> {
         let deadline = Instant::now() + within;
         loop {
             let hits = self.hits();
@@ -131,7 +129,7 @@ fn serve_one(mut s: TcpStream, hits: &Mutex<Vec<Hit>>, answer: fn(&str, usize) -
 }
 
 /// Lowercase hex HMAC-SHA256 of the concatenated parts.
-fn hmac_hex(key: &str, parts: &[&[u8]]) -> String {
+pub(crate) fn hmac_hex(key: &str, parts: &[&[u8]]) -> String {
     let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key.as_bytes()).expect("any key length");
     for p in parts {
         mac.update(p);
@@ -152,13 +150,13 @@ fn signed_by(hit: &Hit, secret: &str) -> bool {
     !ts.is_empty() && hit.header("x-portcullis-signature") == want
 }
 
-fn now_s() -> i64 {
+pub(crate) fn now_s() -> i64 {
     let d = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock");
     i64::try_from(d.as_secs()).expect("seconds")
 }
 
 /// A file in `dir` holding `secret` (with a newline, as editors leave it).
-fn secret_file(dir: &tempfile::TempDir, name: &str, secret: &str) -> String {
+pub(crate) fn secret_file(dir: &tempfile::TempDir, name: &str, secret: &str) -> String {
     let path = dir.path().join(name);
     std::fs::write(&path, format!("{secret}\n")).expect("write secret");
     path.display().to_string()
@@ -182,7 +180,7 @@ fn wait_counter(gw: &Gateway, name: &str, label: &str, want: f64, within: Durati
     }
 }
 
-fn state_of(gw: &Gateway, token: &str, id: &str) -> Value {
+pub(crate) fn state_of(gw: &Gateway, token: &str, id: &str) -> Value {
     gw.api_json(token, &format!("/v1/requests/{id}"))
 }
 
@@ -338,8 +336,186 @@ fn webhooks_are_signed_retried_and_delivered_exactly_once() {
         2.0 + 3.0 * 7.0
     );
     assert_eq!(counter(&gw, "portcullis_notification_outbox_depth", ""), 0.0);
+    // Each decision is counted by outcome, with its time from the request.
+    let m = metrics(&gw);
+    for outcome in ["approved", "denied", "cancelled"] {
+        let decision = format!("decision=\"{outcome}\"");
+        assert_eq!(
+            sample(&m, "portcullis_request_decisions_total", &[&decision]),
+            Some(1.0),
+            "{outcome}:\n{m}"
+        );
+        let label = format!("outcome=\"{outcome}\"");
+        assert_eq!(
+            sample(&m, "portcullis_request_time_to_decision_seconds_count", &[&label]),
+            Some(1.0),
+            "{outcome}:\n{m}"
+        );
+    }
+    assert_eq!(sample(&m, "portcullis_requests_pending", &[]), Some(0.0), "{m}");
     assert!(!gw.log().contains(HOOK_SECRET), "the secret reached the log");
     drop(hang);
+}
+
+/// The delivered documents on `path` (status 200), by (event, request id).
+fn delivered_docs(hits: &[Hit], path: &str) -> BTreeMap<(String, String), Vec<Value>> {
+    let mut out: BTreeMap<(String, String), Vec<Value>> = BTreeMap::new();
+    for h in hits.iter().filter(|h| h.path == path && h.status == 200) {
+        let doc = h.json();
+        let key = (
+            doc["event"].as_str().unwrap_or("").to_owned(),
+            doc["request"]["id"].as_str().unwrap_or("").to_owned(),
+        );
+        out.entry(key).or_default().push(doc);
+    }
+    out
+}
+
+fn users_of(doc: &Value) -> Vec<&str> {
+    doc["notify"]["users"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn escalation_expiry_extension_expiring_soon_and_break_glass_are_delivered() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secret = secret_file(&dir, "hook.secret", HOOK_SECRET);
+    let port = free_port();
+    let receiver = Receiver::start(port, |_, _| 200);
+    // `orders` escalates after 1s and expires after 3s; `bench` neither.
+    let gw = Gateway::start(GatewayOptions {
+        policy_extra:
+            "      pending_ttl: 3s\n      escalation: [ { after: 1s, approvers: { users: [dave] } } ]\n      \
+                       break_glass: { users: [olga], max_duration: 15m }\n"
+                .to_owned(),
+        extra_yaml: format!(
+            "notifications:\n  backoff: 200ms\n  webhooks:\n\
+             \x20   - url: http://127.0.0.1:{port}/hook\n      secret_file: {secret}\n"
+        ),
+        ..GatewayOptions::default()
+    });
+    let alice = gw.add_user("alice", &[], false);
+    let carol = gw.add_user("carol", &[], false);
+    gw.add_user("dave", &[], false);
+    let olga = gw.add_user("olga", &[], false);
+
+    // Left unanswered: escalated to dave, then expired.
+    let unanswered = gw.request(&alice, "orders", None, "10m");
+    // Approved, then extended.
+    let extended = gw.cli_ok(&alice, &["request", "bench", "--for", "30m", "--reason", "INC-7 look"]);
+    assert_eq!(gw.cli_ok(&carol, &["approve", &extended]), "approved");
+    let grant = state_of(&gw, &alice, &extended)["grant_id"]
+        .as_str()
+        .expect("grant")
+        .to_owned();
+    gw.cli_ok(&carol, &["extend", &grant, "--by", "15m"]);
+    // Under five minutes long: expiring soon as soon as it is granted.
+    let short = gw.cli_ok(&alice, &["request", "bench", "--for", "2m", "--reason", "INC-8 quick"]);
+    assert_eq!(gw.cli_ok(&carol, &["approve", &short]), "approved");
+    let glass = gw.cli_ok(
+        &olga,
+        &[
+            "request",
+            "orders",
+            "--break-glass",
+            "--for",
+            "10m",
+            "--reason",
+            "INC-9 db down",
+        ],
+    );
+
+    let expected: BTreeSet<(String, String)> = [
+        ("requested", &unanswered),
+        ("escalated", &unanswered),
+        ("expired", &unanswered),
+        ("requested", &extended),
+        ("approved", &extended),
+        ("extended", &extended),
+        ("requested", &short),
+        ("approved", &short),
+        ("expiring_soon", &short),
+        ("break_glass", &glass),
+    ]
+    .into_iter()
+    .map(|(e, id)| (e.to_owned(), id.clone()))
+    .collect();
+    let hits = receiver.wait(Duration::from_secs(30), "every event", |h| {
+        expected.iter().all(|k| delivered_docs(h, "/hook").contains_key(k))
+    });
+    for h in &hits {
+        assert!(signed_by(h, HOOK_SECRET), "bad signature on {h:#?}");
+    }
+    let docs = delivered_docs(&hits, "/hook");
+    let delivered: BTreeSet<_> = docs.keys().cloned().collect();
+    assert_eq!(delivered, expected);
+    let one = |event: &str, id: &str| -> &Value {
+        let all = &docs[&(event.to_owned(), id.to_owned())];
+        assert_eq!(all.len(), 1, "{event} of {id} delivered once: {all:#?}");
+        &all[0]
+    };
+
+    // The next approvers are told, and may act: the commands are there.
+    let escalated = one("escalated", &unanswered);
+    assert_eq!(escalated["notify"]["audience"], "approvers");
+    assert_eq!(users_of(escalated), ["carol", "dave"]);
+    assert_eq!(escalated["notify"]["groups"], json!(["dba"]));
+    assert_eq!(escalated["detail"]["step"], 1);
+    assert_eq!(escalated["request"]["escalation_level"], 1);
+    assert_eq!(escalated["request"]["approvals_needed"], 1);
+    assert_eq!(
+        escalated["commands"]["approve"],
+        format!("portcullis approve {unanswered}").as_str()
+    );
+    assert_eq!(
+        escalated["commands"]["deny"],
+        format!("portcullis deny {unanswered} --reason TEXT").as_str()
+    );
+    // Before the step only the policy's approvers heard of it.
+    assert_eq!(users_of(one("requested", &unanswered)), ["carol"]);
+
+    // The requester hears every outcome.
+    let expired = one("expired", &unanswered);
+    assert_eq!(expired["notify"]["audience"], "requester");
+    assert_eq!(users_of(expired), ["alice"]);
+    assert_eq!(expired["request"]["state"], "expired");
+    assert_eq!(expired["request"]["approvals_needed"], 0);
+    assert!(expired["commands"].get("approve").is_none(), "{expired}");
+
+    let approved = one("approved", &extended);
+    assert_eq!(users_of(approved), ["alice"]);
+    assert_eq!(approved["actor"], "carol");
+    let ext = one("extended", &extended);
+    assert_eq!(ext["notify"]["audience"], "requester");
+    assert_eq!(users_of(ext), ["alice"]);
+    assert_eq!(ext["actor"], "carol");
+    assert_eq!(ext["detail"]["by"], "15m");
+    assert_eq!(ext["grant"]["id"], grant.as_str());
+    assert_eq!(ext["grant"]["expires_at"], ext["detail"]["to"]);
+    assert_ne!(ext["detail"]["from"], ext["detail"]["to"]);
+    assert!(ext["commands"]["revoke"].as_str().is_some_and(|c| c.contains(&grant)));
+
+    let soon = one("expiring_soon", &short);
+    assert_eq!(soon["notify"]["audience"], "requester");
+    assert_eq!(users_of(soon), ["alice"]);
+    assert_eq!(soon["grant"]["expires_at"], soon["detail"]["expires_at"]);
+    assert!(soon["commands"]["extend"].as_str().is_some(), "{soon}");
+
+    // Break-glass is loud: every approver, escalation steps included, never the user.
+    let bg = one("break_glass", &glass);
+    assert_eq!(bg["notify"]["audience"], "approvers");
+    assert_eq!(users_of(bg), ["carol", "dave"]);
+    assert_eq!(bg["notify"]["groups"], json!(["dba"]));
+    assert_eq!(bg["request"]["break_glass"], true);
+    assert_eq!(bg["request"]["reason"], "INC-9 db down");
+    assert_eq!(bg["grant"]["break_glass"], true);
+    assert_eq!(bg["actor"], "olga");
+    assert!(
+        bg["summary"].as_str().is_some_and(|s| s.starts_with("BREAK-GLASS")),
+        "{bg}"
+    );
 }
 
 #[test]
@@ -387,307 +563,4 @@ fn a_crash_between_enqueue_and_delivery_loses_nothing() {
         1.0,
         Duration::from_secs(10),
     );
-}
-
-/// `payload=` and the JSON, form-encoded as Slack sends it.
-fn form(payload: &Value) -> String {
-    let mut out = String::from("payload=");
-    for b in payload.to_string().bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(char::from(b));
-        } else {
-            let _ = write!(out, "%{b:02X}");
-        }
-    }
-    out
-}
-
-fn click(slack_user: &str, action: &str, request_id: &str) -> String {
-    form(&json!({
-        "type": "block_actions",
-        "user": { "id": slack_user, "username": "someone", "team_id": "T0TEST" },
-        "actions": [{ "action_id": action, "block_id": "b", "value": request_id, "type": "button" }],
-        "team": { "id": "T0TEST" },
-    }))
-}
-
-/// POSTs a Slack callback signed with `secret` at `ts`: (status, JSON answer).
-fn callback(gw: &Gateway, secret: &str, ts: i64, body: &str) -> (u16, Value) {
-    let ts = ts.to_string();
-    let sig = format!(
-        "v0={}",
-        hmac_hex(secret, &[b"v0:", ts.as_bytes(), b":", body.as_bytes()])
-    );
-    post_signed(gw, &ts, &sig, body)
-}
-
-fn post_signed(gw: &Gateway, ts: &str, sig: &str, body: &str) -> (u16, Value) {
-    let mut s = TcpStream::connect(("127.0.0.1", gw.api_port)).expect("connect to the API");
-    s.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
-    let req = format!(
-        "POST /v1/slack/interactions HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
-         Content-Type: application/x-www-form-urlencoded\r\nX-Slack-Request-Timestamp: {ts}\r\n\
-         X-Slack-Signature: {sig}\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).expect("send");
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).expect("read");
-    let (head, rest) = raw.split_once("\r\n\r\n").expect("an HTTP answer");
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .expect("status");
-    let answer = serde_json::from_str(rest).unwrap_or_else(|e| panic!("answer not JSON ({e}): {raw}"));
-    (status, answer)
-}
-
-/// The Slack messages posted for `id`: (header, buttons as `action_id=value`).
-fn slack_messages(hits: &[Hit], id: &str) -> Vec<(String, Vec<String>)> {
-    hits.iter()
-        .filter(|h| h.body.contains(id))
-        .map(|h| {
-            let m = h.json();
-            let blocks = m["blocks"].as_array().cloned().unwrap_or_default();
-            let header = blocks
-                .first()
-                .and_then(|b| b["text"]["text"].as_str())
-                .unwrap_or("")
-                .to_owned();
-            let buttons = blocks
-                .iter()
-                .filter(|b| b["type"] == "actions")
-                .flat_map(|b| b["elements"].as_array().cloned().unwrap_or_default())
-                .map(|e| {
-                    format!(
-                        "{}={}",
-                        e["action_id"].as_str().unwrap_or(""),
-                        e["value"].as_str().unwrap_or("")
-                    )
-                })
-                .collect();
-            (header, buttons)
-        })
-        .collect()
-}
-
-#[test]
-fn slack_buttons_approve_only_what_the_api_would_and_forgeries_are_refused() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let signing = secret_file(&dir, "slack.secret", SLACK_SECRET);
-    let port = free_port();
-    let slack = Receiver::start(port, |_, _| 200);
-    let gw = Gateway::start(GatewayOptions {
-        roles: vec![Role::Read, Role::Admin],
-        policy_extra: "      break_glass: { users: [olga], max_duration: 15m }\n".into(),
-        extra_yaml: format!(
-            "notifications:\n  backoff: 200ms\n  slack:\n    url: http://127.0.0.1:{port}/slack\n\
-             \x20   signing_secret_file: {signing}\n    users: {{ U0CAROL: carol, U0ALICE: alice, U0DAVE: dave }}\n"
-        ),
-        ..GatewayOptions::default()
-    });
-    let alice = gw.add_user("alice", &[], false);
-    // carol acts through Slack only (U0CAROL); dave is mapped but no user.
-    gw.add_user("carol", &[], false);
-    let olga = gw.add_user("olga", &[], false);
-
-    let id = gw.request(&alice, "orders", Some("read"), "30m");
-    let hits = slack.wait(Duration::from_secs(20), "the request's message", |h| {
-        !slack_messages(h, &id).is_empty()
-    });
-    let (header, buttons) = slack_messages(&hits, &id).remove(0);
-    assert_eq!(header, "Access requested");
-    assert_eq!(
-        buttons,
-        [format!("portcullis.approve={id}"), format!("portcullis.deny={id}")]
-    );
-    let message = hits
-        .iter()
-        .find(|h| h.body.contains(&id))
-        .expect("message")
-        .body
-        .clone();
-    assert!(
-        message.contains("e2e test") && message.contains(&format!("portcullis approve {id}")),
-        "{message}"
-    );
-
-    let approve = click("U0CAROL", "portcullis.approve", &id);
-    let pending = |gw: &Gateway| state_of(gw, &alice, &id)["state"] == "pending";
-
-    // Forged: signed with another secret.
-    let (status, answer) = callback(&gw, "not the secret", now_s(), &approve);
-    assert_eq!(status, 401, "{answer}");
-    assert!(
-        answer["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("X-Slack-Signature")),
-        "{answer}"
-    );
-    // Tampered: a valid signature over another body.
-    let ts = now_s().to_string();
-    let sig = format!(
-        "v0={}",
-        hmac_hex(SLACK_SECRET, &[b"v0:", ts.as_bytes(), b":", b"payload=x"])
-    );
-    assert_eq!(post_signed(&gw, &ts, &sig, &approve).0, 401);
-    // Stale: correctly signed ten minutes ago.
-    let (status, answer) = callback(&gw, SLACK_SECRET, now_s() - 600, &approve);
-    assert_eq!(status, 401, "{answer}");
-    assert!(
-        answer["error"].as_str().is_some_and(|e| e.contains("stale")),
-        "{answer}"
-    );
-    // Malformed, though signed: the field at fault is named.
-    let (status, answer) = callback(&gw, SLACK_SECRET, now_s(), "payload=%7Bnot-json");
-    assert_eq!(status, 400, "{answer}");
-    assert!(
-        answer["error"].as_str().is_some_and(|e| e.starts_with("payload")),
-        "{answer}"
-    );
-    let no_value = form(&json!({ "type": "block_actions", "user": { "id": "U0CAROL" },
-        "actions": [{ "action_id": "portcullis.approve" }] }));
-    let (status, answer) = callback(&gw, SLACK_SECRET, now_s(), &no_value);
-    assert_eq!(status, 400, "{answer}");
-    assert!(
-        answer["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("payload.actions[0].value")),
-        "{answer}"
-    );
-    // Signed, but by Slack users Portcullis does not know, or who may not approve.
-    let (status, answer) = callback(
-        &gw,
-        SLACK_SECRET,
-        now_s(),
-        &click("U0NOBODY", "portcullis.approve", &id),
-    );
-    assert_eq!(status, 200);
-    assert!(
-        answer["text"].as_str().is_some_and(|t| t.contains("not mapped")),
-        "{answer}"
-    );
-    let (_, answer) = callback(&gw, SLACK_SECRET, now_s(), &click("U0DAVE", "portcullis.approve", &id));
-    assert!(
-        answer["text"]
-            .as_str()
-            .is_some_and(|t| t.contains("not a Portcullis user")),
-        "{answer}"
-    );
-    let (status, answer) = callback(&gw, SLACK_SECRET, now_s(), &click("U0ALICE", "portcullis.approve", &id));
-    assert_eq!(status, 200);
-    assert!(
-        answer["text"].as_str().is_some_and(|t| t.contains("your own request")),
-        "{answer}"
-    );
-    assert!(pending(&gw), "nothing so far may change the request");
-
-    // Carol, correctly signed: approved, as by the API.
-    let ts = now_s();
-    let (status, answer) = callback(&gw, SLACK_SECRET, ts, &approve);
-    assert_eq!(status, 200, "{answer}");
-    assert_eq!(answer["response_type"], "ephemeral");
-    assert!(
-        answer["text"].as_str().is_some_and(|t| t.contains("carol approved")),
-        "{answer}"
-    );
-    let req = state_of(&gw, &alice, &id);
-    assert_eq!(req["state"], "approved");
-    assert_eq!(req["approvals"][0]["by"], "carol");
-    assert_eq!(req["approvals"][0]["comment"], "approved from Slack (U0CAROL)");
-    // The same callback again is a replay.
-    let (status, answer) = callback(&gw, SLACK_SECRET, ts, &approve);
-    assert_eq!(status, 401, "{answer}");
-    assert!(
-        answer["error"].as_str().is_some_and(|e| e.contains("replay")),
-        "{answer}"
-    );
-    // The requester hears of the outcome.
-    slack.wait(Duration::from_secs(20), "the approval's message", |h| {
-        slack_messages(h, &id)
-            .iter()
-            .any(|(header, _)| header == "Access approved")
-    });
-
-    // An admin-like role: chat may deny it but never approve it.
-    let admin_req = gw.request(&alice, "orders", Some("admin"), "30m");
-    let hits = slack.wait(Duration::from_secs(20), "the admin request's message", |h| {
-        !slack_messages(h, &admin_req).is_empty()
-    });
-    assert_eq!(
-        slack_messages(&hits, &admin_req)[0].1,
-        [format!("portcullis.deny={admin_req}")]
-    );
-    let (_, answer) = callback(
-        &gw,
-        SLACK_SECRET,
-        now_s(),
-        &click("U0CAROL", "portcullis.approve", &admin_req),
-    );
-    assert!(
-        answer["text"].as_str().is_some_and(|t| t.contains("CLI or API")),
-        "{answer}"
-    );
-    assert_eq!(state_of(&gw, &alice, &admin_req)["state"], "pending");
-    let (_, answer) = callback(
-        &gw,
-        SLACK_SECRET,
-        now_s(),
-        &click("U0CAROL", "portcullis.deny", &admin_req),
-    );
-    assert!(
-        answer["text"].as_str().is_some_and(|t| t.contains("carol denied")),
-        "{answer}"
-    );
-    assert_eq!(state_of(&gw, &alice, &admin_req)["state"], "denied");
-
-    // Break-glass: announced loudly, never approved from chat.
-    let bg = gw.cli_ok(
-        &olga,
-        &[
-            "request",
-            "orders",
-            "--role",
-            "read",
-            "--break-glass",
-            "--for",
-            "10m",
-            "--reason",
-            "INC-9 db down",
-        ],
-    );
-    let hits = slack.wait(Duration::from_secs(20), "the break-glass message", |h| {
-        !slack_messages(h, &bg).is_empty()
-    });
-    let (header, buttons) = slack_messages(&hits, &bg).remove(0);
-    assert_eq!(header, "BREAK-GLASS access");
-    assert!(buttons.is_empty(), "{buttons:?}");
-    let (_, answer) = callback(&gw, SLACK_SECRET, now_s(), &click("U0CAROL", "portcullis.approve", &bg));
-    assert!(
-        answer["text"].as_str().is_some_and(|t| t.contains("break-glass")),
-        "{answer}"
-    );
-    assert_eq!(state_of(&gw, &olga, &bg)["approvals"], json!([]));
-
-    let m = metrics(&gw);
-    for (outcome, n) in [
-        ("bad_signature", 2.0),
-        ("stale", 1.0),
-        ("malformed", 2.0),
-        ("replayed", 1.0),
-        ("unmapped", 2.0),
-        ("refused", 1.0),
-        ("approved", 1.0),
-        ("denied", 1.0),
-        ("cli_only", 2.0),
-    ] {
-        let label = format!("outcome=\"{outcome}\"");
-        assert_eq!(
-            sample(&m, "portcullis_chat_actions_total", &[&label]),
-            Some(n),
-            "{outcome}:\n{m}"
-        );
-    }
-    assert!(!gw.log().contains(SLACK_SECRET), "the signing secret reached the log");
 }

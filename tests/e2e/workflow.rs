@@ -236,6 +236,16 @@ fn request_over_max_is_refused_naming_the_max() {
         "a request over max_duration",
     );
     assert!(err.contains("4h"), "the refusal should name the max (4h): {err}");
+    for bad in ["-5m", "99999h"] {
+        let err = refused(
+            &gw.cli(&alice, &["request", "orders", "--for", bad, "--reason", "x"]),
+            bad,
+        );
+        assert!(
+            err.contains("duration"),
+            "{bad}: the refusal should name the field: {err}"
+        );
+    }
     assert!(json(&gw, &alice, &["requests", "--all", "--json"]).is_empty());
 }
 
@@ -355,6 +365,8 @@ fn revoke_and_extend_print_state_and_deadline() {
         (moved - 900.0).abs() < 1.0,
         "extend --by 15m moved the deadline by {moved}s"
     );
+    // A negative extension reaches the API and is refused there.
+    refused(&gw.cli(&carol, &["extend", &gid, "--by", "-5m"]), "extend --by -5m");
     // Past max_duration (4h) in total is refused.
     refused(
         &gw.cli(&carol, &["extend", &gid, "--by", "4h"]),
@@ -373,6 +385,11 @@ fn revoke_and_extend_print_state_and_deadline() {
         json(&gw, &alice, &["grants", "--json"]).is_empty(),
         "revoked grants are not listed without --all"
     );
+    // History keeps it: --all lists it with its end.
+    let all = json(&gw, &alice, &["grants", "--all", "--json"]);
+    let kept = find(&all, &gid);
+    assert_eq!(kept["state"], "revoked");
+    assert_eq!(kept["revoked_by"], "carol");
 }
 
 #[test]

@@ -1,5 +1,5 @@
 //! The policy rules of issue 5 end to end, through the CLI and psql against
-//! the running gateway: scheduled starts, pending TTL with `--wait`,
+//! the running gateway: scheduled starts, ticket patterns, pending TTL with `--wait`,
 //! break-glass, approvers who must be named, and history. Short timings;
 //! waits poll with a bound and never assert how long something took.
 
@@ -59,6 +59,29 @@ fn scheduled_start_is_refused_before_and_admitted_after() {
     let after = gw.psql("alice", &alice, "orders", "disable", "select 1");
     assert!(after.status.success(), "refused after the start: {}", stderr(&after));
     assert_eq!(stdout(&after).trim(), "1");
+}
+
+#[test]
+fn a_reason_must_match_the_ticket_pattern_and_the_refusal_quotes_it() {
+    let gw = Gateway::start(GatewayOptions {
+        reason_required: false,
+        policy_extra: "      reason: { pattern: \"^[A-Z]+-[0-9]+\" }\n".to_owned(),
+        ..GatewayOptions::default()
+    });
+    let alice = gw.add_user("alice", &[], false);
+    let out = gw.cli(
+        &alice,
+        &["request", "orders", "--for", "10m", "--reason", "fixing things"],
+    );
+    assert!(!out.status.success(), "a reason without a ticket was accepted");
+    assert!(stderr(&out).contains("^[A-Z]+-[0-9]+"), "{}", stderr(&out));
+    let id = gw.cli_ok(
+        &alice,
+        &["request", "orders", "--for", "10m", "--reason", "INC-42 slow orders"],
+    );
+    let req = gw.api_json(&alice, &format!("/v1/requests/{id}"));
+    assert_eq!(req["reason"], "INC-42 slow orders");
+    assert_eq!(req["state"], "pending");
 }
 
 #[test]

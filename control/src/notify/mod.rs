@@ -13,7 +13,7 @@ pub(crate) mod settings;
 pub(crate) mod slack;
 pub(crate) mod webhook;
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::Duration;
 
 use portcullis_protocol::feed::UnixMillis;
@@ -77,7 +77,7 @@ pub(crate) struct Chat {
     /// Slack's signing secret.
     pub signing_secret: Secret<String>,
     /// Slack user id to Portcullis user name.
-    pub users: std::collections::BTreeMap<String, String>,
+    pub users: BTreeMap<String, String>,
     /// `(resource, role)` pairs besides roles named `admin` that chat never approves.
     pub cli_only_roles: BTreeSet<(String, String)>,
     /// Callbacks already accepted.
@@ -106,6 +106,9 @@ pub(crate) struct Notifier {
     pub backoff: Duration,
     /// Longest retry delay.
     pub max_backoff: Duration,
+    /// Portcullis user name to Slack user id (from `notifications.slack.users`):
+    /// who Slack messages mention, so the people concerned are pinged.
+    pub slack_mentions: BTreeMap<String, String>,
     /// Wakes the sender after a commit that may have queued rows.
     pub wake: Notify,
     /// Shared by deliveries and chat follow-ups.
@@ -121,7 +124,12 @@ impl Notifier {
             .map(|w| Destination::new("webhook", &w.url, w.events, Target::Webhook { secret: w.secret }))
             .collect();
         let mut chat = None;
+        let mut slack_mentions = BTreeMap::new();
         if let Some(slack) = s.slack {
+            for (slack_id, name) in &slack.users {
+                // Several Slack ids for one user: the first (by id) is mentioned.
+                slack_mentions.entry(name.clone()).or_insert_with(|| slack_id.clone());
+            }
             if let Some(url) = &slack.url {
                 destinations.push(Destination::new("slack", url, slack.events, Target::Slack));
             }
@@ -153,6 +161,7 @@ impl Notifier {
             max_attempts: s.max_attempts.max(1),
             backoff: s.backoff,
             max_backoff: s.max_backoff.max(s.backoff),
+            slack_mentions,
             wake: Notify::new(),
             http,
         })

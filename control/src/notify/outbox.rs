@@ -2,8 +2,6 @@
 //! the transaction of the change it reports, so a notification exists exactly
 //! when its change does and survives restarts until it is delivered.
 
-use std::collections::HashSet;
-
 use portcullis_protocol::feed::UnixMillis;
 use rusqlite::{Connection, params};
 
@@ -39,20 +37,24 @@ pub(crate) fn insert(conn: &Connection, row: &Row, subject: &str, created_at: Un
     Ok(())
 }
 
-/// Up to `limit` pending rows due by `now`, oldest due first, leaving out `busy` ones.
+/// Up to `limit` pending rows due by `now`, oldest due first, among those
+/// `take` accepts (it leaves out rows in flight and destinations without room).
 pub(crate) fn due(
     conn: &Connection,
     now: UnixMillis,
     limit: usize,
-    busy: &HashSet<String>,
+    mut take: impl FnMut(&Row) -> bool,
 ) -> rusqlite::Result<Vec<Row>> {
-    // Rows in flight are still pending and due: ask for enough to skip them.
-    let wanted = i64::try_from(limit.saturating_add(busy.len())).unwrap_or(i64::MAX);
+    let mut out = Vec::new();
+    if limit == 0 {
+        return Ok(out);
+    }
+    // No LIMIT: rows are stepped through lazily, along the `outbox_due` index.
     let mut stmt = conn.prepare_cached(
         "SELECT id, destination, event, body, attempts FROM outbox
-         WHERE state = 'pending' AND next_attempt_at <= ?1 ORDER BY next_attempt_at, rowid LIMIT ?2",
+         WHERE state = 'pending' AND next_attempt_at <= ?1 ORDER BY next_attempt_at, rowid",
     )?;
-    let rows = stmt.query_map(params![now, wanted], |r| {
+    let rows = stmt.query_map(params![now], |r| {
         Ok(Row {
             id: r.get(0)?,
             destination: r.get(1)?,
@@ -61,26 +63,36 @@ pub(crate) fn due(
             attempts: r.get(4)?,
         })
     })?;
-    let mut out = Vec::new();
     for row in rows {
         let row = row?;
-        if !busy.contains(&row.id) && out.len() < limit {
+        if take(&row) {
             out.push(row);
+            if out.len() >= limit {
+                break;
+            }
         }
     }
     Ok(out)
 }
 
-/// When the next pending row not in `busy` is due, if any.
-pub(crate) fn next_due(conn: &Connection, busy: &HashSet<String>) -> rusqlite::Result<Option<UnixMillis>> {
+/// When the next pending row that `wanted(id, destination)` accepts is due, if any.
+pub(crate) fn next_due(
+    conn: &Connection,
+    mut wanted: impl FnMut(&str, &str) -> bool,
+) -> rusqlite::Result<Option<UnixMillis>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT id, next_attempt_at FROM outbox WHERE state = 'pending' ORDER BY next_attempt_at, rowid LIMIT ?1",
+        "SELECT id, destination, next_attempt_at FROM outbox WHERE state = 'pending' ORDER BY next_attempt_at, rowid",
     )?;
-    let wanted = i64::try_from(busy.len().saturating_add(1)).unwrap_or(i64::MAX);
-    let rows = stmt.query_map([wanted], |r| Ok((r.get::<_, String>(0)?, r.get::<_, UnixMillis>(1)?)))?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, UnixMillis>(2)?,
+        ))
+    })?;
     for row in rows {
-        let (id, at) = row?;
-        if !busy.contains(&id) {
+        let (id, destination, at) = row?;
+        if wanted(&id, &destination) {
             return Ok(Some(at));
         }
     }
@@ -145,6 +157,8 @@ pub(crate) fn purge(conn: &Connection, sent_before: UnixMillis, failed_before: U
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
+
     use super::*;
 
     fn store() -> (tempfile::TempDir, Connection) {
@@ -170,31 +184,35 @@ mod tests {
         let (_dir, conn) = store();
         insert(&conn, &row("ntf_a"), "req_1", 100).expect("insert a");
         insert(&conn, &row("ntf_b"), "req_1", 200).expect("insert b");
-        let none = HashSet::new();
-        assert_eq!(due(&conn, 150, 10, &none).expect("due").len(), 1);
+        let all = |_: &Row| true;
+        let free = |_: &str, _: &str| true;
+        assert_eq!(due(&conn, 150, 10, all).expect("due").len(), 1);
+        assert_eq!(due(&conn, 300, 1, all).expect("due").len(), 1, "at most the limit");
         let busy: HashSet<String> = ["ntf_a".to_owned()].into();
-        let ids: Vec<_> = due(&conn, 300, 10, &busy)
+        let ids: Vec<_> = due(&conn, 300, 10, |r| !busy.contains(&r.id))
             .expect("due")
             .into_iter()
             .map(|r| r.id)
             .collect();
         assert_eq!(ids, ["ntf_b"]);
-        assert_eq!(next_due(&conn, &busy).expect("next"), Some(200));
+        assert_eq!(next_due(&conn, |id, _| !busy.contains(id)).expect("next"), Some(200));
+        // A destination without room is skipped, so the next due time is not its row's.
+        assert_eq!(next_due(&conn, |_, d| d != "webhook:1").expect("next"), None);
 
         mark_retry(&conn, "ntf_a", 1, 1_000, "HTTP 500").expect("retry");
-        assert_eq!(due(&conn, 300, 10, &none).expect("due")[0].id, "ntf_b");
+        assert_eq!(due(&conn, 300, 10, all).expect("due")[0].id, "ntf_b");
         mark_sent(&conn, "ntf_b", 1, 300).expect("sent");
-        assert_eq!(next_due(&conn, &none).expect("next"), Some(1_000));
+        assert_eq!(next_due(&conn, free).expect("next"), Some(1_000));
         assert_eq!(depth(&conn).expect("depth"), 1);
-        let again = due(&conn, 1_000, 10, &none).expect("due");
+        let again = due(&conn, 1_000, 10, all).expect("due");
         assert_eq!((again[0].id.as_str(), again[0].attempts), ("ntf_a", 1));
 
         mark_failed(&conn, "ntf_a", 2, "HTTP 500", 1_100).expect("failed");
         assert_eq!(depth(&conn).expect("depth"), 0);
-        assert_eq!(next_due(&conn, &none).expect("next"), None);
+        assert_eq!(next_due(&conn, free).expect("next"), None);
         // A finished row is never picked up again, even by a late retry mark.
         mark_retry(&conn, "ntf_a", 3, 0, "late").expect("late retry");
-        assert!(due(&conn, i64::MAX, 10, &none).expect("due").is_empty());
+        assert!(due(&conn, i64::MAX, 10, all).expect("due").is_empty());
         assert_eq!(purge(&conn, 301, 1_000).expect("purge"), 1);
         assert_eq!(purge(&conn, 301, 1_101).expect("purge"), 1);
     }

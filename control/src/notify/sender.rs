@@ -1,6 +1,7 @@
 //! The sender: delivers due outbox rows, several at once, each attempt
-//! bounded by the configured timeout so a receiver that hangs holds one slot
-//! for that long and nothing else. A failed attempt is retried after a
+//! bounded by the configured timeout, and a few at most per destination, so
+//! a receiver that hangs holds only its own slots, for that long, and other
+//! destinations keep theirs. A failed attempt is retried after a
 //! doubling wait kept in the row (`attempts`, `next_attempt_at`); after
 //! `max_attempts` the row is marked failed, logged and counted. Rows stay in
 //! the store until delivered, so a restart loses none (and may repeat one
@@ -23,6 +24,8 @@ use crate::workflow::Workflow;
 
 /// Deliveries in flight at once.
 const MAX_IN_FLIGHT: usize = 16;
+/// Deliveries in flight at once to one destination: a hanging one cannot take every slot.
+const PER_DESTINATION: usize = 4;
 /// Longest sleep when nothing is due (a safety net, not a tick).
 const MAX_WAIT: Duration = Duration::from_secs(3600);
 /// Wait before trying the store again after an error.
@@ -45,7 +48,8 @@ impl Workflow {
     pub(crate) async fn run_sender(self, shutdown: CancellationToken) {
         let notify = Arc::clone(&self.notify);
         let mut in_flight: JoinSet<()> = JoinSet::new();
-        let mut busy: HashMap<tokio::task::Id, String> = HashMap::new();
+        // Deliveries in flight: their row id and destination.
+        let mut busy: HashMap<tokio::task::Id, (String, String)> = HashMap::new();
         let mut last_purge = 0;
         loop {
             let now = time::now();
@@ -53,9 +57,9 @@ impl Workflow {
                 Ok(pass) => {
                     self.metrics.outbox_depth.set(pass.depth);
                     for row in pass.rows {
-                        let id = row.id.clone();
+                        let key = (row.id.clone(), row.destination.clone());
                         let handle = in_flight.spawn(self.clone().deliver(row));
-                        busy.insert(handle.id(), id);
+                        busy.insert(handle.id(), key);
                     }
                     if busy.len() >= MAX_IN_FLIGHT {
                         MAX_WAIT
@@ -89,20 +93,34 @@ impl Workflow {
         }
     }
 
-    /// Due rows not in flight (as many as there is room for), when the next
-    /// one is due, and the depth.
-    async fn claim(&self, now: UnixMillis, busy: &HashMap<tokio::task::Id, String>) -> Result<Pass, ControlError> {
+    /// Due rows not in flight (as many as there is room for, overall and per
+    /// destination), when the next one there is room for is due, and the depth.
+    async fn claim(
+        &self,
+        now: UnixMillis,
+        busy: &HashMap<tokio::task::Id, (String, String)>,
+    ) -> Result<Pass, ControlError> {
         let room = MAX_IN_FLIGHT.saturating_sub(busy.len());
-        let mut skip: HashSet<String> = busy.values().cloned().collect();
+        let mut taken: HashSet<String> = HashSet::new();
+        let mut load: HashMap<String, usize> = HashMap::new();
+        for (id, destination) in busy.values() {
+            taken.insert(id.clone());
+            *load.entry(destination.clone()).or_default() += 1;
+        }
         self.store
             .call(move |conn| -> Result<Pass, ControlError> {
-                let rows = if room > 0 {
-                    outbox::due(conn, now, room, &skip)?
-                } else {
-                    Vec::new()
-                };
-                skip.extend(rows.iter().map(|r| r.id.clone()));
-                let next = outbox::next_due(conn, &skip)?;
+                let has_room =
+                    |load: &HashMap<String, usize>, d: &str| load.get(d).copied().unwrap_or(0) < PER_DESTINATION;
+                let rows = outbox::due(conn, now, room, |r| {
+                    if taken.contains(&r.id) || !has_room(&load, &r.destination) {
+                        return false;
+                    }
+                    *load.entry(r.destination.clone()).or_default() += 1;
+                    true
+                })?;
+                taken.extend(rows.iter().map(|r| r.id.clone()));
+                // A destination without room wakes the loop when one of its deliveries ends.
+                let next = outbox::next_due(conn, |id, d| !taken.contains(id) && has_room(&load, d))?;
                 let depth = outbox::depth(conn)?;
                 Ok(Pass { rows, next, depth })
             })
@@ -216,10 +234,11 @@ async fn attempt_once(notify: &Notifier, row: &Row) -> Result<(), Failure> {
         Target::Slack => {
             let doc: Value = serde_json::from_str(&row.body)
                 .map_err(|e| Failure::Permanent(format!("the stored document is not JSON: {e}")))?;
-            notify
-                .http
-                .post(dest.url.expose())
-                .json(&slack::message(&doc, notify.chat.as_ref()))
+            notify.http.post(dest.url.expose()).json(&slack::message(
+                &doc,
+                notify.chat.as_ref(),
+                &notify.slack_mentions,
+            ))
         }
     };
     let response = request.send().await.map_err(|e| {

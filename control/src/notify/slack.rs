@@ -5,7 +5,7 @@
 //! a five-minute timestamp window, a refusal of exact replays, and the
 //! `block_actions` payload.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, PoisonError};
 
 use hmac::Mac;
@@ -286,8 +286,10 @@ pub(crate) fn escape(text: &str) -> String {
 
 /// The Block Kit message of a notification document. Buttons only while the
 /// request is pending and chat callbacks are configured (`chat`), and
-/// Approve only when chat may approve the request.
-pub(crate) fn message(doc: &Value, chat: Option<&Chat>) -> Value {
+/// Approve only when chat may approve the request. The people it is for are
+/// mentioned by their Slack id where `mentions` (user name to id) has one,
+/// so Slack pings them: approvers of a request, the requester of an outcome.
+pub(crate) fn message(doc: &Value, chat: Option<&Chat>, mentions: &BTreeMap<String, String>) -> Value {
     let s = |ptr: &str| doc.pointer(ptr).and_then(Value::as_str).unwrap_or("");
     let event = s("/event");
     let request_id = s("/request/id");
@@ -327,16 +329,20 @@ pub(crate) fn message(doc: &Value, chat: Option<&Chat>) -> Value {
     if !s("/grant/expires_at").is_empty() {
         fields.push(field("Access until", s("/grant/expires_at")));
     }
+    let person = |name: &str| match mentions.get(name).filter(|id| is_slack_id(id)) {
+        Some(id) => format!("<@{id}>"),
+        None => escape(name),
+    };
     let audience = match s("/notify/audience") {
-        "requester" => format!("For {}", escape(s("/request/user"))),
+        "requester" => format!("For {}", person(s("/request/user"))),
         _ => {
-            let list = |ptr: &str| {
+            let list = |ptr: &str, show: &dyn Fn(&str) -> String| {
                 doc.pointer(ptr)
                     .and_then(Value::as_array)
                     .map(|a| {
                         a.iter()
                             .filter_map(Value::as_str)
-                            .map(escape)
+                            .map(show)
                             .collect::<Vec<_>>()
                             .join(", ")
                     })
@@ -344,8 +350,8 @@ pub(crate) fn message(doc: &Value, chat: Option<&Chat>) -> Value {
             };
             format!(
                 "For the approvers: users {}; groups {}",
-                list("/notify/users"),
-                list("/notify/groups")
+                list("/notify/users", &person),
+                list("/notify/groups", &escape)
             )
         }
     };
@@ -388,6 +394,11 @@ pub(crate) fn message(doc: &Value, chat: Option<&Chat>) -> Value {
     }
     // The fallback text is mrkdwn too (and shows in notifications): escaped as well.
     json!({ "text": escape(s("/summary")), "blocks": blocks })
+}
+
+/// Whether `id` looks like a Slack user id (`U012ABC`), safe inside `<@...>`.
+fn is_slack_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 32 && id.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
 fn field(label: &str, value: &str) -> Value {
@@ -568,16 +579,16 @@ mod tests {
                 .collect()
         };
         assert_eq!(
-            ids(&message(&doc, Some(&chat))),
+            ids(&message(&doc, Some(&chat), &BTreeMap::new())),
             ["portcullis.approve=req_1", "portcullis.deny=req_1"]
         );
         // Without interactivity there is nothing to click.
-        assert!(ids(&message(&doc, None)).is_empty());
+        assert!(ids(&message(&doc, None, &BTreeMap::new())).is_empty());
         for (field, value) in [("role", "admin"), ("role", "write")] {
             let mut cli_only = doc.clone();
             cli_only["request"][field] = value.into();
             assert_eq!(
-                ids(&message(&cli_only, Some(&chat))),
+                ids(&message(&cli_only, Some(&chat), &BTreeMap::new())),
                 ["portcullis.deny=req_1"],
                 "{value}"
             );
@@ -585,6 +596,42 @@ mod tests {
         let mut done = doc.clone();
         done["request"]["state"] = "approved".into();
         done["event"] = "approved".into();
-        assert!(ids(&message(&done, Some(&chat))).is_empty());
+        assert!(ids(&message(&done, Some(&chat), &BTreeMap::new())).is_empty());
+    }
+
+    #[test]
+    fn the_people_concerned_are_mentioned_when_mapped() {
+        let mentions: BTreeMap<String, String> = [
+            ("alice".to_owned(), "U0ALICE".to_owned()),
+            ("carol".to_owned(), "U0CAROL".to_owned()),
+            ("eve".to_owned(), "U0>!channel".to_owned()),
+        ]
+        .into();
+        let context = |doc: &Value| -> String {
+            message(doc, None, &mentions)["blocks"][2]["elements"][0]["text"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let requested = json!({
+            "event": "requested",
+            "request": { "id": "req_1", "state": "pending", "user": "alice" },
+            "notify": { "audience": "approvers", "users": ["carol", "dave", "eve"], "groups": ["dba"] },
+        });
+        assert_eq!(
+            context(&requested),
+            "For the approvers: users <@U0CAROL>, dave, eve; groups dba"
+        );
+        let approved = json!({
+            "event": "approved",
+            "request": { "id": "req_1", "state": "approved", "user": "alice" },
+            "notify": { "audience": "requester", "users": ["alice"], "groups": [] },
+        });
+        assert_eq!(context(&approved), "For <@U0ALICE>");
+        // Unmapped, the name is shown (escaped) and nobody is pinged.
+        assert_eq!(
+            message(&approved, None, &BTreeMap::new())["blocks"][2]["elements"][0]["text"],
+            "For alice"
+        );
     }
 }

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::model::User;
 use crate::notify::settings::{NotifyEvent, NotifySettings, SlackSettings, WebhookSettings};
-use crate::notify::webhook;
+use crate::notify::{Notifier, webhook};
 use crate::settings::{ControlSettings, Policy, Principals, ResourceKind, ResourceSettings};
 use crate::workflow::policy::Ask;
 use crate::workflow::users::UserAsk;
@@ -319,16 +319,16 @@ async fn retries_keep_the_key_and_sign_each_attempt() {
 
 #[tokio::test]
 async fn a_hanging_receiver_times_out_and_others_still_get_theirs() {
-    // Accepts connections (the kernel does) and never answers.
-    let hang = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let (hang_addr, held) = hanging_receiver();
     let (addr, got) = receiver(Vec::new()).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let notifications = NotifySettings {
+        // The hanging destination comes first in the outbox.
         webhooks: vec![
-            hook(format!("http://{}/hang", hang.local_addr().expect("addr")), None),
+            hook(format!("http://{hang_addr}/hang"), None),
             hook(format!("http://{addr}/ok"), None),
         ],
-        timeout: Duration::from_millis(300),
+        timeout: Duration::from_secs(2),
         max_attempts: 2,
         backoff: Duration::from_millis(50),
         ..NotifySettings::default()
@@ -339,18 +339,22 @@ async fn a_hanging_receiver_times_out_and_others_still_get_theirs() {
     let shutdown = CancellationToken::new();
     let _sender = c.spawn_notifier(shutdown.clone());
     let alice = add(&c, "alice").await;
-    let started = std::time::Instant::now();
     c.workflow
         .create_request(alice, "orders".into(), ask())
         .await
         .expect("request");
     wait_for(&got, 1).await;
-    assert!(
-        started.elapsed() < Duration::from_millis(250),
+    // Delivered while the first attempt at the hanging receiver was still
+    // open: no attempt of it had ended, failed or otherwise.
+    let m = &c.workflow.metrics;
+    assert_eq!(
+        m.notifications_retried.with_label_values(&["webhook"]).get(),
+        0,
         "the good receiver waited for the hanging one"
     );
-    let failed = &c.workflow.metrics.notifications_failed;
-    for _ in 0..100 {
+    // The timeout ends each hanging attempt; after two the row is given up.
+    let failed = &m.notifications_failed;
+    for _ in 0..200 {
         if failed.with_label_values(&["webhook"]).get() == 1 {
             break;
         }
@@ -361,6 +365,156 @@ async fn a_hanging_receiver_times_out_and_others_still_get_theirs() {
         1,
         "given up after 2 attempts"
     );
+    assert_eq!(m.notifications_retried.with_label_values(&["webhook"]).get(), 1);
+    assert_eq!(held.lock().expect("lock").len(), 2, "one connection per attempt");
+    assert_eq!(m.notifications_sent.with_label_values(&["webhook"]).get(), 1);
     assert_eq!(c.workflow.metrics.outbox_depth.get(), 0);
     shutdown.cancel();
+}
+
+/// A listener that accepts connections and holds them open without a word;
+/// answers how many it accepted so far.
+fn hanging_receiver() -> (SocketAddr, Arc<Mutex<Vec<std::net::TcpStream>>>) {
+    let hang = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = hang.local_addr().expect("addr");
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let holder = Arc::clone(&held);
+    std::thread::spawn(move || {
+        for conn in hang.incoming().flatten() {
+            holder.lock().expect("lock").push(conn);
+        }
+    });
+    (addr, held)
+}
+
+#[tokio::test]
+async fn a_hanging_receiver_cannot_take_every_delivery_slot() {
+    let (hang_addr, held) = hanging_receiver();
+    let (addr, got) = receiver(Vec::new()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let notifications = NotifySettings {
+        webhooks: vec![
+            hook(format!("http://{hang_addr}/hang"), None),
+            hook(format!("http://{addr}/ok"), None),
+        ],
+        // No hanging attempt ends within the test.
+        timeout: Duration::from_secs(120),
+        ..NotifySettings::default()
+    };
+    let c = Control::open(settings(dir.path(), notifications), &prometheus::Registry::new())
+        .await
+        .expect("open");
+    let shutdown = CancellationToken::new();
+    let _sender = c.spawn_notifier(shutdown.clone());
+    let alice = add(&c, "alice").await;
+    // More notifications for the hanging receiver than there are slots in all.
+    for _ in 0..20 {
+        c.workflow
+            .create_request(alice.clone(), "orders".into(), ask())
+            .await
+            .expect("request");
+    }
+    let seen = wait_for(&got, 20).await;
+    assert_eq!(seen.len(), 20);
+    let m = &c.workflow.metrics;
+    assert_eq!(m.notifications_retried.with_label_values(&["webhook"]).get(), 0);
+    assert_eq!(m.notifications_sent.with_label_values(&["webhook"]).get(), 20);
+    let hanging = held.lock().expect("lock").len();
+    assert!(
+        hanging <= 4,
+        "{hanging} deliveries in flight to one destination (at most 4)"
+    );
+    shutdown.cancel();
+}
+
+#[test]
+fn each_retry_waits_twice_as_long_up_to_the_cap() {
+    let n = Notifier::new(NotifySettings {
+        backoff: Duration::from_secs(2),
+        max_backoff: Duration::from_secs(60),
+        ..NotifySettings::default()
+    })
+    .expect("notifier");
+    let waits: Vec<u64> = (1..=7).map(|attempt| n.retry_after(attempt).as_secs()).collect();
+    assert_eq!(waits, [2, 4, 8, 16, 32, 60, 60]);
+    assert_eq!(n.retry_after(u32::MAX), Duration::from_secs(60));
+}
+
+/// (attempts, next_attempt_at, state) of the one outbox row.
+async fn the_row(c: &Control) -> (u32, i64, String) {
+    c.workflow
+        .store
+        .call(|conn| -> Result<_, ControlError> {
+            Ok(
+                conn.query_row("SELECT attempts, next_attempt_at, state FROM outbox", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })?,
+            )
+        })
+        .await
+        .expect("the outbox row")
+}
+
+/// Waits (at most 10 s) until the row has `attempts` attempts recorded.
+async fn wait_attempts(c: &Control, attempts: u32) -> (u32, i64, String) {
+    for _ in 0..200 {
+        let row = the_row(c).await;
+        if row.0 >= attempts {
+            return row;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the row never reached {attempts} attempts: {:?}", the_row(c).await);
+}
+
+#[tokio::test]
+async fn the_sender_schedules_each_retry_twice_as_far_off() {
+    const HOUR: i64 = 3_600_000;
+    let (addr, got) = receiver(vec![500, 500]).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let notifications = NotifySettings {
+        webhooks: vec![hook(format!("http://{addr}/hook"), None)],
+        backoff: Duration::from_secs(3600),
+        max_backoff: Duration::from_secs(86_400),
+        ..NotifySettings::default()
+    };
+    let c = Control::open(settings(dir.path(), notifications), &prometheus::Registry::new())
+        .await
+        .expect("open");
+    let shutdown = CancellationToken::new();
+    let sender = c.spawn_notifier(shutdown.clone());
+    let alice = add(&c, "alice").await;
+    let before = crate::time::now();
+    c.workflow
+        .create_request(alice, "orders".into(), ask())
+        .await
+        .expect("request");
+    let (_, next, state) = wait_attempts(&c, 1).await;
+    let after = crate::time::now();
+    assert_eq!(state, "pending");
+    assert!(
+        (before + HOUR..=after + HOUR).contains(&next),
+        "first retry an hour after the attempt: {next} not in {before}+1h..={after}+1h"
+    );
+
+    // As if the hour had passed: due now; the sender is woken as a commit would.
+    let before = crate::time::now();
+    c.workflow
+        .store
+        .call(move |conn| -> Result<_, ControlError> {
+            Ok(conn.execute("UPDATE outbox SET next_attempt_at = ?1", [before])?)
+        })
+        .await
+        .expect("make the retry due");
+    c.workflow.notify.wake.notify_one();
+    let (_, next, state) = wait_attempts(&c, 2).await;
+    let after = crate::time::now();
+    assert_eq!(state, "pending");
+    assert!(
+        (before + 2 * HOUR..=after + 2 * HOUR).contains(&next),
+        "second retry two hours after the attempt: {next} not in {before}+2h..={after}+2h"
+    );
+    assert_eq!(got.lock().expect("lock").len(), 2, "no attempt before its time");
+    shutdown.cancel();
+    sender.await.expect("sender ends");
 }
