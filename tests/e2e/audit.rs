@@ -513,7 +513,7 @@ async fn sessions_history_and_one_session_with_its_statements() {
     let carols: Value = serde_json::from_str(&cli(&carol, &["sessions", "--all", "--json"])).expect("JSON");
     assert_eq!(carols.as_array().map(Vec::len), Some(2));
 
-    // One session: its record, then its statements (whatever the proxy records of them).
+    // One session: its record, then its statements (queued before its end, so there by now).
     let shown = cli(&alice, &["sessions", "show", &id]);
     assert!(shown.starts_with(&format!("session   {id}")), "{shown}");
     assert!(shown.contains("client_quit") && shown.contains("alice"), "{shown}");
@@ -525,13 +525,109 @@ async fn sessions_history_and_one_session_with_its_statements() {
             .iter()
             .all(|s| s["action"] == "statement" && s["session_id"] == id.as_str())
     );
-    if statements.is_empty() {
-        assert!(shown.contains("no statements recorded"), "{shown}");
-    } else {
-        assert!(shown.contains("STATEMENTS") && shown.contains("SELECT 42"), "{shown}");
-    }
+    let texts: Vec<&str> = statements.iter().filter_map(|s| s["detail"]["text"].as_str()).collect();
+    assert_eq!(texts, ["SELECT 42"], "{as_json:#}");
+    assert_eq!(statements[0]["detail"]["tag"], "SELECT 1");
+    assert!(shown.contains("STATEMENTS") && shown.contains("SELECT 42"), "{shown}");
     let hidden = tokio::task::block_in_place(|| gw_ref.cli(&bob, &["sessions", "show", &id]));
     assert!(!hidden.status.success());
     assert!(stderr(&hidden).contains("may not see session"), "{}", stderr(&hidden));
     drop(live);
+}
+
+/// The id of `token`'s only live session, once the API lists one.
+async fn live_session(gw: &Gateway, token: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let list = gw.api_json(token, "/v1/sessions");
+        if let Some(id) = list.as_array().and_then(|a| a.first()).and_then(|s| s["id"].as_str()) {
+            return id.to_owned();
+        }
+        assert!(Instant::now() < deadline, "no live session: {list}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_way_a_session_can_end_is_recorded() {
+    let gw = Gateway::start(GatewayOptions::default());
+    let alice = gw.add_user("alice", &[], false);
+    let carol = gw.add_user("carol", &[], false);
+    gw.grant(&alice, &carol, "orders", None, "1h");
+    let config = gw.pg_config("alice", &alice, "orders");
+
+    // Killed by hand.
+    let mut killed = connect(&config).await.expect("connect");
+    let killed_id = live_session(&gw, &alice).await;
+    gw.cli_ok(&carol, &["kill", &killed_id]);
+    assert!(killed.until_closed(Duration::from_secs(10)).await.1.is_some());
+
+    // The upstream server ends it: its backend is terminated mid-statement.
+    let mut dropped = connect(&config).await.expect("connect");
+    let dropped_id = live_session(&gw, &alice).await;
+    let pid: i32 = dropped
+        .client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("pid")
+        .get(0);
+    let client = std::sync::Arc::clone(&dropped.client);
+    let running = tokio::spawn(async move { client.simple_query("SELECT pg_sleep(30)").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    pg().sql("orders", &format!("SELECT pg_terminate_backend({pid})"));
+    assert!(running.await.expect("join").is_err());
+    assert!(dropped.until_closed(Duration::from_secs(10)).await.1.is_some());
+
+    // Expired: a grant of two seconds on `bench` runs out under it.
+    gw.grant(&alice, &carol, "bench", None, "2s");
+    let mut expired = connect(&gw.pg_config("alice", &alice, "bench")).await.expect("connect");
+    assert!(expired.until_closed(Duration::from_secs(15)).await.1.is_some());
+
+    let all = events(&gw, 6).await;
+    let ends: Vec<(&str, &str)> = all
+        .iter()
+        .filter(|e| e.action == "session.end")
+        .map(|e| {
+            (
+                e.session_id.as_deref().unwrap_or_default(),
+                e.detail.get("ended").map_or("", String::as_str),
+            )
+        })
+        .collect();
+    assert_eq!(ends.len(), 3, "{all:#?}");
+    assert_eq!(ends[0], (killed_id.as_str(), "killed"));
+    assert_eq!(ends[1], (dropped_id.as_str(), "server_closed"));
+    assert_eq!(
+        (ends[2].1, all.last().and_then(|e| e.resource.as_deref())),
+        ("expired", Some("bench"))
+    );
+    for end in all.iter().filter(|e| e.action == "session.end") {
+        for key in ["bytes_in", "bytes_out", "duration_ms"] {
+            assert!(
+                end.detail.get(key).is_some_and(|n| n.parse::<u64>().is_ok()),
+                "{key}: {end:?}"
+            );
+        }
+    }
+
+    // Who killed it, as a workflow action on the same session.
+    let kills = audit_until(&gw, &["--action", "session.kill"], |e| !e.is_empty());
+    assert_eq!(kills.len(), 1, "{kills:#?}");
+    assert_eq!(
+        (&kills[0]["user"], &kills[0]["session_id"]),
+        (&json!("carol"), &json!(killed_id))
+    );
+    // The statement the server cut short carries the server's SQLSTATE.
+    let cut = audit_until(&gw, &["--session", &dropped_id, "--action", "statement"], |e| {
+        e.len() >= 2
+    });
+    let sleep = cut
+        .iter()
+        .find(|e| e["detail"]["text"] == "SELECT pg_sleep(30)")
+        .unwrap_or_else(|| panic!("{cut:#?}"));
+    assert_eq!(
+        (&sleep["detail"]["outcome"], &sleep["detail"]["sqlstate"]),
+        (&json!("error"), &json!("57P01")),
+        "{sleep}"
+    );
 }

@@ -1,4 +1,5 @@
-//! `/metrics` counts connections by outcome, live sessions and cuts by reason.
+//! `/metrics` counts connections by outcome, live sessions and cuts by
+//! reason, and the audit log's writes and their lag by source.
 
 use std::time::Duration;
 
@@ -57,6 +58,35 @@ async fn connections_sessions_and_cuts_are_counted() {
         assert!(
             std::time::Instant::now() < deadline,
             "expected one revoke cut and no live session:\n{m}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The audit log: the proxy's refusal, session start, statement and end;
+    // the workflow's 3 users, request, approval, grant and revoke. Each
+    // written event's lag (event time to durable) is observed.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = metrics(&gw);
+        let lag = |source: &str| {
+            let label = format!("source=\"{source}\"");
+            sample(&m, "portcullis_audit_lag_seconds_count", &[&label])
+        };
+        let written = |source: &str| {
+            let label = format!("source=\"{source}\"");
+            sample(&m, "portcullis_audit_events_written_total", &[&label])
+        };
+        if lag("proxy") == Some(4.0) && lag("workflow") == Some(7.0) {
+            assert_eq!((written("proxy"), written("workflow")), (Some(4.0), Some(7.0)), "{m}");
+            let lag_sum = sample(&m, "portcullis_audit_lag_seconds_sum", &[r#"source="proxy""#]);
+            assert!(lag_sum.is_some_and(|s| s >= 0.0), "{m}");
+            // Nothing waited for room in the proxy's audit queue.
+            assert_eq!(sample(&m, "portcullis_audit_queue_waits_total", &[]), Some(0.0), "{m}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "expected 4 proxy and 7 workflow audit events written:\n{m}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

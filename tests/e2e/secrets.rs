@@ -1,5 +1,6 @@
-//! After a run that exercises every path, no token and no upstream password
-//! appears in the gateway's log, any API answer, or /metrics.
+//! After a run that exercises every path, no token, no upstream password
+//! and no password written into a statement appears in the gateway's log,
+//! any API answer, /metrics, or the audit log (as read and as stored).
 
 use std::time::Duration;
 
@@ -40,6 +41,23 @@ async fn no_secret_in_logs_api_or_metrics() {
         .query("SELECT name FROM items WHERE id = $1", &[&5i32])
         .await
         .expect("extended");
+    // Passwords written into statements, both protocols: refused upstream
+    // (no such role, no right to create one), recorded redacted.
+    // One typed without quotes is a syntax error whose message quotes it.
+    let written = format!("pw-{}", crate::harness::pg::random_hex());
+    let unquoted = format!("pw_{}", crate::harness::pg::random_hex());
+    for sql in [
+        format!("ALTER ROLE no_such_role PASSWORD '{written}'"),
+        format!("CREATE USER nobody_here WITH LOGIN PASSWORD '{written}'"),
+        format!("ALTER ROLE no_such_role PASSWORD {unquoted}"),
+    ] {
+        assert!(
+            !gw.psql("alice", &alice, "orders@read", "disable", &sql)
+                .status
+                .success()
+        );
+        assert!(s.client.execute(sql.as_str(), &[]).await.is_err());
+    }
     s.client
         .cancel_token()
         .cancel_query(tokio_postgres::NoTls)
@@ -124,6 +142,30 @@ async fn no_secret_in_logs_api_or_metrics() {
             ));
         }
     }
+    // The audit log as its readers get it, and as it lies on disk.
+    for path in [
+        "/v1/audit?limit=1000",
+        "/v1/audit/export",
+        "/v1/sessions/history",
+        &format!("/v1/sessions/{id}/events"),
+    ] {
+        answers.push((
+            format!("admin GET {path}"),
+            gw.http("GET", path, Some(&gw.admin_token), None).1,
+        ));
+    }
+    let export = gw.cli_ok(&gw.admin_token, &["audit", "--jsonl"]);
+    assert!(
+        export.contains("ALTER ROLE no_such_role PASSWORD '[redacted]'")
+            && export.contains("CREATE USER nobody_here WITH LOGIN PASSWORD '[redacted]'")
+            && export.contains("\"sqlstate\":\"42601\""),
+        "the statements should be recorded, redacted: {export}"
+    );
+    answers.push(("portcullis audit --jsonl".into(), export));
+    for file in ["audit.db", "audit.db-wal"] {
+        let bytes = std::fs::read(gw.data_dir.join(file)).unwrap_or_default();
+        answers.push((file.to_owned(), String::from_utf8_lossy(&bytes).into_owned()));
+    }
     answers.push((
         "401 answer".into(),
         gw.http("GET", "/v1/whoami", Some(&format!("{alice}x")), None).1,
@@ -142,6 +184,8 @@ async fn no_secret_in_logs_api_or_metrics() {
         ("carol's token", carol.as_str()),
     ];
     secrets.extend(pg().secrets().into_iter().map(|s| ("an upstream password", s)));
+    secrets.push(("a password written into a statement", written.as_str()));
+    secrets.push(("a password typed without quotes", unquoted.as_str()));
     let mut leaks = Vec::new();
     for (where_, text) in &answers {
         for (what, secret) in &secrets {

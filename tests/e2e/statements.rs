@@ -135,7 +135,9 @@ async fn every_statement_is_one_event_with_its_outcome() {
         ("extended", "SELECT $1::int + 1 AS n", "1")
     );
     assert_eq!((detail(bound, "outcome"), detail(bound, "rows")), ("ok", "1"));
-    assert_eq!(detail(bound, "params"), r#"["<binary, 4 bytes>"]"#);
+    // Sent in binary with no declared type: the server's ParameterDescription
+    // (answering the driver's Describe) tells the audit it is an int4.
+    assert_eq!(detail(bound, "params"), r#"["41"]"#);
     assert_eq!(
         (detail(&all[5], "outcome"), detail(&all[5], "sqlstate")),
         ("error", "22012")
@@ -172,4 +174,179 @@ async fn a_cut_session_records_the_statement_it_interrupted() {
         (detail(&all[0], "text"), detail(&all[0], "outcome")),
         ("SELECT pg_sleep(30)", "interrupted")
     );
+}
+
+/// A value tokio-postgres sends in text format (its own types go as binary),
+/// as psql's `\bind`, JDBC and many other drivers send theirs.
+#[derive(Debug)]
+struct AsText(&'static str);
+
+impl tokio_postgres::types::ToSql for AsText {
+    fn to_sql(
+        &self,
+        _: &tokio_postgres::types::Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        out.extend_from_slice(self.0.as_bytes());
+        Ok(tokio_postgres::types::IsNull::No)
+    }
+
+    fn accepts(_: &tokio_postgres::types::Type) -> bool {
+        true
+    }
+
+    fn encode_format(&self, _: &tokio_postgres::types::Type) -> tokio_postgres::types::Format {
+        tokio_postgres::types::Format::Text
+    }
+
+    tokio_postgres::types::to_sql_checked!();
+}
+
+/// A plain tokio-postgres client through the gateway (one that can open transactions).
+async fn client(gw: &Gateway, token: &str) -> tokio_postgres::Client {
+    let (client, conn) = gw
+        .pg_config("alice", token, "orders")
+        .connect(tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    client
+}
+
+/// The statement event whose text is `text`.
+fn with_text<'a>(all: &'a [AuditEvent], text: &str) -> &'a AuditEvent {
+    all.iter()
+        .find(|e| detail(e, "text") == text)
+        .unwrap_or_else(|| panic!("no statement {text:?} in {all:#?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extended_statements_carry_names_values_portals_and_copy_in() {
+    use futures_util::SinkExt;
+
+    let gw = Gateway::start(GatewayOptions::default());
+    let alice = gw.add_user("alice", &[], false);
+    let carol = gw.add_user("carol", &[], false);
+    gw.grant(&alice, &carol, "orders", None, "1h");
+    let mut c = client(&gw, &alice).await;
+
+    // A named statement with a text-format value, then a NULL.
+    let named = c.prepare("SELECT $1::text AS t").await.expect("prepare");
+    let row = c.query_one(&named, &[&AsText("hello audit")]).await.expect("query");
+    assert_eq!(row.get::<_, &str>(0), "hello audit");
+    c.query_one(&named, &[&None::<&str>]).await.expect("NULL");
+    // Binary values of types the Parse declares read as their text form.
+    let typed = c
+        .prepare_typed(
+            "SELECT $1 + 1, $2, $3",
+            &[
+                tokio_postgres::types::Type::INT4,
+                tokio_postgres::types::Type::BOOL,
+                tokio_postgres::types::Type::TEXT,
+            ],
+        )
+        .await
+        .expect("prepare typed");
+    c.query_one(&typed, &[&41i32, &true, &"binary text"])
+        .await
+        .expect("typed");
+    // A named portal read one row at a time.
+    let tx = c.transaction().await.expect("begin");
+    let portal = tx
+        .bind("SELECT generate_series(1, $1::int)", &[&3i32])
+        .await
+        .expect("bind");
+    assert_eq!(tx.query_portal(&portal, 1).await.expect("portal").len(), 1);
+    drop(portal);
+    tx.commit().await.expect("commit");
+    // COPY FROM STDIN through the extended protocol.
+    c.batch_execute("CREATE TEMP TABLE audited (x int)")
+        .await
+        .expect("temp table");
+    let sink = c.copy_in("COPY audited FROM STDIN").await.expect("copy in");
+    let mut sink = std::pin::pin!(sink);
+    sink.send(bytes::Bytes::from_static(b"1\n2\n3\n"))
+        .await
+        .expect("copy data");
+    assert_eq!(sink.finish().await.expect("copy done"), 3);
+    drop(c);
+
+    let all = statements(&gw, 8).await;
+    let texts: Vec<&str> = all.iter().map(|e| detail(e, "text")).collect();
+    let named_runs: Vec<&AuditEvent> = all
+        .iter()
+        .filter(|e| detail(e, "text") == "SELECT $1::text AS t")
+        .collect();
+    assert_eq!(named_runs.len(), 2, "{texts:#?}");
+    let (first, null) = (named_runs[0], named_runs[1]);
+    assert!(!detail(first, "statement").is_empty(), "a named statement: {first:?}");
+    assert_eq!(detail(first, "statement"), detail(null, "statement"));
+    assert_eq!(
+        (
+            detail(first, "flow"),
+            detail(first, "param_count"),
+            detail(first, "params")
+        ),
+        ("extended", "1", r#"["hello audit"]"#)
+    );
+    assert_eq!((detail(first, "tag"), detail(first, "rows")), ("SELECT 1", "1"));
+    assert_eq!(detail(null, "params"), "[null]");
+
+    let typed = with_text(&all, "SELECT $1 + 1, $2, $3");
+    assert_eq!(detail(typed, "params"), r#"["41","t","binary text"]"#);
+
+    let suspended = with_text(&all, "SELECT generate_series(1, $1::int)");
+    assert!(!detail(suspended, "portal").is_empty(), "a named portal: {suspended:?}");
+    assert_eq!(detail(suspended, "outcome"), "suspended");
+    assert_eq!(detail(suspended, "param_count"), "1");
+    assert_eq!(detail(with_text(&all, "START TRANSACTION"), "class"), "TRANSACTION");
+
+    let copy = with_text(&all, "COPY audited FROM STDIN");
+    assert_eq!(
+        (detail(copy, "flow"), detail(copy, "copy"), detail(copy, "copy_bytes")),
+        ("extended", "from_stdin", "6")
+    );
+    assert_eq!((detail(copy, "tag"), detail(copy, "rows")), ("COPY 3", "3"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_with_redact_parameters_keeps_values_out() {
+    let gw = Gateway::start(GatewayOptions {
+        policy_extra: "      redact_parameters: true\n".to_owned(),
+        ..GatewayOptions::default()
+    });
+    let alice = gw.add_user("alice", &[], false);
+    let carol = gw.add_user("carol", &[], false);
+    gw.grant(&alice, &carol, "orders", None, "1h");
+    let c = client(&gw, &alice).await;
+    let card = "4111 1111 1111 1111";
+    let row = c
+        .query_one("SELECT length($1::text) AS n", &[&AsText(card)])
+        .await
+        .expect("query");
+    assert_eq!(row.get::<_, i32>(0), 19);
+    c.query_one("SELECT $1::int + 1", &[&7i32]).await.expect("binary");
+    drop(c);
+
+    let all = statements(&gw, 2).await;
+    let text = with_text(&all, "SELECT length($1::text) AS n");
+    assert_eq!(
+        (detail(text, "params"), detail(text, "param_count")),
+        ("[redacted by policy]", "1")
+    );
+    assert_eq!((detail(text, "outcome"), detail(text, "rows")), ("ok", "1"));
+    let binary = with_text(&all, "SELECT $1::int + 1");
+    assert_eq!(detail(binary, "params"), "[redacted by policy]");
+
+    // Nowhere: not in any event, nor in the audit log's files.
+    assert!(!format!("{all:?}").contains(card));
+    let log = AuditLog::open_blocking(&gw.data_dir).expect("open");
+    assert_eq!(log.verify().await.expect("verify").broken, None);
+    for file in ["audit.db", "audit.db-wal"] {
+        let bytes = std::fs::read(gw.data_dir.join(file)).unwrap_or_default();
+        assert!(
+            !bytes.windows(card.len()).any(|w| w == card.as_bytes()),
+            "the value reached {file}"
+        );
+    }
 }

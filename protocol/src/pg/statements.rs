@@ -5,6 +5,9 @@
 //! Sans-I/O: the caller hands it whole messages (`client`, `server`) with
 //! the time they passed; it answers the statements that completed, in order.
 //!
+//! Binary-format parameter values of common types are shown in their text
+//! form (`binary`), typed by the Parse or the server's ParameterDescription.
+//!
 //! Responses come back in request order, so the tracker keeps a queue of
 //! what each client message expects; after an error in the extended
 //! protocol the server skips everything up to the next Sync, and so does
@@ -20,6 +23,8 @@ use super::backend::parse_error_notice;
 use super::capture::{Message, TextDigest};
 use super::message::{read_cstr, read_i32};
 
+mod binary;
+
 /// Statement text kept per record; longer text is cut, with its length and hash.
 pub const MAX_TEXT: usize = 64 * 1024;
 /// Bytes kept of one parameter value.
@@ -31,6 +36,9 @@ const MAX_NAMES: usize = 10_000;
 const MAX_KEPT: usize = 8 * 1024 * 1024;
 /// Bytes of parameter values kept per Bind.
 const MAX_PARAMS_KEPT: usize = 64 * 1024;
+/// Parameter types remembered per prepared statement; a statement with more
+/// shows its binary values by length only.
+const MAX_TYPES: usize = 1024;
 /// Messages awaiting an answer; past it the tracker gives up on the session
 /// (see [`StatementTracker::lost`]) rather than grow.
 const MAX_EXPECT: usize = 100_000;
@@ -92,7 +100,8 @@ pub enum Param {
     Null,
     /// A text-format value (cut to `MAX_PARAM` bytes).
     Text(String),
-    /// A binary-format value: only its length is kept.
+    /// A binary-format value of a type not decoded here: only its length is kept.
+    /// (Values of common types become [`Param::Text`], in their text form.)
     Binary(usize),
     /// A value past the per-Bind budget: only its length is kept.
     Omitted(usize),
@@ -177,6 +186,8 @@ pub struct Statement {
 enum Expect {
     Run(Box<Statement>),
     Parse(String),
+    /// Describe of a prepared statement: its ParameterDescription types it.
+    Describe(String),
     Other,
     Sync,
     /// The client ended a COPY IN before the server's CopyInResponse came.
@@ -185,6 +196,15 @@ enum Expect {
 
 struct Prepared {
     text: Arc<Text>,
+    /// Parameter type OIDs (0: unspecified), from the Parse or the server.
+    types: Arc<[u32]>,
+}
+
+impl Prepared {
+    /// Bytes this statement counts against `MAX_KEPT`.
+    fn kept(&self) -> usize {
+        self.text.text.len() + 4 * self.types.len()
+    }
 }
 
 struct Portal {
@@ -217,6 +237,14 @@ impl<T> Names<T> {
             self.unnamed.as_ref()
         } else {
             self.named.get(name)
+        }
+    }
+
+    fn get_mut(&mut self, name: &str) -> Option<&mut T> {
+        if name.is_empty() {
+            self.unnamed.as_mut()
+        } else {
+            self.named.get_mut(name)
         }
     }
 
@@ -353,10 +381,22 @@ impl StatementTracker {
                 let name = name.to_owned();
                 if !self.skipping && self.prepared.has_room_for(&name) {
                     if let Some(old) = self.prepared.remove(&name) {
-                        self.kept = self.kept.saturating_sub(old.text.text.len());
+                        self.kept = self.kept.saturating_sub(old.kept());
                     }
+                    // The types follow the text, in a body that was not cut.
+                    let types = match m.text {
+                        None if body.len() == m.len => declared_types(b),
+                        _ => Arc::from([]),
+                    };
                     let text = Arc::new(self.keep_text(Text::of(b, m.text)));
-                    self.prepared.insert(name.clone(), Prepared { text });
+                    // Past the session's budget, binary values show their length only.
+                    let types = if self.kept + 4 * types.len() > MAX_KEPT {
+                        Arc::from([])
+                    } else {
+                        types
+                    };
+                    self.kept += 4 * types.len();
+                    self.prepared.insert(name.clone(), Prepared { text, types });
                 }
                 self.push(Expect::Parse(name));
             }
@@ -384,14 +424,20 @@ impl StatementTracker {
                 if let Some((&kind, mut rest)) = b.split_first() {
                     let name = read_cstr(&mut rest, "Close").unwrap_or_default();
                     let freed = match kind {
-                        b'S' => self.prepared.remove(name).map_or(0, |p| p.text.text.len()),
+                        b'S' => self.prepared.remove(name).map_or(0, |p| p.kept()),
                         _ => self.portals.remove(name).map_or(0, |p| p.kept),
                     };
                     self.kept = self.kept.saturating_sub(freed);
                 }
                 self.push(Expect::Other);
             }
-            b'D' => self.push(Expect::Other),
+            b'D' => match b.split_first() {
+                Some((b'S', mut rest)) => {
+                    let name = read_cstr(&mut rest, "Describe").unwrap_or_default().to_owned();
+                    self.push(Expect::Describe(name));
+                }
+                _ => self.push(Expect::Other),
+            },
             b'S' => self.push(Expect::Sync),
             b'F' => {
                 let oid = read_i32(&mut b, "FunctionCall").unwrap_or_default();
@@ -419,6 +465,11 @@ impl StatementTracker {
         let parsed = (|| {
             let portal = read_cstr(&mut b, "Bind")?.to_owned();
             let stmt = read_cstr(&mut b, "Bind")?.to_owned();
+            let types = self.prepared.get(&stmt).map(|p| Arc::clone(&p.types));
+            let type_of = |i: i16| {
+                let i = usize::try_from(i).ok()?;
+                types.as_ref().and_then(|t| t.get(i)).copied()
+            };
             let nformats = read_i16(&mut b)?;
             let mut formats = Vec::new();
             for _ in 0..nformats {
@@ -456,7 +507,14 @@ impl StatementTracker {
                     _ => formats.get(i as usize) == Some(&1),
                 };
                 let keep = len.min(MAX_PARAM);
-                params.push(if binary {
+                let decoded = match type_of(i) {
+                    Some(oid) if binary && kept + keep <= MAX_PARAMS_KEPT => binary::text(oid, value, MAX_PARAM),
+                    _ => None,
+                };
+                params.push(if let Some(text) = decoded {
+                    kept += text.len();
+                    Param::Text(text)
+                } else if binary {
                     Param::Binary(len)
                 } else if kept + keep > MAX_PARAMS_KEPT {
                     Param::Omitted(len)
@@ -510,11 +568,15 @@ impl StatementTracker {
     }
 
     /// The session ended: statements sent and not answered go to `out` as
-    /// interrupted (a query the cut stopped is recorded all the same).
+    /// interrupted (a query the cut stopped is recorded all the same), or
+    /// as failed when the server's error came first (a backend terminated
+    /// under the session says why before it closes).
     pub fn interrupt(&mut self, now: Instant, out: &mut Vec<Statement>) {
         for e in self.expect.drain(..) {
             if let Expect::Run(mut s) = e {
-                s.outcome = Outcome::Interrupted;
+                if !matches!(s.outcome, Outcome::Failed { .. }) {
+                    s.outcome = Outcome::Interrupted;
+                }
                 s.duration = now.saturating_duration_since(s.started);
                 out.push(*s);
             }
@@ -584,8 +646,20 @@ impl StatementTracker {
             b'1' | b'2' | b'3' => {
                 self.expect.pop_front();
             }
+            b't' => {
+                if let Some(Expect::Describe(name)) = self.expect.front()
+                    && let Some(p) = self.prepared.get_mut(name)
+                    && p.types.iter().all(|&t| t == 0)
+                {
+                    let types = declared_types_after_text(body);
+                    if !types.is_empty() && self.kept + 4 * types.len() <= MAX_KEPT {
+                        self.kept = self.kept.saturating_sub(4 * p.types.len()) + 4 * types.len();
+                        p.types = types;
+                    }
+                }
+            }
             b'T' | b'n' => {
-                if matches!(self.expect.front(), Some(Expect::Other)) {
+                if matches!(self.expect.front(), Some(Expect::Other | Expect::Describe(_))) {
                     self.expect.pop_front();
                 }
             }
@@ -668,7 +742,7 @@ impl StatementTracker {
                     let name = name.clone();
                     let text = match self.prepared.remove(&name) {
                         Some(p) => {
-                            self.kept = self.kept.saturating_sub(p.text.text.len());
+                            self.kept = self.kept.saturating_sub(p.kept());
                             p.text
                         }
                         None => Arc::new(Text::new(b"")),
@@ -690,6 +764,35 @@ impl StatementTracker {
             out.push(*s);
         }
     }
+}
+
+/// The parameter types of a Parse, from just after its statement text:
+/// none when there are more than `MAX_TYPES` or the list is malformed.
+fn declared_types(after_name: &[u8]) -> Arc<[u32]> {
+    let mut b = after_name;
+    if read_cstr(&mut b, "Parse").is_err() {
+        return Arc::from([]);
+    }
+    declared_types_after_text(b)
+}
+
+/// A count and that many type OIDs (a Parse's tail, a ParameterDescription).
+fn declared_types_after_text(mut b: &[u8]) -> Arc<[u32]> {
+    let Ok(n) = read_i16(&mut b) else {
+        return Arc::from([]);
+    };
+    let n = usize::try_from(n).unwrap_or(0);
+    if n > MAX_TYPES {
+        return Arc::from([]);
+    }
+    let mut types = Vec::with_capacity(n);
+    for _ in 0..n {
+        match read_i32(&mut b, "ParameterDescription") {
+            Ok(oid) => types.push(oid as u32),
+            Err(_) => return Arc::from([]),
+        }
+    }
+    types.into()
 }
 
 fn read_i16(b: &mut &[u8]) -> Result<i16, super::error::ProtocolError> {

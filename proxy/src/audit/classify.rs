@@ -203,12 +203,19 @@ pub fn redact(text: &str) -> Option<String> {
     let mut after_password = false;
     for t in &tokens {
         let is_string = t.token == Token::Sconst as i32 || t.token == Token::Usconst as i32;
+        let (start, end) = (t.start as usize, t.end as usize);
         if is_string {
-            let (start, end) = (t.start as usize, t.end as usize);
             let literal = lower.get(start..end).unwrap_or_default();
             if after_password || holds_secret(literal) {
                 spans.push((start, end));
             }
+        } else if after_password
+            && [Token::Ident, Token::Iconst, Token::Fconst]
+                .iter()
+                .any(|k| t.token == *k as i32)
+        {
+            // A password typed without quotes: the server refuses it, naming it in its error.
+            spans.push((start, end));
         }
         after_password = t.token == Token::Password as i32;
     }
@@ -298,6 +305,15 @@ mod tests {
         ] {
             assert_eq!(redact(sql).as_deref(), Some(want), "{sql}");
         }
+        assert_eq!(
+            redact("ALTER ROLE bob PASSWORD hunter2").as_deref(),
+            Some("ALTER ROLE bob PASSWORD '[redacted]'")
+        );
+        assert_eq!(
+            redact("ALTER ROLE bob PASSWORD 12345").as_deref(),
+            Some("ALTER ROLE bob PASSWORD '[redacted]'")
+        );
+        assert_eq!(redact("ALTER ROLE bob PASSWORD NULL"), None);
         assert_eq!(redact("SELECT 'https://example.com/x'"), None);
         assert_eq!(redact("SELECT password FROM users"), None);
         let withheld = redact("ALTER ROLE bob PASSWORD 'hunter2").expect("withheld");

@@ -102,15 +102,17 @@ pub fn statement_event(session: &SessionAudit, s: &Statement, classifier: &mut C
     if !class.tables.is_empty() {
         d.insert("tables".into(), class.tables.clone());
     }
-    match redact(&s.text.text) {
+    let redacted = match redact(&s.text.text) {
         Some(redacted) => {
             d.insert("text".into(), redacted);
             d.insert("redacted".into(), "true".into());
+            true
         }
         None => {
             d.insert("text".into(), s.text.text.clone());
+            false
         }
-    }
+    };
     if let Some(sha) = &s.text.sha256 {
         // Cut: the whole text's length and hash, never the rest of it.
         d.insert("text_len".into(), s.text.len.to_string());
@@ -154,7 +156,10 @@ pub fn statement_event(session: &SessionAudit, s: &Statement, classifier: &mut C
         Outcome::Failed { sqlstate, message } => {
             d.insert("outcome".into(), "error".into());
             d.insert("sqlstate".into(), sqlstate.clone());
-            d.insert("error".into(), message.clone());
+            // The server quotes the statement in some errors (`syntax error at or
+            // near "hunter2"`): for one that held a password, its SQLSTATE only.
+            let message = if redacted { WITHHELD.to_owned() } else { message.clone() };
+            d.insert("error".into(), message);
         }
         Outcome::Suspended => {
             d.insert("outcome".into(), "suspended".into());
@@ -169,6 +174,9 @@ pub fn statement_event(session: &SessionAudit, s: &Statement, classifier: &mut C
     d.insert("duration_us".into(), s.duration.as_micros().to_string());
     e
 }
+
+/// The error message of a statement that held a password.
+const WITHHELD: &str = "[withheld: the statement held a password]";
 
 /// Parameter values as a JSON array: text values as strings (a connection
 /// string or URL with a password redacted), NULL as null, the rest described.
@@ -277,6 +285,26 @@ mod tests {
             assert_eq!(d.get(k).map(String::as_str), Some(v), "{k}");
         }
         assert!(!d.contains_key("portal"));
+    }
+
+    #[test]
+    fn an_error_about_a_statement_with_a_password_keeps_only_its_sqlstate() {
+        let s = session(false);
+        let mut st = bound(Vec::new(), s.since);
+        st.flow = Flow::Simple;
+        st.text = Arc::new(Text {
+            text: "ALTER ROLE bob PASSWORD hunter2".into(),
+            len: 31,
+            sha256: None,
+        });
+        st.outcome = Outcome::Failed {
+            sqlstate: "42601".into(),
+            message: "syntax error at or near \"hunter2\"".into(),
+        };
+        let e = statement_event(&s, &st, &mut Classifier::default());
+        assert_eq!(e.detail["text"], "ALTER ROLE bob PASSWORD '[redacted]'");
+        assert_eq!(e.detail["sqlstate"], "42601");
+        assert!(!format!("{e:?}").contains("hunter2"), "{e:?}");
     }
 
     #[test]

@@ -29,7 +29,9 @@ fn client_keep(tag: u8) -> Keep {
     match tag {
         b'Q' => Keep::Text(0),
         b'P' => Keep::Text(1),
-        b'B' | b'E' | b'C' | b'F' => Keep::Body,
+        // Describe too: the server's ParameterDescription that answers it
+        // gives the types of a statement's binary values.
+        b'B' | b'E' | b'C' | b'F' | b'D' => Keep::Body,
         _ => Keep::Length,
     }
 }
@@ -37,7 +39,7 @@ fn client_keep(tag: u8) -> Keep {
 /// What the tracker reads of the server's messages.
 fn server_keep(tag: u8) -> Keep {
     match tag {
-        b'C' | b'E' => Keep::Body,
+        b'C' | b'E' | b't' => Keep::Body,
         _ => Keep::Length,
     }
 }

@@ -356,3 +356,87 @@ fn statements_longer_than_what_is_kept_stream_through_with_length_and_hash() {
     assert!(matches!(s.params[0], Param::Text(_)));
     assert_eq!(s.params[399], Param::Unseen);
 }
+
+#[test]
+fn a_session_that_ends_mid_statement_records_it_interrupted_or_failed() {
+    let mut t = StatementTracker::new();
+    let mut out = Vec::new();
+    let now = Instant::now();
+    // Cut with no answer at all.
+    t.client(b'Q', &cstr("SELECT pg_sleep(30)"), now);
+    t.interrupt(now, &mut out);
+    assert_eq!(out[0].outcome, Outcome::Interrupted);
+    // The server said why (its backend was terminated), then closed: no ReadyForQuery.
+    t.client(b'Q', &cstr("SELECT pg_sleep(30)"), now);
+    t.server(b'E', &error("57P01"), now, &mut out);
+    t.interrupt(now, &mut out);
+    assert_eq!(out.len(), 2);
+    assert!(
+        matches!(&out[1].outcome, Outcome::Failed { sqlstate, .. } if sqlstate == "57P01"),
+        "{:?}",
+        out[1].outcome
+    );
+}
+
+/// A Parse that declares its parameter types.
+fn parse_typed(name: &str, sql: &str, types: &[u32]) -> Vec<u8> {
+    let mut b = cstr(name);
+    b.extend(cstr(sql));
+    b.extend((types.len() as i16).to_be_bytes());
+    for t in types {
+        b.extend(t.to_be_bytes());
+    }
+    b
+}
+
+/// A ParameterDescription naming `types`.
+fn parameter_description(types: &[u32]) -> Vec<u8> {
+    let mut b = (types.len() as i16).to_be_bytes().to_vec();
+    for t in types {
+        b.extend(t.to_be_bytes());
+    }
+    b
+}
+
+#[test]
+fn binary_values_of_known_types_read_as_text() {
+    // Types declared in the Parse (int4, bool, an unknown one).
+    let out = run(&[
+        (true, b'P', parse_typed("", "SELECT $1, $2, $3", &[23, 16, 1700])),
+        (
+            true,
+            b'B',
+            bind("", "", &[1], &[Some(&42i32.to_be_bytes()), Some(&[1]), Some(&[0; 8])]),
+        ),
+        (true, b'E', execute("")),
+        (true, b'S', Vec::new()),
+        (false, b'1', Vec::new()),
+        (false, b'2', Vec::new()),
+        (false, b'C', cstr("SELECT 1")),
+        (false, b'Z', vec![b'I']),
+    ]);
+    assert_eq!(
+        &*out[0].params,
+        &[Param::Text("42".into()), Param::Text("t".into()), Param::Binary(8)][..]
+    );
+
+    // Types left to the server (tokio-postgres's prepare): its ParameterDescription
+    // answers the Describe, and the next Bind of that statement reads them.
+    let out = run(&[
+        (true, b'P', parse("s0", "SELECT $1::int8 + 1")),
+        (true, b'D', vec![b'S', b's', b'0', 0]),
+        (true, b'S', Vec::new()),
+        (false, b'1', Vec::new()),
+        (false, b't', parameter_description(&[20])),
+        (false, b'T', vec![0, 0]),
+        (false, b'Z', vec![b'I']),
+        (true, b'B', bind("", "s0", &[1], &[Some(&7i64.to_be_bytes())])),
+        (true, b'E', execute("")),
+        (true, b'S', Vec::new()),
+        (false, b'2', Vec::new()),
+        (false, b'C', cstr("SELECT 1")),
+        (false, b'Z', vec![b'I']),
+    ]);
+    assert_eq!(out.len(), 1);
+    assert_eq!(&*out[0].params, &[Param::Text("7".into())][..]);
+}
