@@ -54,6 +54,8 @@ pub(crate) struct AuditMetrics {
     pub lag: HistogramVec,
     /// Events written (duplicates of stored ones are not counted).
     pub written: IntCounterVec,
+    /// Events waiting for the log's writer thread.
+    pub queue_depth: IntGauge,
 }
 
 impl Metrics {
@@ -115,6 +117,10 @@ impl Metrics {
                         "Audit events written to the audit log, by source",
                     ),
                     &["source"],
+                )?,
+                queue_depth: IntGauge::new(
+                    "portcullis_audit_log_queue_depth",
+                    "Audit events waiting for the audit log's writer (as it last looked)",
                 )?,
             },
             notifications_sent: IntCounterVec::new(
@@ -181,6 +187,7 @@ impl Metrics {
         registry.register(Box::new(m.feed_revision.clone()))?;
         registry.register(Box::new(m.audit.lag.clone()))?;
         registry.register(Box::new(m.audit.written.clone()))?;
+        registry.register(Box::new(m.audit.queue_depth.clone()))?;
         registry.register(Box::new(m.notifications_sent.clone()))?;
         registry.register(Box::new(m.notifications_retried.clone()))?;
         registry.register(Box::new(m.notifications_failed.clone()))?;

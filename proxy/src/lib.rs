@@ -96,7 +96,8 @@ impl Proxy {
             grants: Arc::new(GrantTable::default()),
             cancels: CancelMap::default(),
             pool: Pool::new(settings.postgres.pool),
-            audit: AuditQueue::new(audit, metrics.audit_waits.clone()).map_err(ProxyError::Workers)?,
+            audit: AuditQueue::new(audit, metrics.audit_waits.clone(), metrics.audit_depth.clone())
+                .map_err(ProxyError::Workers)?,
             scram_keys: ScramKeys::default(),
             backoff: LoginBackoff::default(),
             tls,

@@ -19,6 +19,9 @@ pub struct ProxyMetrics {
     pub pool_idle: IntGauge,
     /// `portcullis_audit_queue_waits_total`: events that waited for room in the audit queue.
     pub audit_waits: IntCounter,
+    /// `portcullis_audit_queue_depth`: events and statement batches waiting
+    /// for the audit thread (as it last looked).
+    pub audit_depth: IntGauge,
 }
 
 impl ProxyMetrics {
@@ -67,6 +70,11 @@ impl ProxyMetrics {
         )?;
         registry.register(Box::new(pool_idle.clone()))?;
         registry.register(Box::new(audit_waits.clone()))?;
+        let audit_depth = IntGauge::new(
+            "portcullis_audit_queue_depth",
+            "Audit events and statement batches waiting for the proxy's audit thread (as it last looked)",
+        )?;
+        registry.register(Box::new(audit_depth.clone()))?;
         registry.register(Box::new(connections.clone()))?;
         registry.register(Box::new(sessions_active.clone()))?;
         registry.register(Box::new(cuts.clone()))?;
@@ -79,6 +87,7 @@ impl ProxyMetrics {
             upstream,
             pool_idle,
             audit_waits,
+            audit_depth,
         })
     }
 

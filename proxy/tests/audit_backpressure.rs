@@ -22,6 +22,10 @@ fn message(tag: u8, body: &[u8]) -> Vec<u8> {
     m
 }
 
+fn depth() -> prometheus::IntGauge {
+    prometheus::IntGauge::new("depth", "depth").expect("gauge")
+}
+
 fn cstr(s: &str) -> Vec<u8> {
     let mut v = s.as_bytes().to_vec();
     v.push(0);
@@ -58,7 +62,8 @@ async fn a_full_queue_holds_the_session_back_and_loses_nothing() {
     let waits = prometheus::IntCounter::new("waits", "waits").expect("counter");
     // The audit log takes one event and then nothing until the test drains it.
     let (log_tx, mut log_rx) = mpsc::channel::<AuditEvent>(1);
-    let queue = AuditQueue::new(Some(log_tx), waits.clone()).expect("audit thread");
+    let depth = depth();
+    let queue = AuditQueue::new(Some(log_tx), waits.clone(), depth.clone()).expect("audit thread");
     let mut recorder = Recorder::new(session(), queue.statements().expect("a statement queue"));
 
     // The relay's loop: forward a statement, then ask for room before reading more.
@@ -74,6 +79,11 @@ async fn a_full_queue_holds_the_session_back_and_loses_nothing() {
     }
     assert!(sent < total, "the relay was never held back");
     assert!(waits.get() >= 1, "the wait for room is counted");
+    assert_eq!(
+        depth.get(),
+        i64::try_from(portcullis_proxy::audit::QUEUE).expect("small"),
+        "the queue shows full while the log stalls"
+    );
 
     // The log drains: the session goes on, and finishes.
     let drained = tokio::spawn(async move {
@@ -91,6 +101,7 @@ async fn a_full_queue_holds_the_session_back_and_loses_nothing() {
     recorder.finish().await;
     drop(queue);
     let all = drained.await.expect("join");
+    assert_eq!(depth.get(), 0, "and empty once drained");
 
     let texts: Vec<&str> = all
         .iter()
@@ -111,7 +122,7 @@ async fn a_full_queue_holds_the_session_back_and_loses_nothing() {
 async fn events_wait_for_room_and_are_counted() {
     let waits = prometheus::IntCounter::new("waits", "waits").expect("counter");
     let (log_tx, mut log_rx) = mpsc::channel::<AuditEvent>(1);
-    let queue = Arc::new(AuditQueue::new(Some(log_tx), waits.clone()).expect("audit thread"));
+    let queue = Arc::new(AuditQueue::new(Some(log_tx), waits.clone(), depth()).expect("audit thread"));
     // More events than the queue and the log together hold: the sender waits.
     let total = portcullis_proxy::audit::QUEUE + 64;
     let sender = {
@@ -150,7 +161,7 @@ async fn events_wait_for_room_and_are_counted() {
 async fn binary_values_are_decoded_through_the_recorder() {
     let waits = prometheus::IntCounter::new("waits", "waits").expect("counter");
     let (log_tx, mut log_rx) = mpsc::channel::<AuditEvent>(16);
-    let queue = AuditQueue::new(Some(log_tx), waits).expect("audit thread");
+    let queue = AuditQueue::new(Some(log_tx), waits, depth()).expect("audit thread");
     let mut recorder = Recorder::new(session(), queue.statements().expect("a statement queue"));
 
     // prepare: Parse with no types, Describe, Sync; the server types it.

@@ -82,6 +82,9 @@ async fn connections_sessions_and_cuts_are_counted() {
             assert!(lag_sum.is_some_and(|s| s >= 0.0), "{m}");
             // Nothing waited for room in the proxy's audit queue.
             assert_eq!(sample(&m, "portcullis_audit_queue_waits_total", &[]), Some(0.0), "{m}");
+            // Everything written: nothing waits in either queue.
+            assert_eq!(sample(&m, "portcullis_audit_queue_depth", &[]), Some(0.0), "{m}");
+            assert_eq!(sample(&m, "portcullis_audit_log_queue_depth", &[]), Some(0.0), "{m}");
             break;
         }
         assert!(

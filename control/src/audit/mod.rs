@@ -207,6 +207,9 @@ pub fn spawn_writer(
                         Err(_) => break,
                     }
                 }
+                if let Some(m) = &log.metrics {
+                    m.queue_depth.set(i64::try_from(queue.len()).unwrap_or(i64::MAX));
+                }
                 let mut wait = Duration::from_millis(50);
                 while let Err(e) = log.write_blocking(&batch, Source::Proxy, None) {
                     tracing::error!(error = %e, events = batch.len(), "cannot write audit events; retrying");

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use portcullis_protocol::audit::AuditEvent;
-use prometheus::IntCounter;
+use prometheus::{IntCounter, IntGauge};
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 
@@ -35,21 +35,26 @@ pub enum Item {
 pub struct AuditQueue {
     tx: Option<mpsc::Sender<Item>>,
     waits: IntCounter,
+    depth: IntGauge,
 }
 
 impl AuditQueue {
     /// A queue whose events end in `log`, through an audit thread started
     /// here; `None` records nothing (a proxy without an audit log).
-    pub fn new(log: Option<mpsc::Sender<AuditEvent>>, waits: IntCounter) -> std::io::Result<AuditQueue> {
+    pub fn new(
+        log: Option<mpsc::Sender<AuditEvent>>,
+        waits: IntCounter,
+        depth: IntGauge,
+    ) -> std::io::Result<AuditQueue> {
         let tx = match log {
             Some(log) => {
                 let (tx, rx) = mpsc::channel(QUEUE);
-                pipeline::spawn(rx, log)?;
+                pipeline::spawn(rx, log, depth.clone())?;
                 Some(tx)
             }
             None => None,
         };
-        Ok(AuditQueue { tx, waits })
+        Ok(AuditQueue { tx, waits, depth })
     }
 
     /// Queues `event`, waiting for room when the queue is full.
@@ -63,7 +68,7 @@ impl AuditQueue {
         match tx.try_send(item) {
             Ok(()) => {}
             Err(TrySendError::Full(item)) => {
-                self.waits.inc();
+                full(&self.waits, &self.depth);
                 let _ = tx.send(item).await;
             }
             Err(TrySendError::Closed(_)) => {}
@@ -75,9 +80,18 @@ impl AuditQueue {
         self.tx.as_ref().map(|tx| StatementQueue {
             tx: tx.clone(),
             waits: self.waits.clone(),
+            depth: self.depth.clone(),
             reserving: None,
         })
     }
+}
+
+/// A sender found the queue full: the wait is counted, and the depth shows
+/// it even while the audit thread is stuck handing an event to the log (it
+/// updates the depth only as it takes items).
+fn full(waits: &IntCounter, depth: &IntGauge) {
+    waits.inc();
+    depth.set(i64::try_from(QUEUE).unwrap_or(i64::MAX));
 }
 
 type Reserve = std::pin::Pin<
@@ -89,6 +103,7 @@ type Reserve = std::pin::Pin<
 pub struct StatementQueue {
     tx: mpsc::Sender<Item>,
     waits: IntCounter,
+    depth: IntGauge,
     /// Waiting for room, when the queue was full.
     reserving: Option<Reserve>,
 }
@@ -110,7 +125,7 @@ impl StatementQueue {
                     return Poll::Ready(());
                 }
                 Err(TrySendError::Full(())) => {
-                    self.waits.inc();
+                    full(&self.waits, &self.depth);
                     self.reserving = Some(Box::pin(self.tx.clone().reserve_owned()));
                 }
             }

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use portcullis_protocol::audit::AuditEvent;
+use prometheus::IntGauge;
 use tokio::sync::mpsc;
 
 use super::Item;
@@ -17,7 +18,11 @@ use super::statement::statement_event;
 const COALESCE: Duration = Duration::from_millis(2);
 
 /// Starts the thread; it ends when every sender is gone and the queue is drained.
-pub(super) fn spawn(mut rx: mpsc::Receiver<Item>, log: mpsc::Sender<AuditEvent>) -> std::io::Result<()> {
+pub(super) fn spawn(
+    mut rx: mpsc::Receiver<Item>,
+    log: mpsc::Sender<AuditEvent>,
+    depth: IntGauge,
+) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("portcullis-audit-sql".into())
         .spawn(move || {
@@ -26,6 +31,8 @@ pub(super) fn spawn(mut rx: mpsc::Receiver<Item>, log: mpsc::Sender<AuditEvent>)
             while let Some(first) = rx.blocking_recv() {
                 let mut next = Some(first);
                 while let Some(item) = next {
+                    // Before the hand-off that may block: a stalled log shows as depth.
+                    depth.set(i64::try_from(rx.len()).unwrap_or(i64::MAX));
                     if !forward(item, &log, &mut classifier) {
                         return;
                     }
