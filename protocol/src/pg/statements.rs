@@ -7,13 +7,14 @@
 //!
 //! Binary-format parameter values of common types are shown in their text
 //! form (`binary`), typed by the Parse or the server's ParameterDescription.
+//! `names` keeps what the session prepared and bound; `bind` reads a Bind.
 //!
 //! Responses come back in request order, so the tracker keeps a queue of
 //! what each client message expects; after an error in the extended
 //! protocol the server skips everything up to the next Sync, and so does
 //! the queue.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,6 +25,10 @@ use super::capture::{Message, TextDigest};
 use super::message::{read_cstr, read_i32};
 
 mod binary;
+mod bind;
+mod names;
+
+use names::{Names, Portal, Prepared, declared_types, declared_types_after_text};
 
 /// Statement text kept per record; longer text is cut, with its length and hash.
 pub const MAX_TEXT: usize = 64 * 1024;
@@ -192,92 +197,6 @@ enum Expect {
     Sync,
     /// The client ended a COPY IN before the server's CopyInResponse came.
     CopyEnd,
-}
-
-struct Prepared {
-    text: Arc<Text>,
-    /// Parameter type OIDs (0: unspecified), from the Parse or the server.
-    types: Arc<[u32]>,
-}
-
-impl Prepared {
-    /// Bytes this statement counts against `MAX_KEPT`.
-    fn kept(&self) -> usize {
-        self.text.text.len() + 4 * self.types.len()
-    }
-}
-
-struct Portal {
-    statement: String,
-    text: Arc<Text>,
-    params: Arc<[Param]>,
-    /// Bytes this portal counts against `MAX_KEPT`.
-    kept: usize,
-}
-
-/// Prepared statements or portals by name. Drivers mostly use the unnamed
-/// one (`""`), which lives outside the map: no hashing per statement.
-struct Names<T> {
-    unnamed: Option<T>,
-    named: HashMap<String, T>,
-}
-
-impl<T> Default for Names<T> {
-    fn default() -> Self {
-        Names {
-            unnamed: None,
-            named: HashMap::new(),
-        }
-    }
-}
-
-impl<T> Names<T> {
-    fn get(&self, name: &str) -> Option<&T> {
-        if name.is_empty() {
-            self.unnamed.as_ref()
-        } else {
-            self.named.get(name)
-        }
-    }
-
-    fn get_mut(&mut self, name: &str) -> Option<&mut T> {
-        if name.is_empty() {
-            self.unnamed.as_mut()
-        } else {
-            self.named.get_mut(name)
-        }
-    }
-
-    fn remove(&mut self, name: &str) -> Option<T> {
-        if name.is_empty() {
-            self.unnamed.take()
-        } else {
-            self.named.remove(name)
-        }
-    }
-
-    fn insert(&mut self, name: String, value: T) {
-        if name.is_empty() {
-            self.unnamed = Some(value);
-        } else {
-            self.named.insert(name, value);
-        }
-    }
-
-    /// Whether another named entry fits (the unnamed one always does).
-    fn has_room_for(&self, name: &str) -> bool {
-        name.is_empty() || self.named.len() < MAX_NAMES || self.named.contains_key(name)
-    }
-
-    fn clear(&mut self) {
-        self.unnamed = None;
-        self.named.clear();
-    }
-
-    #[cfg(test)]
-    fn is_empty(&self) -> bool {
-        self.unnamed.is_none() && self.named.is_empty()
-    }
 }
 
 /// Follows one session's statements.
@@ -456,105 +375,6 @@ impl StatementTracker {
                 }
             }
             _ => {}
-        }
-    }
-
-    /// A Bind's portal and parameters; when `cut`, the body ends early and
-    /// values past its end are recorded as unseen.
-    fn bind(&mut self, mut b: &[u8], cut: bool) {
-        let parsed = (|| {
-            let portal = read_cstr(&mut b, "Bind")?.to_owned();
-            let stmt = read_cstr(&mut b, "Bind")?.to_owned();
-            let types = self.prepared.get(&stmt).map(|p| Arc::clone(&p.types));
-            let type_of = |i: i16| {
-                let i = usize::try_from(i).ok()?;
-                types.as_ref().and_then(|t| t.get(i)).copied()
-            };
-            let nformats = read_i16(&mut b)?;
-            let mut formats = Vec::new();
-            for _ in 0..nformats {
-                formats.push(read_i16(&mut b)?);
-            }
-            let nparams = read_i16(&mut b)?;
-            let mut params = Vec::new();
-            let mut kept = 0;
-            for i in 0..nparams {
-                let len = match read_i32(&mut b, "Bind") {
-                    Ok(len) => len,
-                    Err(_) if cut => {
-                        params.extend((i..nparams).map(|_| Param::Unseen));
-                        break;
-                    }
-                    Err(e) => return Err(e),
-                };
-                if len < 0 {
-                    params.push(Param::Null);
-                    continue;
-                }
-                let len = len as usize;
-                let Some(value) = b.get(..len) else {
-                    if !cut {
-                        return Err(super::error::ProtocolError::Malformed { what: "Bind" });
-                    }
-                    params.push(Param::Omitted(len));
-                    params.extend((i + 1..nparams).map(|_| Param::Unseen));
-                    break;
-                };
-                b = &b[len..];
-                let binary = match formats.len() {
-                    0 => false,
-                    1 => formats[0] == 1,
-                    _ => formats.get(i as usize) == Some(&1),
-                };
-                let keep = len.min(MAX_PARAM);
-                let decoded = match type_of(i) {
-                    Some(oid) if binary && kept + keep <= MAX_PARAMS_KEPT => binary::text(oid, value, MAX_PARAM),
-                    _ => None,
-                };
-                params.push(if let Some(text) = decoded {
-                    kept += text.len();
-                    Param::Text(text)
-                } else if binary {
-                    Param::Binary(len)
-                } else if kept + keep > MAX_PARAMS_KEPT {
-                    Param::Omitted(len)
-                } else {
-                    kept += keep;
-                    Param::Text(Text::new(&value[..keep]).text)
-                });
-            }
-            Ok::<_, super::error::ProtocolError>((portal, stmt, params, kept))
-        })();
-        let Ok((portal, stmt, mut params, mut kept)) = parsed else {
-            return;
-        };
-        if let Some(old) = self.portals.remove(&portal) {
-            self.kept = self.kept.saturating_sub(old.kept);
-        }
-        if self.kept + kept > MAX_KEPT {
-            // Over the session's budget: keep only the lengths.
-            for p in &mut params {
-                if let Param::Text(t) = p {
-                    *p = Param::Omitted(t.len());
-                }
-            }
-            kept = 0;
-        }
-        let text = self
-            .prepared
-            .get(&stmt)
-            .map_or_else(|| Arc::new(Text::new(b"")), |p| Arc::clone(&p.text));
-        if self.portals.has_room_for(&portal) {
-            self.kept += kept;
-            self.portals.insert(
-                portal,
-                Portal {
-                    statement: stmt,
-                    text,
-                    params: params.into(),
-                    kept,
-                },
-            );
         }
     }
 
@@ -764,43 +584,6 @@ impl StatementTracker {
             out.push(*s);
         }
     }
-}
-
-/// The parameter types of a Parse, from just after its statement text:
-/// none when there are more than `MAX_TYPES` or the list is malformed.
-fn declared_types(after_name: &[u8]) -> Arc<[u32]> {
-    let mut b = after_name;
-    if read_cstr(&mut b, "Parse").is_err() {
-        return Arc::from([]);
-    }
-    declared_types_after_text(b)
-}
-
-/// A count and that many type OIDs (a Parse's tail, a ParameterDescription).
-fn declared_types_after_text(mut b: &[u8]) -> Arc<[u32]> {
-    let Ok(n) = read_i16(&mut b) else {
-        return Arc::from([]);
-    };
-    let n = usize::try_from(n).unwrap_or(0);
-    if n > MAX_TYPES {
-        return Arc::from([]);
-    }
-    let mut types = Vec::with_capacity(n);
-    for _ in 0..n {
-        match read_i32(&mut b, "ParameterDescription") {
-            Ok(oid) => types.push(oid as u32),
-            Err(_) => return Arc::from([]),
-        }
-    }
-    types.into()
-}
-
-fn read_i16(b: &mut &[u8]) -> Result<i16, super::error::ProtocolError> {
-    let (head, rest) = b
-        .split_first_chunk::<2>()
-        .ok_or(super::error::ProtocolError::Malformed { what: "Bind" })?;
-    *b = rest;
-    Ok(i16::from_be_bytes(*head))
 }
 
 #[cfg(test)]

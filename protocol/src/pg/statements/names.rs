@@ -1,0 +1,135 @@
+//! What a session has prepared: statements and portals by name, and the
+//! parameter type lists (a Parse's, a ParameterDescription's) that let
+//! binary values be read.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::super::error::ProtocolError;
+use super::super::message::{read_cstr, read_i32};
+use super::{MAX_NAMES, MAX_TYPES, Param, Text};
+
+/// A prepared statement: its text and parameter types.
+pub(super) struct Prepared {
+    pub text: Arc<Text>,
+    /// Parameter type OIDs (0: unspecified), from the Parse or the server.
+    pub types: Arc<[u32]>,
+}
+
+impl Prepared {
+    /// Bytes this statement counts against `MAX_KEPT`.
+    pub fn kept(&self) -> usize {
+        self.text.text.len() + 4 * self.types.len()
+    }
+}
+
+/// A bound portal: its statement, text and values.
+pub(super) struct Portal {
+    pub statement: String,
+    pub text: Arc<Text>,
+    pub params: Arc<[Param]>,
+    /// Bytes this portal counts against `MAX_KEPT`.
+    pub kept: usize,
+}
+
+/// Prepared statements or portals by name. Drivers mostly use the unnamed
+/// one (`""`), which lives outside the map: no hashing per statement.
+pub(super) struct Names<T> {
+    unnamed: Option<T>,
+    named: HashMap<String, T>,
+}
+
+impl<T> Default for Names<T> {
+    fn default() -> Self {
+        Names {
+            unnamed: None,
+            named: HashMap::new(),
+        }
+    }
+}
+
+impl<T> Names<T> {
+    pub fn get(&self, name: &str) -> Option<&T> {
+        if name.is_empty() {
+            self.unnamed.as_ref()
+        } else {
+            self.named.get(name)
+        }
+    }
+
+    pub fn get_mut(&mut self, name: &str) -> Option<&mut T> {
+        if name.is_empty() {
+            self.unnamed.as_mut()
+        } else {
+            self.named.get_mut(name)
+        }
+    }
+
+    pub fn remove(&mut self, name: &str) -> Option<T> {
+        if name.is_empty() {
+            self.unnamed.take()
+        } else {
+            self.named.remove(name)
+        }
+    }
+
+    pub fn insert(&mut self, name: String, value: T) {
+        if name.is_empty() {
+            self.unnamed = Some(value);
+        } else {
+            self.named.insert(name, value);
+        }
+    }
+
+    /// Whether another named entry fits (the unnamed one always does).
+    pub fn has_room_for(&self, name: &str) -> bool {
+        name.is_empty() || self.named.len() < MAX_NAMES || self.named.contains_key(name)
+    }
+
+    pub fn clear(&mut self) {
+        self.unnamed = None;
+        self.named.clear();
+    }
+
+    #[cfg(test)]
+    pub fn is_empty(&self) -> bool {
+        self.unnamed.is_none() && self.named.is_empty()
+    }
+}
+
+/// The parameter types of a Parse, from just after its statement text:
+/// none when there are more than `MAX_TYPES` or the list is malformed.
+pub(super) fn declared_types(after_name: &[u8]) -> Arc<[u32]> {
+    let mut b = after_name;
+    if read_cstr(&mut b, "Parse").is_err() {
+        return Arc::from([]);
+    }
+    declared_types_after_text(b)
+}
+
+/// A count and that many type OIDs (a Parse's tail, a ParameterDescription).
+pub(super) fn declared_types_after_text(mut b: &[u8]) -> Arc<[u32]> {
+    let Ok(n) = read_i16(&mut b) else {
+        return Arc::from([]);
+    };
+    let n = usize::try_from(n).unwrap_or(0);
+    if n > MAX_TYPES {
+        return Arc::from([]);
+    }
+    let mut types = Vec::with_capacity(n);
+    for _ in 0..n {
+        match read_i32(&mut b, "ParameterDescription") {
+            Ok(oid) => types.push(oid as u32),
+            Err(_) => return Arc::from([]),
+        }
+    }
+    types.into()
+}
+
+pub(super) fn read_i16(b: &mut &[u8]) -> Result<i16, ProtocolError> {
+    let (head, rest) = b
+        .split_first_chunk::<2>()
+        .ok_or(ProtocolError::Malformed { what: "Bind" })?;
+    *b = rest;
+    Ok(i16::from_be_bytes(*head))
+}
