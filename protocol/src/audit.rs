@@ -66,6 +66,24 @@ fn put_opt(out: &mut Vec<u8>, value: &Option<String>) {
 }
 
 impl AuditEvent {
+    /// An event of `action` by `user` with nothing else set yet.
+    pub fn new(id: String, at: UnixMillis, action: &str, user: &str) -> AuditEvent {
+        AuditEvent {
+            id,
+            at,
+            action: action.to_owned(),
+            user: user.to_owned(),
+            resource: None,
+            role: None,
+            session_id: None,
+            grant_id: None,
+            request_id: None,
+            reason: None,
+            approvers: Vec::new(),
+            detail: BTreeMap::new(),
+        }
+    }
+
     /// The fixed encoding the link is computed over: every field, in order,
     /// each length-prefixed, so no two different events encode alike.
     pub fn encode(&self, out: &mut Vec<u8>) {

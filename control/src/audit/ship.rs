@@ -166,20 +166,7 @@ pub(crate) fn read_batch(conn: &Connection, cursor: Option<&Cursor>) -> Result<B
 /// as they stood when it was recorded (so a late shipment says the same).
 pub(crate) fn to_event(conn: &Connection, seq: i64, entry: &Recorded) -> rusqlite::Result<AuditEvent> {
     let mut detail = flatten(&entry.detail);
-    let mut event = AuditEvent {
-        id: event_id(seq, entry.at),
-        at: entry.at,
-        action: entry.action.clone(),
-        user: entry.actor.clone(),
-        resource: None,
-        role: None,
-        session_id: None,
-        grant_id: None,
-        request_id: None,
-        reason: None,
-        approvers: Vec::new(),
-        detail: BTreeMap::new(),
-    };
+    let mut event = AuditEvent::new(event_id(seq, entry.at), entry.at, &entry.action, &entry.actor);
     let kind = entry.action.split_once('.').map_or(entry.action.as_str(), |(k, _)| k);
     let (request, grant) = match kind {
         "request" => {

@@ -9,7 +9,6 @@ pub mod classify;
 mod pipeline;
 pub mod statement;
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use portcullis_protocol::audit::AuditEvent;
@@ -167,20 +166,7 @@ fn next_id() -> String {
 
 /// A new event of `action` by `user`, now, with a fresh id.
 pub fn event(action: &str, user: &str) -> AuditEvent {
-    AuditEvent {
-        id: next_id(),
-        at: now_millis(),
-        action: action.to_owned(),
-        user: user.to_owned(),
-        resource: None,
-        role: None,
-        session_id: None,
-        grant_id: None,
-        request_id: None,
-        reason: None,
-        approvers: Vec::new(),
-        detail: BTreeMap::new(),
-    }
+    AuditEvent::new(next_id(), now_millis(), action, user)
 }
 
 #[cfg(test)]
