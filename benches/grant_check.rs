@@ -162,6 +162,7 @@ fn build_table(now: UnixMillis) -> (GrantTable, HashSet<(String, String)>) {
         .map(|name| UserEntry {
             scram_verifier: ServerSecret::mock(&seed, &name).to_verifier(),
             name,
+            ssh_keys: Vec::new(),
         })
         .collect();
     let mut grants = probes(now);

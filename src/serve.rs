@@ -54,7 +54,15 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
     let postgres = TcpListener::bind(config.postgres.listen)
         .await
         .with_context(|| format!("cannot listen on postgres.listen {}", config.postgres.listen))?;
-    tracing::info!(api = %config.api.listen, postgres = %config.postgres.listen, "portcullis is serving");
+    let ssh = match &config.ssh {
+        Some(s) => Some(
+            TcpListener::bind(s.listen)
+                .await
+                .with_context(|| format!("cannot listen on ssh.listen {}", s.listen))?,
+        ),
+        None => None,
+    };
+    tracing::info!(api = %config.api.listen, postgres = %config.postgres.listen, ssh = ?config.ssh.as_ref().map(|s| s.listen), "portcullis is serving");
 
     let sessions: Arc<dyn SessionDirectory> = proxy.sessions.clone();
     let router = control.router(sessions, registry.clone());
@@ -65,6 +73,7 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
             .await
     });
     let pg_task = tokio::spawn(Arc::clone(&proxy).serve_postgres(postgres, shutdown.clone()));
+    let ssh_task = ssh.map(|l| tokio::spawn(Arc::clone(&proxy).serve_ssh(l, shutdown.clone())));
 
     wait_for_signal().await;
     tracing::info!(sessions = proxy.sessions.len(), "shutting down: closing sessions");
@@ -74,6 +83,9 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
         tracing::warn!("some sessions did not close in time");
     }
     let _ = pg_task.await;
+    if let Some(t) = ssh_task {
+        let _ = t.await;
+    }
     let _ = api_task.await;
     let _ = notifier.await;
     // The writer ends once the proxy (the queue's last sender) is gone and the queue is drained.

@@ -14,6 +14,9 @@ pub struct UserEntry {
     pub name: String,
     /// `SCRAM-SHA-256$<iter>:<salt>$<StoredKey>:<ServerKey>`, as PostgreSQL stores it.
     pub scram_verifier: String,
+    /// Registered SSH public keys, one OpenSSH line each (absent from older peers: none).
+    #[serde(default)]
+    pub ssh_keys: Vec<String>,
 }
 
 /// Why a grant stopped early.

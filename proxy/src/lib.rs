@@ -1,4 +1,4 @@
-//! Portcullis proxy: the Postgres listener, engineer authentication, the
+//! Portcullis proxy: the Postgres and SSH listeners, engineer authentication, the
 //! in-memory grant table fed by the control plane's feed, and the session
 //! registry that cuts sessions at expiry, revocation or kill.
 #![forbid(unsafe_code)]
@@ -13,6 +13,7 @@ pub mod postgres;
 pub mod random;
 pub mod sessions;
 pub mod settings;
+pub mod ssh;
 pub mod tls;
 pub mod workers;
 
@@ -45,6 +46,9 @@ pub enum ProxyError {
     /// Metrics could not be registered.
     #[error("metrics registration failed: {0}")]
     Metrics(#[from] prometheus::Error),
+    /// The SSH host key in `data_dir` could not be read or created.
+    #[error("SSH host key: {0}")]
+    SshHostKey(String),
     /// The mock SCRAM seed in `data_dir` could not be read or created.
     #[error("mock SCRAM seed: {0}")]
     MockSeed(String),
@@ -76,6 +80,8 @@ pub struct Proxy {
     pub mock_seed: [u8; 32],
     /// The threads sessions run on.
     pub workers: Workers,
+    /// The SSH server settings with the gateway's host key, when `ssh:` is configured.
+    pub ssh: Option<Arc<russh::server::Config>>,
     /// Tracks session tasks so shutdown can drain them.
     pub tracker: TaskTracker,
 }
@@ -91,6 +97,13 @@ impl Proxy {
         let tls = tls::acceptor(&settings.postgres.tls, &settings.data_dir)?;
         let metrics = ProxyMetrics::register(registry)?;
         let mock_seed = mock_seed::load_or_create(&settings.data_dir)?;
+        let ssh = match &settings.ssh {
+            Some(_) => {
+                let key = ssh::keys::load_or_create_host_key(&settings.data_dir).map_err(ProxyError::SshHostKey)?;
+                Some(Arc::new(ssh::listener::config(key)))
+            }
+            None => None,
+        };
         Ok(Arc::new(Proxy {
             sessions: Arc::new(SessionRegistry::new(metrics.clone())),
             grants: Arc::new(GrantTable::default()),
@@ -103,6 +116,7 @@ impl Proxy {
             tls,
             metrics,
             mock_seed,
+            ssh,
             tracker: TaskTracker::new(),
             workers: Workers::start(settings.postgres.workers).map_err(ProxyError::Workers)?,
             settings,
@@ -112,5 +126,12 @@ impl Proxy {
     /// Serves Postgres clients on `listener` until `shutdown` is cancelled.
     pub async fn serve_postgres(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
         postgres::listener::serve(self, listener, shutdown).await
+    }
+
+    /// Serves SSH clients on `listener` until `shutdown` is cancelled; returns at once without `ssh:`.
+    pub async fn serve_ssh(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
+        if let Some(config) = self.ssh.clone() {
+            ssh::listener::serve(self, config, listener, shutdown).await
+        }
     }
 }

@@ -13,6 +13,8 @@ pub struct ProxySettings {
     pub data_dir: PathBuf,
     /// The Postgres listener.
     pub postgres: PostgresListener,
+    /// The SSH listener, when `ssh:` is configured.
+    pub ssh: Option<SshListener>,
     /// Offsets before a deadline at which sessions are warned, e.g. 5m and 1m.
     pub warn_before: Vec<Duration>,
     /// Every resource, by name.
@@ -34,6 +36,13 @@ pub struct PostgresListener {
     pub pool: crate::postgres::pool::PoolSettings,
     /// Threads sessions run on.
     pub workers: usize,
+}
+
+/// Settings of the client-facing SSH listener.
+#[derive(Clone, Debug)]
+pub struct SshListener {
+    /// Address to listen on.
+    pub listen: SocketAddr,
 }
 
 /// PEM files for a server certificate.
@@ -68,8 +77,19 @@ impl Resource {
 pub enum Target {
     /// A PostgreSQL server.
     Postgres(PostgresTarget),
-    /// An SSH server (served by a later listener).
-    Ssh,
+    /// An SSH server.
+    Ssh(SshTarget),
+}
+
+/// How to reach an upstream SSH server.
+#[derive(Clone, Debug)]
+pub struct SshTarget {
+    /// Host name or address.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// The upstream's pinned host key; any other key refuses the session.
+    pub host_key: russh::keys::PublicKey,
 }
 
 /// How to reach an upstream PostgreSQL server.
@@ -111,4 +131,6 @@ pub struct Role {
     pub password: Option<Secret<String>>,
     /// Bound parameter values are left out of statement audit events.
     pub redact_parameters: bool,
+    /// SSH private key for upstream SSH logins (tried before the password).
+    pub ssh_key: Option<Secret<std::sync::Arc<russh::keys::PrivateKey>>>,
 }

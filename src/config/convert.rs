@@ -6,6 +6,7 @@ use portcullis_control as control;
 use portcullis_protocol::secret::Secret;
 use portcullis_proxy::postgres::pool::PoolSettings;
 use portcullis_proxy::settings as proxy;
+use portcullis_proxy::ssh::keys as ssh_keys;
 
 use super::schema::{Config, EventName, Kind, Policy, Pool, Principals, Reason, ReasonWord, Resource, Role, TlsMode};
 
@@ -116,7 +117,12 @@ pub fn proxy_settings(config: &Config) -> Result<proxy::ProxySettings, String> {
                 },
                 ca_file: r.ca_file.clone(),
             }),
-            Kind::Ssh => proxy::Target::Ssh,
+            Kind::Ssh => proxy::Target::Ssh(proxy::SshTarget {
+                host: r.host.clone(),
+                port: r.port.unwrap_or(22),
+                host_key: ssh_keys::parse_public(r.host_key.as_deref().unwrap_or_default())
+                    .map_err(|e| format!("resources[{}].host_key: {e}", r.name))?,
+            }),
         };
         let mut roles = Vec::new();
         for (name, role) in &r.roles {
@@ -129,6 +135,14 @@ pub fn proxy_settings(config: &Config) -> Result<proxy::ProxySettings, String> {
                 user: role.user.clone(),
                 password: password(role).map_err(|e| format!("resources[{}].roles.{name}: {e}", r.name))?,
                 redact_parameters: policy.redact_parameters.unwrap_or(false),
+                ssh_key: match &role.key_file {
+                    Some(path) => {
+                        Some(Secret::new(ssh_keys::load_private(path).map_err(|e| {
+                            format!("resources[{}].roles.{name}.key_file: {e}", r.name)
+                        })?))
+                    }
+                    None => None,
+                },
             });
         }
         resources.push(proxy::Resource {
@@ -153,6 +167,7 @@ pub fn proxy_settings(config: &Config) -> Result<proxy::ProxySettings, String> {
                 .workers
                 .unwrap_or_else(portcullis_proxy::workers::default_count),
         },
+        ssh: config.ssh.as_ref().map(|s| proxy::SshListener { listen: s.listen }),
         warn_before: config.warn_before.iter().map(|w| w.0).collect(),
         resources,
     })

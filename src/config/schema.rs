@@ -51,7 +51,7 @@ pub struct Config {
     /// The Postgres listener.
     #[serde(default)]
     pub postgres: Postgres,
-    /// The SSH listener (accepted now, served by a later release).
+    /// The SSH listener; absent: no SSH gateway.
     pub ssh: Option<Ssh>,
     /// In-band warnings before a cut.
     #[serde(default = "default_warn_before")]
@@ -195,8 +195,7 @@ pub struct Resource {
     pub tls: TlsMode,
     /// CA bundle for `verify-full`.
     pub ca_file: Option<PathBuf>,
-    /// Pinned upstream SSH host key.
-    #[expect(dead_code, reason = "accepted now so configs stay valid; the SSH gateway reads it")]
+    /// Pinned upstream SSH host key (`ssh-ed25519 AAAA...`), required for `kind: ssh`.
     pub host_key: Option<String>,
     /// Upstream credentials per role.
     pub roles: BTreeMap<String, Role>,
@@ -215,8 +214,7 @@ pub struct Role {
     pub password_env: Option<String>,
     /// File holding the password.
     pub password_file: Option<PathBuf>,
-    /// SSH private key file.
-    #[expect(dead_code, reason = "accepted now so configs stay valid; the SSH gateway reads it")]
+    /// SSH private key file (OpenSSH format, unencrypted) for `kind: ssh`.
     pub key_file: Option<PathBuf>,
     /// Policy fields this role overrides; the rest come from the resource's `policy`.
     pub policy: Option<Policy>,
@@ -501,6 +499,27 @@ impl Notifications {
     }
 }
 
+/// What an SSH resource needs beyond the common fields.
+fn ssh_resource(r: &Resource, at: &str) -> Result<(), String> {
+    // `+` separates user, resource and role in the SSH login name (USER+RESOURCE[+ROLE]).
+    if r.name.contains('+') {
+        return Err(format!("{at}.name: an ssh resource name cannot contain '+'"));
+    }
+    if r.host_key.is_none() {
+        return Err(format!(
+            "{at}.host_key: an ssh resource needs the upstream's pinned host key, e.g. the line of ssh-keyscan -t ed25519 HOST without the host name"
+        ));
+    }
+    for (name, role) in &r.roles {
+        if role.key_file.is_none() && role.password_env.is_none() && role.password_file.is_none() {
+            return Err(format!(
+                "{at}.roles.{name}: an ssh role needs key_file, password_env or password_file"
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn check_url(at: &str, url: &str) -> Result<(), String> {
     match reqwest::Url::parse(url) {
         Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(()),
@@ -530,6 +549,9 @@ impl Config {
             }
             if r.roles.is_empty() {
                 return Err(format!("{at}.roles: expected at least one role"));
+            }
+            if r.kind == Kind::Ssh {
+                ssh_resource(r, &at)?;
             }
             for (name, role) in &r.roles {
                 if name == "admin" && role.chat_approval == Some(true) {

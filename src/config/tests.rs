@@ -240,3 +240,35 @@ fn the_example_notifications_section_parses_once_uncommented() {
     assert_eq!(n.webhooks.len(), 1);
     assert!(n.slack.is_some_and(|s| s.users.contains_key("U012ABC")));
 }
+
+/// GOOD with an SSH resource (`host_key` line as given, role `deploy` as given) and an `ssh:` listener.
+fn with_ssh(host_key: &str, role: &str) -> String {
+    format!(
+        "{GOOD}  - name: web1\n    kind: ssh\n    host: 127.0.0.1\n    port: 22\n{host_key}    roles:\n      deploy: {role}\nssh: {{ listen: 127.0.0.1:2222 }}\n"
+    )
+}
+
+#[test]
+fn an_ssh_resource_parses_and_needs_a_pinned_key_and_credentials() {
+    let key = "    host_key: \"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG0= web1\"\n";
+    let c = parse(
+        &with_ssh(key, "{ user: deploy, key_file: /run/secrets/deploy }"),
+        "p.yaml",
+    )
+    .expect("parses");
+    assert_eq!(c.ssh.as_ref().map(|s| s.listen.port()), Some(2222));
+    assert_eq!(c.resources.len(), 2);
+
+    let no_pin = parse(&with_ssh("", "{ user: deploy, key_file: /k }"), "p.yaml");
+    assert!(
+        matches!(no_pin, Err(ConfigError::Invalid { ref message, .. }) if message.contains("host_key")),
+        "{no_pin:?}"
+    );
+    let no_creds = parse(&with_ssh(key, "{ user: deploy }"), "p.yaml");
+    assert!(
+        matches!(no_creds, Err(ConfigError::Invalid { ref message, .. }) if message.contains("key_file")),
+        "{no_creds:?}"
+    );
+    let typo = parse(&with_ssh(key, "{ user: deploy, keyfile: /k }"), "p.yaml");
+    assert!(matches!(typo, Err(ConfigError::Parse { .. })), "{typo:?}");
+}

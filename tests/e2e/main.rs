@@ -23,6 +23,7 @@ mod psql;
 mod refusals;
 mod secrets;
 mod slack;
+mod ssh;
 mod statements;
 mod workflow;
 mod workflow_rules;

@@ -78,26 +78,24 @@ pub(crate) fn list(conn: &Connection) -> rusqlite::Result<Vec<User>> {
     rows.collect()
 }
 
-/// Every user as proxies need them: name and SCRAM verifier.
+fn row_to_entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<UserEntry> {
+    Ok(UserEntry {
+        name: r.get(0)?,
+        scram_verifier: r.get(1)?,
+        ssh_keys: string_list(r, 2)?,
+    })
+}
+
+/// Every user as proxies need them: name, SCRAM verifier and SSH keys.
 pub(crate) fn entries(conn: &Connection) -> rusqlite::Result<Vec<UserEntry>> {
-    let mut stmt = conn.prepare_cached("SELECT name, scram_verifier FROM users ORDER BY name")?;
-    let rows = stmt.query_map([], |r| {
-        Ok(UserEntry {
-            name: r.get(0)?,
-            scram_verifier: r.get(1)?,
-        })
-    })?;
+    let mut stmt = conn.prepare_cached("SELECT name, scram_verifier, ssh_keys FROM users ORDER BY name")?;
+    let rows = stmt.query_map([], row_to_entry)?;
     rows.collect()
 }
 
 /// The feed entry of one user.
 pub(crate) fn entry(conn: &Connection, name: &str) -> rusqlite::Result<Option<UserEntry>> {
-    conn.prepare_cached("SELECT name, scram_verifier FROM users WHERE name = ?1")?
-        .query_row([name], |r| {
-            Ok(UserEntry {
-                name: r.get(0)?,
-                scram_verifier: r.get(1)?,
-            })
-        })
+    conn.prepare_cached("SELECT name, scram_verifier, ssh_keys FROM users WHERE name = ?1")?
+        .query_row([name], row_to_entry)
         .optional()
 }

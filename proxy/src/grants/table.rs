@@ -14,6 +14,7 @@ use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use portcullis_protocol::feed::{FeedChange, FeedEvent, FeedSnapshot, GrantEntry, PendingEntry, UnixMillis, UserEntry};
 use portcullis_protocol::scram::ServerSecret;
+use russh::keys::PublicKey;
 use tokio::sync::watch;
 
 use crate::clock::now_millis;
@@ -31,6 +32,8 @@ const SWEEP_EVERY_MS: i64 = 60 * 1000;
 #[derive(Default)]
 pub struct GrantTable {
     users: DashMap<String, Arc<ServerSecret>>,
+    /// Registered SSH public keys per user, parsed once when the feed delivers them.
+    ssh_keys: DashMap<String, Arc<[PublicKey]>>,
     /// Grants that may still admit or hold sessions, with the channel sessions follow.
     grants: DashMap<String, watch::Sender<GrantEntry>>,
     /// Ended grants without a channel: at most one per user, resource and role.
@@ -77,6 +80,7 @@ impl GrantTable {
             self.put_user(user);
         }
         self.users.retain(|name, _| user_names.contains(name));
+        self.ssh_keys.retain(|name, _| user_names.contains(name));
 
         let request_ids: HashSet<String> = snapshot.pending.iter().map(|p| p.request_id.clone()).collect();
         for p in snapshot.pending {
@@ -121,6 +125,7 @@ impl GrantTable {
             FeedEvent::User(user) => self.put_user(user),
             FeedEvent::UserRemoved { name } => {
                 self.users.remove(&name);
+                self.ssh_keys.remove(&name);
             }
             FeedEvent::Grant(grant) => self.put_grant(grant, now),
             FeedEvent::Pending(p) => self.put_pending(p),
@@ -161,6 +166,19 @@ impl GrantTable {
     }
 
     fn put_user(&self, user: UserEntry) {
+        // A key line the proxy cannot read is skipped, not fatal: the user's other keys still work.
+        let keys: Vec<PublicKey> = user
+            .ssh_keys
+            .iter()
+            .filter_map(|line| match PublicKey::from_openssh(line) {
+                Ok(k) => Some(k),
+                Err(e) => {
+                    tracing::warn!(user = %user.name, error = %e, "ignoring an unreadable SSH key");
+                    None
+                }
+            })
+            .collect();
+        self.ssh_keys.insert(user.name.clone(), keys.into());
         match ServerSecret::parse(&user.scram_verifier) {
             Ok(secret) => {
                 self.users.insert(user.name, Arc::new(secret));
@@ -277,6 +295,14 @@ impl GrantTable {
     /// The SCRAM secret of `user`, if the feed knows them.
     pub fn user_secret(&self, user: &str) -> Option<Arc<ServerSecret>> {
         self.users.get(user).map(|s| Arc::clone(&s))
+    }
+
+    /// The registered SSH public keys of `user` (empty if unknown).
+    pub fn ssh_keys(&self, user: &str) -> Arc<[PublicKey]> {
+        self.ssh_keys
+            .get(user)
+            .map(|k| Arc::clone(&k))
+            .unwrap_or_else(|| Arc::from(Vec::new()))
     }
 
     /// The grants and pending requests of `user` on `resource`.

@@ -92,6 +92,9 @@ pub struct GatewayOptions {
     pub policy_extra: String,
     /// More top-level YAML appended to the config (e.g. a `notifications:` section).
     pub extra_yaml: String,
+    /// SSH resources (`resources:` entries, e.g. `Sshd::resource_yaml`); when set,
+    /// the gateway also gets an `ssh:` listener on a free port.
+    pub ssh_resources: Option<String>,
 }
 
 impl Default for GatewayOptions {
@@ -111,6 +114,7 @@ impl Default for GatewayOptions {
             upstream_ca: None,
             policy_extra: String::new(),
             extra_yaml: String::new(),
+            ssh_resources: None,
         }
     }
 }
@@ -123,6 +127,8 @@ pub struct Gateway {
     pub api_port: u16,
     /// Postgres listener port.
     pub pg_port: u16,
+    /// SSH listener port (0 without `ssh_resources`).
+    pub ssh_port: u16,
     /// `data_dir`.
     pub data_dir: PathBuf,
     /// Token of the built-in `admin`, from `data_dir/admin.token`.
@@ -163,7 +169,17 @@ impl Gateway {
         std::fs::write(&admin_pw, format!("{}\n", pg.admin_password)).expect("write password file");
         let api_port = free_port();
         let pg_port = free_port();
-        let config = config_yaml(opts, &data_dir, api_port, pg_port, &admin_pw);
+        let ssh_port = if opts.ssh_resources.is_some() { free_port() } else { 0 };
+        let mut config = config_yaml(opts, &data_dir, api_port, pg_port, &admin_pw);
+        if let Some(resources) = &opts.ssh_resources {
+            // `resources:` is the config's last list unless extra_yaml follows; keep it so.
+            assert!(
+                opts.extra_yaml.is_empty(),
+                "ssh_resources with extra_yaml is not supported"
+            );
+            config.push_str(resources);
+            config.push_str(&format!("ssh: {{ listen: 127.0.0.1:{ssh_port} }}\n"));
+        }
         let config_path = dir.path().join("portcullis.yaml");
         std::fs::write(&config_path, config).expect("write config");
         let log_path = dir.path().join("gateway.log");
@@ -172,6 +188,7 @@ impl Gateway {
             _dir: dir,
             api_port,
             pg_port,
+            ssh_port,
             admin_token: String::new(),
             data_dir,
             log_path,
@@ -203,7 +220,8 @@ impl Gateway {
                 ));
             }
             let healthy = matches!(self.try_http("GET", "/healthz", None, None), Ok((200, _)));
-            let pg_up = TcpStream::connect(("127.0.0.1", self.pg_port)).is_ok();
+            let pg_up = TcpStream::connect(("127.0.0.1", self.pg_port)).is_ok()
+                && (self.ssh_port == 0 || TcpStream::connect(("127.0.0.1", self.ssh_port)).is_ok());
             let token = std::fs::read_to_string(&token_path).unwrap_or_default();
             if healthy && pg_up && !token.trim().is_empty() {
                 self.admin_token = token.trim().to_owned();

@@ -28,6 +28,7 @@ fn user(name: &str) -> UserEntry {
     UserEntry {
         name: name.into(),
         scram_verifier: secret.to_verifier(),
+        ssh_keys: Vec::new(),
     }
 }
 

@@ -1,0 +1,168 @@
+//! A throwaway OpenSSH `sshd` per test on a loopback port (the config from
+//! STACK.md), with keys made by ssh-keygen in its temp dir: its host key (to
+//! pin in the gateway's config), the key the gateway logs in with upstream,
+//! and an engineer's key for the `ssh` client.
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+use super::gateway::run_bounded;
+use super::pg::free_port;
+
+/// Bound on any ssh client run.
+const SSH_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A running sshd; killed on drop.
+pub struct Sshd {
+    dir: TempDir,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    /// Its host key as an OpenSSH public key line, for `host_key:`.
+    pub host_key: String,
+    /// The private key the gateway's role logs in with (in `authorized_keys`).
+    pub upstream_key: PathBuf,
+    /// The local user the gateway logs in as.
+    pub user: String,
+    child: Child,
+}
+
+/// Makes an unencrypted ed25519 key pair at `path` (and `path.pub`).
+pub fn keygen(path: &Path) {
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "e2e", "-f"])
+        .arg(path)
+        .output()
+        .expect("run ssh-keygen");
+    assert!(
+        out.status.success(),
+        "ssh-keygen: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The public key line of the pair at `path`.
+pub fn public_line(path: &Path) -> String {
+    let mut pub_path = path.as_os_str().to_owned();
+    pub_path.push(".pub");
+    std::fs::read_to_string(PathBuf::from(pub_path))
+        .expect("read public key")
+        .trim()
+        .to_owned()
+}
+
+impl Sshd {
+    /// Starts sshd and waits until its port accepts.
+    pub fn start() -> Sshd {
+        let dir = tempfile::Builder::new()
+            .prefix("portcullis-e2e-sshd-")
+            .tempdir()
+            .expect("tempdir");
+        std::fs::create_dir_all("/run/sshd").expect("mkdir /run/sshd (sshd's privilege separation dir)");
+        let d = dir.path();
+        let host = d.join("host_ed25519");
+        keygen(&host);
+        let upstream_key = d.join("upstream_ed25519");
+        keygen(&upstream_key);
+        std::fs::write(d.join("authorized_keys"), format!("{}\n", public_line(&upstream_key)))
+            .expect("authorized_keys");
+        let port = free_port();
+        let config = format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_ed25519\nPidFile {d}/sshd.pid\n\
+             AuthorizedKeysFile {d}/authorized_keys\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+             UsePAM no\nStrictModes no\nSubsystem sftp internal-sftp\n",
+            d = d.display()
+        );
+        let config_path = d.join("sshd_config");
+        std::fs::write(&config_path, config).expect("sshd_config");
+        let log = std::fs::File::create(d.join("sshd.log")).expect("sshd log");
+        let child = Command::new("/usr/sbin/sshd")
+            .args(["-D", "-e", "-f"])
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn /usr/sbin/sshd (apt-get install openssh-server)");
+        let user = String::from_utf8_lossy(&Command::new("id").arg("-un").output().expect("id -un").stdout)
+            .trim()
+            .to_owned();
+        let mut sshd = Sshd {
+            host_key: public_line(&host),
+            dir,
+            port,
+            upstream_key,
+            user,
+            child,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = sshd.child.try_wait() {
+                panic!("sshd exited ({status}); log:\n{}", sshd.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sshd not listening after 20 s; log:\n{}",
+                sshd.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        sshd
+    }
+
+    /// What sshd logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("sshd.log")).unwrap_or_default()
+    }
+
+    /// The `resources:` entry `web1` for this sshd, one role `deploy`, approver carol.
+    pub fn resource_yaml(&self) -> String {
+        format!(
+            "  - name: web1\n    kind: ssh\n    host: 127.0.0.1\n    port: {}\n    host_key: \"{}\"\n    roles:\n      deploy: {{ user: {}, key_file: {} }}\n    policy:\n      approvers: {{ users: [carol] }}\n      max_duration: 4h\n      default_duration: 1h\n",
+            self.port,
+            self.host_key,
+            self.user,
+            self.upstream_key.display()
+        )
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- sshd log ---\n{}", self.log());
+        }
+    }
+}
+
+/// The real `ssh` client through the gateway: `ssh -p PORT -i KEY LOGIN@127.0.0.1 COMMAND`.
+pub fn ssh(port: u16, key: &Path, login: &str, command: &str) -> Output {
+    let mut cmd = Command::new("ssh");
+    cmd.args([
+        "-F",
+        "/dev/null",
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "LogLevel=ERROR",
+        "-p",
+    ])
+    .arg(port.to_string())
+    .arg("-i")
+    .arg(key)
+    .arg(format!("{login}@127.0.0.1"))
+    .arg(command)
+    .env_remove("SSH_AUTH_SOCK");
+    run_bounded(&mut cmd, SSH_TIMEOUT)
+}
