@@ -6,6 +6,7 @@
 pub mod audit;
 pub mod backoff;
 pub mod clock;
+pub mod enforce;
 pub mod grants;
 pub mod metrics;
 pub mod mock_seed;

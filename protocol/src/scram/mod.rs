@@ -132,6 +132,16 @@ impl ServerSecret {
         )
     }
 
+    /// Whether `password` is the one this secret was derived from, compared
+    /// in constant time (for logins that send the token itself, such as SSH
+    /// keyboard-interactive). Costs one PBKDF2, like a SCRAM exchange.
+    pub fn matches_password(&self, password: &str) -> bool {
+        let salted = salted_password(password, &self.salt, self.iterations);
+        let client_key = hmac(&salted, &[b"Client Key"]);
+        let stored: [u8; 32] = Sha256::digest(client_key).into();
+        bool::from(stored.ct_eq(&self.stored_key))
+    }
+
     /// A stable, fake secret for an unknown user: the same user always gets
     /// the same salt, so probing cannot tell unknown users from known ones.
     pub fn mock(seed: &[u8], user: &str) -> ServerSecret {
@@ -358,6 +368,14 @@ mod tests {
             let mut ex = ServerExchange::new(rfc_secret(), "x".into(), false);
             assert!(ex.client_first(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn matches_password_only_for_the_derived_password() {
+        let secret = ServerSecret::derive("tok_right", b"salty salt", 4096);
+        assert!(secret.matches_password("tok_right"));
+        assert!(!secret.matches_password("tok_wrong"));
+        assert!(!ServerSecret::mock(b"seed", "alice").matches_password("tok_right"));
     }
 
     #[test]

@@ -11,7 +11,6 @@ pub mod admission;
 pub mod auth;
 pub mod buffers;
 pub mod cancel;
-pub mod enforce;
 pub mod io;
 pub mod listener;
 pub mod pool;

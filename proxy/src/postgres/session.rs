@@ -19,7 +19,6 @@ use tokio_util::task::AbortOnDropHandle;
 use super::admission::{Admitted, admit, split_dbname};
 use super::auth::authenticate;
 use super::cancel::send_cancel;
-use super::enforce::{Cut, enforce};
 use super::pool::PoolKey;
 use super::recorder::Recorder;
 use super::refusal::Refusal;
@@ -29,6 +28,7 @@ use super::stream::Stream;
 use super::upstream::{Upstream, connect, forwarded_params, terminate};
 use crate::audit::SessionAudit;
 use crate::clock::now_millis;
+use crate::enforce::{Cut, enforce};
 use crate::{Proxy, audit};
 
 const PROTOCOL: &str = "postgres";

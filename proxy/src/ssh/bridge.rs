@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 use russh::server::{Handle, Msg};
 use russh::{Channel, ChannelMsg, ChannelReadHalf, ChannelWriteHalf, client};
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use tokio_util::task::AbortOnDropHandle;
 
 use super::conn::Conn;
@@ -82,12 +82,33 @@ async fn relay(
         Arc::clone(&to_up),
     )));
     let mut cut = conn.cut.clone();
-    tokio::select! {
-        _ = pump_down(&conn, from_up, &to_client, &server) => {}
-        text = cut_line(&mut cut) => {
-            let _ = to_client.extended_data_bytes(STDERR, line(&text)).await;
-            end(&to_client).await;
-            let _ = to_up.close().await;
+    let mut notices = conn.notices.subscribe();
+    let down = pump_down(&conn, from_up, &to_client, &server);
+    tokio::pin!(down);
+    loop {
+        tokio::select! {
+            () = &mut down => return,
+            text = cut_line(&mut cut) => {
+                let _ = to_client.extended_data_bytes(STDERR, line(&text)).await;
+                end(&to_client).await;
+                let _ = to_up.close().await;
+                return;
+            }
+            text = next_notice(&mut notices) => {
+                let _ = to_client.extended_data_bytes(STDERR, line(&text)).await;
+            }
+        }
+    }
+}
+
+/// The next warning for this channel; waits forever once none can come.
+async fn next_notice(notices: &mut broadcast::Receiver<String>) -> String {
+    loop {
+        match notices.recv().await {
+            Ok(text) => return text,
+            // Skipped warnings are older than the ones still queued.
+            Err(broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
         }
     }
 }

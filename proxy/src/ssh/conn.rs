@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use portcullis_protocol::sessions::SessionInfo;
 use russh::Disconnect;
-use tokio::sync::{OnceCell, mpsc, watch};
+use tokio::sync::{OnceCell, broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 
@@ -18,14 +18,19 @@ use super::refusal::Refusal;
 use super::upstream::{Upstream, connect};
 use crate::Proxy;
 use crate::clock::now_millis;
+use crate::enforce::{Cut, Notice, enforce};
 use crate::grants::check::Denied;
-use crate::postgres::enforce::enforce;
 use crate::sessions::{Registration, SessionHandle};
 
 /// Metric and session label of this protocol.
 pub const PROTOCOL: &str = "ssh";
 /// How long channels get to deliver the cut line before the connection ends.
 const CUT_GRACE: Duration = Duration::from_secs(2);
+/// How long a client whose channels were closed by a cut gets to hang up
+/// before the gateway disconnects it.
+const LEAVE_GRACE: Duration = Duration::from_secs(2);
+/// Warnings a slow channel may fall behind by before it skips the oldest.
+const NOTICE_BACKLOG: usize = 8;
 
 /// What the channels of one connection share.
 pub struct Conn {
@@ -41,6 +46,8 @@ pub struct Conn {
     pub session: Option<Arc<SessionHandle>>,
     /// The line channels print when the session is cut; `None` while it lives.
     pub cut: watch::Receiver<Option<String>>,
+    /// Warnings before the cut and news of a moved deadline, for every open channel's stderr.
+    pub notices: broadcast::Sender<String>,
     /// The channels' bridge tasks, so a cut can wait for them.
     pub bridges: TaskTracker,
     upstream: OnceCell<Result<Arc<Upstream>, Refusal>>,
@@ -56,6 +63,11 @@ pub struct Live {
 }
 
 impl Conn {
+    /// Whether the session was cut; no new channel may open then.
+    pub fn is_cut(&self) -> bool {
+        self.cut.borrow().is_some()
+    }
+
     /// The upstream connection, opened on first use; every channel shares it.
     pub async fn upstream(&self) -> Result<Arc<Upstream>, Refusal> {
         let admitted = self.admission.as_ref().map_err(Clone::clone)?;
@@ -86,6 +98,7 @@ pub fn start(
     shutdown: &CancellationToken,
 ) -> Live {
     let (cut_tx, cut_rx) = watch::channel(None);
+    let (notices_tx, _) = broadcast::channel(NOTICE_BACKLOG);
     let bridges = TaskTracker::new();
     let resource = match &admission {
         Ok(a) => a.resource.name.clone(),
@@ -126,18 +139,34 @@ pub fn start(
                 let warn_before = proxy.settings.warn_before.clone();
                 let tracker = bridges.clone();
                 let metrics = proxy.metrics.clone();
+                let to_channels = notices_tx.clone();
                 enforcer = Some(AbortOnDropHandle::new(tokio::spawn({
                     let handle = Arc::clone(&handle);
                     async move {
-                        // Warnings before the deadline are not yet relayed to SSH clients.
-                        let (notices, _unread) = mpsc::channel(8);
-                        let cut = enforce(grant_rx, &warn_before, &handle, notices).await;
+                        let (notices, mut notices_rx) = mpsc::channel::<Notice>(NOTICE_BACKLOG);
+                        let relay_notices = async {
+                            while let Some(n) = notices_rx.recv().await {
+                                // No channel open yet is not an error: there is no one to tell.
+                                let _ = to_channels.send(notice_line(&n));
+                            }
+                            // The sender lives in `enforce`, so this point comes only after the cut.
+                            std::future::pending::<Cut>().await
+                        };
+                        let cut = tokio::select! {
+                            cut = enforce(grant_rx, &warn_before, &handle, notices) => cut,
+                            cut = relay_notices => cut,
+                        };
                         let text = cut.text(&handle.info.resource, &handle.info.id);
                         metrics.cuts.with_label_values(&[PROTOCOL, cut.reason()]).inc();
                         tracing::info!(session = %handle.info.id, reason = cut.reason(), "ssh session cut: {text}");
                         let _ = cut_tx.send(Some(text.clone()));
                         tracker.close();
                         let _ = tokio::time::timeout(CUT_GRACE, tracker.wait()).await;
+                        // A client whose channels are closed hangs up by itself, and this
+                        // task is dropped with the connection. Disconnecting at once would
+                        // race it: OpenSSH exits on a disconnect before writing the stderr
+                        // it has buffered, so the cut line and exit status would be lost.
+                        tokio::time::sleep(LEAVE_GRACE).await;
                         let _ = server
                             .disconnect(Disconnect::ByApplication, format!("portcullis: {text}"), String::new())
                             .await;
@@ -161,10 +190,20 @@ pub fn start(
             admission,
             session,
             cut: cut_rx,
+            notices: notices_tx,
             bridges,
             upstream: OnceCell::new(),
         }),
         _registration: registration,
         _enforcer: enforcer,
+    }
+}
+
+/// The stderr text of a warning: the sentence, then what can be done.
+fn notice_line(n: &Notice) -> String {
+    let lead = if n.warning { "warning: " } else { "" };
+    match &n.hint {
+        Some(hint) => format!("{lead}{}; {hint}", n.text),
+        None => format!("{lead}{}", n.text),
     }
 }

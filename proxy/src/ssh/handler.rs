@@ -1,18 +1,21 @@
 //! The russh server handler, kept thin: each callback hands over to our own
-//! functions (`auth`, `admission`, `conn`, `bridge`). Channel requests are
+//! functions (`auth`, `admission`, `conn`, `bridge`). A key that is not
+//! registered leads to keyboard-interactive, whose instructions say why and
+//! whose one prompt takes the Portcullis token instead. Channel requests are
 //! answered here, at once, because russh remembers only the latest request's
 //! want-reply flag; the bridge forwards them and reports an upstream failure
 //! of the command on stderr.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
+use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Response, Session, VerifiedPublicKey};
 use russh::{Channel, ChannelId, MethodKind, MethodSet, Pty};
 use tokio_util::sync::CancellationToken;
 
 use super::admission::admit;
-use super::auth::key_registered;
+use super::auth::{KEY_REFUSED, TOKEN_PROMPT, TokenCheck, backoff, check_token, key_registered};
 use super::bridge;
 use super::conn::{self, Live};
 use super::target;
@@ -23,9 +26,11 @@ pub struct SshHandler {
     proxy: Arc<Proxy>,
     peer: SocketAddr,
     shutdown: CancellationToken,
-    /// The login name whose key was verified.
+    /// The login name whose key (or token) was verified.
     login: Option<String>,
     live: Option<Live>,
+    /// Why the last token try failed, told with the next prompt.
+    token_refused: Option<TokenCheck>,
 }
 
 impl SshHandler {
@@ -37,6 +42,7 @@ impl SshHandler {
             shutdown,
             login: None,
             live: None,
+            token_refused: None,
         }
     }
 
@@ -45,10 +51,45 @@ impl SshHandler {
     }
 }
 
-fn publickey_only() -> Auth {
+/// The methods offered: registered keys first, the token as the fallback
+/// (which also carries the reason line: russh sends its banner only before
+/// the user is known, so the token prompt's instructions are where a refused
+/// key is explained; OpenSSH's BatchMode skips them).
+pub fn methods() -> MethodSet {
+    MethodSet::from(&[MethodKind::PublicKey, MethodKind::KeyboardInteractive][..])
+}
+
+fn reject() -> Auth {
     Auth::Reject {
-        proceed_with_methods: Some(MethodSet::from(&[MethodKind::PublicKey][..])),
+        proceed_with_methods: Some(methods()),
         partial_success: false,
+    }
+}
+
+/// The keyboard-interactive challenge: the reason line, and the token prompt
+/// unless the login is backing off (then no prompt: nothing would be checked).
+fn token_challenge(last: Option<TokenCheck>, wait: Option<std::time::Duration>) -> Auth {
+    let mut instructions = String::new();
+    if last == Some(TokenCheck::Refused) {
+        instructions.push_str("portcullis: that token was not accepted.\n");
+    }
+    let prompts: Vec<(Cow<'static, str>, bool)> = match wait {
+        Some(wait) => {
+            instructions.push_str(&format!(
+                "portcullis: too many failed logins for this user or address; try again in {}s.",
+                wait.as_secs().max(1)
+            ));
+            Vec::new()
+        }
+        None => {
+            instructions.push_str(KEY_REFUSED);
+            vec![(Cow::Borrowed(TOKEN_PROMPT), false)]
+        }
+    };
+    Auth::Partial {
+        name: Cow::Borrowed(""),
+        instructions: Cow::Owned(instructions),
+        prompts: Cow::Owned(prompts),
     }
 }
 
@@ -56,7 +97,7 @@ impl russh::server::Handler for SshHandler {
     type Error = russh::Error;
 
     async fn auth_none(&mut self, _user: &str) -> Result<Auth, Self::Error> {
-        Ok(publickey_only())
+        Ok(reject())
     }
 
     async fn auth_publickey_offered(&mut self, user: &str, offer: PublicKeyOffer<'_>) -> Result<Auth, Self::Error> {
@@ -64,7 +105,7 @@ impl russh::server::Handler for SshHandler {
         Ok(if self.knows(user, offer.public_key) {
             Auth::Accept
         } else {
-            publickey_only()
+            reject()
         })
     }
 
@@ -74,7 +115,35 @@ impl russh::server::Handler for SshHandler {
             Ok(Auth::Accept)
         } else {
             tracing::info!(peer = %self.peer, login = user, "ssh key not registered for this user");
-            Ok(publickey_only())
+            Ok(reject())
+        }
+    }
+
+    async fn auth_keyboard_interactive<'a>(
+        &'a mut self,
+        login: &str,
+        _submethods: &str,
+        response: Option<Response<'a>>,
+    ) -> Result<Auth, Self::Error> {
+        let user = target::parse(login).user;
+        let Some(mut answers) = response else {
+            let wait = backoff(&self.proxy, user, self.peer.ip()).err();
+            return Ok(token_challenge(self.token_refused, wait));
+        };
+        let Some(token) = answers.next() else {
+            // The backoff challenge had no prompt; nothing to check.
+            return Ok(reject());
+        };
+        match check_token(&self.proxy, user, self.peer.ip(), &token).await {
+            TokenCheck::Accepted => {
+                self.login = Some(login.to_owned());
+                Ok(Auth::Accept)
+            }
+            refused => {
+                tracing::info!(peer = %self.peer, login, outcome = ?refused, "ssh token login refused");
+                self.token_refused = Some(refused);
+                Ok(reject())
+            }
         }
     }
 
@@ -101,8 +170,9 @@ impl russh::server::Handler for SshHandler {
         reply: ChannelOpenHandle,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let Some(live) = &self.live else {
-            // Dropping `reply` refuses the channel.
+        let Some(live) = self.live.as_ref().filter(|l| !l.conn.is_cut()) else {
+            // Dropping `reply` refuses the channel: before authentication, or
+            // after a cut, while the connection waits to end.
             return Ok(());
         };
         reply.accept().await;

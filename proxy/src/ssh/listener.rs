@@ -4,12 +4,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use russh::SshId;
 use russh::server::{Config, run_stream};
-use russh::{MethodKind, MethodSet, SshId};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use super::handler::SshHandler;
+use super::handler::{SshHandler, methods};
 use crate::Proxy;
 
 /// Every rejected authentication takes this long, whatever was wrong.
@@ -21,7 +21,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 pub fn config(host_key: russh::keys::PrivateKey) -> Config {
     Config {
         server_id: SshId::Standard("SSH-2.0-Portcullis".into()),
-        methods: MethodSet::from(&[MethodKind::PublicKey][..]),
+        methods: methods(),
         auth_rejection_time: AUTH_REJECTION,
         // OpenSSH probes with "none" first; answering it at once costs nothing.
         auth_rejection_time_initial: Some(Duration::ZERO),

@@ -140,8 +140,38 @@ impl Drop for Sshd {
     }
 }
 
-/// The real `ssh` client through the gateway: `ssh -p PORT -i KEY LOGIN@127.0.0.1 COMMAND`.
-pub fn ssh(port: u16, key: &Path, login: &str, command: &str) -> Output {
+/// Options every client run gets: no config file, no known_hosts, no agent
+/// prompts, only the given key, errors only.
+const CLIENT_OPTIONS: [&str; 12] = [
+    "-F",
+    "/dev/null",
+    "-o",
+    "StrictHostKeyChecking=no",
+    "-o",
+    "UserKnownHostsFile=/dev/null",
+    "-o",
+    "BatchMode=yes",
+    "-o",
+    "IdentitiesOnly=yes",
+    "-o",
+    "LogLevel=ERROR",
+];
+
+/// `ssh` with the test options, not yet given a port, key or target.
+fn client(program: &str) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.args(CLIENT_OPTIONS).env_remove("SSH_AUTH_SOCK");
+    cmd
+}
+
+/// `ssh` as a person runs it (no BatchMode, messages at the default level),
+/// answering the one keyboard-interactive prompt with `answer` through an
+/// askpass script, since there is no terminal to type it into.
+pub fn ssh_prompted(port: u16, key: &Path, login: &str, command: &str, answer: &str) -> Output {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let askpass = dir.path().join("askpass");
+    std::fs::write(&askpass, "#!/bin/sh\nprintf '%s\\n' \"$E2E_ASKPASS_ANSWER\"\n").expect("write askpass");
+    std::fs::set_permissions(&askpass, std::os::unix::fs::PermissionsExt::from_mode(0o700)).expect("chmod askpass");
     let mut cmd = Command::new("ssh");
     cmd.args([
         "-F",
@@ -151,11 +181,9 @@ pub fn ssh(port: u16, key: &Path, login: &str, command: &str) -> Output {
         "-o",
         "UserKnownHostsFile=/dev/null",
         "-o",
-        "BatchMode=yes",
-        "-o",
         "IdentitiesOnly=yes",
         "-o",
-        "LogLevel=ERROR",
+        "NumberOfPasswordPrompts=1",
         "-p",
     ])
     .arg(port.to_string())
@@ -163,6 +191,60 @@ pub fn ssh(port: u16, key: &Path, login: &str, command: &str) -> Output {
     .arg(key)
     .arg(format!("{login}@127.0.0.1"))
     .arg(command)
-    .env_remove("SSH_AUTH_SOCK");
+    .env_remove("SSH_AUTH_SOCK")
+    .env("SSH_ASKPASS", &askpass)
+    .env("SSH_ASKPASS_REQUIRE", "force")
+    .env("E2E_ASKPASS_ANSWER", answer);
     run_bounded(&mut cmd, SSH_TIMEOUT)
+}
+
+/// The real `ssh` client through the gateway, not yet run:
+/// `ssh -p PORT -i KEY LOGIN@127.0.0.1 COMMAND`.
+pub fn ssh_command(port: u16, key: &Path, login: &str, command: &str) -> Command {
+    let mut cmd = client("ssh");
+    cmd.arg("-p")
+        .arg(port.to_string())
+        .arg("-i")
+        .arg(key)
+        .arg(format!("{login}@127.0.0.1"))
+        .arg(command);
+    cmd
+}
+
+/// Runs `ssh_command` to completion, bounded.
+pub fn ssh(port: u16, key: &Path, login: &str, command: &str) -> Output {
+    run_bounded(&mut ssh_command(port, key, login, command), SSH_TIMEOUT)
+}
+
+/// `scp` through the gateway (`-P PORT -i KEY`), then `args` (add `-O` for legacy mode).
+pub fn scp(port: u16, key: &Path, args: &[&str]) -> Output {
+    let mut cmd = client("scp");
+    cmd.arg("-P").arg(port.to_string()).arg("-i").arg(key).args(args);
+    run_bounded(&mut cmd, SSH_TIMEOUT)
+}
+
+/// `sftp -b BATCH` through the gateway to `LOGIN@127.0.0.1`.
+pub fn sftp_batch(port: u16, key: &Path, login: &str, batch: &Path) -> Output {
+    let mut cmd = client("sftp");
+    cmd.arg("-P")
+        .arg(port.to_string())
+        .arg("-i")
+        .arg(key)
+        .arg("-b")
+        .arg(batch)
+        .arg(format!("{login}@127.0.0.1"));
+    run_bounded(&mut cmd, SSH_TIMEOUT)
+}
+
+/// `rsync -e 'ssh -p PORT -i KEY ...'` through the gateway, then `args`.
+pub fn rsync(port: u16, key: &Path, args: &[&str]) -> Output {
+    let rsh = format!("ssh {} -p {port} -i {}", CLIENT_OPTIONS.join(" "), key.display());
+    let mut cmd = Command::new("rsync");
+    cmd.arg("-e").arg(rsh).args(args).env_remove("SSH_AUTH_SOCK");
+    run_bounded(&mut cmd, SSH_TIMEOUT)
+}
+
+/// Runs `cmd` on a thread of its own, bounded; join it for the output.
+pub fn spawn_bounded(mut cmd: Command) -> std::thread::JoinHandle<Output> {
+    std::thread::spawn(move || run_bounded(&mut cmd, SSH_TIMEOUT))
 }

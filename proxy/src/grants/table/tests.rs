@@ -6,9 +6,9 @@ use portcullis_protocol::sessions::SessionInfo;
 use tokio_util::sync::CancellationToken;
 
 use super::*;
+use crate::enforce::{Cut, enforce};
 use crate::grants::check::tests::grant;
 use crate::grants::check::{Denied, check};
-use crate::postgres::enforce::{Cut, enforce};
 use crate::sessions::SessionHandle;
 
 const T0: UnixMillis = 1_800_000_000_000;
@@ -242,7 +242,7 @@ async fn enforce_cuts_a_session_of_a_retired_grant_as_revoked() {
     let Some(rx) = table.watch("g1") else {
         panic!("no channel for a live grant");
     };
-    let (notices, _keep) = tokio::sync::mpsc::channel(8);
+    let (notices, _keep) = tokio::sync::mpsc::channel::<bytes::Bytes>(8);
     let h = handle();
     let session = enforce(rx, &[], &h, notices);
     let revoke = async {
@@ -266,7 +266,7 @@ async fn enforce_cuts_a_session_of_a_retired_grant_as_revoked() {
     let Some(late) = table.watch("g1") else {
         panic!("no final state for a just-ended grant");
     };
-    let (notices, _keep) = tokio::sync::mpsc::channel(8);
+    let (notices, _keep) = tokio::sync::mpsc::channel::<bytes::Bytes>(8);
     assert!(matches!(enforce(late, &[], &h, notices).await, Cut::Revoked { .. }));
 }
 

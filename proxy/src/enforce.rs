@@ -1,7 +1,9 @@
 //! Where a session is cut: it waits on its grant's deadline, the grant's
 //! change signal (extend, revoke) and its kill token, never on a polling
 //! tick. Warnings go out at the `warn_before` offsets; the one decision to
-//! end the session is returned as a `Cut`.
+//! end the session is returned as a `Cut`. Shared by the Postgres and SSH
+//! sessions; each renders a `Notice` and a `Cut` its own way (the Postgres
+//! renderings, NoticeResponse and FATAL, live here too).
 
 use std::time::Duration;
 
@@ -87,16 +89,36 @@ impl Cut {
     }
 }
 
+/// A warning for the person in the session, before the cut or when the
+/// deadline moves; each protocol renders it its own way.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Notice {
+    /// The sentence.
+    pub text: String,
+    /// What can be done about it, if anything.
+    pub hint: Option<String>,
+    /// A warning of the coming cut, rather than news of a moved deadline.
+    pub warning: bool,
+}
+
+impl From<Notice> for Bytes {
+    /// The Postgres NoticeResponse.
+    fn from(n: Notice) -> Bytes {
+        let severity = if n.warning { Severity::Warning } else { Severity::Notice };
+        notice_response(severity, "01000", &n.text, None, n.hint.as_deref())
+    }
+}
+
 /// Longest single sleep: deadlines are wall-clock times, sleeps are
 /// monotonic, so a stepped system clock is noticed within this.
 const RECHECK: Duration = Duration::from_secs(10);
 
 /// Waits until the session must end, sending warnings on `notices` on the way.
-pub async fn enforce(
+pub async fn enforce<N: From<Notice>>(
     mut grant: watch::Receiver<GrantEntry>,
     warn_before: &[Duration],
     handle: &SessionHandle,
-    notices: mpsc::Sender<Bytes>,
+    notices: mpsc::Sender<N>,
 ) -> Cut {
     let resource = handle.info.resource.clone();
     let mut deadline: Option<UnixMillis> = None;
@@ -127,7 +149,14 @@ pub async fn enforce(
                     rfc3339(g.expires_at),
                     human(g.expires_at - now)
                 );
-                let _ = notices.try_send(notice_response(Severity::Notice, "01000", &text, None, None));
+                let _ = notices.try_send(
+                    Notice {
+                        text,
+                        hint: None,
+                        warning: false,
+                    }
+                    .into(),
+                );
             }
             deadline = Some(g.expires_at);
             unwarned = warn_before.iter().map(|w| w.as_millis() as i64).collect();
@@ -135,7 +164,7 @@ pub async fn enforce(
             let before = unwarned.len();
             unwarned.retain(|w| g.expires_at - w > now);
             if unwarned.len() < before {
-                let _ = notices.try_send(warning(&g, &resource, now));
+                let _ = notices.try_send(warning(&g, &resource, now).into());
             }
         }
         let next_warning = unwarned.iter().map(|w| g.expires_at - w).min();
@@ -159,14 +188,14 @@ pub async fn enforce(
                 let before = unwarned.len();
                 unwarned.retain(|w| g.expires_at - w > now);
                 if unwarned.len() < before {
-                    let _ = notices.try_send(warning(&g, &resource, now));
+                    let _ = notices.try_send(warning(&g, &resource, now).into());
                 }
             }
         }
     }
 }
 
-fn warning(g: &GrantEntry, resource: &str, now: UnixMillis) -> Bytes {
+fn warning(g: &GrantEntry, resource: &str, now: UnixMillis) -> Notice {
     let text = format!(
         "grant {} on \"{resource}\" expires in {} (at {}); the session will be closed then",
         g.id,
@@ -174,7 +203,11 @@ fn warning(g: &GrantEntry, resource: &str, now: UnixMillis) -> Bytes {
         rfc3339(g.expires_at)
     );
     let hint = format!("an approver can extend it: portcullis extend {} --by 30m", g.id);
-    notice_response(Severity::Warning, "01000", &text, None, Some(&hint))
+    Notice {
+        text,
+        hint: Some(hint),
+        warning: true,
+    }
 }
 
 /// Whole seconds, rounded up, in the config's spelling.
