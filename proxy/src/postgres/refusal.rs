@@ -9,8 +9,8 @@ use portcullis_protocol::duration;
 use portcullis_protocol::pg::backend::{Severity, error_response};
 use portcullis_protocol::pg::error::ProtocolError;
 
-use crate::clock::rfc3339;
 use crate::grants::check::Denied;
+use crate::grants::wording::explain;
 
 /// A refusal before the session starts.
 #[derive(Debug)]
@@ -180,66 +180,21 @@ impl Refusal {
     }
 }
 
-/// The exact command that asks for access.
-pub fn request_command(resource: &str, role: Option<&str>) -> String {
-    match role {
-        Some(r) => format!("portcullis request {resource} --role {r} --reason \"...\""),
-        None => format!("portcullis request {resource} --reason \"...\""),
-    }
-}
-
+/// The grant check's refusal: SQLSTATE 28000, with the shared wording.
 fn denied_text(
     denied: &Denied,
     resource: &str,
     role: Option<&str>,
     user: &str,
 ) -> (&'static str, String, Option<String>) {
-    let ask = request_command(resource, role);
-    match denied {
-        Denied::NoGrant => (
-            "28000",
-            format!("no grant for {user} on \"{resource}\"; request access with: {ask}"),
-            None,
-        ),
-        Denied::Pending { request_id } => (
-            "28000",
-            format!("request {request_id} for \"{resource}\" is still pending approval"),
-            Some(format!("an approver can run: portcullis approve {request_id}")),
-        ),
-        Denied::Scheduled { grant_id, starts_at } => (
-            "28000",
-            format!("grant {grant_id} on \"{resource}\" starts at {}", rfc3339(*starts_at)),
-            None,
-        ),
-        Denied::Expired { grant_id, at } => (
-            "28000",
-            format!(
-                "grant {grant_id} on \"{resource}\" expired at {}; request access again with: {ask}",
-                rfc3339(*at)
-            ),
-            None,
-        ),
-        Denied::Revoked { grant_id, revocation } => (
-            "28000",
-            format!(
-                "grant {grant_id} on \"{resource}\" was revoked by {} at {}{}; request access again with: {ask}",
-                revocation.by,
-                rfc3339(revocation.at),
-                revocation
-                    .reason
-                    .as_deref()
-                    .map(|r| format!(" ({r})"))
-                    .unwrap_or_default()
-            ),
-            None,
-        ),
-        Denied::ChooseRole { roles } => (
-            "28000",
+    let (message, hint) = explain(denied, resource, role, user, |roles| {
+        (
             format!(
                 "you hold grants for several roles on \"{resource}\" ({}); choose one with dbname={resource}@ROLE",
                 roles.join(", ")
             ),
             roles.first().map(|r| format!("for example: dbname={resource}@{r}")),
-        ),
-    }
+        )
+    });
+    ("28000", message, hint)
 }

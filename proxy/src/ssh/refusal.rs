@@ -1,9 +1,8 @@
 //! Every reason an SSH session is refused, with the line the engineer reads
 //! on stderr and a short kind for metrics. Nothing here includes a secret.
 
-use crate::clock::rfc3339;
 use crate::grants::check::Denied;
-use crate::postgres::refusal::request_command;
+use crate::grants::wording::explain;
 
 use super::target::SPELLING;
 
@@ -91,35 +90,21 @@ impl Refusal {
     }
 }
 
+/// The grant check's refusal in one line: the shared wording, its hint after it.
 fn denied_text(denied: &Denied, resource: &str, role: Option<&str>, user: &str) -> String {
-    let ask = request_command(resource, role);
-    match denied {
-        Denied::NoGrant => format!("no grant for {user} on \"{resource}\"; request access with: {ask}"),
-        Denied::Pending { request_id } => format!(
-            "request {request_id} for \"{resource}\" is still pending approval; an approver can run: portcullis approve {request_id}"
-        ),
-        Denied::Scheduled { grant_id, starts_at } => {
-            format!("grant {grant_id} on \"{resource}\" starts at {}", rfc3339(*starts_at))
-        }
-        Denied::Expired { grant_id, at } => format!(
-            "grant {grant_id} on \"{resource}\" expired at {}; request access again with: {ask}",
-            rfc3339(*at)
-        ),
-        Denied::Revoked { grant_id, revocation } => format!(
-            "grant {grant_id} on \"{resource}\" was revoked by {} at {}{}; request access again with: {ask}",
-            revocation.by,
-            rfc3339(revocation.at),
-            revocation
-                .reason
-                .as_deref()
-                .map(|r| format!(" ({r})"))
-                .unwrap_or_default()
-        ),
-        Denied::ChooseRole { roles } => format!(
-            "you hold grants for several roles on \"{resource}\" ({}); choose one in the login name, e.g. {user}+{resource}+{}",
-            roles.join(", "),
-            roles.first().map(String::as_str).unwrap_or("ROLE")
-        ),
+    let (message, hint) = explain(denied, resource, role, user, |roles| {
+        (
+            format!(
+                "you hold grants for several roles on \"{resource}\" ({}); choose one in the login name, e.g. {user}+{resource}+{}",
+                roles.join(", "),
+                roles.first().map(String::as_str).unwrap_or("ROLE")
+            ),
+            None,
+        )
+    });
+    match hint {
+        Some(hint) => format!("{message}; {hint}"),
+        None => message,
     }
 }
 
