@@ -2,7 +2,7 @@
 //! append-only (triggers refuse updates and deletes) and kept forever.
 
 use portcullis_protocol::feed::UnixMillis;
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, Row, params};
 use serde_json::Value;
 
 /// Actor of what Portcullis does on its own (creating `admin` on first
@@ -53,6 +53,22 @@ pub(crate) struct Recorded {
     pub detail: Value,
 }
 
+/// The columns both readers select, `seq, at, actor, action, subject,
+/// COALESCE(detail, 'null')`, as a sequence number and an entry.
+fn row(r: &Row<'_>) -> rusqlite::Result<(i64, Recorded)> {
+    let detail: String = r.get(5)?;
+    Ok((
+        r.get(0)?,
+        Recorded {
+            at: r.get(1)?,
+            actor: r.get(2)?,
+            action: r.get(3)?,
+            subject: r.get(4)?,
+            detail: serde_json::from_str(&detail).unwrap_or(Value::Null),
+        },
+    ))
+}
+
 /// Every entry about any of `subjects`, in the order they were recorded.
 pub(crate) fn of(conn: &Connection, subjects: &[&str]) -> rusqlite::Result<Vec<Recorded>> {
     let mut out = Vec::new();
@@ -60,19 +76,7 @@ pub(crate) fn of(conn: &Connection, subjects: &[&str]) -> rusqlite::Result<Vec<R
         "SELECT seq, at, actor, action, subject, COALESCE(detail, 'null') FROM history WHERE subject = ?1 ORDER BY seq",
     )?;
     for subject in subjects {
-        let rows = stmt.query_map([subject], |r| {
-            let detail: String = r.get(5)?;
-            Ok((
-                r.get::<_, i64>(0)?,
-                Recorded {
-                    at: r.get(1)?,
-                    actor: r.get(2)?,
-                    action: r.get(3)?,
-                    subject: r.get(4)?,
-                    detail: serde_json::from_str(&detail).unwrap_or(Value::Null),
-                },
-            ))
-        })?;
+        let rows = stmt.query_map([subject], row)?;
         for row in rows {
             out.push(row?);
         }
@@ -87,19 +91,7 @@ pub(crate) fn after(conn: &Connection, seq: i64, limit: usize) -> rusqlite::Resu
     let mut stmt = conn.prepare_cached(
         "SELECT seq, at, actor, action, subject, COALESCE(detail, 'null') FROM history WHERE seq > ?1 ORDER BY seq LIMIT ?2",
     )?;
-    let rows = stmt.query_map(params![seq, i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
-        let detail: String = r.get(5)?;
-        Ok((
-            r.get::<_, i64>(0)?,
-            Recorded {
-                at: r.get(1)?,
-                actor: r.get(2)?,
-                action: r.get(3)?,
-                subject: r.get(4)?,
-                detail: serde_json::from_str(&detail).unwrap_or(Value::Null),
-            },
-        ))
-    })?;
+    let rows = stmt.query_map(params![seq, i64::try_from(limit).unwrap_or(i64::MAX)], row)?;
     rows.collect()
 }
 
