@@ -142,7 +142,15 @@ pub enum ControlError {
         /// `webhook` or `slack`.
         kind: &'static str,
     },
-    /// The HTTP client of notifications could not be set up.
+    /// A recording or its directory could not be read.
+    #[error("cannot read the recordings in {path}: {source}")]
+    Recordings {
+        /// The file or directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The HTTP client for notifications could not be built.
     #[error("notifications: cannot set up the HTTP client: {0}")]
     HttpClient(reqwest::Error),
 }
@@ -238,6 +246,28 @@ pub enum ApiError {
     BadGroupName {
         /// What was sent.
         name: String,
+    },
+    /// No user of this name.
+    #[error("unknown user {name}")]
+    UnknownUser {
+        /// What was asked for.
+        name: String,
+    },
+    /// The key is registered for this user already.
+    #[error("user {user} already has the ssh key {fingerprint}")]
+    SshKeyExists {
+        /// The user.
+        user: String,
+        /// The key's fingerprint.
+        fingerprint: String,
+    },
+    /// The user has no key of this fingerprint.
+    #[error("user {user} has no ssh key {fingerprint}; `portcullis user key list {user}` shows the registered ones")]
+    UnknownSshKey {
+        /// The user.
+        user: String,
+        /// What was asked for.
+        fingerprint: String,
     },
     /// The user already exists.
     #[error("user {name} already exists")]
@@ -463,6 +493,12 @@ pub enum ApiError {
         /// What was asked for.
         id: String,
     },
+    /// No recording with this id.
+    #[error("unknown recording {id}")]
+    UnknownRecording {
+        /// What was asked for.
+        id: String,
+    },
     /// The caller may not end this session.
     #[error("you may not kill {id}: only its user, an approver of {resource} or an admin may")]
     NotSessionKiller {
@@ -518,10 +554,15 @@ impl ApiError {
             | NotRevoker { .. }
             | NotSessionKiller { .. }
             | HiddenSession { .. } => StatusCode::FORBIDDEN,
-            UnknownRequest { .. } | UnknownGrant { .. } | UnknownSession { .. } | NoRoute { .. } => {
-                StatusCode::NOT_FOUND
-            }
+            UnknownRequest { .. }
+            | UnknownGrant { .. }
+            | UnknownSession { .. }
+            | UnknownRecording { .. }
+            | UnknownUser { .. }
+            | UnknownSshKey { .. }
+            | NoRoute { .. } => StatusCode::NOT_FOUND,
             UserExists { .. }
+            | SshKeyExists { .. }
             | ResourceGone { .. }
             | AlreadyApproved { .. }
             | NotPending { .. }

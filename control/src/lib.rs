@@ -131,6 +131,7 @@ impl Control {
             registry,
             gateways: Arc::clone(&self.gateways),
             audit: self.audit.clone(),
+            recordings: Arc::new(self.data_dir.join(portcullis_protocol::ssh::recording::DIR)),
         })
     }
 }

@@ -10,3 +10,4 @@ pub mod pg;
 pub mod scram;
 pub mod secret;
 pub mod sessions;
+pub mod ssh;

@@ -43,6 +43,8 @@ pub struct PostgresListener {
 pub struct SshListener {
     /// Address to listen on.
     pub listen: SocketAddr,
+    /// Close clients that have not finished their version line and key exchange by then.
+    pub handshake_timeout: Duration,
 }
 
 /// PEM files for a server certificate.
@@ -133,4 +135,6 @@ pub struct Role {
     pub redact_parameters: bool,
     /// SSH private key for upstream SSH logins (tried before the password).
     pub ssh_key: Option<Secret<std::sync::Arc<russh::keys::PrivateKey>>>,
+    /// Port forwarding and environment an SSH session may use (none by default).
+    pub ssh_policy: crate::ssh::policy::SshPolicy,
 }

@@ -38,6 +38,7 @@ fn session() -> Arc<SessionAudit> {
         resource: "orders".into(),
         role: "read".into(),
         session_id: "ses_flood".into(),
+        protocol: "postgres",
         grant_id: "grt_1".into(),
         request_id: "req_1".into(),
         reason: Some("INC-1".into()),

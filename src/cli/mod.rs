@@ -7,6 +7,7 @@ mod connect;
 mod grants;
 mod history;
 mod output;
+mod recordings;
 mod requests;
 mod sessions;
 mod users;
@@ -105,6 +106,17 @@ pub enum ClientCommand {
     },
     /// Search the audit log (oldest first), or `audit verify` its hash chain.
     Audit(audit::AuditArgs),
+    /// List the recordings of interactive SSH sessions (admin only).
+    Recordings {
+        /// Print the API's JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print one recording (asciicast v2) to stdout, e.g. for `asciinema play`.
+    Recording {
+        /// Recording id: the session id (`.N` for its N-th terminal).
+        id: String,
+    },
     /// Show who the token belongs to.
     Whoami,
     /// Show every transition of a request or grant: who, when and why.
@@ -115,13 +127,16 @@ pub enum ClientCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Run psql against a resource through the gateway, with your token as the password.
+    /// Run psql (postgres) or ssh (ssh) against a resource through the gateway.
     Connect {
         /// Resource name.
         resource: String,
         /// Role to use when several are granted.
         #[arg(long, value_name = "ROLE")]
         role: Option<String>,
+        /// Passed on to psql or ssh after `--`, e.g. `-- uname -a`.
+        #[arg(last = true, value_name = "ARGS")]
+        args: Vec<String>,
     },
 }
 
@@ -152,8 +167,12 @@ pub async fn run(args: ClientArgs, cmd: ClientCommand) -> anyhow::Result<()> {
         ClientCommand::Sessions(args) => sessions::run(&api, args).await,
         ClientCommand::Audit(args) => audit::run(&api, args).await,
         ClientCommand::Kill { session_id } => sessions::kill(&api, &session_id).await,
+        ClientCommand::Recordings { json } => recordings::list(&api, json).await,
+        ClientCommand::Recording { id } => recordings::show(&api, &id).await,
         ClientCommand::Whoami => users::whoami(&api).await,
         ClientCommand::History { id, json } => history::show(&api, &id, json).await,
-        ClientCommand::Connect { resource, role } => connect::connect(&api, &resource, role.as_deref()).await,
+        ClientCommand::Connect { resource, role, args } => {
+            connect::connect(&api, &resource, role.as_deref(), &args).await
+        }
     }
 }

@@ -7,6 +7,7 @@ use portcullis_protocol::secret::Secret;
 use portcullis_proxy::postgres::pool::PoolSettings;
 use portcullis_proxy::settings as proxy;
 use portcullis_proxy::ssh::keys as ssh_keys;
+use portcullis_proxy::ssh::policy::{Destination, SshPolicy};
 
 use super::schema::{Config, EventName, Kind, Policy, Pool, Principals, Reason, ReasonWord, Resource, Role, TlsMode};
 
@@ -135,6 +136,7 @@ pub fn proxy_settings(config: &Config) -> Result<proxy::ProxySettings, String> {
                 user: role.user.clone(),
                 password: password(role).map_err(|e| format!("resources[{}].roles.{name}: {e}", r.name))?,
                 redact_parameters: policy.redact_parameters.unwrap_or(false),
+                ssh_policy: ssh_policy(&policy),
                 ssh_key: match &role.key_file {
                     Some(path) => {
                         Some(Secret::new(ssh_keys::load_private(path).map_err(|e| {
@@ -167,10 +169,26 @@ pub fn proxy_settings(config: &Config) -> Result<proxy::ProxySettings, String> {
                 .workers
                 .unwrap_or_else(portcullis_proxy::workers::default_count),
         },
-        ssh: config.ssh.as_ref().map(|s| proxy::SshListener { listen: s.listen }),
+        ssh: config.ssh.as_ref().map(|s| proxy::SshListener {
+            listen: s.listen,
+            handshake_timeout: s.handshake_timeout.0,
+        }),
         warn_before: config.warn_before.iter().map(|w| w.0).collect(),
         resources,
     })
+}
+
+/// The SSH parts of a (merged) policy; validation has already parsed them.
+fn ssh_policy(p: &Policy) -> SshPolicy {
+    SshPolicy {
+        port_forwarding: p
+            .port_forwarding
+            .iter()
+            .flatten()
+            .filter_map(|d| Destination::parse(d).ok())
+            .collect(),
+        env: p.env.clone().unwrap_or_default(),
+    }
 }
 
 impl Pool {

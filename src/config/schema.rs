@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 use portcullis_control as control;
+use portcullis_proxy::ssh::policy::Destination;
 
 /// A duration written `90s`, `15m`, `4h` or `1h30m`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -149,6 +150,10 @@ pub struct TlsFiles {
 pub struct Ssh {
     /// Address of the SSH gateway.
     pub listen: SocketAddr,
+    /// Close clients that have not sent their version line and finished key
+    /// exchange by then (default 10s).
+    #[serde(default = "default_handshake_timeout")]
+    pub handshake_timeout: Dur,
 }
 
 /// Kind of resource.
@@ -252,6 +257,10 @@ pub struct Policy {
     pub break_glass: Option<BreakGlass>,
     /// Leave bound parameter values out of statement audit events (default false).
     pub redact_parameters: Option<bool>,
+    /// SSH: where `ssh -L` may connect, `HOST:PORT` with `*` for any (default: nowhere).
+    pub port_forwarding: Option<Vec<String>>,
+    /// SSH: environment variables a client may pass, `LANG` or `LC_*` (default: none).
+    pub env: Option<Vec<String>>,
 }
 
 impl Policy {
@@ -270,6 +279,8 @@ impl Policy {
             escalation: self.escalation.clone().or_else(|| base.escalation.clone()),
             break_glass: self.break_glass.clone().or_else(|| base.break_glass.clone()),
             redact_parameters: self.redact_parameters.or(base.redact_parameters),
+            port_forwarding: self.port_forwarding.clone().or_else(|| base.port_forwarding.clone()),
+            env: self.env.clone().or_else(|| base.env.clone()),
         }
     }
 
@@ -287,6 +298,18 @@ impl Policy {
             && min.0 > m.0
         {
             return Err(format!("{at}.min_duration: {min} is longer than max_duration {m}"));
+        }
+        for d in self.port_forwarding.iter().flatten() {
+            Destination::parse(d).map_err(|e| format!("{at}.port_forwarding: {e}"))?;
+        }
+        let env_name = |n: &str| {
+            let n = n.strip_suffix('*').unwrap_or(n);
+            !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        };
+        if let Some(bad) = self.env.iter().flatten().find(|n| !env_name(n)) {
+            return Err(format!(
+                "{at}.env: \"{bad}\": expected a variable name such as LANG, or a prefix such as LC_*"
+            ));
         }
         let steps = self.escalation.as_deref().unwrap_or_default();
         if steps.windows(2).any(|w| matches!(w, [a, b] if a.after.0 >= b.after.0)) {
@@ -536,6 +559,9 @@ impl Config {
         if let Some(n) = &self.notifications {
             n.validate()?;
         }
+        if self.ssh.as_ref().is_some_and(|s| s.handshake_timeout.0.is_zero()) {
+            return Err("ssh.handshake_timeout: expected more than 0s".into());
+        }
         let mut seen = std::collections::HashSet::new();
         for r in &self.resources {
             let at = format!("resources[{}]", r.name);
@@ -552,6 +578,10 @@ impl Config {
             }
             if r.kind == Kind::Ssh {
                 ssh_resource(r, &at)?;
+            } else if r.policy.port_forwarding.is_some() || r.policy.env.is_some() {
+                return Err(format!(
+                    "{at}.policy: port_forwarding and env apply to kind: ssh resources only"
+                ));
             }
             for (name, role) in &r.roles {
                 if name == "admin" && role.chat_approval == Some(true) {

@@ -272,3 +272,86 @@ fn an_ssh_resource_parses_and_needs_a_pinned_key_and_credentials() {
     let typo = parse(&with_ssh(key, "{ user: deploy, keyfile: /k }"), "p.yaml");
     assert!(matches!(typo, Err(ConfigError::Parse { .. })), "{typo:?}");
 }
+
+/// `with_ssh` with `policy` lines under web1 (six spaces in) and `ssh_extra` in `ssh:`.
+fn with_ssh_policy(policy: &str, ssh_extra: &str) -> String {
+    let key = "    host_key: \"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG0= web1\"\n";
+    format!(
+        "{GOOD}  - name: web1\n    kind: ssh\n    host: 127.0.0.1\n{key}    roles:\n      deploy: {{ user: deploy, password_env: X }}\n    policy:\n{policy}ssh: {{ listen: 127.0.0.1:2222{ssh_extra} }}\n"
+    )
+}
+
+#[test]
+fn ssh_forwarding_and_env_policies_parse_or_name_the_key_at_fault() {
+    let ok = with_ssh_policy(
+        "      port_forwarding: [\"127.0.0.1:5432\", \"db.internal:*\"]\n      env: [LANG, \"LC_*\"]\n",
+        ", handshake_timeout: 3s",
+    );
+    let c = parse(&ok, "p.yaml").expect("parses");
+    assert_eq!(c.ssh.as_ref().map(|s| s.handshake_timeout.0.as_secs()), Some(3));
+    let p = &c.resources[1].policy;
+    assert_eq!(p.port_forwarding.as_ref().map(Vec::len), Some(2));
+    assert_eq!(p.env.as_ref().map(Vec::len), Some(2));
+
+    let bad_dest = parse(
+        &with_ssh_policy("      port_forwarding: [\"db.internal\"]\n", ""),
+        "p.yaml",
+    );
+    assert!(
+        matches!(bad_dest, Err(ConfigError::Invalid { ref message, .. })
+            if message.contains("resources[web1].policy.port_forwarding") && message.contains("expected HOST:PORT")),
+        "{bad_dest:?}"
+    );
+    let bad_env = parse(&with_ssh_policy("      env: [\"LD PRELOAD\"]\n", ""), "p.yaml");
+    assert!(
+        matches!(bad_env, Err(ConfigError::Invalid { ref message, .. }) if message.contains("policy.env")),
+        "{bad_env:?}"
+    );
+    let zero = parse(
+        &with_ssh_policy("      max_duration: 4h\n", ", handshake_timeout: 0s"),
+        "p.yaml",
+    );
+    assert!(
+        matches!(zero, Err(ConfigError::Invalid { ref message, .. }) if message.contains("ssh.handshake_timeout")),
+        "{zero:?}"
+    );
+    let on_postgres = parse(
+        &GOOD.replace(
+            "      approvals_required: 1\n",
+            "      approvals_required: 1\n      env: [LANG]\n",
+        ),
+        "p.yaml",
+    );
+    assert!(
+        matches!(on_postgres, Err(ConfigError::Invalid { ref message, .. }) if message.contains("kind: ssh resources only")),
+        "{on_postgres:?}"
+    );
+}
+
+#[test]
+fn the_example_ssh_sections_parse_once_uncommented() {
+    let text = include_str!("../../examples/portcullis.yaml");
+    // The commented lines from `from` to the next blank line, uncommented.
+    let uncomment = |from: &str| -> String {
+        let start = text.find(from).expect("a commented section");
+        let end = start + text[start..].find("\n\n").expect("its end");
+        text[start..end]
+            .lines()
+            .map(|l| l.strip_prefix("# ").or_else(|| l.strip_prefix("  # ")).unwrap_or(l))
+            .map(|l| format!("{l}\n"))
+            .collect()
+    };
+    let listener = uncomment("# ssh:");
+    let resource: String = uncomment("  # - name: web1")
+        .lines()
+        .map(|l| format!("  {l}\n"))
+        .collect();
+    // The resource goes last in `resources:`, just before the notifications comment.
+    let notifications = text.find("\n# Notifications").expect("notifications comment");
+    let with_ssh = format!("{}\n{resource}{listener}", &text[..notifications]);
+    let c = parse(&with_ssh, "examples/portcullis.yaml").expect("the example's ssh sections parse");
+    assert!(c.ssh.is_some());
+    let web1 = c.resources.iter().find(|r| r.name == "web1").expect("web1");
+    assert_eq!(web1.policy.port_forwarding.as_ref().map(Vec::len), Some(2));
+    assert_eq!(web1.policy.env.as_ref().map(Vec::len), Some(2));
+}

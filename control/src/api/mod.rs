@@ -8,11 +8,13 @@ mod extract;
 mod filters;
 mod grants;
 mod health;
+mod recordings;
 mod requests;
 mod resources;
 mod session_history;
 mod sessions;
 mod slack;
+mod ssh_keys;
 mod users;
 pub(crate) mod views;
 
@@ -55,6 +57,8 @@ pub(crate) struct AppState {
     pub gateways: Arc<Gateways>,
     /// The audit log, for `/v1/audit` and the session history.
     pub audit: AuditLog,
+    /// `DATA_DIR/recordings`, for `/v1/recordings`.
+    pub recordings: Arc<std::path::PathBuf>,
 }
 
 /// One route: its method and path as docs/openapi.yaml spells them, and its handler.
@@ -82,6 +86,9 @@ pub(crate) fn routes() -> Vec<Route> {
         r("get", "/v1/whoami", get(users::whoami)),
         r("get", "/v1/users", get(users::list)),
         r("post", "/v1/users", post(users::create)),
+        r("get", "/v1/users/{name}/ssh-keys", get(ssh_keys::list)),
+        r("post", "/v1/users/{name}/ssh-keys", post(ssh_keys::add)),
+        r("post", "/v1/users/{name}/ssh-keys/remove", post(ssh_keys::remove)),
         r("get", "/v1/resources", get(resources::list)),
         r("get", "/v1/requests", get(requests::list)),
         r("post", "/v1/requests", post(requests::create)),
@@ -101,6 +108,8 @@ pub(crate) fn routes() -> Vec<Route> {
         r("get", "/v1/audit", get(audit::search)),
         r("get", "/v1/audit/export", get(audit::export)),
         r("get", "/v1/audit/verify", get(audit::verify)),
+        r("get", "/v1/recordings", get(recordings::list)),
+        r("get", "/v1/recordings/{id}", get(recordings::get)),
     ]
 }
 

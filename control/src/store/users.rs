@@ -99,3 +99,19 @@ pub(crate) fn entry(conn: &Connection, name: &str) -> rusqlite::Result<Option<Us
         .query_row([name], row_to_entry)
         .optional()
 }
+
+/// The SSH key lines of `name`; `None` when there is no such user.
+pub(crate) fn ssh_keys(conn: &Connection, name: &str) -> rusqlite::Result<Option<Vec<String>>> {
+    conn.prepare_cached("SELECT ssh_keys FROM users WHERE name = ?1")?
+        .query_row([name], |r| string_list(r, 0))
+        .optional()
+}
+
+/// Replaces the SSH key lines of `name`.
+pub(crate) fn set_ssh_keys(conn: &Connection, name: &str, keys: &[String]) -> rusqlite::Result<()> {
+    conn.execute(
+        "UPDATE users SET ssh_keys = ?2 WHERE name = ?1",
+        params![name, list_text(keys)],
+    )?;
+    Ok(())
+}

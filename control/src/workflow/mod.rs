@@ -9,6 +9,7 @@ pub(crate) mod policy;
 pub(crate) mod queries;
 pub(crate) mod requests;
 pub(crate) mod sessions;
+pub(crate) mod ssh_keys;
 pub(crate) mod users;
 
 use std::sync::Arc;

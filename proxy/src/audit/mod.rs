@@ -6,6 +6,7 @@
 //! waits, and the wait is counted; nothing is dropped.
 
 pub mod classify;
+pub mod command;
 mod pipeline;
 pub mod statement;
 

@@ -22,6 +22,8 @@ pub struct SessionAudit {
     pub role: String,
     /// Session id.
     pub session_id: String,
+    /// `postgres` or `ssh`, in every event's `detail.protocol`.
+    pub protocol: &'static str,
     /// Grant id.
     pub grant_id: String,
     /// The grant's request.
@@ -51,7 +53,7 @@ impl SessionAudit {
         e.request_id = Some(self.request_id.clone());
         e.reason.clone_from(&self.reason);
         e.approvers.clone_from(&self.approvers);
-        e.detail.insert("protocol".into(), "postgres".into());
+        e.detail.insert("protocol".into(), self.protocol.into());
         if self.break_glass {
             e.detail.insert("break_glass".into(), "true".into());
         }
@@ -215,6 +217,7 @@ mod tests {
             resource: "orders".into(),
             role: "read".into(),
             session_id: "ses_1".into(),
+            protocol: "postgres",
             grant_id: "grt_1".into(),
             request_id: "req_1".into(),
             reason: Some("INC-1".into()),

@@ -206,6 +206,7 @@ async fn run(
         resource: resource.name.clone(),
         role: role.name.clone(),
         session_id: id.clone(),
+        protocol: PROTOCOL,
         grant_id: grant.id.clone(),
         request_id: grant.request_id.clone(),
         reason: grant.reason.clone(),

@@ -4,6 +4,8 @@
 //! exit status and exit signal come down. A refused session answers its
 //! first command with the reason on stderr and exit status 1; a cut session
 //! gets the cut line on stderr, exit status 1, and the channel closes.
+//! Each channel's commands, sftp operations and pty output are handed to its
+//! `ChannelAudit` on the way through; it keeps headers, never payloads.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -14,6 +16,7 @@ use russh::{Channel, ChannelMsg, ChannelReadHalf, ChannelWriteHalf, client};
 use tokio::sync::{broadcast, watch};
 use tokio_util::task::AbortOnDropHandle;
 
+use super::channel_audit::ChannelAudit;
 use super::conn::Conn;
 use super::refusal::Refusal;
 
@@ -76,29 +79,35 @@ async fn relay(
 ) {
     let (from_up, to_up) = upstream.split();
     let to_up = Arc::new(to_up);
-    let _up = AbortOnDropHandle::new(tokio::spawn(pump_up(
+    let audit = Arc::new(ChannelAudit::new(Arc::clone(&conn)));
+    let up = AbortOnDropHandle::new(tokio::spawn(pump_up(
         Arc::clone(&conn),
+        Arc::clone(&audit),
         from_client,
         Arc::clone(&to_up),
     )));
     let mut cut = conn.cut.clone();
     let mut notices = conn.notices.subscribe();
-    let down = pump_down(&conn, from_up, &to_client, &server);
+    let down = pump_down(&conn, &audit, from_up, &to_client, &server);
     tokio::pin!(down);
     loop {
         tokio::select! {
-            () = &mut down => return,
+            () = &mut down => break,
             text = cut_line(&mut cut) => {
                 let _ = to_client.extended_data_bytes(STDERR, line(&text)).await;
                 end(&to_client).await;
                 let _ = to_up.close().await;
-                return;
+                break;
             }
             text = next_notice(&mut notices) => {
                 let _ = to_client.extended_data_bytes(STDERR, line(&text)).await;
             }
         }
     }
+    // The engineer's pump stops with the channel; then what the channel
+    // left behind (the command's end, files still open) is recorded.
+    drop(up);
+    audit.finish().await;
 }
 
 /// The next warning for this channel; waits forever once none can come.
@@ -127,13 +136,20 @@ async fn cut_line(cut: &mut watch::Receiver<Option<String>>) -> String {
 }
 
 /// Engineer to server.
-async fn pump_up(conn: Arc<Conn>, mut from_client: ChannelReadHalf, to_up: Arc<ChannelWriteHalf<client::Msg>>) {
+async fn pump_up(
+    conn: Arc<Conn>,
+    audit: Arc<ChannelAudit>,
+    mut from_client: ChannelReadHalf,
+    to_up: Arc<ChannelWriteHalf<client::Msg>>,
+) {
     while let Some(msg) = from_client.wait().await {
         let sent = match msg {
             ChannelMsg::Data { data } => {
                 if let Some(s) = &conn.session {
                     s.bytes_in.fetch_add(data.len() as u64, Ordering::Relaxed);
                 }
+                // Before it is relayed: the request is known before its answer can come.
+                audit.from_client(&data).await;
                 to_up.data_bytes(data).await
             }
             ChannelMsg::Eof => to_up.eof().await,
@@ -150,6 +166,7 @@ async fn pump_up(conn: Arc<Conn>, mut from_client: ChannelReadHalf, to_up: Arc<C
                 terminal_modes,
                 ..
             } => {
+                audit.pty(&term, col_width, row_height);
                 to_up
                     .request_pty(
                         false,
@@ -162,21 +179,43 @@ async fn pump_up(conn: Arc<Conn>, mut from_client: ChannelReadHalf, to_up: Arc<C
                     )
                     .await
             }
-            ChannelMsg::RequestShell { .. } => to_up.request_shell(true).await,
+            ChannelMsg::RequestShell { .. } => {
+                audit.shell();
+                to_up.request_shell(true).await
+            }
             ChannelMsg::Exec { command, .. } => {
                 // Not the command itself: a command line can carry a secret.
-                // It belongs in the audit log, redacted, once SSH audit exists.
+                // The audit log has it, redacted.
                 tracing::debug!(user = %conn.user, bytes = command.len(), "ssh exec");
+                audit.exec(&command);
                 to_up.exec(true, command).await
             }
-            ChannelMsg::RequestSubsystem { name, .. } => to_up.request_subsystem(true, name).await,
+            ChannelMsg::RequestSubsystem { name, .. } => {
+                audit.subsystem(&name);
+                to_up.request_subsystem(true, name).await
+            }
             ChannelMsg::WindowChange {
                 col_width,
                 row_height,
                 pix_width,
                 pix_height,
-            } => to_up.window_change(col_width, row_height, pix_width, pix_height).await,
+            } => {
+                audit.resize(col_width, row_height).await;
+                to_up.window_change(col_width, row_height, pix_width, pix_height).await
+            }
             ChannelMsg::Signal { signal } => to_up.signal(signal).await,
+            // russh hands every env request to the channel, so the policy is checked again here.
+            ChannelMsg::SetEnv {
+                variable_name,
+                variable_value,
+                ..
+            } if conn
+                .admission
+                .as_ref()
+                .is_ok_and(|a| a.role.ssh_policy.env_allowed(&variable_name)) =>
+            {
+                to_up.set_env(false, variable_name, variable_value).await
+            }
             // Env, X11 and agent forwarding were refused by the handler.
             _ => Ok(()),
         };
@@ -184,10 +223,18 @@ async fn pump_up(conn: Arc<Conn>, mut from_client: ChannelReadHalf, to_up: Arc<C
             return;
         }
     }
+    // The engineer's side is gone (the connection dropped): nothing must keep running upstream.
+    let _ = to_up.close().await;
 }
 
 /// Server to engineer; returns when the upstream channel ends.
-async fn pump_down(conn: &Conn, mut from_up: ChannelReadHalf, to_client: &ChannelWriteHalf<Msg>, server: &Handle) {
+async fn pump_down(
+    conn: &Conn,
+    audit: &ChannelAudit,
+    mut from_up: ChannelReadHalf,
+    to_client: &ChannelWriteHalf<Msg>,
+    server: &Handle,
+) {
     let count = |n: usize| {
         if let Some(s) = &conn.session {
             s.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
@@ -197,20 +244,29 @@ async fn pump_down(conn: &Conn, mut from_up: ChannelReadHalf, to_client: &Channe
         let sent = match msg {
             ChannelMsg::Data { data } => {
                 count(data.len());
+                audit.from_server(&data).await;
                 to_client.data_bytes(data).await
             }
             ChannelMsg::ExtendedData { data, ext } => {
                 count(data.len());
+                audit.from_server_stderr(&data).await;
                 to_client.extended_data_bytes(ext, data).await
             }
             ChannelMsg::Eof => to_client.eof().await,
-            ChannelMsg::ExitStatus { exit_status } => to_client.exit_status(exit_status).await,
+            ChannelMsg::ExitStatus { exit_status } => {
+                audit.exit_status(exit_status);
+                to_client.exit_status(exit_status).await
+            }
             ChannelMsg::ExitSignal {
                 signal_name,
                 core_dumped,
                 error_message,
                 lang_tag,
             } => {
+                audit.exit_signal(match &signal_name {
+                    russh::Sig::Custom(name) => name.clone(),
+                    known => format!("{known:?}"),
+                });
                 let _ = server
                     .exit_signal_request(to_client.id(), signal_name, core_dumped, error_message, lang_tag)
                     .await;

@@ -1,26 +1,32 @@
 //! One engineer's SSH connection after authentication: the admission
 //! decision, the upstream connection (opened once, on the first channel),
 //! the registered session and its enforcer, which cuts every channel with a
-//! line on stderr and then ends the connection.
+//! line on stderr and then ends the connection. The session's audit events
+//! start here too: `connect.denied` for a refusal (at admission or from the
+//! upstream server), `session.start` once the upstream login succeeded, and
+//! `session.end` when the connection is gone, naming how it ended.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use portcullis_protocol::sessions::SessionInfo;
 use russh::Disconnect;
 use tokio::sync::{OnceCell, broadcast, mpsc, watch};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 
 use super::admission::Admitted;
 use super::refusal::Refusal;
 use super::upstream::{Upstream, connect};
-use crate::Proxy;
+use crate::audit::SessionAudit;
 use crate::clock::now_millis;
 use crate::enforce::{Cut, Notice, enforce};
 use crate::grants::check::Denied;
 use crate::sessions::{Registration, SessionHandle};
+use crate::{Proxy, audit};
 
 /// Metric and session label of this protocol.
 pub const PROTOCOL: &str = "ssh";
@@ -31,6 +37,9 @@ const CUT_GRACE: Duration = Duration::from_secs(2);
 const LEAVE_GRACE: Duration = Duration::from_secs(2);
 /// Warnings a slow channel may fall behind by before it skips the oldest.
 const NOTICE_BACKLOG: usize = 8;
+/// How long the end of a connection waits for its channels' last audit
+/// events (an exec's exit status, sftp operations) before `session.end`.
+const DRAIN: Duration = Duration::from_secs(3);
 
 /// What the channels of one connection share.
 pub struct Conn {
@@ -50,6 +59,19 @@ pub struct Conn {
     pub notices: broadcast::Sender<String>,
     /// The channels' bridge tasks, so a cut can wait for them.
     pub bridges: TaskTracker,
+    /// What every audit event of the session carries, when admitted.
+    pub audit: Option<Arc<SessionAudit>>,
+    /// How the session ended, as `session.end` spells it; the first to know sets it.
+    pub ended: Arc<OnceLock<&'static str>>,
+    /// Recordings of this session's pty channels (file names), for `session.end`.
+    pub recordings: Mutex<Vec<String>>,
+    /// Channels that asked for a pty so far, to name their recordings.
+    pub ptys: AtomicU32,
+    /// `session.start` was recorded, so `session.end` must be.
+    started: AtomicBool,
+    /// The connection is gone: a late upstream login starts no session.
+    closed: AtomicBool,
+    began: Instant,
     upstream: OnceCell<Result<Arc<Upstream>, Refusal>>,
 }
 
@@ -60,6 +82,34 @@ pub struct Live {
     pub conn: Arc<Conn>,
     _registration: Option<Registration>,
     _enforcer: Option<AbortOnDropHandle<()>>,
+    /// The upstream login started as soon as the session was admitted.
+    login: Option<JoinHandle<()>>,
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        // A cut, or the server hanging up, came first if either set it.
+        let _ = self.conn.ended.set("client_quit");
+        self.conn.closed.store(true, Ordering::SeqCst);
+        if let Some(login) = self.login.take() {
+            login.abort();
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let conn = Arc::clone(&self.conn);
+        // Tracked, so shutdown waits for the event to be queued; the handle is not needed.
+        drop(conn.proxy.tracker.clone().spawn_on(
+            async move {
+                conn.bridges.close();
+                let _ = tokio::time::timeout(DRAIN, conn.bridges.wait()).await;
+                if let Some(e) = conn.end_event() {
+                    conn.proxy.audit.record(e).await;
+                }
+            },
+            &runtime,
+        ));
+    }
 }
 
 impl Conn {
@@ -69,21 +119,99 @@ impl Conn {
     }
 
     /// The upstream connection, opened on first use; every channel shares it.
+    /// Its outcome is audited once: `session.start`, or `connect.denied`
+    /// naming why (e.g. `host_key_mismatch`).
     pub async fn upstream(&self) -> Result<Arc<Upstream>, Refusal> {
         let admitted = self.admission.as_ref().map_err(Clone::clone)?;
         self.upstream
             .get_or_init(|| async {
-                connect(&admitted.target, &admitted.role).await.map(Arc::new).map_err(|e| {
-                    tracing::info!(user = %self.user, resource = %admitted.resource.name, outcome = e.kind(), "upstream refused: {e}");
-                    Refusal::Upstream {
-                        resource: admitted.resource.name.clone(),
-                        detail: e.to_string(),
+                let connected = connect(&admitted.target, &admitted.role, Arc::clone(&self.ended)).await;
+                match connected {
+                    Ok(up) => {
+                        self.audit_start().await;
+                        Ok(Arc::new(up))
                     }
-                })
+                    Err(e) => {
+                        tracing::info!(user = %self.user, resource = %admitted.resource.name, outcome = e.kind(), "upstream refused: {e}");
+                        let refusal = Refusal::Upstream {
+                            resource: admitted.resource.name.clone(),
+                            detail: e.to_string(),
+                        };
+                        let mut denied =
+                            denied_event(&self.user, Some(&admitted.resource.name), e.kind(), refusal.text(), self.peer);
+                        denied.role = Some(admitted.role.name.clone());
+                        denied.grant_id = Some(admitted.grant.id.clone());
+                        denied.request_id = Some(admitted.grant.request_id.clone());
+                        self.proxy.audit.record(denied).await;
+                        Err(refusal)
+                    }
+                }
             })
             .await
             .clone()
     }
+
+    /// Records `session.start`, unless the connection is already gone.
+    async fn audit_start(&self) {
+        let Some(audit) = &self.audit else { return };
+        if self.closed.load(Ordering::SeqCst) {
+            return;
+        }
+        self.started.store(true, Ordering::SeqCst);
+        let mut start = audit.event("session.start");
+        start.detail.insert("peer".into(), self.peer.ip().to_string());
+        self.proxy.audit.record(start).await;
+    }
+
+    /// `session.end`, when `session.start` was recorded.
+    fn end_event(&self) -> Option<portcullis_protocol::audit::AuditEvent> {
+        let audit = self.audit.as_ref().filter(|_| self.started.load(Ordering::SeqCst))?;
+        let (bytes_in, bytes_out) = self.session.as_ref().map_or((0, 0), |s| {
+            (s.bytes_in.load(Ordering::Relaxed), s.bytes_out.load(Ordering::Relaxed))
+        });
+        let mut e = audit.event("session.end");
+        let d = &mut e.detail;
+        d.insert("ended".into(), (*self.ended.get().unwrap_or(&"client_quit")).to_owned());
+        d.insert("bytes_in".into(), bytes_in.to_string());
+        d.insert("bytes_out".into(), bytes_out.to_string());
+        d.insert("duration_ms".into(), self.began.elapsed().as_millis().to_string());
+        let recordings = self.recordings.lock().map(|r| r.join(",")).unwrap_or_default();
+        if !recordings.is_empty() {
+            d.insert("recording".into(), recordings);
+        }
+        Some(e)
+    }
+}
+
+/// Records a refused login (a token not accepted, a login backing off) as a
+/// `connect.denied` of `outcome` (e.g. `bad_credentials`), without waiting.
+/// The resource is named only when `login` names a configured one.
+pub fn audit_login_refused(proxy: &Arc<Proxy>, login: &str, peer: SocketAddr, outcome: &str, why: &str) {
+    let name = super::target::parse(login);
+    let resource = name
+        .resource
+        .filter(|r| proxy.settings.resources.iter().any(|c| c.name == *r));
+    let e = denied_event(name.user, resource, outcome, why.to_owned(), peer);
+    let proxy = Arc::clone(proxy);
+    proxy.tracker.clone().spawn(async move { proxy.audit.record(e).await });
+}
+
+/// A `connect.denied` event: who, where, and why in the words they read.
+fn denied_event(
+    user: &str,
+    resource: Option<&str>,
+    outcome: &str,
+    why: String,
+    peer: SocketAddr,
+) -> portcullis_protocol::audit::AuditEvent {
+    let mut e = audit::event("connect.denied", if user.is_empty() { "-" } else { user });
+    e.resource = resource.map(str::to_owned);
+    let d = &mut e.detail;
+    d.insert("protocol".into(), PROTOCOL.into());
+    d.insert("outcome".into(), outcome.into());
+    d.insert("why".into(), why);
+    d.insert("peer".into(), peer.ip().to_string());
+    e
 }
 
 /// Sets up the connection's state once the engineer is authenticated:
@@ -118,6 +246,8 @@ pub fn start(
     let mut registration = None;
     let mut enforcer = None;
     let mut session = None;
+    let mut session_audit = None;
+    let ended: Arc<OnceLock<&'static str>> = Arc::new(OnceLock::new());
     match (&admission, grant_rx) {
         (Ok(a), Some(grant_rx)) => {
             proxy.metrics.connection(PROTOCOL, &resource, "allowed");
@@ -136,10 +266,12 @@ pub fn start(
                 let reg = proxy.sessions.register(info, shutdown);
                 let handle = Arc::clone(&reg.handle);
                 tracing::info!(session = %handle.info.id, user, resource = %resource, role = %a.role.name, grant = %a.grant.id, %peer, "ssh session started");
+                session_audit = Some(Arc::new(session_audit_of(a, user, &handle.info.id)));
                 let warn_before = proxy.settings.warn_before.clone();
                 let tracker = bridges.clone();
                 let metrics = proxy.metrics.clone();
                 let to_channels = notices_tx.clone();
+                let ended = Arc::clone(&ended);
                 enforcer = Some(AbortOnDropHandle::new(tokio::spawn({
                     let handle = Arc::clone(&handle);
                     async move {
@@ -157,6 +289,7 @@ pub fn start(
                             cut = relay_notices => cut,
                         };
                         let text = cut.text(&handle.info.resource, &handle.info.id);
+                        let _ = ended.set(cut.reason());
                         metrics.cuts.with_label_values(&[PROTOCOL, cut.reason()]).inc();
                         tracing::info!(session = %handle.info.id, reason = cut.reason(), "ssh session cut: {text}");
                         let _ = cut_tx.send(Some(text.clone()));
@@ -180,22 +313,65 @@ pub fn start(
         (Err(refusal), _) => {
             proxy.metrics.connection(PROTOCOL, &resource, refusal.kind());
             tracing::info!(%peer, user, outcome = refusal.kind(), "ssh session refused: {}", refusal.text());
+            let denied = denied_event(user, refusal.resource(), refusal.kind(), refusal.text(), peer);
+            let proxy = Arc::clone(proxy);
+            proxy
+                .tracker
+                .clone()
+                .spawn(async move { proxy.audit.record(denied).await });
         }
     }
+    let conn = Arc::new(Conn {
+        proxy: Arc::clone(proxy),
+        peer,
+        user: user.to_owned(),
+        admission,
+        session,
+        cut: cut_rx,
+        notices: notices_tx,
+        bridges,
+        audit: session_audit,
+        ended,
+        recordings: Mutex::new(Vec::new()),
+        ptys: AtomicU32::new(0),
+        started: AtomicBool::new(false),
+        closed: AtomicBool::new(false),
+        began: Instant::now(),
+        upstream: OnceCell::new(),
+    });
+    // The upstream login starts now rather than on the first channel: the
+    // session is audited as started (or refused) even if the client opens
+    // no channel, and the first command does not wait for the key exchange.
+    let login = conn.session.is_some().then(|| {
+        let conn = Arc::clone(&conn);
+        tokio::spawn(async move {
+            let _ = conn.upstream().await;
+        })
+    });
     Live {
-        conn: Arc::new(Conn {
-            proxy: Arc::clone(proxy),
-            peer,
-            user: user.to_owned(),
-            admission,
-            session,
-            cut: cut_rx,
-            notices: notices_tx,
-            bridges,
-            upstream: OnceCell::new(),
-        }),
+        conn,
         _registration: registration,
         _enforcer: enforcer,
+        login,
+    }
+}
+
+/// What every audit event of an admitted session carries.
+fn session_audit_of(a: &Admitted, user: &str, session_id: &str) -> SessionAudit {
+    SessionAudit {
+        user: user.to_owned(),
+        resource: a.resource.name.clone(),
+        role: a.role.name.clone(),
+        session_id: session_id.to_owned(),
+        protocol: PROTOCOL,
+        grant_id: a.grant.id.clone(),
+        request_id: a.grant.request_id.clone(),
+        reason: a.grant.reason.clone(),
+        approvers: a.grant.approvers.clone(),
+        break_glass: a.grant.break_glass,
+        redact_parameters: a.role.redact_parameters,
+        wall: now_millis(),
+        since: std::time::Instant::now(),
     }
 }
 

@@ -4,7 +4,10 @@
 //! whose one prompt takes the Portcullis token instead. Channel requests are
 //! answered here, at once, because russh remembers only the latest request's
 //! want-reply flag; the bridge forwards them and reports an upstream failure
-//! of the command on stderr.
+//! of the command on stderr. `ssh -L` goes to `forward`, where the role's
+//! policy allows it; remote forwarding (`-R`), agent forwarding (`-A`) and X11
+//! are refused. Each step of the handshake is reported to the listener, which
+//! holds the connection to its deadlines.
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
@@ -12,12 +15,15 @@ use std::sync::Arc;
 
 use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Response, Session, VerifiedPublicKey};
 use russh::{Channel, ChannelId, MethodKind, MethodSet, Pty};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::admission::admit;
 use super::auth::{KEY_REFUSED, TOKEN_PROMPT, TokenCheck, backoff, check_token, key_registered};
 use super::bridge;
 use super::conn::{self, Live};
+use super::forward::{self, Forward};
+use super::listener::Phase;
 use super::target;
 use crate::Proxy;
 
@@ -31,11 +37,13 @@ pub struct SshHandler {
     live: Option<Live>,
     /// Why the last token try failed, told with the next prompt.
     token_refused: Option<TokenCheck>,
+    /// How far the handshake got, for the listener's deadlines.
+    phase: watch::Sender<Phase>,
 }
 
 impl SshHandler {
     /// A handler for a new connection from `peer`.
-    pub fn new(proxy: Arc<Proxy>, peer: SocketAddr, shutdown: CancellationToken) -> Self {
+    pub fn new(proxy: Arc<Proxy>, peer: SocketAddr, shutdown: CancellationToken, phase: watch::Sender<Phase>) -> Self {
         SshHandler {
             proxy,
             peer,
@@ -43,7 +51,25 @@ impl SshHandler {
             login: None,
             live: None,
             token_refused: None,
+            phase,
         }
+    }
+
+    /// Key exchange is over once the client asks to authenticate.
+    fn logging_in(&self) {
+        self.phase.send_if_modified(|p| {
+            let was = *p;
+            *p = (*p).max(Phase::Login);
+            *p != was
+        });
+    }
+
+    /// Whether the admitted role's policy lets the client set `name`.
+    fn env_allowed(&self, name: &str) -> bool {
+        self.live
+            .as_ref()
+            .and_then(|l| l.conn.admission.as_ref().ok())
+            .is_some_and(|a| a.role.ssh_policy.env_allowed(name))
     }
 
     fn knows(&self, login: &str, key: &russh::keys::PublicKey) -> bool {
@@ -66,6 +92,14 @@ fn reject() -> Auth {
     }
 }
 
+/// Why a login backing off is refused.
+fn backoff_text(wait: std::time::Duration) -> String {
+    format!(
+        "too many failed logins for this user or address; try again in {}s",
+        wait.as_secs().max(1)
+    )
+}
+
 /// The keyboard-interactive challenge: the reason line, and the token prompt
 /// unless the login is backing off (then no prompt: nothing would be checked).
 fn token_challenge(last: Option<TokenCheck>, wait: Option<std::time::Duration>) -> Auth {
@@ -75,10 +109,7 @@ fn token_challenge(last: Option<TokenCheck>, wait: Option<std::time::Duration>) 
     }
     let prompts: Vec<(Cow<'static, str>, bool)> = match wait {
         Some(wait) => {
-            instructions.push_str(&format!(
-                "portcullis: too many failed logins for this user or address; try again in {}s.",
-                wait.as_secs().max(1)
-            ));
+            instructions.push_str(&format!("portcullis: {}.", backoff_text(wait)));
             Vec::new()
         }
         None => {
@@ -97,10 +128,12 @@ impl russh::server::Handler for SshHandler {
     type Error = russh::Error;
 
     async fn auth_none(&mut self, _user: &str) -> Result<Auth, Self::Error> {
+        self.logging_in();
         Ok(reject())
     }
 
     async fn auth_publickey_offered(&mut self, user: &str, offer: PublicKeyOffer<'_>) -> Result<Auth, Self::Error> {
+        self.logging_in();
         // Spares the client a signature for a key that cannot succeed.
         Ok(if self.knows(user, offer.public_key) {
             Auth::Accept
@@ -125,9 +158,13 @@ impl russh::server::Handler for SshHandler {
         _submethods: &str,
         response: Option<Response<'a>>,
     ) -> Result<Auth, Self::Error> {
+        self.logging_in();
         let user = target::parse(login).user;
         let Some(mut answers) = response else {
             let wait = backoff(&self.proxy, user, self.peer.ip()).err();
+            if let Some(wait) = wait {
+                conn::audit_login_refused(&self.proxy, login, self.peer, "backoff", &backoff_text(wait));
+            }
             return Ok(token_challenge(self.token_refused, wait));
         };
         let Some(token) = answers.next() else {
@@ -141,6 +178,11 @@ impl russh::server::Handler for SshHandler {
             }
             refused => {
                 tracing::info!(peer = %self.peer, login, outcome = ?refused, "ssh token login refused");
+                let (outcome, why) = match refused {
+                    TokenCheck::Backoff(wait) => ("backoff", backoff_text(wait)),
+                    _ => ("bad_credentials", "that token was not accepted".to_owned()),
+                };
+                conn::audit_login_refused(&self.proxy, login, self.peer, outcome, &why);
                 self.token_refused = Some(refused);
                 Ok(reject())
             }
@@ -148,6 +190,7 @@ impl russh::server::Handler for SshHandler {
     }
 
     async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
+        self.phase.send_replace(Phase::Done);
         let login = self.login.clone().unwrap_or_default();
         let name = target::parse(&login);
         // Refusals are decided now but told on the first channel, on stderr,
@@ -199,12 +242,66 @@ impl russh::server::Handler for SshHandler {
     async fn env_request(
         &mut self,
         channel: ChannelId,
-        _name: &str,
+        name: &str,
         _value: &str,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        // No environment passes until policies name what may.
-        session.channel_failure(channel)
+        // Only names the role's policy lists pass; the bridge checks again
+        // before it forwards one upstream. The value is never logged.
+        if self.env_allowed(name) {
+            session.channel_success(channel)
+        } else {
+            tracing::debug!(peer = %self.peer, variable = name, "ssh env refused by policy");
+            session.channel_failure(channel)
+        }
+    }
+
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        host_to_connect: &str,
+        port_to_connect: u32,
+        originator_address: &str,
+        originator_port: u32,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let Some(live) = self.live.as_ref() else {
+            return Ok(());
+        };
+        let fwd = Forward {
+            host: host_to_connect.to_owned(),
+            port: port_to_connect,
+            originator: originator_address.to_owned(),
+            originator_port,
+        };
+        let conn = Arc::clone(&live.conn);
+        if let Err(reason) = forward::check(&conn, &fwd) {
+            tracing::info!(peer = %self.peer, user = %conn.user, destination = %fwd.destination(), "ssh forward refused");
+            forward::audit_refused(&conn, &fwd).await;
+            forward::refuse(reply, forward::PROHIBITED, reason).await;
+            return Ok(());
+        }
+        // Off the handler: opening upstream must not hold up the connection's other channels.
+        conn.bridges.spawn(forward::run(Arc::clone(&conn), channel, fwd, reply));
+        Ok(())
+    }
+
+    async fn tcpip_forward(
+        &mut self,
+        address: &str,
+        port: &mut u32,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        // Remote forwarding (`ssh -R`) would open the server's ports to the engineer's side: never.
+        tracing::info!(peer = %self.peer, address, port = *port, "ssh remote forwarding refused");
+        Ok(false)
+    }
+
+    async fn agent_request(&mut self, channel: ChannelId, _session: &mut Session) -> Result<bool, Self::Error> {
+        // No agent channel is ever opened back to the client, and none is asked for upstream.
+        tracing::debug!(peer = %self.peer, ?channel, "ssh agent forwarding refused");
+        Ok(false)
     }
 
     async fn x11_request(

@@ -1,21 +1,41 @@
 //! The SSH listener: accepts connections and runs each through russh's
-//! server with our handler, tracked so shutdown can drain them.
+//! server with our handler, tracked so shutdown can drain them. A connection
+//! gets `handshake_timeout` to send its version line and finish key exchange,
+//! then `LOGIN_GRACE` (OpenSSH's LoginGraceTime) to log in, or it is dropped.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use russh::SshId;
 use russh::server::{Config, run_stream};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::conn::PROTOCOL;
 use super::handler::{SshHandler, methods};
+use super::wire::{self, VersionError};
 use crate::Proxy;
 
 /// Every rejected authentication takes this long, whatever was wrong.
 const AUTH_REJECTION: Duration = Duration::from_millis(300);
-/// Connections that send no SSH version line by then are closed.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Version line and key exchange, when the config does not say.
+const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// From the connection's start to a successful login: a person may be typing a token.
+const LOGIN_GRACE: Duration = Duration::from_secs(120);
+
+/// How far a connection's handshake got; only ever moves forward.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    /// Version line and key exchange.
+    Kex,
+    /// The client has asked to authenticate.
+    Login,
+    /// Authenticated.
+    Done,
+}
 
 /// The russh server settings, with the gateway's host key.
 pub fn config(host_key: russh::keys::PrivateKey) -> Config {
@@ -34,6 +54,11 @@ pub fn config(host_key: russh::keys::PrivateKey) -> Config {
 
 /// Accepts until `shutdown` is cancelled.
 pub async fn serve(proxy: Arc<Proxy>, config: Arc<Config>, listener: TcpListener, shutdown: CancellationToken) {
+    let handshake = proxy
+        .settings
+        .ssh
+        .as_ref()
+        .map_or(DEFAULT_HANDSHAKE_TIMEOUT, |s| s.handshake_timeout);
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -41,35 +66,15 @@ pub async fn serve(proxy: Arc<Proxy>, config: Arc<Config>, listener: TcpListener
         };
         match accepted {
             Ok((tcp, peer)) => {
-                let handler = SshHandler::new(Arc::clone(&proxy), peer, shutdown.child_token());
-                let config = Arc::clone(&config);
-                let token = shutdown.child_token();
-                proxy.tracker.spawn(async move {
-                    let session = match tokio::time::timeout(HANDSHAKE_TIMEOUT, run_stream(config, tcp, handler)).await {
-                        Ok(Ok(session)) => session,
-                        Ok(Err(e)) => {
-                            tracing::info!(%peer, error = %e, "ssh connection failed during setup");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::info!(%peer, "ssh connection timed out before its version line");
-                            return;
-                        }
-                    };
-                    let handle = session.handle();
-                    tokio::select! {
-                        result = session => {
-                            if let Err(e) = result {
-                                tracing::debug!(%peer, error = %e, "ssh connection ended with an error");
-                            }
-                        }
-                        _ = token.cancelled() => {
-                            let _ = handle
-                                .disconnect(russh::Disconnect::ByApplication, "the Portcullis gateway is shutting down".into(), String::new())
-                                .await;
-                        }
-                    }
-                });
+                let conn = connection(
+                    Arc::clone(&proxy),
+                    Arc::clone(&config),
+                    tcp,
+                    peer,
+                    shutdown.clone(),
+                    handshake,
+                );
+                proxy.tracker.spawn(conn);
             }
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
@@ -78,4 +83,102 @@ pub async fn serve(proxy: Arc<Proxy>, config: Arc<Config>, listener: TcpListener
             }
         }
     }
+}
+
+/// One connection, from its version line to its end.
+async fn connection(
+    proxy: Arc<Proxy>,
+    config: Arc<Config>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+    handshake: Duration,
+) {
+    let started = Instant::now();
+    let stop = CancellationToken::new();
+    let token = shutdown.child_token();
+    let exchanged = tokio::time::timeout_at(
+        started + handshake,
+        wire::exchange(tcp, &config.server_id, stop.clone()),
+    );
+    let stream = match exchanged.await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(VersionError::NotSsh)) => {
+            proxy.metrics.connection(PROTOCOL, "unknown", "bad_version");
+            tracing::info!(%peer, "ssh client sent no SSH version line; told it and closed");
+            return;
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "ssh connection closed before its version line");
+            return;
+        }
+        Err(_) => {
+            proxy.metrics.connection(PROTOCOL, "unknown", "handshake_timeout");
+            tracing::info!(%peer, "ssh connection timed out before its version line");
+            return;
+        }
+    };
+    let (phase_tx, phase_rx) = watch::channel(Phase::Kex);
+    let handler = SshHandler::new(Arc::clone(&proxy), peer, shutdown.child_token(), phase_tx);
+    let session = match run_stream(config, stream, handler).await {
+        Ok(session) => session,
+        Err(e) => {
+            tracing::info!(%peer, error = %e, "ssh connection failed during setup");
+            return;
+        }
+    };
+    let handle = session.handle();
+    tokio::pin!(session);
+    let why = tokio::select! {
+        result = &mut session => {
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "ssh connection ended with an error");
+            }
+            return;
+        }
+        _ = token.cancelled() => "the Portcullis gateway is shutting down".to_owned(),
+        stalled = stalled(phase_rx, started, handshake) => {
+            proxy.metrics.connection(PROTOCOL, "unknown", "handshake_timeout");
+            tracing::info!(%peer, "ssh connection dropped: {stalled}");
+            format!("portcullis: {stalled}")
+        }
+    };
+    let _ = handle
+        .disconnect(russh::Disconnect::ByApplication, why, String::new())
+        .await;
+    // A client stalled in key exchange never reads the disconnect: the stop
+    // fails the stream under russh, which ends its task and the socket.
+    if tokio::time::timeout(Duration::from_secs(1), &mut session)
+        .await
+        .is_err()
+    {
+        stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(1), &mut session).await;
+    }
+}
+
+/// Resolves, with what happened, when the handshake misses a deadline;
+/// never once the client has logged in.
+async fn stalled(mut phase: watch::Receiver<Phase>, started: Instant, handshake: Duration) -> String {
+    let steps = [
+        (
+            Phase::Login,
+            started + handshake,
+            format!("key exchange did not finish within {}s", handshake.as_secs_f32()),
+        ),
+        (
+            Phase::Done,
+            started + LOGIN_GRACE,
+            format!("no login within {}s", LOGIN_GRACE.as_secs()),
+        ),
+    ];
+    for (reached, deadline, missed) in steps {
+        match tokio::time::timeout_at(deadline, phase.wait_for(|p| *p >= reached)).await {
+            Ok(Ok(_)) => {}
+            Err(_) => return missed,
+            // The handler is gone: the connection is ending by itself.
+            Ok(Err(_)) => break,
+        }
+    }
+    std::future::pending().await
 }

@@ -63,6 +63,17 @@ impl Refusal {
         }
     }
 
+    /// The configured resource it is about, if any (an unknown name is not one).
+    pub fn resource(&self) -> Option<&str> {
+        match self {
+            Refusal::NoTarget | Refusal::UnknownResource { .. } => None,
+            Refusal::NotSsh { name } => Some(name),
+            Refusal::UnknownRole { resource, .. }
+            | Refusal::Denied { resource, .. }
+            | Refusal::Upstream { resource, .. } => Some(resource),
+        }
+    }
+
     /// The sentence the engineer reads.
     pub fn text(&self) -> String {
         match self {

@@ -1,7 +1,7 @@
 //! The gateway's SSH client to the real server: it verifies the pinned host
 //! key during key exchange, then logs in with the role's key or password.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use russh::client;
@@ -48,13 +48,30 @@ impl UpstreamError {
     }
 }
 
-/// The client handler: checks the server's key against the pinned one.
+/// The client handler: checks the server's key against the pinned one, and
+/// notes when the server ends the connection first.
 pub struct Pinned {
     expected: PublicKey,
+    /// How the session ended, as `session.end` spells it; set here only if
+    /// nothing (the client leaving, a cut) set it before.
+    ended: Arc<OnceLock<&'static str>>,
 }
 
 impl client::Handler for Pinned {
     type Error = UpstreamError;
+
+    async fn disconnected(&mut self, reason: client::DisconnectReason<Self::Error>) -> Result<(), Self::Error> {
+        match reason {
+            client::DisconnectReason::ReceivedDisconnect(_) => {
+                let _ = self.ended.set("server_closed");
+                Ok(())
+            }
+            client::DisconnectReason::Error(e) => {
+                let _ = self.ended.set("error");
+                Err(e)
+            }
+        }
+    }
 
     async fn check_server_key(&mut self, shown: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
         match shown {
@@ -73,14 +90,23 @@ impl client::Handler for Pinned {
 /// An open, authenticated upstream connection.
 pub type Upstream = client::Handle<Pinned>;
 
-/// Connects to `target`, verifies its host key and logs in as `role`.
-pub async fn connect(target: &SshTarget, role: &Role) -> Result<Upstream, UpstreamError> {
-    tokio::time::timeout(CONNECT_TIMEOUT, connect_inner(target, role))
+/// Connects to `target`, verifies its host key and logs in as `role`;
+/// `ended` learns if the server later ends the connection first.
+pub async fn connect(
+    target: &SshTarget,
+    role: &Role,
+    ended: Arc<OnceLock<&'static str>>,
+) -> Result<Upstream, UpstreamError> {
+    tokio::time::timeout(CONNECT_TIMEOUT, connect_inner(target, role, ended))
         .await
         .unwrap_or(Err(UpstreamError::Timeout))
 }
 
-async fn connect_inner(target: &SshTarget, role: &Role) -> Result<Upstream, UpstreamError> {
+async fn connect_inner(
+    target: &SshTarget,
+    role: &Role,
+    ended: Arc<OnceLock<&'static str>>,
+) -> Result<Upstream, UpstreamError> {
     let config = Arc::new(client::Config {
         nodelay: true,
         // The gateway's own limit applies, not russh's default idle timeout.
@@ -89,6 +115,7 @@ async fn connect_inner(target: &SshTarget, role: &Role) -> Result<Upstream, Upst
     });
     let pinned = Pinned {
         expected: target.host_key.clone(),
+        ended,
     };
     let mut handle = client::connect(config, (target.host.as_str(), target.port), pinned).await?;
     if let Some(key) = &role.ssh_key {

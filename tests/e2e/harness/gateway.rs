@@ -95,6 +95,8 @@ pub struct GatewayOptions {
     /// SSH resources (`resources:` entries, e.g. `Sshd::resource_yaml`); when set,
     /// the gateway also gets an `ssh:` listener on a free port.
     pub ssh_resources: Option<String>,
+    /// More keys of the `ssh:` section, e.g. `, handshake_timeout: 1s`.
+    pub ssh_extra: String,
 }
 
 impl Default for GatewayOptions {
@@ -115,6 +117,7 @@ impl Default for GatewayOptions {
             policy_extra: String::new(),
             extra_yaml: String::new(),
             ssh_resources: None,
+            ssh_extra: String::new(),
         }
     }
 }
@@ -178,7 +181,7 @@ impl Gateway {
                 "ssh_resources with extra_yaml is not supported"
             );
             config.push_str(resources);
-            config.push_str(&format!("ssh: {{ listen: 127.0.0.1:{ssh_port} }}\n"));
+            config.push_str(&format!("ssh: {{ listen: 127.0.0.1:{ssh_port}{} }}\n", opts.ssh_extra));
         }
         let config_path = dir.path().join("portcullis.yaml");
         std::fs::write(&config_path, config).expect("write config");

@@ -57,6 +57,11 @@ pub fn public_line(path: &Path) -> String {
 impl Sshd {
     /// Starts sshd and waits until its port accepts.
     pub fn start() -> Sshd {
+        Sshd::start_with("")
+    }
+
+    /// Like `start`, with more `sshd_config` lines (e.g. `AcceptEnv LANG\n`).
+    pub fn start_with(extra_config: &str) -> Sshd {
         let dir = tempfile::Builder::new()
             .prefix("portcullis-e2e-sshd-")
             .tempdir()
@@ -76,6 +81,7 @@ impl Sshd {
              UsePAM no\nStrictModes no\nSubsystem sftp internal-sftp\n",
             d = d.display()
         );
+        let config = format!("{config}{extra_config}");
         let config_path = d.join("sshd_config");
         std::fs::write(&config_path, config).expect("sshd_config");
         let log = std::fs::File::create(d.join("sshd.log")).expect("sshd log");
@@ -120,8 +126,14 @@ impl Sshd {
 
     /// The `resources:` entry `web1` for this sshd, one role `deploy`, approver carol.
     pub fn resource_yaml(&self) -> String {
+        self.resource_yaml_with("")
+    }
+
+    /// Like `resource_yaml`, with more lines of its policy, each indented six
+    /// spaces (e.g. `      env: [LANG]\n`).
+    pub fn resource_yaml_with(&self, policy_extra: &str) -> String {
         format!(
-            "  - name: web1\n    kind: ssh\n    host: 127.0.0.1\n    port: {}\n    host_key: \"{}\"\n    roles:\n      deploy: {{ user: {}, key_file: {} }}\n    policy:\n      approvers: {{ users: [carol] }}\n      max_duration: 4h\n      default_duration: 1h\n",
+            "  - name: web1\n    kind: ssh\n    host: 127.0.0.1\n    port: {}\n    host_key: \"{}\"\n    roles:\n      deploy: {{ user: {}, key_file: {} }}\n    policy:\n      approvers: {{ users: [carol] }}\n      max_duration: 4h\n      default_duration: 1h\n{policy_extra}",
             self.port,
             self.host_key,
             self.user,
@@ -208,6 +220,25 @@ pub fn ssh_command(port: u16, key: &Path, login: &str, command: &str) -> Command
         .arg(key)
         .arg(format!("{login}@127.0.0.1"))
         .arg(command);
+    cmd
+}
+
+/// `ssh` with the test options but messages at the default level (as a person
+/// sees them: e.g. why a forward failed), `-p PORT -i KEY`, then `options`
+/// (e.g. `-W HOST:PORT`, `-A`, `-o SetEnv=...`), the login and, when given, the command.
+pub fn ssh_with(port: u16, key: &Path, options: &[&str], login: &str, command: Option<&str>) -> Command {
+    let mut cmd = Command::new("ssh");
+    let (without_log_level, _) = CLIENT_OPTIONS.split_at(CLIENT_OPTIONS.len() - 2);
+    cmd.args(without_log_level).env_remove("SSH_AUTH_SOCK");
+    cmd.arg("-p")
+        .arg(port.to_string())
+        .arg("-i")
+        .arg(key)
+        .args(options)
+        .arg(format!("{login}@127.0.0.1"));
+    if let Some(c) = command {
+        cmd.arg(c);
+    }
     cmd
 }
 

@@ -1,0 +1,4 @@
+//! SSH-side wire formats the gateway reads for audit.
+
+pub mod recording;
+pub mod sftp;

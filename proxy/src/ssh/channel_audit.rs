@@ -1,0 +1,243 @@
+//! What one session channel did, for the audit log: its exec command (one
+//! `exec` event, with the secrets in it redacted, recorded when the command
+//! ends with its exit status), its sftp operations (`sftp_audit`) and the
+//! recording of a pty channel (`recording`). Both pumps of the bridge share
+//! it; nothing here holds a lock across an await.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
+
+use bytes::Bytes;
+use portcullis_protocol::feed::UnixMillis;
+use portcullis_protocol::ssh::recording::{RecordingMeta, recording_id};
+
+use super::conn::Conn;
+use super::recording::{Recorder, Screen};
+use super::sftp_audit::SftpAudit;
+use crate::audit::command::redact_command;
+use crate::clock::now_millis;
+
+/// Longest command line recorded whole; a longer one keeps its start, and
+/// `command_len` says how long it was.
+const MAX_COMMAND: usize = 16 * 1024;
+
+/// An exec request being followed.
+struct Exec {
+    command: String,
+    at: UnixMillis,
+    since: Instant,
+}
+
+/// How the command ended.
+enum Exit {
+    Status(u32),
+    Signal(String),
+}
+
+/// The audit state of one channel.
+pub struct ChannelAudit {
+    conn: Arc<Conn>,
+    exec: Mutex<Option<Exec>>,
+    exit: Mutex<Option<Exit>>,
+    pty: Mutex<Option<Screen>>,
+    sftp: OnceLock<SftpAudit>,
+    recorder: OnceLock<Recorder>,
+}
+
+impl ChannelAudit {
+    /// Nothing seen yet on a channel of `conn`.
+    pub fn new(conn: Arc<Conn>) -> ChannelAudit {
+        ChannelAudit {
+            conn,
+            exec: Mutex::new(None),
+            exit: Mutex::new(None),
+            pty: Mutex::new(None),
+            sftp: OnceLock::new(),
+            recorder: OnceLock::new(),
+        }
+    }
+
+    /// The client asked for a pty.
+    pub fn pty(&self, term: &str, width: u32, height: u32) {
+        if let Ok(mut p) = self.pty.lock() {
+            // A client without a terminal (`ssh -tt` from a script) sends 0x0.
+            let (width, height) = if width == 0 || height == 0 {
+                (80, 24)
+            } else {
+                (width, height)
+            };
+            *p = Some(Screen {
+                term: term.to_owned(),
+                width,
+                height,
+            });
+        }
+    }
+
+    /// The client asked for a shell; with a pty, it is recorded.
+    pub fn shell(&self) {
+        self.record_pty();
+    }
+
+    /// The client asked to run `command`.
+    pub fn exec(&self, command: &[u8]) {
+        if let Ok(mut e) = self.exec.lock() {
+            *e = Some(Exec {
+                command: String::from_utf8_lossy(command).into_owned(),
+                at: now_millis(),
+                since: Instant::now(),
+            });
+        }
+        // `ssh -t host top` is as interactive as a shell.
+        self.record_pty();
+    }
+
+    /// The client asked for a subsystem; sftp is followed operation by operation.
+    pub fn subsystem(&self, name: &str) {
+        if name == "sftp"
+            && let Some(session) = &self.conn.audit
+        {
+            let _ = self.sftp.set(SftpAudit::new(Arc::clone(session)));
+        }
+    }
+
+    /// Bytes from the client: sftp requests are followed (no copy is kept).
+    pub async fn from_client(&self, data: &[u8]) {
+        if let Some(sftp) = self.sftp.get() {
+            for e in sftp.from_client(data) {
+                self.conn.proxy.audit.record(e).await;
+            }
+        }
+    }
+
+    /// Bytes from the server: sftp answers followed, pty output recorded.
+    pub async fn from_server(&self, data: &Bytes) {
+        if let Some(r) = self.recorder.get() {
+            r.output(data).await;
+        }
+        if let Some(sftp) = self.sftp.get() {
+            for e in sftp.from_server(data) {
+                self.conn.proxy.audit.record(e).await;
+            }
+        }
+    }
+
+    /// Stderr from the server: shown on the terminal, so recorded, never sftp.
+    pub async fn from_server_stderr(&self, data: &Bytes) {
+        if let Some(r) = self.recorder.get() {
+            r.output(data).await;
+        }
+    }
+
+    /// The window changed size.
+    pub async fn resize(&self, cols: u32, rows: u32) {
+        if let Some(r) = self.recorder.get() {
+            r.resize(cols, rows).await;
+        }
+    }
+
+    /// The server reported the command's exit status.
+    pub fn exit_status(&self, status: u32) {
+        if let Ok(mut x) = self.exit.lock() {
+            *x = Some(Exit::Status(status));
+        }
+    }
+
+    /// The server reported the signal that ended the command.
+    pub fn exit_signal(&self, signal: String) {
+        if let Ok(mut x) = self.exit.lock() {
+            *x = Some(Exit::Signal(signal));
+        }
+    }
+
+    /// The channel is over: the exec event and what sftp left open are recorded.
+    pub async fn finish(&self) {
+        let mut events = self.sftp.get().map(SftpAudit::finish).unwrap_or_default();
+        if let Some(e) = self.exec_event() {
+            events.insert(0, e);
+        }
+        for e in events {
+            self.conn.proxy.audit.record(e).await;
+        }
+    }
+
+    fn exec_event(&self) -> Option<portcullis_protocol::audit::AuditEvent> {
+        let audit = self.conn.audit.as_ref()?;
+        let exec = self.exec.lock().ok()?.take()?;
+        let mut e = audit.event("exec");
+        e.at = exec.at;
+        let d = &mut e.detail;
+        let mut command = exec.command;
+        if command.len() > MAX_COMMAND {
+            d.insert("command_len".into(), command.len().to_string());
+            let mut cut = MAX_COMMAND;
+            while !command.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            command.truncate(cut);
+        }
+        match redact_command(&command) {
+            Some(redacted) => {
+                d.insert("command".into(), redacted);
+                d.insert("redacted".into(), "true".into());
+            }
+            None => {
+                d.insert("command".into(), command);
+            }
+        }
+        let exit = self.exit.lock().ok().and_then(|mut x| x.take());
+        match exit {
+            Some(Exit::Status(status)) => {
+                d.insert("outcome".into(), "exited".into());
+                d.insert("exit_status".into(), status.to_string());
+            }
+            Some(Exit::Signal(signal)) => {
+                d.insert("outcome".into(), "signal".into());
+                d.insert("exit_signal".into(), signal);
+            }
+            None => {
+                // Cut, or the connection went first.
+                let how = self.conn.ended.get().copied().unwrap_or("interrupted");
+                d.insert("outcome".into(), "interrupted".into());
+                d.insert("ended".into(), how.into());
+            }
+        }
+        if self.recorder.get().is_some() {
+            d.insert("pty".into(), "true".into());
+        }
+        d.insert("duration_ms".into(), exec.since.elapsed().as_millis().to_string());
+        Some(e)
+    }
+
+    /// Starts the recording of this channel, if it has a pty and none started yet.
+    fn record_pty(&self) {
+        let Some(screen) = self.pty.lock().ok().and_then(|mut p| p.take()) else {
+            return;
+        };
+        let (Some(audit), Some(session)) = (&self.conn.audit, &self.conn.session) else {
+            return;
+        };
+        let n = self.conn.ptys.fetch_add(1, Ordering::Relaxed) + 1;
+        let meta = RecordingMeta {
+            id: recording_id(&session.info.id, n),
+            session_id: session.info.id.clone(),
+            user: audit.user.clone(),
+            resource: audit.resource.clone(),
+            role: audit.role.clone(),
+            started_at: now_millis(),
+        };
+        // Creates two small files, once per pty channel: cheap enough to do inline.
+        match Recorder::start(&self.conn.proxy.settings.data_dir, &meta, &screen) {
+            Ok(r) => {
+                let _ = self.recorder.set(r);
+                if let Ok(mut list) = self.conn.recordings.lock() {
+                    list.push(format!("{}.cast", meta.id));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(session = %meta.session_id, error = %e, "cannot record the pty session");
+            }
+        }
+    }
+}

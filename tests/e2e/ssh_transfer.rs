@@ -1,0 +1,96 @@
+//! A 100 MB file of random bytes through the SSH gateway, intact: `scp` in
+//! SFTP mode and in legacy (`-O`) mode both ways, and `sftp`, compared by SHA-256.
+
+use std::io::Write;
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+
+use crate::harness::sshd::{Sshd, keygen, scp, sftp_batch};
+use crate::harness::{Gateway, GatewayOptions, stderr, stdout};
+
+const SIZE: usize = 100 * 1024 * 1024;
+
+fn sha256(path: &Path) -> String {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    assert_eq!(bytes.len(), SIZE, "{} has the wrong length", path.display());
+    Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// 100 MB from the kernel's random source: no pattern a bug could preserve.
+fn random_file(path: &Path) {
+    let mut random = std::fs::File::open("/dev/urandom").expect("open /dev/urandom");
+    let mut out = std::fs::File::create(path).expect("create");
+    let copied = std::io::copy(&mut std::io::Read::take(&mut random, SIZE as u64), &mut out).expect("copy");
+    assert_eq!(copied as usize, SIZE);
+    out.flush().expect("flush");
+}
+
+#[test]
+fn a_100_mb_file_survives_scp_both_modes_and_sftp() {
+    let sshd = Sshd::start();
+    let gw = Gateway::start(GatewayOptions {
+        ssh_resources: Some(sshd.resource_yaml()),
+        ..GatewayOptions::default()
+    });
+    let keys = tempfile::tempdir().expect("tempdir");
+    let key = keys.path().join("alice_ed25519");
+    keygen(&key);
+    let alice = gw.cli_ok(
+        &gw.admin_token,
+        &[
+            "user",
+            "add",
+            "alice",
+            "--ssh-key",
+            &key.with_extension("pub").display().to_string(),
+        ],
+    );
+    let carol = gw.add_user("carol", &[], false);
+    gw.grant(&alice, &carol, "web1", None, "30m");
+
+    let local = tempfile::tempdir().expect("tempdir");
+    let far = tempfile::tempdir().expect("tempdir");
+    let src = local.path().join("big.bin");
+    random_file(&src);
+    let want = sha256(&src);
+    let remote = |name: &str| format!("alice+web1@127.0.0.1:{}", far.path().join(name).display());
+
+    for (mode, extra) in [("sftp", None), ("legacy", Some("-O"))] {
+        let up = format!("up-{mode}.bin");
+        let down = local.path().join(format!("down-{mode}.bin"));
+        let mut args: Vec<String> = extra.into_iter().map(str::to_owned).collect();
+        args.extend([src.display().to_string(), remote(&up)]);
+        let out = scp(gw.ssh_port, &key, &args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(out.status.success(), "scp {mode} upload: {}", stderr(&out));
+        assert_eq!(
+            sha256(&far.path().join(&up)),
+            want,
+            "scp {mode} upload changed the file"
+        );
+
+        let mut args: Vec<String> = extra.into_iter().map(str::to_owned).collect();
+        args.extend([remote(&up), down.display().to_string()]);
+        let out = scp(gw.ssh_port, &key, &args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(out.status.success(), "scp {mode} download: {}", stderr(&out));
+        assert_eq!(sha256(&down), want, "scp {mode} download changed the file");
+        let _ = std::fs::remove_file(&down);
+    }
+
+    let back = local.path().join("back.bin");
+    let batch = local.path().join("batch");
+    std::fs::write(
+        &batch,
+        format!(
+            "cd {far}\nput {src} sftp.bin\nget sftp.bin {back}\n",
+            far = far.path().display(),
+            src = src.display(),
+            back = back.display()
+        ),
+    )
+    .expect("batch");
+    let out = sftp_batch(gw.ssh_port, &key, "alice+web1", &batch);
+    assert!(out.status.success(), "sftp -b: {}\n{}", stdout(&out), stderr(&out));
+    assert_eq!(sha256(&far.path().join("sftp.bin")), want, "sftp put changed the file");
+    assert_eq!(sha256(&back), want, "sftp get changed the file");
+}
