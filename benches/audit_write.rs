@@ -17,9 +17,11 @@ use std::hint::black_box;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use portcullis_control::audit::AuditLog;
 use portcullis_protocol::audit::AuditEvent;
+use portcullis_protocol::audit::block::BlockBuilder;
 
 const BATCH: usize = 128;
 const PREFILL: usize = 100_000;
+const BLOCK: usize = 128;
 
 /// The `n`th statement event of one pgbench-like session.
 fn statement(n: u64) -> AuditEvent {
@@ -60,6 +62,23 @@ fn batch(from: u64) -> Vec<AuditEvent> {
     (from..from + BATCH as u64).map(statement).collect()
 }
 
+/// The same statements as `batch`, in blocks of `BLOCK`.
+fn blocks(from: u64) -> Vec<AuditEvent> {
+    batch(from)
+        .chunks(BLOCK)
+        .map(|chunk| {
+            let mut session = chunk[0].clone();
+            session.id = format!("blk_{}", chunk[0].id);
+            session.detail = BTreeMap::from([("protocol".to_owned(), "postgres".to_owned())]);
+            let mut b = BlockBuilder::new(session);
+            for e in chunk {
+                b.push(&e.id, e.at, e.detail.clone());
+            }
+            b.finish()
+        })
+        .collect()
+}
+
 fn audit_write(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -79,6 +98,20 @@ fn audit_write(c: &mut Criterion) {
         b.iter_batched(
             || {
                 let events = batch(next);
+                next += BATCH as u64;
+                events
+            },
+            |events| black_box(rt.block_on(log.append(events)).expect("append")),
+            BatchSize::LargeInput,
+        )
+    });
+    // As the proxy stores them: the same statements gathered into blocks of
+    // one session's statements (32 here, what 8 busy sessions fill in the
+    // proxy's 50 ms gathering window is more), one row and link per block.
+    group.bench_function("append_128_statements_in_blocks_of_32", |b| {
+        b.iter_batched(
+            || {
+                let events = blocks(next);
                 next += BATCH as u64;
                 events
             },

@@ -147,15 +147,17 @@ impl AuditLog {
         shipped: Option<(&str, &Cursor)>,
     ) -> Result<usize, AuditError> {
         let new = self.with(|conn, key| store::append(conn, key, events, shipped))?;
+        // A block of statements counts as the statements it holds.
+        let count: u64 = new.iter().map(|(_, n)| n).sum();
         if let Some(m) = &self.metrics {
             let committed = crate::time::now();
             let lag = m.lag.with_label_values(&[source.label()]);
-            for at in &new {
+            for (at, _) in &new {
                 lag.observe(crate::time::duration(committed.saturating_sub(*at)).as_secs_f64());
             }
-            m.written.with_label_values(&[source.label()]).inc_by(new.len() as u64);
+            m.written.with_label_values(&[source.label()]).inc_by(count);
         }
-        Ok(new.len())
+        Ok(usize::try_from(count).unwrap_or(usize::MAX))
     }
 
     /// Where `source`'s shipper stands. Blocking.
@@ -221,5 +223,7 @@ pub fn spawn_writer(
         })
 }
 
+#[cfg(test)]
+mod block_tests;
 #[cfg(test)]
 mod tests;

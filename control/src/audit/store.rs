@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
+use portcullis_protocol::audit::block::{self, BLOCK, LIST, STATEMENT, expand, span};
 use portcullis_protocol::audit::{AuditEvent, ChainCheck, GENESIS, link};
 use portcullis_protocol::feed::UnixMillis;
 use rusqlite::{Connection, OptionalExtension, Row, params};
@@ -52,9 +53,14 @@ CREATE INDEX events_session_action ON events (session_id, action, seq);
     // 3: `events_session_action` serves every lookup by session, so the
     // index on the session alone only cost each insert another B-tree.
     "DROP INDEX IF EXISTS events_session;",
+    // 4: a block of statements (protocol's `audit::block`) takes a number
+    // per statement, and keeps its statements' JSON out of `detail`, where
+    // it would be escaped a second time, in a column of its own.
+    "ALTER TABLE events ADD COLUMN span INTEGER NOT NULL DEFAULT 1;
+     ALTER TABLE events ADD COLUMN body TEXT;",
 ];
 
-const COLUMNS: &str = "seq, id, at, action, user_name, resource, role, session_id, grant_id, request_id, reason, approvers, detail, prev, hash";
+const COLUMNS: &str = "seq, id, at, action, user_name, resource, role, session_id, grant_id, request_id, reason, approvers, detail, prev, hash, span, body";
 
 /// What to look for; every field narrows the search.
 #[derive(Clone, Debug, Default)]
@@ -127,23 +133,27 @@ pub(super) fn cursor(conn: &Connection, source: &str) -> Result<Option<Cursor>, 
 }
 
 /// Appends the events not stored yet (by id) to the chain and, in the same
-/// transaction, moves `source`'s cursor: both are kept, or neither. Answers
-/// the times of the events that were new.
+/// transaction, moves `source`'s cursor: both are kept, or neither. Answers,
+/// for each event that was new, its time and how many events it holds (a
+/// block of statements more than one).
 pub(super) fn append(
     conn: &mut Connection,
     key: &[u8; 32],
     events: &[AuditEvent],
     shipped: Option<(&str, &Cursor)>,
-) -> Result<Vec<UnixMillis>, AuditError> {
+) -> Result<Vec<(UnixMillis, u64)>, AuditError> {
     let tx = conn.transaction()?;
-    let last: Option<(i64, Vec<u8>)> = tx
-        .query_row("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1", [], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
+    let last: Option<(i64, i64, Vec<u8>)> = tx
+        .query_row(
+            "SELECT seq, span, hash FROM events ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
         .optional()?;
-    let (mut seq, mut prev) = match last {
-        Some((seq, hash)) => (seq_of(seq), to_hash(seq_of(seq), &hash)?),
-        None => (0u64, GENESIS),
+    // `next` is the number the next event takes: a block takes one per statement.
+    let (mut next, mut prev) = match last {
+        Some((seq, span, hash)) => (seq_of(seq) + seq_of(span).max(1), to_hash(seq_of(seq), &hash)?),
+        None => (1u64, GENESIS),
     };
     let mut new = Vec::new();
     {
@@ -151,15 +161,15 @@ pub(super) fn append(
         // not inserted (and then takes no place in the chain). One probe of
         // the id index, not a lookup and then an insert.
         let mut insert = tx.prepare_cached(&format!(
-            "INSERT INTO events ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+            "INSERT INTO events ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)
              ON CONFLICT (id) DO NOTHING"
         ))?;
         for e in events {
-            let hash = link(key, seq + 1, &prev, e);
+            let hash = link(key, next, &prev, e);
             let approvers = serde_json::to_string(&e.approvers).unwrap_or_else(|_| "[]".into());
-            let detail = serde_json::to_string(&e.detail).unwrap_or_else(|_| "{}".into());
+            let (detail, body) = split_body(e);
             let inserted = insert.execute(params![
-                (seq + 1) as i64,
+                next as i64,
                 e.id,
                 e.at,
                 e.action,
@@ -174,11 +184,13 @@ pub(super) fn append(
                 detail,
                 &prev[..],
                 &hash[..],
+                span(e) as i64,
+                body,
             ])?;
             if inserted == 1 {
-                seq += 1;
+                next += span(e);
                 prev = hash;
-                new.push(e.at);
+                new.push((e.at, span(e)));
             }
         }
     }
@@ -191,6 +203,17 @@ pub(super) fn append(
     }
     tx.commit()?;
     Ok(new)
+}
+
+/// A row's `detail` and `body` columns: a block's statements go to `body`
+/// as they are, the rest of its detail (and any other event's) to `detail`.
+fn split_body(e: &AuditEvent) -> (String, Option<&str>) {
+    let body = if e.action == BLOCK { e.detail.get(LIST) } else { None };
+    let detail = match body {
+        Some(_) => serde_json::to_string(&e.detail.iter().filter(|(k, _)| *k != LIST).collect::<BTreeMap<_, _>>()),
+        None => serde_json::to_string(&e.detail),
+    };
+    (detail.unwrap_or_else(|_| "{}".into()), body.map(String::as_str))
 }
 
 /// SQLite integers are signed; a negative sequence number (only ever made
@@ -218,7 +241,10 @@ fn row_at(r: &Row<'_>, base: usize) -> rusqlite::Result<Stored> {
     let seq = seq_of(r.get(base)?);
     let json = |i: usize| -> rusqlite::Result<String> { r.get(base + i) };
     let approvers: Vec<String> = serde_json::from_str(&json(11)?).unwrap_or_default();
-    let detail: BTreeMap<String, String> = serde_json::from_str(&json(12)?).unwrap_or_default();
+    let mut detail: BTreeMap<String, String> = serde_json::from_str(&json(12)?).unwrap_or_default();
+    if let Some(body) = r.get::<_, Option<String>>(base + 16)? {
+        detail.insert(LIST.to_owned(), body);
+    }
     let event = AuditEvent {
         id: r.get(base + 1)?,
         at: r.get(base + 2)?,
@@ -248,7 +274,7 @@ fn columns_of(alias: &str) -> String {
 pub(super) fn verify(conn: &mut Connection, key: &[u8; 32]) -> Result<Verdict, AuditError> {
     // One read transaction: the count and the walk see the same events.
     let tx = conn.transaction()?;
-    let events: i64 = tx.query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))?;
+    let events: i64 = tx.query_row("SELECT COALESCE(SUM(span), 0) FROM events", [], |r| r.get(0))?;
     let events = u64::try_from(events).unwrap_or(0);
     let mut check = ChainCheck::new(key);
     let mut stmt = tx.prepare(&format!("SELECT {COLUMNS} FROM events ORDER BY seq"))?;
@@ -272,7 +298,7 @@ pub(super) fn verify(conn: &mut Connection, key: &[u8; 32]) -> Result<Verdict, A
 }
 
 /// What `grep` looks in: every text of an event.
-const GREPPED: &str = "detail || ' ' || coalesce(reason, '') || ' ' || action || ' ' || user_name || ' ' || \
+const GREPPED: &str = "detail || ' ' || coalesce(body, '') || ' ' || coalesce(reason, '') || ' ' || action || ' ' || user_name || ' ' || \
     coalesce(resource, '') || ' ' || coalesce(role, '') || ' ' || coalesce(session_id, '') || ' ' || \
     coalesce(grant_id, '') || ' ' || coalesce(request_id, '') || ' ' || approvers";
 
@@ -286,43 +312,132 @@ pub(super) fn search(conn: &mut Connection, s: &Search) -> Result<Vec<(u64, Audi
     for (column, value) in [
         ("user_name", &s.user),
         ("resource", &s.resource),
-        ("action", &s.action),
         ("session_id", &s.session_id),
     ] {
         if let Some(v) = value {
             filter(&format!("{column} = ?"), v.clone().into());
         }
     }
+    // The rows that may hold a match; blocks of statements are then read
+    // apart and each statement tested (`Search::admits`).
+    if let Some(action) = &s.action {
+        if action == STATEMENT {
+            filter(&format!("action IN (?, '{BLOCK}')"), action.clone().into());
+        } else {
+            filter("action = ?", action.clone().into());
+        }
+    }
     if let Some(t) = s.since {
-        filter("at >= ?", t.into());
+        filter("at >= ?", t.saturating_sub(block::MAX_SPAN_MS).into());
     }
     if let Some(t) = s.until {
         filter("at < ?", t.into());
     }
     if let Some(text) = &s.grep {
-        filter(&format!("instr(lower({GREPPED}), lower(?)) > 0"), text.clone().into());
+        // The text as typed (in the plain columns) or JSON-escaped (in
+        // `detail`, `body` and `approvers`).
+        let json = escaped(text);
+        if json == *text {
+            filter(&format!("instr(lower({GREPPED}), lower(?)) > 0"), text.clone().into());
+        } else {
+            values.push(text.clone().into());
+            values.push(json.into());
+            let (raw, json) = (values.len() - 1, values.len());
+            clauses.push(format!(
+                "(instr(lower({GREPPED}), lower(?{raw})) > 0 OR instr(lower({GREPPED}), lower(?{json})) > 0)"
+            ));
+        }
     }
-    if let Some(after) = s.after {
-        let clause = if s.newest_first { "seq < ?" } else { "seq > ?" };
-        filter(clause, (after as i64).into());
-    }
-    let mut sql = format!("SELECT {COLUMNS} FROM events");
-    if !clauses.is_empty() {
-        sql.push_str(" WHERE ");
-        sql.push_str(&clauses.join(" AND "));
-    }
-    sql.push_str(if s.newest_first {
-        " ORDER BY seq DESC"
-    } else {
-        " ORDER BY seq"
+    // A page of rows at a time, until the page of events is full: a row
+    // can hold many events, or none that match.
+    let mut rows_after = s.after.map(|after| match s.newest_first {
+        true => after,
+        // The block holding `after + 1` starts at most this far back.
+        false => after.saturating_sub(block::MAX_STATEMENTS),
     });
-    sql.push_str(&format!(" LIMIT {}", s.limit.max(1)));
-    let mut stmt = conn.prepare(&sql)?;
-    let found = stmt
-        .query_map(rusqlite::params_from_iter(values), row)?
-        .map(|r| r.map(|(seq, e, _, _)| (seq, e)))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(found)
+    let limit = s.limit.max(1);
+    let mut found = Vec::new();
+    loop {
+        let mut page_clauses = clauses.clone();
+        let mut page_values = values.clone();
+        if let Some(after) = rows_after {
+            page_values.push((after as i64).into());
+            let op = if s.newest_first { "<" } else { ">" };
+            page_clauses.push(format!("seq {op} ?{}", page_values.len()));
+        }
+        let mut sql = format!("SELECT {COLUMNS} FROM events");
+        if !page_clauses.is_empty() {
+            sql.push_str(" WHERE ");
+            sql.push_str(&page_clauses.join(" AND "));
+        }
+        sql.push_str(if s.newest_first {
+            " ORDER BY seq DESC"
+        } else {
+            " ORDER BY seq"
+        });
+        sql.push_str(&format!(" LIMIT {limit}"));
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let rows = stmt
+            .query_map(rusqlite::params_from_iter(page_values), row)?
+            .map(|r| r.map(|(seq, e, _, _)| (seq, e)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let full = rows.len() == limit;
+        rows_after = rows.last().map(|(seq, _)| *seq).or(rows_after);
+        for (seq, event) in rows {
+            let mut events = expand(seq, event);
+            if s.newest_first {
+                events.reverse();
+            }
+            found.extend(events.into_iter().filter(|(seq, e)| s.admits(*seq, e)));
+        }
+        if found.len() >= limit || !full {
+            found.truncate(limit);
+            return Ok(found);
+        }
+    }
+}
+
+impl Search {
+    /// Whether an event read from a row the SQL selected matches: exact for
+    /// each statement of a block, where the row's own time, action and text
+    /// only said it may hold one.
+    fn admits(&self, seq: u64, e: &AuditEvent) -> bool {
+        let after = match (self.after, self.newest_first) {
+            (None, _) => true,
+            (Some(after), false) => seq > after,
+            (Some(after), true) => seq < after,
+        };
+        after
+            && self.action.as_ref().is_none_or(|a| *a == e.action)
+            && self.since.is_none_or(|t| e.at >= t)
+            && self.until.is_none_or(|t| e.at < t)
+            && self
+                .grep
+                .as_ref()
+                .is_none_or(|g| grepped(e).contains(&g.to_ascii_lowercase()))
+    }
+}
+
+/// `text` as it reads inside a JSON string.
+fn escaped(text: &str) -> String {
+    let quoted = serde_json::to_string(text).unwrap_or_default();
+    quoted
+        .strip_prefix('"')
+        .and_then(|q| q.strip_suffix('"'))
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Every text of an event read out of a block, as the person wrote it,
+/// lowercased as `lower` in SQLite does (ASCII only).
+fn grepped(e: &AuditEvent) -> String {
+    let mut texts: Vec<&str> = e.detail.iter().flat_map(|(k, v)| [k.as_str(), v.as_str()]).collect();
+    texts.extend([e.reason.as_deref().unwrap_or_default(), &e.action, &e.user]);
+    for field in [&e.resource, &e.role, &e.session_id, &e.grant_id, &e.request_id] {
+        texts.push(field.as_deref().unwrap_or_default());
+    }
+    texts.extend(e.approvers.iter().map(String::as_str));
+    texts.join(" ").to_ascii_lowercase()
 }
 
 /// Which sessions to list (from their `session.start` events); every field narrows.

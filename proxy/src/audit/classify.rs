@@ -134,15 +134,39 @@ fn class_of(stmt: &str) -> &'static str {
 
 /// The text with its literals (quoted strings and numbers) blanked, as a
 /// cache key; `None` when the text has quoting this cannot follow safely
-/// (dollar quotes, escape strings), and is then parsed every time.
+/// (dollar quotes, escape strings, block comments), and is then parsed
+/// every time. Two texts of one shape must differ in literals only: quoted
+/// identifiers, parameters (`$1`) and line comments are kept as written,
+/// so a quote inside them cannot hide a table behind a cached shape.
 fn shape(sql: &str) -> Option<String> {
     let b = sql.as_bytes();
     let mut out = String::with_capacity(sql.len());
     let mut i = 0;
+    let word = |at: usize| at > 0 && (b[at - 1].is_ascii_alphanumeric() || b[at - 1] == b'_' || b[at - 1] >= 0x80);
     while i < b.len() {
         let c = b[i];
         match c {
+            // A parameter, or a `$` inside a name; anything else may open a dollar quote.
+            b'$' if word(i) || b.get(i + 1).is_some_and(u8::is_ascii_digit) => {
+                let end = i + 1 + b[i + 1..].iter().take_while(|d| d.is_ascii_digit()).count();
+                out.push_str(sql.get(i..end)?);
+                i = end;
+                continue;
+            }
             b'$' => return None,
+            b'"' => {
+                let end = i + 1 + b[i + 1..].iter().position(|&q| q == b'"')? + 1;
+                out.push_str(sql.get(i..end)?);
+                i = end;
+                continue;
+            }
+            b'-' if b.get(i + 1) == Some(&b'-') => {
+                let end = b[i..].iter().position(|&n| n == b'\n').map_or(b.len(), |n| i + n);
+                out.push_str(sql.get(i..end)?);
+                i = end;
+                continue;
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => return None,
             b'\'' => {
                 if i > 0 && matches!(b[i - 1], b'e' | b'E' | b'u' | b'U' | b'&' | b'b' | b'B' | b'x' | b'X') {
                     return None;
@@ -271,6 +295,21 @@ mod tests {
         );
         assert_ne!(shape("SELECT 1 FROM t1"), shape("SELECT 1 FROM t2"));
         assert_eq!(shape("SELECT $$x$$"), None);
+        assert_eq!(
+            shape("SELECT a$1 FROM t WHERE b = $12"),
+            Some("SELECT a$1 FROM t WHERE b = $12".to_owned())
+        );
+        // A quote in a comment or a quoted name opens no literal: these differ in tables.
+        assert_ne!(
+            shape("SELECT 1 -- '\nFROM secret --'"),
+            shape("SELECT 1 -- '\nFROM other --'")
+        );
+        assert_ne!(
+            shape("SELECT \"a'b\" FROM secret WHERE c = 'x'"),
+            shape("SELECT \"a'b\" FROM other WHERE c = 'x'")
+        );
+        assert_eq!(shape("SELECT 1 /* ' */ FROM t"), None);
+        assert_eq!(shape("SELECT \"unclosed"), None);
         assert_eq!(shape("SELECT E'\\''"), None);
         assert_eq!(shape("SELECT 'é', 1"), Some("SELECT ?, ?".to_owned()));
         let mut c = Classifier::default();

@@ -2,46 +2,74 @@
 //! (classification and redaction run here, off the relay path) and hands
 //! every event to the audit log in queue order, waiting when the log's queue
 //! is full, so backpressure reaches the sessions instead of events being lost.
+//!
+//! A session's statements are gathered into blocks (see
+//! `portcullis_protocol::audit::block`) for up to `GATHER` before they go
+//! to the log: a stored row per statement cost more than relaying it. A
+//! session's other events (its end above all) wait for its open block, so
+//! the log keeps each session's order.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use portcullis_protocol::audit::AuditEvent;
+use portcullis_protocol::audit::block::BlockBuilder;
 use prometheus::IntGauge;
 use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TryRecvError;
 
 use super::Item;
 use super::classify::Classifier;
-use super::statement::statement_event;
+use super::statement::{Batch, SessionAudit, statement_detail};
 
-/// After a batch, what arrives within this long is handled together: one
-/// wakeup of this thread per burst instead of one per statement.
+/// While statements are open in blocks, the queue is looked at this often:
+/// one wakeup of this thread per burst instead of one per statement.
 const COALESCE: Duration = Duration::from_millis(2);
+/// How long a statement waits in an open block, at most, before the blocks
+/// go to the log: what statement audit adds to the audit lag.
+const GATHER: Duration = Duration::from_millis(50);
 
 /// Starts the thread; it ends when every sender is gone and the queue is drained.
-pub(super) fn spawn(
-    mut rx: mpsc::Receiver<Item>,
-    log: mpsc::Sender<AuditEvent>,
-    depth: IntGauge,
-) -> std::io::Result<()> {
+pub(super) fn spawn(rx: mpsc::Receiver<Item>, log: mpsc::Sender<AuditEvent>, depth: IntGauge) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("portcullis-audit-sql".into())
         .spawn(move || {
             below_sessions();
-            let mut classifier = Classifier::default();
-            while let Some(first) = rx.blocking_recv() {
-                let mut next = Some(first);
-                while let Some(item) = next {
-                    // Before the hand-off that may block: a stalled log shows as depth.
-                    depth.set(i64::try_from(rx.len()).unwrap_or(i64::MAX));
-                    if !forward(item, &log, &mut classifier) {
-                        return;
-                    }
-                    next = rx.try_recv().ok();
-                }
-                std::thread::sleep(COALESCE);
-            }
+            run(rx, &log, &depth);
         })
         .map(drop)
+}
+
+fn run(mut rx: mpsc::Receiver<Item>, log: &mpsc::Sender<AuditEvent>, depth: &IntGauge) {
+    let mut blocks = Blocks::default();
+    loop {
+        // Wait for work only when no block is open; else come back in time to close them.
+        let next = if blocks.is_empty() {
+            rx.blocking_recv().ok_or(TryRecvError::Disconnected)
+        } else {
+            rx.try_recv()
+        };
+        let sent = match next {
+            Ok(item) => {
+                // Before the hand-off that may block: a stalled log shows as depth.
+                depth.set(i64::try_from(rx.len()).unwrap_or(i64::MAX));
+                blocks.take(item, log) && blocks.close_due(log)
+            }
+            Err(TryRecvError::Empty) => {
+                let sent = blocks.close_due(log);
+                std::thread::sleep(COALESCE);
+                sent
+            }
+            Err(TryRecvError::Disconnected) => {
+                blocks.close_all(log);
+                return;
+            }
+        };
+        if !sent {
+            return;
+        }
+    }
 }
 
 /// Lowers this thread's priority (nice 5) below the session threads': when
@@ -52,13 +80,75 @@ fn below_sessions() {
     let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 5);
 }
 
-/// Hands `item`'s events to the log; false once the log is gone.
-fn forward(item: Item, log: &mpsc::Sender<AuditEvent>, classifier: &mut Classifier) -> bool {
-    match item {
-        Item::Event(e) => log.blocking_send(*e).is_ok(),
-        Item::Statements(batch) => batch.statements.iter().all(|s| {
-            log.blocking_send(statement_event(&batch.session, s, classifier))
-                .is_ok()
-        }),
+/// Each session's open block, by session id.
+#[derive(Default)]
+struct Blocks {
+    classifier: Classifier,
+    open: HashMap<String, BlockBuilder>,
+    /// When the oldest open block got its first statement.
+    since: Option<Instant>,
+}
+
+impl Blocks {
+    fn is_empty(&self) -> bool {
+        self.open.is_empty()
     }
+
+    /// Takes one queued item; false once the log is gone.
+    fn take(&mut self, item: Item, log: &mpsc::Sender<AuditEvent>) -> bool {
+        match item {
+            Item::Event(e) => {
+                let open = e.session_id.as_ref().and_then(|id| self.open.remove(id));
+                open.is_none_or(|b| log.blocking_send(b.finish()).is_ok()) && log.blocking_send(*e).is_ok()
+            }
+            Item::Statements(batch) => self.add(batch, log),
+        }
+    }
+
+    /// Adds `batch`'s statements to its session's block, sending the block
+    /// on when it is full.
+    fn add(&mut self, batch: Batch, log: &mpsc::Sender<AuditEvent>) -> bool {
+        let Batch { session, statements } = batch;
+        for s in &statements {
+            let at = session.at(s);
+            let detail = statement_detail(&session, s, &mut self.classifier);
+            if !self.open.contains_key(&session.session_id) {
+                self.open.insert(session.session_id.clone(), block_of(&session));
+            }
+            let Some(block) = self.open.get_mut(&session.session_id) else {
+                continue;
+            };
+            if !block.fits(at) {
+                let full = std::mem::replace(block, block_of(&session));
+                if log.blocking_send(full.finish()).is_err() {
+                    return false;
+                }
+            }
+            block.push(&super::next_id(), at, detail);
+            self.since.get_or_insert_with(Instant::now);
+        }
+        true
+    }
+
+    /// Sends every open block once the oldest has waited `GATHER`.
+    fn close_due(&mut self, log: &mpsc::Sender<AuditEvent>) -> bool {
+        match self.since {
+            Some(since) if since.elapsed() >= GATHER => self.close_all(log),
+            _ => true,
+        }
+    }
+
+    /// Sends every open block; false once the log is gone.
+    fn close_all(&mut self, log: &mpsc::Sender<AuditEvent>) -> bool {
+        self.since = None;
+        self.open
+            .drain()
+            .filter(|(_, b)| !b.is_empty())
+            .all(|(_, b)| log.blocking_send(b.finish()).is_ok())
+    }
+}
+
+/// An empty block of `session`'s statements, with a fresh id.
+fn block_of(session: &Arc<SessionAudit>) -> BlockBuilder {
+    BlockBuilder::new(session.event("statements"))
 }

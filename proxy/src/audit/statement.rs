@@ -1,6 +1,7 @@
 //! One audit event per statement: what the relay's tracker saw, with the
 //! session's who/where/why, turned into an `AuditEvent` on the audit thread.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Instant;
@@ -59,6 +60,12 @@ impl SessionAudit {
         }
         e
     }
+
+    /// When `s` started, on the wall clock.
+    pub fn at(&self, s: &Statement) -> UnixMillis {
+        let offset = s.started.saturating_duration_since(self.since).as_millis();
+        self.wall.saturating_add(i64::try_from(offset).unwrap_or(i64::MAX))
+    }
 }
 
 /// Statements of one session, in the order they completed.
@@ -90,9 +97,20 @@ impl Batch {
 /// The audit event of `s`, classified and with passwords redacted.
 pub fn statement_event(session: &SessionAudit, s: &Statement, classifier: &mut Classifier) -> AuditEvent {
     let mut e = session.event("statement");
-    let offset = s.started.saturating_duration_since(session.since).as_millis();
-    e.at = session.wall.saturating_add(i64::try_from(offset).unwrap_or(i64::MAX));
-    let d = &mut e.detail;
+    e.at = session.at(s);
+    e.detail.append(&mut statement_detail(session, s, classifier));
+    e
+}
+
+/// What one statement's event says beyond its session's fields: class,
+/// tables, text (passwords redacted), parameters, outcome and duration.
+pub fn statement_detail(
+    session: &SessionAudit,
+    s: &Statement,
+    classifier: &mut Classifier,
+) -> BTreeMap<String, String> {
+    let mut detail = BTreeMap::new();
+    let d = &mut detail;
     let flow = match s.flow {
         Flow::Simple => "simple",
         Flow::Extended => "extended",
@@ -174,7 +192,7 @@ pub fn statement_event(session: &SessionAudit, s: &Statement, classifier: &mut C
         }
     }
     d.insert("duration_us".into(), s.duration.as_micros().to_string());
-    e
+    detail
 }
 
 /// The error message of a statement that held a password.

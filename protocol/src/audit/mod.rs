@@ -16,6 +16,8 @@ use sha2::Sha256;
 
 use crate::feed::UnixMillis;
 
+pub mod block;
+
 /// The link before the first event.
 pub const GENESIS: [u8; 32] = [0; 32];
 /// Version tag of the link encoding, so a later format cannot be confused with this one.
@@ -200,7 +202,8 @@ impl<'k> ChainCheck<'k> {
             });
         }
         self.prev = *hash;
-        self.next_seq += 1;
+        // A block of statements holds one number per statement.
+        self.next_seq += block::span(event);
         Ok(())
     }
 }

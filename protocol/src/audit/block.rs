@@ -1,0 +1,249 @@
+//! Statements stored together. Under load every statement is an audit
+//! event, and a row of the store per event (its indexes, its link, its
+//! share of a commit) cost more CPU than relaying the statement. So the
+//! statements one session ran within a short span travel and are stored as
+//! ONE chained event, a block, and everyone who reads the log sees them
+//! apart again: each keeps its own id, time, detail and sequence number
+//! (the block takes as many numbers as it holds statements), and the
+//! session's who, where and why come from the block. The block's link
+//! covers every statement in it, so an edit to any of them breaks the chain.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::AuditEvent;
+use crate::feed::UnixMillis;
+
+/// The action of a block as stored; its statements read as `statement`.
+pub const BLOCK: &str = "statements";
+/// The action of one statement.
+pub const STATEMENT: &str = "statement";
+/// Statements in one block at most: readers look this far back for the
+/// block that holds a sequence number.
+pub const MAX_STATEMENTS: u64 = 512;
+/// How far apart in time a block's statements may be, at most: a search
+/// by time looks this much earlier for blocks that start before its range.
+pub const MAX_SPAN_MS: UnixMillis = 1_000;
+/// A block is closed once its statements' JSON reaches this size, which
+/// bounds what a queue of blocks can hold.
+const MAX_BYTES: usize = 32 * 1024;
+/// Detail keys of a block that are not shared by its statements: how many
+/// it holds, and their list (JSON), which a store may keep apart.
+pub const COUNT: &str = "count";
+/// See `COUNT`.
+pub const LIST: &str = "statements";
+
+/// One statement as a block holds it.
+#[derive(Serialize, Deserialize)]
+struct Member<'a> {
+    #[serde(borrow)]
+    id: std::borrow::Cow<'a, str>,
+    at: UnixMillis,
+    detail: BTreeMap<String, String>,
+}
+
+/// A block being filled, one session's statements in the order they completed.
+pub struct BlockBuilder {
+    block: AuditEvent,
+    json: String,
+    count: u64,
+    first: UnixMillis,
+    last: UnixMillis,
+}
+
+impl BlockBuilder {
+    /// An empty block of `session`, an event whose id, user, resource, role,
+    /// session, grant, request, reason and approvers are the block's and
+    /// whose detail holds what every statement shares (e.g. the protocol).
+    pub fn new(mut session: AuditEvent) -> BlockBuilder {
+        session.action = BLOCK.to_owned();
+        BlockBuilder {
+            block: session,
+            json: String::from("["),
+            count: 0,
+            first: UnixMillis::MAX,
+            last: UnixMillis::MIN,
+        }
+    }
+
+    /// Statements so far.
+    pub fn len(&self) -> u64 {
+        self.count
+    }
+
+    /// Whether no statement was added yet.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Whether a statement at `at` may join, or the block must be closed first.
+    pub fn fits(&self, at: UnixMillis) -> bool {
+        self.count == 0
+            || (self.count < MAX_STATEMENTS
+                && self.json.len() < MAX_BYTES
+                && self.last.max(at).saturating_sub(self.first.min(at)) <= MAX_SPAN_MS)
+    }
+
+    /// Adds a statement; call `fits` first.
+    pub fn push(&mut self, id: &str, at: UnixMillis, detail: BTreeMap<String, String>) {
+        if self.count > 0 {
+            self.json.push(',');
+        }
+        let member = Member {
+            id: id.into(),
+            at,
+            detail,
+        };
+        // A map of strings always serializes; the fallback keeps the count true.
+        match serde_json::to_string(&member) {
+            Ok(s) => self.json.push_str(&s),
+            Err(_) => self.json.push_str("null"),
+        }
+        self.count += 1;
+        self.first = self.first.min(at);
+        self.last = self.last.max(at);
+    }
+
+    /// The block as one event, dated by its earliest statement.
+    pub fn finish(mut self) -> AuditEvent {
+        self.json.push(']');
+        self.block.at = if self.count == 0 { self.block.at } else { self.first };
+        self.block.detail.insert(COUNT.to_owned(), self.count.to_string());
+        self.block.detail.insert(LIST.to_owned(), self.json);
+        self.block
+    }
+}
+
+/// Sequence numbers `event` takes in the chain: a block one per statement.
+pub fn span(event: &AuditEvent) -> u64 {
+    if event.action != BLOCK {
+        return 1;
+    }
+    event
+        .detail
+        .get(COUNT)
+        .and_then(|c| c.parse::<u64>().ok())
+        .unwrap_or(1)
+        .clamp(1, MAX_STATEMENTS)
+}
+
+/// The statements of a block stored at `seq`, each with its own sequence
+/// number; any other event as it is. A block that does not read back (only
+/// ever an edited one, which `verify` reports) is shown as stored.
+pub fn expand(seq: u64, event: AuditEvent) -> Vec<(u64, AuditEvent)> {
+    if event.action != BLOCK {
+        return vec![(seq, event)];
+    }
+    let members: Vec<Member<'_>> = match event.detail.get(LIST).map(|l| serde_json::from_str(l)) {
+        Some(Ok(members)) => members,
+        _ => return vec![(seq, event)],
+    };
+    let shared: Vec<(&String, &String)> = event
+        .detail
+        .iter()
+        .filter(|(k, _)| k.as_str() != COUNT && k.as_str() != LIST)
+        .collect();
+    members
+        .into_iter()
+        .zip(seq..)
+        .map(|(m, seq)| {
+            let mut detail = m.detail;
+            for (k, v) in &shared {
+                detail.entry((*k).clone()).or_insert_with(|| (*v).clone());
+            }
+            let statement = AuditEvent {
+                id: m.id.into_owned(),
+                at: m.at,
+                action: STATEMENT.to_owned(),
+                user: event.user.clone(),
+                resource: event.resource.clone(),
+                role: event.role.clone(),
+                session_id: event.session_id.clone(),
+                grant_id: event.grant_id.clone(),
+                request_id: event.request_id.clone(),
+                reason: event.reason.clone(),
+                approvers: event.approvers.clone(),
+                detail,
+            };
+            (seq, statement)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session() -> AuditEvent {
+        let mut e = AuditEvent::new("evt_block".into(), 0, "statement", "alice");
+        e.resource = Some("orders".into());
+        e.session_id = Some("ses_1".into());
+        e.reason = Some("INC-1".into());
+        e.approvers = vec!["carol".into()];
+        e.detail.insert("protocol".into(), "postgres".into());
+        e
+    }
+
+    fn detail(text: &str) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            ("text".to_owned(), text.to_owned()),
+            ("class".to_owned(), "SELECT".to_owned()),
+        ])
+    }
+
+    #[test]
+    fn statements_come_back_apart_with_the_session_and_their_own_numbers() {
+        let mut b = BlockBuilder::new(session());
+        b.push("evt_a", 1_000, detail("SELECT 1"));
+        b.push("evt_b", 1_200, detail("SELECT \"quoted\" \\ 2"));
+        let block = b.finish();
+        assert_eq!((block.action.as_str(), block.at, span(&block)), (BLOCK, 1_000, 2));
+        let out = expand(41, block);
+        let seqs: Vec<u64> = out.iter().map(|(s, _)| *s).collect();
+        assert_eq!(seqs, [41, 42]);
+        let (_, second) = &out[1];
+        assert_eq!(
+            (second.id.as_str(), second.at, second.action.as_str()),
+            ("evt_b", 1_200, STATEMENT)
+        );
+        assert_eq!(second.detail["text"], "SELECT \"quoted\" \\ 2");
+        assert_eq!(second.detail["protocol"], "postgres");
+        assert!(!second.detail.contains_key(COUNT) && !second.detail.contains_key(LIST));
+        assert_eq!(
+            (
+                second.reason.as_deref(),
+                second.approvers.clone(),
+                second.session_id.as_deref()
+            ),
+            (Some("INC-1"), vec!["carol".to_owned()], Some("ses_1"))
+        );
+    }
+
+    #[test]
+    fn a_block_closes_at_its_count_its_span_or_its_size() {
+        let mut b = BlockBuilder::new(session());
+        assert!(b.fits(0));
+        b.push("evt_0", 5_000, detail("x"));
+        assert!(b.fits(5_000 + MAX_SPAN_MS) && b.fits(5_000 - MAX_SPAN_MS));
+        assert!(!b.fits(5_000 + MAX_SPAN_MS + 1) && !b.fits(5_000 - MAX_SPAN_MS - 1));
+        for i in 1..MAX_STATEMENTS {
+            assert!(b.fits(5_000), "statement {i}");
+            b.push(&format!("evt_{i}"), 5_000, BTreeMap::new());
+        }
+        assert!(!b.fits(5_000));
+        let mut big = BlockBuilder::new(session());
+        big.push("evt_big", 0, detail(&"x".repeat(MAX_BYTES)));
+        assert!(!big.fits(0));
+    }
+
+    #[test]
+    fn other_events_and_unreadable_blocks_read_as_stored() {
+        let plain = session();
+        assert_eq!(span(&plain), 1);
+        assert_eq!(expand(7, plain.clone()), vec![(7, plain)]);
+        let mut broken = BlockBuilder::new(session()).finish();
+        broken.detail.insert(LIST.into(), "[{not json".into());
+        assert_eq!(expand(9, broken.clone()), vec![(9, broken)]);
+    }
+}
