@@ -2,7 +2,7 @@
 //! audit log stops taking events, the proxy's audit queue fills, the wait is
 //! counted, the session's recorder stops the relay (`poll_room` is
 //! `Pending`) instead of dropping or growing, and once the log drains every
-//! statement arrives, once, in order.
+//! statement arrives, once, in order (in blocks, read apart here).
 #![allow(clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;
@@ -10,6 +10,7 @@ use std::task::{Context, Waker};
 use std::time::Instant;
 
 use portcullis_protocol::audit::AuditEvent;
+use portcullis_protocol::audit::block::expand;
 use portcullis_proxy::audit::{AuditQueue, SessionAudit};
 use portcullis_proxy::postgres::recorder::Recorder;
 use tokio::sync::mpsc;
@@ -101,8 +102,14 @@ async fn a_full_queue_holds_the_session_back_and_loses_nothing() {
     }
     recorder.finish().await;
     drop(queue);
-    let all = drained.await.expect("join");
+    let blocks = drained.await.expect("join");
     assert_eq!(depth.get(), 0, "and empty once drained");
+    assert!(
+        blocks.len() < total / 10,
+        "statements travel in blocks: {} events",
+        blocks.len()
+    );
+    let all: Vec<AuditEvent> = blocks.into_iter().flat_map(|b| expand(0, b)).map(|(_, e)| e).collect();
 
     let texts: Vec<&str> = all
         .iter()
@@ -202,6 +209,7 @@ async fn binary_values_are_decoded_through_the_recorder() {
     recorder.finish().await;
     drop(queue);
 
-    let event = log_rx.recv().await.expect("the statement's event");
+    let block = log_rx.recv().await.expect("the statement's block");
+    let (_, event) = expand(1, block).pop().expect("one statement");
     assert_eq!(event.detail.get("params").map(String::as_str), Some(r#"["41"]"#));
 }
