@@ -26,6 +26,7 @@ mod slack;
 mod ssh;
 mod ssh_audit;
 mod ssh_input;
+mod ssh_pty;
 mod ssh_transfer;
 mod statements;
 mod workflow;

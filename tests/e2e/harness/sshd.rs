@@ -154,7 +154,7 @@ impl Drop for Sshd {
 
 /// Options every client run gets: no config file, no known_hosts, no agent
 /// prompts, only the given key, errors only.
-const CLIENT_OPTIONS: [&str; 12] = [
+pub const CLIENT_OPTIONS: [&str; 12] = [
     "-F",
     "/dev/null",
     "-o",
