@@ -1,10 +1,11 @@
 //! The gateway's SSH client to the real server: it verifies the pinned host
 //! key during key exchange, then logs in with the role's key or password.
 
+use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use russh::client;
+use russh::{Preferred, cipher, client};
 use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
 
 use crate::settings::{Role, SshTarget};
@@ -102,6 +103,14 @@ pub async fn connect(
         .unwrap_or(Err(UpstreamError::Timeout))
 }
 
+/// Upstream ciphers, most preferred first.
+const UPSTREAM_CIPHERS: &[cipher::Name] = &[
+    cipher::AES_256_GCM,
+    cipher::CHACHA20_POLY1305,
+    cipher::AES_256_CTR,
+    cipher::AES_128_CTR,
+];
+
 async fn connect_inner(
     target: &SshTarget,
     role: &Role,
@@ -111,6 +120,14 @@ async fn connect_inner(
         nodelay: true,
         // The gateway's own limit applies, not russh's default idle timeout.
         inactivity_timeout: None,
+        // The gateway picks the upstream cipher: AES-GCM runs in aws-lc with
+        // the CPU's AES instructions, where russh's ChaCha20-Poly1305 (its
+        // default first choice) is portable code; every byte relayed is
+        // decrypted on one side and encrypted on the other.
+        preferred: Preferred {
+            cipher: Cow::Borrowed(UPSTREAM_CIPHERS),
+            ..Preferred::default()
+        },
         ..client::Config::default()
     });
     let pinned = Pinned {
