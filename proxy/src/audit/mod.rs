@@ -8,6 +8,7 @@
 pub mod classify;
 pub mod command;
 mod pipeline;
+pub mod spool;
 pub mod statement;
 
 use std::sync::atomic::{AtomicU64, Ordering};
