@@ -5,8 +5,8 @@ use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use russh::{Preferred, cipher, client};
 use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
+use russh::{Preferred, cipher, client};
 
 use crate::settings::{Role, SshTarget};
 
