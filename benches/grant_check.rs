@@ -173,6 +173,7 @@ fn build_table(now: UnixMillis) -> (GrantTable, HashSet<(String, String)>) {
     let table = GrantTable::default();
     table.apply_snapshot(FeedSnapshot {
         revision: 1,
+        epoch: String::new(),
         users,
         grants,
         pending: Vec::new(),
@@ -193,6 +194,7 @@ fn grow_pending(table: &GrantTable, have: &mut usize, total: usize) {
                 resource: resource_name((u * 7 + 4) % RESOURCES),
                 role: "read".into(),
             }),
+            at: None,
         });
         *have += 1;
     }

@@ -4,6 +4,8 @@
 
 mod cli;
 mod config;
+mod control_mode;
+mod proxy_mode;
 mod serve;
 
 use std::path::PathBuf;
@@ -28,6 +30,27 @@ enum Command {
         /// The YAML config file.
         #[arg(short = 'c', long)]
         config: PathBuf,
+    },
+    /// Run the control plane alone (API, store, workflow, feed) for remote proxies to follow.
+    Control {
+        /// The YAML config file (with `proxies:`).
+        #[arg(short = 'c', long)]
+        config: PathBuf,
+    },
+    /// Run a proxy alone (Postgres and SSH listeners) following a control plane over the network.
+    Proxy {
+        /// The YAML config file (with `proxy:`).
+        #[arg(short = 'c', long)]
+        config: PathBuf,
+        /// Control plane URL(s), tried in turn: `--control URL[,URL...]`.
+        #[arg(
+            long,
+            env = "PORTCULLIS_CONTROL",
+            value_delimiter = ',',
+            required = true,
+            value_name = "URL"
+        )]
+        control: Vec<String>,
     },
     /// Check a config file and exit.
     CheckConfig {
@@ -54,11 +77,15 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Serve { config } => serve::run(&config).await,
+            Command::Control { config } => control_mode::run(&config).await,
+            Command::Proxy { config, control } => proxy_mode::run(&config, control).await,
             Command::CheckConfig { config } => config::load(&config)
                 .map_err(anyhow::Error::from)
                 .and_then(|c| {
                     let at = |m: String| anyhow::anyhow!("{}: {m}", config.display());
                     config::proxy_settings(&c).map_err(at)?;
+                    config::proxy_credentials(&c).map_err(at)?;
+                    config::proxy_link(&c).map_err(at)?;
                     config::notify_settings(&c).map_err(at)
                 })
                 .map(|_| println!("ok")),

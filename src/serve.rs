@@ -37,6 +37,8 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
     let mut control_settings = config::control_settings(&config);
     control_settings.notifications =
         config::notify_settings(&config).map_err(|m| anyhow!("{}: {m}", path.display()))?;
+    // Remote proxies may follow this process's feed too (`proxies:`).
+    control_settings.proxies = config::proxy_credentials(&config).map_err(|m| anyhow!("{}: {m}", path.display()))?;
     let control = Control::open(control_settings, &registry).await?;
     // The control plane owns the audit log (it also ships workflow history there).
     let (audit_tx, audit_rx) = tokio::sync::mpsc::channel(AUDIT_QUEUE);
@@ -78,6 +80,7 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
     wait_for_signal().await;
     tracing::info!(sessions = proxy.sessions.len(), "shutting down: closing sessions");
     shutdown.cancel();
+    control.end_feed_streams();
     proxy.tracker.close();
     if tokio::time::timeout(DRAIN, proxy.tracker.wait()).await.is_err() {
         tracing::warn!("some sessions did not close in time");
@@ -127,7 +130,8 @@ fn follow_feed(control: Arc<Control>, table: Arc<GrantTable>, shutdown: Cancella
     });
 }
 
-async fn wait_for_signal() {
+/// Completes on SIGINT or SIGTERM.
+pub(crate) async fn wait_for_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
@@ -147,7 +151,8 @@ async fn wait_for_signal() {
     let _ = ctrl_c.await;
 }
 
-fn init_logs() {
+/// Logs to stderr, filtered by PORTCULLIS_LOG (or RUST_LOG), JSON with PORTCULLIS_LOG_FORMAT=json.
+pub(crate) fn init_logs() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("PORTCULLIS_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())

@@ -165,6 +165,26 @@ pub enum ApiError {
     /// A token that belongs to nobody.
     #[error("unknown token")]
     UnknownToken,
+    /// A proxy's token on a route for people.
+    #[error(
+        "this is a proxy's token: it may call only the proxy routes (/v1/feed/..., /v1/proxies/..., POST /v1/audit/events)"
+    )]
+    ProxyToken,
+    /// A person's token on a route for proxies.
+    #[error("only a proxy's token (configured under proxies:) may call this route")]
+    NotAProxy,
+    /// A feed cursor the control plane cannot resume from.
+    #[error(
+        "cannot resume the feed after revision {after}: this control plane holds changes after {oldest} up to {latest} (or the cursor is from another start); resync from GET /v1/feed/snapshot"
+    )]
+    CursorGone {
+        /// The cursor asked for.
+        after: u64,
+        /// The oldest cursor that can resume.
+        oldest: u64,
+        /// The latest revision.
+        latest: u64,
+    },
     /// The caller lacks the admin right.
     #[error("only an admin may {action}")]
     AdminOnly {
@@ -553,7 +573,10 @@ impl ApiError {
             | SelfExtension
             | NotRevoker { .. }
             | NotSessionKiller { .. }
-            | HiddenSession { .. } => StatusCode::FORBIDDEN,
+            | HiddenSession { .. }
+            | ProxyToken
+            | NotAProxy => StatusCode::FORBIDDEN,
+            CursorGone { .. } => StatusCode::GONE,
             UnknownRequest { .. }
             | UnknownGrant { .. }
             | UnknownSession { .. }

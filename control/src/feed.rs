@@ -3,11 +3,15 @@
 //! Each change gets the next revision and is applied to the mirror and sent
 //! under one lock, so a subscriber that subscribes first and then takes a
 //! snapshot can skip every change at or below the snapshot's revision.
+//! The last `RING` changes are also kept, so a proxy following over the
+//! network resumes from its cursor after a disconnect (`follow`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Mutex, PoisonError};
 
-use portcullis_protocol::feed::{FeedChange, FeedEvent, FeedSnapshot, GrantEntry, PendingEntry, UnixMillis, UserEntry};
+use portcullis_protocol::feed::{
+    FeedChange, FeedEvent, FeedSnapshot, GrantEntry, Heartbeat, PendingEntry, UnixMillis, UserEntry,
+};
 use tokio::sync::broadcast;
 
 /// How many changes a slow subscriber may fall behind before it must resync.
@@ -21,10 +25,24 @@ pub(crate) const RECENT_MS: i64 = 24 * 3600 * 1000;
 /// rare (start, lagging subscriber), so they alone would let it grow for ever.
 const PRUNE_EVERY_MS: i64 = 60 * 1000;
 
+/// Recent changes kept for proxies that resume from a cursor; an older cursor resyncs.
+pub(crate) const RING: usize = 10_000;
+
+/// A cursor the feed cannot resume from: too old, or from another history.
+#[derive(Debug)]
+pub(crate) struct CursorGone {
+    /// The oldest revision a cursor may name (one below the oldest kept change).
+    pub oldest: u64,
+    /// The latest revision.
+    pub latest: u64,
+}
+
 /// The grant feed: a snapshot and a stream of changes, in commit order.
 pub struct FeedHub {
     mirror: Mutex<Mirror>,
     changes: broadcast::Sender<FeedChange>,
+    /// This history's name: random per start, since revisions restart at 0.
+    epoch: String,
 }
 
 #[derive(Default)]
@@ -35,6 +53,8 @@ struct Mirror {
     pending: BTreeMap<String, PendingEntry>,
     /// Clock reading before which `publish` skips pruning.
     next_prune: UnixMillis,
+    /// The last `RING` changes, oldest first.
+    recent: VecDeque<FeedChange>,
 }
 
 impl Mirror {
@@ -62,6 +82,8 @@ impl Mirror {
             FeedEvent::PendingClosed { request_id } => {
                 self.pending.remove(request_id);
             }
+            // Instructions, not state: nothing to keep for snapshots.
+            FeedEvent::KillSession { .. } | FeedEvent::Unknown => {}
         }
     }
 }
@@ -80,11 +102,50 @@ impl FeedHub {
             grants: grants.into_iter().map(|g| (g.id.clone(), g)).collect(),
             pending: pending.into_iter().map(|p| (p.request_id.clone(), p)).collect(),
             next_prune: 0,
+            recent: VecDeque::new(),
         };
         let (changes, _) = broadcast::channel(CAPACITY);
         FeedHub {
             mirror: Mutex::new(mirror),
             changes,
+            epoch: new_epoch(),
+        }
+    }
+
+    /// The name of this feed's history (see `FeedSnapshot::epoch`).
+    pub fn epoch(&self) -> &str {
+        &self.epoch
+    }
+
+    /// The changes after `after` that the ring still holds, and a receiver
+    /// of every later one, taken under the publish lock so none falls
+    /// between. A cursor of another epoch, ahead of the feed, or older than
+    /// the ring is `CursorGone`: the follower must resync from a snapshot.
+    pub(crate) fn follow(
+        &self,
+        after: u64,
+        epoch: Option<&str>,
+    ) -> Result<(Vec<FeedChange>, broadcast::Receiver<FeedChange>), CursorGone> {
+        let m = self.mirror.lock().unwrap_or_else(PoisonError::into_inner);
+        let oldest = m.recent.front().map_or(m.revision, |c| c.revision.saturating_sub(1));
+        let foreign = epoch.is_some_and(|e| e != self.epoch);
+        if foreign || after < oldest || after > m.revision {
+            return Err(CursorGone {
+                oldest,
+                latest: m.revision,
+            });
+        }
+        let rx = self.changes.subscribe();
+        let backlog = m.recent.iter().filter(|c| c.revision > after).cloned().collect();
+        Ok((backlog, rx))
+    }
+
+    /// The feed's position and clock, for the stream's heartbeat lines.
+    pub(crate) fn heartbeat(&self) -> Heartbeat {
+        Heartbeat {
+            revision: self.revision(),
+            now: crate::time::now(),
+            epoch: self.epoch.clone(),
         }
     }
 
@@ -95,6 +156,7 @@ impl FeedHub {
         m.prune(crate::time::now());
         FeedSnapshot {
             revision: m.revision,
+            epoch: self.epoch.clone(),
             users: m.users.values().cloned().collect(),
             grants: m.grants.values().cloned().collect(),
             pending: m.pending.values().cloned().collect(),
@@ -132,12 +194,27 @@ impl FeedHub {
         for event in events {
             m.revision += 1;
             m.apply(&event);
-            // No subscriber is fine: the mirror still has the change for the next snapshot.
-            let _ = self.changes.send(FeedChange {
+            let change = FeedChange {
                 revision: m.revision,
                 event,
-            });
+                at: Some(now),
+            };
+            if m.recent.len() >= RING {
+                m.recent.pop_front();
+            }
+            m.recent.push_back(change.clone());
+            // No subscriber is fine: the mirror still has the change for the next snapshot.
+            let _ = self.changes.send(change);
         }
+    }
+}
+
+/// 16 random hex digits; the clock if the random source fails (still unique per start).
+fn new_epoch() -> String {
+    let mut bytes = [0u8; 8];
+    match getrandom::fill(&mut bytes) {
+        Ok(()) => crate::ids::hex(&bytes),
+        Err(_) => format!("t{:x}", crate::time::now()),
     }
 }
 
@@ -176,6 +253,22 @@ mod tests {
         // A follower skips what its snapshot already holds.
         assert_eq!(got.iter().filter(|r| **r > snap.revision).count(), 1);
         assert_eq!(hub.snapshot().pending.len(), 1);
+    }
+
+    #[test]
+    fn follow_resumes_from_the_ring_and_refuses_foreign_or_old_cursors() {
+        let hub = FeedHub::new(Vec::new(), Vec::new(), Vec::new());
+        hub.publish(vec![pending("req_1"), pending("req_2"), pending("req_3")]);
+        let (backlog, mut rx) = hub.follow(1, Some(hub.epoch())).expect("resume");
+        assert_eq!(backlog.iter().map(|c| c.revision).collect::<Vec<_>>(), vec![2, 3]);
+        hub.publish(vec![pending("req_4")]);
+        assert_eq!(rx.try_recv().map(|c| c.revision).ok(), Some(4));
+        assert!(hub.follow(1, Some("another")).is_err(), "another history");
+        assert!(hub.follow(9, None).is_err(), "ahead of the feed");
+        hub.publish((0..RING).map(|i| pending(&format!("req_x{i}"))).collect());
+        let gone = hub.follow(1, None).err().expect("older than the ring");
+        assert_eq!(gone.oldest, 4);
+        assert!(hub.follow(4, None).is_ok());
     }
 
     fn grant(id: &str, expires_at: UnixMillis) -> GrantEntry {

@@ -13,6 +13,7 @@ mod ids;
 mod metrics;
 mod model;
 mod notify;
+mod proxies;
 mod settings;
 mod store;
 mod time;
@@ -27,6 +28,8 @@ use portcullis_protocol::sessions::SessionDirectory;
 pub use error::ControlError;
 pub use feed::FeedHub;
 pub use notify::settings::{NotifyEvent, NotifySettings, SlackSettings, WebhookSettings};
+pub use proxies::ProxyCredential;
+pub use proxies::sessions::NoSessions;
 pub use settings::{
     AutoApprove, BreakGlass, ControlSettings, DEFAULT_PENDING_TTL, Escalation, Policy, Principals, ReasonRule,
     ResourceKind, ResourceSettings,
@@ -36,6 +39,8 @@ use crate::audit::AuditLog;
 use crate::audit::ship::Shipper;
 use crate::catalog::Catalog;
 use crate::metrics::Metrics;
+use crate::proxies::ProxyAccess;
+use crate::proxies::sessions::{RemoteSessions, Sessions};
 use crate::store::{Store, grants, requests, users};
 use crate::workflow::Workflow;
 
@@ -47,6 +52,9 @@ pub struct Control {
     shipper: Shipper,
     gateways: Arc<api::Gateways>,
     data_dir: PathBuf,
+    proxies: Arc<ProxyAccess>,
+    remote: Arc<RemoteSessions>,
+    streams: tokio_util::sync::CancellationToken,
 }
 
 impl Control {
@@ -84,7 +92,11 @@ impl Control {
             .set(i64::try_from(workflow.feed.pending_count()).unwrap_or(i64::MAX));
         tokio::spawn(workflow.clone().run_expiry());
         tokio::spawn(shipper.clone().run());
+        let remote = Arc::new(RemoteSessions::new(Arc::clone(&workflow.feed)));
         Ok(Arc::new(Control {
+            proxies: Arc::new(ProxyAccess::new(settings.proxies)),
+            remote,
+            streams: tokio_util::sync::CancellationToken::new(),
             workflow,
             audit,
             shipper,
@@ -123,11 +135,25 @@ impl Control {
         self.data_dir.join(bootstrap::TOKEN_FILE)
     }
 
+    /// Ends the feed streams of remote proxies (at shutdown: they would
+    /// otherwise hold the API's graceful shutdown open for ever).
+    pub fn end_feed_streams(&self) {
+        self.streams.cancel();
+    }
+
     /// The HTTP API of docs/API.md, with `/metrics` serving `registry`.
+    /// `sessions` are the live sessions of a proxy in this process (`NoSessions`
+    /// without one); sessions of remote proxies are added to them.
     pub fn router(&self, sessions: Arc<dyn SessionDirectory>, registry: prometheus::Registry) -> axum::Router {
         api::router(api::AppState {
             workflow: self.workflow.clone(),
-            sessions,
+            sessions: Arc::new(Sessions {
+                local: sessions,
+                remote: Arc::clone(&self.remote),
+            }),
+            proxies: Arc::clone(&self.proxies),
+            remote: Arc::clone(&self.remote),
+            streams: self.streams.clone(),
             registry,
             gateways: Arc::clone(&self.gateways),
             audit: self.audit.clone(),

@@ -18,6 +18,8 @@ pub struct ControlSettings {
     pub gateway_ssh: Option<String>,
     /// Webhooks, Slack, and chat approvals.
     pub notifications: crate::NotifySettings,
+    /// Remote proxies allowed to follow the feed and ship audit events.
+    pub proxies: Vec<crate::ProxyCredential>,
 }
 
 /// One resource: its name, kind, role names and policy.

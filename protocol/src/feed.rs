@@ -93,6 +93,16 @@ pub enum FeedEvent {
         /// Request id.
         request_id: String,
     },
+    /// End this live session, on whichever proxy holds it (`portcullis kill` in split mode).
+    KillSession {
+        /// Session id.
+        id: String,
+        /// Who killed it, for the client's FATAL text.
+        by: String,
+    },
+    /// A kind this build does not know (sent by a newer control plane): skipped.
+    #[serde(other)]
+    Unknown,
 }
 
 /// A change with its position in the feed.
@@ -102,6 +112,9 @@ pub struct FeedChange {
     pub revision: u64,
     /// What changed.
     pub event: FeedEvent,
+    /// When the control plane published it (absent from older peers), for sync lag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<UnixMillis>,
 }
 
 /// Everything a proxy needs to start enforcing, as of `revision`.
@@ -109,10 +122,76 @@ pub struct FeedChange {
 pub struct FeedSnapshot {
     /// Changes with a revision at or below this are already included.
     pub revision: u64,
+    /// Which history `revision` counts in: a control plane that restarts starts a
+    /// new one, and a cursor from another history is never resumed (absent: unknown).
+    #[serde(default)]
+    pub epoch: String,
     /// All users.
     pub users: Vec<UserEntry>,
     /// Live and scheduled grants, and recently ended ones (so refusals can say "expired"/"revoked").
     pub grants: Vec<GrantEntry>,
     /// Pending requests.
     pub pending: Vec<PendingEntry>,
+}
+
+/// A line of the network feed's change stream (NDJSON): a change, or a
+/// heartbeat sent about once a second so a proxy knows it is in contact.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one line lives at a time, and a change is the common line"
+)]
+pub enum FeedLine {
+    /// `{"heartbeat": {...}}`.
+    Heartbeat {
+        /// The control plane's position and clock.
+        heartbeat: Heartbeat,
+    },
+    /// A `FeedChange` object.
+    Change(FeedChange),
+}
+
+/// The control plane's position and clock, sent when nothing changes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// The latest revision published.
+    pub revision: u64,
+    /// The control plane's clock.
+    pub now: UnixMillis,
+    /// The feed's history (see `FeedSnapshot::epoch`).
+    #[serde(default)]
+    pub epoch: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_event_kinds_and_heartbeats_parse() {
+        let line = r#"{"revision":7,"event":{"kind":"from_the_future","x":1}}"#;
+        let parsed: FeedLine = serde_json::from_str(line).expect("unknown kind");
+        assert!(matches!(
+            parsed,
+            FeedLine::Change(FeedChange {
+                revision: 7,
+                event: FeedEvent::Unknown,
+                at: None
+            })
+        ));
+        let hb: FeedLine = serde_json::from_str(r#"{"heartbeat":{"revision":3,"now":5}}"#).expect("heartbeat");
+        assert!(matches!(
+            hb,
+            FeedLine::Heartbeat {
+                heartbeat: Heartbeat { revision: 3, .. }
+            }
+        ));
+        let kill = serde_json::to_string(&FeedEvent::KillSession {
+            id: "ses_1".into(),
+            by: "carol".into(),
+        })
+        .expect("kill");
+        assert_eq!(kill, r#"{"kind":"kill_session","id":"ses_1","by":"carol"}"#);
+    }
 }

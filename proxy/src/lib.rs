@@ -15,6 +15,7 @@ pub mod random;
 pub mod sessions;
 pub mod settings;
 pub mod ssh;
+pub mod sync;
 pub mod tls;
 pub mod workers;
 
@@ -85,6 +86,8 @@ pub struct Proxy {
     pub ssh: Option<Arc<russh::server::Config>>,
     /// Tracks session tasks so shutdown can drain them.
     pub tracker: TaskTracker,
+    /// When the control plane was last heard from; decides staleness (split mode).
+    pub contact: Arc<sync::contact::Contact>,
 }
 
 impl Proxy {
@@ -119,6 +122,7 @@ impl Proxy {
             mock_seed,
             ssh,
             tracker: TaskTracker::new(),
+            contact: Arc::new(sync::contact::Contact::default()),
             workers: Workers::start(settings.postgres.workers).map_err(ProxyError::Workers)?,
             settings,
         }))

@@ -39,6 +39,8 @@ impl SessionHandle {
 pub struct SessionRegistry {
     live: DashMap<String, Arc<SessionHandle>>,
     metrics: ProxyMetrics,
+    /// Signalled when a session starts or ends (the split proxy reports its list then).
+    changed: tokio::sync::Notify,
 }
 
 /// Removes the session from the registry when dropped, however the session ends.
@@ -52,6 +54,7 @@ impl Drop for Registration {
     fn drop(&mut self) {
         let info = &self.handle.info;
         self.registry.live.remove(&info.id);
+        self.registry.changed.notify_one();
         let m = &self.registry.metrics;
         m.sessions_active.with_label_values(&[&info.protocol]).dec();
         m.bytes
@@ -69,6 +72,7 @@ impl SessionRegistry {
         SessionRegistry {
             live: DashMap::new(),
             metrics,
+            changed: tokio::sync::Notify::new(),
         }
     }
 
@@ -83,10 +87,16 @@ impl SessionRegistry {
             killed_by: Mutex::new(None),
         });
         self.live.insert(handle.info.id.clone(), Arc::clone(&handle));
+        self.changed.notify_one();
         Registration {
             registry: Arc::clone(self),
             handle,
         }
+    }
+
+    /// Completes after a session started or ended (a permit is kept if nobody waits).
+    pub async fn changed(&self) {
+        self.changed.notified().await
     }
 
     /// Number of live sessions.

@@ -26,6 +26,8 @@ pub fn control_settings(config: &Config) -> control::ControlSettings {
         gateway_ssh: config.ssh.as_ref().map(|s| s.listen.to_string()),
         // Secrets are read by `notify_settings`, which may fail; the caller sets this.
         notifications: control::NotifySettings::default(),
+        // Tokens are read by `proxy_credentials`, which may fail; the caller sets this.
+        proxies: Vec::new(),
     }
 }
 
@@ -268,6 +270,47 @@ pub fn notify_settings(config: &Config) -> Result<control::NotifySettings, Strin
         backoff: n.backoff.map_or(defaults.backoff, |d| d.0),
         max_backoff: n.max_backoff.map_or(defaults.max_backoff, |d| d.0),
     })
+}
+
+/// The credentials of the remote proxies under `proxies:`; fails when a token cannot be read.
+pub fn proxy_credentials(config: &Config) -> Result<Vec<control::ProxyCredential>, String> {
+    let mut creds = Vec::new();
+    for (i, p) in config.proxies.iter().enumerate() {
+        let token = secret(p.token_env.as_deref(), p.token_file.as_deref())
+            .map_err(|e| format!("proxies[{i}].token_{}", e.strip_prefix("secret_").unwrap_or(&e)))?
+            .ok_or_else(|| format!("proxies[{i}]: a token is required"))?;
+        creds.push(control::ProxyCredential::new(p.name.clone(), &token));
+    }
+    Ok(creds)
+}
+
+/// What `portcullis proxy` needs to reach its control plane, from `proxy:`.
+#[derive(Debug)]
+pub struct ProxyLink {
+    /// This proxy's name.
+    pub name: String,
+    /// Its token, sent as a bearer.
+    pub token: Secret<String>,
+    /// Address of its health and metrics listener.
+    pub listen: std::net::SocketAddr,
+    /// Silence after which new sessions are refused.
+    pub staleness: std::time::Duration,
+}
+
+/// `proxy:` with its token read; `None` without a `proxy:` section.
+pub fn proxy_link(config: &Config) -> Result<Option<ProxyLink>, String> {
+    let Some(p) = &config.proxy else {
+        return Ok(None);
+    };
+    let token = secret(p.token_env.as_deref(), p.token_file.as_deref())
+        .map_err(|e| format!("proxy.token_{}", e.strip_prefix("secret_").unwrap_or(&e)))?
+        .ok_or_else(|| "proxy: a token is required".to_owned())?;
+    Ok(Some(ProxyLink {
+        name: p.name.clone(),
+        token,
+        listen: p.listen,
+        staleness: p.staleness.0,
+    }))
 }
 
 /// A secret from an env var or a file (trailing newline dropped); the error

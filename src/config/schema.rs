@@ -62,6 +62,71 @@ pub struct Config {
     pub resources: Vec<Resource>,
     /// Webhooks and Slack.
     pub notifications: Option<Notifications>,
+    /// Remote proxies that may follow this control plane (`portcullis control`, `serve`).
+    #[serde(default)]
+    pub proxies: Vec<ProxyPeer>,
+    /// This process as a remote proxy (`portcullis proxy`).
+    pub proxy: Option<ProxySection>,
+}
+
+/// One entry of `proxies:`: a remote proxy's name and where its token is.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyPeer {
+    /// Its name, e.g. `eu1` (as its own `proxy.name`).
+    pub name: String,
+    /// Environment variable holding its token.
+    pub token_env: Option<String>,
+    /// File holding its token.
+    pub token_file: Option<PathBuf>,
+}
+
+/// `proxy:`: what `portcullis proxy` needs beyond the listeners.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxySection {
+    /// This proxy's name, as the control plane's `proxies:` lists it.
+    pub name: String,
+    /// Environment variable holding its token.
+    pub token_env: Option<String>,
+    /// File holding its token.
+    pub token_file: Option<PathBuf>,
+    /// Address of `/healthz`, `/readyz` and `/metrics`.
+    #[serde(default = "default_proxy_listen")]
+    pub listen: SocketAddr,
+    /// Past this long without a word from the control plane, new sessions are refused.
+    #[serde(default = "default_staleness")]
+    pub staleness: Dur,
+}
+
+fn default_proxy_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9091))
+}
+
+fn default_staleness() -> Dur {
+    Dur(Duration::from_secs(60))
+}
+
+/// A proxy name: what labels its sessions and logs.
+fn check_proxy_name(at: &str, name: &str) -> Result<(), String> {
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(format!("{at}.name: expected letters, digits, '-' or '_' (up to 64)"));
+    }
+    Ok(())
+}
+
+/// Exactly one of `token_env` and `token_file`.
+fn check_token_source(at: &str, env: Option<&String>, file: Option<&PathBuf>) -> Result<(), String> {
+    match (env, file) {
+        (Some(_), Some(_)) => Err(format!("{at}: give token_env or token_file, not both")),
+        (None, None) => Err(format!("{at}: a token is required: give token_env or token_file")),
+        _ => Ok(()),
+    }
 }
 
 fn default_warn_before() -> Vec<Dur> {
@@ -558,6 +623,22 @@ impl Config {
         }
         if let Some(n) = &self.notifications {
             n.validate()?;
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, p) in self.proxies.iter().enumerate() {
+            let at = format!("proxies[{i}]");
+            check_proxy_name(&at, &p.name)?;
+            check_token_source(&at, p.token_env.as_ref(), p.token_file.as_ref())?;
+            if !names.insert(p.name.as_str()) {
+                return Err(format!("{at}.name: \"{}\" is listed twice", p.name));
+            }
+        }
+        if let Some(p) = &self.proxy {
+            check_proxy_name("proxy", &p.name)?;
+            check_token_source("proxy", p.token_env.as_ref(), p.token_file.as_ref())?;
+            if p.staleness.0.is_zero() {
+                return Err("proxy.staleness: expected more than 0s".into());
+            }
         }
         if self.ssh.as_ref().is_some_and(|s| s.handshake_timeout.0.is_zero()) {
             return Err("ssh.handshake_timeout: expected more than 0s".into());

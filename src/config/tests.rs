@@ -355,3 +355,61 @@ fn the_example_ssh_sections_parse_once_uncommented() {
     assert_eq!(web1.policy.port_forwarding.as_ref().map(Vec::len), Some(2));
     assert_eq!(web1.policy.env.as_ref().map(Vec::len), Some(2));
 }
+
+#[test]
+fn split_sections_parse_and_name_the_key_at_fault() {
+    let text = format!(
+        "{GOOD}proxies:\n  - {{ name: eu1, token_env: EU1_TOKEN }}\n  - {{ name: us1, token_file: /run/us1 }}\nproxy: {{ name: eu1, token_env: EU1_TOKEN, staleness: 2s }}\n"
+    );
+    let c = parse(&text, "p.yaml").expect("proxies: and proxy: parse");
+    assert_eq!(c.proxies.len(), 2);
+    let p = c.proxy.expect("proxy:");
+    assert_eq!(p.staleness.0, std::time::Duration::from_secs(2));
+    assert_eq!(p.listen.to_string(), "127.0.0.1:9091");
+
+    let typo = format!("{GOOD}proxy:\n  name: eu1\n  token_env: T\n  stalenes: 2s\n");
+    let (line, message) = parse_error(&typo);
+    assert_eq!(line, 26);
+    assert!(message.contains("unknown field `stalenes`"), "{message}");
+    for (bad, key) in [
+        ("proxies:\n  - { name: eu1 }\n", "proxies[0]: a token is required"),
+        (
+            "proxies:\n  - { name: eu1, token_env: A, token_file: /b }\n",
+            "not both",
+        ),
+        (
+            "proxies:\n  - { name: a, token_env: A }\n  - { name: a, token_env: B }\n",
+            "proxies[1].name",
+        ),
+        ("proxy: { name: \"e u\", token_env: A }\n", "proxy.name"),
+        ("proxy: { name: eu1, token_env: A, staleness: 0s }\n", "proxy.staleness"),
+    ] {
+        match parse(&format!("{GOOD}{bad}"), "p.yaml") {
+            Err(ConfigError::Invalid { message, .. }) => assert!(message.contains(key), "{bad}: {message}"),
+            other => panic!("{bad}: expected a refusal naming {key}, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn the_example_split_sections_parse_once_uncommented() {
+    let text = include_str!("../../examples/portcullis.yaml");
+    let section = |from: &str| -> String {
+        let start = text.find(from).expect("a commented section");
+        text[start..]
+            .lines()
+            .take_while(|l| l.starts_with("#   ") || l.starts_with(from))
+            .map(|l| format!("{}\n", l.strip_prefix("# ").unwrap_or(l)))
+            .collect()
+    };
+    let notifications = text.find("\n# Notifications").expect("notifications comment");
+    let with_split = format!(
+        "{}\n{}{}",
+        &text[..notifications],
+        section("# proxies:"),
+        section("# proxy:")
+    );
+    let c = parse(&with_split, "examples/portcullis.yaml").expect("the example's split sections parse");
+    assert_eq!(c.proxies.len(), 2);
+    assert_eq!(c.proxy.map(|p| p.name).as_deref(), Some("eu1"));
+}

@@ -23,6 +23,7 @@ mod psql;
 mod refusals;
 mod secrets;
 mod slack;
+mod split;
 mod ssh;
 mod ssh_audit;
 mod ssh_input;

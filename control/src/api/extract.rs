@@ -20,7 +20,27 @@ impl FromRequestParts<AppState> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let token = bearer(parts).ok_or(ApiError::MissingToken)?;
+        if state.proxies.identify(token).is_some() {
+            return Err(ApiError::ProxyToken);
+        }
         state.workflow.authenticate(token).await.map(Caller)
+    }
+}
+
+/// The proxy whose token came in `Authorization: Bearer TOKEN`; a person's
+/// token is refused with 403, an unknown one with 401.
+pub(crate) struct ProxyCaller(pub String);
+
+impl FromRequestParts<AppState> for ProxyCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let token = bearer(parts).ok_or(ApiError::MissingToken)?;
+        if let Some(name) = state.proxies.identify(token) {
+            return Ok(ProxyCaller(name.to_owned()));
+        }
+        state.workflow.authenticate(token).await?;
+        Err(ApiError::NotAProxy)
     }
 }
 

@@ -5,9 +5,11 @@
 mod audit;
 mod error;
 mod extract;
+mod feed;
 mod filters;
 mod grants;
 mod health;
+mod proxies;
 mod recordings;
 mod requests;
 mod resources;
@@ -30,6 +32,8 @@ use portcullis_protocol::sessions::SessionDirectory;
 
 use crate::audit::AuditLog;
 use crate::error::ApiError;
+use crate::proxies::ProxyAccess;
+use crate::proxies::sessions::RemoteSessions;
 use crate::workflow::Workflow;
 
 /// Largest request body accepted.
@@ -49,8 +53,14 @@ pub(crate) struct Gateways {
 pub(crate) struct AppState {
     /// Store, policies, feed, metrics.
     pub workflow: Workflow,
-    /// Live sessions, held by the proxy.
+    /// Live sessions: the in-process proxy's and those remote proxies report.
     pub sessions: Arc<dyn SessionDirectory>,
+    /// Credentials of remote proxies.
+    pub proxies: Arc<ProxyAccess>,
+    /// What remote proxies last reported.
+    pub remote: Arc<RemoteSessions>,
+    /// Cancelled at shutdown: ends the feed's long-lived streams.
+    pub streams: tokio_util::sync::CancellationToken,
     /// Served on `/metrics`.
     pub registry: prometheus::Registry,
     /// Listener addresses for `/v1/resources`.
@@ -110,6 +120,14 @@ pub(crate) fn routes() -> Vec<Route> {
         r("get", "/v1/audit/verify", get(audit::verify)),
         r("get", "/v1/recordings", get(recordings::list)),
         r("get", "/v1/recordings/{id}", get(recordings::get)),
+        r("get", "/v1/feed/snapshot", get(feed::snapshot)),
+        r("get", "/v1/feed/changes", get(feed::changes)),
+        r("post", "/v1/proxies/sessions", post(proxies::report)),
+        r(
+            "post",
+            "/v1/audit/events",
+            post(proxies::audit_events).layer(DefaultBodyLimit::max(proxies::AUDIT_BODY)),
+        ),
     ]
 }
 

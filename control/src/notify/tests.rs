@@ -40,6 +40,7 @@ fn settings(dir: &std::path::Path, notifications: NotifySettings) -> ControlSett
         gateway_postgres: None,
         gateway_ssh: None,
         notifications,
+        proxies: Vec::new(),
     }
 }
 

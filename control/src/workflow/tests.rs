@@ -55,6 +55,7 @@ fn settings(dir: &std::path::Path) -> ControlSettings {
         gateway_postgres: Some("127.0.0.1:6432".to_owned()),
         gateway_ssh: None,
         notifications: Default::default(),
+        proxies: Vec::new(),
     }
 }
 
@@ -244,6 +245,8 @@ fn kind(change: &FeedChange) -> &'static str {
         FeedEvent::Grant(_) => "grant",
         FeedEvent::Pending(_) => "pending",
         FeedEvent::PendingClosed { .. } => "pending_closed",
+        FeedEvent::KillSession { .. } => "kill_session",
+        FeedEvent::Unknown => "unknown",
     }
 }
 

@@ -79,6 +79,7 @@ pub async fn start_with(resources: Vec<ResourceSettings>) -> Api {
         gateway_postgres: Some("127.0.0.1:6432".to_owned()),
         gateway_ssh: None,
         notifications: Default::default(),
+        proxies: Vec::new(),
     };
     let registry = prometheus::Registry::new();
     let control = Control::open(settings, &registry).await.expect("open");

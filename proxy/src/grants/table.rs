@@ -130,6 +130,8 @@ impl GrantTable {
             FeedEvent::Grant(grant) => self.put_grant(grant, now),
             FeedEvent::Pending(p) => self.put_pending(p),
             FeedEvent::PendingClosed { request_id } => self.remove_pending(&request_id),
+            // Kills are acted on by whoever follows the feed (`sync`); unknown kinds are skipped.
+            FeedEvent::KillSession { .. } | FeedEvent::Unknown => {}
         }
         if now >= self.next_sweep.load(Ordering::Relaxed) {
             self.prune(now);

@@ -33,6 +33,10 @@ pub fn split_dbname(dbname: &str) -> (&str, Option<&str>) {
 
 /// Decides whether `user` may open a session on `dbname` now.
 pub fn admit(proxy: &Proxy, user: &str, dbname: &str) -> Result<Admitted, Refusal> {
+    // Fail closed: grants held may be out of date, so nothing new starts on them.
+    if let Some(silent) = proxy.contact.refusal() {
+        return Err(Refusal::ControlPlaneSilent { silent });
+    }
     let (name, role) = split_dbname(dbname);
     let Some(resource) = proxy.settings.resources.iter().find(|r| r.name == name) else {
         return Err(Refusal::UnknownResource { name: name.to_owned() });

@@ -69,6 +69,11 @@ pub enum Refusal {
         /// User name.
         user: String,
     },
+    /// The control plane has been silent past the staleness: no new sessions.
+    ControlPlaneSilent {
+        /// How long it has been silent.
+        silent: Duration,
+    },
     /// The upstream server could not be reached or refused the login.
     Upstream {
         /// Resource name.
@@ -95,6 +100,7 @@ impl Refusal {
             Refusal::NotPostgres { .. } => "wrong_protocol",
             Refusal::UnknownRole { .. } => "unknown_role",
             Refusal::Denied { denied, .. } => denied.kind(),
+            Refusal::ControlPlaneSilent { .. } => "control_plane_stale",
             Refusal::Upstream { .. } => "upstream_error",
         }
     }
@@ -162,6 +168,8 @@ impl Refusal {
                 role_hint,
                 user,
             } => denied_text(denied, resource, role_hint.as_deref(), user),
+            // 57P03 cannot_connect_now: drivers treat it as "try again later".
+            Refusal::ControlPlaneSilent { silent } => ("57P03", crate::sync::contact::stale_text(*silent), None),
             Refusal::Upstream { resource, detail } => (
                 "08006",
                 format!("the gateway could not open a session on \"{resource}\": {detail}"),

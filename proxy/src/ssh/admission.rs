@@ -26,6 +26,10 @@ pub struct Admitted {
 
 /// Decides whether the authenticated `name.user` may reach `name.resource` now.
 pub fn admit(proxy: &Proxy, name: &LoginName<'_>) -> Result<Admitted, Refusal> {
+    // Fail closed: grants held may be out of date, so nothing new starts on them.
+    if let Some(silent) = proxy.contact.refusal() {
+        return Err(Refusal::ControlPlaneSilent { silent });
+    }
     let Some(wanted) = name.resource else {
         return Err(Refusal::NoTarget);
     };

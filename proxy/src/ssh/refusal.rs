@@ -41,6 +41,11 @@ pub enum Refusal {
         /// User name.
         user: String,
     },
+    /// The control plane has been silent past the staleness: no new sessions.
+    ControlPlaneSilent {
+        /// How long it has been silent.
+        silent: std::time::Duration,
+    },
     /// The upstream server could not be reached, failed its host key check or refused the login.
     Upstream {
         /// Resource name.
@@ -59,6 +64,7 @@ impl Refusal {
             Refusal::NotSsh { .. } => "wrong_protocol",
             Refusal::UnknownRole { .. } => "unknown_role",
             Refusal::Denied { denied, .. } => denied.kind(),
+            Refusal::ControlPlaneSilent { .. } => "control_plane_stale",
             Refusal::Upstream { .. } => "upstream_error",
         }
     }
@@ -66,7 +72,7 @@ impl Refusal {
     /// The configured resource it is about, if any (an unknown name is not one).
     pub fn resource(&self) -> Option<&str> {
         match self {
-            Refusal::NoTarget | Refusal::UnknownResource { .. } => None,
+            Refusal::NoTarget | Refusal::UnknownResource { .. } | Refusal::ControlPlaneSilent { .. } => None,
             Refusal::NotSsh { name } => Some(name),
             Refusal::UnknownRole { resource, .. }
             | Refusal::Denied { resource, .. }
@@ -94,6 +100,7 @@ impl Refusal {
                 role_hint,
                 user,
             } => denied_text(denied, resource, role_hint.as_deref(), user),
+            Refusal::ControlPlaneSilent { silent } => crate::sync::contact::stale_text(*silent),
             Refusal::Upstream { resource, detail } => {
                 format!("the gateway could not open a session on \"{resource}\": {detail}")
             }

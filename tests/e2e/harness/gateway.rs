@@ -97,6 +97,32 @@ pub struct GatewayOptions {
     pub ssh_resources: Option<String>,
     /// More keys of the `ssh:` section, e.g. `, handshake_timeout: 1s`.
     pub ssh_extra: String,
+    /// Which process: `serve` (default), `control` or `proxy` (see `split.rs`).
+    pub mode: Mode,
+    /// More environment variables of the process (e.g. proxy tokens).
+    pub env: Vec<(String, String)>,
+}
+
+/// The process mode a `Gateway` runs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// `portcullis serve`: everything in one process.
+    #[default]
+    Serve,
+    /// `portcullis control`: no proxy listeners; ready when the API answers.
+    Control,
+    /// `portcullis proxy --control URL`: `api_port` is its health listener
+    /// (`proxy.listen`); ready when `/readyz` answers 200.
+    Proxy {
+        /// `proxy.name`.
+        name: String,
+        /// The control plane's URL(s), comma-separated.
+        control: String,
+        /// `proxy.staleness`.
+        staleness: String,
+        /// The proxy's token (given as PORTCULLIS_PROXY_TOKEN).
+        token: String,
+    },
 }
 
 impl Default for GatewayOptions {
@@ -118,6 +144,8 @@ impl Default for GatewayOptions {
             extra_yaml: String::new(),
             ssh_resources: None,
             ssh_extra: String::new(),
+            mode: Mode::Serve,
+            env: Vec::new(),
         }
     }
 }
@@ -138,6 +166,8 @@ pub struct Gateway {
     pub admin_token: String,
     log_path: PathBuf,
     log_filter: Option<String>,
+    mode: Mode,
+    env: Vec<(String, String)>,
     child: Child,
 }
 
@@ -183,10 +213,22 @@ impl Gateway {
             config.push_str(resources);
             config.push_str(&format!("ssh: {{ listen: 127.0.0.1:{ssh_port}{} }}\n", opts.ssh_extra));
         }
+        if let Mode::Proxy { name, staleness, .. } = &opts.mode {
+            // Its health listener takes the API's port: `http()` then reaches /readyz and /metrics.
+            config.push_str(&format!(
+                "proxy: {{ name: {name}, token_env: PORTCULLIS_PROXY_TOKEN, listen: 127.0.0.1:{api_port}, staleness: {staleness} }}\n"
+            ));
+        }
         let config_path = dir.path().join("portcullis.yaml");
         std::fs::write(&config_path, config).expect("write config");
         let log_path = dir.path().join("gateway.log");
-        let child = serve(&config_path, &log_path, opts.log_filter.as_deref());
+        let child = spawn_process(
+            &opts.mode,
+            &opts.env,
+            &config_path,
+            &log_path,
+            opts.log_filter.as_deref(),
+        );
         Gateway {
             _dir: dir,
             api_port,
@@ -196,23 +238,95 @@ impl Gateway {
             data_dir,
             log_path,
             log_filter: opts.log_filter.clone(),
+            mode: opts.mode.clone(),
+            env: opts.env.clone(),
             child,
+        }
+    }
+
+    /// Kills the process at once (SIGKILL, as a crash would); `restart` starts it again.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the process again on the same config, ports and data dir; waits until it is ready.
+    pub fn restart(&mut self) {
+        self.stop();
+        let config_path = self._dir.path().join("portcullis.yaml");
+        self.child = spawn_process(
+            &self.mode,
+            &self.env,
+            &config_path,
+            &self.log_path,
+            self.log_filter.as_deref(),
+        );
+        if let Err(e) = self.wait_ready() {
+            panic!("{e}");
         }
     }
 
     /// Kills the gateway at once (SIGKILL, as a crash would) and starts it
     /// again on the same config, ports and data dir; waits until it is ready.
     pub fn crash_and_restart(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let config_path = self._dir.path().join("portcullis.yaml");
-        self.child = serve(&config_path, &self.log_path, self.log_filter.as_deref());
-        if let Err(e) = self.wait_ready() {
-            panic!("{e}");
-        }
+        self.restart();
     }
 
     fn wait_ready(&mut self) -> Result<(), String> {
+        match self.mode {
+            Mode::Serve => self.wait_serve_ready(),
+            Mode::Control | Mode::Proxy { .. } => self.wait_split_ready(),
+        }
+    }
+
+    /// A control plane: the API answers and admin.token exists. A proxy: its
+    /// `/readyz` says ready (the feed's snapshot is applied) and the Postgres port accepts.
+    fn wait_split_ready(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        let control = self.mode == Mode::Control;
+        let token_path = self.data_dir.join("admin.token");
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!(
+                    "portcullis exited during start ({status}); log:\n{}",
+                    self.log()
+                ));
+            }
+            let ready = if control {
+                let token = std::fs::read_to_string(&token_path).unwrap_or_default();
+                let ok =
+                    matches!(self.try_http("GET", "/healthz", None, None), Ok((200, _))) && !token.trim().is_empty();
+                if ok {
+                    self.admin_token = token.trim().to_owned();
+                }
+                ok
+            } else {
+                matches!(self.try_http("GET", "/readyz", None, None), Ok((200, _)))
+                    && TcpStream::connect(("127.0.0.1", self.pg_port)).is_ok()
+            };
+            if ready {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "portcullis ({:?}) not ready after {START_TIMEOUT:?}; log:\n{}",
+                    self.mode_name(),
+                    self.log()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn mode_name(&self) -> &'static str {
+        match self.mode {
+            Mode::Serve => "serve",
+            Mode::Control => "control",
+            Mode::Proxy { .. } => "proxy",
+        }
+    }
+
+    fn wait_serve_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + START_TIMEOUT;
         let token_path = self.data_dir.join("admin.token");
         loop {
@@ -467,8 +581,14 @@ impl Drop for Gateway {
     }
 }
 
-/// `portcullis serve -c CONFIG`, its output appended to `log_path`.
-fn serve(config_path: &std::path::Path, log_path: &std::path::Path, log_filter: Option<&str>) -> Child {
+/// `portcullis serve|control|proxy -c CONFIG`, its output appended to `log_path`.
+fn spawn_process(
+    mode: &Mode,
+    env: &[(String, String)],
+    config_path: &std::path::Path,
+    log_path: &std::path::Path,
+    log_filter: Option<&str>,
+) -> Child {
     let pg = pg();
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -476,8 +596,17 @@ fn serve(config_path: &std::path::Path, log_path: &std::path::Path, log_filter: 
         .open(log_path)
         .expect("open log");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_portcullis"));
-    cmd.arg("serve")
-        .arg("-c")
+    match mode {
+        Mode::Serve => cmd.arg("serve"),
+        Mode::Control => cmd.arg("control"),
+        Mode::Proxy { control, token, .. } => cmd
+            .arg("proxy")
+            .arg("--control")
+            .arg(control)
+            .env("PORTCULLIS_PROXY_TOKEN", token),
+    };
+    cmd.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    cmd.arg("-c")
         .arg(config_path)
         .env("ORDERS_RO_PASSWORD", &pg.ro_password)
         .env("MD5_PASSWORD", &pg.md5_password)
@@ -488,7 +617,7 @@ fn serve(config_path: &std::path::Path, log_path: &std::path::Path, log_filter: 
     if let Some(filter) = log_filter {
         cmd.env("RUST_LOG", filter);
     }
-    cmd.spawn().expect("spawn portcullis serve")
+    cmd.spawn().expect("spawn portcullis")
 }
 
 fn dechunk(mut rest: &str) -> String {

@@ -4,6 +4,7 @@
 
 pub mod gateway;
 pub mod pg;
+pub mod split;
 pub mod sshd;
 
 use std::process::Output;

@@ -33,7 +33,11 @@ fn user(name: &str) -> UserEntry {
 }
 
 fn change(revision: u64, event: FeedEvent) -> FeedChange {
-    FeedChange { revision, event }
+    FeedChange {
+        revision,
+        event,
+        at: None,
+    }
 }
 
 fn grant_ids(table: &GrantTable) -> Vec<String> {
@@ -85,6 +89,7 @@ fn pending_requests_are_kept_per_subject_and_closed_by_id() {
     table.apply_snapshot_at(
         FeedSnapshot {
             revision: 6,
+            epoch: String::new(),
             users: Vec::new(),
             grants: Vec::new(),
             pending: vec![pending("r3", "bob")],
@@ -112,6 +117,7 @@ fn snapshot_never_hides_entries_present_on_both_sides() {
     grants.push(grant("g_alice", "read", 0, i64::MAX));
     let snapshot = FeedSnapshot {
         revision: 1,
+        epoch: String::new(),
         users,
         grants,
         pending: Vec::new(),
@@ -145,6 +151,7 @@ fn snapshot_removes_what_it_no_longer_holds_and_keeps_channels() {
     table.apply_snapshot_at(
         FeedSnapshot {
             revision: 1,
+            epoch: String::new(),
             users: vec![user("alice"), user("bob")],
             grants: vec![grant("g1", "read", 0, T0 + HOUR), grant("g2", "admin", 0, T0 + HOUR)],
             pending: vec![PendingEntry {
@@ -162,6 +169,7 @@ fn snapshot_removes_what_it_no_longer_holds_and_keeps_channels() {
     table.apply_snapshot_at(
         FeedSnapshot {
             revision: 2,
+            epoch: String::new(),
             users: vec![user("alice")],
             grants: vec![extended.clone()],
             pending: Vec::new(),

@@ -1,0 +1,99 @@
+//! Live sessions of remote proxies: each proxy reports its whole list every
+//! few seconds (and soon after a change); a proxy not heard from for about
+//! three reports is dropped. A kill travels to the proxy holding the session
+//! as a `KillSession` feed event. `Sessions` joins these with the sessions of
+//! the proxy in this process (`serve`) behind the one `SessionDirectory`.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use portcullis_protocol::feed::FeedEvent;
+use portcullis_protocol::sessions::{SessionDirectory, SessionInfo};
+use tokio::time::Instant;
+
+use crate::feed::FeedHub;
+
+/// A proxy's report older than this is ignored (three missed 2 s reports, and some slack).
+pub const REPORT_TTL: Duration = Duration::from_secs(7);
+
+/// The latest session report of each remote proxy.
+pub(crate) struct RemoteSessions {
+    reports: Mutex<BTreeMap<String, (Instant, Vec<SessionInfo>)>>,
+    feed: Arc<FeedHub>,
+}
+
+impl RemoteSessions {
+    /// No reports yet; kills are published on `feed`.
+    pub(crate) fn new(feed: Arc<FeedHub>) -> RemoteSessions {
+        RemoteSessions {
+            reports: Mutex::new(BTreeMap::new()),
+            feed,
+        }
+    }
+
+    /// Replaces what `proxy` holds with `sessions`.
+    pub(crate) fn report(&self, proxy: &str, sessions: Vec<SessionInfo>) {
+        let mut r = self.reports.lock().unwrap_or_else(PoisonError::into_inner);
+        r.insert(proxy.to_owned(), (Instant::now(), sessions));
+    }
+
+    fn fresh(&self) -> Vec<SessionInfo> {
+        let mut r = self.reports.lock().unwrap_or_else(PoisonError::into_inner);
+        r.retain(|_, (at, _)| at.elapsed() < REPORT_TTL);
+        r.values().flat_map(|(_, s)| s.iter().cloned()).collect()
+    }
+}
+
+impl SessionDirectory for RemoteSessions {
+    fn list(&self) -> Vec<SessionInfo> {
+        self.fresh()
+    }
+
+    fn kill(&self, id: &str, by: &str) -> bool {
+        if !self.fresh().iter().any(|s| s.id == id) {
+            return false;
+        }
+        // Every proxy sees it; only the one holding the session acts on it.
+        self.feed.publish(vec![FeedEvent::KillSession {
+            id: id.to_owned(),
+            by: by.to_owned(),
+        }]);
+        true
+    }
+}
+
+/// This process's sessions (if it runs a proxy) and those remote proxies report.
+pub(crate) struct Sessions {
+    /// The in-process proxy's registry (`serve`), or nothing (`control`).
+    pub local: Arc<dyn SessionDirectory>,
+    /// Reports of remote proxies.
+    pub remote: Arc<RemoteSessions>,
+}
+
+impl SessionDirectory for Sessions {
+    fn list(&self) -> Vec<SessionInfo> {
+        let mut all = self.local.list();
+        all.extend(self.remote.list());
+        all.sort_by(|a, b| a.started_at.cmp(&b.started_at).then(a.id.cmp(&b.id)));
+        all
+    }
+
+    fn kill(&self, id: &str, by: &str) -> bool {
+        self.local.kill(id, by) || self.remote.kill(id, by)
+    }
+}
+
+/// A directory with no sessions: the control plane alone, without a proxy in process.
+#[derive(Debug, Default)]
+pub struct NoSessions;
+
+impl SessionDirectory for NoSessions {
+    fn list(&self) -> Vec<SessionInfo> {
+        Vec::new()
+    }
+
+    fn kill(&self, _id: &str, _by: &str) -> bool {
+        false
+    }
+}

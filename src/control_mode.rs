@@ -1,0 +1,64 @@
+//! `portcullis control`: the control plane alone (API, store, workflow,
+//! notifications, the grant feed over the network, audit ingestion), for
+//! remote proxies (`portcullis proxy`) to follow. No proxy listeners.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use portcullis_control::{Control, NoSessions};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config;
+use crate::serve::{init_logs, wait_for_signal};
+
+/// How long shutdown waits for the workflow history to reach the audit log.
+const DRAIN: Duration = Duration::from_secs(5);
+
+/// Runs until SIGINT or SIGTERM.
+pub async fn run(path: &Path) -> anyhow::Result<()> {
+    init_logs();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let config = config::load(path)?;
+    let at = |m: String| anyhow!("{}: {m}", path.display());
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
+    let registry = prometheus::Registry::new();
+    let mut settings = config::control_settings(&config);
+    settings.notifications = config::notify_settings(&config).map_err(at)?;
+    settings.proxies = config::proxy_credentials(&config).map_err(at)?;
+    if settings.proxies.is_empty() {
+        tracing::warn!("no proxies: are configured; no proxy can follow this control plane");
+    }
+    let proxies: Vec<String> = settings.proxies.iter().map(|p| p.name.clone()).collect();
+    let control = Control::open(settings, &registry).await?;
+    let shutdown = CancellationToken::new();
+    let notifier = control.spawn_notifier(shutdown.clone());
+
+    let api = TcpListener::bind(config.api.listen)
+        .await
+        .with_context(|| format!("cannot listen on api.listen {}", config.api.listen))?;
+    tracing::info!(api = %config.api.listen, ?proxies, "portcullis control plane is serving");
+    let router = control.router(Arc::new(NoSessions), registry);
+    let api_shutdown = shutdown.clone();
+    let api_task = tokio::spawn(async move {
+        axum::serve(api, router)
+            .with_graceful_shutdown(async move { api_shutdown.cancelled().await })
+            .await
+    });
+
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    shutdown.cancel();
+    control.end_feed_streams();
+    let _ = api_task.await;
+    let _ = notifier.await;
+    match tokio::time::timeout(DRAIN, control.flush_audit()).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "workflow history not shipped to the audit log before exit"),
+        Err(_) => tracing::warn!("workflow history not shipped to the audit log before exit"),
+    }
+    Ok(())
+}

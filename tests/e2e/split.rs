@@ -1,0 +1,314 @@
+//! Split deployment: `portcullis control` and two `portcullis proxy`
+//! processes on one PostgreSQL upstream. The feed reaches both proxies,
+//! revoke and kill travel to them, proxy and user tokens keep to their own
+//! routes, and with the control plane gone the proxies still cut at expiry,
+//! refuse new sessions past the staleness, keep the audit events, and
+//! resume when it is back.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::harness::split::Split;
+use crate::harness::{Gateway, GatewayOptions, Session, connect, now, parse_time, secs_between, stderr};
+
+/// psql `SELECT 1` through `proxy` until it admits, bounded by `within`.
+fn admits_within(proxy: &Gateway, user: &str, token: &str, db: &str, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        let out = proxy.psql(user, token, db, "disable", "SELECT 1");
+        if out.status.success() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            eprintln!("psql through the proxy still refused: {}", stderr(&out));
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn live_sessions(control: &Gateway, token: &str) -> Vec<Value> {
+    let out = control.cli_ok(token, &["sessions", "--json"]);
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("sessions --json ({e}): {out}"));
+    v.as_array().cloned().unwrap_or_else(|| panic!("not an array: {out}"))
+}
+
+/// `sessions --json` again until it lists `n` sessions, bounded.
+fn sessions_until(control: &Gateway, token: &str, n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let list = live_sessions(control, token);
+        if list.len() == n || Instant::now() > deadline {
+            return list;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The FATAL a session was cut with, within `within`.
+async fn cut_message(s: &mut Session, within: Duration) -> String {
+    let err = tokio::time::timeout(within, s.client.simple_query("SELECT pg_sleep(30)"))
+        .await
+        .expect("the session should be cut in time")
+        .expect_err("pg_sleep(30) must not survive the cut");
+    let db = err
+        .as_db_error()
+        .unwrap_or_else(|| panic!("the cut should be an ErrorResponse, got {err:?}"));
+    assert_eq!(db.severity(), "FATAL", "{db:?}");
+    db.message().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feed_revoke_kill_and_tokens_across_two_proxies() {
+    let split = Split::start(2, GatewayOptions::default(), "60s");
+    let control = &split.control;
+    let alice = control.add_user("alice", &[], false);
+    let carol = control.add_user("carol", &[], false);
+    let (_, gid) = control.grant(&alice, &carol, "orders", None, "1h");
+    for p in &split.proxies {
+        assert!(
+            admits_within(p, "alice", &alice, "orders", Duration::from_secs(5)),
+            "a grant approved on the control plane should admit on every proxy"
+        );
+    }
+
+    // Live sessions of both proxies are listed by the control plane; a kill reaches the holder.
+    let mut on0 = connect(&split.proxies[0].pg_config("alice", &alice, "orders"))
+        .await
+        .expect("connect through p0");
+    let mut on1 = connect(&split.proxies[1].pg_config("alice", &alice, "orders"))
+        .await
+        .expect("connect through p1");
+    let listed = sessions_until(control, &carol, 2);
+    assert_eq!(
+        listed.len(),
+        2,
+        "sessions should list both proxies' sessions: {listed:?}"
+    );
+    let mut doomed = connect(&split.proxies[1].pg_config("alice", &alice, "orders"))
+        .await
+        .expect("connect through p1 again");
+    let listed = sessions_until(control, &carol, 3);
+    assert_eq!(listed.len(), 3, "{listed:?}");
+    let known: Vec<&str> = listed.iter().filter_map(|s| s["id"].as_str()).collect();
+    // The newest session is the one to kill (sessions are listed in start order).
+    let doomed_id = known.last().expect("an id").to_string();
+    assert_eq!(control.cli_ok(&carol, &["kill", &doomed_id]), "killed");
+    let (events, closed) = doomed.until_closed(Duration::from_secs(5)).await;
+    assert!(closed.is_some(), "the killed session on p1 is still open: {events:?}");
+    on1.client
+        .query_one("SELECT 1", &[])
+        .await
+        .expect("the other session on p1 lives");
+    on0.client
+        .query_one("SELECT 1", &[])
+        .await
+        .expect("the session on p0 lives");
+
+    // Tokens keep to their routes.
+    let proxy_token = &split.tokens[0];
+    let (status, body) = control.http("GET", "/v1/users", Some(proxy_token), None);
+    assert_eq!(status, 403, "a proxy token on an admin route: {body}");
+    let (status, body) = control.http("POST", "/v1/grants/x/revoke", Some(proxy_token), Some("{}"));
+    assert_eq!(status, 403, "a proxy token cannot revoke: {body}");
+    let (status, body) = control.http("GET", "/v1/feed/snapshot", Some(&alice), None);
+    assert_eq!(status, 403, "a user token on the feed: {body}");
+    let (status, body) = control.http("GET", "/v1/feed/snapshot", Some(&control.admin_token), None);
+    assert_eq!(status, 403, "an admin token on the feed: {body}");
+    let (status, _) = control.http("GET", "/v1/feed/snapshot", Some("nope"), None);
+    assert_eq!(status, 401);
+    let (status, body) = control.http("GET", "/v1/feed/snapshot", Some(proxy_token), None);
+    assert_eq!(status, 200, "{body}");
+    assert!(!body.contains(proxy_token.as_str()) && !body.contains(alice.as_str()));
+    let (status, body) = control.http("GET", "/v1/feed/changes?after=0&epoch=nope", Some(proxy_token), None);
+    assert_eq!(status, 410, "a cursor from another history: {body}");
+
+    // Revoke on the control plane cuts the sessions on both proxies.
+    // Each runs a query when the revoke lands, so the FATAL is its answer.
+    let cuts: Vec<_> = [&mut on0, &mut on1]
+        .into_iter()
+        .map(|s| {
+            let client = s.client.clone();
+            tokio::spawn(async move { client.simple_query("SELECT pg_sleep(30)").await.map(drop) })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let revoked = now();
+    control.cli_ok(&carol, &["revoke", &gid, "--reason", "split e2e"]);
+    for cut in cuts {
+        let err = tokio::time::timeout(Duration::from_secs(5), cut)
+            .await
+            .expect("the revoke should cut the session within 5 s")
+            .expect("join")
+            .expect_err("pg_sleep(30) must not survive the revoke");
+        let db = err
+            .as_db_error()
+            .unwrap_or_else(|| panic!("expected a FATAL, got {err:?}"));
+        assert_eq!(db.severity(), "FATAL");
+        assert!(
+            db.message().contains(&gid) && db.message().contains("revoked"),
+            "{}",
+            db.message()
+        );
+    }
+    assert!(secs_between(revoked, now()) < 5.0);
+    for p in &split.proxies {
+        let out = p.psql("alice", &alice, "orders", "disable", "SELECT 1");
+        assert!(!out.status.success(), "a revoked grant admitted on a proxy");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxies_outlive_the_control_plane_and_resume() {
+    let mut split = Split::start(2, GatewayOptions::default(), "2s");
+    let alice = split.control.add_user("alice", &[], false);
+    let carol = split.control.add_user("carol", &[], false);
+    let (_, short) = split.control.grant(&alice, &carol, "orders", None, "15s");
+    let (_, long) = split.control.grant(&alice, &carol, "bench", None, "1h");
+    let expires = parse_time(
+        split.control.grant_json(&alice, &short)["expires_at"]
+            .as_str()
+            .expect("expires_at"),
+    );
+    assert!(admits_within(
+        &split.proxies[0],
+        "alice",
+        &alice,
+        "orders",
+        Duration::from_secs(5)
+    ));
+    assert!(admits_within(
+        &split.proxies[1],
+        "alice",
+        &alice,
+        "bench",
+        Duration::from_secs(5)
+    ));
+    let mut short_s = connect(&split.proxies[0].pg_config("alice", &alice, "orders"))
+        .await
+        .expect("connect on the short grant");
+    let long_s = connect(&split.proxies[1].pg_config("alice", &alice, "bench"))
+        .await
+        .expect("connect on the long grant");
+    short_s
+        .client
+        .simple_query("SELECT 'before the outage'")
+        .await
+        .expect("query");
+
+    split.control.stop();
+    let stopped = Instant::now();
+
+    // Statements made meanwhile are audited later.
+    long_s
+        .client
+        .simple_query("SELECT 'during the outage'")
+        .await
+        .expect("query while the control plane is down");
+
+    // Past the staleness: new sessions refused with the reason, /readyz 503, live sessions run on.
+    std::thread::sleep(Duration::from_secs(3).saturating_sub(stopped.elapsed()));
+    let out = split.proxies[1].psql("alice", &alice, "bench", "disable", "SELECT 1");
+    assert!(!out.status.success(), "a new session was admitted past the staleness");
+    assert!(
+        stderr(&out).contains("has not heard from its control plane"),
+        "psql should say why: {}",
+        stderr(&out)
+    );
+    let (status, body) = split.proxies[1].http("GET", "/readyz", None, None);
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("control plane"), "{body}");
+    let (_, metrics) = split.proxies[1].http("GET", "/metrics", None, None);
+    for name in [
+        "portcullis_feed_staleness_seconds",
+        "portcullis_feed_revision",
+        "portcullis_feed_lag_seconds",
+        "portcullis_feed_reconnects_total",
+        "portcullis_audit_spool_depth",
+    ] {
+        assert!(metrics.contains(name), "{name} missing: {metrics}");
+    }
+    assert!(
+        !metrics.contains(split.tokens[1].as_str()),
+        "a proxy token reached the metrics"
+    );
+    long_s
+        .client
+        .simple_query("SELECT 'still running'")
+        .await
+        .expect("a live session keeps running");
+
+    // Expiry still cuts, by the proxy's own clock.
+    let msg = cut_message(&mut short_s, Duration::from_secs(30)).await;
+    let late = secs_between(expires, now());
+    assert!(msg.contains(&short), "{msg}");
+    assert!((-0.2..3.0).contains(&late), "cut {late:.2}s after expires_at");
+
+    // The control plane comes back: the proxies resync, a new grant admits on both.
+    split.control.restart();
+    for p in &split.proxies {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while p.http("GET", "/readyz", None, None).0 != 200 {
+            assert!(Instant::now() < deadline, "a proxy did not become ready again");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    // Its feed is a new history (revisions restart): each proxy took a new snapshot.
+    for p in &split.proxies {
+        let (_, metrics) = p.http("GET", "/metrics", None, None);
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with("portcullis_feed_resyncs_total ") && !l.ends_with(" 0")),
+            "no resync after the restart: {metrics}"
+        );
+    }
+    let (_, again) = split.control.grant(&alice, &carol, "orders", None, "1h");
+    for p in &split.proxies {
+        assert!(
+            admits_within(p, "alice", &alice, "orders", Duration::from_secs(5)),
+            "grant {again}, approved after the restart, should admit on every proxy"
+        );
+    }
+    let _ = long;
+
+    // The audit events of the outage reached the control plane, once each.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let events = loop {
+        let out = split.control.cli_ok(&split.control.admin_token, &["audit", "--json"]);
+        let v: Value = serde_json::from_str(&out).expect("audit JSON");
+        let events = v.as_array().cloned().unwrap_or_default();
+        let text = out.as_str();
+        let done = text.contains("during the outage")
+            && text.contains("still running")
+            && events
+                .iter()
+                .any(|e| e["action"] == "session.end" && e["grant_id"] == short.as_str());
+        if done || Instant::now() > deadline {
+            break events;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let text = serde_json::to_string(&events).expect("JSON");
+    assert!(
+        text.contains("during the outage"),
+        "statement made during the outage not audited"
+    );
+    assert!(
+        text.contains("still running"),
+        "statement made past the staleness not audited"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e["action"] == "session.end" && e["grant_id"] == short.as_str()),
+        "the end of the session cut during the outage is not audited"
+    );
+    let ids: Vec<&str> = events.iter().filter_map(|e| e["id"].as_str()).collect();
+    let unique: std::collections::HashSet<&str> = ids.iter().copied().collect();
+    assert_eq!(ids.len(), unique.len(), "an audit event was stored twice");
+    for t in &split.tokens {
+        assert!(!text.contains(t.as_str()), "a proxy token reached the audit log");
+    }
+}
