@@ -4,18 +4,13 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use portcullis_control::{Control, NoSessions};
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config;
-use crate::serve::{init_logs, wait_for_signal};
-
-/// How long shutdown waits for the workflow history to reach the audit log.
-const DRAIN: Duration = Duration::from_secs(5);
+use crate::process::{bind, flush_workflow_audit, init_logs, spawn_http, wait_for_signal};
 
 /// Runs until SIGINT or SIGTERM.
 pub async fn run(path: &Path) -> anyhow::Result<()> {
@@ -37,17 +32,9 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let notifier = control.spawn_notifier(shutdown.clone());
 
-    let api = TcpListener::bind(config.api.listen)
-        .await
-        .with_context(|| format!("cannot listen on api.listen {}", config.api.listen))?;
+    let api = bind(config.api.listen, "api.listen").await?;
     tracing::info!(api = %config.api.listen, ?proxies, "portcullis control plane is serving");
-    let router = control.router(Arc::new(NoSessions), registry);
-    let api_shutdown = shutdown.clone();
-    let api_task = tokio::spawn(async move {
-        axum::serve(api, router)
-            .with_graceful_shutdown(async move { api_shutdown.cancelled().await })
-            .await
-    });
+    let api_task = spawn_http(api, control.router(Arc::new(NoSessions), registry), shutdown.clone());
 
     wait_for_signal().await;
     tracing::info!("shutting down");
@@ -55,10 +42,6 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
     control.end_feed_streams();
     let _ = api_task.await;
     let _ = notifier.await;
-    match tokio::time::timeout(DRAIN, control.flush_audit()).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, "workflow history not shipped to the audit log before exit"),
-        Err(_) => tracing::warn!("workflow history not shipped to the audit log before exit"),
-    }
+    flush_workflow_audit(&control).await;
     Ok(())
 }

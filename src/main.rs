@@ -5,6 +5,7 @@
 mod cli;
 mod config;
 mod control_mode;
+mod process;
 mod proxy_mode;
 mod serve;
 

@@ -5,12 +5,11 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use portcullis_proxy::Proxy;
@@ -20,16 +19,12 @@ use portcullis_proxy::sync::contact::Contact;
 use portcullis_proxy::sync::follow::{Follower, watch_staleness};
 use portcullis_proxy::sync::metrics::FeedMetrics;
 use portcullis_proxy::sync::{report, ship};
-use prometheus::{Encoder, TextEncoder};
 use serde_json::json;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config;
-use crate::serve::{init_logs, wait_for_signal};
+use crate::process::{DRAIN, ProxyListeners, bind, init_logs, spawn_http, wait_for_signal};
 
-/// How long shutdown waits for sessions to close, and for audit events to be delivered.
-const DRAIN: Duration = Duration::from_secs(5);
 /// Audit events queued between the proxy's audit thread and the shipper.
 const AUDIT_QUEUE: usize = 10_000;
 
@@ -91,43 +86,21 @@ pub async fn run(path: &Path, control_urls: Vec<String>) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
 
-    let health = TcpListener::bind(link.listen)
-        .await
-        .with_context(|| format!("cannot listen on proxy.listen {}", link.listen))?;
-    let postgres = TcpListener::bind(config.postgres.listen)
-        .await
-        .with_context(|| format!("cannot listen on postgres.listen {}", config.postgres.listen))?;
-    let ssh = match &config.ssh {
-        Some(s) => Some(
-            TcpListener::bind(s.listen)
-                .await
-                .with_context(|| format!("cannot listen on ssh.listen {}", s.listen))?,
-        ),
-        None => None,
-    };
+    let health = bind(link.listen, "proxy.listen").await?;
+    let listeners = ProxyListeners::bind(&config).await?;
     tracing::info!(name = %link.name, control = %client.current_url(), health = %link.listen, postgres = %config.postgres.listen, ssh = ?config.ssh.as_ref().map(|s| s.listen), staleness = ?link.staleness, "portcullis proxy is serving");
 
-    let health_router = health_router(Arc::clone(&proxy.contact), registry);
-    let health_shutdown = shutdown.clone();
-    let health_task = tokio::spawn(async move {
-        axum::serve(health, health_router)
-            .with_graceful_shutdown(async move { health_shutdown.cancelled().await })
-            .await
-    });
-    let pg_task = tokio::spawn(Arc::clone(&proxy).serve_postgres(postgres, shutdown.clone()));
-    let ssh_task = ssh.map(|l| tokio::spawn(Arc::clone(&proxy).serve_ssh(l, shutdown.clone())));
+    let health_task = spawn_http(
+        health,
+        health_router(Arc::clone(&proxy.contact), registry),
+        shutdown.clone(),
+    );
+    let listeners = ProxyListeners::serve(&proxy, listeners, &shutdown);
 
     wait_for_signal().await;
     tracing::info!(sessions = proxy.sessions.len(), "shutting down: closing sessions");
     shutdown.cancel();
-    proxy.tracker.close();
-    if tokio::time::timeout(DRAIN, proxy.tracker.wait()).await.is_err() {
-        tracing::warn!("some sessions did not close in time");
-    }
-    let _ = pg_task.await;
-    if let Some(t) = ssh_task {
-        let _ = t.await;
-    }
+    listeners.drain(&proxy).await;
     let _ = health_task.await;
     let _ = follow_task.await;
     let _ = report_task.await;
@@ -170,16 +143,5 @@ async fn readyz(State(s): State<HealthState>) -> Response {
 }
 
 async fn metrics(State(s): State<HealthState>) -> Response {
-    let mut text = String::new();
-    match TextEncoder::new().encode_utf8(&s.registry.gather(), &mut text) {
-        Ok(()) => (
-            [(header::CONTENT_TYPE, TextEncoder::new().format_type().to_owned())],
-            text,
-        )
-            .into_response(),
-        Err(e) => {
-            tracing::error!(error = %e, "cannot encode metrics");
-            (StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics\n").into_response()
-        }
-    }
+    portcullis_control::metrics_response(&s.registry)
 }

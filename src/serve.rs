@@ -5,7 +5,6 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use portcullis_control::Control;
@@ -13,14 +12,12 @@ use portcullis_control::audit::spawn_writer;
 use portcullis_protocol::sessions::SessionDirectory;
 use portcullis_proxy::Proxy;
 use portcullis_proxy::grants::table::GrantTable;
-use tokio::net::TcpListener;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
 use crate::config;
+use crate::process::{DRAIN, ProxyListeners, bind, flush_workflow_audit, init_logs, spawn_http, wait_for_signal};
 
-/// How long shutdown waits for sessions to close after telling them.
-const DRAIN: Duration = Duration::from_secs(5);
 /// Audit events queued between the proxy and the audit log; past it sessions wait.
 const AUDIT_QUEUE: usize = 10_000;
 
@@ -50,45 +47,19 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
     // still queued at shutdown stays in the store for the next start.
     let notifier = control.spawn_notifier(shutdown.clone());
 
-    let api = TcpListener::bind(config.api.listen)
-        .await
-        .with_context(|| format!("cannot listen on api.listen {}", config.api.listen))?;
-    let postgres = TcpListener::bind(config.postgres.listen)
-        .await
-        .with_context(|| format!("cannot listen on postgres.listen {}", config.postgres.listen))?;
-    let ssh = match &config.ssh {
-        Some(s) => Some(
-            TcpListener::bind(s.listen)
-                .await
-                .with_context(|| format!("cannot listen on ssh.listen {}", s.listen))?,
-        ),
-        None => None,
-    };
+    let api = bind(config.api.listen, "api.listen").await?;
+    let listeners = ProxyListeners::bind(&config).await?;
     tracing::info!(api = %config.api.listen, postgres = %config.postgres.listen, ssh = ?config.ssh.as_ref().map(|s| s.listen), "portcullis is serving");
 
     let sessions: Arc<dyn SessionDirectory> = proxy.sessions.clone();
-    let router = control.router(sessions, registry.clone());
-    let api_shutdown = shutdown.clone();
-    let api_task = tokio::spawn(async move {
-        axum::serve(api, router)
-            .with_graceful_shutdown(async move { api_shutdown.cancelled().await })
-            .await
-    });
-    let pg_task = tokio::spawn(Arc::clone(&proxy).serve_postgres(postgres, shutdown.clone()));
-    let ssh_task = ssh.map(|l| tokio::spawn(Arc::clone(&proxy).serve_ssh(l, shutdown.clone())));
+    let api_task = spawn_http(api, control.router(sessions, registry.clone()), shutdown.clone());
+    let listeners = ProxyListeners::serve(&proxy, listeners, &shutdown);
 
     wait_for_signal().await;
     tracing::info!(sessions = proxy.sessions.len(), "shutting down: closing sessions");
     shutdown.cancel();
     control.end_feed_streams();
-    proxy.tracker.close();
-    if tokio::time::timeout(DRAIN, proxy.tracker.wait()).await.is_err() {
-        tracing::warn!("some sessions did not close in time");
-    }
-    let _ = pg_task.await;
-    if let Some(t) = ssh_task {
-        let _ = t.await;
-    }
+    listeners.drain(&proxy).await;
     let _ = api_task.await;
     let _ = notifier.await;
     // The writer ends once the proxy (the queue's last sender) is gone and the queue is drained.
@@ -97,12 +68,7 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
     if tokio::time::timeout(DRAIN, joined).await.is_err() {
         tracing::warn!("some audit events were not written before exit");
     }
-    // Workflow actions of the last moments; what is left is shipped at the next start.
-    match tokio::time::timeout(DRAIN, control.flush_audit()).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, "workflow history not shipped to the audit log before exit"),
-        Err(_) => tracing::warn!("workflow history not shipped to the audit log before exit"),
-    }
+    flush_workflow_audit(&control).await;
     Ok(())
 }
 
@@ -128,42 +94,4 @@ fn follow_feed(control: Arc<Control>, table: Arc<GrantTable>, shutdown: Cancella
             }
         }
     });
-}
-
-/// Completes on SIGINT or SIGTERM.
-pub(crate) async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-}
-
-/// Logs to stderr, filtered by PORTCULLIS_LOG (or RUST_LOG), JSON with PORTCULLIS_LOG_FORMAT=json.
-pub(crate) fn init_logs() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("PORTCULLIS_LOG")
-        .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    if std::env::var("PORTCULLIS_LOG_FORMAT").is_ok_and(|f| f == "json") {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
 }

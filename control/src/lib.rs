@@ -25,6 +25,7 @@ use std::sync::Arc;
 
 use portcullis_protocol::sessions::SessionDirectory;
 
+pub use api::metrics_response;
 pub use error::ControlError;
 pub use feed::FeedHub;
 pub use notify::settings::{NotifyEvent, NotifySettings, SlackSettings, WebhookSettings};

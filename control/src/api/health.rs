@@ -38,8 +38,13 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
 
 /// Every metric of the registry in the text exposition format.
 pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
+    metrics_response(&state.registry)
+}
+
+/// `/metrics` of `registry`: also what a split proxy answers on its own listener.
+pub fn metrics_response(registry: &prometheus::Registry) -> Response {
     let mut text = String::new();
-    match TextEncoder::new().encode_utf8(&state.registry.gather(), &mut text) {
+    match TextEncoder::new().encode_utf8(&registry.gather(), &mut text) {
         Ok(()) => (
             [(header::CONTENT_TYPE, TextEncoder::new().format_type().to_owned())],
             text,

@@ -9,6 +9,7 @@ mod feed;
 mod filters;
 mod grants;
 mod health;
+pub use health::metrics_response;
 mod proxies;
 mod recordings;
 mod requests;

@@ -83,7 +83,6 @@ impl Workflow {
         let this = self.clone();
         self.store
             .call(move |conn| {
-                let now = time::now();
                 let tx = conn.transaction()?;
                 let mut keys =
                     users::ssh_keys(&tx, &name)?.ok_or_else(|| ApiError::UnknownUser { name: name.clone() })?;
@@ -97,17 +96,7 @@ impl Workflow {
                     return Err(ApiError::TooManySshKeys { max: MAX_SSH_KEYS });
                 }
                 keys.push(line);
-                users::set_ssh_keys(&tx, &name, &keys)?;
-                record(
-                    &tx,
-                    now,
-                    &caller.name,
-                    "user.ssh_key.add",
-                    &name,
-                    json!({ "fingerprint": added.fingerprint, "type": added.kind }),
-                )?;
-                let entry = users::entry(&tx, &name)?;
-                this.commit(tx, entry.map(FeedEvent::User).into_iter().collect())?;
+                this.save_keys(tx, &caller.name, &name, &keys, "user.ssh_key.add", &added)?;
                 tracing::info!(user = %name, fingerprint = %added.fingerprint, by = %caller.name, "ssh key added");
                 Ok(added)
             })
@@ -129,7 +118,6 @@ impl Workflow {
         let this = self.clone();
         self.store
             .call(move |conn| {
-                let now = time::now();
                 let tx = conn.transaction()?;
                 let mut keys =
                     users::ssh_keys(&tx, &name)?.ok_or_else(|| ApiError::UnknownUser { name: name.clone() })?;
@@ -140,21 +128,36 @@ impl Workflow {
                     });
                 };
                 let removed = SshKey::of(&keys.remove(at));
-                users::set_ssh_keys(&tx, &name, &keys)?;
-                record(
-                    &tx,
-                    now,
-                    &caller.name,
-                    "user.ssh_key.remove",
-                    &name,
-                    json!({ "fingerprint": removed.fingerprint, "type": removed.kind }),
-                )?;
-                let entry = users::entry(&tx, &name)?;
-                this.commit(tx, entry.map(FeedEvent::User).into_iter().collect())?;
+                this.save_keys(tx, &caller.name, &name, &keys, "user.ssh_key.remove", &removed)?;
                 tracing::info!(user = %name, fingerprint = %removed.fingerprint, by = %caller.name, "ssh key removed");
                 Ok(removed)
             })
             .await
+    }
+
+    /// Stores `name`'s keys, records `action` on `key` in history and sends
+    /// the user's new entry on the feed, all in `tx`.
+    fn save_keys(
+        &self,
+        tx: rusqlite::Transaction<'_>,
+        by: &str,
+        name: &str,
+        keys: &[String],
+        action: &'static str,
+        key: &SshKey,
+    ) -> Result<(), ApiError> {
+        users::set_ssh_keys(&tx, name, keys)?;
+        record(
+            &tx,
+            time::now(),
+            by,
+            action,
+            name,
+            json!({ "fingerprint": key.fingerprint, "type": key.kind }),
+        )?;
+        let entry = users::entry(&tx, name)?;
+        self.commit(tx, entry.map(FeedEvent::User).into_iter().collect())?;
+        Ok(())
     }
 }
 

@@ -117,12 +117,7 @@ impl ControlClient {
                 Ok(r) if r.status().is_success() => return Ok(()),
                 Ok(r) => {
                     let status = r.status().as_u16();
-                    let body = r.text().await.unwrap_or_default();
-                    let err = CallError::Status {
-                        url,
-                        status,
-                        body: body.chars().take(300).collect(),
-                    };
+                    let err = refused(url, r).await;
                     // A refusal is the same on every replica; only a server error moves on.
                     if status < 500 {
                         return Err(err);
@@ -138,6 +133,13 @@ impl ControlClient {
             detail: "no control URL".into(),
         }))
     }
+}
+
+/// A non-2xx answer from `url`, with the start of its body.
+pub async fn refused(url: String, r: reqwest::Response) -> CallError {
+    let status = r.status().as_u16();
+    let body: String = r.text().await.unwrap_or_default().chars().take(300).collect();
+    CallError::Status { url, status, body }
 }
 
 fn transport(url: &str, e: &reqwest::Error) -> CallError {

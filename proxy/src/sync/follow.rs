@@ -11,7 +11,7 @@ use portcullis_protocol::feed::{FeedEvent, FeedLine, FeedSnapshot};
 use portcullis_protocol::sessions::SessionDirectory;
 use tokio_util::sync::CancellationToken;
 
-use super::client::{CallError, ControlClient};
+use super::client::{CallError, ControlClient, refused};
 use super::contact::Contact;
 use super::metrics::FeedMetrics;
 use crate::clock::now_millis;
@@ -119,13 +119,7 @@ impl Follower {
             return Ok(());
         }
         if !resp.status().is_success() {
-            let body: String = resp.text().await.unwrap_or_default().chars().take(300).collect();
-            return Err(CallError::Status {
-                url: self.client.current_url().to_owned(),
-                status,
-                body,
-            }
-            .into());
+            return Err(refused(self.client.current_url().to_owned(), resp).await.into());
         }
         self.contact.heard();
         let mut buf: Vec<u8> = Vec::new();
@@ -198,15 +192,8 @@ impl Follower {
 
     async fn snapshot(&self) -> Result<FeedSnapshot, FollowError> {
         let resp = self.client.get("/v1/feed/snapshot").await?;
-        let status = resp.status().as_u16();
         if !resp.status().is_success() {
-            let body: String = resp.text().await.unwrap_or_default().chars().take(300).collect();
-            return Err(CallError::Status {
-                url: self.client.current_url().to_owned(),
-                status,
-                body,
-            }
-            .into());
+            return Err(refused(self.client.current_url().to_owned(), resp).await.into());
         }
         resp.json::<FeedSnapshot>()
             .await
