@@ -6,46 +6,19 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::sshd::{Sshd, keygen, rsync, scp, sftp_batch, spawn_bounded, ssh, ssh_command, ssh_prompted};
+use crate::harness::sshd::{
+    SshSetup, Sshd, keygen, rsync, scp, sftp_batch, spawn_bounded, ssh, ssh_command, ssh_prompted,
+};
 use crate::harness::{Gateway, GatewayOptions, stderr, stdout};
 
-/// A gateway in front of a fresh sshd, alice (with a registered key) and carol (approver).
-struct Setup {
-    gw: Gateway,
-    _sshd: Sshd,
-    _keys: tempfile::TempDir,
-    alice_key: std::path::PathBuf,
-    alice: String,
-    carol: String,
-}
+type Setup = SshSetup;
 
 fn setup() -> Setup {
     setup_with(GatewayOptions::default())
 }
 
 fn setup_with(opts: GatewayOptions) -> Setup {
-    let sshd = Sshd::start();
-    let gw = Gateway::start(GatewayOptions {
-        ssh_resources: Some(sshd.resource_yaml()),
-        ..opts
-    });
-    let keys = tempfile::tempdir().expect("tempdir");
-    let alice_key = keys.path().join("alice_ed25519");
-    keygen(&alice_key);
-    let pub_path = keys.path().join("alice_ed25519.pub");
-    let alice = gw.cli_ok(
-        &gw.admin_token,
-        &["user", "add", "alice", "--ssh-key", &pub_path.display().to_string()],
-    );
-    let carol = gw.add_user("carol", &[], false);
-    Setup {
-        gw,
-        _sshd: sshd,
-        _keys: keys,
-        alice_key,
-        alice,
-        carol,
-    }
+    SshSetup::start(Sshd::start(), opts)
 }
 
 #[test]
@@ -291,7 +264,7 @@ fn reason_lines(err: &str) -> Vec<&str> {
 fn an_unknown_key_or_user_reads_the_same_reason_and_may_use_the_token() {
     let s = setup();
     s.gw.grant(&s.alice, &s.carol, "web1", None, "30m");
-    let stray = s._keys.path().join("stray_ed25519");
+    let stray = s.keys.path().join("stray_ed25519");
     keygen(&stray);
 
     let wrong_key = ssh_prompted(s.gw.ssh_port, &stray, "alice+web1", "echo hi", "not-a-token");

@@ -9,48 +9,24 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::harness::gateway::run_bounded_input;
-use crate::harness::sshd::{Sshd, keygen, public_line, sftp_batch, spawn_bounded, ssh, ssh_command};
+use crate::harness::sshd::{SshSetup, Sshd, keygen, public_line, sftp_batch, spawn_bounded, ssh, ssh_command};
 use crate::harness::{Gateway, GatewayOptions, stderr, stdout};
 
-/// A gateway in front of `sshd` (with `resource` as its `web1` entry), alice
-/// with a registered key, carol her approver.
-struct Setup {
-    gw: Gateway,
-    _sshd: Sshd,
-    keys: tempfile::TempDir,
-    alice_key: std::path::PathBuf,
-    alice: String,
-    carol: String,
-}
+type Setup = SshSetup;
 
+/// A gateway in front of `sshd`, with `resource` as its `web1` entry.
 fn setup_with(sshd: Sshd, resource: String) -> Setup {
-    let gw = Gateway::start(GatewayOptions {
-        ssh_resources: Some(resource),
-        ..GatewayOptions::default()
-    });
-    let keys = tempfile::tempdir().expect("tempdir");
-    let alice_key = keys.path().join("alice_ed25519");
-    keygen(&alice_key);
-    let pub_path = keys.path().join("alice_ed25519.pub");
-    let alice = gw.cli_ok(
-        &gw.admin_token,
-        &["user", "add", "alice", "--ssh-key", &pub_path.display().to_string()],
-    );
-    let carol = gw.add_user("carol", &[], false);
-    Setup {
-        gw,
-        _sshd: sshd,
-        keys,
-        alice_key,
-        alice,
-        carol,
-    }
+    SshSetup::start(
+        sshd,
+        GatewayOptions {
+            ssh_resources: Some(resource),
+            ..GatewayOptions::default()
+        },
+    )
 }
 
 fn setup() -> Setup {
-    let sshd = Sshd::start();
-    let resource = sshd.resource_yaml();
-    setup_with(sshd, resource)
+    SshSetup::start(Sshd::start(), GatewayOptions::default())
 }
 
 /// `portcullis audit ARGS --json` as admin.
@@ -471,7 +447,6 @@ fn a_pty_session_is_recorded_in_asciicast_and_fetched_with_the_cli() {
     });
     let end = one(&session, "session.end");
     assert_eq!(d(end, "recording"), format!("{id}.cast"), "{end}");
-    let _ = &s.keys;
 }
 
 /// `recordings --json` until it lists `n`, bounded.

@@ -6,51 +6,29 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use crate::harness::gateway::{run_bounded, run_bounded_input};
-use crate::harness::sshd::{Sshd, keygen, ssh, ssh_prompted, ssh_with};
+use crate::harness::sshd::{SshSetup, Sshd, keygen, ssh, ssh_prompted, ssh_with};
 use crate::harness::{Gateway, GatewayOptions, stderr, stdout};
 
-/// A gateway in front of a fresh sshd, alice (with a registered key) and carol (approver).
-struct Setup {
-    gw: Gateway,
-    _sshd: Sshd,
-    keys: tempfile::TempDir,
-    alice_key: PathBuf,
-    alice: String,
-    carol: String,
-}
+type Setup = SshSetup;
 
 /// `policy` lines go under web1's policy (six spaces in); `sshd_extra` into sshd_config.
 fn setup(policy: &str, sshd_extra: &str, ssh_extra: &str) -> Setup {
     let sshd = Sshd::start_with(sshd_extra);
-    let gw = Gateway::start(GatewayOptions {
-        ssh_resources: Some(sshd.resource_yaml_with(policy)),
-        ssh_extra: ssh_extra.to_owned(),
-        ..GatewayOptions::default()
-    });
-    let keys = tempfile::tempdir().expect("tempdir");
-    let alice_key = keys.path().join("alice_ed25519");
-    keygen(&alice_key);
-    let pub_path = keys.path().join("alice_ed25519.pub");
-    let alice = gw.cli_ok(
-        &gw.admin_token,
-        &["user", "add", "alice", "--ssh-key", &pub_path.display().to_string()],
-    );
-    let carol = gw.add_user("carol", &[], false);
-    Setup {
-        gw,
-        _sshd: sshd,
-        keys,
-        alice_key,
-        alice,
-        carol,
-    }
+    let resource = sshd.resource_yaml_with(policy);
+    SshSetup::start(
+        sshd,
+        GatewayOptions {
+            ssh_resources: Some(resource),
+            ssh_extra: ssh_extra.to_owned(),
+            ..GatewayOptions::default()
+        },
+    )
 }
 
 /// A TCP echo server on a loopback port; each connection echoes until EOF.

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use pty_process::Size;
 use serde_json::Value;
 
-use crate::harness::sshd::{CLIENT_OPTIONS, Sshd, keygen};
-use crate::harness::{Gateway, GatewayOptions};
+use crate::harness::GatewayOptions;
+use crate::harness::sshd::{CLIENT_OPTIONS, SshSetup, Sshd};
 
 /// Bound on waiting for one piece of output.
 const WAIT: Duration = Duration::from_secs(20);
@@ -83,23 +83,11 @@ fn open_terminal(port: u16, key: &std::path::Path, login: &str) -> Terminal {
 
 #[test]
 fn a_shell_in_a_real_terminal_follows_resizes_and_ctrl_c_and_keeps_the_exit_status() {
-    let sshd = Sshd::start();
-    let gw = Gateway::start(GatewayOptions {
-        ssh_resources: Some(sshd.resource_yaml()),
-        ..GatewayOptions::default()
-    });
-    let keys = tempfile::tempdir().expect("tempdir");
-    let key = keys.path().join("alice_ed25519");
-    keygen(&key);
-    let pub_path = keys.path().join("alice_ed25519.pub");
-    let alice = gw.cli_ok(
-        &gw.admin_token,
-        &["user", "add", "alice", "--ssh-key", &pub_path.display().to_string()],
-    );
-    let carol = gw.add_user("carol", &[], false);
-    gw.grant(&alice, &carol, "web1", None, "30m");
+    let s = SshSetup::start(Sshd::start(), GatewayOptions::default());
+    let (gw, key) = (&s.gw, &s.alice_key);
+    gw.grant(&s.alice, &s.carol, "web1", None, "30m");
 
-    let mut t = open_terminal(gw.ssh_port, &key, "alice+web1");
+    let mut t = open_terminal(gw.ssh_port, key, "alice+web1");
     // Markers are computed by the shell, so the terminal's echo of what was typed never matches.
     t.type_keys("stty size; echo size-$((40+2))\r");
     let at = t.wait_for("size-42", 0);

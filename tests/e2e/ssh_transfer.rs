@@ -6,8 +6,8 @@ use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
-use crate::harness::sshd::{Sshd, keygen, scp, sftp_batch};
-use crate::harness::{Gateway, GatewayOptions, stderr, stdout};
+use crate::harness::sshd::{SshSetup, Sshd, scp, sftp_batch};
+use crate::harness::{GatewayOptions, stderr, stdout};
 
 const SIZE: usize = 100 * 1024 * 1024;
 
@@ -28,26 +28,9 @@ fn random_file(path: &Path) {
 
 #[test]
 fn a_100_mb_file_survives_scp_both_modes_and_sftp() {
-    let sshd = Sshd::start();
-    let gw = Gateway::start(GatewayOptions {
-        ssh_resources: Some(sshd.resource_yaml()),
-        ..GatewayOptions::default()
-    });
-    let keys = tempfile::tempdir().expect("tempdir");
-    let key = keys.path().join("alice_ed25519");
-    keygen(&key);
-    let alice = gw.cli_ok(
-        &gw.admin_token,
-        &[
-            "user",
-            "add",
-            "alice",
-            "--ssh-key",
-            &key.with_extension("pub").display().to_string(),
-        ],
-    );
-    let carol = gw.add_user("carol", &[], false);
-    gw.grant(&alice, &carol, "web1", None, "30m");
+    let s = SshSetup::start(Sshd::start(), GatewayOptions::default());
+    let (gw, key) = (&s.gw, &s.alice_key);
+    gw.grant(&s.alice, &s.carol, "web1", None, "30m");
 
     let local = tempfile::tempdir().expect("tempdir");
     let far = tempfile::tempdir().expect("tempdir");
@@ -61,7 +44,7 @@ fn a_100_mb_file_survives_scp_both_modes_and_sftp() {
         let down = local.path().join(format!("down-{mode}.bin"));
         let mut args: Vec<String> = extra.into_iter().map(str::to_owned).collect();
         args.extend([src.display().to_string(), remote(&up)]);
-        let out = scp(gw.ssh_port, &key, &args.iter().map(String::as_str).collect::<Vec<_>>());
+        let out = scp(gw.ssh_port, key, &args.iter().map(String::as_str).collect::<Vec<_>>());
         assert!(out.status.success(), "scp {mode} upload: {}", stderr(&out));
         assert_eq!(
             sha256(&far.path().join(&up)),
@@ -71,7 +54,7 @@ fn a_100_mb_file_survives_scp_both_modes_and_sftp() {
 
         let mut args: Vec<String> = extra.into_iter().map(str::to_owned).collect();
         args.extend([remote(&up), down.display().to_string()]);
-        let out = scp(gw.ssh_port, &key, &args.iter().map(String::as_str).collect::<Vec<_>>());
+        let out = scp(gw.ssh_port, key, &args.iter().map(String::as_str).collect::<Vec<_>>());
         assert!(out.status.success(), "scp {mode} download: {}", stderr(&out));
         assert_eq!(sha256(&down), want, "scp {mode} download changed the file");
         let _ = std::fs::remove_file(&down);
@@ -89,7 +72,7 @@ fn a_100_mb_file_survives_scp_both_modes_and_sftp() {
         ),
     )
     .expect("batch");
-    let out = sftp_batch(gw.ssh_port, &key, "alice+web1", &batch);
+    let out = sftp_batch(gw.ssh_port, key, "alice+web1", &batch);
     assert!(out.status.success(), "sftp -b: {}\n{}", stdout(&out), stderr(&out));
     assert_eq!(sha256(&far.path().join("sftp.bin")), want, "sftp put changed the file");
     assert_eq!(sha256(&back), want, "sftp get changed the file");

@@ -279,3 +279,47 @@ pub fn rsync(port: u16, key: &Path, args: &[&str]) -> Output {
 pub fn spawn_bounded(mut cmd: Command) -> std::thread::JoinHandle<Output> {
     std::thread::spawn(move || run_bounded(&mut cmd, SSH_TIMEOUT))
 }
+
+/// A gateway in front of an sshd, alice (with a registered key) and carol, the approver.
+pub struct SshSetup {
+    /// The gateway.
+    pub gw: super::Gateway,
+    /// The upstream server, `web1`: kept running for the test.
+    _sshd: Sshd,
+    /// Where alice's key lives; tests add more keys here.
+    pub keys: TempDir,
+    /// Alice's private key.
+    pub alice_key: PathBuf,
+    /// Alice's token.
+    pub alice: String,
+    /// Carol's token.
+    pub carol: String,
+}
+
+impl SshSetup {
+    /// Starts a gateway with `opts`, whose SSH resources default to `sshd`'s `web1`.
+    pub fn start(sshd: Sshd, opts: super::GatewayOptions) -> SshSetup {
+        let resources = opts.ssh_resources.clone().unwrap_or_else(|| sshd.resource_yaml());
+        let gw = super::Gateway::start(super::GatewayOptions {
+            ssh_resources: Some(resources),
+            ..opts
+        });
+        let keys = tempfile::tempdir().expect("tempdir");
+        let alice_key = keys.path().join("alice_ed25519");
+        keygen(&alice_key);
+        let pub_path = keys.path().join("alice_ed25519.pub");
+        let alice = gw.cli_ok(
+            &gw.admin_token,
+            &["user", "add", "alice", "--ssh-key", &pub_path.display().to_string()],
+        );
+        let carol = gw.add_user("carol", &[], false);
+        SshSetup {
+            gw,
+            _sshd: sshd,
+            keys,
+            alice_key,
+            alice,
+            carol,
+        }
+    }
+}
