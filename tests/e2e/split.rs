@@ -312,3 +312,22 @@ async fn proxies_outlive_the_control_plane_and_resume() {
         assert!(!text.contains(t.as_str()), "a proxy token reached the audit log");
     }
 }
+
+#[test]
+fn a_proxy_started_while_the_control_plane_is_down_says_why() {
+    let mut split = Split::start(1, GatewayOptions::default(), "2s");
+    let alice = split.control.add_user("alice", &[], false);
+    split.control.stop();
+    // It holds no users or grants yet: the reason comes before any password check.
+    split.proxies[0].restart_listening();
+    let out = split.proxies[0].psql("alice", &alice, "bench", "disable", "SELECT 1");
+    assert!(!out.status.success(), "admitted without a snapshot");
+    assert!(
+        stderr(&out).contains("has not heard from its control plane"),
+        "psql should say why: {}",
+        stderr(&out)
+    );
+    let (status, body) = split.proxies[0].http("GET", "/readyz", None, None);
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("no snapshot"), "{body}");
+}

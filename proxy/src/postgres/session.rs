@@ -53,6 +53,13 @@ pub async fn handle(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, worker:
     let resource_label = metric_resource(&proxy, &dbname);
 
     let admitted = async {
+        // A split proxy that never had the feed's snapshot knows no users:
+        // say why before a password check that could only fail.
+        if !proxy.contact.is_synced()
+            && let Some(silent) = proxy.contact.refusal()
+        {
+            return Err(Refusal::ControlPlaneSilent { silent });
+        }
         authenticate(&proxy, &mut stream, &mut buf, &user, peer.ip(), deadline).await?;
         let admitted = admit(&proxy, &user, &dbname)?;
         let key = PoolKey {

@@ -26,6 +26,7 @@ use super::forward::{self, Forward};
 use super::listener::Phase;
 use super::target;
 use crate::Proxy;
+use crate::sync::contact::stale_text;
 
 /// One client connection's handler.
 pub struct SshHandler {
@@ -101,15 +102,16 @@ fn backoff_text(wait: std::time::Duration) -> String {
 }
 
 /// The keyboard-interactive challenge: the reason line, and the token prompt
-/// unless the login is backing off (then no prompt: nothing would be checked).
-fn token_challenge(last: Option<TokenCheck>, wait: Option<std::time::Duration>) -> Auth {
+/// unless no login can succeed now (`blocked`, why: backing off, or no
+/// snapshot of the grant feed yet); then no prompt, nothing would be checked.
+fn token_challenge(last: Option<TokenCheck>, blocked: Option<String>) -> Auth {
     let mut instructions = String::new();
     if last == Some(TokenCheck::Refused) {
         instructions.push_str("portcullis: that token was not accepted.\n");
     }
-    let prompts: Vec<(Cow<'static, str>, bool)> = match wait {
-        Some(wait) => {
-            instructions.push_str(&format!("portcullis: {}.", backoff_text(wait)));
+    let prompts: Vec<(Cow<'static, str>, bool)> = match blocked {
+        Some(why) => {
+            instructions.push_str(&format!("portcullis: {why}."));
             Vec::new()
         }
         None => {
@@ -161,11 +163,17 @@ impl russh::server::Handler for SshHandler {
         self.logging_in();
         let user = target::parse(login).user;
         let Some(mut answers) = response else {
-            let wait = backoff(&self.proxy, user, self.peer.ip()).err();
-            if let Some(wait) = wait {
-                conn::audit_login_refused(&self.proxy, login, self.peer, "backoff", &backoff_text(wait));
-            }
-            return Ok(token_challenge(self.token_refused, wait));
+            let contact = &self.proxy.contact;
+            let blocked = match contact.refusal().filter(|_| !contact.is_synced()) {
+                // A split proxy without the feed's snapshot knows no users yet.
+                Some(silent) => Some(stale_text(silent)),
+                None => backoff(&self.proxy, user, self.peer.ip()).err().map(|wait| {
+                    let why = backoff_text(wait);
+                    conn::audit_login_refused(&self.proxy, login, self.peer, "backoff", &why);
+                    why
+                }),
+            };
+            return Ok(token_challenge(self.token_refused, blocked));
         };
         let Some(token) = answers.next() else {
             // The backoff challenge had no prompt; nothing to check.

@@ -266,6 +266,26 @@ impl Gateway {
         }
     }
 
+    /// Starts the process again on the same config, ports and data dir, and
+    /// waits only until its Postgres port accepts: a proxy whose control
+    /// plane is down never becomes ready.
+    pub fn restart_listening(&mut self) {
+        self.stop();
+        let config_path = self._dir.path().join("portcullis.yaml");
+        self.child = spawn_process(
+            &self.mode,
+            &self.env,
+            &config_path,
+            &self.log_path,
+            self.log_filter.as_deref(),
+        );
+        let deadline = Instant::now() + START_TIMEOUT;
+        while TcpStream::connect(("127.0.0.1", self.pg_port)).is_err() {
+            assert!(Instant::now() < deadline, "not listening; log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Kills the gateway at once (SIGKILL, as a crash would) and starts it
     /// again on the same config, ports and data dir; waits until it is ready.
     pub fn crash_and_restart(&mut self) {
