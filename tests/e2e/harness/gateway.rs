@@ -250,8 +250,8 @@ impl Gateway {
         let _ = self.child.wait();
     }
 
-    /// Starts the process again on the same config, ports and data dir; waits until it is ready.
-    pub fn restart(&mut self) {
+    /// Stops the process and starts it again on the same config, ports and data dir.
+    fn respawn(&mut self) {
         self.stop();
         let config_path = self._dir.path().join("portcullis.yaml");
         self.child = spawn_process(
@@ -261,6 +261,11 @@ impl Gateway {
             &self.log_path,
             self.log_filter.as_deref(),
         );
+    }
+
+    /// Starts the process again on the same config, ports and data dir; waits until it is ready.
+    pub fn restart(&mut self) {
+        self.respawn();
         if let Err(e) = self.wait_ready() {
             panic!("{e}");
         }
@@ -270,15 +275,7 @@ impl Gateway {
     /// waits only until its Postgres port accepts: a proxy whose control
     /// plane is down never becomes ready.
     pub fn restart_listening(&mut self) {
-        self.stop();
-        let config_path = self._dir.path().join("portcullis.yaml");
-        self.child = spawn_process(
-            &self.mode,
-            &self.env,
-            &config_path,
-            &self.log_path,
-            self.log_filter.as_deref(),
-        );
+        self.respawn();
         let deadline = Instant::now() + START_TIMEOUT;
         while TcpStream::connect(("127.0.0.1", self.pg_port)).is_err() {
             assert!(Instant::now() < deadline, "not listening; log:\n{}", self.log());
