@@ -195,3 +195,22 @@ async fn an_edited_statement_or_a_deleted_block_breaks_the_chain() {
         Some(ChainBreak::Missing { expected: 2, found: 7 })
     );
 }
+
+#[tokio::test]
+async fn a_reader_on_its_own_connection_sees_what_is_written_later() {
+    // As a test or a tool reading audit.db beside a running gateway: it
+    // polls, and every poll must see what was committed since.
+    let (dir, writer) = mixed().await;
+    let reader = AuditLog::open_blocking(dir.path()).expect("a second connection");
+    let statements = || Search {
+        action: Some("statement".into()),
+        limit: 100,
+        ..Search::default()
+    };
+    assert_eq!(reader.search(statements()).await.expect("search").len(), 8);
+    writer
+        .append(vec![block("evt_b3", T0 + 400, &["SELECT 9"])])
+        .await
+        .expect("append");
+    assert_eq!(reader.search(statements()).await.expect("search").len(), 9);
+}

@@ -376,7 +376,7 @@ pub(super) fn search(conn: &mut Connection, s: &Search) -> Result<Vec<(u64, Audi
             " ORDER BY seq"
         });
         sql.push_str(&format!(" LIMIT {limit}"));
-        let mut stmt = conn.prepare_cached(&sql)?;
+        let mut stmt = conn.prepare(&sql)?;
         let rows = stmt
             .query_map(rusqlite::params_from_iter(page_values), row)?
             .map(|r| r.map(|(seq, e, _, _)| (seq, e)))
