@@ -213,3 +213,34 @@ async fn binary_values_are_decoded_through_the_recorder() {
     let (_, event) = expand(1, block).pop().expect("one statement");
     assert_eq!(event.detail.get("params").map(String::as_str), Some(r#"["41"]"#));
 }
+
+/// A statement over the capture's limit is recorded (cut, with its length)
+/// however the relay's reads split it, then the session ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_statement_is_recorded_at_any_chunking() {
+    let huge = format!("SELECT length('{}')", "x".repeat(1 << 20));
+    let query = message(b'Q', &cstr(&huge));
+    let mut answer = message(b'C', &cstr("SELECT 1"));
+    answer.extend(message(b'Z', b"I"));
+    for size in [1 << 20, 65_536, 16_384, 8_191, 4_096, 1_000, 5, 1] {
+        let waits = prometheus::IntCounter::new("waits", "waits").expect("counter");
+        let (log_tx, mut log_rx) = mpsc::channel::<AuditEvent>(64);
+        let queue = AuditQueue::new(Some(log_tx), waits, depth()).expect("audit thread");
+        let mut recorder = Recorder::new(session(), queue.statements().expect("a statement queue"));
+        for chunk in query.chunks(size) {
+            recorder.client(chunk);
+        }
+        for chunk in answer.chunks(size.min(answer.len())) {
+            recorder.server(chunk);
+        }
+        recorder.finish().await;
+        drop(queue);
+        let mut statements = Vec::new();
+        while let Some(e) = log_rx.recv().await {
+            statements.extend(expand(1, e).into_iter().map(|(_, e)| e));
+        }
+        assert_eq!(statements.len(), 1, "chunks of {size}");
+        let len = statements[0].detail.get("text_len").map(String::as_str);
+        assert_eq!(len, Some((huge.len()).to_string().as_str()), "chunks of {size}");
+    }
+}
