@@ -4,6 +4,7 @@
 
 use crate::clock::rfc3339;
 use crate::grants::check::Denied;
+use crate::settings::Resource;
 
 /// The exact command that asks for access.
 pub fn request_command(resource: &str, role: Option<&str>) -> String {
@@ -11,6 +12,16 @@ pub fn request_command(resource: &str, role: Option<&str>) -> String {
         Some(r) => format!("portcullis request {resource} --role {r} --reason \"...\""),
         None => format!("portcullis request {resource} --reason \"...\""),
     }
+}
+
+/// The role for the suggested request command: the one asked for, else,
+/// where the resource has several, its first (one must be named).
+pub fn role_hint(resource: &Resource, asked: Option<&str>) -> Option<String> {
+    asked.map(str::to_owned).or_else(|| {
+        (resource.roles.len() > 1)
+            .then(|| resource.roles.first().map(|r| r.name.clone()))
+            .flatten()
+    })
 }
 
 /// Why `user` may not open a session on `resource`, and a hint where one

@@ -8,6 +8,7 @@ use super::refusal::Refusal;
 use crate::Proxy;
 use crate::clock::now_millis;
 use crate::grants::check::check;
+use crate::grants::wording::role_hint;
 use crate::settings::{PostgresTarget, Resource, Role, Target};
 
 /// A session allowed to start.
@@ -54,18 +55,11 @@ pub fn admit(proxy: &Proxy, user: &str, dbname: &str) -> Result<Admitted, Refusa
         });
     }
     let (grants, pending) = proxy.grants.lookup(user, &resource.name);
-    let grant = check(&grants, &pending, role, now_millis()).map_err(|denied| {
-        let role_hint = role.map(str::to_owned).or_else(|| {
-            (resource.roles.len() > 1)
-                .then(|| resource.roles.first().map(|r| r.name.clone()))
-                .flatten()
-        });
-        Refusal::Denied {
-            denied: Box::new(denied),
-            resource: resource.name.clone(),
-            role_hint,
-            user: user.to_owned(),
-        }
+    let grant = check(&grants, &pending, role, now_millis()).map_err(|denied| Refusal::Denied {
+        denied: Box::new(denied),
+        resource: resource.name.clone(),
+        role_hint: role_hint(resource, role),
+        user: user.to_owned(),
     })?;
     let Some(role) = resource.role(&grant.role) else {
         return Err(Refusal::UnknownRole {

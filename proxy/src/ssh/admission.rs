@@ -9,6 +9,7 @@ use super::target::LoginName;
 use crate::Proxy;
 use crate::clock::now_millis;
 use crate::grants::check::check;
+use crate::grants::wording::role_hint;
 use crate::settings::{Resource, Role, SshTarget, Target};
 
 /// A session allowed to start.
@@ -54,18 +55,11 @@ pub fn admit(proxy: &Proxy, name: &LoginName<'_>) -> Result<Admitted, Refusal> {
         return Err(unknown_role(r));
     }
     let (grants, pending) = proxy.grants.lookup(name.user, &resource.name);
-    let grant = check(&grants, &pending, name.role, now_millis()).map_err(|denied| {
-        let role_hint = name.role.map(str::to_owned).or_else(|| {
-            (resource.roles.len() > 1)
-                .then(|| resource.roles.first().map(|r| r.name.clone()))
-                .flatten()
-        });
-        Refusal::Denied {
-            denied: Box::new(denied),
-            resource: resource.name.clone(),
-            role_hint,
-            user: name.user.to_owned(),
-        }
+    let grant = check(&grants, &pending, name.role, now_millis()).map_err(|denied| Refusal::Denied {
+        denied: Box::new(denied),
+        resource: resource.name.clone(),
+        role_hint: role_hint(resource, name.role),
+        user: name.user.to_owned(),
     })?;
     let Some(role) = resource.role(&grant.role) else {
         return Err(unknown_role(&grant.role));
