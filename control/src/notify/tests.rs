@@ -247,6 +247,16 @@ async fn receiver(statuses: Vec<u16>) -> (SocketAddr, Arc<Mutex<Vec<Received>>>)
     (addr, got)
 }
 
+/// Waits at most 10 s for `done` to hold; the caller asserts afterwards.
+async fn until(done: impl Fn() -> bool) {
+    for _ in 0..200 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Waits (at most 10 s) until `got` holds `n` entries.
 async fn wait_for(got: &Arc<Mutex<Vec<Received>>>, n: usize) -> Vec<Received> {
     for _ in 0..200 {
@@ -355,12 +365,7 @@ async fn a_hanging_receiver_times_out_and_others_still_get_theirs() {
     );
     // The timeout ends each hanging attempt; after two the row is given up.
     let failed = &m.notifications_failed;
-    for _ in 0..200 {
-        if failed.with_label_values(&["webhook"]).get() == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until(|| failed.with_label_values(&["webhook"]).get() == 1).await;
     assert_eq!(
         failed.with_label_values(&["webhook"]).get(),
         1,
@@ -369,7 +374,9 @@ async fn a_hanging_receiver_times_out_and_others_still_get_theirs() {
     assert_eq!(m.notifications_retried.with_label_values(&["webhook"]).get(), 1);
     assert_eq!(held.lock().expect("lock").len(), 2, "one connection per attempt");
     assert_eq!(m.notifications_sent.with_label_values(&["webhook"]).get(), 1);
-    assert_eq!(c.workflow.metrics.outbox_depth.get(), 0);
+    // The gauge follows at the sender's next pass, after the row is marked failed.
+    until(|| m.outbox_depth.get() == 0).await;
+    assert_eq!(m.outbox_depth.get(), 0, "the given-up row left the outbox's depth");
     shutdown.cancel();
 }
 
