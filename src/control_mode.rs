@@ -21,9 +21,7 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
     let registry = prometheus::Registry::new();
-    let mut settings = config::control_settings(&config);
-    settings.notifications = config::notify_settings(&config).map_err(at)?;
-    settings.proxies = config::proxy_credentials(&config).map_err(at)?;
+    let settings = config::control_plane(&config).map_err(at)?;
     if settings.proxies.is_empty() {
         tracing::warn!("no proxies: are configured; no proxy can follow this control plane");
     }

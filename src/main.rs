@@ -85,9 +85,8 @@ fn main() -> ExitCode {
                 .and_then(|c| {
                     let at = |m: String| anyhow::anyhow!("{}: {m}", config.display());
                     config::proxy_settings(&c).map_err(at)?;
-                    config::proxy_credentials(&c).map_err(at)?;
                     config::proxy_link(&c).map_err(at)?;
-                    config::notify_settings(&c).map_err(at)
+                    config::control_plane(&c).map_err(at).map(drop)
                 })
                 .map(|_| println!("ok")),
             Command::Client(cmd) => cli::run(cli.client, cmd).await,

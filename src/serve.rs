@@ -31,11 +31,8 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
 
     let registry = prometheus::Registry::new();
-    let mut control_settings = config::control_settings(&config);
-    control_settings.notifications =
-        config::notify_settings(&config).map_err(|m| anyhow!("{}: {m}", path.display()))?;
     // Remote proxies may follow this process's feed too (`proxies:`).
-    control_settings.proxies = config::proxy_credentials(&config).map_err(|m| anyhow!("{}: {m}", path.display()))?;
+    let control_settings = config::control_plane(&config).map_err(|m| anyhow!("{}: {m}", path.display()))?;
     let control = Control::open(control_settings, &registry).await?;
     // The control plane owns the audit log (it also ships workflow history there).
     let (audit_tx, audit_rx) = tokio::sync::mpsc::channel(AUDIT_QUEUE);

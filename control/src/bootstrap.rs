@@ -35,7 +35,7 @@ pub(crate) fn ensure_admin(store: &Store, data_dir: &Path) -> Result<bool, Contr
         let token = token::new_token()?;
         let stored = token::stored(&token)?;
         let now = time::now();
-        let tx = conn.transaction()?;
+        let mut tx = conn.transaction()?;
         let admin = NewUser {
             name: ADMIN,
             groups: &[],
@@ -43,9 +43,9 @@ pub(crate) fn ensure_admin(store: &Store, data_dir: &Path) -> Result<bool, Contr
             ssh_keys: &[],
             created_at: now,
         };
-        users::insert(&tx, &admin, &stored)?;
+        users::insert(&mut tx, &admin, &stored)?;
         history::record(
-            &tx,
+            &mut tx,
             &Entry {
                 at: now,
                 actor: SYSTEM_ACTOR.to_owned(),

@@ -9,6 +9,7 @@ use axum::http::StatusCode;
 use portcullis_protocol::duration;
 
 use crate::model::{GrantState, RequestState};
+use crate::store::DbError;
 
 /// A fault of the control plane itself; `Display` is the operator's sentence.
 #[derive(Debug, thiserror::Error)]
@@ -21,21 +22,21 @@ pub enum ControlError {
         /// Why.
         source: std::io::Error,
     },
-    /// The SQLite file could not be opened or set up.
-    #[error("cannot open the store at {path}: {source}")]
+    /// The store could not be opened or set up.
+    #[error("cannot open the store at {store}: {source}")]
     Open {
-        /// The database file.
-        path: PathBuf,
+        /// The database file, or the server's URL without its password.
+        store: String,
         /// Why.
-        source: rusqlite::Error,
+        source: DbError,
     },
     /// The store was written by a newer Portcullis.
     #[error(
         "the store at {path} has schema version {found}, newer than the {known} this portcullis knows; run a newer portcullis"
     )]
     SchemaTooNew {
-        /// The database file.
-        path: PathBuf,
+        /// The database file, or the server's URL without its password.
+        path: String,
         /// Version found in `schema_migrations`.
         found: i64,
         /// Highest version this build knows.
@@ -49,11 +50,11 @@ pub enum ControlError {
         /// What it does.
         name: &'static str,
         /// Why it failed.
-        source: rusqlite::Error,
+        source: DbError,
     },
     /// A store query failed.
     #[error("store error: {0}")]
-    Store(#[from] rusqlite::Error),
+    Store(#[from] DbError),
     /// Two resources share a name.
     #[error("resource {name} is defined twice")]
     DuplicateResource {
@@ -629,8 +630,8 @@ impl ApiError {
     }
 }
 
-impl From<rusqlite::Error> for ApiError {
-    fn from(e: rusqlite::Error) -> Self {
+impl From<DbError> for ApiError {
+    fn from(e: DbError) -> Self {
         ApiError::Internal(ControlError::Store(e))
     }
 }

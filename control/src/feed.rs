@@ -266,7 +266,7 @@ mod tests {
         assert!(hub.follow(1, Some("another")).is_err(), "another history");
         assert!(hub.follow(9, None).is_err(), "ahead of the feed");
         hub.publish((0..RING).map(|i| pending(&format!("req_x{i}"))).collect());
-        let gone = hub.follow(1, None).err().expect("older than the ring");
+        let gone = hub.follow(1, None).expect_err("older than the ring");
         assert_eq!(gone.oldest, 4);
         assert!(hub.follow(4, None).is_ok());
     }

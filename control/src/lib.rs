@@ -35,6 +35,7 @@ pub use settings::{
     AutoApprove, BreakGlass, ControlSettings, DEFAULT_PENDING_TTL, Escalation, Policy, Principals, ReasonRule,
     ResourceKind, ResourceSettings,
 };
+pub use store::db::DbError;
 
 use crate::audit::AuditLog;
 use crate::audit::ship::Shipper;
@@ -70,7 +71,9 @@ impl Control {
         let metrics = Metrics::register(registry)?;
         let data_dir = settings.data_dir;
         let dir = data_dir.clone();
-        let (store, feed, audit) = tokio::task::spawn_blocking(move || open_blocking(&dir)).await??;
+        let postgres = settings.store_postgres;
+        let (store, feed, audit) =
+            tokio::task::spawn_blocking(move || open_blocking(&dir, postgres.as_ref())).await??;
         let audit = audit.with_metrics(metrics.audit.clone());
         let audit_wake = Arc::new(tokio::sync::Notify::new());
         let shipper = Shipper::new(store.clone(), audit.clone(), Arc::clone(&audit_wake));
@@ -173,12 +176,19 @@ impl std::fmt::Debug for Control {
 
 /// Creates the directory, opens the store, creates `admin` if needed, loads
 /// what proxies need into a fresh feed, and opens the audit log.
-fn open_blocking(data_dir: &Path) -> Result<(Store, FeedHub, AuditLog), ControlError> {
+fn open_blocking(
+    data_dir: &Path,
+    postgres: Option<&portcullis_protocol::secret::Secret<String>>,
+) -> Result<(Store, FeedHub, AuditLog), ControlError> {
     std::fs::create_dir_all(data_dir).map_err(|source| ControlError::DataDir {
         path: data_dir.to_path_buf(),
         source,
     })?;
-    let store = Store::open_blocking(&store::path_in(data_dir))?;
+    let location = match postgres {
+        Some(url) => store::Location::Postgres(url.clone()),
+        None => store::Location::Sqlite(store::path_in(data_dir)),
+    };
+    let store = Store::open_blocking(&location)?;
     bootstrap::ensure_admin(&store, data_dir)?;
     let feed = store.with_blocking(|conn| -> Result<FeedHub, ControlError> {
         let since = time::now().saturating_sub(feed::RECENT_MS);

@@ -8,8 +8,11 @@ use std::time::Duration;
 /// Everything `Control::open` needs.
 #[derive(Clone, Debug)]
 pub struct ControlSettings {
-    /// Directory of the store (`portcullis.db`) and of `admin.token`.
+    /// Directory of the embedded store (`portcullis.db`), the audit log and `admin.token`.
     pub data_dir: PathBuf,
+    /// A PostgreSQL store's connection URL, shared by several control
+    /// replicas; `None` keeps the store in `data_dir`.
+    pub store_postgres: Option<portcullis_protocol::secret::Secret<String>>,
     /// The resources engineers may request, in config order.
     pub resources: Vec<ResourceSettings>,
     /// Address of the Postgres listener as engineers reach it, e.g. `127.0.0.1:6432`.

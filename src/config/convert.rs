@@ -15,6 +15,8 @@ use super::schema::{Config, EventName, Kind, Policy, Pool, Principals, Reason, R
 pub fn control_settings(config: &Config) -> control::ControlSettings {
     control::ControlSettings {
         data_dir: config.data_dir.clone(),
+        // A URL may hold a password: `control_plane` reads it.
+        store_postgres: None,
         resources: config.resources.iter().map(control_resource).collect(),
         gateway_postgres: Some(
             config
@@ -29,6 +31,21 @@ pub fn control_settings(config: &Config) -> control::ControlSettings {
         // Tokens are read by `proxy_credentials`, which may fail; the caller sets this.
         proxies: Vec::new(),
     }
+}
+
+/// What the control plane needs, secrets read: notification secrets, the
+/// remote proxies' tokens and the PostgreSQL store's URL.
+pub fn control_plane(config: &Config) -> Result<control::ControlSettings, String> {
+    let mut settings = control_settings(config);
+    settings.notifications = notify_settings(config)?;
+    settings.proxies = proxy_credentials(config)?;
+    let store = &config.store;
+    settings.store_postgres = match &store.postgres {
+        Some(url) => Some(Secret::new(url.clone())),
+        None => secret(store.postgres_env.as_deref(), store.postgres_file.as_deref())
+            .map_err(|e| format!("store.postgres_{}", e.strip_prefix("secret_").unwrap_or(&e)))?,
+    };
+    Ok(settings)
 }
 
 fn control_resource(r: &Resource) -> control::ResourceSettings {

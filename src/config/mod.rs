@@ -5,7 +5,7 @@
 mod convert;
 mod schema;
 
-pub use convert::{control_settings, notify_settings, proxy_credentials, proxy_link, proxy_settings};
+pub use convert::{control_plane, proxy_link, proxy_settings};
 pub use schema::Config;
 
 use std::path::Path;

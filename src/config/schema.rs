@@ -46,6 +46,9 @@ impl fmt::Display for Dur {
 pub struct Config {
     /// Embedded store, TLS key and cert, admin.token.
     pub data_dir: PathBuf,
+    /// Where the control plane keeps its data; absent: the embedded store in `data_dir`.
+    #[serde(default)]
+    pub store: StoreSection,
     /// The HTTP API.
     #[serde(default)]
     pub api: Api,
@@ -67,6 +70,19 @@ pub struct Config {
     pub proxies: Vec<ProxyPeer>,
     /// This process as a remote proxy (`portcullis proxy`).
     pub proxy: Option<ProxySection>,
+}
+
+/// `store:`: a PostgreSQL store, which several control replicas can share.
+/// At most one way to give its URL (it may hold a password).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSection {
+    /// The connection URL itself, e.g. `postgres://portcullis@db1/portcullis`.
+    pub postgres: Option<String>,
+    /// Environment variable holding the URL.
+    pub postgres_env: Option<String>,
+    /// File holding the URL.
+    pub postgres_file: Option<PathBuf>,
 }
 
 /// One entry of `proxies:`: a remote proxy's name and where its token is.
@@ -632,6 +648,15 @@ impl Config {
             if !names.insert(p.name.as_str()) {
                 return Err(format!("{at}.name: \"{}\" is listed twice", p.name));
             }
+        }
+        let store = &self.store;
+        let given = [
+            store.postgres.is_some(),
+            store.postgres_env.is_some(),
+            store.postgres_file.is_some(),
+        ];
+        if given.iter().filter(|g| **g).count() > 1 {
+            return Err("store: give one of postgres, postgres_env and postgres_file".into());
         }
         if let Some(p) = &self.proxy {
             check_proxy_name("proxy", &p.name)?;

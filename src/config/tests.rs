@@ -79,7 +79,7 @@ fn a_role_overrides_some_policy_fields() {
         "      read:  { user: orders_ro, password_env: ORDERS_RO_PASSWORD }\n      admin:\n        user: orders_admin\n        policy: { approvals_required: 2, max_duration: 1h, break_glass: { groups: [oncall], max_duration: 15m } }\n",
     );
     let c = parse(&text, "p.yaml").expect("a role policy parses");
-    let settings = super::control_settings(&c);
+    let settings = super::convert::control_settings(&c);
     let orders = settings.resources.first().expect("orders");
     assert_eq!(orders.policy.approvals_required, 1);
     let admin = orders.role_policies.get("admin").expect("admin overrides");
@@ -119,7 +119,7 @@ fn ttl_escalation_and_break_glass_parse() {
         "      pending_ttl: 2h\n      escalation: [ { after: 30m, approvers: { groups: [managers] } }, { after: 1h, approvers: { users: [cto] } } ]\n      break_glass: { groups: [oncall], max_duration: 15m }\n      auto_approve:",
     );
     let c = parse(&text, "p.yaml").expect("parses");
-    let p = &super::control_settings(&c).resources[0].policy;
+    let p = &super::convert::control_settings(&c).resources[0].policy;
     assert_eq!(p.pending_ttl.map(|d| d.as_secs()), Some(7200));
     assert_eq!(p.escalation.len(), 2);
     assert_eq!(p.break_glass.as_ref().map(|b| b.max_duration.as_secs()), Some(900));
@@ -134,7 +134,7 @@ fn ttl_escalation_and_break_glass_parse() {
 fn the_example_config_parses() {
     let text = include_str!("../../examples/portcullis.yaml");
     let c = parse(text, "examples/portcullis.yaml").expect("examples/portcullis.yaml parses");
-    let orders = super::control_settings(&c)
+    let orders = super::convert::control_settings(&c)
         .resources
         .into_iter()
         .next()
@@ -162,7 +162,7 @@ fn notifications_parse_with_secrets_from_files_and_event_filters() {
         "      read:  { user: orders_ro, password_env: ORDERS_RO_PASSWORD }\n      write: { user: orders_rw, chat_approval: false }\n",
     );
     let c = parse(&text, "p.yaml").expect("notifications parse");
-    let n = super::notify_settings(&c).expect("secrets readable");
+    let n = super::convert::notify_settings(&c).expect("secrets readable");
     assert_eq!(n.timeout.as_secs(), 3);
     assert_eq!(n.backoff.as_millis(), 500);
     let hook = n.webhooks.first().expect("one webhook");
@@ -219,7 +219,7 @@ fn bad_notifications_are_refused_naming_the_key() {
         "  webhooks:\n    - url: http://127.0.0.1:9000/hook\n      secret_env: PORTCULLIS_TEST_UNSET_SECRET\n",
     );
     let c = parse(&unset, "p.yaml").expect("parses");
-    let err = super::notify_settings(&c).expect_err("the env var is not set");
+    let err = super::convert::notify_settings(&c).expect_err("the env var is not set");
     assert!(err.contains("webhooks[0].secret_env"), "{err}");
 }
 

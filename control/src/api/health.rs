@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 
 use crate::api::AppState;
 use crate::error::ApiError;
+use crate::store::Sql;
 
 /// `{"status":"ok"}`.
 pub(crate) async fn healthz() -> Json<Value> {
@@ -21,7 +22,7 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
     let probe = state
         .workflow
         .store
-        .call(|conn| -> Result<i64, ApiError> { Ok(conn.query_row("SELECT 1", [], |r| r.get(0))?) })
+        .call(|conn| -> Result<i64, ApiError> { Ok(conn.query_one("SELECT 1", &[])?.get(0)?) })
         .await;
     match probe {
         Ok(_) => Json(json!({ "status": "ready" })).into_response(),

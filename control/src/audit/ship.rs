@@ -17,9 +17,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::store::{DbError, Sql};
 use portcullis_protocol::audit::AuditEvent;
 use portcullis_protocol::feed::UnixMillis;
-use rusqlite::Connection;
 use serde_json::Value;
 use tokio::sync::Notify;
 
@@ -126,7 +126,7 @@ pub(crate) struct Batch {
 }
 
 /// Reads the entries after `cursor` and turns them into events.
-pub(crate) fn read_batch(conn: &Connection, cursor: Option<&Cursor>) -> Result<Batch, ControlError> {
+pub(crate) fn read_batch(conn: &mut dyn Sql, cursor: Option<&Cursor>) -> Result<Batch, ControlError> {
     let mut from = cursor.map_or(0, |c| c.position);
     let mut restarted = false;
     if let Some(c) = cursor.filter(|c| c.position > 0) {
@@ -145,7 +145,7 @@ pub(crate) fn read_batch(conn: &Connection, cursor: Option<&Cursor>) -> Result<B
     let events = rows
         .iter()
         .map(|(seq, entry)| to_event(conn, *seq, entry))
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+        .collect::<Result<Vec<_>, DbError>>()?;
     let next = match rows.last() {
         Some((seq, entry)) => Some(Cursor {
             position: *seq,
@@ -164,7 +164,7 @@ pub(crate) fn read_batch(conn: &Connection, cursor: Option<&Cursor>) -> Result<B
 /// The audit event of history entry `seq`: its actor as `user`, and the
 /// resource, role, grant, request, reason and approvers of what it concerns,
 /// as they stood when it was recorded (so a late shipment says the same).
-pub(crate) fn to_event(conn: &Connection, seq: i64, entry: &Recorded) -> rusqlite::Result<AuditEvent> {
+pub(crate) fn to_event(conn: &mut dyn Sql, seq: i64, entry: &Recorded) -> Result<AuditEvent, DbError> {
     let mut detail = flatten(&entry.detail);
     let mut event = AuditEvent::new(event_id(seq, entry.at), entry.at, &entry.action, &entry.actor);
     let kind = entry.action.split_once('.').map_or(entry.action.as_str(), |(k, _)| k);
@@ -228,7 +228,7 @@ pub(crate) fn to_event(conn: &Connection, seq: i64, entry: &Recorded) -> rusqlit
 }
 
 /// The grant with this id (if any) and its request.
-fn grant_and_request(conn: &Connection, id: Option<&str>) -> rusqlite::Result<(Option<Request>, Option<Grant>)> {
+fn grant_and_request(conn: &mut dyn Sql, id: Option<&str>) -> Result<(Option<Request>, Option<Grant>), DbError> {
     let Some(grant) = id.map(|id| grants::get(conn, id)).transpose()?.flatten() else {
         return Ok((None, None));
     };

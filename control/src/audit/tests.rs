@@ -192,13 +192,19 @@ use std::sync::Arc;
 use serde_json::json;
 
 use super::ship::{self, Shipper};
+use crate::ControlError;
 use crate::store::Store;
 use crate::store::history::{self, Entry};
+use crate::store::testing::TestStore;
 
 /// A store and an audit log side by side, as `Control::open` lays them out.
-fn store_and_log(dir: &std::path::Path) -> (Store, AuditLog) {
-    let store = Store::open_blocking(&dir.join("portcullis.db")).expect("store");
-    let log = AuditLog::open_blocking(dir).expect("log");
+async fn store_and_log(at: &TestStore) -> (Store, AuditLog) {
+    let location = at.location.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open_blocking(&location))
+        .await
+        .expect("task")
+        .expect("store");
+    let log = AuditLog::open_blocking(at.dir.path()).expect("log");
     (store, log)
 }
 
@@ -206,20 +212,18 @@ fn shipper(store: &Store, log: &AuditLog) -> Shipper {
     Shipper::new(store.clone(), log.clone(), Arc::new(tokio::sync::Notify::new()))
 }
 
-fn record(store: &Store, at: i64, actor: &str, action: &'static str, subject: &str, detail: serde_json::Value) {
-    store.with_blocking(|conn| {
-        history::record(
-            conn,
-            &Entry {
-                at,
-                actor: actor.to_owned(),
-                action,
-                subject: subject.to_owned(),
-                detail,
-            },
-        )
-        .expect("record")
-    });
+async fn record(store: &Store, at: i64, actor: &str, action: &'static str, subject: &str, detail: serde_json::Value) {
+    let entry = Entry {
+        at,
+        actor: actor.to_owned(),
+        action,
+        subject: subject.to_owned(),
+        detail,
+    };
+    store
+        .call(move |conn| history::record(conn, &entry).map_err(ControlError::from))
+        .await
+        .expect("record");
 }
 
 /// Every event in the log, oldest first.
@@ -236,172 +240,187 @@ async fn all(log: &AuditLog) -> Vec<AuditEvent> {
 
 #[tokio::test]
 async fn the_shipper_ships_each_entry_once_and_resumes_from_its_cursor() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (store, log) = store_and_log(dir.path());
-    for (i, name) in ["alice", "bob", "carol"].into_iter().enumerate() {
-        record(
-            &store,
-            1000 + i as i64,
-            "admin",
-            "user.create",
-            name,
-            json!({ "admin": false }),
+    for at in crate::store::testing::stores() {
+        let (store, log) = store_and_log(&at).await;
+        for (i, name) in ["alice", "bob", "carol"].into_iter().enumerate() {
+            record(
+                &store,
+                1000 + i as i64,
+                "admin",
+                "user.create",
+                name,
+                json!({ "admin": false }),
+            )
+            .await;
+        }
+        let s = shipper(&store, &log);
+        assert_eq!(s.catch_up().await.expect("ship"), 3);
+        let cursor = log.cursor_blocking(ship::SOURCE).expect("cursor").expect("a cursor");
+        assert_eq!((cursor.position, cursor.last_id.as_str()), (3, "wf_3_1002"));
+        // Nothing new: nothing written, the cursor stays.
+        assert_eq!(s.catch_up().await.expect("ship"), 0);
+
+        record(&store, 2000, "admin", "user.create", "dave", json!({})).await;
+        record(&store, 2001, "admin", "user.create", "erin", json!({})).await;
+        // A new shipper (a restart) starts where the last one stopped.
+        assert_eq!(shipper(&store, &log).catch_up().await.expect("ship"), 2);
+        let events = all(&log).await;
+        let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids, ["wf_1_1000", "wf_2_1001", "wf_3_1002", "wf_4_2000", "wf_5_2001"]);
+        assert_eq!(events[3].detail.get("subject").map(String::as_str), Some("dave"));
+        assert_eq!(events[3].user, "admin");
+
+        // A lost cursor means a replay from the start: deduplicated by id.
+        tamper(&at.dir, "DELETE FROM shipped");
+        assert_eq!(s.catch_up().await.expect("replay"), 0);
+        assert_eq!(
+            log.cursor_blocking(ship::SOURCE).expect("cursor").map(|c| c.position),
+            Some(5)
         );
+        let verdict = log.verify().await.expect("verify");
+        assert_eq!((verdict.events, verdict.broken), (5, None));
     }
-    let s = shipper(&store, &log);
-    assert_eq!(s.catch_up().await.expect("ship"), 3);
-    let cursor = log.cursor_blocking(ship::SOURCE).expect("cursor").expect("a cursor");
-    assert_eq!((cursor.position, cursor.last_id.as_str()), (3, "wf_3_1002"));
-    // Nothing new: nothing written, the cursor stays.
-    assert_eq!(s.catch_up().await.expect("ship"), 0);
-
-    record(&store, 2000, "admin", "user.create", "dave", json!({}));
-    record(&store, 2001, "admin", "user.create", "erin", json!({}));
-    // A new shipper (a restart) starts where the last one stopped.
-    assert_eq!(shipper(&store, &log).catch_up().await.expect("ship"), 2);
-    let events = all(&log).await;
-    let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
-    assert_eq!(ids, ["wf_1_1000", "wf_2_1001", "wf_3_1002", "wf_4_2000", "wf_5_2001"]);
-    assert_eq!(events[3].detail.get("subject").map(String::as_str), Some("dave"));
-    assert_eq!(events[3].user, "admin");
-
-    // A lost cursor means a replay from the start: deduplicated by id.
-    tamper(&dir, "DELETE FROM shipped");
-    assert_eq!(s.catch_up().await.expect("replay"), 0);
-    assert_eq!(
-        log.cursor_blocking(ship::SOURCE).expect("cursor").map(|c| c.position),
-        Some(5)
-    );
-    let verdict = log.verify().await.expect("verify");
-    assert_eq!((verdict.events, verdict.broken), (5, None));
 }
 
 #[tokio::test]
 async fn the_cursor_moves_only_with_the_events() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (store, log) = store_and_log(dir.path());
-    record(&store, 1000, "admin", "user.create", "alice", json!({}));
-    // A failed write (here: the events table refuses inserts) keeps neither the events nor the cursor.
-    tamper(
-        &dir,
-        "CREATE TRIGGER refuse BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'disk full'); END;",
-    );
-    assert!(shipper(&store, &log).catch_up().await.is_err());
-    assert_eq!(log.cursor_blocking(ship::SOURCE).expect("cursor"), None);
-    tamper(&dir, "DROP TRIGGER refuse");
-    assert_eq!(shipper(&store, &log).catch_up().await.expect("ship"), 1);
-    assert_eq!(all(&log).await.len(), 1);
+    for at in crate::store::testing::stores() {
+        let (store, log) = store_and_log(&at).await;
+        record(&store, 1000, "admin", "user.create", "alice", json!({})).await;
+        // A failed write (here: the events table refuses inserts) keeps neither the events nor the cursor.
+        tamper(
+            &at.dir,
+            "CREATE TRIGGER refuse BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'disk full'); END;",
+        );
+        assert!(shipper(&store, &log).catch_up().await.is_err());
+        assert_eq!(log.cursor_blocking(ship::SOURCE).expect("cursor"), None);
+        tamper(&at.dir, "DROP TRIGGER refuse");
+        assert_eq!(shipper(&store, &log).catch_up().await.expect("ship"), 1);
+        assert_eq!(all(&log).await.len(), 1);
+    }
 }
 
 #[tokio::test]
 async fn a_replaced_store_is_shipped_from_its_start() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (store, log) = store_and_log(dir.path());
-    record(&store, 1000, "admin", "user.create", "alice", json!({}));
-    record(&store, 1001, "admin", "user.create", "bob", json!({}));
-    assert_eq!(shipper(&store, &log).catch_up().await.expect("ship"), 2);
+    for at in crate::store::testing::stores() {
+        let (store, log) = store_and_log(&at).await;
+        record(&store, 1000, "admin", "user.create", "alice", json!({})).await;
+        record(&store, 1001, "admin", "user.create", "bob", json!({})).await;
+        assert_eq!(shipper(&store, &log).catch_up().await.expect("ship"), 2);
 
-    // Same audit log, a fresh store: its entry 1 is not the entry 1 already shipped.
-    let other = tempfile::tempdir().expect("tempdir");
-    let fresh = Store::open_blocking(&other.path().join("portcullis.db")).expect("store");
-    record(&fresh, 5000, "admin", "user.create", "carol", json!({}));
-    assert_eq!(shipper(&fresh, &log).catch_up().await.expect("ship"), 1);
-    let ids: Vec<String> = all(&log).await.into_iter().map(|e| e.id).collect();
-    assert_eq!(ids, ["wf_1_1000", "wf_2_1001", "wf_1_5000"]);
+        // Same audit log, a fresh store: its entry 1 is not the entry 1 already shipped.
+        let other = match at.location {
+            crate::store::Location::Sqlite(_) => crate::store::testing::sqlite(),
+            crate::store::Location::Postgres(_) => crate::store::testing::postgres(),
+        };
+        let (fresh, _) = store_and_log(&other).await;
+        record(&fresh, 5000, "admin", "user.create", "carol", json!({})).await;
+        assert_eq!(shipper(&fresh, &log).catch_up().await.expect("ship"), 1);
+        let ids: Vec<String> = all(&log).await.into_iter().map(|e| e.id).collect();
+        assert_eq!(ids, ["wf_1_1000", "wf_2_1001", "wf_1_5000"]);
+    }
 }
 
 #[tokio::test]
 async fn shipped_events_carry_the_request_reason_and_approvers_as_they_stood() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (store, log) = store_and_log(dir.path());
-    store.with_blocking(|conn| {
-        conn.execute_batch(
-            "INSERT INTO users (name, token_hash, scram_verifier, created_at) VALUES ('alice', 'h1', 'v', 0);
-             INSERT INTO requests (id, user_name, resource, role, state, reason, duration_ms, created_at,
-                                   decided_at, decided_by, approvals_required)
-                 VALUES ('req_1', 'alice', 'orders', 'read', 'approved', 'INC-7 slow orders', 3600000, 1000,
-                         3000, 'dave', 2);
-             INSERT INTO approvals (request_id, approver, at) VALUES ('req_1', 'carol', 2000), ('req_1', 'dave', 3000);
-             INSERT INTO grants (id, request_id, user_name, resource, role, starts_at, expires_at)
-                 VALUES ('grt_1', 'req_1', 'alice', 'orders', 'read', 3000, 3603000);",
-        )
-        .expect("rows");
-    });
-    let requested = json!({ "user": "alice", "resource": "orders", "role": "read", "reason": "INC-7 slow orders" });
-    record(&store, 1000, "alice", "request.create", "req_1", requested);
-    record(
-        &store,
-        2000,
-        "carol",
-        "request.approve",
-        "req_1",
-        json!({ "granted": false }),
-    );
-    record(
-        &store,
-        3000,
-        "dave",
-        "request.approve",
-        "req_1",
-        json!({ "granted": true }),
-    );
-    record(
-        &store,
-        3000,
-        "dave",
-        "grant.create",
-        "grt_1",
-        json!({ "user": "alice", "request_id": "req_1" }),
-    );
-    record(
-        &store,
-        4000,
-        "carol",
-        "grant.revoke",
-        "grt_1",
-        json!({ "reason": "done" }),
-    );
-    let kill = json!({ "user": "alice", "resource": "orders", "role": "read", "grant_id": "grt_1" });
-    record(&store, 5000, "admin", "session.kill", "ses_1", kill);
-    assert_eq!(shipper(&store, &log).catch_up().await.expect("ship"), 6);
-
-    let events = all(&log).await;
-    let summary: Vec<(&str, &str, Vec<&str>, Option<&str>)> = events
-        .iter()
-        .map(|e| {
-            (
-                e.action.as_str(),
-                e.user.as_str(),
-                e.approvers.iter().map(String::as_str).collect(),
-                e.grant_id.as_deref(),
+    for at in crate::store::testing::stores() {
+        let (store, log) = store_and_log(&at).await;
+        store
+            .call(|conn| {
+            conn.batch(
+                "INSERT INTO users (name, token_hash, scram_verifier, created_at) VALUES ('alice', 'h1', 'v', 0);
+                 INSERT INTO requests (id, user_name, resource, role, state, reason, duration_ms, created_at,
+                                       decided_at, decided_by, approvals_required)
+                     VALUES ('req_1', 'alice', 'orders', 'read', 'approved', 'INC-7 slow orders', 3600000, 1000,
+                             3000, 'dave', 2);
+                 INSERT INTO approvals (request_id, approver, at) VALUES ('req_1', 'carol', 2000), ('req_1', 'dave', 3000);
+                 INSERT INTO grants (id, request_id, user_name, resource, role, starts_at, expires_at)
+                     VALUES ('grt_1', 'req_1', 'alice', 'orders', 'read', 3000, 3603000);",
             )
+            .map_err(ControlError::from)
         })
-        .collect();
-    assert_eq!(
-        summary,
-        [
-            ("request.create", "alice", vec![], None),
-            ("request.approve", "carol", vec!["carol"], None),
-            ("request.approve", "dave", vec!["carol", "dave"], Some("grt_1")),
-            ("grant.create", "dave", vec!["carol", "dave"], Some("grt_1")),
-            ("grant.revoke", "carol", vec!["carol", "dave"], Some("grt_1")),
-            ("session.kill", "admin", vec!["carol", "dave"], Some("grt_1")),
-        ]
-    );
-    for e in &events {
-        assert_eq!(e.request_id.as_deref(), Some("req_1"), "{e:?}");
-        assert_eq!(e.reason.as_deref(), Some("INC-7 slow orders"), "{e:?}");
+            .await
+            .expect("rows");
+        let requested = json!({ "user": "alice", "resource": "orders", "role": "read", "reason": "INC-7 slow orders" });
+        record(&store, 1000, "alice", "request.create", "req_1", requested).await;
+        record(
+            &store,
+            2000,
+            "carol",
+            "request.approve",
+            "req_1",
+            json!({ "granted": false }),
+        )
+        .await;
+        record(
+            &store,
+            3000,
+            "dave",
+            "request.approve",
+            "req_1",
+            json!({ "granted": true }),
+        )
+        .await;
+        record(
+            &store,
+            3000,
+            "dave",
+            "grant.create",
+            "grt_1",
+            json!({ "user": "alice", "request_id": "req_1" }),
+        )
+        .await;
+        record(
+            &store,
+            4000,
+            "carol",
+            "grant.revoke",
+            "grt_1",
+            json!({ "reason": "done" }),
+        )
+        .await;
+        let kill = json!({ "user": "alice", "resource": "orders", "role": "read", "grant_id": "grt_1" });
+        record(&store, 5000, "admin", "session.kill", "ses_1", kill).await;
+        assert_eq!(shipper(&store, &log).catch_up().await.expect("ship"), 6);
+
+        let events = all(&log).await;
+        let summary: Vec<(&str, &str, Vec<&str>, Option<&str>)> = events
+            .iter()
+            .map(|e| {
+                (
+                    e.action.as_str(),
+                    e.user.as_str(),
+                    e.approvers.iter().map(String::as_str).collect(),
+                    e.grant_id.as_deref(),
+                )
+            })
+            .collect();
         assert_eq!(
-            (e.resource.as_deref(), e.role.as_deref()),
-            (Some("orders"), Some("read"))
+            summary,
+            [
+                ("request.create", "alice", vec![], None),
+                ("request.approve", "carol", vec!["carol"], None),
+                ("request.approve", "dave", vec!["carol", "dave"], Some("grt_1")),
+                ("grant.create", "dave", vec!["carol", "dave"], Some("grt_1")),
+                ("grant.revoke", "carol", vec!["carol", "dave"], Some("grt_1")),
+                ("session.kill", "admin", vec!["carol", "dave"], Some("grt_1")),
+            ]
         );
+        for e in &events {
+            assert_eq!(e.request_id.as_deref(), Some("req_1"), "{e:?}");
+            assert_eq!(e.reason.as_deref(), Some("INC-7 slow orders"), "{e:?}");
+            assert_eq!(
+                (e.resource.as_deref(), e.role.as_deref()),
+                (Some("orders"), Some("read"))
+            );
+        }
+        // The request's own reason is not repeated in detail; an action's own reason is kept there.
+        assert!(!events[0].detail.contains_key("reason"));
+        assert_eq!(events[0].detail.get("requester").map(String::as_str), Some("alice"));
+        assert_eq!(events[4].detail.get("reason").map(String::as_str), Some("done"));
+        assert_eq!(events[5].session_id.as_deref(), Some("ses_1"));
+        assert_eq!(events[5].detail.get("session_user").map(String::as_str), Some("alice"));
     }
-    // The request's own reason is not repeated in detail; an action's own reason is kept there.
-    assert!(!events[0].detail.contains_key("reason"));
-    assert_eq!(events[0].detail.get("requester").map(String::as_str), Some("alice"));
-    assert_eq!(events[4].detail.get("reason").map(String::as_str), Some("done"));
-    assert_eq!(events[5].session_id.as_deref(), Some("ses_1"));
-    assert_eq!(events[5].detail.get("session_user").map(String::as_str), Some("alice"));
 }
 
 #[tokio::test]

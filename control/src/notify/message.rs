@@ -4,9 +4,9 @@
 
 use std::collections::{BTreeSet, HashSet};
 
+use crate::store::Sql;
 use portcullis_protocol::duration;
 use portcullis_protocol::feed::UnixMillis;
-use rusqlite::Connection;
 use serde_json::{Value, json};
 
 use crate::api::views::{GrantView, RequestView};
@@ -22,7 +22,7 @@ use crate::workflow::events::Event;
 /// What a workflow event becomes as a notification, if anything: its kind
 /// and its document (without `id`, which is per destination).
 pub(crate) fn build(
-    conn: &Connection,
+    conn: &mut dyn Sql,
     catalog: &Catalog,
     at: UnixMillis,
     actor: &str,
@@ -91,27 +91,27 @@ pub(crate) fn build(
 
 /// The notification kind of `event`, with the request and grant it concerns.
 fn context(
-    conn: &Connection,
+    conn: &mut dyn Sql,
     subject: &str,
     event: &Event<'_>,
 ) -> Result<Option<(NotifyEvent, Request, Option<Grant>)>, ApiError> {
-    let request = |id: &str| -> Result<Option<Request>, ApiError> { Ok(requests::get(conn, id)?) };
-    let with_grant = |kind| -> Result<Option<(NotifyEvent, Request, Option<Grant>)>, ApiError> {
+    type Found = Option<(NotifyEvent, Request, Option<Grant>)>;
+    fn with_grant(conn: &mut dyn Sql, subject: &str, kind: NotifyEvent) -> Result<Found, ApiError> {
         let Some(g) = grants::get(conn, subject)? else {
             return Ok(None);
         };
-        Ok(request(&g.request_id)?.map(|r| (kind, r, Some(g))))
-    };
-    let of_request = |kind| -> Result<Option<(NotifyEvent, Request, Option<Grant>)>, ApiError> {
-        Ok(request(subject)?.map(|r| (kind, r, None)))
-    };
+        Ok(requests::get(conn, &g.request_id)?.map(|r| (kind, r, Some(g))))
+    }
+    fn of_request(conn: &mut dyn Sql, subject: &str, kind: NotifyEvent) -> Result<Found, ApiError> {
+        Ok(requests::get(conn, subject)?.map(|r| (kind, r, None)))
+    }
     match event {
         // Auto-approved and break-glass requests are told when their grant exists.
         Event::Requested(r) if r.state == RequestState::Pending => {
             Ok(Some((NotifyEvent::Requested, (*r).clone(), None)))
         }
         Event::GrantCreated(g) => {
-            let Some(r) = request(&g.request_id)? else {
+            let Some(r) = requests::get(conn, &g.request_id)? else {
                 return Ok(None);
             };
             let kind = if r.break_glass {
@@ -121,13 +121,13 @@ fn context(
             };
             Ok(Some((kind, r, Some((*g).clone()))))
         }
-        Event::Denied { .. } => of_request(NotifyEvent::Denied),
-        Event::Cancelled => of_request(NotifyEvent::Cancelled),
-        Event::ExpiredUnanswered { .. } => of_request(NotifyEvent::Expired),
-        Event::Escalated { .. } => of_request(NotifyEvent::Escalated),
-        Event::Revoked { .. } => with_grant(NotifyEvent::Revoked),
-        Event::Extended { .. } => with_grant(NotifyEvent::Extended),
-        Event::ExpiringSoon { .. } => with_grant(NotifyEvent::ExpiringSoon),
+        Event::Denied { .. } => of_request(conn, subject, NotifyEvent::Denied),
+        Event::Cancelled => of_request(conn, subject, NotifyEvent::Cancelled),
+        Event::ExpiredUnanswered { .. } => of_request(conn, subject, NotifyEvent::Expired),
+        Event::Escalated { .. } => of_request(conn, subject, NotifyEvent::Escalated),
+        Event::Revoked { .. } => with_grant(conn, subject, NotifyEvent::Revoked),
+        Event::Extended { .. } => with_grant(conn, subject, NotifyEvent::Extended),
+        Event::ExpiringSoon { .. } => with_grant(conn, subject, NotifyEvent::ExpiringSoon),
         Event::Requested(_)
         | Event::Approved { .. }
         | Event::AutoApproved { .. }

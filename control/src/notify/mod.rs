@@ -16,9 +16,9 @@ pub(crate) mod webhook;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::Duration;
 
+use crate::store::Sql;
 use portcullis_protocol::feed::UnixMillis;
 use portcullis_protocol::secret::Secret;
-use rusqlite::Connection;
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
@@ -171,7 +171,7 @@ impl Notifier {
     /// row per destination that takes its kind.
     pub(crate) fn enqueue(
         &self,
-        conn: &Connection,
+        conn: &mut dyn Sql,
         catalog: &Catalog,
         at: UnixMillis,
         actor: &str,

@@ -2,8 +2,11 @@
 //! the transaction of the change it reports, so a notification exists exactly
 //! when its change does and survives restarts until it is delivered.
 
+use std::ops::ControlFlow;
+
 use portcullis_protocol::feed::UnixMillis;
-use rusqlite::{Connection, params};
+
+use crate::store::{DbError, Sql, args};
 
 /// A row waiting for (another) delivery attempt.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -21,137 +24,125 @@ pub(crate) struct Row {
 }
 
 /// Queues one notification for `destination`, due at once.
-pub(crate) fn insert(conn: &Connection, row: &Row, subject: &str, created_at: UnixMillis) -> rusqlite::Result<()> {
-    conn.prepare_cached(
+pub(crate) fn insert(db: &mut dyn Sql, row: &Row, subject: &str, created_at: UnixMillis) -> Result<(), DbError> {
+    db.execute(
         "INSERT INTO outbox (id, destination, event, subject, body, created_at, next_attempt_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
-    )?
-    .execute(params![
-        row.id,
-        row.destination,
-        row.event,
-        subject,
-        row.body,
-        created_at
-    ])?;
+        args![&row.id, &row.destination, &row.event, subject, &row.body, created_at],
+    )?;
     Ok(())
 }
 
 /// Up to `limit` pending rows due by `now`, oldest due first, among those
 /// `take` accepts (it leaves out rows in flight and destinations without room).
 pub(crate) fn due(
-    conn: &Connection,
+    db: &mut dyn Sql,
     now: UnixMillis,
     limit: usize,
     mut take: impl FnMut(&Row) -> bool,
-) -> rusqlite::Result<Vec<Row>> {
+) -> Result<Vec<Row>, DbError> {
     let mut out = Vec::new();
     if limit == 0 {
         return Ok(out);
     }
     // No LIMIT: rows are stepped through lazily, along the `outbox_due` index.
-    let mut stmt = conn.prepare_cached(
+    db.each(
         "SELECT id, destination, event, body, attempts FROM outbox
          WHERE state = 'pending' AND next_attempt_at <= ?1 ORDER BY next_attempt_at, rowid",
-    )?;
-    let rows = stmt.query_map(params![now], |r| {
-        Ok(Row {
-            id: r.get(0)?,
-            destination: r.get(1)?,
-            event: r.get(2)?,
-            body: r.get(3)?,
-            attempts: r.get(4)?,
-        })
-    })?;
-    for row in rows {
-        let row = row?;
-        if take(&row) {
-            out.push(row);
-            if out.len() >= limit {
-                break;
+        args![now],
+        &mut |r| {
+            let row = Row {
+                id: r.get(0)?,
+                destination: r.get(1)?,
+                event: r.get(2)?,
+                body: r.get(3)?,
+                attempts: r.get(4)?,
+            };
+            if take(&row) {
+                out.push(row);
+                if out.len() >= limit {
+                    return Ok(ControlFlow::Break(()));
+                }
             }
-        }
-    }
+            Ok(ControlFlow::Continue(()))
+        },
+    )?;
     Ok(out)
 }
 
 /// When the next pending row that `wanted(id, destination)` accepts is due, if any.
 pub(crate) fn next_due(
-    conn: &Connection,
+    db: &mut dyn Sql,
     mut wanted: impl FnMut(&str, &str) -> bool,
-) -> rusqlite::Result<Option<UnixMillis>> {
-    let mut stmt = conn.prepare_cached(
+) -> Result<Option<UnixMillis>, DbError> {
+    let mut next = None;
+    db.each(
         "SELECT id, destination, next_attempt_at FROM outbox WHERE state = 'pending' ORDER BY next_attempt_at, rowid",
+        &[],
+        &mut |r| {
+            if wanted(&r.get::<String>(0)?, &r.get::<String>(1)?) {
+                next = Some(r.get(2)?);
+                return Ok(ControlFlow::Break(()));
+            }
+            Ok(ControlFlow::Continue(()))
+        },
     )?;
-    let rows = stmt.query_map([], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, UnixMillis>(2)?,
-        ))
-    })?;
-    for row in rows {
-        let (id, destination, at) = row?;
-        if wanted(&id, &destination) {
-            return Ok(Some(at));
-        }
-    }
-    Ok(None)
+    Ok(next)
 }
 
 /// Pending rows: the outbox depth.
-pub(crate) fn depth(conn: &Connection) -> rusqlite::Result<i64> {
-    conn.prepare_cached("SELECT COUNT(*) FROM outbox WHERE state = 'pending'")?
-        .query_row([], |r| r.get(0))
+pub(crate) fn depth(db: &mut dyn Sql) -> Result<i64, DbError> {
+    db.query_one("SELECT COUNT(*) FROM outbox WHERE state = 'pending'", &[])?
+        .get(0)
 }
 
 /// Records a delivery.
-pub(crate) fn mark_sent(conn: &Connection, id: &str, attempts: u32, now: UnixMillis) -> rusqlite::Result<()> {
-    conn.prepare_cached(
+pub(crate) fn mark_sent(db: &mut dyn Sql, id: &str, attempts: u32, now: UnixMillis) -> Result<(), DbError> {
+    db.execute(
         "UPDATE outbox SET state = 'sent', attempts = ?2, done_at = ?3, last_error = NULL
          WHERE id = ?1 AND state = 'pending'",
-    )?
-    .execute(params![id, attempts, now])?;
+        args![id, attempts, now],
+    )?;
     Ok(())
 }
 
 /// Records a failed attempt and when to try again.
 pub(crate) fn mark_retry(
-    conn: &Connection,
+    db: &mut dyn Sql,
     id: &str,
     attempts: u32,
     next_attempt_at: UnixMillis,
     error: &str,
-) -> rusqlite::Result<()> {
-    conn.prepare_cached(
+) -> Result<(), DbError> {
+    db.execute(
         "UPDATE outbox SET attempts = ?2, next_attempt_at = ?3, last_error = ?4 WHERE id = ?1 AND state = 'pending'",
-    )?
-    .execute(params![id, attempts, next_attempt_at, error])?;
+        args![id, attempts, next_attempt_at, error],
+    )?;
     Ok(())
 }
 
 /// Gives up on a row: its attempts ran out or its destination left the config.
 pub(crate) fn mark_failed(
-    conn: &Connection,
+    db: &mut dyn Sql,
     id: &str,
     attempts: u32,
     error: &str,
     now: UnixMillis,
-) -> rusqlite::Result<()> {
-    conn.prepare_cached(
+) -> Result<(), DbError> {
+    db.execute(
         "UPDATE outbox SET state = 'failed', attempts = ?2, last_error = ?3, done_at = ?4
          WHERE id = ?1 AND state = 'pending'",
-    )?
-    .execute(params![id, attempts, error, now])?;
+        args![id, attempts, error, now],
+    )?;
     Ok(())
 }
 
 /// Deletes delivered rows finished before `sent_before` and failed ones before
 /// `failed_before` (history keeps the events themselves forever).
-pub(crate) fn purge(conn: &Connection, sent_before: UnixMillis, failed_before: UnixMillis) -> rusqlite::Result<usize> {
-    conn.execute(
+pub(crate) fn purge(db: &mut dyn Sql, sent_before: UnixMillis, failed_before: UnixMillis) -> Result<u64, DbError> {
+    db.execute(
         "DELETE FROM outbox WHERE (state = 'sent' AND done_at < ?1) OR (state = 'failed' AND done_at < ?2)",
-        params![sent_before, failed_before],
+        args![sent_before, failed_before],
     )
 }
 
@@ -160,14 +151,6 @@ mod tests {
     use std::collections::HashSet;
 
     use super::*;
-
-    fn store() -> (tempfile::TempDir, Connection) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("portcullis.db");
-        let mut conn = Connection::open(&path).expect("open");
-        crate::store::migrations::migrate(&mut conn, &path).expect("migrate");
-        (dir, conn)
-    }
 
     fn row(id: &str) -> Row {
         Row {
@@ -181,39 +164,47 @@ mod tests {
 
     #[test]
     fn due_rows_skip_busy_ones_and_follow_backoff() {
-        let (_dir, conn) = store();
-        insert(&conn, &row("ntf_a"), "req_1", 100).expect("insert a");
-        insert(&conn, &row("ntf_b"), "req_1", 200).expect("insert b");
+        for store in crate::store::testing::stores() {
+            due_rows_on(&store);
+        }
+    }
+
+    fn due_rows_on(store: &crate::store::testing::TestStore) {
+        let mut conn = store.connect();
+        crate::store::migrations::migrate(&mut conn, &store.location).expect("migrate");
+        let conn = &mut conn;
+        insert(conn, &row("ntf_a"), "req_1", 100).expect("insert a");
+        insert(conn, &row("ntf_b"), "req_1", 200).expect("insert b");
         let all = |_: &Row| true;
         let free = |_: &str, _: &str| true;
-        assert_eq!(due(&conn, 150, 10, all).expect("due").len(), 1);
-        assert_eq!(due(&conn, 300, 1, all).expect("due").len(), 1, "at most the limit");
+        assert_eq!(due(conn, 150, 10, all).expect("due").len(), 1);
+        assert_eq!(due(conn, 300, 1, all).expect("due").len(), 1, "at most the limit");
         let busy: HashSet<String> = ["ntf_a".to_owned()].into();
-        let ids: Vec<_> = due(&conn, 300, 10, |r| !busy.contains(&r.id))
+        let ids: Vec<_> = due(conn, 300, 10, |r| !busy.contains(&r.id))
             .expect("due")
             .into_iter()
             .map(|r| r.id)
             .collect();
         assert_eq!(ids, ["ntf_b"]);
-        assert_eq!(next_due(&conn, |id, _| !busy.contains(id)).expect("next"), Some(200));
+        assert_eq!(next_due(conn, |id, _| !busy.contains(id)).expect("next"), Some(200));
         // A destination without room is skipped, so the next due time is not its row's.
-        assert_eq!(next_due(&conn, |_, d| d != "webhook:1").expect("next"), None);
+        assert_eq!(next_due(conn, |_, d| d != "webhook:1").expect("next"), None);
 
-        mark_retry(&conn, "ntf_a", 1, 1_000, "HTTP 500").expect("retry");
-        assert_eq!(due(&conn, 300, 10, all).expect("due")[0].id, "ntf_b");
-        mark_sent(&conn, "ntf_b", 1, 300).expect("sent");
-        assert_eq!(next_due(&conn, free).expect("next"), Some(1_000));
-        assert_eq!(depth(&conn).expect("depth"), 1);
-        let again = due(&conn, 1_000, 10, all).expect("due");
+        mark_retry(conn, "ntf_a", 1, 1_000, "HTTP 500").expect("retry");
+        assert_eq!(due(conn, 300, 10, all).expect("due")[0].id, "ntf_b");
+        mark_sent(conn, "ntf_b", 1, 300).expect("sent");
+        assert_eq!(next_due(conn, free).expect("next"), Some(1_000));
+        assert_eq!(depth(conn).expect("depth"), 1);
+        let again = due(conn, 1_000, 10, all).expect("due");
         assert_eq!((again[0].id.as_str(), again[0].attempts), ("ntf_a", 1));
 
-        mark_failed(&conn, "ntf_a", 2, "HTTP 500", 1_100).expect("failed");
-        assert_eq!(depth(&conn).expect("depth"), 0);
-        assert_eq!(next_due(&conn, free).expect("next"), None);
+        mark_failed(conn, "ntf_a", 2, "HTTP 500", 1_100).expect("failed");
+        assert_eq!(depth(conn).expect("depth"), 0);
+        assert_eq!(next_due(conn, free).expect("next"), None);
         // A finished row is never picked up again, even by a late retry mark.
-        mark_retry(&conn, "ntf_a", 3, 0, "late").expect("late retry");
-        assert!(due(&conn, i64::MAX, 10, all).expect("due").is_empty());
-        assert_eq!(purge(&conn, 301, 1_000).expect("purge"), 1);
-        assert_eq!(purge(&conn, 301, 1_101).expect("purge"), 1);
+        mark_retry(conn, "ntf_a", 3, 0, "late").expect("late retry");
+        assert!(due(conn, i64::MAX, 10, all).expect("due").is_empty());
+        assert_eq!(purge(conn, 301, 1_000).expect("purge"), 1);
+        assert_eq!(purge(conn, 301, 1_101).expect("purge"), 1);
     }
 }

@@ -130,7 +130,7 @@ impl Workflow {
     async fn purge(&self, now: UnixMillis) {
         let purged = self
             .store
-            .call(move |conn| -> Result<usize, ControlError> {
+            .call(move |conn| -> Result<u64, ControlError> {
                 Ok(outbox::purge(conn, now - KEEP_SENT, now - KEEP_FAILED)?)
             })
             .await;

@@ -17,13 +17,16 @@ use crate::model::User;
 use crate::notify::settings::{NotifyEvent, NotifySettings, SlackSettings, WebhookSettings};
 use crate::notify::{Notifier, webhook};
 use crate::settings::{ControlSettings, Policy, Principals, ResourceKind, ResourceSettings};
+use crate::store::Sql;
+use crate::store::testing::TestStore;
 use crate::workflow::policy::Ask;
 use crate::workflow::users::UserAsk;
 use crate::{Control, ControlError};
 
-fn settings(dir: &std::path::Path, notifications: NotifySettings) -> ControlSettings {
+fn settings(store: &TestStore, notifications: NotifySettings) -> ControlSettings {
     ControlSettings {
-        data_dir: dir.join("data"),
+        data_dir: store.dir.path().join("data"),
+        store_postgres: store.postgres(),
         resources: vec![ResourceSettings {
             name: "orders".to_owned(),
             kind: ResourceKind::Postgres,
@@ -75,14 +78,14 @@ async fn rows(c: &Control) -> Vec<(String, String, Value)> {
     c.workflow
         .store
         .call(|conn| -> Result<_, ControlError> {
-            let mut stmt = conn.prepare("SELECT destination, event, body, state FROM outbox ORDER BY rowid")?;
-            let rows = stmt.query_map([], |r| {
+            let rows = conn.query("SELECT destination, event, body, state FROM outbox ORDER BY rowid", &[])?;
+            let row = |r: &crate::store::Row| -> Result<_, crate::store::DbError> {
                 let dest: String = r.get(0)?;
                 let body: String = r.get(2)?;
                 let kind = dest.split(':').next().unwrap_or_default().to_owned();
                 Ok((kind, r.get(1)?, serde_json::from_str(&body).unwrap_or(Value::Null)))
-            })?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            };
+            Ok(rows.iter().map(row).collect::<Result<Vec<_>, _>>()?)
         })
         .await
         .expect("outbox")
@@ -90,89 +93,90 @@ async fn rows(c: &Control) -> Vec<(String, String, Value)> {
 
 #[tokio::test]
 async fn events_queue_one_row_per_destination_that_wants_them() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let notifications = NotifySettings {
-        webhooks: vec![
-            hook("http://127.0.0.1:9/all".to_owned(), None),
-            hook("http://127.0.0.1:9/denied".to_owned(), Some(&[NotifyEvent::Denied])),
-        ],
-        slack: Some(SlackSettings {
-            url: Some(Secret::new("http://127.0.0.1:9/slack".to_owned())),
-            ..SlackSettings::default()
-        }),
-        ..NotifySettings::default()
-    };
-    let c = Control::open(settings(dir.path(), notifications), &prometheus::Registry::new())
-        .await
-        .expect("open");
-    let alice = add(&c, "alice").await;
-    let carol = add(&c, "carol").await;
-    let w = &c.workflow;
+    for store in crate::store::testing::stores() {
+        let notifications = NotifySettings {
+            webhooks: vec![
+                hook("http://127.0.0.1:9/all".to_owned(), None),
+                hook("http://127.0.0.1:9/denied".to_owned(), Some(&[NotifyEvent::Denied])),
+            ],
+            slack: Some(SlackSettings {
+                url: Some(Secret::new("http://127.0.0.1:9/slack".to_owned())),
+                ..SlackSettings::default()
+            }),
+            ..NotifySettings::default()
+        };
+        let c = Control::open(settings(&store, notifications), &prometheus::Registry::new())
+            .await
+            .expect("open");
+        let alice = add(&c, "alice").await;
+        let carol = add(&c, "carol").await;
+        let w = &c.workflow;
 
-    let first = w
-        .create_request(alice.clone(), "orders".into(), ask())
-        .await
-        .expect("request");
-    w.approve(carol.clone(), first.id.clone(), None).await.expect("approve");
-    let second = w
-        .create_request(alice.clone(), "orders".into(), ask())
-        .await
-        .expect("request");
-    // Refused calls change nothing, so they queue nothing.
-    assert!(w.approve(alice.clone(), second.id.clone(), None).await.is_err());
-    w.deny(carol.clone(), second.id.clone(), Some("not now".into()))
-        .await
-        .expect("deny");
+        let first = w
+            .create_request(alice.clone(), "orders".into(), ask())
+            .await
+            .expect("request");
+        w.approve(carol.clone(), first.id.clone(), None).await.expect("approve");
+        let second = w
+            .create_request(alice.clone(), "orders".into(), ask())
+            .await
+            .expect("request");
+        // Refused calls change nothing, so they queue nothing.
+        assert!(w.approve(alice.clone(), second.id.clone(), None).await.is_err());
+        w.deny(carol.clone(), second.id.clone(), Some("not now".into()))
+            .await
+            .expect("deny");
 
-    let got = rows(&c).await;
-    let kinds: Vec<(&str, &str)> = got.iter().map(|(k, e, _)| (k.as_str(), e.as_str())).collect();
-    assert_eq!(
-        kinds,
-        [
-            ("webhook", "requested"),
-            ("slack", "requested"),
-            ("webhook", "approved"),
-            ("slack", "approved"),
-            ("webhook", "requested"),
-            ("slack", "requested"),
-            ("webhook", "denied"),
-            ("webhook", "denied"),
-            ("slack", "denied"),
-        ]
-    );
-    let requested = &got[0].2;
-    assert!(
-        requested["id"]
-            .as_str()
-            .is_some_and(|id| id.starts_with("ntf_") && id.len() == 36)
-    );
-    assert_ne!(
-        requested["id"], got[1].2["id"],
-        "each destination has its own idempotency key"
-    );
-    assert_eq!(requested["request"]["id"], first.id.as_str());
-    assert_eq!(requested["request"]["reason"], "INC-1 look");
-    assert_eq!(requested["request"]["duration_s"], 3600);
-    assert_eq!(requested["request"]["approvals_needed"], 1);
-    assert_eq!(requested["notify"]["audience"], "approvers");
-    assert_eq!(requested["notify"]["users"], serde_json::json!(["carol"]));
-    assert_eq!(requested["notify"]["groups"], serde_json::json!(["dba"]));
-    assert_eq!(
-        requested["commands"]["approve"],
-        format!("portcullis approve {}", first.id).as_str()
-    );
-    let approved = &got[2].2;
-    assert_eq!(approved["actor"], "carol");
-    assert_eq!(approved["notify"]["audience"], "requester");
-    assert_eq!(approved["notify"]["users"], serde_json::json!(["alice"]));
-    assert_eq!(approved["grant"]["state"], "active");
-    assert!(
-        approved["commands"]["revoke"]
-            .as_str()
-            .is_some_and(|c| c.starts_with("portcullis revoke grt_"))
-    );
-    assert!(approved["commands"].get("approve").is_none());
-    assert_eq!(got[6].2["detail"]["reason"], "not now");
+        let got = rows(&c).await;
+        let kinds: Vec<(&str, &str)> = got.iter().map(|(k, e, _)| (k.as_str(), e.as_str())).collect();
+        assert_eq!(
+            kinds,
+            [
+                ("webhook", "requested"),
+                ("slack", "requested"),
+                ("webhook", "approved"),
+                ("slack", "approved"),
+                ("webhook", "requested"),
+                ("slack", "requested"),
+                ("webhook", "denied"),
+                ("webhook", "denied"),
+                ("slack", "denied"),
+            ]
+        );
+        let requested = &got[0].2;
+        assert!(
+            requested["id"]
+                .as_str()
+                .is_some_and(|id| id.starts_with("ntf_") && id.len() == 36)
+        );
+        assert_ne!(
+            requested["id"], got[1].2["id"],
+            "each destination has its own idempotency key"
+        );
+        assert_eq!(requested["request"]["id"], first.id.as_str());
+        assert_eq!(requested["request"]["reason"], "INC-1 look");
+        assert_eq!(requested["request"]["duration_s"], 3600);
+        assert_eq!(requested["request"]["approvals_needed"], 1);
+        assert_eq!(requested["notify"]["audience"], "approvers");
+        assert_eq!(requested["notify"]["users"], serde_json::json!(["carol"]));
+        assert_eq!(requested["notify"]["groups"], serde_json::json!(["dba"]));
+        assert_eq!(
+            requested["commands"]["approve"],
+            format!("portcullis approve {}", first.id).as_str()
+        );
+        let approved = &got[2].2;
+        assert_eq!(approved["actor"], "carol");
+        assert_eq!(approved["notify"]["audience"], "requester");
+        assert_eq!(approved["notify"]["users"], serde_json::json!(["alice"]));
+        assert_eq!(approved["grant"]["state"], "active");
+        assert!(
+            approved["commands"]["revoke"]
+                .as_str()
+                .is_some_and(|c| c.starts_with("portcullis revoke grt_"))
+        );
+        assert!(approved["commands"].get("approve").is_none());
+        assert_eq!(got[6].2["detail"]["reason"], "not now");
+    }
 }
 
 /// What a receiver got: the headers (names lower case) and the body.
@@ -274,110 +278,113 @@ async fn wait_for(got: &Arc<Mutex<Vec<Received>>>, n: usize) -> Vec<Received> {
 
 #[tokio::test]
 async fn retries_keep_the_key_and_sign_each_attempt() {
-    let (addr, got) = receiver(vec![500, 503]).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let notifications = NotifySettings {
-        webhooks: vec![hook(format!("http://{addr}/hook"), None)],
-        backoff: Duration::from_millis(20),
-        ..NotifySettings::default()
-    };
-    let c = Control::open(settings(dir.path(), notifications), &prometheus::Registry::new())
-        .await
-        .expect("open");
-    let shutdown = CancellationToken::new();
-    let sender = c.spawn_notifier(shutdown.clone());
-    let alice = add(&c, "alice").await;
-    let req = c
-        .workflow
-        .create_request(alice, "orders".into(), ask())
-        .await
-        .expect("request");
+    for store in crate::store::testing::stores() {
+        let (addr, got) = receiver(vec![500, 503]).await;
+        let notifications = NotifySettings {
+            webhooks: vec![hook(format!("http://{addr}/hook"), None)],
+            backoff: Duration::from_millis(20),
+            ..NotifySettings::default()
+        };
+        let c = Control::open(settings(&store, notifications), &prometheus::Registry::new())
+            .await
+            .expect("open");
+        let shutdown = CancellationToken::new();
+        let sender = c.spawn_notifier(shutdown.clone());
+        let alice = add(&c, "alice").await;
+        let req = c
+            .workflow
+            .create_request(alice, "orders".into(), ask())
+            .await
+            .expect("request");
 
-    let seen = wait_for(&got, 3).await;
-    let key = seen[0].header("idempotency-key").to_owned();
-    assert!(key.starts_with("ntf_"), "{key}");
-    for r in &seen {
-        assert_eq!(r.header("idempotency-key"), key, "one key across retries");
-        assert_eq!(r.header("x-portcullis-event"), "requested");
-        let ts: i64 = r.header("x-portcullis-timestamp").parse().expect("timestamp");
-        assert_eq!(
-            r.header("x-portcullis-signature"),
-            webhook::signature(b"s3cret", ts, r.body.as_bytes())
-        );
-        let doc: Value = serde_json::from_str(&r.body).expect("JSON body");
-        assert_eq!(doc["request"]["id"], req.id.as_str());
-        assert_eq!(doc["id"], key.as_str());
+        let seen = wait_for(&got, 3).await;
+        let key = seen[0].header("idempotency-key").to_owned();
+        assert!(key.starts_with("ntf_"), "{key}");
+        for r in &seen {
+            assert_eq!(r.header("idempotency-key"), key, "one key across retries");
+            assert_eq!(r.header("x-portcullis-event"), "requested");
+            let ts: i64 = r.header("x-portcullis-timestamp").parse().expect("timestamp");
+            assert_eq!(
+                r.header("x-portcullis-signature"),
+                webhook::signature(b"s3cret", ts, r.body.as_bytes())
+            );
+            let doc: Value = serde_json::from_str(&r.body).expect("JSON body");
+            assert_eq!(doc["request"]["id"], req.id.as_str());
+            assert_eq!(doc["id"], key.as_str());
+        }
+        // Delivered once it succeeded: nothing more comes.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(got.lock().expect("lock").len(), 3);
+        let m = &c.workflow.metrics;
+        assert_eq!(m.notifications_sent.with_label_values(&["webhook"]).get(), 1);
+        assert_eq!(m.notifications_retried.with_label_values(&["webhook"]).get(), 2);
+        assert_eq!(m.notifications_failed.with_label_values(&["webhook"]).get(), 0);
+        let state = c
+            .workflow
+            .store
+            .call(|conn| -> Result<(String, i64), ControlError> {
+                let r = conn.query_one("SELECT state, attempts FROM outbox", &[])?;
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .await
+            .expect("row");
+        assert_eq!(state, ("sent".to_owned(), 3));
+        shutdown.cancel();
+        sender.await.expect("sender ends");
     }
-    // Delivered once it succeeded: nothing more comes.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(got.lock().expect("lock").len(), 3);
-    let m = &c.workflow.metrics;
-    assert_eq!(m.notifications_sent.with_label_values(&["webhook"]).get(), 1);
-    assert_eq!(m.notifications_retried.with_label_values(&["webhook"]).get(), 2);
-    assert_eq!(m.notifications_failed.with_label_values(&["webhook"]).get(), 0);
-    let state = c
-        .workflow
-        .store
-        .call(|conn| -> Result<(String, i64), ControlError> {
-            Ok(conn.query_row("SELECT state, attempts FROM outbox", [], |r| Ok((r.get(0)?, r.get(1)?)))?)
-        })
-        .await
-        .expect("row");
-    assert_eq!(state, ("sent".to_owned(), 3));
-    shutdown.cancel();
-    sender.await.expect("sender ends");
 }
 
 #[tokio::test]
 async fn a_hanging_receiver_times_out_and_others_still_get_theirs() {
-    let (hang_addr, held) = hanging_receiver();
-    let (addr, got) = receiver(Vec::new()).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let notifications = NotifySettings {
-        // The hanging destination comes first in the outbox.
-        webhooks: vec![
-            hook(format!("http://{hang_addr}/hang"), None),
-            hook(format!("http://{addr}/ok"), None),
-        ],
-        timeout: Duration::from_secs(2),
-        max_attempts: 2,
-        backoff: Duration::from_millis(50),
-        ..NotifySettings::default()
-    };
-    let c = Control::open(settings(dir.path(), notifications), &prometheus::Registry::new())
-        .await
-        .expect("open");
-    let shutdown = CancellationToken::new();
-    let _sender = c.spawn_notifier(shutdown.clone());
-    let alice = add(&c, "alice").await;
-    c.workflow
-        .create_request(alice, "orders".into(), ask())
-        .await
-        .expect("request");
-    wait_for(&got, 1).await;
-    // Delivered while the first attempt at the hanging receiver was still
-    // open: no attempt of it had ended, failed or otherwise.
-    let m = &c.workflow.metrics;
-    assert_eq!(
-        m.notifications_retried.with_label_values(&["webhook"]).get(),
-        0,
-        "the good receiver waited for the hanging one"
-    );
-    // The timeout ends each hanging attempt; after two the row is given up.
-    let failed = &m.notifications_failed;
-    until(|| failed.with_label_values(&["webhook"]).get() == 1).await;
-    assert_eq!(
-        failed.with_label_values(&["webhook"]).get(),
-        1,
-        "given up after 2 attempts"
-    );
-    assert_eq!(m.notifications_retried.with_label_values(&["webhook"]).get(), 1);
-    assert_eq!(held.lock().expect("lock").len(), 2, "one connection per attempt");
-    assert_eq!(m.notifications_sent.with_label_values(&["webhook"]).get(), 1);
-    // The gauge follows at the sender's next pass, after the row is marked failed.
-    until(|| m.outbox_depth.get() == 0).await;
-    assert_eq!(m.outbox_depth.get(), 0, "the given-up row left the outbox's depth");
-    shutdown.cancel();
+    for store in crate::store::testing::stores() {
+        let (hang_addr, held) = hanging_receiver();
+        let (addr, got) = receiver(Vec::new()).await;
+        let notifications = NotifySettings {
+            // The hanging destination comes first in the outbox.
+            webhooks: vec![
+                hook(format!("http://{hang_addr}/hang"), None),
+                hook(format!("http://{addr}/ok"), None),
+            ],
+            timeout: Duration::from_secs(2),
+            max_attempts: 2,
+            backoff: Duration::from_millis(50),
+            ..NotifySettings::default()
+        };
+        let c = Control::open(settings(&store, notifications), &prometheus::Registry::new())
+            .await
+            .expect("open");
+        let shutdown = CancellationToken::new();
+        let _sender = c.spawn_notifier(shutdown.clone());
+        let alice = add(&c, "alice").await;
+        c.workflow
+            .create_request(alice, "orders".into(), ask())
+            .await
+            .expect("request");
+        wait_for(&got, 1).await;
+        // Delivered while the first attempt at the hanging receiver was still
+        // open: no attempt of it had ended, failed or otherwise.
+        let m = &c.workflow.metrics;
+        assert_eq!(
+            m.notifications_retried.with_label_values(&["webhook"]).get(),
+            0,
+            "the good receiver waited for the hanging one"
+        );
+        // The timeout ends each hanging attempt; after two the row is given up.
+        let failed = &m.notifications_failed;
+        until(|| failed.with_label_values(&["webhook"]).get() == 1).await;
+        assert_eq!(
+            failed.with_label_values(&["webhook"]).get(),
+            1,
+            "given up after 2 attempts"
+        );
+        assert_eq!(m.notifications_retried.with_label_values(&["webhook"]).get(), 1);
+        assert_eq!(held.lock().expect("lock").len(), 2, "one connection per attempt");
+        assert_eq!(m.notifications_sent.with_label_values(&["webhook"]).get(), 1);
+        // The gauge follows at the sender's next pass, after the row is marked failed.
+        until(|| m.outbox_depth.get() == 0).await;
+        assert_eq!(m.outbox_depth.get(), 0, "the given-up row left the outbox's depth");
+        shutdown.cancel();
+    }
 }
 
 /// A listener that accepts connections and holds them open without a word;
@@ -397,42 +404,43 @@ fn hanging_receiver() -> (SocketAddr, Arc<Mutex<Vec<std::net::TcpStream>>>) {
 
 #[tokio::test]
 async fn a_hanging_receiver_cannot_take_every_delivery_slot() {
-    let (hang_addr, held) = hanging_receiver();
-    let (addr, got) = receiver(Vec::new()).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let notifications = NotifySettings {
-        webhooks: vec![
-            hook(format!("http://{hang_addr}/hang"), None),
-            hook(format!("http://{addr}/ok"), None),
-        ],
-        // No hanging attempt ends within the test.
-        timeout: Duration::from_secs(120),
-        ..NotifySettings::default()
-    };
-    let c = Control::open(settings(dir.path(), notifications), &prometheus::Registry::new())
-        .await
-        .expect("open");
-    let shutdown = CancellationToken::new();
-    let _sender = c.spawn_notifier(shutdown.clone());
-    let alice = add(&c, "alice").await;
-    // More notifications for the hanging receiver than there are slots in all.
-    for _ in 0..20 {
-        c.workflow
-            .create_request(alice.clone(), "orders".into(), ask())
+    for store in crate::store::testing::stores() {
+        let (hang_addr, held) = hanging_receiver();
+        let (addr, got) = receiver(Vec::new()).await;
+        let notifications = NotifySettings {
+            webhooks: vec![
+                hook(format!("http://{hang_addr}/hang"), None),
+                hook(format!("http://{addr}/ok"), None),
+            ],
+            // No hanging attempt ends within the test.
+            timeout: Duration::from_secs(120),
+            ..NotifySettings::default()
+        };
+        let c = Control::open(settings(&store, notifications), &prometheus::Registry::new())
             .await
-            .expect("request");
+            .expect("open");
+        let shutdown = CancellationToken::new();
+        let _sender = c.spawn_notifier(shutdown.clone());
+        let alice = add(&c, "alice").await;
+        // More notifications for the hanging receiver than there are slots in all.
+        for _ in 0..20 {
+            c.workflow
+                .create_request(alice.clone(), "orders".into(), ask())
+                .await
+                .expect("request");
+        }
+        let seen = wait_for(&got, 20).await;
+        assert_eq!(seen.len(), 20);
+        let m = &c.workflow.metrics;
+        assert_eq!(m.notifications_retried.with_label_values(&["webhook"]).get(), 0);
+        assert_eq!(m.notifications_sent.with_label_values(&["webhook"]).get(), 20);
+        let hanging = held.lock().expect("lock").len();
+        assert!(
+            hanging <= 4,
+            "{hanging} deliveries in flight to one destination (at most 4)"
+        );
+        shutdown.cancel();
     }
-    let seen = wait_for(&got, 20).await;
-    assert_eq!(seen.len(), 20);
-    let m = &c.workflow.metrics;
-    assert_eq!(m.notifications_retried.with_label_values(&["webhook"]).get(), 0);
-    assert_eq!(m.notifications_sent.with_label_values(&["webhook"]).get(), 20);
-    let hanging = held.lock().expect("lock").len();
-    assert!(
-        hanging <= 4,
-        "{hanging} deliveries in flight to one destination (at most 4)"
-    );
-    shutdown.cancel();
 }
 
 #[test]
@@ -453,11 +461,9 @@ async fn the_row(c: &Control) -> (u32, i64, String) {
     c.workflow
         .store
         .call(|conn| -> Result<_, ControlError> {
-            Ok(
-                conn.query_row("SELECT attempts, next_attempt_at, state FROM outbox", [], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                })?,
-            )
+            Ok(conn
+                .query_one("SELECT attempts, next_attempt_at, state FROM outbox", &[])
+                .and_then(|r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?)
         })
         .await
         .expect("the outbox row")
@@ -477,52 +483,53 @@ async fn wait_attempts(c: &Control, attempts: u32) -> (u32, i64, String) {
 
 #[tokio::test]
 async fn the_sender_schedules_each_retry_twice_as_far_off() {
-    const HOUR: i64 = 3_600_000;
-    let (addr, got) = receiver(vec![500, 500]).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let notifications = NotifySettings {
-        webhooks: vec![hook(format!("http://{addr}/hook"), None)],
-        backoff: Duration::from_secs(3600),
-        max_backoff: Duration::from_secs(86_400),
-        ..NotifySettings::default()
-    };
-    let c = Control::open(settings(dir.path(), notifications), &prometheus::Registry::new())
-        .await
-        .expect("open");
-    let shutdown = CancellationToken::new();
-    let sender = c.spawn_notifier(shutdown.clone());
-    let alice = add(&c, "alice").await;
-    let before = crate::time::now();
-    c.workflow
-        .create_request(alice, "orders".into(), ask())
-        .await
-        .expect("request");
-    let (_, next, state) = wait_attempts(&c, 1).await;
-    let after = crate::time::now();
-    assert_eq!(state, "pending");
-    assert!(
-        (before + HOUR..=after + HOUR).contains(&next),
-        "first retry an hour after the attempt: {next} not in {before}+1h..={after}+1h"
-    );
+    for store in crate::store::testing::stores() {
+        const HOUR: i64 = 3_600_000;
+        let (addr, got) = receiver(vec![500, 500]).await;
+        let notifications = NotifySettings {
+            webhooks: vec![hook(format!("http://{addr}/hook"), None)],
+            backoff: Duration::from_secs(3600),
+            max_backoff: Duration::from_secs(86_400),
+            ..NotifySettings::default()
+        };
+        let c = Control::open(settings(&store, notifications), &prometheus::Registry::new())
+            .await
+            .expect("open");
+        let shutdown = CancellationToken::new();
+        let sender = c.spawn_notifier(shutdown.clone());
+        let alice = add(&c, "alice").await;
+        let before = crate::time::now();
+        c.workflow
+            .create_request(alice, "orders".into(), ask())
+            .await
+            .expect("request");
+        let (_, next, state) = wait_attempts(&c, 1).await;
+        let after = crate::time::now();
+        assert_eq!(state, "pending");
+        assert!(
+            (before + HOUR..=after + HOUR).contains(&next),
+            "first retry an hour after the attempt: {next} not in {before}+1h..={after}+1h"
+        );
 
-    // As if the hour had passed: due now; the sender is woken as a commit would.
-    let before = crate::time::now();
-    c.workflow
-        .store
-        .call(move |conn| -> Result<_, ControlError> {
-            Ok(conn.execute("UPDATE outbox SET next_attempt_at = ?1", [before])?)
-        })
-        .await
-        .expect("make the retry due");
-    c.workflow.notify.wake.notify_one();
-    let (_, next, state) = wait_attempts(&c, 2).await;
-    let after = crate::time::now();
-    assert_eq!(state, "pending");
-    assert!(
-        (before + 2 * HOUR..=after + 2 * HOUR).contains(&next),
-        "second retry two hours after the attempt: {next} not in {before}+2h..={after}+2h"
-    );
-    assert_eq!(got.lock().expect("lock").len(), 2, "no attempt before its time");
-    shutdown.cancel();
-    sender.await.expect("sender ends");
+        // As if the hour had passed: due now; the sender is woken as a commit would.
+        let before = crate::time::now();
+        c.workflow
+            .store
+            .call(move |conn| -> Result<_, ControlError> {
+                Ok(conn.execute("UPDATE outbox SET next_attempt_at = ?1", crate::store::args![before])?)
+            })
+            .await
+            .expect("make the retry due");
+        c.workflow.notify.wake.notify_one();
+        let (_, next, state) = wait_attempts(&c, 2).await;
+        let after = crate::time::now();
+        assert_eq!(state, "pending");
+        assert!(
+            (before + 2 * HOUR..=after + 2 * HOUR).contains(&next),
+            "second retry two hours after the attempt: {next} not in {before}+2h..={after}+2h"
+        );
+        assert_eq!(got.lock().expect("lock").len(), 2, "no attempt before its time");
+        shutdown.cancel();
+        sender.await.expect("sender ends");
+    }
 }

@@ -2,8 +2,9 @@
 //! append-only (triggers refuse updates and deletes) and kept forever.
 
 use portcullis_protocol::feed::UnixMillis;
-use rusqlite::{Connection, Row, params};
 use serde_json::Value;
+
+use crate::store::{DbError, Row, Sql, args};
 
 /// Actor of what Portcullis does on its own (creating `admin` on first
 /// start, expiring and escalating requests). Not a valid user name, so it
@@ -32,9 +33,11 @@ pub(crate) struct Entry {
 }
 
 /// Appends one entry.
-pub(crate) fn record(conn: &Connection, e: &Entry) -> rusqlite::Result<()> {
-    conn.prepare_cached("INSERT INTO history (at, actor, action, subject, detail) VALUES (?1, ?2, ?3, ?4, ?5)")?
-        .execute(params![e.at, e.actor, e.action, e.subject, e.detail.to_string()])?;
+pub(crate) fn record(db: &mut dyn Sql, e: &Entry) -> Result<(), DbError> {
+    db.execute(
+        "INSERT INTO history (at, actor, action, subject, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+        args![e.at, &e.actor, e.action, &e.subject, e.detail.to_string()],
+    )?;
     Ok(())
 }
 
@@ -55,7 +58,7 @@ pub(crate) struct Recorded {
 
 /// The columns both readers select, `seq, at, actor, action, subject,
 /// COALESCE(detail, 'null')`, as a sequence number and an entry.
-fn row(r: &Row<'_>) -> rusqlite::Result<(i64, Recorded)> {
+fn row(r: &Row) -> Result<(i64, Recorded), DbError> {
     let detail: String = r.get(5)?;
     Ok((
         r.get(0)?,
@@ -70,15 +73,15 @@ fn row(r: &Row<'_>) -> rusqlite::Result<(i64, Recorded)> {
 }
 
 /// Every entry about any of `subjects`, in the order they were recorded.
-pub(crate) fn of(conn: &Connection, subjects: &[&str]) -> rusqlite::Result<Vec<Recorded>> {
+pub(crate) fn of(db: &mut dyn Sql, subjects: &[&str]) -> Result<Vec<Recorded>, DbError> {
     let mut out = Vec::new();
-    let mut stmt = conn.prepare_cached(
-        "SELECT seq, at, actor, action, subject, COALESCE(detail, 'null') FROM history WHERE subject = ?1 ORDER BY seq",
-    )?;
     for subject in subjects {
-        let rows = stmt.query_map([subject], row)?;
-        for row in rows {
-            out.push(row?);
+        let rows = db.query(
+            "SELECT seq, at, actor, action, subject, COALESCE(detail, 'null') FROM history WHERE subject = ?1 ORDER BY seq",
+            args![*subject],
+        )?;
+        for r in &rows {
+            out.push(row(r)?);
         }
     }
     out.sort_by_key(|(seq, _)| *seq);
@@ -87,34 +90,38 @@ pub(crate) fn of(conn: &Connection, subjects: &[&str]) -> rusqlite::Result<Vec<R
 
 /// Up to `limit` entries recorded after sequence number `seq`, in order,
 /// each with its own sequence number (the audit shipper's position).
-pub(crate) fn after(conn: &Connection, seq: i64, limit: usize) -> rusqlite::Result<Vec<(i64, Recorded)>> {
-    let mut stmt = conn.prepare_cached(
+pub(crate) fn after(db: &mut dyn Sql, seq: i64, limit: usize) -> Result<Vec<(i64, Recorded)>, DbError> {
+    db.query(
         "SELECT seq, at, actor, action, subject, COALESCE(detail, 'null') FROM history WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-    )?;
-    let rows = stmt.query_map(params![seq, i64::try_from(limit).unwrap_or(i64::MAX)], row)?;
-    rows.collect()
+        args![seq, limit],
+    )?
+    .iter()
+    .map(row)
+    .collect()
 }
 
 /// When entry `seq` was recorded, if there is one.
-pub(crate) fn at_of(conn: &Connection, seq: i64) -> rusqlite::Result<Option<UnixMillis>> {
-    use rusqlite::OptionalExtension;
-    conn.query_row("SELECT at FROM history WHERE seq = ?1", [seq], |r| r.get(0))
-        .optional()
+pub(crate) fn at_of(db: &mut dyn Sql, seq: i64) -> Result<Option<UnixMillis>, DbError> {
+    db.query_opt("SELECT at FROM history WHERE seq = ?1", args![seq])?
+        .map(|r| r.get(0))
+        .transpose()
 }
 
 /// The entries about one subject, oldest first: (actor, action, detail).
 #[cfg(test)]
-pub(crate) fn about(conn: &Connection, subject: &str) -> rusqlite::Result<Vec<(String, String, Value)>> {
-    let mut stmt = conn.prepare_cached(
+pub(crate) fn about(db: &mut dyn Sql, subject: &str) -> Result<Vec<(String, String, Value)>, DbError> {
+    db.query(
         "SELECT actor, action, COALESCE(detail, 'null') FROM history WHERE subject = ?1 ORDER BY seq",
-    )?;
-    let rows = stmt.query_map([subject], |r| {
+        args![subject],
+    )?
+    .iter()
+    .map(|r| {
         let detail: String = r.get(2)?;
         Ok((
             r.get(0)?,
             r.get(1)?,
             serde_json::from_str(&detail).unwrap_or(Value::Null),
         ))
-    })?;
-    rows.collect()
+    })
+    .collect()
 }

@@ -1,10 +1,10 @@
 //! Versioned schema migrations: numbered, applied in order, each once, each
-//! in its own transaction, recorded in `schema_migrations`.
+//! in its own transaction, recorded in `schema_migrations`. Each step is
+//! spelled for both engines; they must leave the same tables and columns
+//! (PostgreSQL's tables carry an explicit `rowid` where SQLite has its own).
 
-use std::path::Path;
-
-use rusqlite::{Connection, params};
-
+use super::db::{Conn, Sql, args};
+use super::{Location, describe};
 use crate::error::ControlError;
 
 /// One schema step.
@@ -13,8 +13,10 @@ pub(crate) struct Migration {
     pub version: i64,
     /// What it does.
     pub name: &'static str,
-    /// The statements.
+    /// The statements, for SQLite.
     pub sql: &'static str,
+    /// The same step for PostgreSQL.
+    pub postgres: &'static str,
 }
 
 /// Every migration, oldest first. Append only: never edit one that shipped.
@@ -87,6 +89,74 @@ CREATE TRIGGER history_is_kept_forever_update BEFORE UPDATE ON history
 CREATE TRIGGER history_is_kept_forever_delete BEFORE DELETE ON history
     BEGIN SELECT RAISE(ABORT, 'history is append-only'); END;
 "#,
+        postgres: r#"
+CREATE TABLE users (
+    name            TEXT PRIMARY KEY,
+    groups          TEXT NOT NULL DEFAULT '[]',
+    admin           BIGINT NOT NULL DEFAULT 0,
+    token_hash      TEXT NOT NULL UNIQUE,
+    scram_verifier  TEXT NOT NULL,
+    ssh_keys        TEXT NOT NULL DEFAULT '[]',
+    created_at      BIGINT NOT NULL
+);
+
+CREATE TABLE requests (
+    rowid               BIGINT GENERATED ALWAYS AS IDENTITY,
+    id                  TEXT PRIMARY KEY,
+    user_name           TEXT NOT NULL REFERENCES users(name),
+    resource            TEXT NOT NULL,
+    role                TEXT NOT NULL,
+    state               TEXT NOT NULL,
+    reason              TEXT,
+    duration_ms         BIGINT NOT NULL,
+    start_at            BIGINT,
+    created_at          BIGINT NOT NULL,
+    decided_at          BIGINT,
+    decided_by          TEXT,
+    decision_reason     TEXT,
+    approvals_required  BIGINT NOT NULL,
+    auto_approved       BIGINT NOT NULL DEFAULT 0
+);
+CREATE INDEX requests_by_state ON requests(state, created_at);
+
+CREATE TABLE approvals (
+    rowid       BIGINT GENERATED ALWAYS AS IDENTITY,
+    request_id  TEXT NOT NULL REFERENCES requests(id),
+    approver    TEXT NOT NULL,
+    comment     TEXT,
+    at          BIGINT NOT NULL,
+    PRIMARY KEY (request_id, approver)
+);
+
+CREATE TABLE grants (
+    rowid          BIGINT GENERATED ALWAYS AS IDENTITY,
+    id             TEXT PRIMARY KEY,
+    request_id     TEXT NOT NULL UNIQUE REFERENCES requests(id),
+    user_name      TEXT NOT NULL REFERENCES users(name),
+    resource       TEXT NOT NULL,
+    role           TEXT NOT NULL,
+    starts_at      BIGINT NOT NULL,
+    expires_at     BIGINT NOT NULL,
+    revoked_at     BIGINT,
+    revoked_by     TEXT,
+    revoke_reason  TEXT
+);
+CREATE INDEX grants_by_expiry ON grants(expires_at);
+
+CREATE TABLE history (
+    seq      BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    at       BIGINT NOT NULL,
+    actor    TEXT NOT NULL,
+    action   TEXT NOT NULL,
+    subject  TEXT NOT NULL,
+    detail   TEXT
+);
+CREATE INDEX history_by_subject ON history(subject, seq);
+CREATE FUNCTION history_is_kept_forever() RETURNS trigger LANGUAGE plpgsql AS
+    $$ BEGIN RAISE EXCEPTION 'history is append-only'; END $$;
+CREATE TRIGGER history_is_kept_forever BEFORE UPDATE OR DELETE ON history
+    FOR EACH ROW EXECUTE FUNCTION history_is_kept_forever();
+"#,
     },
     Migration {
         version: 2,
@@ -105,6 +175,17 @@ ALTER TABLE grants ADD COLUMN expiry_noted INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE grants ADD COLUMN start_noted INTEGER NOT NULL DEFAULT 1;
 UPDATE grants SET expiry_noted = 1
     WHERE revoked_at IS NOT NULL OR expires_at <= CAST(strftime('%s', 'now') AS INTEGER) * 1000;
+"#,
+        postgres: r#"
+ALTER TABLE requests ADD COLUMN break_glass BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE requests ADD COLUMN escalation_level BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE requests ADD COLUMN pending_until BIGINT;
+UPDATE requests SET pending_until = created_at + 86400000 WHERE state = 'pending';
+ALTER TABLE grants ADD COLUMN expiring_noted_for BIGINT;
+ALTER TABLE grants ADD COLUMN expiry_noted BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE grants ADD COLUMN start_noted BIGINT NOT NULL DEFAULT 1;
+UPDATE grants SET expiry_noted = 1
+    WHERE revoked_at IS NOT NULL OR expires_at <= CAST(extract(epoch FROM now()) * 1000 AS BIGINT);
 "#,
     },
     Migration {
@@ -128,48 +209,76 @@ CREATE TABLE outbox (
 );
 CREATE INDEX outbox_due ON outbox(state, next_attempt_at);
 "#,
+        postgres: r#"
+CREATE TABLE outbox (
+    rowid            BIGINT GENERATED ALWAYS AS IDENTITY,
+    id               TEXT PRIMARY KEY,
+    destination      TEXT NOT NULL,
+    event            TEXT NOT NULL,
+    subject          TEXT NOT NULL,
+    body             TEXT NOT NULL,
+    created_at       BIGINT NOT NULL,
+    state            TEXT NOT NULL DEFAULT 'pending',
+    attempts         BIGINT NOT NULL DEFAULT 0,
+    next_attempt_at  BIGINT NOT NULL,
+    last_error       TEXT,
+    done_at          BIGINT
+);
+CREATE INDEX outbox_due ON outbox(state, next_attempt_at);
+"#,
     },
 ];
 
 /// Applies every migration the store lacks; answers the versions applied now.
-pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<Vec<i64>, ControlError> {
-    conn.execute_batch(
+/// Each step reads the current version inside its own (on PostgreSQL,
+/// write-locked) transaction, so replicas starting together apply it once.
+pub(crate) fn migrate(conn: &mut Conn, location: &Location) -> Result<Vec<i64>, ControlError> {
+    conn.batch(
         "CREATE TABLE IF NOT EXISTS schema_migrations (
-            version     INTEGER PRIMARY KEY,
+            version     BIGINT PRIMARY KEY,
             name        TEXT NOT NULL,
-            applied_at  INTEGER NOT NULL
+            applied_at  BIGINT NOT NULL
         )",
     )?;
-    let current: i64 = conn.query_row("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", [], |r| {
-        r.get(0)
-    })?;
     let known = MIGRATIONS.last().map_or(0, |m| m.version);
-    if current > known {
-        return Err(ControlError::SchemaTooNew {
-            path: path.to_path_buf(),
-            found: current,
-            known,
-        });
-    }
     let mut applied = Vec::new();
-    for m in MIGRATIONS.iter().filter(|m| m.version > current) {
+    loop {
+        let mut tx = conn.transaction()?;
+        let current: i64 = tx
+            .query_one(
+                "SELECT CAST(COALESCE(MAX(version), 0) AS BIGINT) FROM schema_migrations",
+                &[],
+            )?
+            .get(0)?;
+        if current > known {
+            return Err(ControlError::SchemaTooNew {
+                path: describe(location),
+                found: current,
+                known,
+            });
+        }
+        let Some(m) = MIGRATIONS.iter().find(|m| m.version > current) else {
+            return Ok(applied);
+        };
         let fail = |source| ControlError::Migration {
             version: m.version,
             name: m.name,
             source,
         };
-        let tx = conn.transaction().map_err(fail)?;
-        tx.execute_batch(m.sql).map_err(fail)?;
+        let sql = match tx.engine() {
+            super::db::Engine::Sqlite => m.sql,
+            super::db::Engine::Postgres => m.postgres,
+        };
+        tx.batch(sql).map_err(fail)?;
         tx.execute(
             "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?1, ?2, ?3)",
-            params![m.version, m.name, crate::time::now()],
+            args![m.version, m.name, crate::time::now()],
         )
         .map_err(fail)?;
         tx.commit().map_err(fail)?;
         tracing::info!(version = m.version, name = m.name, "applied store migration");
         applied.push(m.version);
     }
-    Ok(applied)
 }
 
 #[cfg(test)]
@@ -187,48 +296,52 @@ mod tests {
 
     #[test]
     fn applied_once_on_reopen() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("portcullis.db");
-        let mut conn = Connection::open(&path).expect("open");
-        let first = migrate(&mut conn, &path).expect("migrate");
-        assert_eq!(first, MIGRATIONS.iter().map(|m| m.version).collect::<Vec<_>>());
-        drop(conn);
+        for store in crate::store::testing::stores() {
+            let mut conn = store.connect();
+            let first = migrate(&mut conn, &store.location).expect("migrate");
+            assert_eq!(first, MIGRATIONS.iter().map(|m| m.version).collect::<Vec<_>>());
+            drop(conn);
 
-        let mut conn = Connection::open(&path).expect("reopen");
-        assert!(migrate(&mut conn, &path).expect("migrate again").is_empty());
-        let rows: i64 = conn
-            .query_row("SELECT COUNT(*) FROM schema_migrations", [], |r| r.get(0))
-            .expect("count");
-        assert_eq!(rows, i64::try_from(MIGRATIONS.len()).expect("small"));
+            let mut conn = store.connect();
+            assert!(migrate(&mut conn, &store.location).expect("migrate again").is_empty());
+            let rows: i64 = conn
+                .query_one("SELECT COUNT(*) FROM schema_migrations", &[])
+                .and_then(|r| r.get(0))
+                .expect("count");
+            assert_eq!(rows, i64::try_from(MIGRATIONS.len()).expect("small"), "{store:?}");
+        }
     }
 
     #[test]
     fn refuses_a_newer_store() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("portcullis.db");
-        let mut conn = Connection::open(&path).expect("open");
-        migrate(&mut conn, &path).expect("migrate");
-        conn.execute(
-            "INSERT INTO schema_migrations (version, name, applied_at) VALUES (999, 'future', 0)",
-            [],
-        )
-        .expect("insert");
-        let err = migrate(&mut conn, &path).expect_err("newer schema");
-        assert!(err.to_string().contains("999"), "{err}");
+        for store in crate::store::testing::stores() {
+            let mut conn = store.connect();
+            migrate(&mut conn, &store.location).expect("migrate");
+            conn.execute(
+                "INSERT INTO schema_migrations (version, name, applied_at) VALUES (999, 'future', 0)",
+                &[],
+            )
+            .expect("insert");
+            let err = migrate(&mut conn, &store.location).expect_err("newer schema");
+            assert!(err.to_string().contains("999"), "{err}");
+        }
     }
 
     #[test]
     fn history_is_append_only() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("portcullis.db");
-        let mut conn = Connection::open(&path).expect("open");
-        migrate(&mut conn, &path).expect("migrate");
-        conn.execute(
-            "INSERT INTO history (at, actor, action, subject) VALUES (1, 'a', 'x', 'req_1')",
-            [],
-        )
-        .expect("insert");
-        assert!(conn.execute("UPDATE history SET actor = 'b'", []).is_err());
-        assert!(conn.execute("DELETE FROM history", []).is_err());
+        for store in crate::store::testing::stores() {
+            let mut conn = store.connect();
+            migrate(&mut conn, &store.location).expect("migrate");
+            conn.execute(
+                "INSERT INTO history (at, actor, action, subject) VALUES (1, 'a', 'x', 'req_1')",
+                &[],
+            )
+            .expect("insert");
+            assert!(
+                conn.execute("UPDATE history SET actor = 'b'", &[]).is_err(),
+                "{store:?}"
+            );
+            assert!(conn.execute("DELETE FROM history", &[]).is_err(), "{store:?}");
+        }
     }
 }

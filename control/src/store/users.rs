@@ -3,10 +3,9 @@
 //! as the verifier the feed carries to proxies.
 
 use portcullis_protocol::feed::{UnixMillis, UserEntry};
-use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::model::User;
-use crate::store::{list_text, string_list};
+use crate::store::{DbError, Row, Sql, args, list_text, string_list};
 use crate::token::StoredToken;
 
 /// A user about to be created.
@@ -25,7 +24,7 @@ pub(crate) struct NewUser<'a> {
 
 const COLUMNS: &str = "name, groups, admin, created_at";
 
-fn row_to_user(row: &rusqlite::Row<'_>) -> rusqlite::Result<User> {
+fn row_to_user(row: &Row) -> Result<User, DbError> {
     Ok(User {
         name: row.get(0)?,
         groups: string_list(row, 1)?,
@@ -35,16 +34,16 @@ fn row_to_user(row: &rusqlite::Row<'_>) -> rusqlite::Result<User> {
 }
 
 /// Inserts a user with the stored form of their token.
-pub(crate) fn insert(conn: &Connection, user: &NewUser<'_>, token: &StoredToken) -> rusqlite::Result<()> {
-    conn.execute(
+pub(crate) fn insert(db: &mut dyn Sql, user: &NewUser<'_>, token: &StoredToken) -> Result<(), DbError> {
+    db.execute(
         "INSERT INTO users (name, groups, admin, token_hash, scram_verifier, ssh_keys, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![
+        args![
             user.name,
             list_text(user.groups),
             user.admin,
-            token.hash,
-            token.verifier,
+            &token.hash,
+            &token.verifier,
             list_text(user.ssh_keys),
             user.created_at
         ],
@@ -53,32 +52,36 @@ pub(crate) fn insert(conn: &Connection, user: &NewUser<'_>, token: &StoredToken)
 }
 
 /// How many users exist.
-pub(crate) fn count(conn: &Connection) -> rusqlite::Result<i64> {
-    conn.query_row("SELECT COUNT(*) FROM users", [], |r| r.get(0))
+pub(crate) fn count(db: &mut dyn Sql) -> Result<i64, DbError> {
+    db.query_one("SELECT COUNT(*) FROM users", &[])?.get(0)
 }
 
 /// The user of this name.
-pub(crate) fn get(conn: &Connection, name: &str) -> rusqlite::Result<Option<User>> {
-    conn.prepare_cached(&format!("SELECT {COLUMNS} FROM users WHERE name = ?1"))?
-        .query_row([name], row_to_user)
-        .optional()
+pub(crate) fn get(db: &mut dyn Sql, name: &str) -> Result<Option<User>, DbError> {
+    db.query_opt(&format!("SELECT {COLUMNS} FROM users WHERE name = ?1"), args![name])?
+        .map(|r| row_to_user(&r))
+        .transpose()
 }
 
 /// The user whose token hashes to `hash`.
-pub(crate) fn by_token_hash(conn: &Connection, hash: &str) -> rusqlite::Result<Option<User>> {
-    conn.prepare_cached(&format!("SELECT {COLUMNS} FROM users WHERE token_hash = ?1"))?
-        .query_row([hash], row_to_user)
-        .optional()
+pub(crate) fn by_token_hash(db: &mut dyn Sql, hash: &str) -> Result<Option<User>, DbError> {
+    db.query_opt(
+        &format!("SELECT {COLUMNS} FROM users WHERE token_hash = ?1"),
+        args![hash],
+    )?
+    .map(|r| row_to_user(&r))
+    .transpose()
 }
 
 /// All users by name.
-pub(crate) fn list(conn: &Connection) -> rusqlite::Result<Vec<User>> {
-    let mut stmt = conn.prepare_cached(&format!("SELECT {COLUMNS} FROM users ORDER BY name"))?;
-    let rows = stmt.query_map([], row_to_user)?;
-    rows.collect()
+pub(crate) fn list(db: &mut dyn Sql) -> Result<Vec<User>, DbError> {
+    db.query(&format!("SELECT {COLUMNS} FROM users ORDER BY name"), &[])?
+        .iter()
+        .map(row_to_user)
+        .collect()
 }
 
-fn row_to_entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<UserEntry> {
+fn row_to_entry(r: &Row) -> Result<UserEntry, DbError> {
     Ok(UserEntry {
         name: r.get(0)?,
         scram_verifier: r.get(1)?,
@@ -87,31 +90,35 @@ fn row_to_entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<UserEntry> {
 }
 
 /// Every user as proxies need them: name, SCRAM verifier and SSH keys.
-pub(crate) fn entries(conn: &Connection) -> rusqlite::Result<Vec<UserEntry>> {
-    let mut stmt = conn.prepare_cached("SELECT name, scram_verifier, ssh_keys FROM users ORDER BY name")?;
-    let rows = stmt.query_map([], row_to_entry)?;
-    rows.collect()
+pub(crate) fn entries(db: &mut dyn Sql) -> Result<Vec<UserEntry>, DbError> {
+    db.query("SELECT name, scram_verifier, ssh_keys FROM users ORDER BY name", &[])?
+        .iter()
+        .map(row_to_entry)
+        .collect()
 }
 
 /// The feed entry of one user.
-pub(crate) fn entry(conn: &Connection, name: &str) -> rusqlite::Result<Option<UserEntry>> {
-    conn.prepare_cached("SELECT name, scram_verifier, ssh_keys FROM users WHERE name = ?1")?
-        .query_row([name], row_to_entry)
-        .optional()
+pub(crate) fn entry(db: &mut dyn Sql, name: &str) -> Result<Option<UserEntry>, DbError> {
+    db.query_opt(
+        "SELECT name, scram_verifier, ssh_keys FROM users WHERE name = ?1",
+        args![name],
+    )?
+    .map(|r| row_to_entry(&r))
+    .transpose()
 }
 
 /// The SSH key lines of `name`; `None` when there is no such user.
-pub(crate) fn ssh_keys(conn: &Connection, name: &str) -> rusqlite::Result<Option<Vec<String>>> {
-    conn.prepare_cached("SELECT ssh_keys FROM users WHERE name = ?1")?
-        .query_row([name], |r| string_list(r, 0))
-        .optional()
+pub(crate) fn ssh_keys(db: &mut dyn Sql, name: &str) -> Result<Option<Vec<String>>, DbError> {
+    db.query_opt("SELECT ssh_keys FROM users WHERE name = ?1", args![name])?
+        .map(|r| string_list(&r, 0))
+        .transpose()
 }
 
 /// Replaces the SSH key lines of `name`.
-pub(crate) fn set_ssh_keys(conn: &Connection, name: &str, keys: &[String]) -> rusqlite::Result<()> {
-    conn.execute(
+pub(crate) fn set_ssh_keys(db: &mut dyn Sql, name: &str, keys: &[String]) -> Result<(), DbError> {
+    db.execute(
         "UPDATE users SET ssh_keys = ?2 WHERE name = ?1",
-        params![name, list_text(keys)],
+        args![name, list_text(keys)],
     )?;
     Ok(())
 }

@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
+use crate::store::Sql;
 use portcullis_protocol::duration;
 use portcullis_protocol::feed::UnixMillis;
-use rusqlite::Connection;
 use serde_json::{Value, json};
 
 use crate::error::ApiError;
@@ -168,7 +168,7 @@ impl Workflow {
     /// kept exactly when the change is.
     pub(crate) fn emit(
         &self,
-        conn: &Connection,
+        conn: &mut dyn Sql,
         at: UnixMillis,
         actor: &str,
         subject: &str,
@@ -181,7 +181,7 @@ impl Workflow {
 
 /// Appends an entry that is no request or grant event (users, sessions).
 pub(crate) fn record(
-    conn: &Connection,
+    conn: &mut dyn Sql,
     at: UnixMillis,
     actor: &str,
     action: &'static str,

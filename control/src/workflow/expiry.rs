@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
+use crate::store::{Conn, Sql};
 use portcullis_protocol::duration;
 use portcullis_protocol::feed::{FeedEvent, UnixMillis};
-use rusqlite::Connection;
 
 use crate::error::ApiError;
 use crate::model::{Request, RequestState};
@@ -61,15 +61,15 @@ impl Workflow {
         self.store.call(move |conn| this.expiry_blocking(conn)).await
     }
 
-    fn expiry_blocking(&self, conn: &mut Connection) -> Result<Option<UnixMillis>, ApiError> {
+    fn expiry_blocking(&self, conn: &mut Conn) -> Result<Option<UnixMillis>, ApiError> {
         let now = time::now();
-        let tx = conn.transaction()?;
+        let mut tx = conn.transaction()?;
         let mut events = Vec::new();
         let mut expired = Vec::new();
         let mut next = Soonest::default();
-        for req in requests::pending(&tx)? {
+        for req in requests::pending(&mut tx)? {
             if req.pending_until.is_some_and(|until| until <= now) {
-                self.expire(&tx, &req, now)?;
+                self.expire(&mut tx, &req, now)?;
                 events.push(FeedEvent::PendingClosed {
                     request_id: req.id.clone(),
                 });
@@ -79,11 +79,11 @@ impl Workflow {
             if let Some(until) = req.pending_until {
                 next.at(until);
             }
-            if let Some(step_at) = self.escalate(&tx, &req, now)? {
+            if let Some(step_at) = self.escalate(&mut tx, &req, now)? {
                 next.at(step_at);
             }
         }
-        self.note_grants(&tx, now, &mut next)?;
+        self.note_grants(&mut tx, now, &mut next)?;
         self.commit(tx, events)?;
         for req in expired {
             self.metrics.decided("expired", req.created_at, now);
@@ -93,7 +93,7 @@ impl Workflow {
     }
 
     /// Records the escalation steps `req` reached by `now`; answers when the next one is due.
-    fn escalate(&self, conn: &Connection, req: &Request, now: UnixMillis) -> Result<Option<UnixMillis>, ApiError> {
+    fn escalate(&self, conn: &mut dyn Sql, req: &Request, now: UnixMillis) -> Result<Option<UnixMillis>, ApiError> {
         // A request whose resource or role left the config escalates no further.
         let Some(policy) = self.catalog.get(&req.resource).map(|r| r.policy(&req.role)) else {
             return Ok(None);
@@ -126,7 +126,7 @@ impl Workflow {
     }
 
     /// Moves `req` to `expired`, said to be by Portcullis itself.
-    fn expire(&self, conn: &Connection, req: &Request, now: UnixMillis) -> Result<(), ApiError> {
+    fn expire(&self, conn: &mut dyn Sql, req: &Request, now: UnixMillis) -> Result<(), ApiError> {
         let waited = duration::format(time::duration(now.saturating_sub(req.created_at)));
         let why = format!("no answer within the policy's pending_ttl (waited {waited})");
         requests::decide(
@@ -152,7 +152,7 @@ impl Workflow {
     /// Records a scheduled grant's start once it came, "expiring soon" once per
     /// deadline of each active grant, and its expiry once it passed (both start
     /// and expiry at the time they happened, not when noticed).
-    fn note_grants(&self, conn: &Connection, now: UnixMillis, next: &mut Soonest) -> Result<(), ApiError> {
+    fn note_grants(&self, conn: &mut dyn Sql, now: UnixMillis, next: &mut Soonest) -> Result<(), ApiError> {
         for grants::Unnoted {
             grant,
             expiring_noted_for: noted_for,

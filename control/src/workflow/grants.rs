@@ -23,8 +23,8 @@ impl Workflow {
                 let reason = reason.map(|r| r.trim().to_owned()).filter(|r| !r.is_empty());
                 policy::check_text("reason", reason.as_deref())?;
                 let now = time::now();
-                let tx = conn.transaction()?;
-                let mut grant = grants::get(&tx, &id)?.ok_or_else(|| unknown(&id))?;
+                let mut tx = conn.transaction()?;
+                let mut grant = grants::get(&mut tx, &id)?.ok_or_else(|| unknown(&id))?;
                 // A grant whose resource left the config may still be revoked.
                 policy::check_revoke(this.catalog.get(&grant.resource), &grant, &caller, now)?;
                 let revocation = Revocation {
@@ -32,11 +32,11 @@ impl Workflow {
                     reason,
                     at: now,
                 };
-                grants::revoke(&tx, &id, &revocation)?;
+                grants::revoke(&mut tx, &id, &revocation)?;
                 let event = Event::Revoked {
                     reason: revocation.reason.as_deref(),
                 };
-                this.emit(&tx, now, &caller.name, &id, &event)?;
+                this.emit(&mut tx, now, &caller.name, &id, &event)?;
                 grant.revoked = Some(revocation);
                 this.commit(tx, vec![FeedEvent::Grant(grant.clone())])?;
                 this.metrics.grant_changes.with_label_values(&["revoked"]).inc();
@@ -52,18 +52,18 @@ impl Workflow {
         self.store
             .call(move |conn| {
                 let now = time::now();
-                let tx = conn.transaction()?;
-                let mut grant = grants::get(&tx, &id)?.ok_or_else(|| unknown(&id))?;
+                let mut tx = conn.transaction()?;
+                let mut grant = grants::get(&mut tx, &id)?.ok_or_else(|| unknown(&id))?;
                 let resource = this.catalog.existing(&grant.resource)?;
-                let req = requests::get(&tx, &grant.request_id)?.ok_or_else(|| unknown(&id))?;
+                let req = requests::get(&mut tx, &grant.request_id)?.ok_or_else(|| unknown(&id))?;
                 let expires_at = policy::check_extend(resource, &req, &grant, &caller, by, now)?;
-                grants::set_expires(&tx, &id, expires_at)?;
+                grants::set_expires(&mut tx, &id, expires_at)?;
                 let event = Event::Extended {
                     by,
                     from: grant.expires_at,
                     to: expires_at,
                 };
-                this.emit(&tx, now, &caller.name, &id, &event)?;
+                this.emit(&mut tx, now, &caller.name, &id, &event)?;
                 grant.expires_at = expires_at;
                 this.commit(tx, vec![FeedEvent::Grant(grant.clone())])?;
                 this.metrics.grant_changes.with_label_values(&["extended"]).inc();

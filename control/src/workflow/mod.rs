@@ -14,8 +14,8 @@ pub(crate) mod users;
 
 use std::sync::Arc;
 
+use crate::store::Tx;
 use portcullis_protocol::feed::FeedEvent;
-use rusqlite::Transaction;
 use tokio::sync::Notify;
 
 use crate::catalog::Catalog;
@@ -48,7 +48,7 @@ pub(crate) struct Workflow {
 impl Workflow {
     /// Commits `tx`, then publishes its feed events while the caller still
     /// holds the store.
-    pub(crate) fn commit(&self, tx: Transaction<'_>, events: Vec<FeedEvent>) -> Result<(), ApiError> {
+    pub(crate) fn commit(&self, tx: Tx<'_>, events: Vec<FeedEvent>) -> Result<(), ApiError> {
         tx.commit()?;
         self.audit_wake.notify_one();
         // The commit may have queued notifications (cheap when it did not).

@@ -2,8 +2,8 @@
 //! the approval that completes a request (or at once by an auto-approve rule);
 //! its clock starts then, not when the request was made.
 
+use crate::store::Conn;
 use portcullis_protocol::feed::FeedEvent;
-use rusqlite::Connection;
 
 use crate::error::ApiError;
 use crate::ids::{self, new_id};
@@ -33,13 +33,7 @@ impl Workflow {
         result
     }
 
-    fn create_blocking(
-        &self,
-        conn: &mut Connection,
-        caller: &User,
-        resource: &str,
-        ask: &Ask,
-    ) -> Result<Request, ApiError> {
+    fn create_blocking(&self, conn: &mut Conn, caller: &User, resource: &str, ask: &Ask) -> Result<Request, ApiError> {
         let now = time::now();
         let resource = self.catalog.lookup(resource)?;
         let plan = policy::plan_request(resource, caller, ask, now)?;
@@ -69,7 +63,7 @@ impl Workflow {
                 .filter(|_| !at_once)
                 .map(|ttl| now.saturating_add(millis(ttl))),
         };
-        let tx = conn.transaction()?;
+        let mut tx = conn.transaction()?;
         let mut events = Vec::new();
         if at_once {
             let (actor, note) = match plan.auto_rule {
@@ -83,23 +77,23 @@ impl Workflow {
             req.decided_at = Some(now);
             req.decided_by = Some(actor.clone());
             req.decision_reason = Some(note);
-            requests::insert(&tx, &req)?;
-            self.emit(&tx, now, &caller.name, &req.id, &Event::Requested(&req))?;
+            requests::insert(&mut tx, &req)?;
+            self.emit(&mut tx, now, &caller.name, &req.id, &Event::Requested(&req))?;
             match plan.auto_rule {
-                Some(rule) => self.emit(&tx, now, &actor, &req.id, &Event::AutoApproved { rule })?,
-                None => self.emit(&tx, now, &actor, &req.id, &Event::BreakGlassUsed(&req))?,
+                Some(rule) => self.emit(&mut tx, now, &actor, &req.id, &Event::AutoApproved { rule })?,
+                None => self.emit(&mut tx, now, &actor, &req.id, &Event::BreakGlassUsed(&req))?,
             }
             // Break-glass has no approver; a rule is named as one.
             let approvers = plan.auto_rule.map(|_| vec![actor.clone()]).unwrap_or_default();
             let grant = new_grant(&req, now, approvers)?;
-            grants::insert(&tx, &grant, now)?;
-            self.emit(&tx, now, &actor, &grant.id, &Event::GrantCreated(&grant))?;
+            grants::insert(&mut tx, &grant, now)?;
+            self.emit(&mut tx, now, &actor, &grant.id, &Event::GrantCreated(&grant))?;
             events.push(FeedEvent::Grant(grant.clone()));
             req.grant_id = Some(grant.id);
             self.metrics.grant_changes.with_label_values(&["created"]).inc();
         } else {
-            requests::insert(&tx, &req)?;
-            self.emit(&tx, now, &caller.name, &req.id, &Event::Requested(&req))?;
+            requests::insert(&mut tx, &req)?;
+            self.emit(&mut tx, now, &caller.name, &req.id, &Event::Requested(&req))?;
             events.push(FeedEvent::Pending(req.pending_entry()));
         }
         self.commit(tx, events)?;
@@ -128,7 +122,7 @@ impl Workflow {
 
     fn approve_blocking(
         &self,
-        conn: &mut Connection,
+        conn: &mut Conn,
         caller: &User,
         id: &str,
         comment: Option<String>,
@@ -136,8 +130,8 @@ impl Workflow {
         let comment = comment.map(|c| c.trim().to_owned()).filter(|c| !c.is_empty());
         policy::check_text("comment", comment.as_deref())?;
         let now = time::now();
-        let tx = conn.transaction()?;
-        let req = requests::get(&tx, id)?.ok_or_else(|| unknown(id))?;
+        let mut tx = conn.transaction()?;
+        let req = requests::get(&mut tx, id)?.ok_or_else(|| unknown(id))?;
         let resource = self.catalog.existing(&req.resource)?;
         let last = policy::check_approve(resource, &req, caller)?;
         let approval = Approval {
@@ -145,28 +139,28 @@ impl Workflow {
             comment: comment.clone(),
             at: now,
         };
-        requests::add_approval(&tx, id, &approval)?;
+        requests::add_approval(&mut tx, id, &approval)?;
         let event = Event::Approved {
             comment: comment.as_deref(),
             approvals: req.approvals.len() + 1,
             required: req.approvals_required,
             last,
         };
-        self.emit(&tx, now, &caller.name, id, &event)?;
+        self.emit(&mut tx, now, &caller.name, id, &event)?;
         let mut events = Vec::new();
         if last {
             let approvers = req.approvals.iter().map(|a| a.by.clone()).chain([caller.name.clone()]);
             let grant = new_grant(&req, now, approvers.collect())?;
-            grants::insert(&tx, &grant, now)?;
+            grants::insert(&mut tx, &grant, now)?;
             requests::decide(
-                &tx,
+                &mut tx,
                 id,
                 RequestState::Approved,
                 now,
                 Some(&caller.name),
                 comment.as_deref(),
             )?;
-            self.emit(&tx, now, &caller.name, &grant.id, &Event::GrantCreated(&grant))?;
+            self.emit(&mut tx, now, &caller.name, &grant.id, &Event::GrantCreated(&grant))?;
             events.push(FeedEvent::PendingClosed {
                 request_id: id.to_owned(),
             });
@@ -191,12 +185,19 @@ impl Workflow {
         self.store
             .call(move |conn| {
                 let now = time::now();
-                let tx = conn.transaction()?;
-                let req = requests::get(&tx, &id)?.ok_or_else(|| unknown(&id))?;
+                let mut tx = conn.transaction()?;
+                let req = requests::get(&mut tx, &id)?.ok_or_else(|| unknown(&id))?;
                 let resource = this.catalog.existing(&req.resource)?;
                 let reason = policy::check_deny(resource, &req, &caller, reason.as_deref())?;
-                requests::decide(&tx, &id, RequestState::Denied, now, Some(&caller.name), Some(&reason))?;
-                this.emit(&tx, now, &caller.name, &id, &Event::Denied { reason: &reason })?;
+                requests::decide(
+                    &mut tx,
+                    &id,
+                    RequestState::Denied,
+                    now,
+                    Some(&caller.name),
+                    Some(&reason),
+                )?;
+                this.emit(&mut tx, now, &caller.name, &id, &Event::Denied { reason: &reason })?;
                 this.commit(tx, vec![FeedEvent::PendingClosed { request_id: id.clone() }])?;
                 this.metrics.decided("denied", req.created_at, now);
                 tracing::info!(request = %id, approver = %caller.name, "request denied");
@@ -211,11 +212,11 @@ impl Workflow {
         self.store
             .call(move |conn| {
                 let now = time::now();
-                let tx = conn.transaction()?;
-                let req = requests::get(&tx, &id)?.ok_or_else(|| unknown(&id))?;
+                let mut tx = conn.transaction()?;
+                let req = requests::get(&mut tx, &id)?.ok_or_else(|| unknown(&id))?;
                 policy::check_cancel(&req, &caller)?;
-                requests::decide(&tx, &id, RequestState::Cancelled, now, Some(&caller.name), None)?;
-                this.emit(&tx, now, &caller.name, &id, &Event::Cancelled)?;
+                requests::decide(&mut tx, &id, RequestState::Cancelled, now, Some(&caller.name), None)?;
+                this.emit(&mut tx, now, &caller.name, &id, &Event::Cancelled)?;
                 this.commit(tx, vec![FeedEvent::PendingClosed { request_id: id.clone() }])?;
                 this.metrics.decided("cancelled", req.created_at, now);
                 tracing::info!(request = %id, user = %caller.name, "request cancelled");

@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::ApiError;
 use crate::model::User;
-use crate::store::users;
+use crate::store::{Tx, users};
 use crate::time;
 use crate::workflow::Workflow;
 use crate::workflow::events::record;
@@ -83,9 +83,9 @@ impl Workflow {
         let this = self.clone();
         self.store
             .call(move |conn| {
-                let tx = conn.transaction()?;
+                let mut tx = conn.transaction()?;
                 let mut keys =
-                    users::ssh_keys(&tx, &name)?.ok_or_else(|| ApiError::UnknownUser { name: name.clone() })?;
+                    users::ssh_keys(&mut tx, &name)?.ok_or_else(|| ApiError::UnknownUser { name: name.clone() })?;
                 if keys.iter().any(|k| SshKey::of(k).fingerprint == added.fingerprint) {
                     return Err(ApiError::SshKeyExists {
                         user: name,
@@ -118,9 +118,9 @@ impl Workflow {
         let this = self.clone();
         self.store
             .call(move |conn| {
-                let tx = conn.transaction()?;
+                let mut tx = conn.transaction()?;
                 let mut keys =
-                    users::ssh_keys(&tx, &name)?.ok_or_else(|| ApiError::UnknownUser { name: name.clone() })?;
+                    users::ssh_keys(&mut tx, &name)?.ok_or_else(|| ApiError::UnknownUser { name: name.clone() })?;
                 let Some(at) = keys.iter().position(|k| SshKey::of(k).fingerprint == wanted) else {
                     return Err(ApiError::UnknownSshKey {
                         user: name,
@@ -139,23 +139,23 @@ impl Workflow {
     /// the user's new entry on the feed, all in `tx`.
     fn save_keys(
         &self,
-        tx: rusqlite::Transaction<'_>,
+        mut tx: Tx<'_>,
         by: &str,
         name: &str,
         keys: &[String],
         action: &'static str,
         key: &SshKey,
     ) -> Result<(), ApiError> {
-        users::set_ssh_keys(&tx, name, keys)?;
+        users::set_ssh_keys(&mut tx, name, keys)?;
         record(
-            &tx,
+            &mut tx,
             time::now(),
             by,
             action,
             name,
             json!({ "fingerprint": key.fingerprint, "type": key.kind }),
         )?;
-        let entry = users::entry(&tx, name)?;
+        let entry = users::entry(&mut tx, name)?;
         self.commit(tx, entry.map(FeedEvent::User).into_iter().collect())?;
         Ok(())
     }

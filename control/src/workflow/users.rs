@@ -109,8 +109,8 @@ impl Workflow {
             .store
             .call(move |conn| {
                 let now = time::now();
-                let tx = conn.transaction()?;
-                if users::get(&tx, &ask.name)?.is_some() {
+                let mut tx = conn.transaction()?;
+                if users::get(&mut tx, &ask.name)?.is_some() {
                     return Err(ApiError::UserExists { name: ask.name });
                 }
                 let new = NewUser {
@@ -120,16 +120,16 @@ impl Workflow {
                     ssh_keys: &ssh_keys,
                     created_at: now,
                 };
-                users::insert(&tx, &new, &stored)?;
+                users::insert(&mut tx, &new, &stored)?;
                 record(
-                    &tx,
+                    &mut tx,
                     now,
                     &caller.name,
                     "user.create",
                     &ask.name,
                     json!({ "groups": groups, "admin": ask.admin, "ssh_keys": ssh_keys.len() }),
                 )?;
-                let entry = users::entry(&tx, &ask.name)?;
+                let entry = users::entry(&mut tx, &ask.name)?;
                 this.commit(tx, entry.map(FeedEvent::User).into_iter().collect())?;
                 tracing::info!(user = %ask.name, admin = ask.admin, by = %caller.name, "user created");
                 Ok(User {

@@ -75,6 +75,7 @@ pub async fn start_with(resources: Vec<ResourceSettings>) -> Api {
     let dir = tempfile::tempdir().expect("tempdir");
     let settings = ControlSettings {
         data_dir: dir.path().join("data"),
+        store_postgres: None,
         resources,
         gateway_postgres: Some("127.0.0.1:6432".to_owned()),
         gateway_ssh: None,
