@@ -413,3 +413,26 @@ fn the_example_split_sections_parse_once_uncommented() {
     assert_eq!(c.proxies.len(), 2);
     assert_eq!(c.proxy.map(|p| p.name).as_deref(), Some("eu1"));
 }
+
+#[test]
+fn a_postgres_store_is_given_one_way_and_read_with_the_other_secrets() {
+    let text = format!("{GOOD}store: {{ postgres: \"postgres://pc:pw@db1/portcullis\" }}\n");
+    let c = parse(&text, "p.yaml").expect("store: parses");
+    let settings = super::control_plane(&c).expect("settings");
+    let url = settings.store_postgres.clone().expect("a PostgreSQL store");
+    assert_eq!(url.expose(), "postgres://pc:pw@db1/portcullis");
+    assert_eq!(format!("{settings:?}").matches("pw@").count(), 0, "the URL prints");
+
+    let none = parse(GOOD, "p.yaml").expect("no store:");
+    assert!(super::control_plane(&none).expect("settings").store_postgres.is_none());
+
+    let both = format!("{GOOD}store: {{ postgres: \"postgres://x\", postgres_env: X }}\n");
+    match parse(&both, "p.yaml") {
+        Err(ConfigError::Invalid { message, .. }) => assert!(message.contains("store: give one of"), "{message}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let unset = format!("{GOOD}store: {{ postgres_env: PORTCULLIS_TEST_NO_SUCH_VAR }}\n");
+    let c = parse(&unset, "p.yaml").expect("parses");
+    let err = super::control_plane(&c).expect_err("the variable is not set");
+    assert!(err.starts_with("store.postgres_env:"), "{err}");
+}

@@ -30,5 +30,6 @@ mod ssh_input;
 mod ssh_pty;
 mod ssh_transfer;
 mod statements;
+mod store;
 mod workflow;
 mod workflow_rules;
