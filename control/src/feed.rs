@@ -58,6 +58,29 @@ struct Mirror {
 }
 
 impl Mirror {
+    fn holding(revision: u64, users: Vec<UserEntry>, grants: Vec<GrantEntry>, pending: Vec<PendingEntry>) -> Mirror {
+        Mirror {
+            revision,
+            users: users.into_iter().map(|u| (u.name.clone(), u)).collect(),
+            grants: grants.into_iter().map(|g| (g.id.clone(), g)).collect(),
+            pending: pending.into_iter().map(|p| (p.request_id.clone(), p)).collect(),
+            next_prune: 0,
+            recent: VecDeque::new(),
+        }
+    }
+
+    /// Applies `change` (the next revision), keeps it in the ring and sends it.
+    fn push(&mut self, change: FeedChange, out: &broadcast::Sender<FeedChange>) {
+        self.revision = change.revision;
+        self.apply(&change.event);
+        if self.recent.len() >= RING {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(change.clone());
+        // No subscriber is fine: the mirror still has the change for the next snapshot.
+        let _ = out.send(change);
+    }
+
     /// Drops grants that ended more than `RECENT_MS` before `now`.
     fn prune(&mut self, now: UnixMillis) {
         let horizon = now.saturating_sub(RECENT_MS);
@@ -94,22 +117,39 @@ fn ended_at(g: &GrantEntry) -> UnixMillis {
 }
 
 impl FeedHub {
-    /// A hub at revision 0 holding what the store holds now.
+    /// A hub at revision 0 holding what the store holds now, in a history
+    /// of its own (the embedded store: one process publishes).
     pub(crate) fn new(users: Vec<UserEntry>, grants: Vec<GrantEntry>, pending: Vec<PendingEntry>) -> FeedHub {
-        let mirror = Mirror {
-            revision: 0,
-            users: users.into_iter().map(|u| (u.name.clone(), u)).collect(),
-            grants: grants.into_iter().map(|g| (g.id.clone(), g)).collect(),
-            pending: pending.into_iter().map(|p| (p.request_id.clone(), p)).collect(),
-            next_prune: 0,
-            recent: VecDeque::new(),
-        };
+        FeedHub::at(0, new_epoch(), users, grants, pending)
+    }
+
+    /// A hub holding what the store held at `revision` of the shared history
+    /// `epoch` (a PostgreSQL store, which every replica follows).
+    pub(crate) fn at(
+        revision: u64,
+        epoch: String,
+        users: Vec<UserEntry>,
+        grants: Vec<GrantEntry>,
+        pending: Vec<PendingEntry>,
+    ) -> FeedHub {
         let (changes, _) = broadcast::channel(CAPACITY);
         FeedHub {
-            mirror: Mutex::new(mirror),
+            mirror: Mutex::new(Mirror::holding(revision, users, grants, pending)),
             changes,
-            epoch: new_epoch(),
+            epoch,
         }
+    }
+
+    /// Replaces what the hub holds with the store as of `revision`, after
+    /// it fell behind what the store keeps; followers then resync.
+    pub(crate) fn reset(
+        &self,
+        revision: u64,
+        users: Vec<UserEntry>,
+        grants: Vec<GrantEntry>,
+        pending: Vec<PendingEntry>,
+    ) {
+        *self.mirror.lock().unwrap_or_else(PoisonError::into_inner) = Mirror::holding(revision, users, grants, pending);
     }
 
     /// The name of this feed's history (see `FeedSnapshot::epoch`).
@@ -192,25 +232,39 @@ impl FeedHub {
             m.prune(now);
         }
         for event in events {
-            m.revision += 1;
-            m.apply(&event);
             let change = FeedChange {
-                revision: m.revision,
+                revision: m.revision + 1,
                 event,
                 at: Some(now),
             };
-            if m.recent.len() >= RING {
-                m.recent.pop_front();
-            }
-            m.recent.push_back(change.clone());
-            // No subscriber is fine: the mirror still has the change for the next snapshot.
-            let _ = self.changes.send(change);
+            m.push(change, &self.changes);
         }
+    }
+
+    /// Publishes changes read from the store's `feed` table, with their own
+    /// revisions, skipping those already published. False when one is
+    /// missing: the hub fell behind what the store keeps and needs `reset`.
+    pub(crate) fn publish_stored(&self, changes: Vec<FeedChange>) -> bool {
+        let now = crate::time::now();
+        let mut m = self.mirror.lock().unwrap_or_else(PoisonError::into_inner);
+        if now >= m.next_prune {
+            m.prune(now);
+        }
+        for change in changes {
+            if change.revision <= m.revision {
+                continue;
+            }
+            if change.revision != m.revision + 1 {
+                return false;
+            }
+            m.push(change, &self.changes);
+        }
+        true
     }
 }
 
 /// 16 random hex digits; the clock if the random source fails (still unique per start).
-fn new_epoch() -> String {
+pub(crate) fn new_epoch() -> String {
     let mut bytes = [0u8; 8];
     match getrandom::fill(&mut bytes) {
         Ok(()) => crate::ids::hex(&bytes),

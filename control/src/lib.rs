@@ -14,6 +14,7 @@ mod metrics;
 mod model;
 mod notify;
 mod proxies;
+mod replicas;
 mod settings;
 mod store;
 mod time;
@@ -43,7 +44,7 @@ use crate::catalog::Catalog;
 use crate::metrics::Metrics;
 use crate::proxies::ProxyAccess;
 use crate::proxies::sessions::{RemoteSessions, Sessions};
-use crate::store::{Store, grants, requests, users};
+use crate::store::Store;
 use crate::workflow::Workflow;
 
 /// The control plane of one process: the store, the workflow, the feed and
@@ -96,7 +97,10 @@ impl Control {
             .set(i64::try_from(workflow.feed.pending_count()).unwrap_or(i64::MAX));
         tokio::spawn(workflow.clone().run_expiry());
         tokio::spawn(shipper.clone().run());
-        let remote = Arc::new(RemoteSessions::new(Arc::clone(&workflow.feed)));
+        if let Some(url) = workflow.store.postgres_url() {
+            replicas::spawn_follower(workflow.store.clone(), Arc::clone(&workflow.feed), url.clone());
+        }
+        let remote = Arc::new(RemoteSessions::new(workflow.store.clone(), Arc::clone(&workflow.feed)));
         Ok(Arc::new(Control {
             proxies: Arc::new(ProxyAccess::new(settings.proxies)),
             remote,
@@ -190,15 +194,11 @@ fn open_blocking(
     };
     let store = Store::open_blocking(&location)?;
     bootstrap::ensure_admin(&store, data_dir)?;
-    let feed = store.with_blocking(|conn| -> Result<FeedHub, ControlError> {
-        let since = time::now().saturating_sub(feed::RECENT_MS);
-        let grants = grants::ended_after(conn, since)?;
-        Ok(FeedHub::new(
-            users::entries(conn)?,
-            grants,
-            requests::pending_entries(conn)?,
-        ))
-    })?;
+    if !store.shared() {
+        // One process holds the embedded store: claims left by the last one are void.
+        store.with_blocking(|conn| notify::outbox::release_all(conn).map_err(ControlError::from))?;
+    }
+    let feed = store.with_blocking(replicas::load_hub)?;
     let audit = AuditLog::open_blocking(data_dir)?;
     Ok((store, feed, audit))
 }

@@ -48,7 +48,8 @@ pub(crate) fn due(
     // No LIMIT: rows are stepped through lazily, along the `outbox_due` index.
     db.each(
         "SELECT id, destination, event, body, attempts FROM outbox
-         WHERE state = 'pending' AND next_attempt_at <= ?1 ORDER BY next_attempt_at, rowid",
+         WHERE state = 'pending' AND next_attempt_at <= ?1 AND (claimed_until IS NULL OR claimed_until <= ?1)
+         ORDER BY next_attempt_at, rowid",
         args![now],
         &mut |r| {
             let row = Row {
@@ -77,7 +78,11 @@ pub(crate) fn next_due(
 ) -> Result<Option<UnixMillis>, DbError> {
     let mut next = None;
     db.each(
-        "SELECT id, destination, next_attempt_at FROM outbox WHERE state = 'pending' ORDER BY next_attempt_at, rowid",
+        "SELECT id, destination, due FROM
+             (SELECT id, destination, rowid,
+                     CASE WHEN claimed_until > next_attempt_at THEN claimed_until ELSE next_attempt_at END AS due
+                FROM outbox WHERE state = 'pending') o
+         ORDER BY due, rowid",
         &[],
         &mut |r| {
             if wanted(&r.get::<String>(0)?, &r.get::<String>(1)?) {
@@ -99,7 +104,7 @@ pub(crate) fn depth(db: &mut dyn Sql) -> Result<i64, DbError> {
 /// Records a delivery.
 pub(crate) fn mark_sent(db: &mut dyn Sql, id: &str, attempts: u32, now: UnixMillis) -> Result<(), DbError> {
     db.execute(
-        "UPDATE outbox SET state = 'sent', attempts = ?2, done_at = ?3, last_error = NULL
+        "UPDATE outbox SET state = 'sent', attempts = ?2, done_at = ?3, last_error = NULL, claimed_until = NULL
          WHERE id = ?1 AND state = 'pending'",
         args![id, attempts, now],
     )?;
@@ -115,7 +120,8 @@ pub(crate) fn mark_retry(
     error: &str,
 ) -> Result<(), DbError> {
     db.execute(
-        "UPDATE outbox SET attempts = ?2, next_attempt_at = ?3, last_error = ?4 WHERE id = ?1 AND state = 'pending'",
+        "UPDATE outbox SET attempts = ?2, next_attempt_at = ?3, last_error = ?4, claimed_until = NULL
+         WHERE id = ?1 AND state = 'pending'",
         args![id, attempts, next_attempt_at, error],
     )?;
     Ok(())
@@ -130,7 +136,7 @@ pub(crate) fn mark_failed(
     now: UnixMillis,
 ) -> Result<(), DbError> {
     db.execute(
-        "UPDATE outbox SET state = 'failed', attempts = ?2, last_error = ?3, done_at = ?4
+        "UPDATE outbox SET state = 'failed', attempts = ?2, last_error = ?3, done_at = ?4, claimed_until = NULL
          WHERE id = ?1 AND state = 'pending'",
         args![id, attempts, error, now],
     )?;
@@ -139,6 +145,23 @@ pub(crate) fn mark_failed(
 
 /// Deletes delivered rows finished before `sent_before` and failed ones before
 /// `failed_before` (history keeps the events themselves forever).
+/// Claims row `id` for a delivery until `until`: no other replica takes it
+/// before then (unless the delivery's outcome is marked first).
+pub(crate) fn claim(db: &mut dyn Sql, id: &str, until: UnixMillis) -> Result<(), DbError> {
+    db.execute("UPDATE outbox SET claimed_until = ?2 WHERE id = ?1", args![id, until])?;
+    Ok(())
+}
+
+/// Drops every claim: on the embedded store, claims left by a process that
+/// stopped mid-delivery (no other process can hold one).
+pub(crate) fn release_all(db: &mut dyn Sql) -> Result<(), DbError> {
+    db.execute(
+        "UPDATE outbox SET claimed_until = NULL WHERE claimed_until IS NOT NULL",
+        &[],
+    )?;
+    Ok(())
+}
+
 pub(crate) fn purge(db: &mut dyn Sql, sent_before: UnixMillis, failed_before: UnixMillis) -> Result<u64, DbError> {
     db.execute(
         "DELETE FROM outbox WHERE (state = 'sent' AND done_at < ?1) OR (state = 'failed' AND done_at < ?2)",
@@ -206,5 +229,31 @@ mod tests {
         assert!(due(conn, i64::MAX, 10, all).expect("due").is_empty());
         assert_eq!(purge(conn, 301, 1_000).expect("purge"), 1);
         assert_eq!(purge(conn, 301, 1_101).expect("purge"), 1);
+    }
+
+    #[test]
+    fn a_claimed_row_waits_for_its_claim_to_lapse() {
+        for store in crate::store::testing::stores() {
+            let mut conn = store.connect();
+            crate::store::migrations::migrate(&mut conn, &store.location).expect("migrate");
+            let conn = &mut conn;
+            let all = |_: &Row| true;
+            let free = |_: &str, _: &str| true;
+            insert(conn, &row("ntf_a"), "req_1", 100).expect("insert");
+            claim(conn, "ntf_a", 5_000).expect("claim");
+            assert!(due(conn, 4_999, 10, all).expect("due").is_empty(), "{store:?}");
+            assert_eq!(
+                next_due(conn, free).expect("next"),
+                Some(5_000),
+                "due when the claim lapses"
+            );
+            assert_eq!(due(conn, 5_000, 10, all).expect("due").len(), 1, "a lapsed claim");
+            // An outcome ends the claim: a retry is due at its own time.
+            mark_retry(conn, "ntf_a", 1, 200, "HTTP 500").expect("retry");
+            assert_eq!(next_due(conn, free).expect("next"), Some(200));
+            claim(conn, "ntf_a", 9_000).expect("claim again");
+            release_all(conn).expect("release");
+            assert_eq!(due(conn, 300, 10, all).expect("due").len(), 1, "released");
+        }
     }
 }

@@ -6,6 +6,9 @@
 //! `max_attempts` the row is marked failed, logged and counted. Rows stay in
 //! the store until delivered, so a restart loses none (and may repeat one
 //! whose success was not yet recorded: receivers dedupe by `Idempotency-Key`).
+//! Each row taken is claimed in the store for as long as its attempt may
+//! last, so of several control replicas sharing a store only one delivers
+//! it; should that one die, another takes the row once the claim lapses.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -28,6 +31,9 @@ const MAX_IN_FLIGHT: usize = 16;
 const PER_DESTINATION: usize = 4;
 /// Longest sleep when nothing is due (a safety net, not a tick).
 const MAX_WAIT: Duration = Duration::from_secs(3600);
+/// Longest sleep on a shared store: rows other replicas queued (or left
+/// claimed when they died) are seen this soon.
+const SHARED_WAIT: Duration = Duration::from_secs(2);
 /// Wait before trying the store again after an error.
 const STORE_RETRY: Duration = Duration::from_secs(5);
 /// How often delivered and failed rows are purged.
@@ -51,6 +57,7 @@ impl Workflow {
         // Deliveries in flight: their row id and destination.
         let mut busy: HashMap<tokio::task::Id, (String, String)> = HashMap::new();
         let mut last_purge = 0;
+        let longest = if self.store.shared() { SHARED_WAIT } else { MAX_WAIT };
         loop {
             let now = time::now();
             let wait = match self.claim(now, &busy).await {
@@ -62,11 +69,11 @@ impl Workflow {
                         busy.insert(handle.id(), key);
                     }
                     if busy.len() >= MAX_IN_FLIGHT {
-                        MAX_WAIT
+                        longest
                     } else {
                         pass.next
-                            .map_or(MAX_WAIT, |t| time::duration(t.saturating_sub(time::now())))
-                            .min(MAX_WAIT)
+                            .map_or(longest, |t| time::duration(t.saturating_sub(time::now())))
+                            .min(longest)
                     }
                 }
                 Err(e) => {
@@ -107,21 +114,28 @@ impl Workflow {
             taken.insert(id.clone());
             *load.entry(destination.clone()).or_default() += 1;
         }
+        // However long an attempt may take, and some: the claim outlives it.
+        let claim = time::millis(self.notify.timeout * 2 + Duration::from_secs(5));
         self.store
             .call(move |conn| -> Result<Pass, ControlError> {
                 let has_room =
                     |load: &HashMap<String, usize>, d: &str| load.get(d).copied().unwrap_or(0) < PER_DESTINATION;
-                let rows = outbox::due(conn, now, room, |r| {
+                let mut tx = conn.transaction()?;
+                let rows = outbox::due(&mut tx, now, room, |r| {
                     if taken.contains(&r.id) || !has_room(&load, &r.destination) {
                         return false;
                     }
                     *load.entry(r.destination.clone()).or_default() += 1;
                     true
                 })?;
+                for row in &rows {
+                    outbox::claim(&mut tx, &row.id, now.saturating_add(claim))?;
+                }
                 taken.extend(rows.iter().map(|r| r.id.clone()));
                 // A destination without room wakes the loop when one of its deliveries ends.
-                let next = outbox::next_due(conn, |id, d| !taken.contains(id) && has_room(&load, d))?;
-                let depth = outbox::depth(conn)?;
+                let next = outbox::next_due(&mut tx, |id, d| !taken.contains(id) && has_room(&load, d))?;
+                let depth = outbox::depth(&mut tx)?;
+                tx.commit()?;
                 Ok(Pass { rows, next, depth })
             })
             .await

@@ -533,3 +533,46 @@ async fn the_sender_schedules_each_retry_twice_as_far_off() {
         sender.await.expect("sender ends");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_replicas_on_one_store_only_one_delivers_each_notification() {
+    let store = crate::store::testing::postgres();
+    let (addr, got) = receiver(Vec::new()).await;
+    let notifications = || NotifySettings {
+        webhooks: vec![hook(format!("http://{addr}/hook"), None)],
+        ..NotifySettings::default()
+    };
+    let a = Control::open(settings(&store, notifications()), &prometheus::Registry::new())
+        .await
+        .expect("open a");
+    let b_dir = tempfile::tempdir().expect("tempdir");
+    let mut b_settings = settings(&store, notifications());
+    b_settings.data_dir = b_dir.path().join("data");
+    let b = Control::open(b_settings, &prometheus::Registry::new())
+        .await
+        .expect("open b");
+    let shutdown = CancellationToken::new();
+    let _senders = (a.spawn_notifier(shutdown.clone()), b.spawn_notifier(shutdown.clone()));
+    let alice = add(&a, "alice").await;
+    // Requests through both replicas; each wakes its own sender, and the
+    // other's polls the shared outbox too.
+    for i in 0..6 {
+        let via = if i % 2 == 0 { &a } else { &b };
+        via.workflow
+            .create_request(alice.clone(), "orders".into(), ask())
+            .await
+            .expect("request");
+    }
+    wait_for(&got, 6).await;
+    // Both senders have looked at the outbox again since (they poll every 2 s).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let keys: Vec<String> = got
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(|r| r.header("idempotency-key").to_owned())
+        .collect();
+    let unique: BTreeSet<&String> = keys.iter().collect();
+    assert_eq!((keys.len(), unique.len()), (6, 6), "each delivered once: {keys:?}");
+    shutdown.cancel();
+}

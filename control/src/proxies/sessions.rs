@@ -13,6 +13,7 @@ use portcullis_protocol::sessions::{SessionDirectory, SessionInfo};
 use tokio::time::Instant;
 
 use crate::feed::FeedHub;
+use crate::store::Store;
 
 /// A proxy's report older than this is ignored (three missed 2 s reports, and some slack).
 pub const REPORT_TTL: Duration = Duration::from_secs(7);
@@ -20,14 +21,16 @@ pub const REPORT_TTL: Duration = Duration::from_secs(7);
 /// The latest session report of each remote proxy.
 pub(crate) struct RemoteSessions {
     reports: Mutex<BTreeMap<String, (Instant, Vec<SessionInfo>)>>,
+    store: Store,
     feed: Arc<FeedHub>,
 }
 
 impl RemoteSessions {
-    /// No reports yet; kills are published on `feed`.
-    pub(crate) fn new(feed: Arc<FeedHub>) -> RemoteSessions {
+    /// No reports yet; kills are published on `feed` (through `store` when it is shared).
+    pub(crate) fn new(store: Store, feed: Arc<FeedHub>) -> RemoteSessions {
         RemoteSessions {
             reports: Mutex::new(BTreeMap::new()),
+            store,
             feed,
         }
     }
@@ -55,10 +58,11 @@ impl SessionDirectory for RemoteSessions {
             return false;
         }
         // Every proxy sees it; only the one holding the session acts on it.
-        self.feed.publish(vec![FeedEvent::KillSession {
+        let kill = FeedEvent::KillSession {
             id: id.to_owned(),
             by: by.to_owned(),
-        }]);
+        };
+        crate::replicas::announce(&self.store, &self.feed, vec![kill]);
         true
     }
 }

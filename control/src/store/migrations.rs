@@ -227,6 +227,39 @@ CREATE TABLE outbox (
 CREATE INDEX outbox_due ON outbox(state, next_attempt_at);
 "#,
     },
+    Migration {
+        version: 4,
+        name: "the shared feed, store facts and outbox claims",
+        sql: r#"
+-- Changes proxies follow, by revision (written on a PostgreSQL store, which
+-- several replicas share; the embedded store publishes directly).
+CREATE TABLE feed (
+    revision  INTEGER PRIMARY KEY,
+    event     TEXT NOT NULL,     -- the FeedEvent as JSON
+    at        INTEGER NOT NULL
+);
+-- Facts about the store itself, e.g. the name of its feed history.
+CREATE TABLE meta (
+    key    TEXT PRIMARY KEY,
+    value  TEXT NOT NULL
+);
+-- A notification being delivered is claimed until then, so that of several
+-- replicas only one delivers it (another takes over if that one dies).
+ALTER TABLE outbox ADD COLUMN claimed_until INTEGER;
+"#,
+        postgres: r#"
+CREATE TABLE feed (
+    revision  BIGINT PRIMARY KEY,
+    event     TEXT NOT NULL,
+    at        BIGINT NOT NULL
+);
+CREATE TABLE meta (
+    key    TEXT PRIMARY KEY,
+    value  TEXT NOT NULL
+);
+ALTER TABLE outbox ADD COLUMN claimed_until BIGINT;
+"#,
+    },
 ];
 
 /// Applies every migration the store lacks; answers the versions applied now.

@@ -5,6 +5,7 @@
 //! through `db::Sql`.
 
 pub(crate) mod db;
+pub(crate) mod feed;
 pub(crate) mod grants;
 pub(crate) mod history;
 pub(crate) mod migrations;
@@ -55,6 +56,19 @@ impl Store {
             conn: Arc::new(Mutex::new(conn)),
             location: Arc::new(location.clone()),
         })
+    }
+
+    /// Whether several control replicas may share the store (PostgreSQL).
+    pub fn shared(&self) -> bool {
+        matches!(*self.location, Location::Postgres(_))
+    }
+
+    /// The PostgreSQL URL, when the store is one.
+    pub fn postgres_url(&self) -> Option<&Secret<String>> {
+        match &*self.location {
+            Location::Postgres(url) => Some(url),
+            Location::Sqlite(_) => None,
+        }
     }
 
     /// Runs `f` on the connection on a blocking thread. Whatever `f` does

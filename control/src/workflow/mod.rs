@@ -49,11 +49,10 @@ impl Workflow {
     /// Commits `tx`, then publishes its feed events while the caller still
     /// holds the store.
     pub(crate) fn commit(&self, tx: Tx<'_>, events: Vec<FeedEvent>) -> Result<(), ApiError> {
-        tx.commit()?;
+        crate::replicas::commit(tx, events, &self.feed)?;
         self.audit_wake.notify_one();
         // The commit may have queued notifications (cheap when it did not).
         self.notify.wake.notify_one();
-        self.feed.publish(events);
         self.metrics
             .feed_revision
             .set(i64::try_from(self.feed.revision()).unwrap_or(i64::MAX));

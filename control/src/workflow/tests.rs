@@ -358,3 +358,74 @@ async fn a_follower_that_subscribes_then_snapshots_misses_nothing() {
         assert_eq!(pending, truth);
     }
 }
+
+/// Waits (at most 10 s) until `c`'s feed reaches `revision`.
+async fn feed_reaches(c: &Control, revision: u64) {
+    for _ in 0..200 {
+        if c.feed().revision() >= revision {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the feed stayed at {} below {revision}", c.feed().revision());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_on_one_store_publish_one_history() {
+    let store = crate::store::testing::postgres();
+    let a = open(&store).await;
+    // The second replica has its own data dir (and no admin.token of its own).
+    let b_dir = tempfile::tempdir().expect("tempdir");
+    let mut b_settings = settings(&store);
+    b_settings.data_dir = b_dir.path().join("data");
+    let b = Control::open(b_settings, &prometheus::Registry::new())
+        .await
+        .expect("open b");
+    assert_eq!(a.feed().epoch(), b.feed().epoch(), "one history, one name");
+    let mut from_b = b.feed().subscribe();
+
+    // A change through A reaches B's feed with the same revision, and the other way round.
+    let alice = add(&a, "alice", &[]).await;
+    let carol = add(&a, "carol", &[]).await;
+    let req = b
+        .workflow
+        .create_request(alice, "bench".into(), ask(600))
+        .await
+        .expect("request through B");
+    let done = a
+        .workflow
+        .approve(carol.clone(), req.id.clone(), None)
+        .await
+        .expect("approve through A");
+    let gid = done.grant_id.expect("grant");
+    feed_reaches(&b, a.feed().revision()).await;
+    assert_eq!(a.feed().snapshot(), b.feed().snapshot());
+    let seen: Vec<FeedChange> = std::iter::from_fn(|| from_b.try_recv().ok()).collect();
+    let kinds: Vec<&str> = seen.iter().map(kind).collect();
+    assert_eq!(kinds, ["user", "user", "pending", "pending_closed", "grant"]);
+    assert!(seen.windows(2).all(|w| w[1].revision == w[0].revision + 1), "{seen:?}");
+
+    // A revoke through B: A's feed has it too, so A's proxies cut the session.
+    b.workflow
+        .revoke(carol, gid.clone(), Some("done".into()))
+        .await
+        .expect("revoke through B");
+    feed_reaches(&a, b.feed().revision()).await;
+    let g = a
+        .feed()
+        .snapshot()
+        .grants
+        .into_iter()
+        .find(|g| g.id == gid)
+        .expect("grant");
+    assert!(g.revoked.is_some(), "A's feed has the revoke");
+
+    // A replica started later resumes the same history.
+    let c_dir = tempfile::tempdir().expect("tempdir");
+    let mut c_settings = settings(&store);
+    c_settings.data_dir = c_dir.path().join("data");
+    let c = Control::open(c_settings, &prometheus::Registry::new())
+        .await
+        .expect("open c");
+    assert_eq!(c.feed().snapshot(), a.feed().snapshot());
+}
