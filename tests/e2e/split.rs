@@ -331,3 +331,60 @@ fn a_proxy_started_while_the_control_plane_is_down_says_why() {
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("no snapshot"), "{body}");
 }
+
+/// Two control replicas on one PostgreSQL store, proxy 0 following replica
+/// A first and proxy 1 replica B: a grant approved through B admits on both
+/// proxies, a revoke through A cuts the sessions on both, and with A gone
+/// approvals go on through B and reach both proxies (proxy 0 moves to B).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_on_one_store_serve_every_proxy_and_survive_losing_one() {
+    let mut split = Split::start_replicated(2, GatewayOptions::default(), "60s");
+    let (a, b) = (&split.control, &split.replicas[0]);
+    let alice = a.add_user("alice", &[], false);
+    let carol = b.add_user("carol", &[], false);
+    let (_, gid) = b.grant(&alice, &carol, "orders", None, "1h");
+    for p in &split.proxies {
+        assert!(
+            admits_within(p, "alice", &alice, "orders", Duration::from_secs(5)),
+            "a grant approved through replica B should admit on every proxy"
+        );
+    }
+
+    // A revoke through A ends the sessions on both proxies.
+    let mut sessions = Vec::new();
+    for p in &split.proxies {
+        sessions.push(connect(&p.pg_config("alice", &alice, "orders")).await.expect("connect"));
+    }
+    let cuts: Vec<_> = sessions
+        .iter()
+        .map(|s| {
+            let client = s.client.clone();
+            tokio::spawn(async move { client.simple_query("SELECT pg_sleep(30)").await.map(drop) })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    a.cli_ok(&carol, &["revoke", &gid, "--reason", "replicas e2e"]);
+    for cut in cuts {
+        let err = tokio::time::timeout(Duration::from_secs(5), cut)
+            .await
+            .expect("the revoke through A should cut the session within 5 s")
+            .expect("join")
+            .expect_err("pg_sleep(30) must not survive the revoke");
+        let message = err.as_db_error().map(|e| e.message().to_owned()).unwrap_or_default();
+        assert!(message.contains(&gid) && message.contains("revoked"), "{err:?}");
+    }
+
+    // Replica A is lost: requests and approvals go on through B, and the
+    // proxy that followed A moves to B and hears of them.
+    split.control.stop();
+    let b = &split.replicas[0];
+    let (_, again) = b.grant(&alice, &carol, "orders", None, "1h");
+    for p in &split.proxies {
+        assert!(
+            admits_within(p, "alice", &alice, "orders", Duration::from_secs(15)),
+            "a grant approved through B after A's loss should admit on every proxy"
+        );
+    }
+    let listed = b.cli_ok(&carol, &["grants", "--json"]);
+    assert!(listed.contains(&again), "{listed}");
+}

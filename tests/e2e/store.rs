@@ -9,21 +9,9 @@ use crate::harness::gateway::{Gateway, GatewayOptions, run_bounded};
 use crate::harness::pg::{pg, random_hex};
 use crate::harness::{ok, stderr};
 
-/// A fresh database in the test cluster: its name and a URL with the password.
-fn store_database() -> (String, String) {
-    let name = format!("store_{}", random_hex());
-    pg().sql("postgres", &format!("CREATE DATABASE {name}"));
-    let url = format!(
-        "postgres://postgres:{}@127.0.0.1:{}/{name}",
-        pg().superuser_password,
-        pg().port
-    );
-    (name, url)
-}
-
 #[test]
 fn the_gateway_keeps_its_data_in_postgres() {
-    let (db, url) = store_database();
+    let (db, url) = pg().new_database();
     let mut gw = Gateway::start(GatewayOptions {
         extra_yaml: "store: { postgres_env: PORTCULLIS_STORE }\n".to_owned(),
         env: vec![("PORTCULLIS_STORE".to_owned(), url)],

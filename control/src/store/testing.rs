@@ -50,13 +50,7 @@ pub(crate) fn sqlite() -> TestStore {
 
 /// An empty database in the test cluster.
 pub(crate) fn postgres() -> TestStore {
-    let pg = cluster::pg();
-    let name = format!("store_{}", cluster::random_hex());
-    pg.sql("postgres", &format!("CREATE DATABASE {name}"));
-    let url = format!(
-        "postgres://postgres:{}@127.0.0.1:{}/{name}",
-        pg.superuser_password, pg.port
-    );
+    let (_, url) = cluster::pg().new_database();
     TestStore {
         location: Location::Postgres(Secret::new(url)),
         dir: tempfile::tempdir().expect("tempdir"),

@@ -111,6 +111,12 @@ pub enum Mode {
     Serve,
     /// `portcullis control`: no proxy listeners; ready when the API answers.
     Control,
+    /// `portcullis control`, a further replica on a shared store: the first
+    /// made `admin` and holds its token; this one writes none.
+    Replica {
+        /// The first replica's admin token.
+        admin_token: String,
+    },
     /// `portcullis proxy --control URL`: `api_port` is its health listener
     /// (`proxy.listen`); ready when `/readyz` answers 200.
     Proxy {
@@ -292,7 +298,7 @@ impl Gateway {
     fn wait_ready(&mut self) -> Result<(), String> {
         match self.mode {
             Mode::Serve => self.wait_serve_ready(),
-            Mode::Control | Mode::Proxy { .. } => self.wait_split_ready(),
+            Mode::Control | Mode::Replica { .. } | Mode::Proxy { .. } => self.wait_split_ready(),
         }
     }
 
@@ -300,7 +306,7 @@ impl Gateway {
     /// `/readyz` says ready (the feed's snapshot is applied) and the Postgres port accepts.
     fn wait_split_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + START_TIMEOUT;
-        let control = self.mode == Mode::Control;
+        let control = matches!(self.mode, Mode::Control | Mode::Replica { .. });
         let token_path = self.data_dir.join("admin.token");
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -310,7 +316,10 @@ impl Gateway {
                 ));
             }
             let ready = if control {
-                let token = std::fs::read_to_string(&token_path).unwrap_or_default();
+                let token = match &self.mode {
+                    Mode::Replica { admin_token } => admin_token.clone(),
+                    _ => std::fs::read_to_string(&token_path).unwrap_or_default(),
+                };
                 let ok =
                     matches!(self.try_http("GET", "/healthz", None, None), Ok((200, _))) && !token.trim().is_empty();
                 if ok {
@@ -338,7 +347,7 @@ impl Gateway {
     fn mode_name(&self) -> &'static str {
         match self.mode {
             Mode::Serve => "serve",
-            Mode::Control => "control",
+            Mode::Control | Mode::Replica { .. } => "control",
             Mode::Proxy { .. } => "proxy",
         }
     }
@@ -615,7 +624,7 @@ fn spawn_process(
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_portcullis"));
     match mode {
         Mode::Serve => cmd.arg("serve"),
-        Mode::Control => cmd.arg("control"),
+        Mode::Control | Mode::Replica { .. } => cmd.arg("control"),
         Mode::Proxy { control, token, .. } => cmd
             .arg("proxy")
             .arg("--control")

@@ -84,6 +84,18 @@ impl Pg {
         ]
     }
 
+    /// A new empty database (e.g. a control plane's store): its name, and a
+    /// URL that reaches it as the superuser over TCP.
+    pub fn new_database(&self) -> (String, String) {
+        let name = format!("store_{}", random_hex());
+        self.sql("postgres", &format!("CREATE DATABASE {name}"));
+        let url = format!(
+            "postgres://postgres:{}@127.0.0.1:{}/{name}",
+            self.superuser_password, self.port
+        );
+        (name, url)
+    }
+
     /// Runs SQL as the superuser over the unix socket; answers unaligned tuples.
     pub fn sql(&self, db: &str, sql: &str) -> String {
         let out = Command::new("psql")
