@@ -199,6 +199,6 @@ fn open_blocking(
         store.with_blocking(|conn| notify::outbox::release_all(conn).map_err(ControlError::from))?;
     }
     let feed = store.with_blocking(replicas::load_hub)?;
-    let audit = AuditLog::open_blocking(data_dir)?;
+    let audit = AuditLog::open_in(data_dir, postgres)?;
     Ok((store, feed, audit))
 }

@@ -374,6 +374,29 @@ async fn replicas_on_one_store_serve_every_proxy_and_survive_losing_one() {
         assert!(message.contains(&gid) && message.contains("revoked"), "{err:?}");
     }
 
+    // Each proxy shipped its sessions' events to the replica it follows;
+    // both land in the one log of the store, which B reads and verifies.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let ended = loop {
+        let out = b.cli_ok(&b.admin_token, &["audit", "--action", "session.end", "--json"]);
+        let events: Vec<Value> = serde_json::from_str(&out).expect("audit JSON");
+        let cut: Vec<Value> = events
+            .into_iter()
+            .filter(|e| e["grant_id"] == gid.as_str() && e["detail"]["ended"] == "revoked")
+            .collect();
+        if cut.len() >= 2 || Instant::now() > deadline {
+            break cut;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert_eq!(
+        ended.len(),
+        2,
+        "one session.end per proxy, through either replica: {ended:?}"
+    );
+    let verdict = b.cli_ok(&b.admin_token, &["audit", "verify"]);
+    assert!(verdict.contains("intact"), "{verdict}");
+
     // Replica A is lost: requests and approvals go on through B, and the
     // proxy that followed A moves to B and hears of them.
     split.control.stop();

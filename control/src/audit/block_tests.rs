@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 
 use portcullis_protocol::audit::block::BlockBuilder;
 use portcullis_protocol::audit::{AuditEvent, ChainBreak};
-use rusqlite::Connection;
 
-use super::{AuditLog, FILE, Search, Verdict};
+use super::{AuditLog, Search, Verdict};
+use crate::store::testing::{TestStore, tamper};
 
 const T0: i64 = 1_700_000_000_000;
 
@@ -32,9 +32,17 @@ fn block(id: &str, at: i64, texts: &[&str]) -> AuditEvent {
 }
 
 /// start, 5 statements, a plain event, 3 statements, end: 11 events in 5 rows.
-async fn mixed() -> (tempfile::TempDir, AuditLog) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let log = AuditLog::open_blocking(dir.path()).expect("open");
+async fn mixed() -> Vec<(TestStore, AuditLog)> {
+    let mut logs = Vec::new();
+    for at in crate::store::testing::stores() {
+        let log = crate::store::testing::audit_log(&at).await;
+        fill(&log).await;
+        logs.push((at, log));
+    }
+    logs
+}
+
+async fn fill(log: &AuditLog) {
     let rows = vec![
         session_event("evt_start", "session.start", T0),
         block(
@@ -53,7 +61,6 @@ async fn mixed() -> (tempfile::TempDir, AuditLog) {
     assert_eq!(log.append(rows.clone()).await.expect("append"), 11);
     // Sent again (at least once): nothing new.
     assert_eq!(log.append(rows).await.expect("append"), 0);
-    (dir, log)
 }
 
 fn ids(found: &[(u64, AuditEvent)]) -> Vec<(u64, String)> {
@@ -62,155 +69,164 @@ fn ids(found: &[(u64, AuditEvent)]) -> Vec<(u64, String)> {
 
 #[tokio::test]
 async fn statements_read_apart_with_their_own_numbers_and_the_session_fields() {
-    let (_dir, log) = mixed().await;
-    assert_eq!(
-        log.verify().await.expect("verify"),
-        Verdict {
-            events: 11,
-            checked: 11,
-            broken: None
-        }
-    );
-    let all = log
-        .search(Search {
-            limit: 100,
-            ..Search::default()
-        })
-        .await
-        .expect("search");
-    let seqs: Vec<u64> = all.iter().map(|(s, _)| *s).collect();
-    assert_eq!(seqs, (1..=11).collect::<Vec<_>>());
-    let (_, third) = &all[3];
-    assert_eq!(
-        (
-            third.id.as_str(),
-            third.action.as_str(),
-            third.at,
-            third.detail["text"].as_str()
-        ),
-        ("evt_b1_2", "statement", T0 + 12, "SELECT 'it''s \"x\"'")
-    );
-    assert_eq!(
-        (
-            third.session_id.as_deref(),
-            third.reason.as_deref(),
-            third.detail["protocol"].as_str()
-        ),
-        (Some("ses_1"), Some("INC-7"), "postgres")
-    );
+    for (_at, log) in mixed().await {
+        assert_eq!(
+            log.verify().await.expect("verify"),
+            Verdict {
+                events: 11,
+                checked: 11,
+                broken: None
+            }
+        );
+        let all = log
+            .search(Search {
+                limit: 100,
+                ..Search::default()
+            })
+            .await
+            .expect("search");
+        let seqs: Vec<u64> = all.iter().map(|(s, _)| *s).collect();
+        assert_eq!(seqs, (1..=11).collect::<Vec<_>>());
+        let (_, third) = &all[3];
+        assert_eq!(
+            (
+                third.id.as_str(),
+                third.action.as_str(),
+                third.at,
+                third.detail["text"].as_str()
+            ),
+            ("evt_b1_2", "statement", T0 + 12, "SELECT 'it''s \"x\"'")
+        );
+        assert_eq!(
+            (
+                third.session_id.as_deref(),
+                third.reason.as_deref(),
+                third.detail["protocol"].as_str()
+            ),
+            (Some("ses_1"), Some("INC-7"), "postgres")
+        );
 
-    let statements = log
-        .search(Search {
-            action: Some("statement".into()),
-            newest_first: true,
-            limit: 100,
-            ..Search::default()
-        })
-        .await
-        .expect("search");
-    let seqs: Vec<u64> = statements.iter().map(|(s, _)| *s).collect();
-    assert_eq!(seqs, [10, 9, 8, 6, 5, 4, 3, 2]);
-    assert!(statements.iter().all(|(_, e)| e.action == "statement"));
+        let statements = log
+            .search(Search {
+                action: Some("statement".into()),
+                newest_first: true,
+                limit: 100,
+                ..Search::default()
+            })
+            .await
+            .expect("search");
+        let seqs: Vec<u64> = statements.iter().map(|(s, _)| *s).collect();
+        assert_eq!(seqs, [10, 9, 8, 6, 5, 4, 3, 2]);
+        assert!(statements.iter().all(|(_, e)| e.action == "statement"));
+    }
 }
 
 #[tokio::test]
 async fn paging_walks_into_and_out_of_blocks_in_both_orders() {
-    let (_dir, log) = mixed().await;
-    for newest_first in [false, true] {
-        let mut seen = Vec::new();
-        let mut after = None;
-        loop {
-            let page = log
-                .search(Search {
-                    newest_first,
-                    after,
-                    limit: 3,
-                    ..Search::default()
-                })
-                .await
-                .expect("search");
-            seen.extend(ids(&page));
-            match page.last() {
-                Some((seq, _)) if page.len() == 3 => after = Some(*seq),
-                _ => break,
+    for (_at, log) in mixed().await {
+        for newest_first in [false, true] {
+            let mut seen = Vec::new();
+            let mut after = None;
+            loop {
+                let page = log
+                    .search(Search {
+                        newest_first,
+                        after,
+                        limit: 3,
+                        ..Search::default()
+                    })
+                    .await
+                    .expect("search");
+                seen.extend(ids(&page));
+                match page.last() {
+                    Some((seq, _)) if page.len() == 3 => after = Some(*seq),
+                    _ => break,
+                }
             }
+            let mut expected: Vec<u64> = (1..=11).collect();
+            if newest_first {
+                expected.reverse();
+            }
+            assert_eq!(
+                seen.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+                expected,
+                "newest first: {newest_first}"
+            );
         }
-        let mut expected: Vec<u64> = (1..=11).collect();
-        if newest_first {
-            expected.reverse();
-        }
-        assert_eq!(
-            seen.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
-            expected,
-            "newest first: {newest_first}"
-        );
     }
 }
 
 #[tokio::test]
 async fn text_and_time_find_single_statements_inside_blocks() {
-    let (_dir, log) = mixed().await;
-    let grep = |text: &str| Search {
-        grep: Some(text.into()),
-        limit: 100,
-        ..Search::default()
-    };
-    let found = log.search(grep("update T")).await.expect("search");
-    assert_eq!(ids(&found), [(8, "evt_b2_0".to_owned())]);
-    // Quotes are escaped twice in a block's row: still found, once.
-    let found = log.search(grep("'it''s \"x\"'")).await.expect("search");
-    assert_eq!(ids(&found), [(4, "evt_b1_2".to_owned())]);
-    // And in any other event's detail.
-    let found = log.search(grep("GRANT \"g1\"")).await.expect("search");
-    assert_eq!(ids(&found), [(7, "evt_notice".to_owned())]);
-
-    let found = log
-        .search(Search {
-            since: Some(T0 + 11),
-            until: Some(T0 + 13),
+    for (_at, log) in mixed().await {
+        let grep = |text: &str| Search {
+            grep: Some(text.into()),
             limit: 100,
             ..Search::default()
-        })
-        .await
-        .expect("search");
-    assert_eq!(ids(&found), [(3, "evt_b1_1".to_owned()), (4, "evt_b1_2".to_owned())]);
+        };
+        let found = log.search(grep("update T")).await.expect("search");
+        assert_eq!(ids(&found), [(8, "evt_b2_0".to_owned())]);
+        // Quotes are escaped twice in a block's row: still found, once.
+        let found = log.search(grep("'it''s \"x\"'")).await.expect("search");
+        assert_eq!(ids(&found), [(4, "evt_b1_2".to_owned())]);
+        // And in any other event's detail.
+        let found = log.search(grep("GRANT \"g1\"")).await.expect("search");
+        assert_eq!(ids(&found), [(7, "evt_notice".to_owned())]);
+
+        let found = log
+            .search(Search {
+                since: Some(T0 + 11),
+                until: Some(T0 + 13),
+                limit: 100,
+                ..Search::default()
+            })
+            .await
+            .expect("search");
+        assert_eq!(ids(&found), [(3, "evt_b1_1".to_owned()), (4, "evt_b1_2".to_owned())]);
+    }
 }
 
 #[tokio::test]
 async fn an_edited_statement_or_a_deleted_block_breaks_the_chain() {
-    let (dir, log) = mixed().await;
-    let conn = Connection::open(dir.path().join(FILE)).expect("open the file");
-    conn.execute_batch("UPDATE events SET body = replace(body, 'SELECT 7', 'SELECT 0') WHERE seq = 8")
-        .expect("tamper");
-    assert!(matches!(
-        log.verify().await.expect("verify").broken,
-        Some(ChainBreak::Edited { seq: 8, .. })
-    ));
-
-    let (dir, log) = mixed().await;
-    let conn = Connection::open(dir.path().join(FILE)).expect("open the file");
-    conn.execute_batch("DELETE FROM events WHERE seq = 2").expect("tamper");
-    assert_eq!(
-        log.verify().await.expect("verify").broken,
-        Some(ChainBreak::Missing { expected: 2, found: 7 })
-    );
+    for (at, log) in mixed().await {
+        tamper(
+            &at,
+            "UPDATE events SET body = replace(body, 'SELECT 7', 'SELECT 0') WHERE seq = 8",
+        );
+        assert!(
+            matches!(
+                log.verify().await.expect("verify").broken,
+                Some(ChainBreak::Edited { seq: 8, .. })
+            ),
+            "{at:?}"
+        );
+    }
+    for (at, log) in mixed().await {
+        tamper(&at, "DELETE FROM events WHERE seq = 2");
+        assert_eq!(
+            log.verify().await.expect("verify").broken,
+            Some(ChainBreak::Missing { expected: 2, found: 7 }),
+            "{at:?}"
+        );
+    }
 }
 
 #[tokio::test]
 async fn a_reader_on_its_own_connection_sees_what_is_written_later() {
     // As a test or a tool reading audit.db beside a running gateway: it
     // polls, and every poll must see what was committed since.
-    let (dir, writer) = mixed().await;
-    let reader = AuditLog::open_blocking(dir.path()).expect("a second connection");
-    let statements = || Search {
-        action: Some("statement".into()),
-        limit: 100,
-        ..Search::default()
-    };
-    assert_eq!(reader.search(statements()).await.expect("search").len(), 8);
-    writer
-        .append(vec![block("evt_b3", T0 + 400, &["SELECT 9"])])
-        .await
-        .expect("append");
-    assert_eq!(reader.search(statements()).await.expect("search").len(), 9);
+    for (at, writer) in mixed().await {
+        let reader = crate::store::testing::audit_log(&at).await;
+        let statements = || Search {
+            action: Some("statement".into()),
+            limit: 100,
+            ..Search::default()
+        };
+        assert_eq!(reader.search(statements()).await.expect("search").len(), 8);
+        writer
+            .append(vec![block("evt_b3", T0 + 400, &["SELECT 9"])])
+            .await
+            .expect("append");
+        assert_eq!(reader.search(statements()).await.expect("search").len(), 9);
+    }
 }

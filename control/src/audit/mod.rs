@@ -1,8 +1,10 @@
 //! The audit log: every event the proxy and the workflow report, kept as a
 //! keyed chain (`portcullis_protocol::audit`) in its own SQLite file,
 //! `DATA_DIR/audit.db`, so the append-heavy audit table never waits behind
-//! the workflow's writes. The chain key lives beside it in
-//! `DATA_DIR/audit.key` (mode 0600), outside the database.
+//! the workflow's writes; or, on a PostgreSQL store, in the store's
+//! database, which every control replica appends to. The chain key lives in
+//! `DATA_DIR/audit.key` (mode 0600), outside the database; every replica of
+//! a shared store must be given the same one.
 //!
 //! The proxy's events reach the log through a bounded queue drained by
 //! [`spawn_writer`]: a full queue slows the sender down; nothing is dropped.
@@ -18,10 +20,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use portcullis_protocol::audit::{AuditEvent, ChainBreak};
-use rusqlite::Connection;
+use portcullis_protocol::secret::Secret;
+use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use crate::metrics::AuditMetrics;
+use crate::store::{Conn, DbError};
 
 pub(crate) use store::Cursor;
 pub use store::{Scope, Search, SessionRecord, SessionSearch};
@@ -44,9 +48,14 @@ pub enum AuditError {
         /// What went wrong.
         detail: String,
     },
-    /// SQLite said no.
+    /// The database said no.
     #[error("audit log: {0}")]
-    Sql(#[from] rusqlite::Error),
+    Sql(#[from] DbError),
+    /// This replica's chain key is not the one the shared log was started with.
+    #[error(
+        "audit log: DATA_DIR/audit.key is not the key this store's audit log is chained with; give every control replica the same audit.key"
+    )]
+    OtherKey,
     /// A stored row that does not decode.
     #[error("audit log: event {seq} is unreadable: {detail}")]
     Corrupt {
@@ -58,6 +67,12 @@ pub enum AuditError {
     /// The blocking task died.
     #[error("audit log task failed: {0}")]
     Task(String),
+}
+
+impl From<rusqlite::Error> for AuditError {
+    fn from(e: rusqlite::Error) -> Self {
+        AuditError::Sql(e.into())
+    }
 }
 
 /// What `verify` found.
@@ -74,8 +89,10 @@ pub struct Verdict {
 /// The audit log; cheap to clone.
 #[derive(Clone)]
 pub struct AuditLog {
-    conn: Arc<Mutex<Connection>>,
+    conn: Arc<Mutex<Conn>>,
     key: Arc<[u8; 32]>,
+    /// The PostgreSQL store's URL, to connect again when the connection broke.
+    postgres: Option<Arc<Secret<String>>>,
     metrics: Option<AuditMetrics>,
 }
 
@@ -98,13 +115,23 @@ impl Source {
 }
 
 impl AuditLog {
-    /// Opens (creating if needed) the log and its key in `data_dir`. Blocking.
+    /// Opens (creating if needed) the log in `data_dir` and its key there. Blocking.
     pub fn open_blocking(data_dir: &Path) -> Result<AuditLog, AuditError> {
+        AuditLog::open_in(data_dir, None)
+    }
+
+    /// Opens (creating if needed) the log in the PostgreSQL store at
+    /// `postgres`, or else in `data_dir`; its key is in `data_dir`. Blocking.
+    pub(crate) fn open_in(data_dir: &Path, postgres: Option<&Secret<String>>) -> Result<AuditLog, AuditError> {
         let key = key::load_or_create(&data_dir.join(key::FILE))?;
-        let conn = store::open(&data_dir.join(FILE))?;
+        let conn = match postgres {
+            Some(url) => store::open_postgres(url.expose(), &key_check(&key))?,
+            None => store::open(&data_dir.join(FILE))?,
+        };
         Ok(AuditLog {
             conn: Arc::new(Mutex::new(conn)),
             key: Arc::new(key),
+            postgres: postgres.map(|u| Arc::new(u.clone())),
             metrics: None,
         })
     }
@@ -115,14 +142,20 @@ impl AuditLog {
         self
     }
 
-    fn with<T>(&self, f: impl FnOnce(&mut Connection, &[u8; 32]) -> T) -> T {
+    /// Runs `f` on the connection; a PostgreSQL connection that broke is made again first.
+    fn with<T>(&self, f: impl FnOnce(&mut Conn, &[u8; 32]) -> Result<T, AuditError>) -> Result<T, AuditError> {
         let mut conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
+        if let (Conn::Postgres(pg), Some(url)) = (&*conn, &self.postgres)
+            && pg.is_closed()
+        {
+            *conn = store::open_postgres(url.expose(), &key_check(&self.key))?;
+        }
         f(&mut conn, &self.key)
     }
 
     async fn blocking<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut Connection, &[u8; 32]) -> Result<T, AuditError> + Send + 'static,
+        f: impl FnOnce(&mut Conn, &[u8; 32]) -> Result<T, AuditError> + Send + 'static,
     ) -> Result<T, AuditError> {
         let log = self.clone();
         tokio::task::spawn_blocking(move || log.with(f))
@@ -179,6 +212,16 @@ impl AuditLog {
     pub async fn sessions(&self, search: SessionSearch) -> Result<Vec<SessionRecord>, AuditError> {
         self.blocking(move |conn, _| store::sessions(conn, &search)).await
     }
+}
+
+/// A digest that tells whether two replicas hold the same chain key, and
+/// nothing about the key.
+fn key_check(key: &[u8; 32]) -> String {
+    let digest = Sha256::new()
+        .chain_update(b"portcullis audit key check\0")
+        .chain_update(key)
+        .finalize();
+    crate::ids::hex(&digest[..16])
 }
 
 /// Starts the writer: a thread of its own that drains `queue` into `log` in

@@ -1,16 +1,23 @@
-//! The audit log's SQLite file: one table of chained events, indexes for
-//! the searches the API and CLI offer.
+//! The audit log's tables: one of chained events, indexes for the searches
+//! the API and CLI offer. In a SQLite file of its own beside the embedded
+//! store, or in the PostgreSQL store's database, which every control replica
+//! appends to (one at a time: each append holds `AUDIT_LOCK`).
 
 use std::collections::BTreeMap;
+use std::ops::ControlFlow;
 use std::path::Path;
 use std::time::Duration;
 
 use portcullis_protocol::audit::block::{self, BLOCK, LIST, STATEMENT, expand, span};
 use portcullis_protocol::audit::{AuditEvent, ChainCheck, GENESIS, link};
 use portcullis_protocol::feed::UnixMillis;
-use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::{AuditError, Verdict};
+use crate::store::db::{Conn, Engine, PgConn, Value};
+use crate::store::{Row, Sql, args};
+
+/// The PostgreSQL advisory lock appends hold: the chain grows one batch at a time.
+const AUDIT_LOCK: i64 = 0x6175_6469_745f_6c6f; // "audit_lo"
 
 /// The schema, one step per version; a file gets the steps it lacks.
 const SCHEMA: &[&str] = &[
@@ -60,6 +67,40 @@ CREATE INDEX events_session_action ON events (session_id, action, seq);
      ALTER TABLE events ADD COLUMN body TEXT;",
 ];
 
+/// The same schema for PostgreSQL, as it stands after every step above:
+/// the audit log's first version there.
+const POSTGRES: &str = "
+CREATE TABLE events (
+    seq        BIGINT PRIMARY KEY,
+    id         TEXT NOT NULL UNIQUE,
+    at         BIGINT NOT NULL,
+    action     TEXT NOT NULL,
+    user_name  TEXT NOT NULL,
+    resource   TEXT,
+    role       TEXT,
+    session_id TEXT,
+    grant_id   TEXT,
+    request_id TEXT,
+    reason     TEXT,
+    approvers  TEXT NOT NULL,
+    detail     TEXT NOT NULL,
+    prev       BYTEA NOT NULL,
+    hash       BYTEA NOT NULL,
+    span       BIGINT NOT NULL DEFAULT 1,
+    body       TEXT
+);
+CREATE INDEX events_at ON events (at);
+CREATE INDEX events_user ON events (user_name, at);
+CREATE INDEX events_resource ON events (resource, at);
+CREATE INDEX events_action ON events (action, seq);
+CREATE INDEX events_session_action ON events (session_id, action, seq);
+CREATE TABLE shipped (
+    source   TEXT PRIMARY KEY,
+    position BIGINT NOT NULL,
+    last_id  TEXT NOT NULL
+);
+";
+
 const COLUMNS: &str = "seq, id, at, action, user_name, resource, role, session_id, grant_id, request_id, reason, approvers, detail, prev, hash, span, body";
 
 /// What to look for; every field narrows the search.
@@ -87,8 +128,9 @@ pub struct Search {
     pub limit: usize,
 }
 
-pub(super) fn open(path: &Path) -> Result<Connection, AuditError> {
-    let conn = Connection::open(path)?;
+/// Opens (creating or upgrading) the log in the SQLite file at `path`.
+pub(super) fn open(path: &Path) -> Result<Conn, AuditError> {
+    let conn = rusqlite::Connection::open(path)?;
     conn.busy_timeout(Duration::from_secs(5))?;
     // A 32 MiB page cache (SQLite's default is 2 MiB): with statement audit
     // the writer inserts tens of thousands of rows a second, and benches/
@@ -103,6 +145,29 @@ pub(super) fn open(path: &Path) -> Result<Connection, AuditError> {
         let next = done + 1;
         conn.execute_batch(&format!("BEGIN; {step} PRAGMA user_version = {next}; COMMIT;"))?;
     }
+    Ok(Conn::Sqlite(conn))
+}
+
+/// Opens (creating if needed) the log in the PostgreSQL database at `url`.
+/// Replicas starting together create it once, and each must hold the key
+/// its chain was started with (`key_check` tells, without telling the key).
+pub(super) fn open_postgres(url: &str, key_check: &str) -> Result<Conn, AuditError> {
+    let mut conn = Conn::Postgres(PgConn::connect(url)?);
+    let mut tx = conn.transaction_locked(AUDIT_LOCK)?;
+    tx.batch("CREATE TABLE IF NOT EXISTS audit_schema (version BIGINT NOT NULL, key_check TEXT NOT NULL)")?;
+    let found = tx.query_opt("SELECT version, key_check FROM audit_schema", &[])?;
+    match found {
+        None => {
+            tx.batch(POSTGRES)?;
+            tx.execute(
+                "INSERT INTO audit_schema (version, key_check) VALUES (1, ?1)",
+                args![key_check],
+            )?;
+        }
+        Some(r) if r.get::<String>(1)? != key_check => return Err(AuditError::OtherKey),
+        Some(_) => {}
+    }
+    tx.commit()?;
     Ok(conn)
 }
 
@@ -117,19 +182,14 @@ pub(crate) struct Cursor {
 }
 
 /// Where `source`'s shipper stands; `None` before its first shipment.
-pub(super) fn cursor(conn: &Connection, source: &str) -> Result<Option<Cursor>, AuditError> {
-    Ok(conn
-        .query_row(
-            "SELECT position, last_id FROM shipped WHERE source = ?1",
-            [source],
-            |r| {
-                Ok(Cursor {
-                    position: r.get(0)?,
-                    last_id: r.get(1)?,
-                })
-            },
-        )
-        .optional()?)
+pub(super) fn cursor(db: &mut dyn Sql, source: &str) -> Result<Option<Cursor>, AuditError> {
+    let Some(r) = db.query_opt("SELECT position, last_id FROM shipped WHERE source = ?1", args![source])? else {
+        return Ok(None);
+    };
+    Ok(Some(Cursor {
+        position: r.get(0)?,
+        last_id: r.get(1)?,
+    }))
 }
 
 /// Appends the events not stored yet (by id) to the chain and, in the same
@@ -137,68 +197,66 @@ pub(super) fn cursor(conn: &Connection, source: &str) -> Result<Option<Cursor>, 
 /// for each event that was new, its time and how many events it holds (a
 /// block of statements more than one).
 pub(super) fn append(
-    conn: &mut Connection,
+    conn: &mut Conn,
     key: &[u8; 32],
     events: &[AuditEvent],
     shipped: Option<(&str, &Cursor)>,
 ) -> Result<Vec<(UnixMillis, u64)>, AuditError> {
-    let tx = conn.transaction()?;
+    let mut tx = conn.transaction_locked(AUDIT_LOCK)?;
     let last: Option<(i64, i64, Vec<u8>)> = tx
-        .query_row(
-            "SELECT seq, span, hash FROM events ORDER BY seq DESC LIMIT 1",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
-        .optional()?;
+        .query_opt("SELECT seq, span, hash FROM events ORDER BY seq DESC LIMIT 1", &[])?
+        .map(|r| Ok::<_, crate::store::DbError>((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .transpose()?;
     // `next` is the number the next event takes: a block takes one per statement.
     let (mut next, mut prev) = match last {
         Some((seq, span, hash)) => (seq_of(seq) + seq_of(span).max(1), to_hash(seq_of(seq), &hash)?),
         None => (1u64, GENESIS),
     };
     let mut new = Vec::new();
-    {
-        // At least once from the sender, exactly once here: a known id is
-        // not inserted (and then takes no place in the chain). One probe of
-        // the id index, not a lookup and then an insert.
-        let mut insert = tx.prepare_cached(&format!(
-            "INSERT INTO events ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)
-             ON CONFLICT (id) DO NOTHING"
-        ))?;
-        for e in events {
-            let hash = link(key, next, &prev, e);
-            let approvers = serde_json::to_string(&e.approvers).unwrap_or_else(|_| "[]".into());
-            let (detail, body) = split_body(e);
-            let inserted = insert.execute(params![
-                next as i64,
-                e.id,
+    // At least once from the sender, exactly once here: a known id is
+    // not inserted (and then takes no place in the chain). One probe of
+    // the id index, not a lookup and then an insert.
+    let insert = format!(
+        "INSERT INTO events ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)
+         ON CONFLICT (id) DO NOTHING"
+    );
+    for e in events {
+        let hash = link(key, next, &prev, e);
+        let approvers = serde_json::to_string(&e.approvers).unwrap_or_else(|_| "[]".into());
+        let (detail, body) = split_body(e);
+        let inserted = tx.execute(
+            &insert,
+            args![
+                next,
+                &e.id,
                 e.at,
-                e.action,
-                e.user,
-                e.resource,
-                e.role,
-                e.session_id,
-                e.grant_id,
-                e.request_id,
-                e.reason,
+                &e.action,
+                &e.user,
+                &e.resource,
+                &e.role,
+                &e.session_id,
+                &e.grant_id,
+                &e.request_id,
+                &e.reason,
                 approvers,
                 detail,
                 &prev[..],
                 &hash[..],
-                span(e) as i64,
+                span(e),
                 body,
-            ])?;
-            if inserted == 1 {
-                next += span(e);
-                prev = hash;
-                new.push((e.at, span(e)));
-            }
+            ],
+        )?;
+        if inserted == 1 {
+            next += span(e);
+            prev = hash;
+            new.push((e.at, span(e)));
         }
     }
     if let Some((source, cursor)) = shipped {
         tx.execute(
             "INSERT INTO shipped (source, position, last_id) VALUES (?1, ?2, ?3)
              ON CONFLICT (source) DO UPDATE SET position = excluded.position, last_id = excluded.last_id",
-            params![source, cursor.position, cursor.last_id],
+            args![source, cursor.position, &cursor.last_id],
         )?;
     }
     tx.commit()?;
@@ -232,17 +290,17 @@ fn to_hash(seq: u64, bytes: &[u8]) -> Result<[u8; 32], AuditError> {
 /// A stored row: sequence number, event, previous link, own link.
 type Stored = (u64, AuditEvent, Vec<u8>, Vec<u8>);
 
-fn row(r: &Row<'_>) -> rusqlite::Result<Stored> {
+fn row(r: &Row) -> Result<Stored, crate::store::DbError> {
     row_at(r, 0)
 }
 
 /// The row whose `COLUMNS` start at column `base` (a join puts two side by side).
-fn row_at(r: &Row<'_>, base: usize) -> rusqlite::Result<Stored> {
+fn row_at(r: &Row, base: usize) -> Result<Stored, crate::store::DbError> {
     let seq = seq_of(r.get(base)?);
-    let json = |i: usize| -> rusqlite::Result<String> { r.get(base + i) };
+    let json = |i: usize| -> Result<String, crate::store::DbError> { r.get(base + i) };
     let approvers: Vec<String> = serde_json::from_str(&json(11)?).unwrap_or_default();
     let mut detail: BTreeMap<String, String> = serde_json::from_str(&json(12)?).unwrap_or_default();
-    if let Some(body) = r.get::<_, Option<String>>(base + 16)? {
+    if let Some(body) = r.get::<Option<String>>(base + 16)? {
         detail.insert(LIST.to_owned(), body);
     }
     let event = AuditEvent {
@@ -271,29 +329,41 @@ fn columns_of(alias: &str) -> String {
         .join(", ")
 }
 
-pub(super) fn verify(conn: &mut Connection, key: &[u8; 32]) -> Result<Verdict, AuditError> {
-    // One read transaction: the count and the walk see the same events.
-    let tx = conn.transaction()?;
-    let events: i64 = tx.query_row("SELECT COALESCE(SUM(span), 0) FROM events", [], |r| r.get(0))?;
+pub(super) fn verify(conn: &mut Conn, key: &[u8; 32]) -> Result<Verdict, AuditError> {
+    // One transaction, holding off appends: the count and the walk see the same events.
+    let mut tx = conn.transaction_locked(AUDIT_LOCK)?;
+    let events: i64 = tx
+        .query_one("SELECT CAST(COALESCE(SUM(span), 0) AS BIGINT) FROM events", &[])?
+        .get(0)?;
     let events = u64::try_from(events).unwrap_or(0);
     let mut check = ChainCheck::new(key);
-    let mut stmt = tx.prepare(&format!("SELECT {COLUMNS} FROM events ORDER BY seq"))?;
-    let mut rows = stmt.query([])?;
-    while let Some(r) = rows.next()? {
-        let (seq, event, prev, hash) = row(r)?;
-        let checked = check.next(seq, &event, &to_hash(seq, &prev)?, &to_hash(seq, &hash)?);
-        if let Err(broken) = checked {
-            return Ok(Verdict {
-                events,
-                checked: check.checked(),
-                broken: Some(broken),
-            });
+    let mut broken = None;
+    let mut failed = None;
+    tx.each(&format!("SELECT {COLUMNS} FROM events ORDER BY seq"), &[], &mut |r| {
+        let (seq, event, prev, hash) = row(&r)?;
+        let links = to_hash(seq, &prev).and_then(|p| Ok((p, to_hash(seq, &hash)?)));
+        let (prev, hash) = match links {
+            Ok(links) => links,
+            Err(e) => {
+                failed = Some(e);
+                return Ok(ControlFlow::Break(()));
+            }
+        };
+        match check.next(seq, &event, &prev, &hash) {
+            Ok(()) => Ok(ControlFlow::Continue(())),
+            Err(b) => {
+                broken = Some(b);
+                Ok(ControlFlow::Break(()))
+            }
         }
+    })?;
+    if let Some(e) = failed {
+        return Err(e);
     }
     Ok(Verdict {
         events,
         checked: check.checked(),
-        broken: None,
+        broken,
     })
 }
 
@@ -302,10 +372,15 @@ const GREPPED: &str = "detail || ' ' || coalesce(body, '') || ' ' || coalesce(re
     coalesce(resource, '') || ' ' || coalesce(role, '') || ' ' || coalesce(session_id, '') || ' ' || \
     coalesce(grant_id, '') || ' ' || coalesce(request_id, '') || ' ' || approvers";
 
-pub(super) fn search(conn: &mut Connection, s: &Search) -> Result<Vec<(u64, AuditEvent)>, AuditError> {
+pub(super) fn search(conn: &mut dyn Sql, s: &Search) -> Result<Vec<(u64, AuditEvent)>, AuditError> {
+    // Where `needle` is in `haystack`, 0 if nowhere.
+    let position = match conn.engine() {
+        Engine::Sqlite => "instr",
+        Engine::Postgres => "strpos",
+    };
     let mut clauses: Vec<String> = Vec::new();
-    let mut values: Vec<rusqlite::types::Value> = Vec::new();
-    let mut filter = |clause: &str, value: rusqlite::types::Value| {
+    let mut values: Vec<Value> = Vec::new();
+    let mut filter = |clause: &str, value: Value| {
         values.push(value);
         clauses.push(clause.replace('?', &format!("?{}", values.len())));
     };
@@ -338,13 +413,16 @@ pub(super) fn search(conn: &mut Connection, s: &Search) -> Result<Vec<(u64, Audi
         // `detail`, `body` and `approvers`).
         let json = escaped(text);
         if json == *text {
-            filter(&format!("instr(lower({GREPPED}), lower(?)) > 0"), text.clone().into());
+            filter(
+                &format!("{position}(lower({GREPPED}), lower(?)) > 0"),
+                text.clone().into(),
+            );
         } else {
             values.push(text.clone().into());
             values.push(json.into());
             let (raw, json) = (values.len() - 1, values.len());
             clauses.push(format!(
-                "(instr(lower({GREPPED}), lower(?{raw})) > 0 OR instr(lower({GREPPED}), lower(?{json})) > 0)"
+                "({position}(lower({GREPPED}), lower(?{raw})) > 0 OR {position}(lower({GREPPED}), lower(?{json})) > 0)"
             ));
         }
     }
@@ -376,10 +454,10 @@ pub(super) fn search(conn: &mut Connection, s: &Search) -> Result<Vec<(u64, Audi
             " ORDER BY seq"
         });
         sql.push_str(&format!(" LIMIT {limit}"));
-        let mut stmt = conn.prepare(&sql)?;
-        let rows = stmt
-            .query_map(rusqlite::params_from_iter(page_values), row)?
-            .map(|r| r.map(|(seq, e, _, _)| (seq, e)))
+        let rows = conn
+            .query(&sql, &page_values)?
+            .iter()
+            .map(|r| row(r).map(|(seq, e, _, _)| (seq, e)))
             .collect::<Result<Vec<_>, _>>()?;
         let full = rows.len() == limit;
         rows_after = rows.last().map(|(seq, _)| *seq).or(rows_after);
@@ -483,10 +561,10 @@ pub struct SessionRecord {
     pub end: Option<AuditEvent>,
 }
 
-pub(super) fn sessions(conn: &mut Connection, s: &SessionSearch) -> Result<Vec<SessionRecord>, AuditError> {
+pub(super) fn sessions(conn: &mut dyn Sql, s: &SessionSearch) -> Result<Vec<SessionRecord>, AuditError> {
     let mut clauses: Vec<String> = vec!["s.action = 'session.start'".to_owned()];
-    let mut values: Vec<rusqlite::types::Value> = Vec::new();
-    let mut param = |value: rusqlite::types::Value| {
+    let mut values: Vec<Value> = Vec::new();
+    let mut param = |value: Value| {
         values.push(value);
         format!("?{}", values.len())
     };
@@ -530,9 +608,10 @@ pub(super) fn sessions(conn: &mut Connection, s: &SessionSearch) -> Result<Vec<S
         limit = s.limit.max(1),
     );
     let width = COLUMNS.split(", ").count();
-    let mut stmt = conn.prepare(&sql)?;
-    let found = stmt
-        .query_map(rusqlite::params_from_iter(values), |r| {
+    let found = conn
+        .query(&sql, &values)?
+        .iter()
+        .map(|r| {
             let (seq, start, _, _) = row_at(r, 0)?;
             let ended: Option<i64> = r.get(width)?;
             let end = match ended {
@@ -540,8 +619,8 @@ pub(super) fn sessions(conn: &mut Connection, s: &SessionSearch) -> Result<Vec<S
                 None => None,
             };
             Ok(SessionRecord { seq, start, end })
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
+        })
+        .collect::<Result<Vec<_>, crate::store::DbError>>()?;
     Ok(found)
 }
 
@@ -554,16 +633,17 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("audit.db");
         let first = SCHEMA.first().expect("a first step");
-        Connection::open(&path)
+        rusqlite::Connection::open(&path)
             .and_then(|c| c.execute_batch(&format!("{first} PRAGMA user_version = 1;")))
             .expect("a version 1 file");
         for _ in 0..2 {
-            let conn = open(&path).expect("open and upgrade");
+            let mut conn = open(&path).expect("open and upgrade");
             let version: i64 = conn
-                .query_row("PRAGMA user_version", [], |r| r.get(0))
+                .query_one("PRAGMA user_version", &[])
+                .and_then(|r| r.get(0))
                 .expect("version");
             assert_eq!(version, i64::try_from(SCHEMA.len()).expect("small"));
-            assert_eq!(cursor(&conn, "workflow").expect("the shipped table"), None);
+            assert_eq!(cursor(&mut conn, "workflow").expect("the shipped table"), None);
         }
     }
 }

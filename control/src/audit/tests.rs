@@ -1,10 +1,10 @@
 use std::collections::BTreeMap;
 
 use portcullis_protocol::audit::{AuditEvent, ChainBreak};
-use rusqlite::Connection;
 use tokio::sync::mpsc;
 
-use super::{AuditLog, FILE, Search, Verdict, key, spawn_writer};
+use super::{AuditLog, Search, Verdict, key, spawn_writer};
+use crate::store::testing::{TestStore, tamper};
 
 fn event(i: u64, user: &str, action: &str) -> AuditEvent {
     AuditEvent {
@@ -23,116 +23,121 @@ fn event(i: u64, user: &str, action: &str) -> AuditEvent {
     }
 }
 
-async fn log_with(n: u64) -> (tempfile::TempDir, AuditLog) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let log = AuditLog::open_blocking(dir.path()).expect("open");
-    let events = (1..=n)
-        .map(|i| event(i, if i % 3 == 0 { "bob" } else { "alice" }, "statement"))
-        .collect();
-    assert_eq!(log.append(events).await.expect("append"), n as usize);
-    (dir, log)
-}
-
-/// Edits the SQLite file directly, as someone with write access to it could.
-fn tamper(dir: &tempfile::TempDir, sql: &str) {
-    let conn = Connection::open(dir.path().join(FILE)).expect("open the file");
-    conn.execute_batch(sql).expect("tamper");
+/// A log of `n` events on each engine.
+async fn logs_with(n: u64) -> Vec<(TestStore, AuditLog)> {
+    let mut logs = Vec::new();
+    for at in crate::store::testing::stores() {
+        let log = crate::store::testing::audit_log(&at).await;
+        let events = (1..=n)
+            .map(|i| event(i, if i % 3 == 0 { "bob" } else { "alice" }, "statement"))
+            .collect();
+        assert_eq!(log.append(events).await.expect("append"), n as usize);
+        logs.push((at, log));
+    }
+    logs
 }
 
 #[tokio::test]
 async fn an_untouched_log_verifies_and_duplicates_are_stored_once() {
-    let (_dir, log) = log_with(10).await;
-    // The sender retried: the same events again, and one new.
-    let again = vec![event(3, "bob", "statement"), event(11, "alice", "session.end")];
-    assert_eq!(log.append(again).await.expect("append"), 1);
-    assert_eq!(
-        log.verify().await.expect("verify"),
-        Verdict {
-            events: 11,
-            checked: 11,
-            broken: None
-        }
-    );
+    for (_at, log) in logs_with(10).await {
+        // The sender retried: the same events again, and one new.
+        let again = vec![event(3, "bob", "statement"), event(11, "alice", "session.end")];
+        assert_eq!(log.append(again).await.expect("append"), 1);
+        assert_eq!(
+            log.verify().await.expect("verify"),
+            Verdict {
+                events: 11,
+                checked: 11,
+                broken: None
+            }
+        );
+    }
 }
 
 #[tokio::test]
 async fn verify_names_the_first_edit_deletion_or_reordering() {
-    let (dir, log) = log_with(6).await;
-    tamper(
-        &dir,
-        "UPDATE events SET detail = '{\"text\":\"SELECT 1\"}' WHERE seq = 4",
-    );
-    assert!(matches!(
-        log.verify().await.expect("verify").broken,
-        Some(ChainBreak::Edited { seq: 4, .. })
-    ));
-
-    let (dir, log) = log_with(6).await;
-    tamper(&dir, "DELETE FROM events WHERE seq = 2");
-    assert_eq!(
-        log.verify().await.expect("verify").broken,
-        Some(ChainBreak::Missing { expected: 2, found: 3 })
-    );
-
-    let (dir, log) = log_with(6).await;
-    tamper(
-        &dir,
-        "UPDATE events SET seq = -1 WHERE seq = 2; UPDATE events SET seq = 2 WHERE seq = 3; \
-         UPDATE events SET seq = 3 WHERE seq = -1;",
-    );
-    let verdict = log.verify().await.expect("verify");
-    assert!(
-        matches!(verdict.broken, Some(ChainBreak::Relinked { seq: 2, .. })),
-        "{verdict:?}"
-    );
-    assert_eq!(verdict.checked, 1);
+    for (at, log) in logs_with(6).await {
+        tamper(
+            &at,
+            "UPDATE events SET detail = '{\"text\":\"SELECT 1\"}' WHERE seq = 4",
+        );
+        assert!(
+            matches!(
+                log.verify().await.expect("verify").broken,
+                Some(ChainBreak::Edited { seq: 4, .. })
+            ),
+            "{at:?}"
+        );
+    }
+    for (at, log) in logs_with(6).await {
+        tamper(&at, "DELETE FROM events WHERE seq = 2");
+        assert_eq!(
+            log.verify().await.expect("verify").broken,
+            Some(ChainBreak::Missing { expected: 2, found: 3 }),
+            "{at:?}"
+        );
+    }
+    for (at, log) in logs_with(6).await {
+        tamper(
+            &at,
+            "UPDATE events SET seq = -1 WHERE seq = 2; UPDATE events SET seq = 2 WHERE seq = 3; \
+             UPDATE events SET seq = 3 WHERE seq = -1;",
+        );
+        let verdict = log.verify().await.expect("verify");
+        assert!(
+            matches!(verdict.broken, Some(ChainBreak::Relinked { seq: 2, .. })),
+            "{verdict:?}"
+        );
+        assert_eq!(verdict.checked, 1);
+    }
 }
 
 #[tokio::test]
 async fn search_filters_orders_and_pages() {
-    let (_dir, log) = log_with(9).await;
-    let bob = log
-        .search(Search {
-            user: Some("bob".into()),
-            limit: 100,
-            ..Search::default()
-        })
-        .await
-        .expect("search");
-    assert_eq!(bob.iter().map(|(s, _)| *s).collect::<Vec<_>>(), [3, 6, 9]);
+    for (_at, log) in logs_with(9).await {
+        let bob = log
+            .search(Search {
+                user: Some("bob".into()),
+                limit: 100,
+                ..Search::default()
+            })
+            .await
+            .expect("search");
+        assert_eq!(bob.iter().map(|(s, _)| *s).collect::<Vec<_>>(), [3, 6, 9]);
 
-    let newest = log
-        .search(Search {
-            newest_first: true,
-            limit: 2,
-            ..Search::default()
-        })
-        .await
-        .expect("search");
-    assert_eq!(newest.iter().map(|(s, _)| *s).collect::<Vec<_>>(), [9, 8]);
-    let next = log
-        .search(Search {
-            newest_first: true,
-            after: Some(8),
-            limit: 2,
-            ..Search::default()
-        })
-        .await
-        .expect("search");
-    assert_eq!(next.iter().map(|(s, _)| *s).collect::<Vec<_>>(), [7, 6]);
+        let newest = log
+            .search(Search {
+                newest_first: true,
+                limit: 2,
+                ..Search::default()
+            })
+            .await
+            .expect("search");
+        assert_eq!(newest.iter().map(|(s, _)| *s).collect::<Vec<_>>(), [9, 8]);
+        let next = log
+            .search(Search {
+                newest_first: true,
+                after: Some(8),
+                limit: 2,
+                ..Search::default()
+            })
+            .await
+            .expect("search");
+        assert_eq!(next.iter().map(|(s, _)| *s).collect::<Vec<_>>(), [7, 6]);
 
-    let text = log
-        .search(Search {
-            grep: Some("select 7 from".into()),
-            since: Some(1_700_000_000_000),
-            until: Some(1_700_000_000_000 + 8_000),
-            limit: 100,
-            ..Search::default()
-        })
-        .await
-        .expect("search");
-    assert_eq!(text.len(), 1);
-    assert_eq!(text[0].1, event(7, "alice", "statement"));
+        let text = log
+            .search(Search {
+                grep: Some("select 7 from".into()),
+                since: Some(1_700_000_000_000),
+                until: Some(1_700_000_000_000 + 8_000),
+                limit: 100,
+                ..Search::default()
+            })
+            .await
+            .expect("search");
+        assert_eq!(text.len(), 1);
+        assert_eq!(text[0].1, event(7, "alice", "statement"));
+    }
 }
 
 #[tokio::test]
@@ -195,7 +200,6 @@ use super::ship::{self, Shipper};
 use crate::ControlError;
 use crate::store::Store;
 use crate::store::history::{self, Entry};
-use crate::store::testing::TestStore;
 
 /// A store and an audit log side by side, as `Control::open` lays them out.
 async fn store_and_log(at: &TestStore) -> (Store, AuditLog) {
@@ -204,7 +208,7 @@ async fn store_and_log(at: &TestStore) -> (Store, AuditLog) {
         .await
         .expect("task")
         .expect("store");
-    let log = AuditLog::open_blocking(at.dir.path()).expect("log");
+    let log = crate::store::testing::audit_log(at).await;
     (store, log)
 }
 
@@ -227,6 +231,15 @@ async fn record(store: &Store, at: i64, actor: &str, action: &'static str, subje
 }
 
 /// Every event in the log, oldest first.
+/// The workflow shipper's cursor, read off the runtime's threads.
+async fn cursor(log: &AuditLog) -> Option<super::Cursor> {
+    let log = log.clone();
+    tokio::task::spawn_blocking(move || log.cursor_blocking(ship::SOURCE))
+        .await
+        .expect("task")
+        .expect("cursor")
+}
+
 async fn all(log: &AuditLog) -> Vec<AuditEvent> {
     let found = log
         .search(Search {
@@ -255,8 +268,8 @@ async fn the_shipper_ships_each_entry_once_and_resumes_from_its_cursor() {
         }
         let s = shipper(&store, &log);
         assert_eq!(s.catch_up().await.expect("ship"), 3);
-        let cursor = log.cursor_blocking(ship::SOURCE).expect("cursor").expect("a cursor");
-        assert_eq!((cursor.position, cursor.last_id.as_str()), (3, "wf_3_1002"));
+        let first = cursor(&log).await.expect("a cursor");
+        assert_eq!((first.position, first.last_id.as_str()), (3, "wf_3_1002"));
         // Nothing new: nothing written, the cursor stays.
         assert_eq!(s.catch_up().await.expect("ship"), 0);
 
@@ -271,12 +284,9 @@ async fn the_shipper_ships_each_entry_once_and_resumes_from_its_cursor() {
         assert_eq!(events[3].user, "admin");
 
         // A lost cursor means a replay from the start: deduplicated by id.
-        tamper(&at.dir, "DELETE FROM shipped");
+        tamper(&at, "DELETE FROM shipped");
         assert_eq!(s.catch_up().await.expect("replay"), 0);
-        assert_eq!(
-            log.cursor_blocking(ship::SOURCE).expect("cursor").map(|c| c.position),
-            Some(5)
-        );
+        assert_eq!(cursor(&log).await.map(|c| c.position), Some(5));
         let verdict = log.verify().await.expect("verify");
         assert_eq!((verdict.events, verdict.broken), (5, None));
     }
@@ -288,13 +298,21 @@ async fn the_cursor_moves_only_with_the_events() {
         let (store, log) = store_and_log(&at).await;
         record(&store, 1000, "admin", "user.create", "alice", json!({})).await;
         // A failed write (here: the events table refuses inserts) keeps neither the events nor the cursor.
-        tamper(
-            &at.dir,
-            "CREATE TRIGGER refuse BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'disk full'); END;",
-        );
+        let (refuse, allow) = match at.location {
+            crate::store::Location::Sqlite(_) => (
+                "CREATE TRIGGER refuse BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'disk full'); END;",
+                "DROP TRIGGER refuse",
+            ),
+            crate::store::Location::Postgres(_) => (
+                "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'disk full'; END $$;
+                 CREATE TRIGGER refuse BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION refuse();",
+                "DROP TRIGGER refuse ON events",
+            ),
+        };
+        tamper(&at, refuse);
         assert!(shipper(&store, &log).catch_up().await.is_err());
-        assert_eq!(log.cursor_blocking(ship::SOURCE).expect("cursor"), None);
-        tamper(&at.dir, "DROP TRIGGER refuse");
+        assert_eq!(cursor(&log).await, None);
+        tamper(&at, allow);
         assert_eq!(shipper(&store, &log).catch_up().await.expect("ship"), 1);
         assert_eq!(all(&log).await.len(), 1);
     }

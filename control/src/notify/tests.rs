@@ -545,7 +545,7 @@ async fn of_two_replicas_on_one_store_only_one_delivers_each_notification() {
     let a = Control::open(settings(&store, notifications()), &prometheus::Registry::new())
         .await
         .expect("open a");
-    let b_dir = tempfile::tempdir().expect("tempdir");
+    let b_dir = crate::store::testing::replica_dir(&a.data_dir);
     let mut b_settings = settings(&store, notifications());
     b_settings.data_dir = b_dir.path().join("data");
     let b = Control::open(b_settings, &prometheus::Registry::new())

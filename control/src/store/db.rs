@@ -338,21 +338,30 @@ pub(crate) enum Tx<'c> {
     },
 }
 
-/// Transactions that write take this PostgreSQL advisory lock first, so
-/// writes by every replica are serialized as SQLite's are: a change's checks
-/// read what the previous change committed.
-const WRITE_LOCK: i64 = 0x706f_7274_6375_6c6c; // "portcull"
+/// Transactions that write the store take this PostgreSQL advisory lock
+/// first, so writes by every replica are serialized as SQLite's are: a
+/// change's checks read what the previous change committed.
+pub(crate) const WRITE_LOCK: i64 = 0x706f_7274_6375_6c6c; // "portcull"
+
+/// Prepared statements kept per PostgreSQL connection; searches spell many.
+const PREPARED: usize = 256;
 
 impl Conn {
-    /// Starts a transaction that may write.
+    /// Starts a transaction that may write the store.
     pub fn transaction(&mut self) -> Result<Tx<'_>, DbError> {
+        self.transaction_locked(WRITE_LOCK)
+    }
+
+    /// Starts a transaction that first takes PostgreSQL's advisory lock
+    /// `lock` (writers of one table family share one; SQLite has one writer).
+    pub fn transaction_locked(&mut self, lock: i64) -> Result<Tx<'_>, DbError> {
         match self {
             Conn::Sqlite(c) => Ok(Tx::Sqlite(c.transaction()?)),
             Conn::Postgres(pg) => {
                 let driver = &pg.driver;
                 let tx = driver.block_on(async {
                     let tx = pg.client.transaction().await?;
-                    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK]).await?;
+                    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&lock]).await?;
                     Ok::<_, DbError>(tx)
                 })?;
                 Ok(Tx::Postgres {
@@ -526,6 +535,9 @@ async fn prepare(
         return Ok(stmt.clone());
     }
     let stmt = c.prepare(&dollar_placeholders(sql)).await?;
+    if prepared.len() >= PREPARED {
+        prepared.clear();
+    }
     prepared.insert(sql.to_owned(), stmt.clone());
     Ok(stmt)
 }

@@ -56,3 +56,44 @@ pub(crate) fn postgres() -> TestStore {
         dir: tempfile::tempdir().expect("tempdir"),
     }
 }
+
+/// A data dir for another control replica of the store `first_data_dir`'s
+/// replica uses: it holds the same audit chain key, as every replica must.
+pub(crate) fn replica_dir(first_data_dir: &std::path::Path) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).expect("data dir");
+    std::fs::copy(first_data_dir.join("audit.key"), data.join("audit.key")).expect("copy audit.key");
+    dir
+}
+
+/// The audit log of `at`'s engine: in its data dir's file, or in its
+/// PostgreSQL database.
+pub(crate) async fn audit_log(at: &TestStore) -> crate::audit::AuditLog {
+    let (dir, postgres) = (at.dir.path().to_path_buf(), at.postgres());
+    tokio::task::spawn_blocking(move || crate::audit::AuditLog::open_in(&dir, postgres.as_ref()))
+        .await
+        .expect("task")
+        .expect("open the audit log")
+}
+
+/// Runs `sql` on `at`'s audit log behind the gateway's back, as someone with
+/// write access to the file or the database could.
+pub(crate) fn tamper(at: &TestStore, sql: &str) {
+    let sql = sql.to_owned();
+    match &at.location {
+        Location::Sqlite(_) => rusqlite::Connection::open(at.dir.path().join(crate::audit::FILE))
+            .and_then(|c| c.execute_batch(&sql))
+            .expect("tamper with the file"),
+        // A thread of its own: the connection must not run inside the test's runtime.
+        Location::Postgres(url) => {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let mut conn = Conn::Postgres(super::db::PgConn::connect(url.expose()).expect("connect"));
+                conn.batch(&sql).expect("tamper with the database");
+            })
+            .join()
+            .expect("tamper thread");
+        }
+    }
+}

@@ -375,7 +375,7 @@ async fn two_replicas_on_one_store_publish_one_history() {
     let store = crate::store::testing::postgres();
     let a = open(&store).await;
     // The second replica has its own data dir (and no admin.token of its own).
-    let b_dir = tempfile::tempdir().expect("tempdir");
+    let b_dir = crate::store::testing::replica_dir(&a.data_dir);
     let mut b_settings = settings(&store);
     b_settings.data_dir = b_dir.path().join("data");
     let b = Control::open(b_settings, &prometheus::Registry::new())
@@ -421,11 +421,29 @@ async fn two_replicas_on_one_store_publish_one_history() {
     assert!(g.revoked.is_some(), "A's feed has the revoke");
 
     // A replica started later resumes the same history.
-    let c_dir = tempfile::tempdir().expect("tempdir");
+    let c_dir = crate::store::testing::replica_dir(&a.data_dir);
     let mut c_settings = settings(&store);
     c_settings.data_dir = c_dir.path().join("data");
     let c = Control::open(c_settings, &prometheus::Registry::new())
         .await
         .expect("open c");
     assert_eq!(c.feed().snapshot(), a.feed().snapshot());
+}
+
+#[tokio::test]
+async fn a_replica_with_another_audit_key_is_refused() {
+    let store = crate::store::testing::postgres();
+    let a = open(&store).await;
+    let other = tempfile::tempdir().expect("tempdir");
+    let mut settings = settings(&store);
+    settings.data_dir = other.path().join("data");
+    let err = Control::open(settings, &prometheus::Registry::new())
+        .await
+        .expect_err("another chain key");
+    assert!(
+        err.to_string()
+            .contains("give every control replica the same audit.key"),
+        "{err}"
+    );
+    drop(a);
 }

@@ -116,6 +116,8 @@ pub enum Mode {
     Replica {
         /// The first replica's admin token.
         admin_token: String,
+        /// The first replica's audit chain key (`DATA_DIR/audit.key`), which every replica needs.
+        audit_key: Vec<u8>,
     },
     /// `portcullis proxy --control URL`: `api_port` is its health listener
     /// (`proxy.listen`); ready when `/readyz` answers 200.
@@ -227,6 +229,13 @@ impl Gateway {
         }
         let config_path = dir.path().join("portcullis.yaml");
         std::fs::write(&config_path, config).expect("write config");
+        if let Mode::Replica { audit_key, .. } = &opts.mode {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::create_dir_all(&data_dir).expect("data dir");
+            let path = data_dir.join("audit.key");
+            std::fs::write(&path, audit_key).expect("write audit.key");
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod audit.key");
+        }
         let log_path = dir.path().join("gateway.log");
         let child = spawn_process(
             &opts.mode,
@@ -317,7 +326,7 @@ impl Gateway {
             }
             let ready = if control {
                 let token = match &self.mode {
-                    Mode::Replica { admin_token } => admin_token.clone(),
+                    Mode::Replica { admin_token, .. } => admin_token.clone(),
                     _ => std::fs::read_to_string(&token_path).unwrap_or_default(),
                 };
                 let ok =

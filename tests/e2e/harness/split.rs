@@ -54,6 +54,7 @@ impl Split {
         let replica = Gateway::start(GatewayOptions {
             mode: Mode::Replica {
                 admin_token: control.admin_token.clone(),
+                audit_key: std::fs::read(control.data_dir.join("audit.key")).expect("the first replica's audit.key"),
             },
             extra_yaml: yaml,
             env,
