@@ -101,6 +101,7 @@ impl Control {
             replicas::spawn_follower(workflow.store.clone(), Arc::clone(&workflow.feed), url.clone());
         }
         let remote = Arc::new(RemoteSessions::new(workflow.store.clone(), Arc::clone(&workflow.feed)));
+        remote.spawn_sync();
         Ok(Arc::new(Control {
             proxies: Arc::new(ProxyAccess::new(settings.proxies)),
             remote,

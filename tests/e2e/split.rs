@@ -350,11 +350,29 @@ async fn replicas_on_one_store_serve_every_proxy_and_survive_losing_one() {
         );
     }
 
-    // A revoke through A ends the sessions on both proxies.
+    // Every replica lists every proxy's sessions, and a kill through B
+    // reaches a session on the proxy that follows A.
     let mut sessions = Vec::new();
     for p in &split.proxies {
         sessions.push(connect(&p.pg_config("alice", &alice, "orders")).await.expect("connect"));
     }
+    let mut doomed = connect(&split.proxies[0].pg_config("alice", &alice, "orders"))
+        .await
+        .expect("connect through p0 again");
+    for replica in [a, b] {
+        let listed = sessions_until(replica, &carol, 3);
+        assert_eq!(listed.len(), 3, "each replica lists both proxies' sessions: {listed:?}");
+    }
+    let listed = live_sessions(b, &carol);
+    let doomed_id = listed.last().and_then(|s| s["id"].as_str()).expect("an id").to_owned();
+    assert_eq!(b.cli_ok(&carol, &["kill", &doomed_id]), "killed");
+    let (events, closed) = doomed.until_closed(Duration::from_secs(5)).await;
+    assert!(
+        closed.is_some(),
+        "the session killed through B is still open on p0: {events:?}"
+    );
+
+    // A revoke through A ends the sessions on both proxies.
     let cuts: Vec<_> = sessions
         .iter()
         .map(|s| {

@@ -1,19 +1,23 @@
 //! Live sessions of remote proxies: each proxy reports its whole list every
 //! few seconds (and soon after a change); a proxy not heard from for about
-//! three reports is dropped. A kill travels to the proxy holding the session
-//! as a `KillSession` feed event. `Sessions` joins these with the sessions of
+//! three reports is dropped. On a shared store, reports are also written to
+//! it and those made to other replicas read back every second, so every
+//! replica knows every proxy's sessions. A kill travels to the proxy
+//! holding the session as a `KillSession` feed event. `Sessions` joins these with the sessions of
 //! the proxy in this process (`serve`) behind the one `SessionDirectory`.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use portcullis_protocol::feed::FeedEvent;
+use portcullis_protocol::feed::{FeedEvent, UnixMillis};
 use portcullis_protocol::sessions::{SessionDirectory, SessionInfo};
 use tokio::time::Instant;
 
+use crate::error::ControlError;
 use crate::feed::FeedHub;
-use crate::store::Store;
+use crate::store::{Store, reports};
+use crate::time;
 
 /// A proxy's report older than this is ignored (three missed 2 s reports, and some slack).
 pub const REPORT_TTL: Duration = Duration::from_secs(7);
@@ -35,10 +39,58 @@ impl RemoteSessions {
         }
     }
 
-    /// Replaces what `proxy` holds with `sessions`.
+    /// Replaces what `proxy` holds with `sessions` (and, on a shared store,
+    /// tells the other replicas).
     pub(crate) fn report(&self, proxy: &str, sessions: Vec<SessionInfo>) {
+        if self.store.shared() {
+            let (store, proxy, sessions, at) = (self.store.clone(), proxy.to_owned(), sessions.clone(), time::now());
+            tokio::spawn(async move {
+                let saved = store
+                    .call(move |conn| -> Result<(), ControlError> { Ok(reports::save(conn, &proxy, at, &sessions)?) })
+                    .await;
+                if let Err(e) = saved {
+                    tracing::warn!(error = %e, "cannot share a proxy's session report with the other replicas");
+                }
+            });
+        }
         let mut r = self.reports.lock().unwrap_or_else(PoisonError::into_inner);
         r.insert(proxy.to_owned(), (Instant::now(), sessions));
+    }
+
+    /// Takes the reports other replicas received (from the shared store)
+    /// where they are newer than this replica's own.
+    fn absorb(&self, found: Vec<(String, UnixMillis, Vec<SessionInfo>)>) {
+        let (now, wall) = (Instant::now(), time::now());
+        let mut r = self.reports.lock().unwrap_or_else(PoisonError::into_inner);
+        for (proxy, at, sessions) in found {
+            let age = time::duration(wall.saturating_sub(at));
+            let Some(made) = now.checked_sub(age) else { continue };
+            if r.get(&proxy).is_none_or(|(mine, _)| *mine < made) {
+                r.insert(proxy, (made, sessions));
+            }
+        }
+    }
+
+    /// On a shared store: reads every proxy's latest report every second.
+    pub(crate) fn spawn_sync(self: &Arc<Self>) {
+        if !self.store.shared() {
+            return;
+        }
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let since = time::now().saturating_sub(time::millis(REPORT_TTL));
+                let found = this
+                    .store
+                    .call(move |conn| -> Result<_, ControlError> { Ok(reports::since(conn, since)?) })
+                    .await;
+                match found {
+                    Ok(found) => this.absorb(found),
+                    Err(e) => tracing::warn!(error = %e, "cannot read the other replicas' session reports"),
+                }
+            }
+        });
     }
 
     fn fresh(&self) -> Vec<SessionInfo> {

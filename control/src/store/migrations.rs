@@ -260,6 +260,26 @@ CREATE TABLE meta (
 ALTER TABLE outbox ADD COLUMN claimed_until BIGINT;
 "#,
     },
+    Migration {
+        version: 5,
+        name: "remote proxies' session reports",
+        sql: r#"
+-- The latest report of each remote proxy (written on a shared store, so
+-- that every replica lists and kills every proxy's sessions).
+CREATE TABLE proxy_sessions (
+    proxy        TEXT PRIMARY KEY,
+    reported_at  INTEGER NOT NULL,
+    sessions     TEXT NOT NULL      -- JSON array of SessionInfo
+);
+"#,
+        postgres: r#"
+CREATE TABLE proxy_sessions (
+    proxy        TEXT PRIMARY KEY,
+    reported_at  BIGINT NOT NULL,
+    sessions     TEXT NOT NULL
+);
+"#,
+    },
 ];
 
 /// Applies every migration the store lacks; answers the versions applied now.

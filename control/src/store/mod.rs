@@ -9,6 +9,7 @@ pub(crate) mod feed;
 pub(crate) mod grants;
 pub(crate) mod history;
 pub(crate) mod migrations;
+pub(crate) mod reports;
 pub(crate) mod requests;
 #[cfg(test)]
 pub(crate) mod testing;
