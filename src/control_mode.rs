@@ -10,7 +10,7 @@ use portcullis_control::{Control, NoSessions};
 use tokio_util::sync::CancellationToken;
 
 use crate::config;
-use crate::process::{bind, flush_workflow_audit, init_logs, spawn_http, wait_for_signal};
+use crate::process::{bind, flush_workflow_audit, init_logs, spawn_api, wait_for_signal};
 
 /// Runs until SIGINT or SIGTERM.
 pub async fn run(path: &Path) -> anyhow::Result<()> {
@@ -32,7 +32,13 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
 
     let api = bind(config.api.listen, "api.listen").await?;
     tracing::info!(api = %config.api.listen, ?proxies, "portcullis control plane is serving");
-    let api_task = spawn_http(api, control.router(Arc::new(NoSessions), registry), shutdown.clone());
+    let api_task = spawn_api(
+        api,
+        config.api.tls.as_ref(),
+        &config.data_dir,
+        control.router(Arc::new(NoSessions), registry),
+        shutdown.clone(),
+    )?;
 
     wait_for_signal().await;
     tracing::info!("shutting down");

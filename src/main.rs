@@ -8,6 +8,7 @@ mod control_mode;
 mod process;
 mod proxy_mode;
 mod serve;
+mod tls_listener;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

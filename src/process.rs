@@ -39,6 +39,31 @@ pub(crate) fn spawn_http(
     })
 }
 
+/// Serves the HTTP API on `listener`: over TLS when `api.tls` names a
+/// certificate and key (the acceptor is built before anything is served).
+pub(crate) fn spawn_api(
+    listener: TcpListener,
+    tls: Option<&config::TlsFiles>,
+    data_dir: &std::path::Path,
+    router: axum::Router,
+    shutdown: CancellationToken,
+) -> anyhow::Result<JoinHandle<std::io::Result<()>>> {
+    let Some(files) = tls else {
+        return Ok(spawn_http(listener, router, shutdown));
+    };
+    let files = portcullis_proxy::settings::TlsFiles {
+        cert: files.cert.clone(),
+        key: files.key.clone(),
+    };
+    let acceptor = portcullis_proxy::tls::acceptor(&Some(files), data_dir).context("api.tls")?;
+    let listener = crate::tls_listener::TlsListener::new(listener, acceptor)?;
+    Ok(tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await
+    }))
+}
+
 /// A proxy's Postgres and (when configured) SSH listeners, serving.
 pub(crate) struct ProxyListeners {
     postgres: JoinHandle<()>,

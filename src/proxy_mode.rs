@@ -43,7 +43,7 @@ pub async fn run(path: &Path, control_urls: Vec<String>) -> anyhow::Result<()> {
     let settings = config::proxy_settings(&config).map_err(at)?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
-    let client = Arc::new(ControlClient::new(control_urls, link.token).map_err(|e| anyhow!(e))?);
+    let client = Arc::new(ControlClient::new(control_urls, link.token, link.ca_file.as_deref()).map_err(at)?);
 
     let registry = prometheus::Registry::new();
     let feed_metrics = FeedMetrics::register(&registry)?;

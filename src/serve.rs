@@ -16,7 +16,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
 use crate::config;
-use crate::process::{DRAIN, ProxyListeners, bind, flush_workflow_audit, init_logs, spawn_http, wait_for_signal};
+use crate::process::{DRAIN, ProxyListeners, bind, flush_workflow_audit, init_logs, spawn_api, wait_for_signal};
 
 /// Audit events queued between the proxy and the audit log; past it sessions wait.
 const AUDIT_QUEUE: usize = 10_000;
@@ -49,7 +49,13 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
     tracing::info!(api = %config.api.listen, postgres = %config.postgres.listen, ssh = ?config.ssh.as_ref().map(|s| s.listen), "portcullis is serving");
 
     let sessions: Arc<dyn SessionDirectory> = proxy.sessions.clone();
-    let api_task = spawn_http(api, control.router(sessions, registry.clone()), shutdown.clone());
+    let api_task = spawn_api(
+        api,
+        config.api.tls.as_ref(),
+        &config.data_dir,
+        control.router(sessions, registry.clone()),
+        shutdown.clone(),
+    )?;
     let listeners = ProxyListeners::serve(&proxy, listeners, &shutdown);
 
     wait_for_signal().await;

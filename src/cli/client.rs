@@ -29,11 +29,14 @@ pub struct Api {
 impl Api {
     /// Builds the client; does not contact the server.
     pub fn new(args: &ClientArgs) -> anyhow::Result<Api> {
-        let http = reqwest::Client::builder()
+        let mut http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(REQUEST_TIMEOUT)
-            .build()
-            .context("cannot set up the HTTP client")?;
+            .timeout(REQUEST_TIMEOUT);
+        if let Some(path) = &args.ca_file {
+            let roots = portcullis_proxy::sync::client::private_roots(path).map_err(|e| anyhow!("--ca-file: {e}"))?;
+            http = http.tls_certs_only(roots);
+        }
+        let http = http.build().context("cannot set up the HTTP client")?;
         let base = args.url.trim_end_matches('/').to_owned();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(anyhow!(

@@ -2,7 +2,7 @@
 //! (docs/API.md) whose output is the contract in DESIGN.md's CLI table.
 
 mod audit;
-mod client;
+pub(crate) mod client;
 mod connect;
 mod grants;
 mod history;
@@ -37,6 +37,9 @@ pub struct ClientArgs {
         value_name = "TOKEN"
     )]
     pub token: Option<String>,
+    /// PEM certificates an https API's certificate must chain to (a private CA).
+    #[arg(long, env = "PORTCULLIS_CA_FILE", global = true, value_name = "FILE")]
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl fmt::Debug for ClientArgs {

@@ -312,6 +312,8 @@ pub struct ProxyLink {
     pub listen: std::net::SocketAddr,
     /// Silence after which new sessions are refused.
     pub staleness: std::time::Duration,
+    /// The CA the control plane's https certificate chains to, when private.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// `proxy:` with its token read; `None` without a `proxy:` section.
@@ -327,6 +329,7 @@ pub fn proxy_link(config: &Config) -> Result<Option<ProxyLink>, String> {
         token,
         listen: p.listen,
         staleness: p.staleness.0,
+        ca_file: p.ca_file.clone(),
     }))
 }
 

@@ -6,7 +6,7 @@ mod convert;
 mod schema;
 
 pub use convert::{control_plane, proxy_link, proxy_settings};
-pub use schema::Config;
+pub use schema::{Config, TlsFiles};
 
 use std::path::Path;
 

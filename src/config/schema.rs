@@ -113,6 +113,9 @@ pub struct ProxySection {
     /// Past this long without a word from the control plane, new sessions are refused.
     #[serde(default = "default_staleness")]
     pub staleness: Dur,
+    /// PEM certificates the control plane's https certificate must chain to
+    /// (a private CA); absent: the system's roots.
+    pub ca_file: Option<PathBuf>,
 }
 
 fn default_proxy_listen() -> SocketAddr {
@@ -155,12 +158,15 @@ fn default_warn_before() -> Vec<Dur> {
 pub struct Api {
     /// Address of the HTTP API.
     pub listen: SocketAddr,
+    /// Certificate and key: the API is then served over TLS only (https).
+    pub tls: Option<TlsFiles>,
 }
 
 impl Default for Api {
     fn default() -> Self {
         Api {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            tls: None,
         }
     }
 }

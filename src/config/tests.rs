@@ -411,7 +411,12 @@ fn the_example_split_sections_parse_once_uncommented() {
     );
     let c = parse(&with_split, "examples/portcullis.yaml").expect("the example's split sections parse");
     assert_eq!(c.proxies.len(), 2);
-    assert_eq!(c.proxy.map(|p| p.name).as_deref(), Some("eu1"));
+    let proxy = c.proxy.expect("proxy:");
+    assert_eq!(proxy.name, "eu1");
+    assert_eq!(
+        proxy.ca_file.as_deref(),
+        Some(std::path::Path::new("/etc/portcullis/ca.pem"))
+    );
 }
 
 #[test]
@@ -435,4 +440,24 @@ fn a_postgres_store_is_given_one_way_and_read_with_the_other_secrets() {
     let c = parse(&unset, "p.yaml").expect("parses");
     let err = super::control_plane(&c).expect_err("the variable is not set");
     assert!(err.starts_with("store.postgres_env:"), "{err}");
+}
+
+#[test]
+fn the_api_over_tls_names_its_certificate_and_key() {
+    let text = GOOD.replace(
+        "api: { listen: 127.0.0.1:8080 }",
+        "api: { listen: 127.0.0.1:8443, tls: { cert: /etc/api.crt, key: /etc/api.key } }",
+    );
+    let c = parse(&text, "p.yaml").expect("api.tls parses");
+    let tls = c.api.tls.expect("api.tls");
+    assert_eq!(
+        (tls.cert.to_str(), tls.key.to_str()),
+        (Some("/etc/api.crt"), Some("/etc/api.key"))
+    );
+    let (line, message) = parse_error(&GOOD.replace(
+        "api: { listen: 127.0.0.1:8080 }",
+        "api: { listen: 127.0.0.1:8443, tls: { cert: /etc/api.crt } }",
+    ));
+    assert_eq!(line, 3);
+    assert!(message.contains("key"), "{message}");
 }

@@ -2,6 +2,7 @@
 //! every call, rustls when a URL is https, and failover across the URLs
 //! given to `--control` (the one that answered last is tried first).
 
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -12,6 +13,17 @@ use serde::Serialize;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Bound on a short call (session report, audit batch).
 const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The certificates of a private CA's PEM file, which a client of the
+/// control plane then trusts alone.
+pub fn private_roots(path: &Path) -> Result<Vec<reqwest::Certificate>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    match reqwest::Certificate::from_pem_bundle(&pem) {
+        Ok(roots) if !roots.is_empty() => Ok(roots),
+        Ok(_) => Err(format!("{} holds no PEM certificate", path.display())),
+        Err(e) => Err(format!("{} holds no PEM certificate: {e}", path.display())),
+    }
+}
 
 /// Why a call to the control plane failed; never includes the token.
 #[derive(Debug, thiserror::Error)]
@@ -46,8 +58,10 @@ pub struct ControlClient {
 }
 
 impl ControlClient {
-    /// A client of `urls` (at least one; trailing slashes dropped) with `token`.
-    pub fn new(urls: Vec<String>, token: Secret<String>) -> Result<ControlClient, String> {
+    /// A client of `urls` (at least one; trailing slashes dropped) with
+    /// `token`; https certificates must chain to the PEM certificates in
+    /// `ca_file` when given (a private CA), else to the system's roots.
+    pub fn new(urls: Vec<String>, token: Secret<String>, ca_file: Option<&Path>) -> Result<ControlClient, String> {
         let urls: Vec<String> = urls
             .into_iter()
             .map(|u| u.trim().trim_end_matches('/').to_owned())
@@ -61,10 +75,11 @@ impl ControlClient {
                 return Err(format!("--control: {u} is not an http:// or https:// URL"));
             }
         }
-        let http = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        let mut http = reqwest::Client::builder().connect_timeout(CONNECT_TIMEOUT);
+        if let Some(path) = ca_file {
+            http = http.tls_certs_only(private_roots(path).map_err(|e| format!("proxy.ca_file: {e}"))?);
+        }
+        let http = http.build().map_err(|e| format!("cannot build the HTTP client: {e}"))?;
         Ok(ControlClient {
             urls,
             token,
