@@ -59,6 +59,39 @@ async fn cut_message(s: &mut Session, within: Duration) -> String {
     db.message().to_owned()
 }
 
+/// Runs `revoke` while each of `sessions` waits in a query, and checks that
+/// every one is cut within 5 s with a FATAL naming grant `gid` and the revoke.
+async fn cut_by_revoke(sessions: &[&Session], gid: &str, revoke: impl FnOnce()) {
+    // Each runs a query when the revoke lands, so the FATAL is its answer.
+    let cuts: Vec<_> = sessions
+        .iter()
+        .map(|s| {
+            let client = s.client.clone();
+            tokio::spawn(async move { client.simple_query("SELECT pg_sleep(30)").await.map(drop) })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let revoked = now();
+    revoke();
+    for cut in cuts {
+        let err = tokio::time::timeout(Duration::from_secs(5), cut)
+            .await
+            .expect("the revoke should cut the session within 5 s")
+            .expect("join")
+            .expect_err("pg_sleep(30) must not survive the revoke");
+        let db = err
+            .as_db_error()
+            .unwrap_or_else(|| panic!("expected a FATAL, got {err:?}"));
+        assert_eq!(db.severity(), "FATAL");
+        assert!(
+            db.message().contains(gid) && db.message().contains("revoked"),
+            "{}",
+            db.message()
+        );
+    }
+    assert!(secs_between(revoked, now()) < 5.0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn feed_revoke_kill_and_tokens_across_two_proxies() {
     let split = Split::start(2, GatewayOptions::default(), "60s");
@@ -74,10 +107,10 @@ async fn feed_revoke_kill_and_tokens_across_two_proxies() {
     }
 
     // Live sessions of both proxies are listed by the control plane; a kill reaches the holder.
-    let mut on0 = connect(&split.proxies[0].pg_config("alice", &alice, "orders"))
+    let on0 = connect(&split.proxies[0].pg_config("alice", &alice, "orders"))
         .await
         .expect("connect through p0");
-    let mut on1 = connect(&split.proxies[1].pg_config("alice", &alice, "orders"))
+    let on1 = connect(&split.proxies[1].pg_config("alice", &alice, "orders"))
         .await
         .expect("connect through p1");
     let listed = sessions_until(control, &carol, 2);
@@ -125,34 +158,10 @@ async fn feed_revoke_kill_and_tokens_across_two_proxies() {
     assert_eq!(status, 410, "a cursor from another history: {body}");
 
     // Revoke on the control plane cuts the sessions on both proxies.
-    // Each runs a query when the revoke lands, so the FATAL is its answer.
-    let cuts: Vec<_> = [&mut on0, &mut on1]
-        .into_iter()
-        .map(|s| {
-            let client = s.client.clone();
-            tokio::spawn(async move { client.simple_query("SELECT pg_sleep(30)").await.map(drop) })
-        })
-        .collect();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let revoked = now();
-    control.cli_ok(&carol, &["revoke", &gid, "--reason", "split e2e"]);
-    for cut in cuts {
-        let err = tokio::time::timeout(Duration::from_secs(5), cut)
-            .await
-            .expect("the revoke should cut the session within 5 s")
-            .expect("join")
-            .expect_err("pg_sleep(30) must not survive the revoke");
-        let db = err
-            .as_db_error()
-            .unwrap_or_else(|| panic!("expected a FATAL, got {err:?}"));
-        assert_eq!(db.severity(), "FATAL");
-        assert!(
-            db.message().contains(&gid) && db.message().contains("revoked"),
-            "{}",
-            db.message()
-        );
-    }
-    assert!(secs_between(revoked, now()) < 5.0);
+    cut_by_revoke(&[&on0, &on1], &gid, || {
+        control.cli_ok(&carol, &["revoke", &gid, "--reason", "split e2e"]);
+    })
+    .await;
     for p in &split.proxies {
         let out = p.psql("alice", &alice, "orders", "disable", "SELECT 1");
         assert!(!out.status.success(), "a revoked grant admitted on a proxy");
@@ -392,24 +401,10 @@ async fn replicas_on_one_store_serve_every_proxy_and_survive_losing_one() {
     );
 
     // A revoke through A ends the sessions on both proxies.
-    let cuts: Vec<_> = sessions
-        .iter()
-        .map(|s| {
-            let client = s.client.clone();
-            tokio::spawn(async move { client.simple_query("SELECT pg_sleep(30)").await.map(drop) })
-        })
-        .collect();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    a.cli_ok(&carol, &["revoke", &gid, "--reason", "replicas e2e"]);
-    for cut in cuts {
-        let err = tokio::time::timeout(Duration::from_secs(5), cut)
-            .await
-            .expect("the revoke through A should cut the session within 5 s")
-            .expect("join")
-            .expect_err("pg_sleep(30) must not survive the revoke");
-        let message = err.as_db_error().map(|e| e.message().to_owned()).unwrap_or_default();
-        assert!(message.contains(&gid) && message.contains("revoked"), "{err:?}");
-    }
+    cut_by_revoke(&[&sessions[0], &sessions[1]], &gid, || {
+        a.cli_ok(&carol, &["revoke", &gid, "--reason", "replicas e2e"]);
+    })
+    .await;
 
     // Each proxy shipped its sessions' events to the replica it follows;
     // both land in the one log of the store, which B reads and verifies.

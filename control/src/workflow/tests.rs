@@ -370,17 +370,23 @@ async fn feed_reaches(c: &Control, revision: u64) {
     panic!("the feed stayed at {} below {revision}", c.feed().revision());
 }
 
+/// Another replica of `first`'s store, with a data dir of its own (holding
+/// `first`'s audit key, and no admin.token).
+async fn open_replica(store: &TestStore, first: &Control) -> (tempfile::TempDir, Arc<Control>) {
+    let dir = crate::store::testing::replica_dir(&first.data_dir);
+    let mut settings = settings(store);
+    settings.data_dir = dir.path().join("data");
+    let replica = Control::open(settings, &prometheus::Registry::new())
+        .await
+        .expect("open a replica");
+    (dir, replica)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_on_one_store_publish_one_history() {
     let store = crate::store::testing::postgres();
     let a = open(&store).await;
-    // The second replica has its own data dir (and no admin.token of its own).
-    let b_dir = crate::store::testing::replica_dir(&a.data_dir);
-    let mut b_settings = settings(&store);
-    b_settings.data_dir = b_dir.path().join("data");
-    let b = Control::open(b_settings, &prometheus::Registry::new())
-        .await
-        .expect("open b");
+    let (_b_dir, b) = open_replica(&store, &a).await;
     assert_eq!(a.feed().epoch(), b.feed().epoch(), "one history, one name");
     let mut from_b = b.feed().subscribe();
 
@@ -421,12 +427,7 @@ async fn two_replicas_on_one_store_publish_one_history() {
     assert!(g.revoked.is_some(), "A's feed has the revoke");
 
     // A replica started later resumes the same history.
-    let c_dir = crate::store::testing::replica_dir(&a.data_dir);
-    let mut c_settings = settings(&store);
-    c_settings.data_dir = c_dir.path().join("data");
-    let c = Control::open(c_settings, &prometheus::Registry::new())
-        .await
-        .expect("open c");
+    let (_c_dir, c) = open_replica(&store, &a).await;
     assert_eq!(c.feed().snapshot(), a.feed().snapshot());
 }
 
