@@ -339,6 +339,20 @@ async fn outage(mut split: Split) {
     for t in &split.tokens {
         assert!(!text.contains(t.as_str()), "a proxy token reached the audit log");
     }
+    // Every spooled event was delivered: the spools are empty, the chain whole.
+    for p in &split.proxies {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (_, metrics) = p.http("GET", "/metrics", None, None);
+            if metrics.lines().any(|l| l == "portcullis_audit_spool_depth 0") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "a spool still holds events: {metrics}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    let verdict = split.control.cli_ok(&split.control.admin_token, &["audit", "verify"]);
+    assert!(verdict.contains("intact"), "{verdict}");
 }
 
 #[test]
