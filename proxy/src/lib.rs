@@ -102,9 +102,9 @@ impl Proxy {
         let metrics = ProxyMetrics::register(registry)?;
         let mock_seed = mock_seed::load_or_create(&settings.data_dir)?;
         let ssh = match &settings.ssh {
-            Some(_) => {
+            Some(listener) => {
                 let key = ssh::keys::load_or_create_host_key(&settings.data_dir).map_err(ProxyError::SshHostKey)?;
-                Some(Arc::new(ssh::listener::config(key)))
+                Some(Arc::new(ssh::listener::config(key, &listener.ciphers)))
             }
             None => None,
         };

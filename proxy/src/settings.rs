@@ -45,6 +45,8 @@ pub struct SshListener {
     pub listen: SocketAddr,
     /// Close clients that have not finished their version line and key exchange by then.
     pub handshake_timeout: Duration,
+    /// Ciphers offered to clients (`ssh::listener::DEFAULT_CIPHERS` unless configured).
+    pub ciphers: Vec<russh::cipher::Name>,
 }
 
 /// PEM files for a server certificate.

@@ -188,10 +188,19 @@ pub fn proxy_settings(config: &Config) -> Result<proxy::ProxySettings, String> {
                 .workers
                 .unwrap_or_else(portcullis_proxy::workers::default_count),
         },
-        ssh: config.ssh.as_ref().map(|s| proxy::SshListener {
-            listen: s.listen,
-            handshake_timeout: s.handshake_timeout.0,
-        }),
+        ssh: match &config.ssh {
+            Some(s) => Some(proxy::SshListener {
+                listen: s.listen,
+                handshake_timeout: s.handshake_timeout.0,
+                ciphers: match &s.ciphers {
+                    Some(names) => {
+                        portcullis_proxy::ssh::listener::ciphers(names).map_err(|e| format!("ssh.ciphers: {e}"))?
+                    }
+                    None => portcullis_proxy::ssh::listener::DEFAULT_CIPHERS.to_vec(),
+                },
+            }),
+            None => None,
+        },
         warn_before: config.warn_before.iter().map(|w| w.0).collect(),
         resources,
     })

@@ -241,6 +241,9 @@ pub struct Ssh {
     /// exchange by then (default 10s).
     #[serde(default = "default_handshake_timeout")]
     pub handshake_timeout: Dur,
+    /// Ciphers offered to clients, e.g. `[aes256-gcm@openssh.com,
+    /// chacha20-poly1305@openssh.com]` for clients without AES-GCM; absent: AES-GCM only.
+    pub ciphers: Option<Vec<String>>,
 }
 
 /// Kind of resource.

@@ -461,3 +461,36 @@ fn the_api_over_tls_names_its_certificate_and_key() {
     assert_eq!(line, 3);
     assert!(message.contains("key"), "{message}");
 }
+
+#[test]
+fn ssh_ciphers_are_checked_against_what_the_gateway_speaks() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let password = dir.path().join("ro.password");
+    std::fs::write(&password, "secret\n").expect("write");
+    let good = GOOD.replace(
+        "password_env: ORDERS_RO_PASSWORD",
+        &format!("password_file: {}", password.display()),
+    );
+    let with = |ciphers: &str| {
+        let text = format!("{good}ssh: {{ listen: 127.0.0.1:2222{ciphers} }}\n");
+        let c = parse(&text, "p.yaml").expect("parses");
+        super::proxy_settings(&c).map(|s| s.ssh.expect("ssh").ciphers)
+    };
+    let default = with("").expect("default");
+    assert_eq!(
+        default.iter().map(AsRef::as_ref).collect::<Vec<&str>>(),
+        ["aes256-gcm@openssh.com", "aes128-gcm@openssh.com"]
+    );
+    let chosen = with(", ciphers: [chacha20-poly1305@openssh.com]").expect("known");
+    assert_eq!(
+        chosen.iter().map(AsRef::as_ref).collect::<Vec<&str>>(),
+        ["chacha20-poly1305@openssh.com"]
+    );
+    let err = with(", ciphers: [des-cbc]").expect_err("unknown");
+    assert!(
+        err.starts_with("ssh.ciphers: unknown cipher \"des-cbc\"; known: aes256-gcm"),
+        "{err}"
+    );
+    let err = with(", ciphers: []").expect_err("empty");
+    assert!(err.contains("at least one"), "{err}");
+}

@@ -586,3 +586,55 @@ fn connect_runs_ssh_with_the_login_and_passes_the_command() {
         stderr(&out)
     );
 }
+
+#[test]
+fn clients_are_offered_aes_gcm_unless_the_config_names_other_ciphers() {
+    // By default: AES-GCM, whatever OpenSSH would pick first otherwise.
+    let s = setup("", "", "");
+    s.gw.grant(&s.alice, &s.carol, "web1", None, "30m");
+    let mut cmd = ssh_with(s.gw.ssh_port, &s.alice_key, &["-v"], "alice+web1", Some("echo hi"));
+    let out = run_bounded(&mut cmd, BOUND);
+    assert_eq!(stdout(&out), "hi\n", "stderr: {}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cipher: aes128-gcm@openssh.com"),
+        "negotiated: {}",
+        stderr(&out)
+    );
+    // A client without AES-GCM is told which ciphers it lacks.
+    let mut cmd = ssh_with(
+        s.gw.ssh_port,
+        &s.alice_key,
+        &["-c", "chacha20-poly1305@openssh.com"],
+        "alice+web1",
+        Some("echo hi"),
+    );
+    let out = run_bounded(&mut cmd, BOUND);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("no matching cipher") && stderr(&out).contains("aes256-gcm@openssh.com"),
+        "{}",
+        stderr(&out)
+    );
+
+    // ssh.ciphers lets it in.
+    let s = setup(
+        "",
+        "",
+        ", ciphers: [aes256-gcm@openssh.com, chacha20-poly1305@openssh.com]",
+    );
+    s.gw.grant(&s.alice, &s.carol, "web1", None, "30m");
+    let mut cmd = ssh_with(
+        s.gw.ssh_port,
+        &s.alice_key,
+        &["-v", "-c", "chacha20-poly1305@openssh.com"],
+        "alice+web1",
+        Some("echo hi"),
+    );
+    let out = run_bounded(&mut cmd, BOUND);
+    assert_eq!(stdout(&out), "hi\n", "stderr: {}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cipher: chacha20-poly1305@openssh.com"),
+        "{}",
+        stderr(&out)
+    );
+}
