@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use portcullis_protocol::feed::GrantEntry;
 use portcullis_protocol::sessions::SessionInfo;
 use russh::Disconnect;
 use tokio::sync::{OnceCell, broadcast, mpsc, watch};
@@ -251,75 +252,38 @@ pub fn start(
     match (&admission, grant_rx) {
         (Ok(a), Some(grant_rx)) => {
             proxy.metrics.connection(PROTOCOL, &resource, "allowed");
-            {
-                let info = SessionInfo {
-                    id: format!("ses_{}", crate::random::hex(6).unwrap_or_default()),
-                    user: user.to_owned(),
-                    resource: resource.clone(),
-                    role: a.role.name.clone(),
-                    protocol: PROTOCOL.to_owned(),
-                    grant_id: a.grant.id.clone(),
-                    started_at: now_millis(),
-                    bytes_in: 0,
-                    bytes_out: 0,
-                };
-                let reg = proxy.sessions.register(info, shutdown);
-                let handle = Arc::clone(&reg.handle);
-                tracing::info!(session = %handle.info.id, user, resource = %resource, role = %a.role.name, grant = %a.grant.id, %peer, "ssh session started");
-                session_audit = Some(Arc::new(session_audit_of(a, user, &handle.info.id)));
-                let warn_before = proxy.settings.warn_before.clone();
-                let tracker = bridges.clone();
-                let metrics = proxy.metrics.clone();
-                let to_channels = notices_tx.clone();
-                let ended = Arc::clone(&ended);
-                enforcer = Some(AbortOnDropHandle::new(tokio::spawn({
-                    let handle = Arc::clone(&handle);
-                    async move {
-                        let (notices, mut notices_rx) = mpsc::channel::<Notice>(NOTICE_BACKLOG);
-                        let relay_notices = async {
-                            while let Some(n) = notices_rx.recv().await {
-                                // No channel open yet is not an error: there is no one to tell.
-                                let _ = to_channels.send(notice_line(&n));
-                            }
-                            // The sender lives in `enforce`, so this point comes only after the cut.
-                            std::future::pending::<Cut>().await
-                        };
-                        let cut = tokio::select! {
-                            cut = enforce(grant_rx, &warn_before, &handle, notices) => cut,
-                            cut = relay_notices => cut,
-                        };
-                        let text = cut.text(&handle.info.resource, &handle.info.id);
-                        let _ = ended.set(cut.reason());
-                        metrics.cuts.with_label_values(&[PROTOCOL, cut.reason()]).inc();
-                        tracing::info!(session = %handle.info.id, reason = cut.reason(), "ssh session cut: {text}");
-                        let _ = cut_tx.send(Some(text.clone()));
-                        tracker.close();
-                        let _ = tokio::time::timeout(CUT_GRACE, tracker.wait()).await;
-                        // A client whose channels are closed hangs up by itself, and this
-                        // task is dropped with the connection. Disconnecting at once would
-                        // race it: OpenSSH exits on a disconnect before writing the stderr
-                        // it has buffered, so the cut line and exit status would be lost.
-                        tokio::time::sleep(LEAVE_GRACE).await;
-                        let _ = server
-                            .disconnect(Disconnect::ByApplication, format!("portcullis: {text}"), String::new())
-                            .await;
-                    }
-                })));
-                session = Some(handle);
-                registration = Some(reg);
-            }
+            let info = SessionInfo {
+                id: format!("ses_{}", crate::random::hex(6).unwrap_or_default()),
+                user: user.to_owned(),
+                resource: resource.clone(),
+                role: a.role.name.clone(),
+                protocol: PROTOCOL.to_owned(),
+                grant_id: a.grant.id.clone(),
+                started_at: now_millis(),
+                bytes_in: 0,
+                bytes_out: 0,
+            };
+            let reg = proxy.sessions.register(info, shutdown);
+            let handle = Arc::clone(&reg.handle);
+            tracing::info!(session = %handle.info.id, user, resource = %resource, role = %a.role.name, grant = %a.grant.id, %peer, "ssh session started");
+            session_audit = Some(Arc::new(session_audit_of(a, user, &handle.info.id)));
+            enforcer = Some(spawn_enforcer(
+                proxy,
+                Arc::clone(&handle),
+                grant_rx,
+                CutTo {
+                    notices: notices_tx.clone(),
+                    bridges: bridges.clone(),
+                    ended: Arc::clone(&ended),
+                    tx: cut_tx,
+                },
+                server,
+            ));
+            session = Some(handle);
+            registration = Some(reg);
         }
         (Ok(_), None) => {}
-        (Err(refusal), _) => {
-            proxy.metrics.connection(PROTOCOL, &resource, refusal.kind());
-            tracing::info!(%peer, user, outcome = refusal.kind(), "ssh session refused: {}", refusal.text());
-            let denied = denied_event(user, refusal.resource(), refusal.kind(), refusal.text(), peer);
-            let proxy = Arc::clone(proxy);
-            proxy
-                .tracker
-                .clone()
-                .spawn(async move { proxy.audit.record(denied).await });
-        }
+        (Err(refusal), _) => refused(proxy, peer, user, &resource, refusal),
     }
     let conn = Arc::new(Conn {
         proxy: Arc::clone(proxy),
@@ -354,6 +318,74 @@ pub fn start(
         _enforcer: enforcer,
         login,
     }
+}
+
+/// Counts, logs and audits a refused session.
+fn refused(proxy: &Arc<Proxy>, peer: SocketAddr, user: &str, resource: &str, refusal: &Refusal) {
+    proxy.metrics.connection(PROTOCOL, resource, refusal.kind());
+    tracing::info!(%peer, user, outcome = refusal.kind(), "ssh session refused: {}", refusal.text());
+    let denied = denied_event(user, refusal.resource(), refusal.kind(), refusal.text(), peer);
+    let proxy = Arc::clone(proxy);
+    proxy
+        .tracker
+        .clone()
+        .spawn(async move { proxy.audit.record(denied).await });
+}
+
+/// Where a session's enforcer tells of warnings and of the cut.
+struct CutTo {
+    /// Warning lines for the open channels.
+    notices: broadcast::Sender<String>,
+    /// The channel bridges, closed at the cut.
+    bridges: TaskTracker,
+    /// How the session ended, for its audit.
+    ended: Arc<OnceLock<&'static str>>,
+    /// The cut's line, for channels opened later.
+    tx: watch::Sender<Option<String>>,
+}
+
+/// The task that enforces the grant for `handle`'s session: it relays
+/// warnings to the channels, and at the cut tells them why, closes them and
+/// ends the connection through `server`.
+fn spawn_enforcer(
+    proxy: &Arc<Proxy>,
+    handle: Arc<SessionHandle>,
+    grant_rx: watch::Receiver<GrantEntry>,
+    to: CutTo,
+    server: russh::server::Handle,
+) -> AbortOnDropHandle<()> {
+    let warn_before = proxy.settings.warn_before.clone();
+    let metrics = proxy.metrics.clone();
+    AbortOnDropHandle::new(tokio::spawn(async move {
+        let (notices, mut notices_rx) = mpsc::channel::<Notice>(NOTICE_BACKLOG);
+        let relay_notices = async {
+            while let Some(n) = notices_rx.recv().await {
+                // No channel open yet is not an error: there is no one to tell.
+                let _ = to.notices.send(notice_line(&n));
+            }
+            // The sender lives in `enforce`, so this point comes only after the cut.
+            std::future::pending::<Cut>().await
+        };
+        let cut = tokio::select! {
+            cut = enforce(grant_rx, &warn_before, &handle, notices) => cut,
+            cut = relay_notices => cut,
+        };
+        let text = cut.text(&handle.info.resource, &handle.info.id);
+        let _ = to.ended.set(cut.reason());
+        metrics.cuts.with_label_values(&[PROTOCOL, cut.reason()]).inc();
+        tracing::info!(session = %handle.info.id, reason = cut.reason(), "ssh session cut: {text}");
+        let _ = to.tx.send(Some(text.clone()));
+        to.bridges.close();
+        let _ = tokio::time::timeout(CUT_GRACE, to.bridges.wait()).await;
+        // A client whose channels are closed hangs up by itself, and this
+        // task is dropped with the connection. Disconnecting at once would
+        // race it: OpenSSH exits on a disconnect before writing the stderr
+        // it has buffered, so the cut line and exit status would be lost.
+        tokio::time::sleep(LEAVE_GRACE).await;
+        let _ = server
+            .disconnect(Disconnect::ByApplication, format!("portcullis: {text}"), String::new())
+            .await;
+    }))
 }
 
 /// What every audit event of an admitted session carries.
