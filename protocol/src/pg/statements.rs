@@ -205,8 +205,14 @@ pub struct StatementTracker {
     prepared: Names<Prepared>,
     portals: Names<Portal>,
     expect: VecDeque<Expect>,
-    /// After an extended-protocol error: the server discards up to the next Sync.
+    /// After an extended-protocol error, until its ReadyForQuery: the batch
+    /// failed (a later error in it is not another statement's).
     skipping: bool,
+    /// After an extended-protocol error, when the client had not yet sent
+    /// the Sync that ends the batch: the server discards what the client
+    /// sends up to that Sync. Messages sent after it (the client may have
+    /// sent them before the error arrived) are read as usual.
+    discarding: bool,
     /// In an extended-protocol COPY IN, where the server ignores Sync.
     copy_in: bool,
     /// Text and parameter bytes held in `prepared` and `portals`.
@@ -244,8 +250,11 @@ impl StatementTracker {
     fn push(&mut self, e: Expect) {
         // The server discards everything but Sync after an error, and
         // ignores Sync during an extended COPY IN: so does the queue.
-        if (self.skipping && !matches!(e, Expect::Sync)) || (self.copy_in && matches!(e, Expect::Sync)) {
+        if (self.discarding && !matches!(e, Expect::Sync)) || (self.copy_in && matches!(e, Expect::Sync)) {
             return;
+        }
+        if matches!(e, Expect::Sync) {
+            self.discarding = false;
         }
         if self.expect.len() >= MAX_EXPECT {
             self.lost = true;
@@ -298,7 +307,7 @@ impl StatementTracker {
                     return self.push(Expect::Other);
                 }
                 let name = name.to_owned();
-                if !self.skipping && self.prepared.has_room_for(&name) {
+                if !self.discarding && self.prepared.has_room_for(&name) {
                     if let Some(old) = self.prepared.remove(&name) {
                         self.kept = self.kept.saturating_sub(old.kept());
                     }
@@ -320,7 +329,7 @@ impl StatementTracker {
                 self.push(Expect::Parse(name));
             }
             b'B' => {
-                if !self.skipping {
+                if !self.discarding {
                     self.bind(b, body.len() < m.len);
                 }
                 self.push(Expect::Other);
@@ -544,6 +553,9 @@ impl StatementTracker {
             }
             Some(_) if !self.skipping => {
                 self.skipping = true;
+                // Unless the batch's Sync is already queued, what the client
+                // sends next is discarded up to it.
+                self.discarding = !self.expect.iter().any(|e| matches!(e, Expect::Sync));
                 // The error belongs to the first statement up to the Sync: a
                 // failed Parse or Bind means its Execute never ran.
                 let failing = self

@@ -239,6 +239,34 @@ fn after_an_error_nothing_is_queued_until_sync() {
 }
 
 #[test]
+fn what_the_client_sent_after_the_failed_batch_s_sync_is_not_discarded() {
+    // tokio-postgres after a failed Bind: Close and Sync, then a simple
+    // query, all sent before the server's ReadyForQuery for the failed
+    // batch arrives (it comes late when the machine is busy).
+    let out = run(&[
+        (true, b'B', bind("", "s1", &[], &[Some(b"0")])),
+        (true, b'E', execute("")),
+        (true, b'S', Vec::new()),
+        (false, b'E', error("22012")),
+        (true, b'C', [&b"S"[..], &cstr("s1")].concat()),
+        (true, b'S', Vec::new()),
+        (true, b'Q', cstr("SELECT 42")),
+        (false, b'Z', vec![b'I']),
+        (false, b'3', Vec::new()),
+        (false, b'Z', vec![b'I']),
+        (false, b'T', Vec::new()),
+        (false, b'D', Vec::new()),
+        (false, b'C', cstr("SELECT 1")),
+        (false, b'Z', vec![b'I']),
+    ]);
+    let texts: Vec<&str> = out.iter().map(|s| s.text.text.as_str()).collect();
+    assert_eq!(texts.len(), 2, "{texts:?}");
+    assert!(matches!(&out[0].outcome, Outcome::Failed { sqlstate, .. } if sqlstate == "22012"));
+    assert_eq!(texts[1], "SELECT 42");
+    assert_eq!(out[1].outcome, done(&[("SELECT 1", Some(1))]));
+}
+
+#[test]
 fn an_error_at_sync_is_recorded_as_a_failed_commit() {
     let out = run(&[
         (true, b'P', parse("", "INSERT INTO t VALUES (1)")),
