@@ -3,7 +3,8 @@
 //! spelled for both engines; they must leave the same tables and columns
 //! (PostgreSQL's tables carry an explicit `rowid` where SQLite has its own).
 
-use super::db::{Conn, Sql, args};
+use super::args;
+use super::db::{Conn, Sql};
 use super::{Location, describe};
 use crate::error::ControlError;
 

@@ -14,6 +14,7 @@ pub(crate) mod requests;
 #[cfg(test)]
 pub(crate) mod testing;
 pub(crate) mod users;
+pub(crate) mod value;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -21,7 +22,8 @@ use std::time::Duration;
 
 use portcullis_protocol::secret::Secret;
 
-pub(crate) use db::{Conn, DbError, Row, Sql, Tx, args};
+pub(crate) use db::{Conn, DbError, Sql, Tx};
+pub(crate) use value::{Row, args};
 
 use crate::error::ControlError;
 
