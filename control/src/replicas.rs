@@ -23,8 +23,21 @@ use crate::store::feed as table;
 use crate::store::{Conn, DbError, Sql, Store, Tx, grants, requests, users};
 use crate::time;
 
-/// How often a replica reads the feed table without being notified.
-const POLL: Duration = Duration::from_secs(1);
+/// How often a replica reads what other replicas shared (the feed table,
+/// proxies' session reports) without being notified.
+pub(crate) const POLL: Duration = Duration::from_secs(1);
+
+/// Longest a background loop (expiry, the notification sender) may sleep on
+/// a shared store: other replicas make requests and queue notifications
+/// (or leave them claimed when they die) that this one hears of only by
+/// looking; a look is one short transaction.
+const SHARED_SLEEP: Duration = Duration::from_secs(2);
+
+/// The longest sleep of a background loop on `store`: `alone` when this
+/// process is the store's only writer, else at most `SHARED_SLEEP`.
+pub(crate) fn longest_sleep(store: &Store, alone: Duration) -> Duration {
+    if store.shared() { alone.min(SHARED_SLEEP) } else { alone }
+}
 
 /// What a proxy needs, as the store holds it now: users, grants that ended
 /// less than `feed::RECENT_MS` ago or not yet, and pending requests.

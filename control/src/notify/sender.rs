@@ -31,9 +31,6 @@ const MAX_IN_FLIGHT: usize = 16;
 const PER_DESTINATION: usize = 4;
 /// Longest sleep when nothing is due (a safety net, not a tick).
 const MAX_WAIT: Duration = Duration::from_secs(3600);
-/// Longest sleep on a shared store: rows other replicas queued (or left
-/// claimed when they died) are seen this soon.
-const SHARED_WAIT: Duration = Duration::from_secs(2);
 /// Wait before trying the store again after an error.
 const STORE_RETRY: Duration = Duration::from_secs(5);
 /// How often delivered and failed rows are purged.
@@ -57,7 +54,7 @@ impl Workflow {
         // Deliveries in flight: their row id and destination.
         let mut busy: HashMap<tokio::task::Id, (String, String)> = HashMap::new();
         let mut last_purge = 0;
-        let longest = if self.store.shared() { SHARED_WAIT } else { MAX_WAIT };
+        let longest = crate::replicas::longest_sleep(&self.store, MAX_WAIT);
         loop {
             let now = time::now();
             let wait = match self.claim(now, &busy).await {

@@ -79,7 +79,7 @@ impl RemoteSessions {
         let this = Arc::clone(self);
         tokio::spawn(async move {
             loop {
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                tokio::time::sleep(crate::replicas::POLL).await;
                 let since = time::now().saturating_sub(time::millis(REPORT_TTL));
                 let found = this
                     .store

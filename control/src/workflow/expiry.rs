@@ -19,9 +19,6 @@ use crate::workflow::events::Event;
 
 /// Longest sleep between passes when no deadline is near (a safety net, not a tick).
 const MAX_WAIT: Duration = Duration::from_secs(3600);
-/// Longest sleep on a shared store, whose other replicas make requests (and
-/// grants) this one hears of only here; a pass is one short transaction.
-const SHARED_WAIT: Duration = Duration::from_secs(2);
 
 /// How long to wait before retrying after a store error.
 const RETRY: Duration = Duration::from_secs(5);
@@ -42,7 +39,7 @@ impl Soonest {
 impl Workflow {
     /// Runs forever: one pass at each deadline, and after each new request.
     pub(crate) async fn run_expiry(self) {
-        let longest = if self.store.shared() { SHARED_WAIT } else { MAX_WAIT };
+        let longest = crate::replicas::longest_sleep(&self.store, MAX_WAIT);
         loop {
             let wait = match self.expiry_pass().await {
                 Ok(Some(next)) => time::duration(next.saturating_sub(time::now())).min(longest),
