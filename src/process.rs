@@ -27,11 +27,14 @@ pub(crate) async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpList
 }
 
 /// Serves `router` on `listener` until `shutdown`.
-pub(crate) fn spawn_http(
-    listener: TcpListener,
+pub(crate) fn spawn_http<L: axum::serve::Listener>(
+    listener: L,
     router: axum::Router,
     shutdown: CancellationToken,
-) -> JoinHandle<std::io::Result<()>> {
+) -> JoinHandle<std::io::Result<()>>
+where
+    L::Addr: std::fmt::Debug,
+{
     tokio::spawn(async move {
         axum::serve(listener, router)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
@@ -57,11 +60,7 @@ pub(crate) fn spawn_api(
     };
     let acceptor = portcullis_proxy::tls::acceptor(&Some(files), data_dir).context("api.tls")?;
     let listener = crate::tls_listener::TlsListener::new(listener, acceptor)?;
-    Ok(tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await
-    }))
+    Ok(spawn_http(listener, router, shutdown))
 }
 
 /// A proxy's Postgres and (when configured) SSH listeners, serving.
