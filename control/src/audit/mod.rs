@@ -12,6 +12,7 @@
 //! (`ship.rs`), whose cursor is committed with the events it ships.
 
 mod key;
+mod schema;
 pub(crate) mod ship;
 mod store;
 
@@ -125,8 +126,8 @@ impl AuditLog {
     pub(crate) fn open_in(data_dir: &Path, postgres: Option<&Secret<String>>) -> Result<AuditLog, AuditError> {
         let key = key::load_or_create(&data_dir.join(key::FILE))?;
         let conn = match postgres {
-            Some(url) => store::open_postgres(url.expose(), &key_check(&key))?,
-            None => store::open(&data_dir.join(FILE))?,
+            Some(url) => schema::open_postgres(url.expose(), &key_check(&key))?,
+            None => schema::open(&data_dir.join(FILE))?,
         };
         Ok(AuditLog {
             conn: Arc::new(Mutex::new(conn)),
@@ -148,7 +149,7 @@ impl AuditLog {
         if let (Conn::Postgres(pg), Some(url)) = (&*conn, &self.postgres)
             && pg.is_closed()
         {
-            *conn = store::open_postgres(url.expose(), &key_check(&self.key))?;
+            *conn = schema::open_postgres(url.expose(), &key_check(&self.key))?;
         }
         f(&mut conn, &self.key)
     }

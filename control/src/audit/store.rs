@@ -1,105 +1,18 @@
-//! The audit log's tables: one of chained events, indexes for the searches
-//! the API and CLI offer. In a SQLite file of its own beside the embedded
-//! store, or in the PostgreSQL store's database, which every control replica
-//! appends to (one at a time: each append holds `AUDIT_LOCK`).
+//! The audit log's queries: appending to the chain, verifying it, the
+//! searches the API and CLI offer, and the shippers' cursors. The tables
+//! and how a log is opened are in `schema.rs`.
 
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
-use std::path::Path;
-use std::time::Duration;
 
 use portcullis_protocol::audit::block::{self, BLOCK, LIST, STATEMENT, expand, span};
 use portcullis_protocol::audit::{AuditEvent, ChainCheck, GENESIS, link};
 use portcullis_protocol::feed::UnixMillis;
 
+use super::schema::AUDIT_LOCK;
 use super::{AuditError, Verdict};
-use crate::store::db::{Conn, Engine, PgConn, Value};
+use crate::store::db::{Conn, Engine, Value};
 use crate::store::{Row, Sql, args};
-
-/// The PostgreSQL advisory lock appends hold: the chain grows one batch at a time.
-const AUDIT_LOCK: i64 = 0x6175_6469_745f_6c6f; // "audit_lo"
-
-/// The schema, one step per version; a file gets the steps it lacks.
-const SCHEMA: &[&str] = &[
-    // 1: the chain.
-    "
-CREATE TABLE events (
-    seq        INTEGER PRIMARY KEY,
-    id         TEXT NOT NULL UNIQUE,
-    at         INTEGER NOT NULL,
-    action     TEXT NOT NULL,
-    user_name  TEXT NOT NULL,
-    resource   TEXT,
-    role       TEXT,
-    session_id TEXT,
-    grant_id   TEXT,
-    request_id TEXT,
-    reason     TEXT,
-    approvers  TEXT NOT NULL,
-    detail     TEXT NOT NULL,
-    prev       BLOB NOT NULL,
-    hash       BLOB NOT NULL
-);
-CREATE INDEX events_at ON events (at);
-CREATE INDEX events_user ON events (user_name, at);
-CREATE INDEX events_resource ON events (resource, at);
-CREATE INDEX events_session ON events (session_id);
-",
-    // 2: how far each shipper got (committed with the events it shipped),
-    // and the indexes the session history walks: sessions by their start,
-    // a session's end or statements without reading all its events.
-    "
-CREATE TABLE shipped (
-    source   TEXT PRIMARY KEY,
-    position INTEGER NOT NULL,
-    last_id  TEXT NOT NULL
-);
-CREATE INDEX events_action ON events (action, seq);
-CREATE INDEX events_session_action ON events (session_id, action, seq);
-",
-    // 3: `events_session_action` serves every lookup by session, so the
-    // index on the session alone only cost each insert another B-tree.
-    "DROP INDEX IF EXISTS events_session;",
-    // 4: a block of statements (protocol's `audit::block`) takes a number
-    // per statement, and keeps its statements' JSON out of `detail`, where
-    // it would be escaped a second time, in a column of its own.
-    "ALTER TABLE events ADD COLUMN span INTEGER NOT NULL DEFAULT 1;
-     ALTER TABLE events ADD COLUMN body TEXT;",
-];
-
-/// The same schema for PostgreSQL, as it stands after every step above:
-/// the audit log's first version there.
-const POSTGRES: &str = "
-CREATE TABLE events (
-    seq        BIGINT PRIMARY KEY,
-    id         TEXT NOT NULL UNIQUE,
-    at         BIGINT NOT NULL,
-    action     TEXT NOT NULL,
-    user_name  TEXT NOT NULL,
-    resource   TEXT,
-    role       TEXT,
-    session_id TEXT,
-    grant_id   TEXT,
-    request_id TEXT,
-    reason     TEXT,
-    approvers  TEXT NOT NULL,
-    detail     TEXT NOT NULL,
-    prev       BYTEA NOT NULL,
-    hash       BYTEA NOT NULL,
-    span       BIGINT NOT NULL DEFAULT 1,
-    body       TEXT
-);
-CREATE INDEX events_at ON events (at);
-CREATE INDEX events_user ON events (user_name, at);
-CREATE INDEX events_resource ON events (resource, at);
-CREATE INDEX events_action ON events (action, seq);
-CREATE INDEX events_session_action ON events (session_id, action, seq);
-CREATE TABLE shipped (
-    source   TEXT PRIMARY KEY,
-    position BIGINT NOT NULL,
-    last_id  TEXT NOT NULL
-);
-";
 
 const COLUMNS: &str = "seq, id, at, action, user_name, resource, role, session_id, grant_id, request_id, reason, approvers, detail, prev, hash, span, body";
 
@@ -126,49 +39,6 @@ pub struct Search {
     pub after: Option<u64>,
     /// At most this many.
     pub limit: usize,
-}
-
-/// Opens (creating or upgrading) the log in the SQLite file at `path`.
-pub(super) fn open(path: &Path) -> Result<Conn, AuditError> {
-    let conn = rusqlite::Connection::open(path)?;
-    conn.busy_timeout(Duration::from_secs(5))?;
-    // A 32 MiB page cache (SQLite's default is 2 MiB): with statement audit
-    // the writer inserts tens of thousands of rows a second, and benches/
-    // audit_write.rs measured it 35% cheaper per event than with 8 MiB.
-    conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA cache_size = -32768;")?;
-    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    for (done, step) in SCHEMA
-        .iter()
-        .enumerate()
-        .skip(usize::try_from(version).unwrap_or(usize::MAX))
-    {
-        let next = done + 1;
-        conn.execute_batch(&format!("BEGIN; {step} PRAGMA user_version = {next}; COMMIT;"))?;
-    }
-    Ok(Conn::Sqlite(conn))
-}
-
-/// Opens (creating if needed) the log in the PostgreSQL database at `url`.
-/// Replicas starting together create it once, and each must hold the key
-/// its chain was started with (`key_check` tells, without telling the key).
-pub(super) fn open_postgres(url: &str, key_check: &str) -> Result<Conn, AuditError> {
-    let mut conn = Conn::Postgres(PgConn::connect(url)?);
-    let mut tx = conn.transaction_locked(AUDIT_LOCK)?;
-    tx.batch("CREATE TABLE IF NOT EXISTS audit_schema (version BIGINT NOT NULL, key_check TEXT NOT NULL)")?;
-    let found = tx.query_opt("SELECT version, key_check FROM audit_schema", &[])?;
-    match found {
-        None => {
-            tx.batch(POSTGRES)?;
-            tx.execute(
-                "INSERT INTO audit_schema (version, key_check) VALUES (1, ?1)",
-                args![key_check],
-            )?;
-        }
-        Some(r) if r.get::<String>(1)? != key_check => return Err(AuditError::OtherKey),
-        Some(_) => {}
-    }
-    tx.commit()?;
-    Ok(conn)
 }
 
 /// How far a shipper got: the position of the last entry it shipped, and
@@ -622,28 +492,4 @@ pub(super) fn sessions(conn: &mut dyn Sql, s: &SessionSearch) -> Result<Vec<Sess
         })
         .collect::<Result<Vec<_>, crate::store::DbError>>()?;
     Ok(found)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_file_of_an_older_version_gets_the_later_steps_once() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("audit.db");
-        let first = SCHEMA.first().expect("a first step");
-        rusqlite::Connection::open(&path)
-            .and_then(|c| c.execute_batch(&format!("{first} PRAGMA user_version = 1;")))
-            .expect("a version 1 file");
-        for _ in 0..2 {
-            let mut conn = open(&path).expect("open and upgrade");
-            let version: i64 = conn
-                .query_one("PRAGMA user_version", &[])
-                .and_then(|r| r.get(0))
-                .expect("version");
-            assert_eq!(version, i64::try_from(SCHEMA.len()).expect("small"));
-            assert_eq!(cursor(&mut conn, "workflow").expect("the shipped table"), None);
-        }
-    }
 }
