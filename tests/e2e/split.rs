@@ -46,6 +46,21 @@ fn sessions_until(control: &Gateway, token: &str, n: usize) -> Vec<Value> {
     }
 }
 
+/// `proxy` refuses alice's new session on `db`, saying it has not heard
+/// from its control plane, and its `/readyz` answers 503; answers that body.
+fn refuses_for_silence(proxy: &Gateway, alice: &str, db: &str) -> String {
+    let out = proxy.psql("alice", alice, db, "disable", "SELECT 1");
+    assert!(!out.status.success(), "a new session was admitted");
+    assert!(
+        stderr(&out).contains("has not heard from its control plane"),
+        "psql should say why: {}",
+        stderr(&out)
+    );
+    let (status, body) = proxy.http("GET", "/readyz", None, None);
+    assert_eq!(status, 503, "{body}");
+    body
+}
+
 /// The FATAL a session was cut with, within `within`.
 async fn cut_message(s: &mut Session, within: Duration) -> String {
     let err = tokio::time::timeout(within, s.client.simple_query("SELECT pg_sleep(30)"))
@@ -234,15 +249,7 @@ async fn outage(mut split: Split) {
 
     // Past the staleness: new sessions refused with the reason, /readyz 503, live sessions run on.
     std::thread::sleep(Duration::from_secs(3).saturating_sub(stopped.elapsed()));
-    let out = split.proxies[1].psql("alice", &alice, "bench", "disable", "SELECT 1");
-    assert!(!out.status.success(), "a new session was admitted past the staleness");
-    assert!(
-        stderr(&out).contains("has not heard from its control plane"),
-        "psql should say why: {}",
-        stderr(&out)
-    );
-    let (status, body) = split.proxies[1].http("GET", "/readyz", None, None);
-    assert_eq!(status, 503, "{body}");
+    let body = refuses_for_silence(&split.proxies[1], &alice, "bench");
     assert!(body.contains("control plane"), "{body}");
     let (_, metrics) = split.proxies[1].http("GET", "/metrics", None, None);
     for name in [
@@ -362,15 +369,7 @@ fn a_proxy_started_while_the_control_plane_is_down_says_why() {
     split.control.stop();
     // It holds no users or grants yet: the reason comes before any password check.
     split.proxies[0].restart_listening();
-    let out = split.proxies[0].psql("alice", &alice, "bench", "disable", "SELECT 1");
-    assert!(!out.status.success(), "admitted without a snapshot");
-    assert!(
-        stderr(&out).contains("has not heard from its control plane"),
-        "psql should say why: {}",
-        stderr(&out)
-    );
-    let (status, body) = split.proxies[0].http("GET", "/readyz", None, None);
-    assert_eq!(status, 503, "{body}");
+    let body = refuses_for_silence(&split.proxies[0], &alice, "bench");
     assert!(body.contains("no snapshot"), "{body}");
 }
 
