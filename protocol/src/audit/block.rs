@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::AuditEvent;
 use crate::feed::UnixMillis;
@@ -35,7 +35,7 @@ pub const COUNT: &str = "count";
 pub const LIST: &str = "statements";
 
 /// One statement as a block holds it.
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct Member<'a> {
     #[serde(borrow)]
     id: std::borrow::Cow<'a, str>,
@@ -43,10 +43,66 @@ struct Member<'a> {
     detail: BTreeMap<String, String>,
 }
 
+/// Where an event's detail is written, one key and value at a time: a map,
+/// or straight into a block's JSON with no map in between (the audit thread
+/// writes every statement this way).
+pub trait Detail {
+    /// Adds `key` with `value`; each key once.
+    fn put(&mut self, key: &str, value: &str);
+
+    /// Adds `key` with a number, written as a string as every detail value is.
+    fn put_number(&mut self, key: &str, n: u64) {
+        self.put(key, itoa::Buffer::new().format(n));
+    }
+}
+
+impl Detail for BTreeMap<String, String> {
+    fn put(&mut self, key: &str, value: &str) {
+        self.insert(key.to_owned(), value.to_owned());
+    }
+}
+
+/// A statement's detail being written into its block's JSON object.
+pub struct DetailJson<'a> {
+    json: &'a mut Vec<u8>,
+    first: bool,
+}
+
+impl DetailJson<'_> {
+    fn string(&mut self, s: &str) {
+        // Writing to a Vec cannot fail, and a str always serializes.
+        let _ = serde_json::to_writer(&mut *self.json, s);
+    }
+}
+
+impl Detail for DetailJson<'_> {
+    fn put(&mut self, key: &str, value: &str) {
+        if !std::mem::take(&mut self.first) {
+            self.json.push(b',');
+        }
+        self.string(key);
+        self.json.push(b':');
+        self.string(value);
+    }
+
+    fn put_number(&mut self, key: &str, n: u64) {
+        if !std::mem::take(&mut self.first) {
+            self.json.push(b',');
+        }
+        self.string(key);
+        self.json.push(b':');
+        self.json.push(b'"');
+        self.json.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+        self.json.push(b'"');
+    }
+}
+
 /// A block being filled, one session's statements in the order they completed.
 pub struct BlockBuilder {
     block: AuditEvent,
-    json: String,
+    /// The members' JSON array so far, without its closing bracket: UTF-8,
+    /// as serde_json and the ASCII punctuation around it write it.
+    json: Vec<u8>,
     count: u64,
     first: UnixMillis,
     last: UnixMillis,
@@ -60,7 +116,7 @@ impl BlockBuilder {
         session.action = BLOCK.to_owned();
         BlockBuilder {
             block: session,
-            json: String::from("["),
+            json: Vec::from(*b"["),
             count: 0,
             first: UnixMillis::MAX,
             last: UnixMillis::MIN,
@@ -87,19 +143,30 @@ impl BlockBuilder {
 
     /// Adds a statement; call `fits` first.
     pub fn push(&mut self, id: &str, at: UnixMillis, detail: BTreeMap<String, String>) {
+        self.push_with(id, at, |d| {
+            for (k, v) in &detail {
+                d.put(k, v);
+            }
+        });
+    }
+
+    /// Adds a statement whose detail `write` puts straight into the block's
+    /// JSON, as `Member` reads it back; call `fits` first.
+    pub fn push_with(&mut self, id: &str, at: UnixMillis, write: impl FnOnce(&mut DetailJson<'_>)) {
         if self.count > 0 {
-            self.json.push(',');
+            self.json.push(b',');
         }
-        let member = Member {
-            id: id.into(),
-            at,
-            detail,
+        let mut d = DetailJson {
+            json: &mut self.json,
+            first: true,
         };
-        // A map of strings always serializes; the fallback keeps the count true.
-        match serde_json::to_string(&member) {
-            Ok(s) => self.json.push_str(&s),
-            Err(_) => self.json.push_str("null"),
-        }
+        d.json.extend_from_slice(b"{\"id\":");
+        d.string(id);
+        d.json.extend_from_slice(b",\"at\":");
+        d.json.extend_from_slice(itoa::Buffer::new().format(at).as_bytes());
+        d.json.extend_from_slice(b",\"detail\":{");
+        write(&mut d);
+        self.json.extend_from_slice(b"}}");
         self.count += 1;
         self.first = self.first.min(at);
         self.last = self.last.max(at);
@@ -107,10 +174,12 @@ impl BlockBuilder {
 
     /// The block as one event, dated by its earliest statement.
     pub fn finish(mut self) -> AuditEvent {
-        self.json.push(']');
+        self.json.push(b']');
+        // Only ASCII is written around what serde_json wrote.
+        let json = String::from_utf8(self.json).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
         self.block.at = if self.count == 0 { self.block.at } else { self.first };
         self.block.detail.insert(COUNT.to_owned(), self.count.to_string());
-        self.block.detail.insert(LIST.to_owned(), self.json);
+        self.block.detail.insert(LIST.to_owned(), json);
         self.block
     }
 }
@@ -218,6 +287,21 @@ mod tests {
             ),
             (Some("INC-1"), vec!["carol".to_owned()], Some("ses_1"))
         );
+    }
+
+    #[test]
+    fn a_detail_written_straight_into_the_block_reads_back_whole() {
+        let text = "SELECT '\u{e9}\n\"x\"\\'";
+        let mut b = BlockBuilder::new(session());
+        b.push_with("evt_a", 7, |d| {
+            d.put("text", text);
+            d.put_number("rows", u64::MAX);
+        });
+        let out = expand(1, b.finish());
+        let detail = &out[0].1.detail;
+        assert_eq!(detail["text"], text);
+        assert_eq!(detail["rows"], u64::MAX.to_string());
+        assert_eq!(detail["protocol"], "postgres");
     }
 
     #[test]

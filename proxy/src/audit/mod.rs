@@ -163,7 +163,21 @@ fn next_id() -> String {
             format!("{:012x}", nanos & 0xffff_ffff_ffff)
         })
     });
-    format!("evt_{prefix}{:08x}", COUNTER.fetch_add(1, Ordering::Relaxed))
+    let mut id = String::with_capacity(4 + prefix.len() + 16);
+    id.push_str("evt_");
+    id.push_str(prefix);
+    push_hex(&mut id, COUNTER.fetch_add(1, Ordering::Relaxed));
+    id
+}
+
+/// Appends `n` in lowercase hex, at least 8 digits, as `{n:08x}` would: one
+/// id is made per statement under load, and fmt's machinery cost more than
+/// the rest of the id.
+fn push_hex(out: &mut String, n: u64) {
+    let digits = (u64::BITS - n.leading_zeros()).div_ceil(4).max(8);
+    for shift in (0..digits).rev() {
+        out.push(char::from(b"0123456789abcdef"[((n >> (shift * 4)) & 0xf) as usize]));
+    }
 }
 
 /// A new event of `action` by `user`, now, with a fresh id.
@@ -179,5 +193,14 @@ mod tests {
         let unique: std::collections::HashSet<&String> = ids.iter().collect();
         assert_eq!(unique.len(), ids.len());
         assert!(ids.iter().all(|id| id.starts_with("evt_") && id[..16] == ids[0][..16]));
+    }
+
+    #[test]
+    fn counters_are_written_as_eight_hex_digits_or_more() {
+        for n in [0, 9, 0xabc, 0xffff_ffff, 0x1_0000_0000, u64::MAX] {
+            let mut s = String::new();
+            super::push_hex(&mut s, n);
+            assert_eq!(s, format!("{n:08x}"));
+        }
     }
 }

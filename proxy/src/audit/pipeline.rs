@@ -84,7 +84,7 @@ fn below_sessions() {
 #[derive(Default)]
 struct Blocks {
     classifier: Classifier,
-    open: HashMap<String, BlockBuilder>,
+    open: HashMap<String, BlockBuilder, foldhash::fast::RandomState>,
     /// When the oldest open block got its first statement.
     since: Option<Instant>,
 }
@@ -109,22 +109,26 @@ impl Blocks {
     /// on when it is full.
     fn add(&mut self, batch: Batch, log: &mpsc::Sender<AuditEvent>) -> bool {
         let Batch { session, statements } = batch;
+        if statements.is_empty() {
+            return true;
+        }
+        let block = match self.open.get_mut(&session.session_id) {
+            Some(block) => block,
+            None => self
+                .open
+                .entry(session.session_id.clone())
+                .or_insert_with(|| block_of(&session)),
+        };
         for s in &statements {
             let at = session.at(s);
-            let detail = statement_detail(&session, s, &mut self.classifier);
-            if !self.open.contains_key(&session.session_id) {
-                self.open.insert(session.session_id.clone(), block_of(&session));
-            }
-            let Some(block) = self.open.get_mut(&session.session_id) else {
-                continue;
-            };
             if !block.fits(at) {
                 let full = std::mem::replace(block, block_of(&session));
                 if log.blocking_send(full.finish()).is_err() {
                     return false;
                 }
             }
-            block.push(&super::next_id(), at, detail);
+            let classifier = &mut self.classifier;
+            block.push_with(&super::next_id(), at, |d| statement_detail(&session, s, classifier, d));
             self.since.get_or_insert_with(Instant::now);
         }
         true

@@ -1,12 +1,12 @@
 //! One audit event per statement: what the relay's tracker saw, with the
 //! session's who/where/why, turned into an `AuditEvent` on the audit thread.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Instant;
 
 use portcullis_protocol::audit::AuditEvent;
+use portcullis_protocol::audit::block::Detail;
 use portcullis_protocol::feed::UnixMillis;
 use portcullis_protocol::pg::statements::{Flow, Outcome, Param, Statement};
 
@@ -98,101 +98,89 @@ impl Batch {
 pub fn statement_event(session: &SessionAudit, s: &Statement, classifier: &mut Classifier) -> AuditEvent {
     let mut e = session.event("statement");
     e.at = session.at(s);
-    e.detail.append(&mut statement_detail(session, s, classifier));
+    statement_detail(session, s, classifier, &mut e.detail);
     e
 }
 
-/// What one statement's event says beyond its session's fields: class,
-/// tables, text (passwords redacted), parameters, outcome and duration.
-pub fn statement_detail(
-    session: &SessionAudit,
-    s: &Statement,
-    classifier: &mut Classifier,
-) -> BTreeMap<String, String> {
-    let mut detail = BTreeMap::new();
-    let d = &mut detail;
+/// Writes what one statement's event says beyond its session's fields into
+/// `d`: class, tables, text (passwords redacted), parameters, outcome and
+/// duration.
+pub fn statement_detail(session: &SessionAudit, s: &Statement, classifier: &mut Classifier, d: &mut impl Detail) {
     let flow = match s.flow {
         Flow::Simple => "simple",
         Flow::Extended => "extended",
         Flow::Function => "function",
     };
-    d.insert("flow".into(), flow.into());
+    d.put("flow", flow);
     let class = classifier.classify(&s.text.text);
-    d.insert("class".into(), class.class.clone());
+    d.put("class", &class.class);
     if !class.tables.is_empty() {
-        d.insert("tables".into(), class.tables.clone());
+        d.put("tables", &class.tables);
     }
     let redacted = match redact(&s.text.text) {
         Some(redacted) => {
-            d.insert("text".into(), redacted);
-            d.insert("redacted".into(), "true".into());
+            d.put("text", &redacted);
+            d.put("redacted", "true");
             true
         }
         None => {
-            d.insert("text".into(), s.text.text.clone());
+            d.put("text", &s.text.text);
             false
         }
     };
     if let Some(sha) = &s.text.sha256 {
         // Cut: the whole text's length and hash, never the rest of it.
-        d.insert("text_len".into(), s.text.len.to_string());
-        d.insert("text_sha256".into(), sha.clone());
+        d.put_number("text_len", s.text.len as u64);
+        d.put("text_sha256", sha);
     }
     if s.flow == Flow::Extended {
         if !s.statement.is_empty() {
-            d.insert("statement".into(), s.statement.clone());
+            d.put("statement", &s.statement);
         }
         if !s.portal.is_empty() {
-            d.insert("portal".into(), s.portal.clone());
+            d.put("portal", &s.portal);
         }
-        d.insert("param_count".into(), s.params.len().to_string());
+        d.put_number("param_count", s.params.len() as u64);
         if !s.params.is_empty() {
             if session.redact_parameters {
-                d.insert("params".into(), "[redacted by policy]".into());
+                d.put("params", "[redacted by policy]");
             } else {
-                d.insert("params".into(), params_json(&s.params));
+                d.put("params", &params_json(&s.params));
             }
         }
     }
     if let Some(copy) = s.copy {
-        d.insert(
-            "copy".into(),
-            if copy.inbound { "from_stdin" } else { "to_stdout" }.into(),
-        );
-        d.insert("copy_bytes".into(), copy.bytes.to_string());
+        d.put("copy", if copy.inbound { "from_stdin" } else { "to_stdout" });
+        d.put_number("copy_bytes", copy.bytes);
     }
     match &s.outcome {
         Outcome::Done(list) => {
-            d.insert("outcome".into(), "ok".into());
-            let tags: Vec<&str> = list.iter().map(|c| c.tag.as_str()).collect();
-            if !tags.is_empty() {
-                d.insert("tag".into(), tags.join("; "));
+            d.put("outcome", "ok");
+            match list.as_slice() {
+                [] => {}
+                [one] => d.put("tag", &one.tag),
+                many => d.put(
+                    "tag",
+                    &many.iter().map(|c| c.tag.as_str()).collect::<Vec<_>>().join("; "),
+                ),
             }
             let rows: Option<u64> = list.iter().filter_map(|c| c.rows).reduce(|a, b| a.saturating_add(b));
             if let Some(rows) = rows {
-                d.insert("rows".into(), rows.to_string());
+                d.put_number("rows", rows);
             }
         }
         Outcome::Failed { sqlstate, message } => {
-            d.insert("outcome".into(), "error".into());
-            d.insert("sqlstate".into(), sqlstate.clone());
+            d.put("outcome", "error");
+            d.put("sqlstate", sqlstate);
             // The server quotes the statement in some errors (`syntax error at or
             // near "hunter2"`): for one that held a password, its SQLSTATE only.
-            let message = if redacted { WITHHELD.to_owned() } else { message.clone() };
-            d.insert("error".into(), message);
+            d.put("error", if redacted { WITHHELD } else { message });
         }
-        Outcome::Suspended => {
-            d.insert("outcome".into(), "suspended".into());
-        }
-        Outcome::NotRun => {
-            d.insert("outcome".into(), "not_run".into());
-        }
-        Outcome::Interrupted => {
-            d.insert("outcome".into(), "interrupted".into());
-        }
+        Outcome::Suspended => d.put("outcome", "suspended"),
+        Outcome::NotRun => d.put("outcome", "not_run"),
+        Outcome::Interrupted => d.put("outcome", "interrupted"),
     }
-    d.insert("duration_us".into(), s.duration.as_micros().to_string());
-    detail
+    d.put_number("duration_us", u64::try_from(s.duration.as_micros()).unwrap_or(u64::MAX));
 }
 
 /// The error message of a statement that held a password.
