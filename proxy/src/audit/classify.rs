@@ -26,7 +26,7 @@ pub struct Class {
 /// literals blanked) so a workload that repeats itself is parsed once.
 #[derive(Default)]
 pub struct Classifier {
-    cache: HashMap<String, Arc<Class>, foldhash::fast::RandomState>,
+    cache: HashMap<Vec<u8>, Arc<Class>, foldhash::fast::RandomState>,
 }
 
 impl Classifier {
@@ -138,9 +138,9 @@ fn class_of(stmt: &str) -> &'static str {
 /// every time. Two texts of one shape must differ in literals only: quoted
 /// identifiers, parameters (`$1`) and line comments are kept as written,
 /// so a quote inside them cannot hide a table behind a cached shape.
-fn shape(sql: &str) -> Option<String> {
+fn shape(sql: &str) -> Option<Vec<u8>> {
     let b = sql.as_bytes();
-    let mut out = String::with_capacity(sql.len());
+    let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     let word = |at: usize| at > 0 && (b[at - 1].is_ascii_alphanumeric() || b[at - 1] == b'_' || b[at - 1] >= 0x80);
     while i < b.len() {
@@ -149,20 +149,20 @@ fn shape(sql: &str) -> Option<String> {
             // A parameter, or a `$` inside a name; anything else may open a dollar quote.
             b'$' if word(i) || b.get(i + 1).is_some_and(u8::is_ascii_digit) => {
                 let end = i + 1 + b[i + 1..].iter().take_while(|d| d.is_ascii_digit()).count();
-                out.push_str(sql.get(i..end)?);
+                out.extend_from_slice(&b[i..end]);
                 i = end;
                 continue;
             }
             b'$' => return None,
             b'"' => {
                 let end = i + 1 + b[i + 1..].iter().position(|&q| q == b'"')? + 1;
-                out.push_str(sql.get(i..end)?);
+                out.extend_from_slice(&b[i..end]);
                 i = end;
                 continue;
             }
             b'-' if b.get(i + 1) == Some(&b'-') => {
                 let end = b[i..].iter().position(|&n| n == b'\n').map_or(b.len(), |n| i + n);
-                out.push_str(sql.get(i..end)?);
+                out.extend_from_slice(&b[i..end]);
                 i = end;
                 continue;
             }
@@ -180,34 +180,20 @@ fn shape(sql: &str) -> Option<String> {
                         Some(_) => i += 1,
                     }
                 }
-                out.push('?');
+                out.push(b'?');
             }
-            b'0'..=b'9' if i == 0 || !(b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_') => {
+            b'0'..=b'9' if !word(i) => {
                 while i + 1 < b.len() && (b[i + 1].is_ascii_alphanumeric() || b[i + 1] == b'.') {
                     i += 1;
                 }
-                out.push('?');
+                out.push(b'?');
             }
-            _ => {
-                // Whole UTF-8 sequences: a multi-byte character is copied byte by byte.
-                let len = utf8_len(c);
-                out.push_str(sql.get(i..i + len)?);
-                i += len;
-                continue;
-            }
+            // Bytes of a multi-byte character are all >= 0x80: copied as they are.
+            _ => out.push(c),
         }
         i += 1;
     }
     Some(out)
-}
-
-fn utf8_len(first: u8) -> usize {
-    match first {
-        0xf0.. => 4,
-        0xe0.. => 3,
-        0xc0.. => 2,
-        _ => 1,
-    }
 }
 
 /// `text` with every password written into it replaced by [`REDACTED`], or
@@ -216,13 +202,7 @@ fn utf8_len(first: u8) -> usize {
 /// and URLs with a password (`password=...`, `scheme://user:secret@host`).
 /// Text that mentions a password but cannot be scanned is withheld whole.
 pub fn redact(text: &str) -> Option<String> {
-    // Every statement comes here: most mention no password, and cost no copy.
-    let mentions = |word: &[u8]| {
-        text.as_bytes()
-            .windows(word.len())
-            .any(|w| w.eq_ignore_ascii_case(word))
-    };
-    if !text.contains("://") && !mentions(b"password") {
+    if !mentions_password(text) {
         return None;
     }
     let lower = text.to_ascii_lowercase();
@@ -261,6 +241,16 @@ pub fn redact(text: &str) -> Option<String> {
     }
     out.push_str(text.get(at..)?);
     Some(out)
+}
+
+/// Whether `text` may hold a password: it says "password" in any case, or
+/// holds a URL. Every statement is checked: most say neither, and are
+/// scanned with SIMD and not copied.
+fn mentions_password(text: &str) -> bool {
+    let b = text.as_bytes();
+    memchr::memchr_iter(b':', b).any(|i| b.get(i + 1..i + 3) == Some(b"//"))
+        || memchr::memchr2_iter(b'p', b'P', b)
+            .any(|i| b.get(i..i + 8).is_some_and(|w| w.eq_ignore_ascii_case(b"password")))
 }
 
 /// Whether a literal (lowercased) is a connection string or URL with a password.
@@ -303,7 +293,7 @@ mod tests {
         assert_eq!(shape("SELECT $$x$$"), None);
         assert_eq!(
             shape("SELECT a$1 FROM t WHERE b = $12"),
-            Some("SELECT a$1 FROM t WHERE b = $12".to_owned())
+            Some("SELECT a$1 FROM t WHERE b = $12".into())
         );
         // A quote in a comment or a quoted name opens no literal: these differ in tables.
         assert_ne!(
@@ -317,7 +307,8 @@ mod tests {
         assert_eq!(shape("SELECT 1 /* ' */ FROM t"), None);
         assert_eq!(shape("SELECT \"unclosed"), None);
         assert_eq!(shape("SELECT E'\\''"), None);
-        assert_eq!(shape("SELECT 'é', 1"), Some("SELECT ?, ?".to_owned()));
+        assert_eq!(shape("SELECT 'é', 1"), Some(b"SELECT ?, ?".to_vec()));
+        assert_eq!(shape("SELECT é1, 2"), Some("SELECT é1, ?".into()));
         let mut c = Classifier::default();
         c.classify("SELECT 1 FROM t WHERE a = 1");
         c.classify("SELECT 1 FROM t WHERE a = 2");
@@ -363,5 +354,20 @@ mod tests {
         assert_eq!(redact("SELECT password FROM users"), None);
         let withheld = redact("ALTER ROLE bob PASSWORD 'hunter2").expect("withheld");
         assert!(!withheld.contains("hunter2"));
+    }
+
+    #[test]
+    fn the_pre_check_finds_password_in_any_case_and_any_url() {
+        for sql in [
+            "alter role b PaSsWoRd 'x'",
+            "SELECT 1 -- password",
+            "SELECT 'a://b'",
+            "ppassword",
+        ] {
+            assert!(mentions_password(sql), "{sql}");
+        }
+        for sql in ["SELECT passwor", "SELECT 'pass word'", "SELECT ':/'", "", "p"] {
+            assert!(!mentions_password(sql), "{sql}");
+        }
     }
 }
