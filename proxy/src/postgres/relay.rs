@@ -85,6 +85,7 @@ pub async fn relay<T>(
         answered: 0,
         quit: None,
         notices,
+        notices_armed: false,
         own: None,
         own_pos: 0,
         fatal: None,
@@ -156,6 +157,9 @@ struct Relay<'a> {
     /// The client sent Terminate; true when it came whole, at a boundary.
     quit: Option<bool>,
     notices: mpsc::Receiver<Bytes>,
+    /// Our waker is registered with `notices`: until a notice arrives (and
+    /// wakes us), looking for one is a plain emptiness check.
+    notices_armed: bool,
     /// A message of ours being written to the client, between two of the server's.
     own: Option<Bytes>,
     own_pos: usize,
@@ -305,9 +309,16 @@ impl Relay<'_> {
                     self.ending = true;
                     continue;
                 }
-                if let Poll::Ready(Some(notice)) = self.notices.poll_recv(cx) {
-                    self.own = Some(notice);
-                    continue;
+                if !self.notices_armed || !self.notices.is_empty() {
+                    match self.notices.poll_recv(cx) {
+                        Poll::Ready(Some(notice)) => {
+                            self.notices_armed = false;
+                            self.own = Some(notice);
+                            continue;
+                        }
+                        // Pending leaves our waker registered; a closed channel has nothing more.
+                        Poll::Pending | Poll::Ready(None) => self.notices_armed = true,
+                    }
                 }
             }
             if down.start < down.end {
