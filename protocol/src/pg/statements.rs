@@ -63,7 +63,7 @@ impl Text {
     fn new(raw: &[u8]) -> Text {
         if raw.len() <= MAX_TEXT {
             return Text {
-                text: String::from_utf8_lossy(raw).into_owned(),
+                text: lossy(raw),
                 len: raw.len(),
                 sha256: None,
             };
@@ -80,7 +80,7 @@ impl Text {
             _ => first.len(),
         };
         Text {
-            text: String::from_utf8_lossy(&first[..end]).into_owned(),
+            text: lossy(&first[..end]),
             len,
             sha256: Some(sha256.iter().map(|b| format!("{b:02x}")).collect()),
         }
@@ -95,6 +95,16 @@ impl Text {
             Some(d) => Text::cut(&body[..end], d.len, d.sha256),
             None => Text::new(&body[..end]),
         }
+    }
+}
+
+/// `raw` as text, invalid bytes shown as U+FFFD. Valid text (nearly all)
+/// takes `from_utf8`'s word-at-a-time check, where the lossy decoder goes a
+/// byte at a time: this runs on the relay for every statement.
+fn lossy(raw: &[u8]) -> String {
+    match std::str::from_utf8(raw) {
+        Ok(text) => text.to_owned(),
+        Err(_) => String::from_utf8_lossy(raw).into_owned(),
     }
 }
 
@@ -227,12 +237,18 @@ fn statement(flow: Flow, text: Arc<Text>, now: Instant) -> Statement {
         text,
         statement: String::new(),
         portal: String::new(),
-        params: Arc::from([]),
+        params: no_params(),
         copy: None,
         outcome: Outcome::Done(Vec::new()),
         started: now,
         duration: Duration::ZERO,
     }
+}
+
+/// No parameters, shared: a statement of the simple protocol allocates none.
+fn no_params() -> Arc<[Param]> {
+    static NONE: std::sync::LazyLock<Arc<[Param]>> = std::sync::LazyLock::new(|| Arc::from([]));
+    Arc::clone(&NONE)
 }
 
 impl StatementTracker {
