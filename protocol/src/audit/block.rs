@@ -77,7 +77,7 @@ impl DetailJson<'_> {
 }
 
 /// Appends `s` as a JSON string. Runs for every value of every statement:
-/// 16-byte stretches that need no escape (nearly all of any statement) are
+/// 8-byte words that need no escape (nearly all of any statement) are
 /// checked at once and copied whole.
 fn json_string(out: &mut Vec<u8>, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -87,11 +87,10 @@ fn json_string(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
     let (mut from, mut i) = (0, 0);
     while i < bytes.len() {
-        // A fold with no early exit over a fixed width: one SIMD comparison.
-        if let Some(chunk) = bytes.get(i..i + 16)
-            && !chunk.iter().fold(false, |any, &b| any | needs_escape(b))
+        if let Some(word) = bytes.get(i..i + 8).and_then(|w| <[u8; 8]>::try_from(w).ok())
+            && !word_needs_escape(u64::from_le_bytes(word))
         {
-            i += 16;
+            i += 8;
             continue;
         }
         let b = bytes[i];
@@ -120,6 +119,17 @@ fn json_string(out: &mut Vec<u8>, s: &str) {
     }
     out.extend_from_slice(&bytes[from..]);
     out.push(b'"');
+}
+
+/// Whether any byte of `w` is a control character, `"` or `\\` (the
+/// classic SWAR tests for a zero byte and a byte below n; exact as to
+/// whether there is one, which is all this asks).
+fn word_needs_escape(w: u64) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH != 0;
+    let below_space = w.wrapping_sub(ONES * 0x20) & !w & HIGH != 0;
+    below_space || has_zero(w ^ (ONES * u64::from(b'"'))) || has_zero(w ^ (ONES * u64::from(b'\\')))
 }
 
 impl Detail for DetailJson<'_> {
@@ -369,6 +379,20 @@ mod tests {
             let mut out = Vec::new();
             json_string(&mut out, s);
             assert_eq!(String::from_utf8(out).ok(), serde_json::to_string(s).ok(), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn a_word_needs_escape_exactly_when_one_of_its_bytes_does() {
+        for fill in [b'a', 0xc3, 0xff, b' '] {
+            for pos in 0..8 {
+                for b in 0..=255u8 {
+                    let mut w = [fill; 8];
+                    w[pos] = b;
+                    let want = w.iter().any(|&c| c < 0x20 || c == b'"' || c == b'\\');
+                    assert_eq!(word_needs_escape(u64::from_le_bytes(w)), want, "{w:?}");
+                }
+            }
         }
     }
 
