@@ -8,6 +8,7 @@
 pub mod classify;
 pub mod command;
 mod pipeline;
+pub mod records;
 pub mod spool;
 pub mod statement;
 
@@ -28,7 +29,7 @@ pub const QUEUE: usize = 4096;
 pub enum Item {
     /// An event ready as it is.
     Event(Box<AuditEvent>),
-    /// Statements of one session, to be classified, redacted and recorded.
+    /// Messages of one session, to be made into statements, classified, redacted and recorded.
     Statements(Batch),
 }
 
@@ -122,7 +123,7 @@ impl StatementQueue {
                 }
                 Err(TrySendError::Closed(())) => {
                     // The log is gone (shutdown): nothing more can be recorded.
-                    batch.statements.clear();
+                    batch.clear();
                     return Poll::Ready(());
                 }
                 Err(TrySendError::Full(())) => {
@@ -140,7 +141,7 @@ impl StatementQueue {
             Ok(permit) => {
                 permit.send(Item::Statements(batch.take()));
             }
-            Err(_) => batch.statements.clear(),
+            Err(_) => batch.clear(),
         }
         Poll::Ready(())
     }

@@ -19,9 +19,11 @@ use prometheus::IntGauge;
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TryRecvError;
 
-use super::Item;
+use portcullis_protocol::pg::statements::{Statement, StatementTracker};
+
 use super::classify::Classifier;
 use super::statement::{Batch, SessionAudit, statement_detail};
+use super::{Item, records};
 
 /// While statements are open in blocks, the queue is looked at this often:
 /// one wakeup of this thread per burst instead of one per statement.
@@ -80,11 +82,16 @@ fn below_sessions() {
     let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 5);
 }
 
-/// Each session's open block, by session id.
+type BySession<T> = HashMap<String, T, foldhash::fast::RandomState>;
+
+/// Each session's statement tracker and open block, by session id.
 #[derive(Default)]
 struct Blocks {
     classifier: Classifier,
-    open: HashMap<String, BlockBuilder, foldhash::fast::RandomState>,
+    trackers: BySession<StatementTracker>,
+    /// Statements the trackers completed, while a batch is read.
+    done: Vec<Statement>,
+    open: BySession<BlockBuilder>,
     /// When the oldest open block got its first statement.
     since: Option<Instant>,
 }
@@ -98,6 +105,12 @@ impl Blocks {
     fn take(&mut self, item: Item, log: &mpsc::Sender<AuditEvent>) -> bool {
         match item {
             Item::Event(e) => {
+                if e.action == "session.end"
+                    && let Some(id) = &e.session_id
+                {
+                    // Its recorder's end came first, unless the relay was torn down.
+                    self.trackers.remove(id);
+                }
                 let open = e.session_id.as_ref().and_then(|id| self.open.remove(id));
                 open.is_none_or(|b| log.blocking_send(b.finish()).is_ok()) && log.blocking_send(*e).is_ok()
             }
@@ -105,13 +118,32 @@ impl Blocks {
         }
     }
 
-    /// Adds `batch`'s statements to its session's block, sending the block
+    /// Runs `batch`'s messages through its session's tracker and adds the
+    /// statements that completed to the session's block, sending the block
     /// on when it is full.
     fn add(&mut self, batch: Batch, log: &mpsc::Sender<AuditEvent>) -> bool {
-        let Batch { session, statements } = batch;
-        if statements.is_empty() {
+        let Batch { session, records, end } = batch;
+        let tracker = match self.trackers.get_mut(&session.session_id) {
+            Some(t) => t,
+            None => self.trackers.entry(session.session_id.clone()).or_default(),
+        };
+        let done = &mut self.done;
+        records::each(&records, |from_server, at, m| {
+            let now = session.since + Duration::from_nanos(at);
+            if from_server {
+                tracker.server_message(m, now, done);
+            } else {
+                tracker.client_message(m, now);
+            }
+        });
+        if let Some(end) = end {
+            tracker.interrupt(end, done);
+            self.trackers.remove(&session.session_id);
+        }
+        if self.done.is_empty() {
             return true;
         }
+        let statements = std::mem::take(&mut self.done);
         let block = match self.open.get_mut(&session.session_id) {
             Some(block) => block,
             None => self
@@ -131,6 +163,9 @@ impl Blocks {
             block.push_with(&super::next_id(), at, |d| statement_detail(&session, s, classifier, d));
             self.since.get_or_insert_with(Instant::now);
         }
+        // The vector goes back for the next batch, its room kept.
+        self.done = statements;
+        self.done.clear();
         true
     }
 

@@ -68,29 +68,49 @@ impl SessionAudit {
     }
 }
 
-/// Statements of one session, in the order they completed.
+/// A burst of one session's messages for the statement tracker (see
+/// `records`), in the order the relay saw them.
 pub struct Batch {
     /// Whose.
     pub session: Arc<SessionAudit>,
-    /// What.
-    pub statements: Vec<Statement>,
+    /// The messages, encoded by `records::push`.
+    pub records: Vec<u8>,
+    /// The session ended at this time: what still waits for an answer is
+    /// recorded as interrupted, and the tracker is let go.
+    pub end: Option<Instant>,
 }
+
+/// What a batch's buffer starts with: a few statements' messages.
+const RECORDS: usize = 512;
 
 impl Batch {
     /// An empty batch for `session`.
     pub fn new(session: Arc<SessionAudit>) -> Batch {
         Batch {
             session,
-            statements: Vec::new(),
+            records: Vec::with_capacity(RECORDS),
+            end: None,
         }
     }
 
-    /// The statements so far, as a batch of their own; this one is left empty.
+    /// Whether there is nothing to send.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty() && self.end.is_none()
+    }
+
+    /// What is here so far, as a batch of its own; this one is left empty.
     pub fn take(&mut self) -> Batch {
         Batch {
             session: Arc::clone(&self.session),
-            statements: std::mem::take(&mut self.statements),
+            records: std::mem::replace(&mut self.records, Vec::with_capacity(RECORDS)),
+            end: self.end.take(),
         }
+    }
+
+    /// Drops what is here (the log is gone).
+    pub fn clear(&mut self) {
+        self.records.clear();
+        self.end = None;
     }
 }
 

@@ -1,25 +1,26 @@
 //! Records one session's statements from the bytes the relay forwards: the
 //! relay hands over each chunk it read, `Capture` picks out the messages the
-//! tracker reads, and completed statements go to the audit queue in batches.
-//! A full queue holds the relay back (backpressure), never drops a statement.
+//! statement tracker reads, and those are copied as they are into the batch
+//! for the audit thread (`audit::records`), which makes the statements. A
+//! full queue holds the relay back (backpressure), never drops a statement.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use portcullis_protocol::pg::capture::{Capture, Keep};
-use portcullis_protocol::pg::statements::StatementTracker;
 
-use crate::audit::{Batch, SessionAudit, StatementQueue};
+use crate::audit::{Batch, SessionAudit, StatementQueue, records};
 
-/// Statements waiting for room in the queue before the relay stops reading.
-const BACKLOG: usize = 256;
+/// Bytes of messages waiting for room in the queue before the relay stops
+/// reading (a few hundred statements).
+const BACKLOG: usize = 64 * 1024;
 
 /// One session's statement recorder.
 pub struct Recorder {
-    tracker: StatementTracker,
     up: Capture,
     down: Capture,
+    since: Instant,
     batch: Batch,
     queue: StatementQueue,
 }
@@ -48,51 +49,62 @@ impl Recorder {
     /// A recorder for `session`'s statements into `queue`.
     pub fn new(session: Arc<SessionAudit>, queue: StatementQueue) -> Recorder {
         Recorder {
-            tracker: StatementTracker::new(),
             up: Capture::new(),
             down: Capture::new(),
+            since: session.since,
             batch: Batch::new(session),
             queue,
         }
     }
 
+    /// Now, as records count time: nanoseconds since the session's `since`.
+    fn now(&self) -> u64 {
+        u64::try_from(self.since.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
     /// Bytes the client sent, as forwarded.
     pub fn client(&mut self, bytes: &[u8]) {
-        let now = Instant::now();
-        let tracker = &mut self.tracker;
+        let at = self.now();
+        let out = &mut self.batch.records;
         // Framing errors end the relay on their own; nothing to record here.
-        let _ = self.up.feed(bytes, client_keep, |m| tracker.client_message(&m, now));
+        let _ = self.up.feed(bytes, client_keep, |m| {
+            if records::client_tracked(m.tag) {
+                records::push(out, false, at, &m);
+            }
+        });
     }
 
     /// Bytes the server sent, as forwarded.
     pub fn server(&mut self, bytes: &[u8]) {
-        let now = Instant::now();
-        let (tracker, out) = (&mut self.tracker, &mut self.batch.statements);
-        let _ = self
-            .down
-            .feed(bytes, server_keep, |m| tracker.server_message(&m, now, out));
+        let at = self.now();
+        let out = &mut self.batch.records;
+        let _ = self.down.feed(bytes, server_keep, |m| {
+            if records::server_tracked(m.tag) {
+                records::push(out, true, at, &m);
+            }
+        });
     }
 
-    /// Sends what completed; `Pending` while too much waits for room in the
-    /// queue, and the relay then reads nothing more until there is.
+    /// Sends what was recorded; `Pending` while too much waits for room in
+    /// the queue, and the relay then reads nothing more until there is.
     pub fn poll_room(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.batch.statements.is_empty() || self.queue.poll_send(cx, &mut self.batch).is_ready() {
+        if self.batch.is_empty() || self.queue.poll_send(cx, &mut self.batch).is_ready() {
             return Poll::Ready(());
         }
-        if self.batch.statements.len() >= BACKLOG {
+        if self.batch.records.len() >= BACKLOG {
             Poll::Pending
         } else {
             Poll::Ready(())
         }
     }
 
-    /// At the session's end: statements still waiting for an answer are
-    /// recorded as interrupted, and everything is sent.
+    /// At the session's end: sends everything, with the end's time, so that
+    /// statements still waiting for an answer are recorded as interrupted.
     pub async fn finish(mut self) {
-        self.tracker.interrupt(Instant::now(), &mut self.batch.statements);
+        self.batch.end = Some(Instant::now());
         let Recorder { batch, queue, .. } = &mut self;
         std::future::poll_fn(|cx| {
-            if batch.statements.is_empty() {
+            if batch.is_empty() {
                 return Poll::Ready(());
             }
             queue.poll_send(cx, batch)

@@ -1,0 +1,124 @@
+//! The messages a session's statements are made of, as they travel from the
+//! relay to the audit thread: the relay copies the few messages the
+//! statement tracker reads into one byte buffer per burst, and the audit
+//! thread runs the tracker over them. Copying bytes is all the relay does
+//! per statement; making statements out of them (and the allocations that
+//! takes) happens off the relay path, on the thread that also frees them.
+//!
+//! A record: flags (bit 0: from the server, bit 1: a text digest follows),
+//! tag, time (u64 nanoseconds since the session's `since`), the body's whole
+//! length (u32), the kept body's length (u32), the digest if any (the text's
+//! length as u64 and its SHA-256), then the kept body. Little-endian.
+
+use portcullis_protocol::pg::capture::{Message, TextDigest};
+
+const SERVER: u8 = 1;
+const DIGEST: u8 = 2;
+const HEADER: usize = 1 + 1 + 8 + 4 + 4;
+
+/// Client messages the tracker reads; others are not recorded.
+pub fn client_tracked(tag: u8) -> bool {
+    b"QPBECDSFdcf".contains(&tag)
+}
+
+/// Server messages the tracker reads: not DataRow above all, the bulk of
+/// any result.
+pub fn server_tracked(tag: u8) -> bool {
+    b"CIsEZ123tTnGHWd".contains(&tag)
+}
+
+/// Appends `m`, seen `at` nanoseconds into the session, to `out`.
+pub fn push(out: &mut Vec<u8>, from_server: bool, at: u64, m: &Message<'_>) {
+    let flags = if from_server { SERVER } else { 0 } | if m.text.is_some() { DIGEST } else { 0 };
+    out.push(flags);
+    out.push(m.tag);
+    out.extend_from_slice(&at.to_le_bytes());
+    out.extend_from_slice(&u32::try_from(m.len).unwrap_or(u32::MAX).to_le_bytes());
+    out.extend_from_slice(&u32::try_from(m.body.len()).unwrap_or(u32::MAX).to_le_bytes());
+    if let Some(d) = &m.text {
+        out.extend_from_slice(&(d.len as u64).to_le_bytes());
+        out.extend_from_slice(&d.sha256);
+    }
+    out.extend_from_slice(m.body);
+}
+
+/// Each record of `records` in order: whether it came from the server, its
+/// time in nanoseconds, and the message. Stops at a record cut short (never
+/// written so by `push`).
+pub fn each(mut records: &[u8], mut on: impl FnMut(bool, u64, &Message<'_>)) {
+    while let Some((record, rest)) = next(records) {
+        let (from_server, at, m) = record;
+        on(from_server, at, &m);
+        records = rest;
+    }
+}
+
+type Record<'a> = (bool, u64, Message<'a>);
+
+fn next(b: &[u8]) -> Option<(Record<'_>, &[u8])> {
+    let head = b.get(..HEADER)?;
+    let flags = head[0];
+    let tag = head[1];
+    let at = u64::from_le_bytes(head[2..10].try_into().ok()?);
+    let len = u32::from_le_bytes(head[10..14].try_into().ok()?) as usize;
+    let kept = u32::from_le_bytes(head[14..18].try_into().ok()?) as usize;
+    let mut rest = &b[HEADER..];
+    let text = if flags & DIGEST != 0 {
+        let d = rest.get(..40)?;
+        rest = &rest[40..];
+        Some(TextDigest {
+            len: usize::try_from(u64::from_le_bytes(d[..8].try_into().ok()?)).ok()?,
+            sha256: d[8..].try_into().ok()?,
+        })
+    } else {
+        None
+    };
+    let body = rest.get(..kept)?;
+    let m = Message { tag, body, len, text };
+    Some(((flags & SERVER != 0, at, m), &rest[kept..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_read_back_as_they_were_written() {
+        let digest = TextDigest {
+            len: 300_000,
+            sha256: [7; 32],
+        };
+        let mut out = Vec::new();
+        push(&mut out, false, 5, &Message::whole(b'Q', b"SELECT 1\0"));
+        let cut = Message {
+            tag: b'P',
+            body: b"\0SELECT",
+            len: 300_010,
+            text: Some(digest),
+        };
+        push(&mut out, false, 6, &cut);
+        push(&mut out, true, u64::MAX, &Message::whole(b'Z', b"I"));
+        let mut seen = Vec::new();
+        each(&out, |server, at, m| {
+            seen.push((server, at, m.tag, m.body.to_vec(), m.len, m.text));
+        });
+        assert_eq!(
+            seen,
+            [
+                (false, 5, b'Q', b"SELECT 1\0".to_vec(), 9, None),
+                (false, 6, b'P', b"\0SELECT".to_vec(), 300_010, Some(digest)),
+                (true, u64::MAX, b'Z', b"I".to_vec(), 1, None),
+            ]
+        );
+        let mut count = 0;
+        each(&out[..out.len() - 1], |_, _, _| count += 1);
+        assert_eq!(count, 2, "a record cut short is not read");
+    }
+
+    #[test]
+    fn data_rows_and_notices_are_not_recorded() {
+        assert!(!server_tracked(b'D') && !server_tracked(b'N') && !server_tracked(b'S'));
+        assert!(server_tracked(b'C') && server_tracked(b'Z') && client_tracked(b'Q'));
+        assert!(!client_tracked(b'X') && !client_tracked(b'p'));
+    }
+}
