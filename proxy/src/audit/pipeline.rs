@@ -191,3 +191,58 @@ impl Blocks {
 fn block_of(session: &Arc<SessionAudit>) -> BlockBuilder {
     BlockBuilder::new(session.event("statements"))
 }
+
+#[cfg(test)]
+mod tests {
+    use portcullis_protocol::pg::capture::Message;
+
+    use super::*;
+
+    fn session() -> Arc<SessionAudit> {
+        Arc::new(SessionAudit {
+            user: "alice".into(),
+            resource: "orders".into(),
+            role: "read".into(),
+            session_id: "ses_1".into(),
+            protocol: "postgres",
+            grant_id: "grt_1".into(),
+            request_id: "req_1".into(),
+            reason: None,
+            approvers: Vec::new(),
+            break_glass: false,
+            redact_parameters: false,
+            wall: 1_000,
+            since: Instant::now(),
+        })
+    }
+
+    #[test]
+    fn a_session_s_tracker_lives_until_its_end_which_interrupts_what_is_unanswered() {
+        let (log, mut events) = mpsc::channel(16);
+        let mut blocks = Blocks::default();
+        let mut batch = Batch::new(session());
+        records::push(
+            &mut batch.records,
+            false,
+            1_000,
+            &Message::whole(b'Q', b"SELECT pg_sleep(9)\0"),
+        );
+        assert!(blocks.take(Item::Statements(batch.take()), &log));
+        assert_eq!(
+            (blocks.trackers.len(), blocks.open.len()),
+            (1, 0),
+            "asked, not answered"
+        );
+        batch.end = Some(Instant::now());
+        assert!(blocks.take(Item::Statements(batch.take()), &log));
+        assert!(blocks.trackers.is_empty(), "the end lets the tracker go");
+        assert!(blocks.close_all(&log));
+        let block = events.try_recv().expect("the block");
+        let statements = portcullis_protocol::audit::block::expand(1, block);
+        let detail = &statements[0].1.detail;
+        assert_eq!(
+            (detail["text"].as_str(), detail["outcome"].as_str()),
+            ("SELECT pg_sleep(9)", "interrupted")
+        );
+    }
+}
