@@ -1,9 +1,10 @@
 //! The proxy's audit events on their way to the audit log: connections
 //! refused, sessions started and ended, and every statement. They go through
-//! one bounded queue to the audit thread (`pipeline`), which classifies and
-//! redacts statements off the relay path and hands events on to the log in
-//! the order they were queued. When the queue is full the reporting session
-//! waits, and the wait is counted; nothing is dropped.
+//! one bounded queue to the audit thread (`pipeline`), which makes statements
+//! out of the relays' copied messages, classifies and redacts them off the
+//! relay path and hands events on to the log in the order they were queued.
+//! When the queue is full the reporting session waits, and the wait is
+//! counted; nothing is dropped.
 
 pub mod classify;
 pub mod command;

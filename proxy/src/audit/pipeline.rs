@@ -1,5 +1,7 @@
-//! The audit thread: takes what sessions queue, turns statements into events
-//! (classification and redaction run here, off the relay path) and hands
+//! The audit thread: takes what sessions queue, makes statements out of the
+//! messages the relays copied (each session's `StatementTracker` lives
+//! here), turns them into events (classification and redaction run here,
+//! off the relay path) and hands
 //! every event to the audit log in queue order, waiting when the log's queue
 //! is full, so backpressure reaches the sessions instead of events being lost.
 //!
