@@ -200,29 +200,11 @@ mod tests {
 
     use super::*;
 
-    fn session() -> Arc<SessionAudit> {
-        Arc::new(SessionAudit {
-            user: "alice".into(),
-            resource: "orders".into(),
-            role: "read".into(),
-            session_id: "ses_1".into(),
-            protocol: "postgres",
-            grant_id: "grt_1".into(),
-            request_id: "req_1".into(),
-            reason: None,
-            approvers: Vec::new(),
-            break_glass: false,
-            redact_parameters: false,
-            wall: 1_000,
-            since: Instant::now(),
-        })
-    }
-
     #[test]
     fn a_session_s_tracker_lives_until_its_end_which_interrupts_what_is_unanswered() {
         let (log, mut events) = mpsc::channel(16);
         let mut blocks = Blocks::default();
-        let mut batch = Batch::new(session());
+        let mut batch = Batch::new(Arc::new(crate::audit::statement::tests::session(false)));
         records::push(
             &mut batch.records,
             false,

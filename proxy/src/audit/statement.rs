@@ -230,14 +230,15 @@ fn describe(n: usize, what: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::time::Duration;
 
     use portcullis_protocol::pg::statements::{Completion, Text};
 
     use super::*;
 
-    fn session(redact_parameters: bool) -> SessionAudit {
+    /// A session of alice's (`ses_1`), for the audit's tests.
+    pub(in crate::audit) fn session(redact_parameters: bool) -> SessionAudit {
         SessionAudit {
             user: "alice".into(),
             resource: "orders".into(),

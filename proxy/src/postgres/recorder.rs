@@ -13,8 +13,8 @@ use portcullis_protocol::pg::capture::{Capture, Keep};
 use crate::audit::{Batch, SessionAudit, StatementQueue, records};
 
 /// Bytes of messages waiting for room in the queue before the relay stops
-/// reading (a few hundred statements).
-const BACKLOG: usize = 64 * 1024;
+/// reading (a couple of hundred short statements).
+const BACKLOG: usize = 16 * 1024;
 
 /// One session's statement recorder.
 pub struct Recorder {
