@@ -141,24 +141,13 @@ impl Detail for DetailJson<'_> {
         self.json.push(b':');
         self.string(value);
     }
-
-    fn put_number(&mut self, key: &str, n: u64) {
-        if !std::mem::take(&mut self.first) {
-            self.json.push(b',');
-        }
-        self.string(key);
-        self.json.push(b':');
-        self.json.push(b'"');
-        self.json.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
-        self.json.push(b'"');
-    }
 }
 
 /// A block being filled, one session's statements in the order they completed.
 pub struct BlockBuilder {
     block: AuditEvent,
     /// The members' JSON array so far, without its closing bracket: UTF-8,
-    /// as serde_json and the ASCII punctuation around it write it.
+    /// as `json_string` and the ASCII punctuation around it write it.
     json: Vec<u8>,
     count: u64,
     first: UnixMillis,
@@ -234,7 +223,7 @@ impl BlockBuilder {
     /// The block as one event, dated by its earliest statement.
     pub fn finish(mut self) -> AuditEvent {
         self.json.push(b']');
-        // Only ASCII is written around what serde_json wrote.
+        // Whole strs and ASCII only are written: the fallback never runs.
         let json = String::from_utf8(self.json).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
         self.block.at = if self.count == 0 { self.block.at } else { self.first };
         self.block.detail.insert(COUNT.to_owned(), self.count.to_string());

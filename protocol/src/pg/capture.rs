@@ -15,6 +15,8 @@ pub const MAX_BODY: usize = 256 * 1024;
 /// What of a message the caller reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Keep {
+    /// Nothing: the message is stepped over unseen.
+    Skip,
     /// Its tag and length only (CopyData, DataRow, ...).
     Length,
     /// Its body.
@@ -131,8 +133,8 @@ impl Capture {
     }
 
     /// Feeds the next chunk; `on` gets each message in order: those of
-    /// [`Keep::Length`] as soon as their header is whole, the others when
-    /// their body ends.
+    /// [`Keep::Length`] as soon as their header is whole, those of
+    /// [`Keep::Skip`] never, the others when their body ends.
     pub fn feed(
         &mut self,
         chunk: &[u8],
@@ -170,6 +172,7 @@ impl Capture {
             })?;
             let here = len.min(chunk.len() - pos);
             match keep(tag) {
+                Keep::Skip => self.remaining = len - here,
                 Keep::Length => {
                     on(Message {
                         tag,
@@ -224,6 +227,7 @@ mod tests {
             b'Q' => Keep::Text(0),
             b'P' => Keep::Text(1),
             b'B' => Keep::Body,
+            b'D' => Keep::Skip,
             _ => Keep::Length,
         }
     }
@@ -243,6 +247,8 @@ mod tests {
     fn every_chunking_gives_the_same_messages() {
         let mut stream = msg(b'Q', b"SELECT 1\0");
         stream.extend(msg(b'd', &[7; 300]));
+        // Skipped: not passed on, and what follows is still found.
+        stream.extend(msg(b'D', &[9; 200]));
         stream.extend(msg(b'P', b"s1\0SELECT $1\0\0\0"));
         stream.extend(msg(b'S', b""));
         stream.extend(msg(b'B', b"\0s1\0\0\0\0\x01\0\0\0\x01x\0\0"));

@@ -100,7 +100,7 @@ impl Text {
 
 /// `raw` as text, invalid bytes shown as U+FFFD. Valid text (nearly all)
 /// takes `from_utf8`'s word-at-a-time check, where the lossy decoder goes a
-/// byte at a time: this runs on the relay for every statement.
+/// byte at a time: this runs for every statement.
 fn lossy(raw: &[u8]) -> String {
     match std::str::from_utf8(raw) {
         Ok(text) => text.to_owned(),

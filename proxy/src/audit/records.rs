@@ -16,17 +16,6 @@ const SERVER: u8 = 1;
 const DIGEST: u8 = 2;
 const HEADER: usize = 1 + 1 + 8 + 4 + 4;
 
-/// Client messages the tracker reads; others are not recorded.
-pub fn client_tracked(tag: u8) -> bool {
-    b"QPBECDSFdcf".contains(&tag)
-}
-
-/// Server messages the tracker reads: not DataRow above all, the bulk of
-/// any result.
-pub fn server_tracked(tag: u8) -> bool {
-    b"CIsEZ123tTnGHWd".contains(&tag)
-}
-
 /// Appends `m`, seen `at` nanoseconds into the session, to `out`.
 pub fn push(out: &mut Vec<u8>, from_server: bool, at: u64, m: &Message<'_>) {
     let flags = if from_server { SERVER } else { 0 } | if m.text.is_some() { DIGEST } else { 0 };
@@ -113,12 +102,5 @@ mod tests {
         let mut count = 0;
         each(&out[..out.len() - 1], |_, _, _| count += 1);
         assert_eq!(count, 2, "a record cut short is not read");
-    }
-
-    #[test]
-    fn data_rows_and_notices_are_not_recorded() {
-        assert!(!server_tracked(b'D') && !server_tracked(b'N') && !server_tracked(b'S'));
-        assert!(server_tracked(b'C') && server_tracked(b'Z') && client_tracked(b'Q'));
-        assert!(!client_tracked(b'X') && !client_tracked(b'p'));
     }
 }

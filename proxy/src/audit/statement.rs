@@ -1,5 +1,6 @@
-//! One audit event per statement: what the relay's tracker saw, with the
-//! session's who/where/why, turned into an `AuditEvent` on the audit thread.
+//! One audit event per statement: what the session's tracker made of the
+//! messages its relay copied, with the session's who/where/why, turned into
+//! an `AuditEvent` on the audit thread.
 
 use std::fmt::Write as _;
 use std::sync::Arc;

@@ -20,12 +20,11 @@ const BACKLOG: usize = 16 * 1024;
 pub struct Recorder {
     up: Capture,
     down: Capture,
-    since: Instant,
     batch: Batch,
     queue: StatementQueue,
 }
 
-/// What the tracker reads of the client's messages.
+/// What the tracker reads of the client's messages; the rest is not recorded.
 fn client_keep(tag: u8) -> Keep {
     match tag {
         b'Q' => Keep::Text(0),
@@ -33,15 +32,18 @@ fn client_keep(tag: u8) -> Keep {
         // Describe too: the server's ParameterDescription that answers it
         // gives the types of a statement's binary values.
         b'B' | b'E' | b'C' | b'F' | b'D' => Keep::Body,
-        _ => Keep::Length,
+        b'S' | b'd' | b'c' | b'f' => Keep::Length,
+        _ => Keep::Skip,
     }
 }
 
-/// What the tracker reads of the server's messages.
+/// What the tracker reads of the server's messages: never DataRow above
+/// all, the bulk of any result.
 fn server_keep(tag: u8) -> Keep {
     match tag {
         b'C' | b'E' | b't' => Keep::Body,
-        _ => Keep::Length,
+        b'I' | b's' | b'Z' | b'1' | b'2' | b'3' | b'T' | b'n' | b'G' | b'H' | b'W' | b'd' => Keep::Length,
+        _ => Keep::Skip,
     }
 }
 
@@ -51,7 +53,6 @@ impl Recorder {
         Recorder {
             up: Capture::new(),
             down: Capture::new(),
-            since: session.since,
             batch: Batch::new(session),
             queue,
         }
@@ -59,7 +60,7 @@ impl Recorder {
 
     /// Now, as records count time: nanoseconds since the session's `since`.
     fn now(&self) -> u64 {
-        u64::try_from(self.since.elapsed().as_nanos()).unwrap_or(u64::MAX)
+        u64::try_from(self.batch.session.since.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
     /// Bytes the client sent, as forwarded.
@@ -67,22 +68,14 @@ impl Recorder {
         let at = self.now();
         let out = &mut self.batch.records;
         // Framing errors end the relay on their own; nothing to record here.
-        let _ = self.up.feed(bytes, client_keep, |m| {
-            if records::client_tracked(m.tag) {
-                records::push(out, false, at, &m);
-            }
-        });
+        let _ = self.up.feed(bytes, client_keep, |m| records::push(out, false, at, &m));
     }
 
     /// Bytes the server sent, as forwarded.
     pub fn server(&mut self, bytes: &[u8]) {
         let at = self.now();
         let out = &mut self.batch.records;
-        let _ = self.down.feed(bytes, server_keep, |m| {
-            if records::server_tracked(m.tag) {
-                records::push(out, true, at, &m);
-            }
-        });
+        let _ = self.down.feed(bytes, server_keep, |m| records::push(out, true, at, &m));
     }
 
     /// Sends what was recorded; `Pending` while too much waits for room in
@@ -110,5 +103,21 @@ impl Recorder {
             queue.poll_send(cx, batch)
         })
         .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_rows_notices_and_terminate_are_not_recorded() {
+        for tag in [b'D', b'N', b'S', b'A'] {
+            assert_eq!(server_keep(tag), Keep::Skip, "{}", char::from(tag));
+        }
+        for tag in [b'X', b'p', b'H'] {
+            assert_eq!(client_keep(tag), Keep::Skip, "{}", char::from(tag));
+        }
+        assert_eq!((server_keep(b'Z'), client_keep(b'S')), (Keep::Length, Keep::Length));
     }
 }
