@@ -1,7 +1,9 @@
 //! A 100 MB file of random bytes through the SSH gateway, intact: `scp` in
 //! SFTP mode and in legacy (`-O`) mode both ways, and `sftp`, compared by SHA-256.
+//! Each copy is deleted once checked, so the test never holds more than three
+//! copies on disk.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
@@ -11,17 +13,36 @@ use crate::harness::{GatewayOptions, stderr, stdout};
 
 const SIZE: usize = 100 * 1024 * 1024;
 
+/// The file's SHA-256, read in pieces; the file must be whole-length.
 fn sha256(path: &Path) -> String {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-    assert_eq!(bytes.len(), SIZE, "{} has the wrong length", path.display());
-    Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect()
+    let fail = |e: std::io::Error| -> ! { panic!("read {}: {e}", path.display()) };
+    let mut file = std::fs::File::open(path).unwrap_or_else(|e| fail(e));
+    let (mut hasher, mut buf, mut total) = (Sha256::new(), vec![0; 1 << 20], 0);
+    loop {
+        match file.read(&mut buf).unwrap_or_else(|e| fail(e)) {
+            0 => break,
+            n => {
+                hasher.update(&buf[..n]);
+                total += n;
+            }
+        }
+    }
+    assert_eq!(total, SIZE, "{} has the wrong length", path.display());
+    hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Hashes a copy, then deletes it.
+fn sha256_and_remove(path: &Path) -> String {
+    let sum = sha256(path);
+    let _ = std::fs::remove_file(path);
+    sum
 }
 
 /// 100 MB from the kernel's random source: no pattern a bug could preserve.
 fn random_file(path: &Path) {
     let mut random = std::fs::File::open("/dev/urandom").expect("open /dev/urandom");
     let mut out = std::fs::File::create(path).expect("create");
-    let copied = std::io::copy(&mut std::io::Read::take(&mut random, SIZE as u64), &mut out).expect("copy");
+    let copied = std::io::copy(&mut (&mut random).take(SIZE as u64), &mut out).expect("copy");
     assert_eq!(copied as usize, SIZE);
     out.flush().expect("flush");
 }
@@ -56,8 +77,8 @@ fn a_100_mb_file_survives_scp_both_modes_and_sftp() {
         args.extend([remote(&up), down.display().to_string()]);
         let out = scp(gw.ssh_port, key, &args.iter().map(String::as_str).collect::<Vec<_>>());
         assert!(out.status.success(), "scp {mode} download: {}", stderr(&out));
-        assert_eq!(sha256(&down), want, "scp {mode} download changed the file");
-        let _ = std::fs::remove_file(&down);
+        assert_eq!(sha256_and_remove(&down), want, "scp {mode} download changed the file");
+        let _ = std::fs::remove_file(far.path().join(&up));
     }
 
     let back = local.path().join("back.bin");
@@ -74,6 +95,10 @@ fn a_100_mb_file_survives_scp_both_modes_and_sftp() {
     .expect("batch");
     let out = sftp_batch(gw.ssh_port, key, "alice+web1", &batch);
     assert!(out.status.success(), "sftp -b: {}\n{}", stdout(&out), stderr(&out));
-    assert_eq!(sha256(&far.path().join("sftp.bin")), want, "sftp put changed the file");
-    assert_eq!(sha256(&back), want, "sftp get changed the file");
+    assert_eq!(
+        sha256_and_remove(&far.path().join("sftp.bin")),
+        want,
+        "sftp put changed the file"
+    );
+    assert_eq!(sha256_and_remove(&back), want, "sftp get changed the file");
 }
