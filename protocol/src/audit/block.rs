@@ -76,49 +76,77 @@ impl DetailJson<'_> {
     }
 }
 
-/// Appends `s` as a JSON string. Runs for every value of every statement:
-/// 8-byte words that need no escape (nearly all of any statement) are
-/// checked at once and copied whole.
+/// Appends `s` as a JSON string. Runs for every key and value of every
+/// statement: 8-byte words that need no escape (nearly all of any
+/// statement, and the whole of most values) are checked at once and copied
+/// in one piece; only a word holding a byte to escape goes byte by byte.
 fn json_string(out: &mut Vec<u8>, s: &str) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let needs_escape = |b: u8| b < 0x20 || b == b'"' || b == b'\\';
     let bytes = s.as_bytes();
     out.reserve(bytes.len() + 2);
     out.push(b'"');
-    let (mut from, mut i) = (0, 0);
-    while i < bytes.len() {
-        if let Some(word) = bytes.get(i..i + 8).and_then(|w| <[u8; 8]>::try_from(w).ok())
-            && !word_needs_escape(u64::from_le_bytes(word))
-        {
-            i += 8;
-            continue;
+    let mut i = 0;
+    loop {
+        let clean = i + clean_prefix(&bytes[i..]);
+        out.extend_from_slice(&bytes[i..clean]);
+        if clean == bytes.len() {
+            break;
         }
-        let b = bytes[i];
-        if needs_escape(b) {
-            out.extend_from_slice(&bytes[from..i]);
-            match b {
-                b'"' => out.extend_from_slice(b"\\\""),
-                b'\\' => out.extend_from_slice(b"\\\\"),
-                b'\n' => out.extend_from_slice(b"\\n"),
-                b'\r' => out.extend_from_slice(b"\\r"),
-                b'\t' => out.extend_from_slice(b"\\t"),
-                0x08 => out.extend_from_slice(b"\\b"),
-                0x0c => out.extend_from_slice(b"\\f"),
-                _ => out.extend_from_slice(&[
-                    b'\\',
-                    b'u',
-                    b'0',
-                    b'0',
-                    HEX[usize::from(b >> 4)],
-                    HEX[usize::from(b & 0xf)],
-                ]),
-            }
-            from = i + 1;
+        let end = (clean + 8).min(bytes.len());
+        for &b in &bytes[clean..end] {
+            escape(out, b);
         }
-        i += 1;
+        i = end;
     }
-    out.extend_from_slice(&bytes[from..]);
     out.push(b'"');
+}
+
+/// How many leading bytes of `bytes` need no escape, in whole 8-byte words
+/// (the last word padded with spaces): all of them, or up to the start of
+/// the first word holding one that does.
+fn clean_prefix(bytes: &[u8]) -> usize {
+    let mut words = bytes.chunks_exact(8);
+    let mut at = 0;
+    for word in &mut words {
+        let mut w = [0; 8];
+        w.copy_from_slice(word);
+        if word_needs_escape(u64::from_le_bytes(w)) {
+            return at;
+        }
+        at += 8;
+    }
+    // The last bytes over spaces, shifted in one by one: a copy of a few
+    // bytes costs more as a call to memcpy.
+    let w = words
+        .remainder()
+        .iter()
+        .enumerate()
+        .fold(u64::from_ne_bytes([b' '; 8]), |w, (k, &b)| {
+            (w & !(0xff << (8 * k))) | (u64::from(b) << (8 * k))
+        });
+    if word_needs_escape(w) { at } else { bytes.len() }
+}
+
+/// Appends one byte, escaped as serde_json escapes it when it must be.
+fn escape(out: &mut Vec<u8>, b: u8) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    match b {
+        b'"' => out.extend_from_slice(b"\\\""),
+        b'\\' => out.extend_from_slice(b"\\\\"),
+        b'\n' => out.extend_from_slice(b"\\n"),
+        b'\r' => out.extend_from_slice(b"\\r"),
+        b'\t' => out.extend_from_slice(b"\\t"),
+        0x08 => out.extend_from_slice(b"\\b"),
+        0x0c => out.extend_from_slice(b"\\f"),
+        b if b < 0x20 => out.extend_from_slice(&[
+            b'\\',
+            b'u',
+            b'0',
+            b'0',
+            HEX[usize::from(b >> 4)],
+            HEX[usize::from(b & 0xf)],
+        ]),
+        b => out.push(b),
+    }
 }
 
 /// Whether any byte of `w` is a control character, `"` or `\\` (the
@@ -368,6 +396,18 @@ mod tests {
             let mut out = Vec::new();
             json_string(&mut out, s);
             assert_eq!(String::from_utf8(out).ok(), serde_json::to_string(s).ok(), "{s:?}");
+        }
+        // Each byte that needs an escape, at each place of strings from one
+        // word's part to three words: the padded last word included.
+        for len in 1..=24 {
+            for at in 0..len {
+                for special in ['\0', '\u{1f}', '\n', '"', '\\'] {
+                    let s: String = (0..len).map(|i| if i == at { special } else { 'x' }).collect();
+                    let mut out = Vec::new();
+                    json_string(&mut out, &s);
+                    assert_eq!(String::from_utf8(out).ok(), serde_json::to_string(&s).ok(), "{s:?}");
+                }
+            }
         }
     }
 
