@@ -39,6 +39,7 @@ pub struct AuditQueue {
     tx: Option<mpsc::Sender<Item>>,
     waits: IntCounter,
     depth: IntGauge,
+    spare: records::Spare,
 }
 
 impl AuditQueue {
@@ -49,15 +50,21 @@ impl AuditQueue {
         waits: IntCounter,
         depth: IntGauge,
     ) -> std::io::Result<AuditQueue> {
+        let spare = records::Spare::default();
         let tx = match log {
             Some(log) => {
                 let (tx, rx) = mpsc::channel(QUEUE);
-                pipeline::spawn(rx, log, depth.clone())?;
+                pipeline::spawn(rx, log, depth.clone(), spare.clone())?;
                 Some(tx)
             }
             None => None,
         };
-        Ok(AuditQueue { tx, waits, depth })
+        Ok(AuditQueue {
+            tx,
+            waits,
+            depth,
+            spare,
+        })
     }
 
     /// Queues `event`, waiting for room when the queue is full.
@@ -84,6 +91,7 @@ impl AuditQueue {
             tx: tx.clone(),
             waits: self.waits.clone(),
             depth: self.depth.clone(),
+            spare: self.spare.clone(),
             reserving: None,
         })
     }
@@ -107,11 +115,18 @@ pub struct StatementQueue {
     tx: mpsc::Sender<Item>,
     waits: IntCounter,
     depth: IntGauge,
+    /// Where the sent batches' buffers come back from the audit thread.
+    spare: records::Spare,
     /// Waiting for room, when the queue was full.
     reserving: Option<Reserve>,
 }
 
 impl StatementQueue {
+    /// A buffer for a session's batch.
+    pub fn buffer(&self) -> Vec<u8> {
+        self.spare.get()
+    }
+
     /// Sends `batch` when there is room; `Pending` (woken when there is)
     /// hands the batch back untouched for the next try.
     pub fn poll_send(&mut self, cx: &mut std::task::Context<'_>, batch: &mut Batch) -> std::task::Poll<()> {
@@ -119,7 +134,7 @@ impl StatementQueue {
         if self.reserving.is_none() {
             match self.tx.try_reserve() {
                 Ok(permit) => {
-                    permit.send(Item::Statements(batch.take()));
+                    permit.send(Item::Statements(batch.take(self.spare.get())));
                     return Poll::Ready(());
                 }
                 Err(TrySendError::Closed(())) => {
@@ -140,7 +155,7 @@ impl StatementQueue {
         self.reserving = None;
         match permit {
             Ok(permit) => {
-                permit.send(Item::Statements(batch.take()));
+                permit.send(Item::Statements(batch.take(self.spare.get())));
             }
             Err(_) => batch.clear(),
         }
@@ -154,6 +169,14 @@ impl StatementQueue {
 /// randomness per id is a syscall. The prefix (48 random bits, read once)
 /// keeps ids of different processes and restarts apart.
 fn next_id() -> String {
+    let mut id = String::with_capacity(4 + 12 + 16);
+    write_next_id(&mut id);
+    id
+}
+
+/// Writes a fresh id (see `next_id`) over `id`: the audit thread reuses
+/// one string for its statements' ids.
+fn write_next_id(id: &mut String) {
     static PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let prefix = PREFIX.get_or_init(|| {
@@ -165,11 +188,10 @@ fn next_id() -> String {
             format!("{:012x}", nanos & 0xffff_ffff_ffff)
         })
     });
-    let mut id = String::with_capacity(4 + prefix.len() + 16);
+    id.clear();
     id.push_str("evt_");
     id.push_str(prefix);
-    push_hex(&mut id, COUNTER.fetch_add(1, Ordering::Relaxed));
-    id
+    push_hex(id, COUNTER.fetch_add(1, Ordering::Relaxed));
 }
 
 /// Appends `n` in lowercase hex, at least 8 digits, as `{n:08x}` would: one

@@ -35,18 +35,26 @@ const COALESCE: Duration = Duration::from_millis(2);
 const GATHER: Duration = Duration::from_millis(50);
 
 /// Starts the thread; it ends when every sender is gone and the queue is drained.
-pub(super) fn spawn(rx: mpsc::Receiver<Item>, log: mpsc::Sender<AuditEvent>, depth: IntGauge) -> std::io::Result<()> {
+pub(super) fn spawn(
+    rx: mpsc::Receiver<Item>,
+    log: mpsc::Sender<AuditEvent>,
+    depth: IntGauge,
+    spare: records::Spare,
+) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("portcullis-audit-sql".into())
         .spawn(move || {
             below_sessions();
-            run(rx, &log, &depth);
+            run(rx, &log, &depth, spare);
         })
         .map(drop)
 }
 
-fn run(mut rx: mpsc::Receiver<Item>, log: &mpsc::Sender<AuditEvent>, depth: &IntGauge) {
-    let mut blocks = Blocks::default();
+fn run(mut rx: mpsc::Receiver<Item>, log: &mpsc::Sender<AuditEvent>, depth: &IntGauge, spare: records::Spare) {
+    let mut blocks = Blocks {
+        spare,
+        ..Blocks::default()
+    };
     loop {
         // Wait for work only when no block is open; else come back in time to close them.
         let next = if blocks.is_empty() {
@@ -96,6 +104,10 @@ struct Blocks {
     open: BySession<BlockBuilder>,
     /// When the oldest open block got its first statement.
     since: Option<Instant>,
+    /// Where read batches' buffers go back to the relays.
+    spare: records::Spare,
+    /// The id of the statement being added, in a string kept for the next.
+    id: String,
 }
 
 impl Blocks {
@@ -138,6 +150,7 @@ impl Blocks {
                 tracker.client_message(m, now);
             }
         });
+        self.spare.put(records);
         if let Some(end) = end {
             tracker.interrupt(end, done);
             self.trackers.remove(&session.session_id);
@@ -162,7 +175,8 @@ impl Blocks {
                 }
             }
             let classifier = &mut self.classifier;
-            block.push_with(&super::next_id(), at, |d| statement_detail(&session, s, classifier, d));
+            super::write_next_id(&mut self.id);
+            block.push_with(&self.id, at, |d| statement_detail(&session, s, classifier, d));
             self.since.get_or_insert_with(Instant::now);
         }
         // The vector goes back for the next batch, its room kept.
@@ -204,21 +218,21 @@ mod tests {
     fn a_session_s_tracker_lives_until_its_end_which_interrupts_what_is_unanswered() {
         let (log, mut events) = mpsc::channel(16);
         let mut blocks = Blocks::default();
-        let mut batch = Batch::new(Arc::new(crate::audit::statement::tests::session(false)));
+        let mut batch = Batch::new(Arc::new(crate::audit::statement::tests::session(false)), Vec::new());
         records::push(
             &mut batch.records,
             false,
             1_000,
             &Message::whole(b'Q', b"SELECT pg_sleep(9)\0"),
         );
-        assert!(blocks.take(Item::Statements(batch.take()), &log));
+        assert!(blocks.take(Item::Statements(batch.take(Vec::new())), &log));
         assert_eq!(
             (blocks.trackers.len(), blocks.open.len()),
             (1, 0),
             "asked, not answered"
         );
         batch.end = Some(Instant::now());
-        assert!(blocks.take(Item::Statements(batch.take()), &log));
+        assert!(blocks.take(Item::Statements(batch.take(Vec::new())), &log));
         assert!(blocks.trackers.is_empty(), "the end lets the tracker go");
         assert!(blocks.close_all(&log));
         let block = events.try_recv().expect("the block");

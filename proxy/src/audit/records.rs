@@ -10,6 +10,8 @@
 //! length (u32), the kept body's length (u32), the digest if any (the text's
 //! length as u64 and its SHA-256), then the kept body. Little-endian.
 
+use std::sync::{Arc, Mutex};
+
 use portcullis_protocol::pg::capture::{Message, TextDigest};
 
 const SERVER: u8 = 1;
@@ -65,6 +67,44 @@ fn next(b: &[u8]) -> Option<(Record<'_>, &[u8])> {
     let body = rest.get(..kept)?;
     let m = Message { tag, body, len, text };
     Some(((flags & SERVER != 0, at, m), &rest[kept..]))
+}
+
+/// What a new buffer holds at first: a few statements' messages.
+const START: usize = 512;
+/// Buffers kept for reuse; more are freed.
+const KEEP: usize = 256;
+/// Larger buffers (a burst of long statements) are freed, not kept.
+const LARGEST: usize = 4 * 1024;
+
+/// Record buffers on their way back from the audit thread to the relays: a
+/// burst's buffer is reused, instead of allocated on the relay and freed on
+/// the audit thread for every burst (a free from another thread costs the
+/// allocator more than the copying the buffer held).
+#[derive(Clone, Default)]
+pub struct Spare(Arc<Mutex<Vec<Vec<u8>>>>);
+
+impl Spare {
+    /// An empty buffer, reused when one is spare.
+    pub fn get(&self) -> Vec<u8> {
+        self.0
+            .lock()
+            .ok()
+            .and_then(|mut spare| spare.pop())
+            .unwrap_or_else(|| Vec::with_capacity(START))
+    }
+
+    /// Keeps `buf` for reuse, unless it grew large or enough are kept.
+    pub fn put(&self, mut buf: Vec<u8>) {
+        if buf.capacity() > LARGEST {
+            return;
+        }
+        buf.clear();
+        if let Ok(mut spare) = self.0.lock()
+            && spare.len() < KEEP
+        {
+            spare.push(buf);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -81,15 +81,12 @@ pub struct Batch {
     pub end: Option<Instant>,
 }
 
-/// What a batch's buffer starts with: a few statements' messages.
-const RECORDS: usize = 512;
-
 impl Batch {
-    /// An empty batch for `session`.
-    pub fn new(session: Arc<SessionAudit>) -> Batch {
+    /// An empty batch for `session`, filling `records`.
+    pub fn new(session: Arc<SessionAudit>, records: Vec<u8>) -> Batch {
         Batch {
             session,
-            records: Vec::with_capacity(RECORDS),
+            records,
             end: None,
         }
     }
@@ -99,11 +96,12 @@ impl Batch {
         self.records.is_empty() && self.end.is_none()
     }
 
-    /// What is here so far, as a batch of its own; this one is left empty.
-    pub fn take(&mut self) -> Batch {
+    /// What is here so far, as a batch of its own; this one is left
+    /// empty, to fill `fresh` next.
+    pub fn take(&mut self, fresh: Vec<u8>) -> Batch {
         Batch {
             session: Arc::clone(&self.session),
-            records: std::mem::replace(&mut self.records, Vec::with_capacity(RECORDS)),
+            records: std::mem::replace(&mut self.records, fresh),
             end: self.end.take(),
         }
     }

@@ -53,7 +53,7 @@ impl Recorder {
         Recorder {
             up: Capture::new(),
             down: Capture::new(),
-            batch: Batch::new(session),
+            batch: Batch::new(session, queue.buffer()),
             queue,
         }
     }
