@@ -199,7 +199,7 @@ pub struct Statement {
 
 /// What a client message waits for.
 enum Expect {
-    Run(Box<Statement>),
+    Run(Statement),
     Parse(String),
     /// Describe of a prepared statement: its ParameterDescription types it.
     Describe(String),
@@ -313,7 +313,7 @@ impl StatementTracker {
         match m.tag {
             b'Q' => {
                 let text = Text::of(body, m.text);
-                self.push(Expect::Run(Box::new(statement(Flow::Simple, Arc::new(text), now))));
+                self.push(Expect::Run(statement(Flow::Simple, Arc::new(text), now)));
             }
             b'P' => {
                 let Ok(name) = read_cstr(&mut b, "Parse") else {
@@ -362,7 +362,7 @@ impl StatementTracker {
                     None => statement(Flow::Extended, Arc::new(Text::new(b"")), now),
                 };
                 s.portal = portal.to_owned();
-                self.push(Expect::Run(Box::new(s)));
+                self.push(Expect::Run(s));
             }
             b'C' => {
                 if let Some((&kind, mut rest)) = b.split_first() {
@@ -386,7 +386,7 @@ impl StatementTracker {
             b'F' => {
                 let oid = read_i32(&mut b, "FunctionCall").unwrap_or_default();
                 let text = Text::new(format!("<function call, oid {oid}>").as_bytes());
-                self.push(Expect::Run(Box::new(statement(Flow::Function, Arc::new(text), now))));
+                self.push(Expect::Run(statement(Flow::Function, Arc::new(text), now)));
             }
             b'd' => self.copy_bytes(true, m.len),
             // CopyDone, CopyFail: the copy is over on the client's side.
@@ -423,7 +423,7 @@ impl StatementTracker {
                     s.outcome = Outcome::Interrupted;
                 }
                 s.duration = now.saturating_duration_since(s.started);
-                out.push(*s);
+                out.push(s);
             }
         }
     }
@@ -474,13 +474,13 @@ impl StatementTracker {
                         // The simple protocol's statement (or a function call) ends here.
                         Expect::Run(mut s) if s.flow != Flow::Extended => {
                             s.duration = now.saturating_duration_since(s.started);
-                            out.push(*s);
+                            out.push(s);
                             break;
                         }
                         Expect::Sync => break,
                         Expect::Run(mut s) => {
                             s.outcome = Outcome::NotRun;
-                            out.push(*s);
+                            out.push(s);
                         }
                         _ => {}
                     }
@@ -584,7 +584,7 @@ impl StatementTracker {
                 {
                     s.outcome = failed;
                     s.duration = now.saturating_duration_since(s.started);
-                    out.push(*s);
+                    out.push(s);
                 } else if let Some(Expect::Parse(name)) = self.expect.front() {
                     // A Parse that failed on its own: record its text.
                     let name = name.clone();
@@ -609,7 +609,7 @@ impl StatementTracker {
         if let Some(Expect::Run(mut s)) = self.expect.pop_front() {
             s.outcome = outcome;
             s.duration = now.saturating_duration_since(s.started);
-            out.push(*s);
+            out.push(s);
         }
     }
 }

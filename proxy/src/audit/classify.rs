@@ -188,13 +188,34 @@ fn shape(sql: &str) -> Option<Vec<u8>> {
                 }
                 out.push(b'?');
             }
-            // Bytes of a multi-byte character are all >= 0x80: copied as they are.
-            _ => out.push(c),
+            // Up to the next byte that may start a literal, a quote or a
+            // comment, copied at once. Bytes of a multi-byte character are
+            // all >= 0x80: copied as they are.
+            _ => {
+                let end = b[i + 1..]
+                    .iter()
+                    .position(|&n| SPECIAL[usize::from(n)])
+                    .map_or(b.len(), |n| i + 1 + n);
+                out.extend_from_slice(&b[i..end]);
+                i = end;
+                continue;
+            }
         }
         i += 1;
     }
     Some(out)
 }
+
+/// The bytes `shape` looks at: any other is copied as it is.
+const SPECIAL: [bool; 256] = {
+    let mut special = [false; 256];
+    let mut c = 0;
+    while c < 256 {
+        special[c] = matches!(c as u8, b'$' | b'"' | b'-' | b'/' | b'\'' | b'0'..=b'9');
+        c += 1;
+    }
+    special
+};
 
 /// `text` with every password written into it replaced by [`REDACTED`], or
 /// `None` when it holds none: a string after the PASSWORD keyword (`CREATE
