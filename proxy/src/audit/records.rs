@@ -143,4 +143,25 @@ mod tests {
         each(&out[..out.len() - 1], |_, _, _| count += 1);
         assert_eq!(count, 2, "a record cut short is not read");
     }
+
+    #[test]
+    fn spare_buffers_come_back_empty_and_large_ones_are_let_go() {
+        let spare = Spare::default();
+        let mut used = spare.get();
+        used.extend_from_slice(b"records");
+        let at = used.as_ptr();
+        spare.put(used);
+        let again = spare.get();
+        assert_eq!((again.as_ptr(), again.len()), (at, 0), "the same buffer, emptied");
+        spare.put(Vec::with_capacity(LARGEST + 1));
+        assert_eq!(
+            spare.0.lock().map(|s| s.len()).ok(),
+            Some(0),
+            "a large buffer is not kept"
+        );
+        for _ in 0..KEEP + 10 {
+            spare.put(Vec::with_capacity(START));
+        }
+        assert_eq!(spare.0.lock().map(|s| s.len()).ok(), Some(KEEP));
+    }
 }
