@@ -122,6 +122,19 @@ pub struct StatementQueue {
 }
 
 impl StatementQueue {
+    /// A queue straight into `tx`, with no audit thread: for tests that
+    /// look at what a session sends.
+    #[cfg(test)]
+    pub(crate) fn bare(tx: mpsc::Sender<Item>) -> StatementQueue {
+        StatementQueue {
+            tx,
+            waits: IntCounter::new("waits", "waits").unwrap_or_else(|_| unreachable!("a valid name")),
+            depth: IntGauge::new("depth", "depth").unwrap_or_else(|_| unreachable!("a valid name")),
+            spare: records::Spare::default(),
+            reserving: None,
+        }
+    }
+
     /// A buffer for a session's batch.
     pub fn buffer(&self) -> Vec<u8> {
         self.spare.get()

@@ -229,7 +229,7 @@ fn describe(n: usize, what: &str) -> String {
 }
 
 #[cfg(test)]
-pub(super) mod tests {
+pub(crate) mod tests {
     use std::time::Duration;
 
     use portcullis_protocol::pg::statements::{Completion, Text};
@@ -237,7 +237,7 @@ pub(super) mod tests {
     use super::*;
 
     /// A session of alice's (`ses_1`), for the audit's tests.
-    pub(in crate::audit) fn session(redact_parameters: bool) -> SessionAudit {
+    pub(crate) fn session(redact_parameters: bool) -> SessionAudit {
         SessionAudit {
             user: "alice".into(),
             resource: "orders".into(),

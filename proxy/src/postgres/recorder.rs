@@ -15,6 +15,10 @@ use crate::audit::{Batch, SessionAudit, StatementQueue, records};
 /// Bytes of messages waiting for room in the queue before the relay stops
 /// reading (a couple of hundred short statements).
 const BACKLOG: usize = 16 * 1024;
+/// Bytes of messages that wait for the server's answer before they are sent
+/// anyway: a statement and its answer then go in one batch, one hand-off
+/// to the audit thread per round trip instead of one per direction.
+const DEFER: usize = 4 * 1024;
 
 /// One session's statement recorder.
 pub struct Recorder {
@@ -78,10 +82,15 @@ impl Recorder {
         let _ = self.down.feed(bytes, server_keep, |m| records::push(out, true, at, &m));
     }
 
-    /// Sends what was recorded; `Pending` while too much waits for room in
-    /// the queue, and the relay then reads nothing more until there is.
-    pub fn poll_room(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.batch.is_empty() || self.queue.poll_send(cx, &mut self.batch).is_ready() {
+    /// Sends what was recorded, unless `answer_owed` (the server still owes
+    /// a ReadyForQuery, whose arrival calls here again) and little waits;
+    /// `Pending` while too much waits for room in the queue, and the relay
+    /// then reads nothing more until there is.
+    pub fn poll_room(&mut self, cx: &mut Context<'_>, answer_owed: bool) -> Poll<()> {
+        if self.batch.is_empty()
+            || (answer_owed && self.batch.records.len() < DEFER)
+            || self.queue.poll_send(cx, &mut self.batch).is_ready()
+        {
             return Poll::Ready(());
         }
         if self.batch.records.len() >= BACKLOG {
@@ -108,7 +117,61 @@ impl Recorder {
 
 #[cfg(test)]
 mod tests {
+    use std::task::Waker;
+
+    use tokio::sync::mpsc;
+
     use super::*;
+    use crate::audit::Item;
+
+    fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut m = vec![tag];
+        m.extend(u32::try_from(body.len() + 4).unwrap_or(u32::MAX).to_be_bytes());
+        m.extend(body);
+        m
+    }
+
+    /// The records of each batch sent so far.
+    fn sent(rx: &mut mpsc::Receiver<Item>) -> Vec<usize> {
+        std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|item| match item {
+                Item::Statements(b) => {
+                    let mut n = 0;
+                    records::each(&b.records, |_, _, _| n += 1);
+                    n
+                }
+                Item::Event(_) => 0,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_statement_waits_for_its_answer_and_they_go_together_unless_much_waits() {
+        let (tx, mut rx) = mpsc::channel(64);
+        let session = Arc::new(crate::audit::statement::tests::session(false));
+        let mut recorder = Recorder::new(session, StatementQueue::bare(tx));
+        let mut cx = Context::from_waker(Waker::noop());
+
+        recorder.client(&message(b'Q', b"SELECT 1\0"));
+        assert!(recorder.poll_room(&mut cx, true).is_ready());
+        assert!(sent(&mut rx).is_empty(), "the answer is owed: nothing goes yet");
+        let mut answer = message(b'C', b"SELECT 1\0");
+        answer.extend(message(b'Z', b"I"));
+        recorder.server(&answer);
+        assert!(recorder.poll_room(&mut cx, false).is_ready());
+        assert_eq!(sent(&mut rx), [3], "the query and its answer, in one batch");
+
+        // A long pipeline of queries goes before its answers once DEFER bytes wait.
+        let query = message(b'Q', format!("SELECT '{}'\0", "x".repeat(500)).as_bytes());
+        let mut queued = 0;
+        while sent(&mut rx).is_empty() {
+            recorder.client(&query);
+            queued += 1;
+            assert!(recorder.poll_room(&mut cx, true).is_ready());
+            assert!(queued * query.len() <= DEFER + query.len() + 64, "held past DEFER");
+        }
+        assert!(queued > 1);
+    }
 
     #[test]
     fn data_rows_notices_and_terminate_are_not_recorded() {

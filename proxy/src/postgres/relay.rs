@@ -257,7 +257,7 @@ impl Relay<'_> {
                 return Poll::Ready(self.quit_end(clean));
             }
             if let Some(r) = self.recorder.as_mut() {
-                ready!(r.poll_room(cx));
+                ready!(r.poll_room(cx, self.asked > self.answered));
             }
             let up = &mut self.up;
             let n = match ready!(up.lease.poll_read(&mut *self.client, cx)) {
@@ -345,7 +345,7 @@ impl Relay<'_> {
                 down.unflushed = false;
             }
             if let Some(r) = self.recorder.as_mut() {
-                ready!(r.poll_room(cx));
+                ready!(r.poll_room(cx, self.asked > self.answered));
             }
             let down = &mut self.down;
             let n = match ready!(down.lease.poll_read(&mut *self.server, cx)) {
