@@ -21,11 +21,16 @@ const HEADER: usize = 1 + 1 + 8 + 4 + 4;
 /// Appends `m`, seen `at` nanoseconds into the session, to `out`.
 pub fn push(out: &mut Vec<u8>, from_server: bool, at: u64, m: &Message<'_>) {
     let flags = if from_server { SERVER } else { 0 } | if m.text.is_some() { DIGEST } else { 0 };
-    out.push(flags);
-    out.push(m.tag);
-    out.extend_from_slice(&at.to_le_bytes());
-    out.extend_from_slice(&u32::try_from(m.len).unwrap_or(u32::MAX).to_le_bytes());
-    out.extend_from_slice(&u32::try_from(m.body.len()).unwrap_or(u32::MAX).to_le_bytes());
+    // The header is put together on the stack and copied once: the relay
+    // records a few messages per statement.
+    let mut head = [0u8; HEADER];
+    head[0] = flags;
+    head[1] = m.tag;
+    head[2..10].copy_from_slice(&at.to_le_bytes());
+    head[10..14].copy_from_slice(&u32::try_from(m.len).unwrap_or(u32::MAX).to_le_bytes());
+    head[14..18].copy_from_slice(&u32::try_from(m.body.len()).unwrap_or(u32::MAX).to_le_bytes());
+    out.reserve(HEADER + m.body.len() + if m.text.is_some() { 40 } else { 0 });
+    out.extend_from_slice(&head);
     if let Some(d) = &m.text {
         out.extend_from_slice(&(d.len as u64).to_le_bytes());
         out.extend_from_slice(&d.sha256);
