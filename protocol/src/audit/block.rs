@@ -76,11 +76,12 @@ impl DetailJson<'_> {
     }
 }
 
-/// Appends `s` as a JSON string. Runs for every key and value of every
+/// Appends `s` as a JSON string, escaped exactly as serde_json escapes it.
+/// Runs for every key and value of every
 /// statement: 8-byte words that need no escape (nearly all of any
 /// statement, and the whole of most values) are checked at once and copied
 /// in one piece; only a word holding a byte to escape goes byte by byte.
-fn json_string(out: &mut Vec<u8>, s: &str) {
+pub fn json_string(out: &mut Vec<u8>, s: &str) {
     let bytes = s.as_bytes();
     out.reserve(bytes.len() + 2);
     out.push(b'"');

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use portcullis_protocol::audit::AuditEvent;
-use portcullis_protocol::audit::block::Detail;
+use portcullis_protocol::audit::block::{Detail, json_string};
 use portcullis_protocol::feed::UnixMillis;
 use portcullis_protocol::pg::statements::{Flow, Outcome, Param, Statement};
 
@@ -207,19 +207,38 @@ const WITHHELD: &str = "[withheld: the statement held a password]";
 
 /// Parameter values as a JSON array: text values as strings (a connection
 /// string or URL with a password redacted), NULL as null, the rest described.
+/// The values as a JSON array, as serde_json writes one, with any value that
+/// holds a password (a connection string or URL) redacted. Runs for every
+/// extended-protocol statement: written straight into one buffer.
 fn params_json(params: &[Param]) -> String {
-    let values: Vec<serde_json::Value> = params
-        .iter()
-        .map(|p| match p {
-            Param::Null => serde_json::Value::Null,
-            Param::Text(t) if holds_secret(&t.to_ascii_lowercase()) => REDACTED.into(),
-            Param::Text(t) => t.as_str().into(),
-            Param::Binary(n) => describe(*n, "binary").into(),
-            Param::Omitted(n) => describe(*n, "not kept").into(),
-            Param::Unseen => "<not seen>".into(),
-        })
-        .collect();
-    serde_json::Value::Array(values).to_string()
+    let mut out = Vec::with_capacity(2 + params.len() * 8);
+    out.push(b'[');
+    for (i, p) in params.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        match p {
+            Param::Null => out.extend_from_slice(b"null"),
+            Param::Text(t) if may_hold_secret(t) && holds_secret(&t.to_ascii_lowercase()) => {
+                json_string(&mut out, REDACTED);
+            }
+            Param::Text(t) => json_string(&mut out, t),
+            Param::Binary(n) => json_string(&mut out, &describe(*n, "binary")),
+            Param::Omitted(n) => json_string(&mut out, &describe(*n, "not kept")),
+            Param::Unseen => json_string(&mut out, "<not seen>"),
+        }
+    }
+    out.push(b']');
+    // Only whole strs and ASCII were written: the fallback never runs.
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+/// Whether `holds_secret` could say yes: a password in a connection string
+/// needs `=`, one in a URL `://`. Most values (numbers, names) have neither
+/// and skip the lowercased copy and the searches.
+fn may_hold_secret(t: &str) -> bool {
+    let b = t.as_bytes();
+    memchr::memchr(b'=', b).is_some() || memchr::memmem::find(b, b"://").is_some()
 }
 
 fn describe(n: usize, what: &str) -> String {
@@ -346,5 +365,26 @@ pub(crate) mod tests {
         );
         assert_eq!(e.detail["params"], "[redacted by policy]");
         assert_eq!(e.detail["param_count"], "1");
+    }
+
+    #[test]
+    fn values_are_written_as_serde_json_writes_them_with_secrets_redacted() {
+        let plain = [
+            "42",
+            "a=b",
+            "http://example.com/x",
+            "tab\there \"q\" \\ caf\u{e9}",
+            "",
+            "\u{1}",
+        ];
+        let secret = [
+            "postgres://bob:hunter2@db/x",
+            "host=db PASSWORD = hunter2",
+            "HTTPS://U:P@H",
+        ];
+        let params: Vec<Param> = plain.iter().chain(&secret).map(|t| Param::Text((*t).into())).collect();
+        let want: Vec<&str> = plain.iter().copied().chain(secret.iter().map(|_| REDACTED)).collect();
+        assert_eq!(params_json(&params), serde_json::to_string(&want).unwrap_or_default());
+        assert_eq!(params_json(&[]), "[]");
     }
 }
