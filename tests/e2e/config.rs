@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use crate::harness::gateway::run_bounded;
+use crate::harness::clients::run_bounded;
 use crate::harness::stderr;
 
 fn serve(config: &str) -> (bool, String, std::path::PathBuf) {

@@ -165,7 +165,7 @@ fn pgbench_through_the_gateway() {
         .args(["-h", "127.0.0.1", "-p", &gw.pg_port.to_string(), "-U", "alice", "bench"])
         .env("PGPASSWORD", &alice)
         .env("PGCONNECT_TIMEOUT", "10");
-    let out = crate::harness::gateway::run_bounded(&mut cmd, std::time::Duration::from_secs(60));
+    let out = crate::harness::clients::run_bounded(&mut cmd, std::time::Duration::from_secs(60));
     let report = ok(&out, "pgbench");
     let done: u64 = report
         .lines()

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::gateway::run_bounded_input;
+use crate::harness::clients::run_bounded_input;
 use crate::harness::sshd::{SshSetup, Sshd, keygen, public_line, sftp_batch, spawn_bounded, ssh, ssh_command};
 use crate::harness::{Gateway, GatewayOptions, stderr, stdout};
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::gateway::{run_bounded, run_bounded_input};
+use crate::harness::clients::{run_bounded, run_bounded_input};
 use crate::harness::sshd::{SshSetup, Sshd, keygen, ssh, ssh_prompted, ssh_with};
 use crate::harness::{Gateway, GatewayOptions, stderr, stdout};
 

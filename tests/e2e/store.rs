@@ -5,7 +5,8 @@
 use std::process::Command;
 use std::time::Duration;
 
-use crate::harness::gateway::{Gateway, GatewayOptions, run_bounded};
+use crate::harness::clients::run_bounded;
+use crate::harness::gateway::{Gateway, GatewayOptions};
 use crate::harness::pg::{pg, random_hex};
 use crate::harness::{ok, stderr};
 

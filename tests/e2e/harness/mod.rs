@@ -1,7 +1,9 @@
 //! The end-to-end harness: one PostgreSQL cluster per run (`pg`), one gateway
-//! process per test (`gateway`), and a tokio-postgres session that records
-//! notices, notifications and the moment its connection closed.
+//! process per test (`gateway`, driven through `clients`), and a
+//! tokio-postgres session that records notices, notifications and the
+//! moment its connection closed.
 
+pub mod clients;
 pub mod gateway;
 pub mod pg;
 pub mod split;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use super::gateway::run_bounded;
+use super::clients::run_bounded;
 use super::pg::free_port;
 
 /// Bound on any ssh client run.
