@@ -1,3 +1,5 @@
+use sha2::{Digest, Sha256};
+
 use super::*;
 use crate::pg::backend::{Severity, error_response};
 

@@ -1,0 +1,181 @@
+//! What the tracker records of one statement: its text (cut past
+//! `MAX_TEXT`, with length and hash), bound values, COPY, outcome and timing.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+use super::super::capture::TextDigest;
+use super::MAX_TEXT;
+
+/// Statement text, cut to `MAX_TEXT` when longer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Text {
+    /// The text, or its first `MAX_TEXT` bytes (cut on a character boundary).
+    pub text: String,
+    /// Length of the whole text in bytes.
+    pub len: usize,
+    /// SHA-256 (hex) of the whole text, when it was cut.
+    pub sha256: Option<String>,
+}
+
+impl Text {
+    /// `raw` as statement text, cut past `MAX_TEXT` with its length and hash.
+    pub(super) fn new(raw: &[u8]) -> Text {
+        if raw.len() <= MAX_TEXT {
+            return Text {
+                text: lossy(raw),
+                len: raw.len(),
+                sha256: None,
+            };
+        }
+        Text::cut(raw, raw.len(), Sha256::digest(raw).into())
+    }
+
+    /// The first bytes of a text of `len` bytes whose SHA-256 is `sha256`.
+    pub(super) fn cut(first: &[u8], len: usize, sha256: [u8; 32]) -> Text {
+        let first = &first[..first.len().min(MAX_TEXT)];
+        // Cut before a character split in two; other invalid bytes are shown lossily.
+        let end = match std::str::from_utf8(first) {
+            Err(e) if e.error_len().is_none() => e.valid_up_to(),
+            _ => first.len(),
+        };
+        Text {
+            text: lossy(&first[..end]),
+            len,
+            sha256: Some(sha256.iter().map(|b| format!("{b:02x}")).collect()),
+        }
+    }
+
+    /// The text of a message body that may have been cut: the whole
+    /// NUL-terminated string at the start of `body`, or its first bytes and
+    /// the digest of the whole.
+    pub(super) fn of(body: &[u8], digest: Option<TextDigest>) -> Text {
+        let end = body.iter().position(|&b| b == 0).unwrap_or(body.len());
+        match digest {
+            Some(d) => Text::cut(&body[..end], d.len, d.sha256),
+            None => Text::new(&body[..end]),
+        }
+    }
+}
+
+/// `raw` as text, invalid bytes shown as U+FFFD. Valid text (nearly all)
+/// takes `from_utf8`'s word-at-a-time check, where the lossy decoder goes a
+/// byte at a time: this runs for every statement.
+fn lossy(raw: &[u8]) -> String {
+    match std::str::from_utf8(raw) {
+        Ok(text) => text.to_owned(),
+        Err(_) => String::from_utf8_lossy(raw).into_owned(),
+    }
+}
+
+/// A bound parameter value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Param {
+    /// SQL NULL.
+    Null,
+    /// A text-format value (cut to `MAX_PARAM` bytes).
+    Text(String),
+    /// A binary-format value of a type not decoded here: only its length is kept.
+    /// (Values of common types become [`Param::Text`], in their text form.)
+    Binary(usize),
+    /// A value past the per-Bind budget: only its length is kept.
+    Omitted(usize),
+    /// A value in the part of an over-long Bind that was not kept (past
+    /// [`MAX_BODY`](super::capture::MAX_BODY)): not even its length is known.
+    Unseen,
+}
+
+/// One command's completion: its tag (`SELECT 3`, `INSERT 0 1`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Completion {
+    /// The command tag as the server sent it.
+    pub tag: String,
+    /// Rows, when the tag carries a count.
+    pub rows: Option<u64>,
+}
+
+/// How a statement ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Completed: one completion per command (a simple Query may hold several).
+    Done(Vec<Completion>),
+    /// The server reported an error.
+    Failed {
+        /// SQLSTATE.
+        sqlstate: String,
+        /// The server's message.
+        message: String,
+    },
+    /// An Execute that stopped at its row limit (PortalSuspended).
+    Suspended,
+    /// Skipped by the server after an earlier error in the same pipeline.
+    NotRun,
+    /// The session ended (cut, or either side closed) before the outcome came.
+    Interrupted,
+}
+
+/// Which protocol carried the statement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flow {
+    /// Query.
+    Simple,
+    /// Parse, Bind, Execute.
+    Extended,
+    /// FunctionCall.
+    Function,
+}
+
+/// COPY in a statement: which way and how many bytes of CopyData.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Copy {
+    /// True for COPY FROM STDIN (client to server).
+    pub inbound: bool,
+    /// CopyData payload bytes.
+    pub bytes: u64,
+}
+
+/// One executed (or attempted) statement.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Statement {
+    /// Simple or extended protocol.
+    pub flow: Flow,
+    /// The SQL text.
+    pub text: Arc<Text>,
+    /// Prepared statement name (extended; empty for the unnamed one).
+    pub statement: String,
+    /// Portal name (extended; empty for the unnamed one).
+    pub portal: String,
+    /// Bound parameters (extended).
+    pub params: Arc<[Param]>,
+    /// COPY, if the statement ran one.
+    pub copy: Option<Copy>,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// When the client sent it.
+    pub started: Instant,
+    /// From sending to its outcome.
+    pub duration: Duration,
+}
+
+/// A statement of `flow` sent `now`, with no names, parameters or outcome yet.
+pub(super) fn statement(flow: Flow, text: Arc<Text>, now: Instant) -> Statement {
+    Statement {
+        flow,
+        text,
+        statement: String::new(),
+        portal: String::new(),
+        params: no_params(),
+        copy: None,
+        outcome: Outcome::Done(Vec::new()),
+        started: now,
+        duration: Duration::ZERO,
+    }
+}
+
+/// No parameters, shared: a statement of the simple protocol allocates none.
+fn no_params() -> Arc<[Param]> {
+    static NONE: std::sync::LazyLock<Arc<[Param]>> = std::sync::LazyLock::new(|| Arc::from([]));
+    Arc::clone(&NONE)
+}
