@@ -9,7 +9,8 @@ use portcullis_proxy::settings as proxy;
 use portcullis_proxy::ssh::keys as ssh_keys;
 use portcullis_proxy::ssh::policy::{Destination, SshPolicy};
 
-use super::schema::{Config, EventName, Kind, Policy, Pool, Principals, Reason, ReasonWord, Resource, Role, TlsMode};
+use super::notifications::EventName;
+use super::schema::{Config, Kind, Policy, Pool, Principals, Reason, ReasonWord, Resource, Role, TlsMode};
 
 /// What the control plane needs.
 pub fn control_settings(config: &Config) -> control::ControlSettings {

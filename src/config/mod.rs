@@ -3,6 +3,7 @@
 //! the control plane and the proxy each need.
 
 mod convert;
+mod notifications;
 mod schema;
 
 pub use convert::{control_plane, proxy_link, proxy_settings};
