@@ -12,6 +12,7 @@
 mod harness;
 
 mod audit;
+mod audit_workflow;
 mod bad_input;
 mod config;
 mod driver;

@@ -29,28 +29,6 @@ fn setup() -> Setup {
     SshSetup::start(Sshd::start(), GatewayOptions::default())
 }
 
-/// `portcullis audit ARGS --json` as admin.
-fn audit_json(gw: &Gateway, args: &[&str]) -> Vec<Value> {
-    let mut all = vec!["audit"];
-    all.extend_from_slice(args);
-    all.push("--json");
-    let out = gw.cli_ok(&gw.admin_token, &all);
-    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{all:?} printed no JSON ({e}): {out}"));
-    v.as_array().cloned().unwrap_or_else(|| panic!("not an array: {out}"))
-}
-
-/// `audit_json` again until `done` holds (events arrive a moment later), bounded.
-fn audit_until(gw: &Gateway, args: &[&str], done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let events = audit_json(gw, args);
-        if done(&events) || Instant::now() > deadline {
-            return events;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 /// `detail.KEY` of `e`, or "" when absent.
 fn d<'a>(e: &'a Value, key: &str) -> &'a str {
     e["detail"][key].as_str().unwrap_or_default()
@@ -69,7 +47,7 @@ fn refusals_sessions_and_exec_commands_are_audited() {
     // Refused first: no grant yet.
     let out = ssh(s.gw.ssh_port, &s.alice_key, "alice+web1", "echo hi");
     assert!(!out.status.success(), "{}", stderr(&out));
-    let denied = audit_until(&s.gw, &["--action", "connect.denied"], |e| !e.is_empty());
+    let denied = s.gw.audit_until(&["--action", "connect.denied"], |e| !e.is_empty());
     let x = one(&denied, "connect.denied");
     assert_eq!(
         (
@@ -91,7 +69,7 @@ fn refusals_sessions_and_exec_commands_are_audited() {
     let out = ssh(s.gw.ssh_port, &s.alice_key, "alice+web1", secret);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 
-    let execs = audit_until(&s.gw, &["--action", "exec"], |e| e.len() >= 2);
+    let execs = s.gw.audit_until(&["--action", "exec"], |e| e.len() >= 2);
     assert_eq!(execs.len(), 2, "{execs:#?}");
     let first = &execs[0];
     for (k, v) in [
@@ -128,9 +106,8 @@ fn refusals_sessions_and_exec_commands_are_audited() {
     // The first command's session: started, then ended by the client, with its bytes.
     let sid = first["session_id"].as_str().expect("session id").to_owned();
     assert!(sid.starts_with("ses_"), "{first}");
-    let session = audit_until(&s.gw, &["--session", &sid], |e| {
-        e.iter().any(|e| e["action"] == "session.end")
-    });
+    let session =
+        s.gw.audit_until(&["--session", &sid], |e| e.iter().any(|e| e["action"] == "session.end"));
     let start = one(&session, "session.start");
     assert_eq!(
         (d(start, "protocol"), d(start, "peer")),
@@ -160,7 +137,7 @@ fn a_revoke_ends_the_session_and_interrupts_the_command() {
     let s = setup();
     let (_, gid) = s.gw.grant(&s.alice, &s.carol, "web1", None, "1h");
     let running = spawn_bounded(ssh_command(s.gw.ssh_port, &s.alice_key, "alice+web1", "sleep 300"));
-    let started = audit_until(&s.gw, &["--action", "session.start"], |e| !e.is_empty());
+    let started = s.gw.audit_until(&["--action", "session.start"], |e| !e.is_empty());
     let sid = one(&started, "session.start")["session_id"]
         .as_str()
         .expect("session id")
@@ -170,9 +147,8 @@ fn a_revoke_ends_the_session_and_interrupts_the_command() {
     s.gw.cli_ok(&s.carol, &["revoke", &gid, "--reason", "audit says stop"]);
     let out = running.join().expect("ssh thread");
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    let session = audit_until(&s.gw, &["--session", &sid], |e| {
-        e.iter().any(|e| e["action"] == "session.end")
-    });
+    let session =
+        s.gw.audit_until(&["--session", &sid], |e| e.iter().any(|e| e["action"] == "session.end"));
     let end = one(&session, "session.end");
     assert_eq!(d(end, "ended"), "revoked", "{end}");
     let exec = one(&session, "exec");
@@ -203,7 +179,7 @@ fn a_host_key_mismatch_is_refused_on_stderr_and_audited() {
         ) && l.contains("does not match the host_key pinned in the gateway's config")),
         "stderr should say the host key does not match: {err}"
     );
-    let denied = audit_until(&s.gw, &["--action", "connect.denied"], |e| !e.is_empty());
+    let denied = s.gw.audit_until(&["--action", "connect.denied"], |e| !e.is_empty());
     let x = one(&denied, "connect.denied");
     for (k, v) in [
         ("outcome", "host_key_mismatch"),
@@ -223,7 +199,7 @@ fn a_host_key_mismatch_is_refused_on_stderr_and_audited() {
         "{x}"
     );
     assert!(d(x, "why").contains("does not match the host_key pinned"), "{x}");
-    let all = audit_json(&s.gw, &["--user", "alice"]);
+    let all = s.gw.audit_json(&["--user", "alice"]);
     assert!(
         all.iter()
             .all(|e| e["action"] != "session.start" && e["action"] != "exec"),
@@ -260,7 +236,7 @@ fn each_sftp_operation_is_one_event() {
     );
     assert_eq!(std::fs::read(&back).expect("downloaded").len(), 20_000);
 
-    let events = audit_until(&s.gw, &["--action", "sftp"], |e| {
+    let events = s.gw.audit_until(&["--action", "sftp"], |e| {
         e.iter().filter(|e| d(e, "op") == "remove").count() >= 2
     });
     let ops = |op: &str| -> Vec<&Value> { events.iter().filter(|e| d(e, "op") == op).collect() };
@@ -442,9 +418,8 @@ fn a_pty_session_is_recorded_in_asciicast_and_fetched_with_the_cli() {
     let path = s.gw.data_dir.join("recordings").join(format!("{id}.cast"));
     let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&path).expect("cast on disk").permissions());
     assert_eq!(mode & 0o777, 0o600);
-    let session = audit_until(&s.gw, &["--session", &id], |e| {
-        e.iter().any(|e| e["action"] == "session.end")
-    });
+    let session =
+        s.gw.audit_until(&["--session", &id], |e| e.iter().any(|e| e["action"] == "session.end"));
     let end = one(&session, "session.end");
     assert_eq!(d(end, "recording"), format!("{id}.cast"), "{end}");
 }
@@ -486,7 +461,7 @@ fn scp_is_audited_in_both_modes() {
         assert!(out.status.success(), "scp {args:?}: {}", stderr(&out));
     }
     // Legacy mode: the remote scp is an exec command, upload (-t) then download (-f).
-    let execs = audit_until(&s.gw, &["--action", "exec"], |e| e.len() >= 2);
+    let execs = s.gw.audit_until(&["--action", "exec"], |e| e.len() >= 2);
     let commands: Vec<(&str, &str)> = execs.iter().map(|e| (d(e, "command"), d(e, "exit_status"))).collect();
     let up_cmd = format!("scp -t {}", up.display());
     let down_cmd = format!("scp -f {}", up.display());
@@ -496,7 +471,7 @@ fn scp_is_audited_in_both_modes() {
         "{execs:#?}"
     );
     // SFTP mode: an open for writing with the bytes.
-    let sftp = audit_until(&s.gw, &["--action", "sftp"], |e| !e.is_empty());
+    let sftp = s.gw.audit_until(&["--action", "sftp"], |e| !e.is_empty());
     let path = far.path().join("sftp-mode.bin").display().to_string();
     let open = sftp
         .iter()

@@ -171,6 +171,31 @@ impl Gateway {
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: not JSON ({e}): {body}"))
     }
 
+    /// `portcullis audit ARGS --json` as admin: the array it printed.
+    pub fn audit_json(&self, args: &[&str]) -> Vec<Value> {
+        let mut all = vec!["audit"];
+        all.extend_from_slice(args);
+        all.push("--json");
+        let out = self.cli_ok(&self.admin_token, &all);
+        let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{all:?} printed no JSON ({e}): {out}"));
+        v.as_array()
+            .cloned()
+            .unwrap_or_else(|| panic!("{all:?}: not an array: {out}"))
+    }
+
+    /// `audit_json` again until `done` holds (events reach the log a moment
+    /// after what caused them), for 30 s at most.
+    pub fn audit_until(&self, args: &[&str], done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let events = self.audit_json(args);
+            if done(&events) || Instant::now() > deadline {
+                return events;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// One HTTP/1.1 request to the API; `Err` when it cannot be made or read
     /// (the gateway still starting, or gone).
     pub(super) fn try_http(
