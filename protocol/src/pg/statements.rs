@@ -28,7 +28,7 @@ mod bind;
 mod names;
 mod record;
 
-use names::{Names, Portal, Prepared, declared_types, declared_types_after_text};
+use names::{Names, Portal, Prepared, declared_types, declared_types_after_text, shared_name};
 use record::statement;
 pub use record::{Completion, Copy, Flow, Outcome, Param, Statement, Text};
 
@@ -173,7 +173,14 @@ impl StatementTracker {
                         types
                     };
                     self.kept += 4 * types.len();
-                    self.prepared.insert(name.clone(), Prepared { text, types });
+                    self.prepared.insert(
+                        name.clone(),
+                        Prepared {
+                            name: shared_name(&name),
+                            text,
+                            types,
+                        },
+                    );
                 }
                 self.push(Expect::Parse(name));
             }
@@ -188,7 +195,7 @@ impl StatementTracker {
                 let mut s = match self.portals.get(portal) {
                     Some(p) => {
                         let mut s = statement(Flow::Extended, Arc::clone(&p.text), now);
-                        s.statement = p.statement.clone();
+                        s.statement = Arc::clone(&p.statement);
                         s.params = Arc::clone(&p.params);
                         s
                     }
@@ -429,7 +436,7 @@ impl StatementTracker {
                         None => Arc::new(Text::new(b"")),
                     };
                     let mut s = statement(Flow::Extended, text, now);
-                    s.statement = name;
+                    s.statement = shared_name(&name);
                     s.outcome = failed;
                     out.push(s);
                 }

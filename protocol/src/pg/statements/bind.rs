@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::super::error::ProtocolError;
 use super::super::message::{read_cstr, read_i32};
-use super::names::{Portal, read_i16};
+use super::names::{Portal, read_i16, shared_name};
 use super::{MAX_KEPT, MAX_PARAM, MAX_PARAMS_KEPT, Param, StatementTracker, Text, binary};
 
 impl StatementTracker {
@@ -14,17 +14,31 @@ impl StatementTracker {
     pub(super) fn bind(&mut self, mut b: &[u8], cut: bool) {
         let parsed = (|| {
             let portal = read_cstr(&mut b, "Bind")?.to_owned();
-            let stmt = read_cstr(&mut b, "Bind")?.to_owned();
-            let types = self.prepared.get(&stmt).map(|p| Arc::clone(&p.types));
+            let stmt = read_cstr(&mut b, "Bind")?;
+            // One lookup for the statement's name, text and types.
+            let (stmt, text, types) = match self.prepared.get(stmt) {
+                Some(p) => (
+                    Arc::clone(&p.name),
+                    Some(Arc::clone(&p.text)),
+                    Some(Arc::clone(&p.types)),
+                ),
+                None => (shared_name(stmt), None, None),
+            };
             let type_of = |i: i16| {
                 let i = usize::try_from(i).ok()?;
                 types.as_ref().and_then(|t| t.get(i)).copied()
             };
-            let nformats = read_i16(&mut b)?;
-            let mut formats = Vec::new();
-            for _ in 0..nformats {
-                formats.push(read_i16(&mut b)?);
-            }
+            // The format codes stay where they are in the message, read by index.
+            let nformats = usize::try_from(read_i16(&mut b)?).unwrap_or(0);
+            let formats = b.get(..2 * nformats).ok_or(ProtocolError::Malformed { what: "Bind" })?;
+            b = &b[2 * nformats..];
+            let format = |i: usize| {
+                formats
+                    .chunks_exact(2)
+                    .nth(i)
+                    .and_then(|f| <[u8; 2]>::try_from(f).ok())
+                    .map(i16::from_be_bytes)
+            };
             let nparams = read_i16(&mut b)?;
             let mut params = Vec::new();
             let mut kept = 0;
@@ -51,10 +65,10 @@ impl StatementTracker {
                     break;
                 };
                 b = &b[len..];
-                let binary = match formats.len() {
+                let binary = match nformats {
                     0 => false,
-                    1 => formats[0] == 1,
-                    _ => formats.get(i as usize) == Some(&1),
+                    1 => format(0) == Some(1),
+                    _ => format(i as usize) == Some(1),
                 };
                 let keep = len.min(MAX_PARAM);
                 let decoded = match type_of(i) {
@@ -73,9 +87,9 @@ impl StatementTracker {
                     Param::Text(Text::new(&value[..keep]).text)
                 });
             }
-            Ok::<_, ProtocolError>((portal, stmt, params, kept))
+            Ok::<_, ProtocolError>((portal, stmt, text, params, kept))
         })();
-        let Ok((portal, stmt, mut params, mut kept)) = parsed else {
+        let Ok((portal, stmt, text, mut params, mut kept)) = parsed else {
             return;
         };
         if let Some(old) = self.portals.remove(&portal) {
@@ -90,10 +104,7 @@ impl StatementTracker {
             }
             kept = 0;
         }
-        let text = self
-            .prepared
-            .get(&stmt)
-            .map_or_else(|| Arc::new(Text::new(b"")), |p| Arc::clone(&p.text));
+        let text = text.unwrap_or_else(|| Arc::new(Text::new(b"")));
         if self.portals.has_room_for(&portal) {
             self.kept += kept;
             self.portals.insert(

@@ -9,8 +9,11 @@ use super::super::error::ProtocolError;
 use super::super::message::{read_cstr, read_i32};
 use super::{MAX_NAMES, MAX_TYPES, Param, Text};
 
-/// A prepared statement: its text and parameter types.
+/// A prepared statement: its name, text and parameter types.
 pub(super) struct Prepared {
+    /// Shared with the portals bound to it and their statements: no copy
+    /// of the name per Bind and Execute.
+    pub name: Arc<str>,
     pub text: Arc<Text>,
     /// Parameter type OIDs (0: unspecified), from the Parse or the server.
     pub types: Arc<[u32]>,
@@ -25,7 +28,7 @@ impl Prepared {
 
 /// A bound portal: its statement, text and values.
 pub(super) struct Portal {
-    pub statement: String,
+    pub statement: Arc<str>,
     pub text: Arc<Text>,
     pub params: Arc<[Param]>,
     /// Bytes this portal counts against `MAX_KEPT`.
@@ -33,17 +36,19 @@ pub(super) struct Portal {
 }
 
 /// Prepared statements or portals by name. Drivers mostly use the unnamed
-/// one (`""`), which lives outside the map: no hashing per statement.
+/// one (`""`), which lives outside the map: no hashing per statement. The
+/// names are the client's: foldhash's quality hasher, seeded per map,
+/// keeps them from being chosen to collide, at a fraction of SipHash's cost.
 pub(super) struct Names<T> {
     unnamed: Option<T>,
-    named: HashMap<String, T>,
+    named: HashMap<String, T, foldhash::quality::RandomState>,
 }
 
 impl<T> Default for Names<T> {
     fn default() -> Self {
         Names {
             unnamed: None,
-            named: HashMap::new(),
+            named: HashMap::default(),
         }
     }
 }
@@ -94,6 +99,16 @@ impl<T> Names<T> {
     #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.unnamed.is_none() && self.named.is_empty()
+    }
+}
+
+/// `name` to share: the unnamed statement's empty name allocates nothing.
+pub(super) fn shared_name(name: &str) -> Arc<str> {
+    static UNNAMED: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from(""));
+    if name.is_empty() {
+        Arc::clone(&UNNAMED)
+    } else {
+        Arc::from(name)
     }
 }
 

@@ -144,7 +144,7 @@ pub struct Statement {
     /// The SQL text.
     pub text: Arc<Text>,
     /// Prepared statement name (extended; empty for the unnamed one).
-    pub statement: String,
+    pub statement: Arc<str>,
     /// Portal name (extended; empty for the unnamed one).
     pub portal: String,
     /// Bound parameters (extended).
@@ -164,7 +164,7 @@ pub(super) fn statement(flow: Flow, text: Arc<Text>, now: Instant) -> Statement 
     Statement {
         flow,
         text,
-        statement: String::new(),
+        statement: super::names::shared_name(""),
         portal: String::new(),
         params: no_params(),
         copy: None,
