@@ -34,8 +34,7 @@ impl StatementTracker {
             b = &b[2 * nformats..];
             let format = |i: usize| {
                 formats
-                    .chunks_exact(2)
-                    .nth(i)
+                    .get(2 * i..2 * i + 2)
                     .and_then(|f| <[u8; 2]>::try_from(f).ok())
                     .map(i16::from_be_bytes)
             };
