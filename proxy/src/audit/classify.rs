@@ -274,6 +274,13 @@ fn mentions_password(text: &str) -> bool {
             .any(|i| b.get(i..i + 8).is_some_and(|w| w.eq_ignore_ascii_case(b"password")))
 }
 
+/// Whether a value, in any case, is a connection string or URL with a
+/// password. Most values (numbers, names) mention neither and are neither
+/// copied nor searched further.
+pub fn value_holds_secret(value: &str) -> bool {
+    mentions_password(value) && holds_secret(&value.to_ascii_lowercase())
+}
+
 /// Whether a literal (lowercased) is a connection string or URL with a password.
 pub fn holds_secret(literal: &str) -> bool {
     let conninfo = literal

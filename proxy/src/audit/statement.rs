@@ -11,7 +11,7 @@ use portcullis_protocol::audit::block::{Detail, json_string};
 use portcullis_protocol::feed::UnixMillis;
 use portcullis_protocol::pg::statements::{Flow, Outcome, Param, Statement};
 
-use super::classify::{Classifier, REDACTED, holds_secret, redact};
+use super::classify::{Classifier, REDACTED, redact, value_holds_secret};
 
 /// What every event of one session carries.
 #[derive(Debug)]
@@ -205,8 +205,6 @@ pub fn statement_detail(session: &SessionAudit, s: &Statement, classifier: &mut 
 /// The error message of a statement that held a password.
 const WITHHELD: &str = "[withheld: the statement held a password]";
 
-/// Parameter values as a JSON array: text values as strings (a connection
-/// string or URL with a password redacted), NULL as null, the rest described.
 /// The values as a JSON array, as serde_json writes one, with any value that
 /// holds a password (a connection string or URL) redacted. Runs for every
 /// extended-protocol statement: written straight into one buffer.
@@ -219,7 +217,7 @@ fn params_json(params: &[Param]) -> String {
         }
         match p {
             Param::Null => out.extend_from_slice(b"null"),
-            Param::Text(t) if may_hold_secret(t) && holds_secret(&t.to_ascii_lowercase()) => {
+            Param::Text(t) if value_holds_secret(t) => {
                 json_string(&mut out, REDACTED);
             }
             Param::Text(t) => json_string(&mut out, t),
@@ -231,14 +229,6 @@ fn params_json(params: &[Param]) -> String {
     out.push(b']');
     // Only whole strs and ASCII were written: the fallback never runs.
     String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
-}
-
-/// Whether `holds_secret` could say yes: a password in a connection string
-/// needs `=`, one in a URL `://`. Most values (numbers, names) have neither
-/// and skip the lowercased copy and the searches.
-fn may_hold_secret(t: &str) -> bool {
-    let b = t.as_bytes();
-    memchr::memchr(b'=', b).is_some() || memchr::memmem::find(b, b"://").is_some()
 }
 
 fn describe(n: usize, what: &str) -> String {
