@@ -13,6 +13,8 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use super::AuditEvent;
+use super::detail::{DetailJson, ascii_or_utf8};
+use super::json::json_string;
 use crate::feed::UnixMillis;
 
 /// The action of a block as stored; its statements read as `statement`.
@@ -45,138 +47,11 @@ struct Member<'a> {
     detail: BTreeMap<String, String>,
 }
 
-/// Where an event's detail is written, one key and value at a time: a map,
-/// or straight into a block's JSON with no map in between (the audit thread
-/// writes every statement this way).
-pub trait Detail {
-    /// Adds `key` with `value`; each key once.
-    fn put(&mut self, key: &str, value: &str);
-
-    /// Adds `key` with a number, written as a string as every detail value is.
-    fn put_number(&mut self, key: &str, n: u64) {
-        self.put(key, itoa::Buffer::new().format(n));
-    }
-}
-
-impl Detail for BTreeMap<String, String> {
-    fn put(&mut self, key: &str, value: &str) {
-        self.insert(key.to_owned(), value.to_owned());
-    }
-}
-
-/// A statement's detail being written into its block's JSON object.
-pub struct DetailJson<'a> {
-    json: &'a mut Vec<u8>,
-    first: bool,
-}
-
-impl DetailJson<'_> {
-    fn string(&mut self, s: &str) {
-        json_string(self.json, s);
-    }
-}
-
-/// Appends `s` as a JSON string, escaped exactly as serde_json escapes it.
-/// Runs for every key and value of every
-/// statement: 8-byte words that need no escape (nearly all of any
-/// statement, and the whole of most values) are checked at once and copied
-/// in one piece; only a word holding a byte to escape goes byte by byte.
-pub fn json_string(out: &mut Vec<u8>, s: &str) {
-    let bytes = s.as_bytes();
-    out.reserve(bytes.len() + 2);
-    out.push(b'"');
-    let mut i = 0;
-    loop {
-        let clean = i + clean_prefix(&bytes[i..]);
-        out.extend_from_slice(&bytes[i..clean]);
-        if clean == bytes.len() {
-            break;
-        }
-        let end = (clean + 8).min(bytes.len());
-        for &b in &bytes[clean..end] {
-            escape(out, b);
-        }
-        i = end;
-    }
-    out.push(b'"');
-}
-
-/// How many leading bytes of `bytes` need no escape, in whole 8-byte words
-/// (the last word padded with spaces): all of them, or up to the start of
-/// the first word holding one that does.
-fn clean_prefix(bytes: &[u8]) -> usize {
-    let mut words = bytes.chunks_exact(8);
-    let mut at = 0;
-    for word in &mut words {
-        let mut w = [0; 8];
-        w.copy_from_slice(word);
-        if word_needs_escape(u64::from_le_bytes(w)) {
-            return at;
-        }
-        at += 8;
-    }
-    // The last bytes over spaces, shifted in one by one: a copy of a few
-    // bytes costs more as a call to memcpy.
-    let w = words
-        .remainder()
-        .iter()
-        .enumerate()
-        .fold(u64::from_ne_bytes([b' '; 8]), |w, (k, &b)| {
-            (w & !(0xff << (8 * k))) | (u64::from(b) << (8 * k))
-        });
-    if word_needs_escape(w) { at } else { bytes.len() }
-}
-
-/// Appends one byte, escaped as serde_json escapes it when it must be.
-fn escape(out: &mut Vec<u8>, b: u8) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    match b {
-        b'"' => out.extend_from_slice(b"\\\""),
-        b'\\' => out.extend_from_slice(b"\\\\"),
-        b'\n' => out.extend_from_slice(b"\\n"),
-        b'\r' => out.extend_from_slice(b"\\r"),
-        b'\t' => out.extend_from_slice(b"\\t"),
-        0x08 => out.extend_from_slice(b"\\b"),
-        0x0c => out.extend_from_slice(b"\\f"),
-        b if b < 0x20 => out.extend_from_slice(&[
-            b'\\',
-            b'u',
-            b'0',
-            b'0',
-            HEX[usize::from(b >> 4)],
-            HEX[usize::from(b & 0xf)],
-        ]),
-        b => out.push(b),
-    }
-}
-
-/// Whether any byte of `w` is a control character, `"` or `\\` (the
-/// classic SWAR tests for a zero byte and a byte below n; exact as to
-/// whether there is one, which is all this asks).
-fn word_needs_escape(w: u64) -> bool {
-    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
-    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
-    let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH != 0;
-    let below_space = w.wrapping_sub(ONES * 0x20) & !w & HIGH != 0;
-    below_space || has_zero(w ^ (ONES * u64::from(b'"'))) || has_zero(w ^ (ONES * u64::from(b'\\')))
-}
-
-impl Detail for DetailJson<'_> {
-    fn put(&mut self, key: &str, value: &str) {
-        if !std::mem::take(&mut self.first) {
-            self.json.push(b',');
-        }
-        self.string(key);
-        self.json.push(b':');
-        self.string(value);
-    }
-}
-
 /// A block being filled, one session's statements in the order they completed.
 pub struct BlockBuilder {
     block: AuditEvent,
     /// The members' JSON array so far, without its closing bracket: UTF-8,
-    /// as `json_string` and the ASCII punctuation around it write it.
+    /// as `json` and the ASCII punctuation around it write it.
     json: Vec<u8>,
     count: u64,
     first: UnixMillis,
@@ -222,7 +97,7 @@ impl BlockBuilder {
     pub fn push(&mut self, id: &str, at: UnixMillis, detail: BTreeMap<String, String>) {
         self.push_with(id, at, |d| {
             for (k, v) in &detail {
-                d.put(k, v);
+                d.put_any(k, v);
             }
         });
     }
@@ -233,16 +108,12 @@ impl BlockBuilder {
         if self.count > 0 {
             self.json.push(b',');
         }
-        let mut d = DetailJson {
-            json: &mut self.json,
-            first: true,
-        };
-        d.json.extend_from_slice(b"{\"id\":");
-        d.string(id);
-        d.json.extend_from_slice(b",\"at\":");
-        d.json.extend_from_slice(itoa::Buffer::new().format(at).as_bytes());
-        d.json.extend_from_slice(b",\"detail\":{");
-        write(&mut d);
+        self.json.extend_from_slice(b"{\"id\":");
+        json_string(&mut self.json, id);
+        self.json.extend_from_slice(b",\"at\":");
+        self.json.extend_from_slice(itoa::Buffer::new().format(at).as_bytes());
+        self.json.extend_from_slice(b",\"detail\":{");
+        write(&mut DetailJson::new(&mut self.json));
         self.json.extend_from_slice(b"}}");
         self.count += 1;
         self.first = self.first.min(at);
@@ -252,8 +123,7 @@ impl BlockBuilder {
     /// The block as one event, dated by its earliest statement.
     pub fn finish(mut self) -> AuditEvent {
         self.json.push(b']');
-        // Whole strs and ASCII only are written: the fallback never runs.
-        let json = String::from_utf8(self.json).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+        let json = ascii_or_utf8(self.json);
         self.block.at = if self.count == 0 { self.block.at } else { self.first };
         self.block.detail.insert(COUNT.to_owned(), self.count.to_string());
         self.block.detail.insert(LIST.to_owned(), json);
@@ -320,6 +190,7 @@ pub fn expand(seq: u64, event: AuditEvent) -> Vec<(u64, AuditEvent)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::audit::detail::Detail;
 
     fn session() -> AuditEvent {
         let mut e = AuditEvent::new("evt_block".into(), 0, "statement", "alice");
@@ -379,51 +250,6 @@ mod tests {
         assert_eq!(detail["text"], text);
         assert_eq!(detail["rows"], u64::MAX.to_string());
         assert_eq!(detail["protocol"], "postgres");
-    }
-
-    #[test]
-    fn strings_are_escaped_as_serde_json_escapes_them() {
-        let every_control: String = (0u8..0x20).map(char::from).collect();
-        let long = format!("{} \"x\" {}\n", "a".repeat(40), "\u{e9}".repeat(20));
-        for s in [
-            "",
-            "plain",
-            "\"q\" \\ /",
-            "caf\u{e9} \u{1f600}",
-            "\u{7f}\u{2028}",
-            &every_control,
-            &long,
-        ] {
-            let mut out = Vec::new();
-            json_string(&mut out, s);
-            assert_eq!(String::from_utf8(out).ok(), serde_json::to_string(s).ok(), "{s:?}");
-        }
-        // Each byte that needs an escape, at each place of strings from one
-        // word's part to three words: the padded last word included.
-        for len in 1..=24 {
-            for at in 0..len {
-                for special in ['\0', '\u{1f}', '\n', '"', '\\'] {
-                    let s: String = (0..len).map(|i| if i == at { special } else { 'x' }).collect();
-                    let mut out = Vec::new();
-                    json_string(&mut out, &s);
-                    assert_eq!(String::from_utf8(out).ok(), serde_json::to_string(&s).ok(), "{s:?}");
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn a_word_needs_escape_exactly_when_one_of_its_bytes_does() {
-        for fill in [b'a', 0xc3, 0xff, b' '] {
-            for pos in 0..8 {
-                for b in 0..=255u8 {
-                    let mut w = [fill; 8];
-                    w[pos] = b;
-                    let want = w.iter().any(|&c| c < 0x20 || c == b'"' || c == b'\\');
-                    assert_eq!(word_needs_escape(u64::from_le_bytes(w)), want, "{w:?}");
-                }
-            }
-        }
     }
 
     #[test]

@@ -17,6 +17,8 @@ use sha2::Sha256;
 use crate::feed::UnixMillis;
 
 pub mod block;
+pub mod detail;
+pub mod json;
 
 /// The link before the first event.
 pub const GENESIS: [u8; 32] = [0; 32];

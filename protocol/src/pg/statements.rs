@@ -28,9 +28,9 @@ mod bind;
 mod names;
 mod record;
 
-use names::{Names, Portal, Prepared, declared_types, declared_types_after_text, shared_name};
+use names::{Names, Portal, Prepared, declared_types, declared_types_after_text, no_types, shared_name};
 use record::statement;
-pub use record::{Completion, Copy, Flow, Outcome, Param, Statement, Text};
+pub use record::{Completion, Copy, Flow, Outcome, Param, Rendered, Statement, Text};
 
 /// Statement text kept per record; longer text is cut, with its length and hash.
 pub const MAX_TEXT: usize = 64 * 1024;
@@ -123,6 +123,7 @@ impl StatementTracker {
                 text: String::new(),
                 len: text.len,
                 sha256: text.sha256,
+                rendered: std::sync::OnceLock::new(),
             };
         }
         self.kept += text.text.len();
@@ -157,26 +158,42 @@ impl StatementTracker {
                 }
                 let name = name.to_owned();
                 if !self.discarding && self.prepared.has_room_for(&name) {
-                    if let Some(old) = self.prepared.remove(&name) {
+                    let old = self.prepared.remove(&name);
+                    if let Some(old) = &old {
                         self.kept = self.kept.saturating_sub(old.kept());
                     }
                     // The types follow the text, in a body that was not cut.
                     let types = match m.text {
                         None if body.len() == m.len => declared_types(b),
-                        _ => Arc::from([]),
+                        _ => no_types(),
                     };
-                    let text = Arc::new(self.keep_text(Text::of(b, m.text)));
+                    let text = match &old {
+                        // The same text again (drivers parse the unnamed
+                        // statement before each run): shared, so the audit
+                        // works it out once.
+                        Some(old)
+                            if m.text.is_none() && old.text.is(b) && self.kept + old.text.text.len() <= MAX_KEPT =>
+                        {
+                            self.kept += old.text.text.len();
+                            Arc::clone(&old.text)
+                        }
+                        _ => Arc::new(self.keep_text(Text::of(b, m.text))),
+                    };
                     // Past the session's budget, binary values show their length only.
                     let types = if self.kept + 4 * types.len() > MAX_KEPT {
-                        Arc::from([])
+                        no_types()
                     } else {
                         types
                     };
                     self.kept += 4 * types.len();
+                    let shared = match old {
+                        Some(old) => old.name,
+                        None => shared_name(&name),
+                    };
                     self.prepared.insert(
                         name.clone(),
                         Prepared {
-                            name: shared_name(&name),
+                            name: shared,
                             text,
                             types,
                         },

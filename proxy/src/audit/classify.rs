@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use pg_query::protobuf::Token;
+use portcullis_protocol::audit::detail::{Detail, Fields};
 
 /// Statement shapes remembered; past it the cache starts over.
 const CACHE: usize = 4096;
@@ -20,6 +21,19 @@ pub struct Class {
     pub class: String,
     /// Tables touched, sorted, comma-separated (empty when none or unknown).
     pub tables: String,
+    /// `class` and `tables` (when any) as detail fields, rendered once.
+    pub fields: Fields,
+}
+
+impl Class {
+    fn new(class: String, tables: String) -> Class {
+        let mut fields = Fields::default();
+        fields.put("class", &class);
+        if !tables.is_empty() {
+            fields.put("tables", &tables);
+        }
+        Class { class, tables, fields }
+    }
 }
 
 /// Classifies statements, remembering each shape (the text with its
@@ -56,23 +70,20 @@ fn parse(sql: &str) -> Class {
             let mut tables: Vec<&str> = s.tables.iter().map(|t| t.name.as_str()).collect();
             tables.sort_unstable();
             tables.dedup();
-            Class {
-                class: if classes.is_empty() {
-                    "EMPTY".into()
-                } else {
-                    classes.join(",")
-                },
-                tables: tables.join(","),
-            }
+            let class = if classes.is_empty() {
+                "EMPTY".into()
+            } else {
+                classes.join(",")
+            };
+            Class::new(class, tables.join(","))
         }
         // Not valid SQL (the server will have said so), or cut short: the first word.
-        Err(_) => Class {
-            class: sql
-                .split(|c: char| !c.is_ascii_alphabetic())
+        Err(_) => Class::new(
+            sql.split(|c: char| !c.is_ascii_alphabetic())
                 .find(|w| !w.is_empty())
                 .map_or_else(|| "UNKNOWN".to_owned(), str::to_ascii_uppercase),
-            tables: String::new(),
-        },
+            String::new(),
+        ),
     }
 }
 

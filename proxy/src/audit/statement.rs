@@ -2,14 +2,14 @@
 //! messages its relay copied, with the session's who/where/why, turned into
 //! an `AuditEvent` on the audit thread.
 
-use std::fmt::Write as _;
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
 
 use portcullis_protocol::audit::AuditEvent;
-use portcullis_protocol::audit::block::{Detail, json_string};
+use portcullis_protocol::audit::detail::{Detail, Fields};
 use portcullis_protocol::feed::UnixMillis;
-use portcullis_protocol::pg::statements::{Flow, Outcome, Param, Statement};
+use portcullis_protocol::pg::statements::{Flow, Outcome, Param, Rendered, Statement, Text};
 
 use super::classify::{Classifier, REDACTED, redact, value_holds_secret};
 
@@ -130,29 +130,15 @@ pub fn statement_detail(session: &SessionAudit, s: &Statement, classifier: &mut 
         Flow::Extended => "extended",
         Flow::Function => "function",
     };
-    d.put("flow", flow);
-    let class = classifier.classify(&s.text.text);
-    d.put("class", &class.class);
-    if !class.tables.is_empty() {
-        d.put("tables", &class.tables);
-    }
-    let redacted = match redact(&s.text.text) {
-        Some(redacted) => {
-            d.put("text", &redacted);
-            d.put("redacted", "true");
-            true
-        }
-        None => {
-            d.put("text", &s.text.text);
-            false
-        }
-    };
-    if let Some(sha) = &s.text.sha256 {
-        // Cut: the whole text's length and hash, never the rest of it.
-        d.put_number("text_len", s.text.len as u64);
-        d.put("text_sha256", sha);
-    }
-    if s.flow == Flow::Extended {
+    d.put_plain("flow", flow);
+    let redacted = if s.flow == Flow::Extended {
+        // Shared by every run of a prepared statement: worked out once.
+        let text = s.text.rendered.get_or_init(|| {
+            let mut fields = Fields::default();
+            let redacted = text_detail(&s.text, classifier, &mut fields);
+            Rendered { fields, redacted }
+        });
+        d.put_fields(&text.fields);
         if !s.statement.is_empty() {
             d.put("statement", &s.statement);
         }
@@ -162,19 +148,22 @@ pub fn statement_detail(session: &SessionAudit, s: &Statement, classifier: &mut 
         d.put_number("param_count", s.params.len() as u64);
         if !s.params.is_empty() {
             if session.redact_parameters {
-                d.put("params", "[redacted by policy]");
+                d.put_plain("params", "[redacted by policy]");
             } else {
-                d.put("params", &params_json(&s.params));
+                d.put_list("params", s.params.iter().map(param_value));
             }
         }
-    }
+        text.redacted
+    } else {
+        text_detail(&s.text, classifier, d)
+    };
     if let Some(copy) = s.copy {
-        d.put("copy", if copy.inbound { "from_stdin" } else { "to_stdout" });
+        d.put_plain("copy", if copy.inbound { "from_stdin" } else { "to_stdout" });
         d.put_number("copy_bytes", copy.bytes);
     }
     match &s.outcome {
         Outcome::Done(list) => {
-            d.put("outcome", "ok");
+            d.put_plain("outcome", "ok");
             match list.as_slice() {
                 [] => {}
                 [one] => d.put("tag", &one.tag),
@@ -189,59 +178,64 @@ pub fn statement_detail(session: &SessionAudit, s: &Statement, classifier: &mut 
             }
         }
         Outcome::Failed { sqlstate, message } => {
-            d.put("outcome", "error");
+            d.put_plain("outcome", "error");
             d.put("sqlstate", sqlstate);
             // The server quotes the statement in some errors (`syntax error at or
             // near "hunter2"`): for one that held a password, its SQLSTATE only.
             d.put("error", if redacted { WITHHELD } else { message });
         }
-        Outcome::Suspended => d.put("outcome", "suspended"),
-        Outcome::NotRun => d.put("outcome", "not_run"),
-        Outcome::Interrupted => d.put("outcome", "interrupted"),
+        Outcome::Suspended => d.put_plain("outcome", "suspended"),
+        Outcome::NotRun => d.put_plain("outcome", "not_run"),
+        Outcome::Interrupted => d.put_plain("outcome", "interrupted"),
     }
     d.put_number("duration_us", u64::try_from(s.duration.as_micros()).unwrap_or(u64::MAX));
+}
+
+/// Writes a statement's class, tables and text (passwords redacted; a cut
+/// text's whole length and hash); answers whether a password was redacted.
+fn text_detail(text: &Text, classifier: &mut Classifier, d: &mut impl Detail) -> bool {
+    d.put_fields(&classifier.classify(&text.text).fields);
+    let redacted = match redact(&text.text) {
+        Some(redacted) => {
+            d.put("text", &redacted);
+            d.put_plain("redacted", "true");
+            true
+        }
+        None => {
+            d.put("text", &text.text);
+            false
+        }
+    };
+    if let Some(sha) = &text.sha256 {
+        // Cut: the whole text's length and hash, never the rest of it.
+        d.put_number("text_len", text.len as u64);
+        d.put_plain("text_sha256", sha);
+    }
+    redacted
 }
 
 /// The error message of a statement that held a password.
 const WITHHELD: &str = "[withheld: the statement held a password]";
 
-/// The values as a JSON array, as serde_json writes one, with any value that
-/// holds a password (a connection string or URL) redacted. Runs for every
-/// extended-protocol statement: written straight into one buffer.
-fn params_json(params: &[Param]) -> String {
-    let mut out = Vec::with_capacity(2 + params.len() * 8);
-    out.push(b'[');
-    for (i, p) in params.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        match p {
-            Param::Null => out.extend_from_slice(b"null"),
-            Param::Text(t) if value_holds_secret(t) => {
-                json_string(&mut out, REDACTED);
-            }
-            Param::Text(t) => json_string(&mut out, t),
-            Param::Binary(n) => json_string(&mut out, &describe(*n, "binary")),
-            Param::Omitted(n) => json_string(&mut out, &describe(*n, "not kept")),
-            Param::Unseen => json_string(&mut out, "<not seen>"),
-        }
-    }
-    out.push(b']');
-    // Only whole strs and ASCII were written: the fallback never runs.
-    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
-}
-
-fn describe(n: usize, what: &str) -> String {
-    let mut s = String::new();
-    let _ = write!(s, "<{what}, {n} bytes>");
-    s
+/// A bound value as the event lists it (`None`: SQL NULL); one that holds a
+/// password (a connection string or URL) is redacted.
+fn param_value(p: &Param) -> Option<Cow<'_, str>> {
+    Some(match p {
+        Param::Null => return None,
+        Param::Text(t) if value_holds_secret(t) => Cow::Borrowed(REDACTED),
+        Param::Text(t) => Cow::Borrowed(t.as_str()),
+        Param::Binary(n) => Cow::Owned(format!("<binary, {n} bytes>")),
+        Param::Omitted(n) => Cow::Owned(format!("<not kept, {n} bytes>")),
+        Param::Unseen => Cow::Borrowed("<not seen>"),
+    })
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use std::time::Duration;
 
-    use portcullis_protocol::pg::statements::{Completion, Text};
+    use portcullis_protocol::audit::block::{BlockBuilder, expand};
+    use portcullis_protocol::pg::statements::Completion;
 
     use super::*;
 
@@ -267,11 +261,7 @@ pub(crate) mod tests {
     fn bound(params: Vec<Param>, since: Instant) -> Statement {
         Statement {
             flow: Flow::Extended,
-            text: Arc::new(Text {
-                text: "SELECT dblink($1, $2)".into(),
-                len: 21,
-                sha256: None,
-            }),
+            text: Arc::new(Text::new(b"SELECT dblink($1, $2)")),
             statement: "s1".into(),
             portal: String::new(),
             params: params.into(),
@@ -330,11 +320,7 @@ pub(crate) mod tests {
         let s = session(false);
         let mut st = bound(Vec::new(), s.since);
         st.flow = Flow::Simple;
-        st.text = Arc::new(Text {
-            text: "ALTER ROLE bob PASSWORD hunter2".into(),
-            len: 31,
-            sha256: None,
-        });
+        st.text = Arc::new(Text::new(b"ALTER ROLE bob PASSWORD hunter2"));
         st.outcome = Outcome::Failed {
             sqlstate: "42601".into(),
             message: "syntax error at or near \"hunter2\"".into(),
@@ -374,7 +360,13 @@ pub(crate) mod tests {
         ];
         let params: Vec<Param> = plain.iter().chain(&secret).map(|t| Param::Text((*t).into())).collect();
         let want: Vec<&str> = plain.iter().copied().chain(secret.iter().map(|_| REDACTED)).collect();
-        assert_eq!(params_json(&params), serde_json::to_string(&want).unwrap_or_default());
-        assert_eq!(params_json(&[]), "[]");
+        let s = session(false);
+        let mut block = BlockBuilder::new(s.event("statements"));
+        let st = bound(params, s.since);
+        block.push_with("evt_1", 1, |d| statement_detail(&s, &st, &mut Classifier::default(), d));
+        let statements = expand(1, block.finish());
+        let detail = &statements[0].1.detail;
+        assert_eq!(detail["params"], serde_json::to_string(&want).unwrap_or_default());
+        assert_eq!(detail, &statement_event(&s, &st, &mut Classifier::default()).detail);
     }
 }

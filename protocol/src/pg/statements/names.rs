@@ -112,12 +112,18 @@ pub(super) fn shared_name(name: &str) -> Arc<str> {
     }
 }
 
+/// No parameter types, shared: most Parses declare none.
+pub(super) fn no_types() -> Arc<[u32]> {
+    static NONE: std::sync::LazyLock<Arc<[u32]>> = std::sync::LazyLock::new(|| Arc::from([]));
+    Arc::clone(&NONE)
+}
+
 /// The parameter types of a Parse, from just after its statement text:
 /// none when there are more than `MAX_TYPES` or the list is malformed.
 pub(super) fn declared_types(after_name: &[u8]) -> Arc<[u32]> {
     let mut b = after_name;
     if read_cstr(&mut b, "Parse").is_err() {
-        return Arc::from([]);
+        return no_types();
     }
     declared_types_after_text(b)
 }
@@ -125,17 +131,17 @@ pub(super) fn declared_types(after_name: &[u8]) -> Arc<[u32]> {
 /// A count and that many type OIDs (a Parse's tail, a ParameterDescription).
 pub(super) fn declared_types_after_text(mut b: &[u8]) -> Arc<[u32]> {
     let Ok(n) = read_i16(&mut b) else {
-        return Arc::from([]);
+        return no_types();
     };
     let n = usize::try_from(n).unwrap_or(0);
-    if n > MAX_TYPES {
-        return Arc::from([]);
+    if n == 0 || n > MAX_TYPES {
+        return no_types();
     }
     let mut types = Vec::with_capacity(n);
     for _ in 0..n {
         match read_i32(&mut b, "ParameterDescription") {
             Ok(oid) => types.push(oid as u32),
-            Err(_) => return Arc::from([]),
+            Err(_) => return no_types(),
         }
     }
     types.into()

@@ -1,13 +1,14 @@
 //! What the tracker records of one statement: its text (cut past
 //! `MAX_TEXT`, with length and hash), bound values, COPY, outcome and timing.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
 use super::super::capture::TextDigest;
 use super::MAX_TEXT;
+use crate::audit::detail::Fields;
 
 /// Statement text, cut to `MAX_TEXT` when longer.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -18,16 +19,29 @@ pub struct Text {
     pub len: usize,
     /// SHA-256 (hex) of the whole text, when it was cut.
     pub sha256: Option<String>,
+    /// What the audit makes of this text, worked out once however often a
+    /// prepared statement runs.
+    pub rendered: OnceLock<Rendered>,
+}
+
+/// What the audit makes of a statement's text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rendered {
+    /// Its detail fields: class, tables, the text with passwords redacted.
+    pub fields: Fields,
+    /// Whether a password was redacted.
+    pub redacted: bool,
 }
 
 impl Text {
     /// `raw` as statement text, cut past `MAX_TEXT` with its length and hash.
-    pub(super) fn new(raw: &[u8]) -> Text {
+    pub fn new(raw: &[u8]) -> Text {
         if raw.len() <= MAX_TEXT {
             return Text {
                 text: lossy(raw),
                 len: raw.len(),
                 sha256: None,
+                rendered: OnceLock::new(),
             };
         }
         Text::cut(raw, raw.len(), Sha256::digest(raw).into())
@@ -45,7 +59,15 @@ impl Text {
             text: lossy(&first[..end]),
             len,
             sha256: Some(sha256.iter().map(|b| format!("{b:02x}")).collect()),
+            rendered: OnceLock::new(),
         }
+    }
+
+    /// Whether this is the whole text at the start of `body` (a
+    /// NUL-terminated string), as it was sent.
+    pub(super) fn is(&self, body: &[u8]) -> bool {
+        let end = body.iter().position(|&b| b == 0).unwrap_or(body.len());
+        self.sha256.is_none() && self.len == end && self.text.as_bytes() == &body[..end]
     }
 
     /// The text of a message body that may have been cut: the whole

@@ -284,6 +284,26 @@ fn an_error_at_sync_is_recorded_as_a_failed_commit() {
 }
 
 #[test]
+fn the_same_text_parsed_again_is_shared_and_counted_once() {
+    let mut t = StatementTracker::new();
+    let text = |t: &StatementTracker, name: &str| Arc::clone(&t.prepared.get(name).expect("prepared").text);
+    t.client(b'P', &parse("", "SELECT $1"), Instant::now());
+    let first = text(&t, "");
+    let kept = t.kept;
+    t.client(b'P', &parse("", "SELECT $1"), Instant::now());
+    assert!(Arc::ptr_eq(&first, &text(&t, "")), "the unnamed statement parsed again");
+    assert_eq!(t.kept, kept);
+    t.client(b'P', &parse("", "SELECT $2"), Instant::now());
+    assert_eq!(text(&t, "").text, "SELECT $2");
+    // A prefix of the text, or another statement's name, is not the same text.
+    t.client(b'P', &parse("", "SELECT $"), Instant::now());
+    assert_eq!(text(&t, "").text, "SELECT $");
+    t.client(b'P', &parse("s1", "SELECT $"), Instant::now());
+    assert!(!Arc::ptr_eq(&text(&t, ""), &text(&t, "s1")));
+    assert_eq!(t.kept, 2 * "SELECT $".len());
+}
+
+#[test]
 fn memory_is_bounded() {
     // Parameters past the per-Bind budget keep only their length.
     let big = vec![b'v'; MAX_PARAM];
