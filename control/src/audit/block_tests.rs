@@ -2,8 +2,10 @@
 //! the statements they hold, with their own numbers, in every search.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use portcullis_protocol::audit::block::BlockBuilder;
+use portcullis_protocol::audit::detail::{Detail, Fields};
 use portcullis_protocol::audit::{AuditEvent, ChainBreak};
 
 use super::{AuditLog, Search, Verdict};
@@ -183,6 +185,40 @@ async fn text_and_time_find_single_statements_inside_blocks() {
             .await
             .expect("search");
         assert_eq!(ids(&found), [(3, "evt_b1_1".to_owned()), (4, "evt_b1_2".to_owned())]);
+    }
+}
+
+#[tokio::test]
+async fn statements_that_share_a_text_stored_once_are_each_found_by_it() {
+    for at in crate::store::testing::stores() {
+        let log = crate::store::testing::audit_log(&at).await;
+        let mut text = Fields::default();
+        text.put("text", "SELECT \"abalance\" FROM accounts WHERE aid = $1");
+        let text = Arc::new(text);
+        let mut b = BlockBuilder::new(session_event("evt_s", "statements", T0));
+        for i in 0..3u64 {
+            b.push_with(&format!("evt_s_{i}"), T0, |d| {
+                if i == 1 {
+                    d.put("text", "SELECT 1");
+                } else {
+                    d.put_shared(&text);
+                }
+                d.put_number("rows", i);
+            });
+        }
+        let block = b.finish();
+        assert_eq!(block.detail["statements"].matches("abalance").count(), 1);
+        assert_eq!(log.append(vec![block]).await.expect("append"), 3);
+        let found = log
+            .search(Search {
+                grep: Some("\"ABALANCE\" from".into()),
+                limit: 100,
+                ..Search::default()
+            })
+            .await
+            .expect("search");
+        assert_eq!(ids(&found), [(1, "evt_s_0".to_owned()), (3, "evt_s_2".to_owned())]);
+        assert_eq!(found[1].1.detail["rows"], "2");
     }
 }
 

@@ -7,13 +7,19 @@
 //! (the block takes as many numbers as it holds statements), and the
 //! session's who, where and why come from the block. The block's link
 //! covers every statement in it, so an edit to any of them breaks the chain.
+//!
+//! Fields that many statements of a block share (a prepared statement's
+//! class, tables and text) are stored once, as an entry `{"shared":{...}}`
+//! after the statements, which name it by its place among those entries
+//! (`"with":0`): what the log writes per statement is a third smaller.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::Deserialize;
 
 use super::AuditEvent;
-use super::detail::{DetailJson, ascii_or_utf8};
+use super::detail::{DetailJson, Fields, ascii_or_utf8};
 use super::json::json_string;
 use crate::feed::UnixMillis;
 
@@ -38,13 +44,19 @@ pub const COUNT: &str = "count";
 /// See `COUNT`.
 pub const LIST: &str = "statements";
 
-/// One statement as a block holds it.
+/// Shared field groups in one block at most; past them a statement's
+/// fields are written whole.
+const MAX_SHARED: usize = 64;
+
+/// One entry of a block's list: a statement (`id`, `at`, `detail` and
+/// maybe `with`), or fields its statements share (`shared`).
 #[derive(Deserialize)]
-struct Member<'a> {
-    #[serde(borrow)]
-    id: std::borrow::Cow<'a, str>,
-    at: UnixMillis,
-    detail: BTreeMap<String, String>,
+struct Entry {
+    id: Option<String>,
+    at: Option<UnixMillis>,
+    detail: Option<BTreeMap<String, String>>,
+    with: Option<usize>,
+    shared: Option<BTreeMap<String, String>>,
 }
 
 /// A block being filled, one session's statements in the order they completed.
@@ -53,6 +65,10 @@ pub struct BlockBuilder {
     /// The members' JSON array so far, without its closing bracket: UTF-8,
     /// as `json` and the ASCII punctuation around it write it.
     json: Vec<u8>,
+    /// Field groups the statements name, written after them at the end.
+    shared: Vec<Arc<Fields>>,
+    /// Their JSON's size.
+    shared_bytes: usize,
     count: u64,
     first: UnixMillis,
     last: UnixMillis,
@@ -69,6 +85,8 @@ impl BlockBuilder {
         BlockBuilder {
             block: session,
             json,
+            shared: Vec::new(),
+            shared_bytes: 0,
             count: 0,
             first: UnixMillis::MAX,
             last: UnixMillis::MIN,
@@ -89,7 +107,7 @@ impl BlockBuilder {
     pub fn fits(&self, at: UnixMillis) -> bool {
         self.count == 0
             || (self.count < MAX_STATEMENTS
-                && self.json.len() < MAX_BYTES
+                && self.json.len() + self.shared_bytes < MAX_BYTES
                 && self.last.max(at).saturating_sub(self.first.min(at)) <= MAX_SPAN_MS)
     }
 
@@ -113,8 +131,19 @@ impl BlockBuilder {
         self.json.extend_from_slice(b",\"at\":");
         self.json.extend_from_slice(itoa::Buffer::new().format(at).as_bytes());
         self.json.extend_from_slice(b",\"detail\":{");
-        write(&mut DetailJson::new(&mut self.json));
-        self.json.extend_from_slice(b"}}");
+        let groups = self.shared.len();
+        let mut d = DetailJson::in_block(&mut self.json, &mut self.shared, MAX_SHARED);
+        write(&mut d);
+        let with = d.with();
+        if let Some(added) = self.shared.get(groups) {
+            self.shared_bytes += added.json().len() + b",{\"shared\":{}}".len();
+        }
+        self.json.push(b'}');
+        if let Some(i) = with {
+            self.json.extend_from_slice(b",\"with\":");
+            self.json.extend_from_slice(itoa::Buffer::new().format(i).as_bytes());
+        }
+        self.json.push(b'}');
         self.count += 1;
         self.first = self.first.min(at);
         self.last = self.last.max(at);
@@ -122,6 +151,11 @@ impl BlockBuilder {
 
     /// The block as one event, dated by its earliest statement.
     pub fn finish(mut self) -> AuditEvent {
+        for fields in &self.shared {
+            self.json.extend_from_slice(b",{\"shared\":{");
+            self.json.extend_from_slice(fields.json());
+            self.json.extend_from_slice(b"}}");
+        }
         self.json.push(b']');
         let json = ascii_or_utf8(self.json);
         self.block.at = if self.count == 0 { self.block.at } else { self.first };
@@ -129,6 +163,35 @@ impl BlockBuilder {
         self.block.detail.insert(LIST.to_owned(), json);
         self.block
     }
+}
+
+/// One statement read out of a block, with the fields it shares.
+struct Member {
+    id: String,
+    at: UnixMillis,
+    detail: BTreeMap<String, String>,
+}
+
+/// A block's statements, each with its shared fields; `None` when the list
+/// does not read as one (only ever an edited block).
+fn read_members(list: &str) -> Option<Vec<Member>> {
+    let entries: Vec<Entry> = serde_json::from_str(list).ok()?;
+    let (shared, statements): (Vec<Entry>, Vec<Entry>) = entries.into_iter().partition(|e| e.shared.is_some());
+    let shared: Vec<BTreeMap<String, String>> = shared.into_iter().filter_map(|e| e.shared).collect();
+    statements
+        .into_iter()
+        .map(|e| {
+            let (Some(id), Some(at), Some(mut detail)) = (e.id, e.at, e.detail) else {
+                return None;
+            };
+            if let Some(i) = e.with {
+                for (k, v) in shared.get(i)? {
+                    detail.entry(k.clone()).or_insert_with(|| v.clone());
+                }
+            }
+            Some(Member { id, at, detail })
+        })
+        .collect()
 }
 
 /// Sequence numbers `event` takes in the chain: a block one per statement.
@@ -151,9 +214,8 @@ pub fn expand(seq: u64, event: AuditEvent) -> Vec<(u64, AuditEvent)> {
     if event.action != BLOCK {
         return vec![(seq, event)];
     }
-    let members: Vec<Member<'_>> = match event.detail.get(LIST).map(|l| serde_json::from_str(l)) {
-        Some(Ok(members)) => members,
-        _ => return vec![(seq, event)],
+    let Some(members) = event.detail.get(LIST).and_then(|l| read_members(l)) else {
+        return vec![(seq, event)];
     };
     let shared: Vec<(&String, &String)> = event
         .detail
@@ -169,7 +231,7 @@ pub fn expand(seq: u64, event: AuditEvent) -> Vec<(u64, AuditEvent)> {
                 detail.entry((*k).clone()).or_insert_with(|| (*v).clone());
             }
             let statement = AuditEvent {
-                id: m.id.into_owned(),
+                id: m.id,
                 at: m.at,
                 action: STATEMENT.to_owned(),
                 user: event.user.clone(),
@@ -252,6 +314,82 @@ mod tests {
         assert_eq!(detail["protocol"], "postgres");
     }
 
+    fn shared(text: &str) -> Arc<Fields> {
+        let mut f = Fields::default();
+        f.put("class", "SELECT");
+        f.put("text", text);
+        Arc::new(f)
+    }
+
+    #[test]
+    fn shared_fields_are_stored_once_and_read_back_into_every_statement() {
+        let (a, b) = (shared("SELECT \"a\" $1"), shared("SELECT b"));
+        let mut block = BlockBuilder::new(session());
+        for (i, group) in [&a, &b, &a, &a].into_iter().enumerate() {
+            block.push_with(&format!("evt_{i}"), 1, |d| {
+                d.put_shared(group);
+                d.put_number("rows", i as u64);
+            });
+        }
+        // A second group in one statement is written whole.
+        let mut tables = Fields::default();
+        tables.put("tables", "t");
+        block.push_with("evt_4", 1, |d| {
+            d.put_shared(&a);
+            d.put_shared(&Arc::new(tables));
+        });
+        let event = block.finish();
+        assert_eq!(event.detail[LIST].matches("SELECT b").count(), 1);
+        assert_eq!(event.detail[LIST].matches("SELECT \\\"a\\\" $1").count(), 1);
+        let out = expand(1, event);
+        let texts: Vec<&str> = out.iter().map(|(_, e)| e.detail["text"].as_str()).collect();
+        assert_eq!(
+            texts,
+            [
+                "SELECT \"a\" $1",
+                "SELECT b",
+                "SELECT \"a\" $1",
+                "SELECT \"a\" $1",
+                "SELECT \"a\" $1"
+            ]
+        );
+        let (_, third) = &out[2];
+        assert_eq!(
+            (
+                third.id.as_str(),
+                third.detail["class"].as_str(),
+                third.detail["rows"].as_str()
+            ),
+            ("evt_2", "SELECT", "2")
+        );
+        assert_eq!(out[4].1.detail["tables"], "t");
+        assert_eq!(out.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
+    }
+
+    #[test]
+    fn past_the_groups_a_block_takes_fields_are_written_whole() {
+        let groups: Vec<Arc<Fields>> = (0..=MAX_SHARED).map(|i| shared(&format!("SELECT {i}"))).collect();
+        let mut block = BlockBuilder::new(session());
+        for (i, g) in groups.iter().enumerate() {
+            block.push_with(&format!("evt_{i}"), 1, |d| d.put_shared(g));
+        }
+        let out = expand(1, block.finish());
+        assert_eq!(out.len(), MAX_SHARED + 1);
+        for (i, (_, e)) in out.iter().enumerate() {
+            assert_eq!(e.detail["text"], format!("SELECT {i}"));
+        }
+    }
+
+    #[test]
+    fn a_block_naming_a_group_it_lacks_reads_as_stored() {
+        let mut block = BlockBuilder::new(session());
+        block.push_with("evt_0", 1, |d| d.put_shared(&shared("SELECT 1")));
+        let mut event = block.finish();
+        let list = event.detail[LIST].replace("\"with\":0", "\"with\":1");
+        event.detail.insert(LIST.into(), list);
+        assert_eq!(expand(9, event.clone()), vec![(9, event)]);
+    }
+
     #[test]
     fn a_block_closes_at_its_count_its_span_or_its_size() {
         let mut b = BlockBuilder::new(session());
@@ -266,6 +404,10 @@ mod tests {
         assert!(!b.fits(5_000));
         let mut big = BlockBuilder::new(session());
         big.push("evt_big", 0, detail(&"x".repeat(MAX_BYTES)));
+        assert!(!big.fits(0));
+        // Shared fields count too, though written at the end.
+        let mut big = BlockBuilder::new(session());
+        big.push_with("evt_big", 0, |d| d.put_shared(&shared(&"x".repeat(MAX_BYTES))));
         assert!(!big.fits(0));
     }
 

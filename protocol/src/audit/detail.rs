@@ -5,6 +5,7 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use super::json::{is_plain, json_string, json_string_twice};
 
@@ -44,6 +45,12 @@ pub trait Detail {
 
     /// Adds every field of `fields`.
     fn put_fields(&mut self, fields: &Fields);
+
+    /// Adds every field of `fields`, which many events share: a block
+    /// stores them once, and this event names them.
+    fn put_shared(&mut self, fields: &Arc<Fields>) {
+        self.put_fields(fields);
+    }
 }
 
 impl Detail for BTreeMap<String, String> {
@@ -60,12 +67,38 @@ impl Detail for BTreeMap<String, String> {
 pub struct DetailJson<'a> {
     json: &'a mut Vec<u8>,
     first: bool,
+    /// The block's shared field groups, and how many it takes at most.
+    shared: Option<(&'a mut Vec<Arc<Fields>>, usize)>,
+    /// The group this statement names.
+    with: Option<usize>,
 }
 
 impl<'a> DetailJson<'a> {
     /// An empty object's fields, written into `json` (the caller writes the braces).
-    pub(super) fn new(json: &'a mut Vec<u8>) -> DetailJson<'a> {
-        DetailJson { json, first: true }
+    #[cfg(test)]
+    fn new(json: &'a mut Vec<u8>) -> DetailJson<'a> {
+        DetailJson {
+            json,
+            first: true,
+            shared: None,
+            with: None,
+        }
+    }
+
+    /// A statement's fields, written into its block's `json`; the groups it
+    /// shares go to `shared` (up to `max` of them), to be written once.
+    pub(super) fn in_block(json: &'a mut Vec<u8>, shared: &'a mut Vec<Arc<Fields>>, max: usize) -> DetailJson<'a> {
+        DetailJson {
+            json,
+            first: true,
+            shared: Some((shared, max)),
+            with: None,
+        }
+    }
+
+    /// The place of the shared group the statement names, if any.
+    pub(super) fn with(&self) -> Option<usize> {
+        self.with
     }
 
     /// `"key":`, after a comma unless first.
@@ -128,6 +161,24 @@ impl Detail for DetailJson<'_> {
         }
         self.json.extend_from_slice(&fields.json);
     }
+
+    fn put_shared(&mut self, fields: &Arc<Fields>) {
+        let place = match &mut self.shared {
+            Some((groups, max)) if self.with.is_none() => match groups.iter().position(|g| Arc::ptr_eq(g, fields)) {
+                Some(i) => Some(i),
+                None if groups.len() < *max => {
+                    groups.push(Arc::clone(fields));
+                    Some(groups.len() - 1)
+                }
+                None => None,
+            },
+            _ => None,
+        };
+        match place {
+            Some(i) => self.with = Some(i),
+            None => self.put_fields(fields),
+        }
+    }
 }
 
 /// Detail fields rendered once, to be added to many events: e.g. the
@@ -144,7 +195,14 @@ impl Fields {
         DetailJson {
             first: self.json.is_empty(),
             json: &mut self.json,
+            shared: None,
+            with: None,
         }
+    }
+
+    /// The fields as the inside of a JSON object.
+    pub(super) fn json(&self) -> &[u8] {
+        &self.json
     }
 
     /// The fields as a map.

@@ -22,7 +22,7 @@ pub struct Class {
     /// Tables touched, sorted, comma-separated (empty when none or unknown).
     pub tables: String,
     /// `class` and `tables` (when any) as detail fields, rendered once.
-    pub fields: Fields,
+    pub fields: Arc<Fields>,
 }
 
 impl Class {
@@ -32,7 +32,11 @@ impl Class {
         if !tables.is_empty() {
             fields.put("tables", &tables);
         }
-        Class { class, tables, fields }
+        Class {
+            class,
+            tables,
+            fields: Arc::new(fields),
+        }
     }
 }
 

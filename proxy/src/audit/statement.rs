@@ -125,20 +125,19 @@ pub fn statement_event(session: &SessionAudit, s: &Statement, classifier: &mut C
 /// `d`: class, tables, text (passwords redacted), parameters, outcome and
 /// duration.
 pub fn statement_detail(session: &SessionAudit, s: &Statement, classifier: &mut Classifier, d: &mut impl Detail) {
-    let flow = match s.flow {
-        Flow::Simple => "simple",
-        Flow::Extended => "extended",
-        Flow::Function => "function",
-    };
-    d.put_plain("flow", flow);
     let redacted = if s.flow == Flow::Extended {
-        // Shared by every run of a prepared statement: worked out once.
+        // Shared by every run of a prepared statement: worked out once, and
+        // stored once per block.
         let text = s.text.rendered.get_or_init(|| {
             let mut fields = Fields::default();
+            fields.put_plain("flow", "extended");
             let redacted = text_detail(&s.text, classifier, &mut fields);
-            Rendered { fields, redacted }
+            Rendered {
+                fields: Arc::new(fields),
+                redacted,
+            }
         });
-        d.put_fields(&text.fields);
+        d.put_shared(&text.fields);
         if !s.statement.is_empty() {
             d.put("statement", &s.statement);
         }
@@ -155,6 +154,7 @@ pub fn statement_detail(session: &SessionAudit, s: &Statement, classifier: &mut 
         }
         text.redacted
     } else {
+        d.put_plain("flow", if s.flow == Flow::Simple { "simple" } else { "function" });
         text_detail(&s.text, classifier, d)
     };
     if let Some(copy) = s.copy {
@@ -194,7 +194,7 @@ pub fn statement_detail(session: &SessionAudit, s: &Statement, classifier: &mut 
 /// Writes a statement's class, tables and text (passwords redacted; a cut
 /// text's whole length and hash); answers whether a password was redacted.
 fn text_detail(text: &Text, classifier: &mut Classifier, d: &mut impl Detail) -> bool {
-    d.put_fields(&classifier.classify(&text.text).fields);
+    d.put_shared(&classifier.classify(&text.text).fields);
     let redacted = match redact(&text.text) {
         Some(redacted) => {
             d.put("text", &redacted);

@@ -28,7 +28,7 @@ pub struct Text {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rendered {
     /// Its detail fields: class, tables, the text with passwords redacted.
-    pub fields: Fields,
+    pub fields: Arc<Fields>,
     /// Whether a password was redacted.
     pub redacted: bool,
 }
