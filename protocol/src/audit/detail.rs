@@ -101,12 +101,17 @@ impl<'a> DetailJson<'a> {
         self.with
     }
 
-    /// `"key":`, after a comma unless first.
-    fn key(&mut self, key: &str) {
-        debug_assert!(is_plain(key), "{key:?}");
+    /// A comma before every field but the first.
+    fn separate(&mut self) {
         if !std::mem::take(&mut self.first) {
             self.json.push(b',');
         }
+    }
+
+    /// `"key":`, after a comma unless first.
+    fn key(&mut self, key: &str) {
+        debug_assert!(is_plain(key), "{key:?}");
+        self.separate();
         self.json.push(b'"');
         self.json.extend_from_slice(key.as_bytes());
         self.json.extend_from_slice(b"\":");
@@ -114,9 +119,7 @@ impl<'a> DetailJson<'a> {
 
     /// Adds a field whose key is anyone's: escaped like its value.
     pub(super) fn put_any(&mut self, key: &str, value: &str) {
-        if !std::mem::take(&mut self.first) {
-            self.json.push(b',');
-        }
+        self.separate();
         json_string(self.json, key);
         self.json.push(b':');
         json_string(self.json, value);
@@ -156,9 +159,7 @@ impl Detail for DetailJson<'_> {
         if fields.json.is_empty() {
             return;
         }
-        if !std::mem::take(&mut self.first) {
-            self.json.push(b',');
-        }
+        self.separate();
         self.json.extend_from_slice(&fields.json);
     }
 

@@ -66,20 +66,26 @@ impl Text {
     /// Whether this is the whole text at the start of `body` (a
     /// NUL-terminated string), as it was sent.
     pub(super) fn is(&self, body: &[u8]) -> bool {
-        let end = body.iter().position(|&b| b == 0).unwrap_or(body.len());
-        self.sha256.is_none() && self.len == end && self.text.as_bytes() == &body[..end]
+        let sent = up_to_nul(body);
+        self.sha256.is_none() && self.len == sent.len() && self.text.as_bytes() == sent
     }
 
     /// The text of a message body that may have been cut: the whole
     /// NUL-terminated string at the start of `body`, or its first bytes and
     /// the digest of the whole.
     pub(super) fn of(body: &[u8], digest: Option<TextDigest>) -> Text {
-        let end = body.iter().position(|&b| b == 0).unwrap_or(body.len());
+        let sent = up_to_nul(body);
         match digest {
-            Some(d) => Text::cut(&body[..end], d.len, d.sha256),
-            None => Text::new(&body[..end]),
+            Some(d) => Text::cut(sent, d.len, d.sha256),
+            None => Text::new(sent),
         }
     }
+}
+
+/// The NUL-terminated string at the start of `body` (all of it when cut
+/// before its NUL).
+fn up_to_nul(body: &[u8]) -> &[u8] {
+    &body[..body.iter().position(|&b| b == 0).unwrap_or(body.len())]
 }
 
 /// `raw` as text, invalid bytes shown as U+FFFD. Valid text (nearly all)
