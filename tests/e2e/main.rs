@@ -27,6 +27,7 @@ mod slack;
 mod split;
 mod ssh;
 mod ssh_audit;
+mod ssh_forwarding;
 mod ssh_input;
 mod ssh_pty;
 mod ssh_transfer;

@@ -1,231 +1,25 @@
-//! SSH policy features and bad input through the real OpenSSH client: port
-//! forwarding only where the policy names the destination, the env
-//! allow-list, remote and agent forwarding refused, a garbage version line,
-//! a stalled key exchange, a login flood, unknown targets, key management
-//! and `portcullis connect`.
+//! SSH policy features and bad input through the real OpenSSH client: the
+//! env allow-list, a garbage version line, a stalled key exchange, a login
+//! flood, unknown targets, key management and `portcullis connect`.
+//! Port forwarding has its own file, ssh_forwarding.rs.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::net::TcpStream;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::clients::{run_bounded, run_bounded_input};
-use crate::harness::sshd::{SshSetup, Sshd, keygen, ssh, ssh_prompted, ssh_with};
-use crate::harness::{Gateway, GatewayOptions, stderr, stdout};
-
-type Setup = SshSetup;
-
-/// `policy` lines go under web1's policy (six spaces in); `sshd_extra` into sshd_config.
-fn setup(policy: &str, sshd_extra: &str, ssh_extra: &str) -> Setup {
-    let sshd = Sshd::start_with(sshd_extra);
-    let resource = sshd.resource_yaml_with(policy);
-    SshSetup::start(
-        sshd,
-        GatewayOptions {
-            ssh_resources: Some(resource),
-            ssh_extra: ssh_extra.to_owned(),
-            ..GatewayOptions::default()
-        },
-    )
-}
-
-/// A TCP echo server on a loopback port; each connection echoes until EOF.
-fn echo_server() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind echo");
-    let port = listener.local_addr().expect("addr").port();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { return };
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = conn.read(&mut buf) {
-                    if n == 0 || conn.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    port
-}
-
-/// A loopback port nobody listens on.
-fn closed_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
-
-/// `ssh -W HOST:PORT` (a direct-tcpip channel on stdin/stdout) with `input`.
-fn ssh_stdio_forward(s: &Setup, dest: &str, input: &[u8]) -> std::process::Output {
-    let mut cmd = ssh_with(s.gw.ssh_port, &s.alice_key, &["-W", dest], "alice+web1", None);
-    run_bounded_input(&mut cmd, Some(input), BOUND)
-}
+use crate::harness::clients::run_bounded;
+use crate::harness::sshd::{SshSetup, keygen, ssh, ssh_prompted, ssh_with};
+use crate::harness::{stderr, stdout};
 
 /// Bound on one client run.
 const BOUND: Duration = Duration::from_secs(30);
 
-/// Polls the audit log (as admin) until an event of `action` shows; answers them.
-fn wait_audit(gw: &Gateway, action: &str) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let out = gw.cli_ok(&gw.admin_token, &["audit", "--action", action, "--json"]);
-        let v: Vec<Value> = serde_json::from_str(&out).unwrap_or_else(|e| panic!("audit --json ({e}): {out}"));
-        if !v.is_empty() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "no {action} audit event within 10 s");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-#[test]
-fn stdio_forwarding_reaches_an_allowed_destination_and_is_audited() {
-    let echo = echo_server();
-    let s = setup(&format!("      port_forwarding: [\"127.0.0.1:{echo}\"]\n"), "", "");
-    s.gw.grant(&s.alice, &s.carol, "web1", None, "30m");
-    let out = ssh_stdio_forward(&s, &format!("127.0.0.1:{echo}"), b"ping through the gateway\n");
-    assert_eq!(
-        stdout(&out),
-        "ping through the gateway\n",
-        "the echo should come back: {}",
-        stderr(&out)
-    );
-    let events = wait_audit(&s.gw, "forward.open");
-    let e = &events[0];
-    assert_eq!(e["detail"]["destination"], format!("127.0.0.1:{echo}"), "{e}");
-    assert_eq!(e["detail"]["protocol"], "ssh", "{e}");
-    assert_eq!(e["user"], "alice", "{e}");
-    assert!(e["detail"]["originator"].as_str().is_some_and(|o| !o.is_empty()), "{e}");
-
-    // Another port of the same host is not named by the policy.
-    let other = closed_port();
-    let out = ssh_stdio_forward(&s, &format!("127.0.0.1:{other}"), b"x");
-    let err = stderr(&out);
-    assert!(!out.status.success(), "should be refused: {err}");
-    assert!(
-        err.contains(&format!(
-            "portcullis: port forwarding to 127.0.0.1:{other} is not allowed by the policy of web1"
-        )),
-        "the client should print why: {err}"
-    );
-    wait_audit(&s.gw, "forward.refused");
-}
-
-#[test]
-fn forwarding_is_refused_by_default_and_remote_and_agent_forwarding_never_work() {
-    let echo = echo_server();
-    let s = setup("", "", "");
-    s.gw.grant(&s.alice, &s.carol, "web1", None, "30m");
-    let out = ssh_stdio_forward(&s, &format!("127.0.0.1:{echo}"), b"ping\n");
-    let err = stderr(&out);
-    assert!(stdout(&out).is_empty(), "nothing may pass: {}", stdout(&out));
-    assert!(
-        err.contains(&format!(
-            "administratively prohibited: portcullis: port forwarding to 127.0.0.1:{echo} is not allowed by the policy of web1"
-        )),
-        "{err}"
-    );
-
-    // -R: the server never listens for the engineer.
-    let remote = format!("0:127.0.0.1:{echo}");
-    let mut cmd = ssh_with(
-        s.gw.ssh_port,
-        &s.alice_key,
-        &["-o", "ExitOnForwardFailure=yes", "-R", &remote],
-        "alice+web1",
-        Some("echo ran"),
-    );
-    let out = run_bounded(&mut cmd, BOUND);
-    assert!(!out.status.success(), "-R must fail: {}", stdout(&out));
-    assert!(
-        stderr(&out).contains("remote port forwarding failed"),
-        "{}",
-        stderr(&out)
-    );
-
-    // -A: a running agent on this side, and still none on the server.
-    let agent_dir = tempfile::tempdir().expect("tempdir");
-    let sock = agent_dir.path().join("agent.sock");
-    let mut agent = KillOnDrop(
-        Command::new("ssh-agent")
-            .arg("-D")
-            .arg("-a")
-            .arg(&sock)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("ssh-agent"),
-    );
-    wait_for(|| sock.exists(), "the agent socket");
-    let mut cmd = ssh_with(
-        s.gw.ssh_port,
-        &s.alice_key,
-        &["-A"],
-        "alice+web1",
-        Some("echo \"agent=[$SSH_AUTH_SOCK]\""),
-    );
-    cmd.env("SSH_AUTH_SOCK", &sock);
-    let out = run_bounded(&mut cmd, BOUND);
-    assert_eq!(
-        stdout(&out),
-        "agent=[]\n",
-        "no agent may reach the server: {}",
-        stderr(&out)
-    );
-    let _ = agent.0.kill();
-}
-
-#[test]
-fn local_forwarding_counts_bytes_and_closes_at_revoke() {
-    let echo = echo_server();
-    let s = setup("      port_forwarding: [\"127.0.0.1:*\"]\n", "", "");
-    let (_, gid) = s.gw.grant(&s.alice, &s.carol, "web1", None, "30m");
-    let local = closed_port();
-    let spec = format!("{local}:127.0.0.1:{echo}");
-    let mut cmd = ssh_with(
-        s.gw.ssh_port,
-        &s.alice_key,
-        &["-N", "-o", "ExitOnForwardFailure=yes", "-L", &spec],
-        "alice+web1",
-        None,
-    );
-    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-    let mut tunnel = KillOnDrop(cmd.spawn().expect("ssh -L"));
-    wait_for(|| TcpStream::connect(("127.0.0.1", local)).is_ok(), "the -L port");
-    let mut conn = TcpStream::connect(("127.0.0.1", local)).expect("connect -L");
-    conn.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-    let payload = vec![b'z'; 100_000];
-    let mut writer = conn.try_clone().expect("clone");
-    let sent = payload.clone();
-    std::thread::spawn(move || writer.write_all(&sent));
-    let mut back = vec![0u8; payload.len()];
-    conn.read_exact(&mut back).expect("echo through -L");
-    assert_eq!(back, payload, "the echo changed the bytes");
-    let sessions: Value = serde_json::from_str(&s.gw.cli_ok(&s.alice, &["sessions", "--json"])).expect("sessions json");
-    let x = &sessions[0];
-    assert!(
-        x["bytes_in"].as_u64().is_some_and(|n| n >= 100_000) && x["bytes_out"].as_u64().is_some_and(|n| n >= 100_000),
-        "forwarded bytes count in the session: {x}"
-    );
-
-    s.gw.cli_ok(&s.carol, &["revoke", &gid, "--reason", "done"]);
-    let started = Instant::now();
-    let mut rest = Vec::new();
-    let ended = conn.read_to_end(&mut rest);
-    assert!(
-        ended.is_ok() && started.elapsed() < Duration::from_secs(8),
-        "the forwarded connection should close at the revoke: {ended:?} after {:?}",
-        started.elapsed()
-    );
-    let status = wait_exit(&mut tunnel.0, Duration::from_secs(10));
-    assert!(status.is_some(), "ssh -N should end with the session");
-}
-
 #[test]
 fn env_passes_only_the_names_the_policy_allows() {
-    let s = setup("      env: [LANG, \"LC_*\"]\n", "AcceptEnv LANG LC_* E2E_*\n", "");
+    let s = SshSetup::with_policy("      env: [LANG, \"LC_*\"]\n", "AcceptEnv LANG LC_* E2E_*\n", "");
     s.gw.grant(&s.alice, &s.carol, "web1", None, "30m");
     let mut cmd = ssh_with(
         s.gw.ssh_port,
@@ -252,7 +46,7 @@ fn env_passes_only_the_names_the_policy_allows() {
 
 #[test]
 fn a_garbage_version_line_is_told_and_closed_and_others_still_get_in() {
-    let s = setup("", "", "");
+    let s = SshSetup::with_policy("", "", "");
     s.gw.grant(&s.alice, &s.carol, "web1", None, "30m");
     let mut c = TcpStream::connect(("127.0.0.1", s.gw.ssh_port)).expect("connect");
     c.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
@@ -275,7 +69,7 @@ fn a_garbage_version_line_is_told_and_closed_and_others_still_get_in() {
 
 #[test]
 fn a_stalled_handshake_is_dropped_after_the_timeout() {
-    let s = setup("", "", ", handshake_timeout: 1s");
+    let s = SshSetup::with_policy("", "", ", handshake_timeout: 1s");
     s.gw.grant(&s.alice, &s.carol, "web1", None, "30m");
     for (what, hello) in [
         ("no version line", &b""[..]),
@@ -306,7 +100,7 @@ fn a_stalled_handshake_is_dropped_after_the_timeout() {
 
 #[test]
 fn a_token_flood_backs_off_while_a_registered_key_still_logs_in() {
-    let s = setup("", "", "");
+    let s = SshSetup::with_policy("", "", "");
     s.gw.grant(&s.alice, &s.carol, "web1", None, "30m");
     let stray = s.keys.path().join("stray_ed25519");
     keygen(&stray);
@@ -358,7 +152,7 @@ fn a_token_flood_backs_off_while_a_registered_key_still_logs_in() {
 
 #[test]
 fn unknown_targets_say_how_to_name_one() {
-    let s = setup("", "", "");
+    let s = SshSetup::with_policy("", "", "");
     s.gw.grant(&s.alice, &s.carol, "web1", None, "30m");
     for (login, want) in [
         (
@@ -379,37 +173,6 @@ fn unknown_targets_say_how_to_name_one() {
     }
 }
 
-/// Kills the child when the test ends, however it ends.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_for(mut ready: impl FnMut() -> bool, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !ready() {
-        assert!(Instant::now() < deadline, "{what} not ready within 15 s");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn wait_exit(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Some(status);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// `ssh-keygen -l`'s fingerprint of the public key next to `key`.
 fn keygen_fingerprint(key: &std::path::Path) -> String {
     let out = Command::new("ssh-keygen")
@@ -426,7 +189,7 @@ fn keygen_fingerprint(key: &std::path::Path) -> String {
 
 /// Runs `ssh ... echo LOGIN` as `login` with `key` until it succeeds (or
 /// fails, with `want_ok` false) within 10 s; answers the last output.
-fn ssh_until(s: &Setup, key: &std::path::Path, login: &str, want_ok: bool) -> std::process::Output {
+fn ssh_until(s: &SshSetup, key: &std::path::Path, login: &str, want_ok: bool) -> std::process::Output {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let out = ssh(s.gw.ssh_port, key, login, "echo logged-in");
@@ -439,7 +202,7 @@ fn ssh_until(s: &Setup, key: &std::path::Path, login: &str, want_ok: bool) -> st
 
 #[test]
 fn keys_added_and_removed_later_take_effect_without_a_restart() {
-    let s = setup("", "", "");
+    let s = SshSetup::with_policy("", "", "");
     let bob = s.gw.add_user("bob", &[], false);
     s.gw.grant(&bob, &s.carol, "web1", None, "30m");
     let key = s.keys.path().join("bob_ed25519");
@@ -506,7 +269,7 @@ fn keys_added_and_removed_later_take_effect_without_a_restart() {
         "{}",
         stderr(&gone)
     );
-    let actions: Vec<Value> = wait_audit(&s.gw, "user.ssh_key.remove");
+    let actions: Vec<Value> = s.gw.audit_seen("user.ssh_key.remove");
     assert_eq!(actions.len(), 2, "{actions:?}");
 }
 
@@ -536,7 +299,7 @@ fn ssh_wrapper(dir: &std::path::Path, key: &std::path::Path) -> String {
 
 #[test]
 fn connect_runs_ssh_with_the_login_and_passes_the_command() {
-    let s = setup("", "", "");
+    let s = SshSetup::with_policy("", "", "");
     s.gw.grant(&s.alice, &s.carol, "web1", None, "30m");
     let bin = tempfile::tempdir().expect("tempdir");
     let path = ssh_wrapper(bin.path(), &s.alice_key);
@@ -590,7 +353,7 @@ fn connect_runs_ssh_with_the_login_and_passes_the_command() {
 #[test]
 fn clients_are_offered_aes_gcm_unless_the_config_names_other_ciphers() {
     // By default: AES-GCM, whatever OpenSSH would pick first otherwise.
-    let s = setup("", "", "");
+    let s = SshSetup::with_policy("", "", "");
     s.gw.grant(&s.alice, &s.carol, "web1", None, "30m");
     let mut cmd = ssh_with(s.gw.ssh_port, &s.alice_key, &["-v"], "alice+web1", Some("echo hi"));
     let out = run_bounded(&mut cmd, BOUND);
@@ -617,7 +380,7 @@ fn clients_are_offered_aes_gcm_unless_the_config_names_other_ciphers() {
     );
 
     // ssh.ciphers lets it in.
-    let s = setup(
+    let s = SshSetup::with_policy(
         "",
         "",
         ", ciphers: [aes256-gcm@openssh.com, chacha20-poly1305@openssh.com]",

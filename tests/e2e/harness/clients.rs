@@ -196,6 +196,13 @@ impl Gateway {
         }
     }
 
+    /// The events of `action`, once at least one is in the log (30 s at most).
+    pub fn audit_seen(&self, action: &str) -> Vec<Value> {
+        let events = self.audit_until(&["--action", action], |v| !v.is_empty());
+        assert!(!events.is_empty(), "no {action} audit event within 30 s");
+        events
+    }
+
     /// One HTTP/1.1 request to the API; `Err` when it cannot be made or read
     /// (the gateway still starting, or gone).
     pub(super) fn try_http(

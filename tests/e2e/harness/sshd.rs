@@ -297,6 +297,22 @@ pub struct SshSetup {
 }
 
 impl SshSetup {
+    /// A gateway whose `web1` has `policy` lines under its policy (six
+    /// spaces in), before an sshd with `sshd_extra` in its config, and with
+    /// `ssh_extra` in the gateway's `ssh:` section.
+    pub fn with_policy(policy: &str, sshd_extra: &str, ssh_extra: &str) -> SshSetup {
+        let sshd = Sshd::start_with(sshd_extra);
+        let resource = sshd.resource_yaml_with(policy);
+        SshSetup::start(
+            sshd,
+            super::GatewayOptions {
+                ssh_resources: Some(resource),
+                ssh_extra: ssh_extra.to_owned(),
+                ..super::GatewayOptions::default()
+            },
+        )
+    }
+
     /// Starts a gateway with `opts`, whose SSH resources default to `sshd`'s `web1`.
     pub fn start(sshd: Sshd, opts: super::GatewayOptions) -> SshSetup {
         let resources = opts.ssh_resources.clone().unwrap_or_else(|| sshd.resource_yaml());
