@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use portcullis_protocol::audit::AuditEvent;
 use portcullis_protocol::audit::block::expand;
+use portcullis_protocol::pg::boundary::Boundary;
 use portcullis_proxy::audit::{AuditQueue, SessionAudit};
 use portcullis_proxy::postgres::recorder::Recorder;
 use tokio::sync::mpsc;
@@ -53,10 +54,10 @@ fn session() -> Arc<SessionAudit> {
 
 /// One simple-protocol statement and its answer, as the relay forwards them.
 fn run_statement(recorder: &mut Recorder, i: usize) {
-    recorder.client(&message(b'Q', &cstr(&format!("SELECT {i}"))));
+    recorder.client(&message(b'Q', &cstr(&format!("SELECT {i}"))), true);
     let mut answer = message(b'C', &cstr("SELECT 1"));
     answer.extend(message(b'Z', b"I"));
-    recorder.server(&answer);
+    recorder.server(&answer, true);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -180,7 +181,7 @@ async fn binary_values_are_decoded_through_the_recorder() {
     let mut up = message(b'P', &parse);
     up.extend(message(b'D', &[b"S".as_slice(), &cstr("s0")].concat()));
     up.extend(message(b'S', b""));
-    recorder.client(&up);
+    recorder.client(&up, true);
     let mut down = message(b'1', b"");
     down.extend(message(
         b't',
@@ -188,7 +189,7 @@ async fn binary_values_are_decoded_through_the_recorder() {
     ));
     down.extend(message(b'n', b""));
     down.extend(message(b'Z', b"I"));
-    recorder.server(&down);
+    recorder.server(&down, true);
 
     // query: Bind with a binary int4, Execute, Sync.
     let mut bind = cstr("");
@@ -202,17 +203,27 @@ async fn binary_values_are_decoded_through_the_recorder() {
     let mut up = message(b'B', &bind);
     up.extend(message(b'E', &[cstr("").as_slice(), &0i32.to_be_bytes()].concat()));
     up.extend(message(b'S', b""));
-    recorder.client(&up);
+    recorder.client(&up, true);
     let mut down = message(b'2', b"");
     down.extend(message(b'C', &cstr("SELECT 1")));
     down.extend(message(b'Z', b"I"));
-    recorder.server(&down);
+    recorder.server(&down, true);
     recorder.finish().await;
     drop(queue);
 
     let block = log_rx.recv().await.expect("the statement's block");
     let (_, event) = expand(1, block).pop().expect("one statement");
     assert_eq!(event.detail.get("params").map(String::as_str), Some(r#"["41"]"#));
+}
+
+/// Feeds `stream` to `feed` in chunks of `size`, telling it, as the relay
+/// does, whether each chunk ends at a message's end.
+fn in_chunks(stream: &[u8], size: usize, mut feed: impl FnMut(&[u8], bool)) {
+    let mut frames = Boundary::new();
+    for chunk in stream.chunks(size) {
+        frames.advance(chunk).expect("well-formed");
+        feed(chunk, frames.at_boundary());
+    }
 }
 
 /// A statement over the capture's limit is recorded (cut, with its length)
@@ -228,12 +239,10 @@ async fn a_huge_statement_is_recorded_at_any_chunking() {
         let (log_tx, mut log_rx) = mpsc::channel::<AuditEvent>(64);
         let queue = AuditQueue::new(Some(log_tx), waits, depth()).expect("audit thread");
         let mut recorder = Recorder::new(session(), queue.statements().expect("a statement queue"));
-        for chunk in query.chunks(size) {
-            recorder.client(chunk);
-        }
-        for chunk in answer.chunks(size.min(answer.len())) {
-            recorder.server(chunk);
-        }
+        in_chunks(&query, size, |chunk, whole| recorder.client(chunk, whole));
+        in_chunks(&answer, size.min(answer.len()), |chunk, whole| {
+            recorder.server(chunk, whole)
+        });
         recorder.finish().await;
         drop(queue);
         let mut statements = Vec::new();

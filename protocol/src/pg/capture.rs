@@ -132,6 +132,11 @@ impl Capture {
         Capture::default()
     }
 
+    /// Whether the bytes fed so far end exactly at a message end.
+    pub fn at_boundary(&self) -> bool {
+        self.header_len == 0 && self.remaining == 0
+    }
+
     /// Feeds the next chunk; `on` gets each message in order: those of
     /// [`Keep::Length`] as soon as their header is whole, those of
     /// [`Keep::Skip`] never, the others when their body ends.
@@ -294,8 +299,10 @@ mod tests {
         let mut c = Capture::new();
         let stream = msg(b'B', &[1; 100]);
         c.feed(&stream[..50], keep, |_| {}).expect("ok");
-        assert!(c.partial.is_some());
+        assert!(c.partial.is_some() && !c.at_boundary());
         c.feed(&stream[50..], keep, |_| {}).expect("ok");
-        assert!(c.partial.is_none());
+        assert!(c.partial.is_none() && c.at_boundary());
+        c.feed(&stream[..3], keep, |_| {}).expect("ok");
+        assert!(!c.at_boundary(), "within a header");
     }
 }

@@ -5,18 +5,46 @@
 //! per statement; making statements out of them (and the allocations that
 //! takes) happens off the relay path, on the thread that also frees them.
 //!
-//! A record: flags (bit 0: from the server, bit 1: a text digest follows),
-//! tag, time (u64 nanoseconds since the session's `since`), the body's whole
-//! length (u32), the kept body's length (u32), the digest if any (the text's
-//! length as u64 and its SHA-256), then the kept body. Little-endian.
+//! A record: flags (bit 0: from the server, bit 1: a text digest follows,
+//! bit 2: a chunk), tag, time (u64 nanoseconds since the session's
+//! `since`), the body's whole length (u32), the kept body's length (u32),
+//! the digest if any (the text's length as u64 and its SHA-256), then the
+//! kept body. Little-endian. A chunk record holds a few whole messages as
+//! they were relayed (its tag is 0): a small chunk is copied at once, and
+//! the audit thread picks out the messages it reads.
 
 use std::sync::{Arc, Mutex};
 
-use portcullis_protocol::pg::capture::{Message, TextDigest};
+use portcullis_protocol::pg::capture::{Keep, Message, TextDigest};
 
 const SERVER: u8 = 1;
 const DIGEST: u8 = 2;
-const HEADER: usize = 1 + 1 + 8 + 4 + 4;
+const CHUNK: u8 = 4;
+/// Bytes of a record before its body.
+pub(crate) const HEADER: usize = 1 + 1 + 8 + 4 + 4;
+
+/// What the tracker reads of the client's messages; the rest is not recorded.
+pub fn client_keep(tag: u8) -> Keep {
+    match tag {
+        b'Q' => Keep::Text(0),
+        b'P' => Keep::Text(1),
+        // Describe too: the server's ParameterDescription that answers it
+        // gives the types of a statement's binary values.
+        b'B' | b'E' | b'C' | b'F' | b'D' => Keep::Body,
+        b'S' | b'd' | b'c' | b'f' => Keep::Length,
+        _ => Keep::Skip,
+    }
+}
+
+/// What the tracker reads of the server's messages: never DataRow above
+/// all, the bulk of any result.
+pub fn server_keep(tag: u8) -> Keep {
+    match tag {
+        b'C' | b'E' | b't' => Keep::Body,
+        b'I' | b's' | b'Z' | b'1' | b'2' | b'3' | b'T' | b'n' | b'G' | b'H' | b'W' | b'd' => Keep::Length,
+        _ => Keep::Skip,
+    }
+}
 
 /// Appends `m`, seen `at` nanoseconds into the session, to `out`.
 pub fn push(out: &mut Vec<u8>, from_server: bool, at: u64, m: &Message<'_>) {
@@ -38,20 +66,65 @@ pub fn push(out: &mut Vec<u8>, from_server: bool, at: u64, m: &Message<'_>) {
     out.extend_from_slice(m.body);
 }
 
-/// Each record of `records` in order: whether it came from the server, its
+/// Appends `chunk`, whole messages relayed `at` nanoseconds into the
+/// session, to `out` as they are; `each` reads out those the tracker reads.
+pub fn push_chunk(out: &mut Vec<u8>, from_server: bool, at: u64, chunk: &[u8]) {
+    let mut head = [0u8; HEADER];
+    head[0] = if from_server { SERVER } else { 0 } | CHUNK;
+    head[2..10].copy_from_slice(&at.to_le_bytes());
+    let len = u32::try_from(chunk.len()).unwrap_or(u32::MAX).to_le_bytes();
+    head[10..14].copy_from_slice(&len);
+    head[14..18].copy_from_slice(&len);
+    out.reserve(HEADER + chunk.len());
+    out.extend_from_slice(&head);
+    out.extend_from_slice(chunk);
+}
+
+/// Each message of `records` in order: whether it came from the server, its
 /// time in nanoseconds, and the message. Stops at a record cut short (never
 /// written so by `push`).
 pub fn each(mut records: &[u8], mut on: impl FnMut(bool, u64, &Message<'_>)) {
-    while let Some((record, rest)) = next(records) {
+    while let Some((record, chunk, rest)) = next(records) {
         let (from_server, at, m) = record;
-        on(from_server, at, &m);
+        if chunk {
+            let keep = if from_server { server_keep } else { client_keep };
+            each_kept(m.body, keep, |m| on(from_server, at, m));
+        } else {
+            on(from_server, at, &m);
+        }
         records = rest;
+    }
+}
+
+/// Each message of `chunk`, whole messages only, that `keep` reads, as
+/// `Capture` would pass it on (a chunk is far below `MAX_BODY`). Simpler
+/// than `Capture`, which must follow messages cut anywhere.
+fn each_kept(mut chunk: &[u8], keep: fn(u8) -> Keep, mut on: impl FnMut(&Message<'_>)) {
+    while let Some(&[tag, a, b, c, d]) = chunk.get(..5) {
+        let Some(len) = (u32::from_be_bytes([a, b, c, d]) as usize).checked_sub(4) else {
+            return;
+        };
+        let Some(body) = chunk.get(5..5 + len) else {
+            return;
+        };
+        match keep(tag) {
+            Keep::Skip => {}
+            Keep::Length => on(&Message {
+                tag,
+                body: &[],
+                len,
+                text: None,
+            }),
+            Keep::Body | Keep::Text(_) => on(&Message::whole(tag, body)),
+        }
+        chunk = &chunk[5 + len..];
     }
 }
 
 type Record<'a> = (bool, u64, Message<'a>);
 
-fn next(b: &[u8]) -> Option<(Record<'_>, &[u8])> {
+/// The next record, whether it is a chunk, and what follows it.
+fn next(b: &[u8]) -> Option<(Record<'_>, bool, &[u8])> {
     let head = b.get(..HEADER)?;
     let flags = head[0];
     let tag = head[1];
@@ -71,7 +144,7 @@ fn next(b: &[u8]) -> Option<(Record<'_>, &[u8])> {
     };
     let body = rest.get(..kept)?;
     let m = Message { tag, body, len, text };
-    Some(((flags & SERVER != 0, at, m), &rest[kept..]))
+    Some(((flags & SERVER != 0, at, m), flags & CHUNK != 0, &rest[kept..]))
 }
 
 /// What a new buffer holds at first: a few statements' messages.
@@ -114,6 +187,8 @@ impl Spare {
 
 #[cfg(test)]
 mod tests {
+    use portcullis_protocol::pg::capture::Capture;
+
     use super::*;
 
     #[test]
@@ -147,6 +222,62 @@ mod tests {
         let mut count = 0;
         each(&out[..out.len() - 1], |_, _, _| count += 1);
         assert_eq!(count, 2, "a record cut short is not read");
+    }
+
+    fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut m = vec![tag];
+        m.extend(u32::try_from(body.len() + 4).unwrap_or(u32::MAX).to_be_bytes());
+        m.extend(body);
+        m
+    }
+
+    type Seen = (bool, u64, u8, Vec<u8>, usize);
+
+    fn read(records: &[u8]) -> Vec<Seen> {
+        let mut seen = Vec::new();
+        each(records, |server, at, m| {
+            seen.push((server, at, m.tag, m.body.to_vec(), m.len))
+        });
+        seen
+    }
+
+    #[test]
+    fn a_chunk_reads_back_as_the_messages_the_tracker_reads() {
+        let mut answer = message(b'2', b"");
+        answer.extend(message(b'D', b"\0\x01\0\0\0\x011"));
+        answer.extend(message(b'C', b"SELECT 1\0"));
+        answer.extend(message(b'Z', b"I"));
+        let mut ask = message(b'P', b"s1\0SELECT 1\0\0\0");
+        ask.extend(message(b'B', b"\0s1\0\0\0\0\0\0\0"));
+        ask.extend(message(b'E', b"\0\0\0\0\0"));
+        ask.extend(message(b'S', b""));
+        ask.extend(message(b'X', b""));
+
+        let mut chunks = Vec::new();
+        push_chunk(&mut chunks, false, 1, &ask);
+        push_chunk(&mut chunks, true, 2, &answer);
+        let mut kept = Vec::new();
+        for (server, at, bytes) in [(false, 1, &ask), (true, 2, &answer)] {
+            let keep = if server { server_keep } else { client_keep };
+            Capture::new()
+                .feed(bytes, keep, |m| push(&mut kept, server, at, &m))
+                .expect("framed");
+        }
+        let seen = read(&chunks);
+        assert_eq!(seen, read(&kept), "a chunk reads as its messages recorded one by one");
+        let tags: Vec<u8> = seen.iter().map(|s| s.2).collect();
+        assert_eq!(tags, b"PBES2CZ", "DataRow and Terminate are not passed on");
+    }
+
+    #[test]
+    fn data_rows_notices_and_terminate_are_not_recorded() {
+        for tag in [b'D', b'N', b'S', b'A'] {
+            assert_eq!(server_keep(tag), Keep::Skip, "{}", char::from(tag));
+        }
+        for tag in [b'X', b'p', b'H'] {
+            assert_eq!(client_keep(tag), Keep::Skip, "{}", char::from(tag));
+        }
+        assert_eq!((server_keep(b'Z'), client_keep(b'S')), (Keep::Length, Keep::Length));
     }
 
     #[test]

@@ -2,15 +2,18 @@
 //! relay hands over each chunk it read, `Capture` picks out the messages the
 //! statement tracker reads, and those are copied as they are into the batch
 //! for the audit thread (`audit::records`), which makes the statements. A
-//! full queue holds the relay back (backpressure), never drops a statement.
+//! small chunk of whole messages (a short statement, its answer) is copied
+//! whole instead, and the audit thread picks its messages out. A full queue
+//! holds the relay back (backpressure), never drops a statement.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use portcullis_protocol::pg::capture::{Capture, Keep};
+use portcullis_protocol::pg::capture::Capture;
 
-use crate::audit::{Batch, SessionAudit, StatementQueue, records};
+use crate::audit::records::{self, client_keep, server_keep};
+use crate::audit::{Batch, SessionAudit, StatementQueue};
 
 /// Bytes of messages waiting for room in the queue before the relay stops
 /// reading (a couple of hundred short statements).
@@ -19,6 +22,12 @@ const BACKLOG: usize = 16 * 1024;
 /// anyway: a statement and its answer then go in one batch, one hand-off
 /// to the audit thread per round trip instead of one per direction.
 const DEFER: usize = 4 * 1024;
+/// Chunks of whole messages up to this size are copied whole: one copy
+/// instead of one per message, and no framing on the relay. pgbench -S -M
+/// prepared: relay 6.4k -> 5.2k instructions a transaction, audit thread
+/// 6.7k -> 7.0k; proxy CPU 20.4 -> 18.9 µs a transaction (PgBouncer 17.8).
+/// Larger chunks are mostly rows, which the audit does not read.
+const CHUNK: usize = 1024;
 
 /// One session's statement recorder.
 pub struct Recorder {
@@ -26,29 +35,6 @@ pub struct Recorder {
     down: Capture,
     batch: Batch,
     queue: StatementQueue,
-}
-
-/// What the tracker reads of the client's messages; the rest is not recorded.
-fn client_keep(tag: u8) -> Keep {
-    match tag {
-        b'Q' => Keep::Text(0),
-        b'P' => Keep::Text(1),
-        // Describe too: the server's ParameterDescription that answers it
-        // gives the types of a statement's binary values.
-        b'B' | b'E' | b'C' | b'F' | b'D' => Keep::Body,
-        b'S' | b'd' | b'c' | b'f' => Keep::Length,
-        _ => Keep::Skip,
-    }
-}
-
-/// What the tracker reads of the server's messages: never DataRow above
-/// all, the bulk of any result.
-fn server_keep(tag: u8) -> Keep {
-    match tag {
-        b'C' | b'E' | b't' => Keep::Body,
-        b'I' | b's' | b'Z' | b'1' | b'2' | b'3' | b'T' | b'n' | b'G' | b'H' | b'W' | b'd' => Keep::Length,
-        _ => Keep::Skip,
-    }
 }
 
 impl Recorder {
@@ -67,19 +53,17 @@ impl Recorder {
         u64::try_from(self.batch.session.since.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
-    /// Bytes the client sent, as forwarded.
-    pub fn client(&mut self, bytes: &[u8]) {
+    /// Bytes the client sent, as forwarded; `ends_whole` when they end
+    /// at a message's end.
+    pub fn client(&mut self, bytes: &[u8], ends_whole: bool) {
         let at = self.now();
-        let out = &mut self.batch.records;
-        // Framing errors end the relay on their own; nothing to record here.
-        let _ = self.up.feed(bytes, client_keep, |m| records::push(out, false, at, &m));
+        record(&mut self.up, &mut self.batch.records, false, at, bytes, ends_whole);
     }
 
-    /// Bytes the server sent, as forwarded.
-    pub fn server(&mut self, bytes: &[u8]) {
+    /// Bytes the server sent, as forwarded; `ends_whole` as for `client`.
+    pub fn server(&mut self, bytes: &[u8], ends_whole: bool) {
         let at = self.now();
-        let out = &mut self.batch.records;
-        let _ = self.down.feed(bytes, server_keep, |m| records::push(out, true, at, &m));
+        record(&mut self.down, &mut self.batch.records, true, at, bytes, ends_whole);
     }
 
     /// Sends what was recorded, unless `answer_owed` (the server still owes
@@ -113,6 +97,19 @@ impl Recorder {
         })
         .await;
     }
+}
+
+/// Records one direction's `bytes`: whole when they are a small chunk of
+/// whole messages, else message by message through `capture`.
+fn record(capture: &mut Capture, out: &mut Vec<u8>, from_server: bool, at: u64, bytes: &[u8], ends_whole: bool) {
+    if ends_whole && bytes.len() <= CHUNK && capture.at_boundary() {
+        // `capture` stays at a boundary: the chunk ends where it began.
+        records::push_chunk(out, from_server, at, bytes);
+        return;
+    }
+    let keep = if from_server { server_keep } else { client_keep };
+    // Framing errors end the relay on their own; nothing to record here.
+    let _ = capture.feed(bytes, keep, |m| records::push(out, from_server, at, &m));
 }
 
 #[cfg(test)]
@@ -152,12 +149,12 @@ mod tests {
         let mut recorder = Recorder::new(session, StatementQueue::bare(tx));
         let mut cx = Context::from_waker(Waker::noop());
 
-        recorder.client(&message(b'Q', b"SELECT 1\0"));
+        recorder.client(&message(b'Q', b"SELECT 1\0"), true);
         assert!(recorder.poll_room(&mut cx, true).is_ready());
         assert!(sent(&mut rx).is_empty(), "the answer is owed: nothing goes yet");
         let mut answer = message(b'C', b"SELECT 1\0");
         answer.extend(message(b'Z', b"I"));
-        recorder.server(&answer);
+        recorder.server(&answer, true);
         assert!(recorder.poll_room(&mut cx, false).is_ready());
         assert_eq!(sent(&mut rx), [3], "the query and its answer, in one batch");
 
@@ -165,7 +162,7 @@ mod tests {
         let query = message(b'Q', format!("SELECT '{}'\0", "x".repeat(500)).as_bytes());
         let mut queued = 0;
         while sent(&mut rx).is_empty() {
-            recorder.client(&query);
+            recorder.client(&query, true);
             queued += 1;
             assert!(recorder.poll_room(&mut cx, true).is_ready());
             assert!(queued * query.len() <= DEFER + query.len() + 64, "held past DEFER");
@@ -174,13 +171,26 @@ mod tests {
     }
 
     #[test]
-    fn data_rows_notices_and_terminate_are_not_recorded() {
-        for tag in [b'D', b'N', b'S', b'A'] {
-            assert_eq!(server_keep(tag), Keep::Skip, "{}", char::from(tag));
-        }
-        for tag in [b'X', b'p', b'H'] {
-            assert_eq!(client_keep(tag), Keep::Skip, "{}", char::from(tag));
-        }
-        assert_eq!((server_keep(b'Z'), client_keep(b'S')), (Keep::Length, Keep::Length));
+    fn a_small_chunk_of_whole_messages_is_copied_whole_and_a_cut_one_message_by_message() {
+        let (tx, _rx) = mpsc::channel(64);
+        let session = Arc::new(crate::audit::statement::tests::session(false));
+        let mut recorder = Recorder::new(session, StatementQueue::bare(tx));
+        let mut stream = message(b'Q', b"SELECT 1\0");
+        stream.extend(message(b'Q', b"SELECT 2\0"));
+        recorder.client(&stream, true);
+        assert_eq!(
+            recorder.batch.records.len(),
+            records::HEADER + stream.len(),
+            "one record: the chunk"
+        );
+        // Cut inside the second query: message by message, the rest completing it.
+        let cut = stream.len() - 4;
+        recorder.client(&stream[..cut], false);
+        recorder.client(&stream[cut..], true);
+        let big = message(b'Q', format!("SELECT '{}'\0", "x".repeat(CHUNK)).as_bytes());
+        recorder.client(&big, true);
+        let mut texts = Vec::new();
+        records::each(&recorder.batch.records, |_, _, m| texts.push(m.body.len()));
+        assert_eq!(texts, [9, 9, 9, 9, big.len() - 5]);
     }
 }

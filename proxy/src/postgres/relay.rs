@@ -179,6 +179,14 @@ struct ClientChunk {
     asked: u64,
 }
 
+impl ClientChunk {
+    /// Whether the bytes to forward end at a message's end (`frames` having
+    /// scanned them): all of them, and no partial message after.
+    fn ends_whole(&self, frames: &Boundary) -> bool {
+        self.quit.is_none() && frames.at_boundary()
+    }
+}
+
 fn scan_client(frames: &mut Boundary, chunk: &[u8]) -> Result<ClientChunk, ProtocolError> {
     let mut scan = ClientChunk {
         forward: chunk.len(),
@@ -209,7 +217,7 @@ impl Relay<'_> {
         };
         self.asked += scan.asked;
         if let Some(r) = self.recorder.as_mut() {
-            r.client(&first[..scan.forward]);
+            r.client(&first[..scan.forward], scan.ends_whole(&self.up.frames));
         }
         let sent = async {
             self.server.write_all(&first[..scan.forward]).await?;
@@ -273,7 +281,7 @@ impl Relay<'_> {
             self.asked += scan.asked;
             self.quit = scan.quit;
             if let Some(r) = self.recorder.as_mut() {
-                r.client(&up.lease.bytes()[..scan.forward]);
+                r.client(&up.lease.bytes()[..scan.forward], scan.ends_whole(&up.frames));
             }
             up.start = 0;
             up.end = scan.forward;
@@ -365,7 +373,7 @@ impl Relay<'_> {
             };
             self.answered += answered;
             if let Some(r) = self.recorder.as_mut() {
-                r.server(&down.lease.bytes()[..n]);
+                r.server(&down.lease.bytes()[..n], down.frames.at_boundary());
             }
             down.start = 0;
             down.end = n;
