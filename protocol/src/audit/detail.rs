@@ -74,15 +74,22 @@ pub struct DetailJson<'a> {
 }
 
 impl<'a> DetailJson<'a> {
-    /// An empty object's fields, written into `json` (the caller writes the braces).
-    #[cfg(test)]
-    fn new(json: &'a mut Vec<u8>) -> DetailJson<'a> {
+    /// An object's fields, written into `json` (the caller writes the
+    /// braces) after those already there unless `first`; shared fields are
+    /// written whole.
+    fn appending(json: &'a mut Vec<u8>, first: bool) -> DetailJson<'a> {
         DetailJson {
             json,
-            first: true,
+            first,
             shared: None,
             with: None,
         }
+    }
+
+    /// An empty object's fields, written into `json`.
+    #[cfg(test)]
+    fn new(json: &'a mut Vec<u8>) -> DetailJson<'a> {
+        DetailJson::appending(json, true)
     }
 
     /// A statement's fields, written into its block's `json`; the groups it
@@ -193,12 +200,8 @@ pub struct Fields {
 
 impl Fields {
     fn writer(&mut self) -> DetailJson<'_> {
-        DetailJson {
-            first: self.json.is_empty(),
-            json: &mut self.json,
-            shared: None,
-            with: None,
-        }
+        let first = self.json.is_empty();
+        DetailJson::appending(&mut self.json, first)
     }
 
     /// The fields as the inside of a JSON object.

@@ -46,6 +46,11 @@ pub fn server_keep(tag: u8) -> Keep {
     }
 }
 
+/// What the tracker reads of one direction's messages.
+pub fn keep(from_server: bool) -> fn(u8) -> Keep {
+    if from_server { server_keep } else { client_keep }
+}
+
 /// Appends `m`, seen `at` nanoseconds into the session, to `out`.
 pub fn push(out: &mut Vec<u8>, from_server: bool, at: u64, m: &Message<'_>) {
     let flags = if from_server { SERVER } else { 0 } | if m.text.is_some() { DIGEST } else { 0 };
@@ -87,8 +92,7 @@ pub fn each(mut records: &[u8], mut on: impl FnMut(bool, u64, &Message<'_>)) {
     while let Some((record, chunk, rest)) = next(records) {
         let (from_server, at, m) = record;
         if chunk {
-            let keep = if from_server { server_keep } else { client_keep };
-            each_kept(m.body, keep, |m| on(from_server, at, m));
+            each_kept(m.body, keep(from_server), |m| on(from_server, at, m));
         } else {
             on(from_server, at, &m);
         }
@@ -186,7 +190,7 @@ impl Spare {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use portcullis_protocol::pg::capture::Capture;
 
     use super::*;
@@ -224,7 +228,8 @@ mod tests {
         assert_eq!(count, 2, "a record cut short is not read");
     }
 
-    fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+    /// A message as it travels: tag, length, body.
+    pub(crate) fn message(tag: u8, body: &[u8]) -> Vec<u8> {
         let mut m = vec![tag];
         m.extend(u32::try_from(body.len() + 4).unwrap_or(u32::MAX).to_be_bytes());
         m.extend(body);
@@ -258,9 +263,8 @@ mod tests {
         push_chunk(&mut chunks, true, 2, &answer);
         let mut kept = Vec::new();
         for (server, at, bytes) in [(false, 1, &ask), (true, 2, &answer)] {
-            let keep = if server { server_keep } else { client_keep };
             Capture::new()
-                .feed(bytes, keep, |m| push(&mut kept, server, at, &m))
+                .feed(bytes, keep(server), |m| push(&mut kept, server, at, &m))
                 .expect("framed");
         }
         let seen = read(&chunks);

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use portcullis_protocol::pg::capture::Capture;
 
-use crate::audit::records::{self, client_keep, server_keep};
+use crate::audit::records;
 use crate::audit::{Batch, SessionAudit, StatementQueue};
 
 /// Bytes of messages waiting for room in the queue before the relay stops
@@ -107,9 +107,10 @@ fn record(capture: &mut Capture, out: &mut Vec<u8>, from_server: bool, at: u64, 
         records::push_chunk(out, from_server, at, bytes);
         return;
     }
-    let keep = if from_server { server_keep } else { client_keep };
     // Framing errors end the relay on their own; nothing to record here.
-    let _ = capture.feed(bytes, keep, |m| records::push(out, from_server, at, &m));
+    let _ = capture.feed(bytes, records::keep(from_server), |m| {
+        records::push(out, from_server, at, &m)
+    });
 }
 
 #[cfg(test)]
@@ -120,13 +121,7 @@ mod tests {
 
     use super::*;
     use crate::audit::Item;
-
-    fn message(tag: u8, body: &[u8]) -> Vec<u8> {
-        let mut m = vec![tag];
-        m.extend(u32::try_from(body.len() + 4).unwrap_or(u32::MAX).to_be_bytes());
-        m.extend(body);
-        m
-    }
+    use crate::audit::records::tests::message;
 
     /// The records of each batch sent so far.
     fn sent(rx: &mut mpsc::Receiver<Item>) -> Vec<usize> {
