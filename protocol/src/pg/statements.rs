@@ -82,6 +82,11 @@ pub struct StatementTracker {
     kept: usize,
     /// Too many messages in flight: tracking stopped.
     lost: bool,
+    /// The last command tag, shared by the completions that repeat it.
+    tag: Option<Arc<str>>,
+    /// An empty list with room, from a statement handed back (`recycle`),
+    /// for the next statement's completions.
+    completions: Vec<Completion>,
 }
 
 impl StatementTracker {
@@ -116,6 +121,35 @@ impl StatementTracker {
         self.expect.push_back(e);
     }
 
+    /// Takes back a statement the caller is done with: the room it holds
+    /// goes to the next statements (its completion list here, its bound
+    /// values to the next Bind of its portal), which then allocate nothing.
+    pub fn recycle(&mut self, s: Statement) {
+        if let Outcome::Done(mut list) = s.outcome
+            && list.capacity() <= 4
+        {
+            list.clear();
+            self.completions = list;
+        }
+    }
+
+    /// A list for a statement's completions, with room when one was recycled.
+    fn completion_list(&mut self) -> Vec<Completion> {
+        std::mem::take(&mut self.completions)
+    }
+
+    /// A completion of `tag`, sharing the string of the last one that had it.
+    fn completion(&mut self, tag: &str) -> Completion {
+        let shared = match &self.tag {
+            Some(last) if **last == *tag => Arc::clone(last),
+            _ => Arc::clone(self.tag.insert(Arc::from(tag))),
+        };
+        Completion {
+            tag: shared,
+            rows: tag.rsplit(' ').next().and_then(|n| n.parse().ok()),
+        }
+    }
+
     /// Statement text as kept: whole, or only its length past the session's budget.
     fn keep_text(&mut self, text: Text) -> Text {
         if self.kept + text.text.len() > MAX_KEPT {
@@ -147,7 +181,9 @@ impl StatementTracker {
         match m.tag {
             b'Q' => {
                 let text = Text::of(body, m.text);
-                self.push(Expect::Run(statement(Flow::Simple, Arc::new(text), now)));
+                let mut s = statement(Flow::Simple, Arc::new(text), now);
+                s.outcome = Outcome::Done(self.completion_list());
+                self.push(Expect::Run(s));
             }
             b'P' => {
                 let Ok(name) = read_cstr(&mut b, "Parse") else {
@@ -299,21 +335,19 @@ impl StatementTracker {
         let (tag, body) = (m.tag, m.body);
         match tag {
             b'C' | b'I' => {
-                let tag_text = read_cstr(&mut &body[..], "CommandComplete").unwrap_or_default();
-                let done = Completion {
-                    tag: tag_text.to_owned(),
-                    rows: tag_text.rsplit(' ').next().and_then(|n| n.parse().ok()),
+                let done = match tag {
+                    b'C' => Some(self.completion(read_cstr(&mut &body[..], "CommandComplete").unwrap_or_default())),
+                    _ => None,
                 };
                 match self.expect.front_mut() {
                     Some(Expect::Run(s)) if s.flow == Flow::Simple => {
-                        if tag == b'C'
-                            && let Outcome::Done(list) = &mut s.outcome
-                        {
-                            list.push(done);
+                        if let Outcome::Done(list) = &mut s.outcome {
+                            list.extend(done);
                         }
                     }
                     Some(Expect::Run(_)) => {
-                        let list = if tag == b'C' { vec![done] } else { Vec::new() };
+                        let mut list = self.completion_list();
+                        list.extend(done);
                         self.finish(Outcome::Done(list), now, out);
                     }
                     _ => {}

@@ -102,7 +102,7 @@ type BySession<T> = HashMap<String, T, foldhash::fast::RandomState>;
 struct Blocks {
     classifier: Classifier,
     trackers: BySession<StatementTracker>,
-    /// Statements the trackers completed, while a batch is read.
+    /// Statements a tracker just completed (kept for its room).
     done: Vec<Statement>,
     open: BySession<BlockBuilder>,
     /// When the oldest open block got its first statement.
@@ -135,8 +135,8 @@ impl Blocks {
         }
     }
 
-    /// Runs `batch`'s messages through its session's tracker and adds the
-    /// statements that completed to the session's block, sending the block
+    /// Runs `batch`'s messages through its session's tracker and adds each
+    /// statement to the session's block as it completes, sending the block
     /// on when it is full.
     fn add(&mut self, batch: Batch, log: &mpsc::Sender<AuditEvent>) -> bool {
         let Batch { session, records, end } = batch;
@@ -144,11 +144,27 @@ impl Blocks {
             Some(t) => t,
             None => self.trackers.entry(session.session_id.clone()).or_default(),
         };
+        let mut filling = Filling {
+            open: Some(&mut self.open),
+            block: None,
+            session: &session,
+            classifier: &mut self.classifier,
+            id: &mut self.id,
+            since: &mut self.since,
+            log,
+            sent: true,
+        };
         let done = &mut self.done;
+        // Each statement is written and handed back before the next message:
+        // the tracker reuses its room (bound values above all) at once.
         records::each(&records, |from_server, at, m| {
             let now = session.since + Duration::from_nanos(at);
             if from_server {
                 tracker.server_message(m, now, done);
+                for s in done.drain(..) {
+                    filling.push(&s);
+                    tracker.recycle(s);
+                }
             } else {
                 tracker.client_message(m, now);
             }
@@ -156,36 +172,12 @@ impl Blocks {
         self.spare.put(records);
         if let Some(end) = end {
             tracker.interrupt(end, done);
+            for s in done.drain(..) {
+                filling.push(&s);
+            }
             self.trackers.remove(&session.session_id);
         }
-        if self.done.is_empty() {
-            return true;
-        }
-        let statements = std::mem::take(&mut self.done);
-        let block = match self.open.get_mut(&session.session_id) {
-            Some(block) => block,
-            None => self
-                .open
-                .entry(session.session_id.clone())
-                .or_insert_with(|| block_of(&session)),
-        };
-        for s in &statements {
-            let at = session.at(s);
-            if !block.fits(at) {
-                let full = std::mem::replace(block, block_of(&session));
-                if log.blocking_send(full.finish()).is_err() {
-                    return false;
-                }
-            }
-            let classifier = &mut self.classifier;
-            super::write_next_id(&mut self.id);
-            block.push_with(&self.id, at, |d| statement_detail(&session, s, classifier, d));
-            self.since.get_or_insert_with(Instant::now);
-        }
-        // The vector goes back for the next batch, its room kept.
-        self.done = statements;
-        self.done.clear();
-        true
+        filling.sent
     }
 
     /// Sends every open block once the oldest has waited `GATHER`.
@@ -203,6 +195,54 @@ impl Blocks {
             .drain()
             .filter(|(_, b)| !b.is_empty())
             .all(|(_, b)| log.blocking_send(b.finish()).is_ok())
+    }
+}
+
+/// One session's open block while a batch of its messages is read.
+struct Filling<'a> {
+    /// Every session's open block, until this session's is looked up.
+    open: Option<&'a mut BySession<BlockBuilder>>,
+    /// This session's, once a statement completed.
+    block: Option<&'a mut BlockBuilder>,
+    session: &'a Arc<SessionAudit>,
+    classifier: &'a mut Classifier,
+    id: &'a mut String,
+    since: &'a mut Option<Instant>,
+    log: &'a mpsc::Sender<AuditEvent>,
+    /// False once the log is gone: nothing more is added.
+    sent: bool,
+}
+
+impl Filling<'_> {
+    /// Adds `s` to the block, first sending the block on when `s` does not fit.
+    fn push(&mut self, s: &Statement) {
+        if !self.sent {
+            return;
+        }
+        let session = self.session;
+        let at = session.at(s);
+        if let Some(open) = self.open.take() {
+            // Two lookups: `entry` would clone the id every batch.
+            let id = &session.session_id;
+            if !open.contains_key(id) {
+                open.insert(id.clone(), block_of(session));
+            }
+            self.block = open.get_mut(id);
+        }
+        let Some(block) = self.block.as_deref_mut() else {
+            return;
+        };
+        if !block.fits(at) {
+            let full = std::mem::replace(block, block_of(session));
+            if self.log.blocking_send(full.finish()).is_err() {
+                self.sent = false;
+                return;
+            }
+        }
+        let classifier = &mut *self.classifier;
+        super::write_next_id(self.id);
+        block.push_with(self.id, at, |d| statement_detail(session, s, classifier, d));
+        self.since.get_or_insert_with(Instant::now);
     }
 }
 

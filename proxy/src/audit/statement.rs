@@ -167,10 +167,7 @@ pub fn statement_detail(session: &SessionAudit, s: &Statement, classifier: &mut 
             match list.as_slice() {
                 [] => {}
                 [one] => d.put("tag", &one.tag),
-                many => d.put(
-                    "tag",
-                    &many.iter().map(|c| c.tag.as_str()).collect::<Vec<_>>().join("; "),
-                ),
+                many => d.put("tag", &many.iter().map(|c| &*c.tag).collect::<Vec<_>>().join("; ")),
             }
             let rows: Option<u64> = list.iter().filter_map(|c| c.rows).reduce(|a, b| a.saturating_add(b));
             if let Some(rows) = rows {

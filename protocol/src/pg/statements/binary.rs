@@ -3,69 +3,78 @@
 //! value reads the same whichever format the driver chose. Types come from
 //! the OIDs in `pg_type.dat`; anything else stays a length.
 
-/// The text form of `value` of type `oid`, at most `max` bytes of it for
-/// text types; `None` for a type not decoded here or a malformed value.
-pub(super) fn text(oid: u32, value: &[u8], max: usize) -> Option<String> {
-    Some(match oid {
+/// Appends the text form of `value` of type `oid` to `out`, at most `max`
+/// bytes of it for text types; false, with nothing appended, for a type not
+/// decoded here or a malformed value. Appending lets a tracker reuse one
+/// string per parameter from Bind to Bind.
+pub(super) fn text(oid: u32, value: &[u8], max: usize, out: &mut String) -> bool {
+    let mut int = itoa::Buffer::new();
+    let decoded: &str = match (oid, value) {
         // bool: any non-zero byte is true (boolrecv); written `t` / `f`.
-        16 => match value {
-            [0] => "f".to_owned(),
-            [_] => "t".to_owned(),
-            _ => return None,
+        (16, [0]) => "f",
+        (16, [_]) => "t",
+        (20, &[a, b, c, d, e, f, g, h]) => int.format(i64::from_be_bytes([a, b, c, d, e, f, g, h])),
+        (21, &[a, b]) => int.format(i16::from_be_bytes([a, b])),
+        (23, &[a, b, c, d]) => int.format(i32::from_be_bytes([a, b, c, d])),
+        (26, &[a, b, c, d]) => int.format(u32::from_be_bytes([a, b, c, d])),
+        (700, &[a, b, c, d]) => return float(f64::from(f32::from_be_bytes([a, b, c, d])), out),
+        (701, &[a, b, c, d, e, f, g, h]) => return float(f64::from_be_bytes([a, b, c, d, e, f, g, h]), out),
+        (2950, v) => match <[u8; 16]>::try_from(v) {
+            Ok(b) => return uuid(b, out),
+            Err(_) => return false,
         },
-        20 => i64::from_be_bytes(value.try_into().ok()?).to_string(),
-        21 => i16::from_be_bytes(value.try_into().ok()?).to_string(),
-        23 => i32::from_be_bytes(value.try_into().ok()?).to_string(),
-        26 => u32::from_be_bytes(value.try_into().ok()?).to_string(),
-        700 => float(f64::from(f32::from_be_bytes(value.try_into().ok()?))),
-        701 => float(f64::from_be_bytes(value.try_into().ok()?)),
-        2950 => uuid(value.try_into().ok()?),
         // name, text, bpchar, varchar, json: the text itself.
-        19 | 25 | 1042 | 1043 | 114 => lossy(value, max),
+        (19 | 25 | 1042 | 1043 | 114, v) => return lossy(v, max, out),
         // jsonb: a version byte (1), then the text.
-        3802 => match value.split_first() {
-            Some((1, rest)) => lossy(rest, max),
-            _ => return None,
-        },
-        _ => return None,
-    })
+        (3802, [1, rest @ ..]) => return lossy(rest, max, out),
+        _ => return false,
+    };
+    out.push_str(decoded);
+    true
 }
 
-fn float(f: f64) -> String {
+fn float(f: f64, out: &mut String) -> bool {
+    use std::fmt::Write;
     if f.is_nan() {
-        "NaN".to_owned()
+        out.push_str("NaN");
     } else if f.is_infinite() {
-        if f > 0.0 { "Infinity" } else { "-Infinity" }.to_owned()
+        out.push_str(if f > 0.0 { "Infinity" } else { "-Infinity" });
     } else {
-        f.to_string()
+        let _ = write!(out, "{f}");
     }
+    true
 }
 
-fn uuid(b: [u8; 16]) -> String {
-    let hex: String = b.iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..]
-    )
+fn uuid(b: [u8; 16], out: &mut String) -> bool {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (i, byte) in b.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            out.push('-');
+        }
+        out.push(char::from(HEX[usize::from(byte >> 4)]));
+        out.push(char::from(HEX[usize::from(byte & 0xf)]));
+    }
+    true
 }
 
 /// The first `max` bytes as text, cut before a character split in two.
-fn lossy(value: &[u8], max: usize) -> String {
+fn lossy(value: &[u8], max: usize, out: &mut String) -> bool {
     let first = &value[..value.len().min(max)];
     let end = match std::str::from_utf8(first) {
         Err(e) if e.error_len().is_none() => e.valid_up_to(),
         _ => first.len(),
     };
-    String::from_utf8_lossy(&first[..end]).into_owned()
+    super::record::push_lossy(out, &first[..end]);
+    true
 }
 
 #[cfg(test)]
 mod tests {
-    use super::text;
+    /// `text` into a fresh string.
+    fn text(oid: u32, value: &[u8], max: usize) -> Option<String> {
+        let mut out = String::new();
+        super::text(oid, value, max, &mut out).then_some(out)
+    }
 
     #[test]
     fn common_types_read_as_their_text_form() {
@@ -99,5 +108,9 @@ mod tests {
         }
         // Text types are cut to the limit, never inside a character.
         assert_eq!(text(25, "aé".as_bytes(), 2).as_deref(), Some("a"));
+        // Appended to what the string held; nothing for a value not read.
+        let mut out = String::from("x");
+        assert!(super::text(23, &7i32.to_be_bytes(), 1024, &mut out) && out == "x7");
+        assert!(!super::text(23, &[0], 1024, &mut out) && out == "x7");
     }
 }

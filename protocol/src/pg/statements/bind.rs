@@ -6,112 +6,160 @@ use std::sync::Arc;
 use super::super::error::ProtocolError;
 use super::super::message::{read_cstr, read_i32};
 use super::names::{Portal, read_i16, shared_name};
+use super::record::push_lossy;
 use super::{MAX_KEPT, MAX_PARAM, MAX_PARAMS_KEPT, Param, StatementTracker, Text, binary};
+
+/// Parameters of a Bind whose room the next Bind of its portal reuses, at
+/// most, and the longest value whose string it reuses: what a portal holds
+/// beyond its kept bytes stays small.
+const REUSED_PARAMS: usize = 64;
+/// See `REUSED_PARAMS`.
+const REUSED_TEXT: usize = 128;
+
+/// One parameter value as a Bind carries it.
+enum Value<'a> {
+    Null,
+    Bytes(&'a [u8]),
+    /// Past the end of a cut body: only its length is known.
+    Omitted(usize),
+    /// Past the end of a cut body: not even its length is known.
+    Unseen,
+}
+
+/// Calls `f` with each of the `n` values in `b`; when `cut`, the body ends
+/// early and the values past its end are omitted or unseen. Fails only on
+/// a malformed body that was not cut.
+fn each_value(mut b: &[u8], n: usize, cut: bool, mut f: impl FnMut(usize, Value<'_>)) -> Result<(), ProtocolError> {
+    for i in 0..n {
+        let len = match read_i32(&mut b, "Bind") {
+            Ok(len) => len,
+            Err(_) if cut => {
+                (i..n).for_each(|i| f(i, Value::Unseen));
+                break;
+            }
+            Err(e) => return Err(e),
+        };
+        let Ok(len) = usize::try_from(len) else {
+            f(i, Value::Null);
+            continue;
+        };
+        let Some(value) = b.get(..len) else {
+            if !cut {
+                return Err(ProtocolError::Malformed { what: "Bind" });
+            }
+            f(i, Value::Omitted(len));
+            (i + 1..n).for_each(|i| f(i, Value::Unseen));
+            break;
+        };
+        b = &b[len..];
+        f(i, Value::Bytes(value));
+    }
+    Ok(())
+}
 
 impl StatementTracker {
     /// A Bind's portal and parameters; when `cut`, the body ends early and
     /// values past its end are recorded as unseen.
     pub(super) fn bind(&mut self, mut b: &[u8], cut: bool) {
         let parsed = (|| {
-            let portal = read_cstr(&mut b, "Bind")?.to_owned();
+            let portal = read_cstr(&mut b, "Bind")?;
             let stmt = read_cstr(&mut b, "Bind")?;
-            // One lookup for the statement's name, text and types.
-            let (stmt, text, types) = match self.prepared.get(stmt) {
-                Some(p) => (
-                    Arc::clone(&p.name),
-                    Some(Arc::clone(&p.text)),
-                    Some(Arc::clone(&p.types)),
-                ),
-                None => (shared_name(stmt), None, None),
-            };
-            let type_of = |i: i16| {
-                let i = usize::try_from(i).ok()?;
-                types.as_ref().and_then(|t| t.get(i)).copied()
-            };
             // The format codes stay where they are in the message, read by index.
             let nformats = usize::try_from(read_i16(&mut b)?).unwrap_or(0);
             let formats = b.get(..2 * nformats).ok_or(ProtocolError::Malformed { what: "Bind" })?;
             b = &b[2 * nformats..];
-            let format = |i: usize| {
-                formats
-                    .get(2 * i..2 * i + 2)
-                    .and_then(|f| <[u8; 2]>::try_from(f).ok())
-                    .map(i16::from_be_bytes)
-            };
-            let nparams = read_i16(&mut b)?;
-            let mut params = Vec::new();
-            let mut kept = 0;
-            for i in 0..nparams {
-                let len = match read_i32(&mut b, "Bind") {
-                    Ok(len) => len,
-                    Err(_) if cut => {
-                        params.extend((i..nparams).map(|_| Param::Unseen));
-                        break;
-                    }
-                    Err(e) => return Err(e),
-                };
-                if len < 0 {
-                    params.push(Param::Null);
-                    continue;
-                }
-                let len = len as usize;
-                let Some(value) = b.get(..len) else {
-                    if !cut {
-                        return Err(ProtocolError::Malformed { what: "Bind" });
-                    }
-                    params.push(Param::Omitted(len));
-                    params.extend((i + 1..nparams).map(|_| Param::Unseen));
-                    break;
-                };
-                b = &b[len..];
-                let binary = match nformats {
-                    0 => false,
-                    1 => format(0) == Some(1),
-                    _ => format(i as usize) == Some(1),
-                };
-                let keep = len.min(MAX_PARAM);
-                let decoded = match type_of(i) {
-                    Some(oid) if binary && kept + keep <= MAX_PARAMS_KEPT => binary::text(oid, value, MAX_PARAM),
-                    _ => None,
-                };
-                params.push(if let Some(text) = decoded {
-                    kept += text.len();
-                    Param::Text(text)
-                } else if binary {
-                    Param::Binary(len)
-                } else if kept + keep > MAX_PARAMS_KEPT {
-                    Param::Omitted(len)
-                } else {
-                    kept += keep;
-                    Param::Text(Text::new(&value[..keep]).text)
-                });
-            }
-            Ok::<_, ProtocolError>((portal, stmt, text, params, kept))
+            let n = usize::try_from(read_i16(&mut b)?).unwrap_or(0);
+            // Checked whole before anything is kept: a malformed Bind changes nothing.
+            each_value(b, n, cut, |_, _| {})?;
+            Ok::<_, ProtocolError>((portal, stmt, formats, n, b))
         })();
-        let Ok((portal, stmt, text, mut params, mut kept)) = parsed else {
+        let Ok((portal, stmt, formats, n, values)) = parsed else {
             return;
         };
-        if let Some(old) = self.portals.remove(&portal) {
+        // One lookup for the statement's name, text and types.
+        let (stmt, text, types) = match self.prepared.get(stmt) {
+            Some(p) => (Arc::clone(&p.name), Arc::clone(&p.text), Some(Arc::clone(&p.types))),
+            None => (shared_name(stmt), Arc::new(Text::new(b"")), None),
+        };
+        let format = |i: usize| {
+            let at = if formats.len() == 2 { 0 } else { 2 * i };
+            formats
+                .get(at..at + 2)
+                .is_some_and(|f| i16::from_be_bytes([f[0], f[1]]) == 1)
+        };
+        // The portal's old values, when nothing else holds them and they are
+        // as many (and few): overwritten in place, their short strings
+        // reused, so a driver that binds the unnamed portal before each run
+        // allocates nothing.
+        let old = self.portals.remove(portal).map(|old| {
             self.kept = self.kept.saturating_sub(old.kept);
-        }
+            old.params
+        });
+        let mut params = old
+            .filter(|p| p.len() == n && n <= REUSED_PARAMS)
+            .and_then(|mut p| Arc::get_mut(&mut p).is_some().then_some(p))
+            .unwrap_or_else(|| (0..n).map(|_| Param::Null).collect());
+        let Some(slots) = Arc::get_mut(&mut params) else {
+            return;
+        };
+        let mut kept = 0;
+        let _ = each_value(values, n, cut, |i, value| {
+            let Some(slot) = slots.get_mut(i) else {
+                return;
+            };
+            let mut text = match std::mem::replace(slot, Param::Null) {
+                Param::Text(mut t) if t.capacity() <= REUSED_TEXT => {
+                    t.clear();
+                    t
+                }
+                _ => String::new(),
+            };
+            *slot = match value {
+                Value::Null => Param::Null,
+                Value::Omitted(len) => Param::Omitted(len),
+                Value::Unseen => Param::Unseen,
+                Value::Bytes(value) => {
+                    let binary = format(i);
+                    let keep = value.len().min(MAX_PARAM);
+                    let type_of = types.as_ref().and_then(|t| t.get(i)).copied();
+                    let decoded = match type_of {
+                        Some(oid) if binary && kept + keep <= MAX_PARAMS_KEPT => {
+                            binary::text(oid, value, MAX_PARAM, &mut text)
+                        }
+                        _ => false,
+                    };
+                    if decoded {
+                        kept += text.len();
+                        Param::Text(text)
+                    } else if binary {
+                        Param::Binary(value.len())
+                    } else if kept + keep > MAX_PARAMS_KEPT {
+                        Param::Omitted(value.len())
+                    } else {
+                        kept += keep;
+                        push_lossy(&mut text, &value[..keep]);
+                        Param::Text(text)
+                    }
+                }
+            };
+        });
         if self.kept + kept > MAX_KEPT {
             // Over the session's budget: keep only the lengths.
-            for p in &mut params {
+            for p in slots.iter_mut() {
                 if let Param::Text(t) = p {
                     *p = Param::Omitted(t.len());
                 }
             }
             kept = 0;
         }
-        let text = text.unwrap_or_else(|| Arc::new(Text::new(b"")));
-        if self.portals.has_room_for(&portal) {
+        if self.portals.has_room_for(portal) {
             self.kept += kept;
             self.portals.insert(
-                portal,
+                portal.to_owned(),
                 Portal {
                     statement: stmt,
                     text,
-                    params: params.into(),
+                    params,
                     kept,
                 },
             );

@@ -92,9 +92,16 @@ fn up_to_nul(body: &[u8]) -> &[u8] {
 /// takes `from_utf8`'s word-at-a-time check, where the lossy decoder goes a
 /// byte at a time: this runs for every statement.
 fn lossy(raw: &[u8]) -> String {
+    let mut text = String::with_capacity(raw.len());
+    push_lossy(&mut text, raw);
+    text
+}
+
+/// Appends `raw` as `lossy` reads it.
+pub(super) fn push_lossy(out: &mut String, raw: &[u8]) {
     match std::str::from_utf8(raw) {
-        Ok(text) => text.to_owned(),
-        Err(_) => String::from_utf8_lossy(raw).into_owned(),
+        Ok(text) => out.push_str(text),
+        Err(_) => out.push_str(&String::from_utf8_lossy(raw)),
     }
 }
 
@@ -118,8 +125,9 @@ pub enum Param {
 /// One command's completion: its tag (`SELECT 3`, `INSERT 0 1`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Completion {
-    /// The command tag as the server sent it.
-    pub tag: String,
+    /// The command tag as the server sent it (shared by the completions
+    /// of one session that carry the same tag).
+    pub tag: Arc<str>,
     /// Rows, when the tag carries a count.
     pub rows: Option<u64>,
 }
