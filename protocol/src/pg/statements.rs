@@ -250,6 +250,7 @@ impl StatementTracker {
                         let mut s = statement(Flow::Extended, Arc::clone(&p.text), now);
                         s.statement = Arc::clone(&p.statement);
                         s.params = Arc::clone(&p.params);
+                        s.param_count = p.param_count;
                         s
                     }
                     None => statement(Flow::Extended, Arc::new(Text::new(b"")), now),

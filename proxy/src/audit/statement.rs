@@ -144,10 +144,12 @@ pub fn statement_detail(session: &SessionAudit, s: &Statement, classifier: &mut 
         if !s.portal.is_empty() {
             d.put("portal", &s.portal);
         }
-        d.put_number("param_count", s.params.len() as u64);
-        if !s.params.is_empty() {
+        d.put_number("param_count", s.param_count as u64);
+        if s.param_count > 0 {
             if session.redact_parameters {
                 d.put_plain("params", "[redacted by policy]");
+            } else if s.params.is_empty() {
+                d.put_plain("params", "[not kept: past the session's audit budget]");
             } else {
                 d.put_list("params", s.params.iter().map(param_value));
             }
@@ -261,6 +263,7 @@ pub(crate) mod tests {
             text: Arc::new(Text::new(b"SELECT dblink($1, $2)")),
             statement: "s1".into(),
             portal: String::new(),
+            param_count: params.len(),
             params: params.into(),
             copy: None,
             outcome: Outcome::Done(vec![Completion {
@@ -338,6 +341,16 @@ pub(crate) mod tests {
         );
         assert_eq!(e.detail["params"], "[redacted by policy]");
         assert_eq!(e.detail["param_count"], "1");
+    }
+
+    #[test]
+    fn values_past_the_session_s_budget_show_their_count_only() {
+        let s = session(false);
+        let mut st = bound(Vec::new(), s.since);
+        st.param_count = 30_000;
+        let e = statement_event(&s, &st, &mut Classifier::default());
+        assert_eq!(e.detail["param_count"], "30000");
+        assert_eq!(e.detail["params"], "[not kept: past the session's audit budget]");
     }
 
     #[test]

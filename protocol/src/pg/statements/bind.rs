@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::super::error::ProtocolError;
 use super::super::message::{read_cstr, read_i32};
 use super::names::{Portal, read_i16, shared_name};
-use super::record::push_lossy;
+use super::record::{no_params, push_lossy};
 use super::{MAX_KEPT, MAX_PARAM, MAX_PARAMS_KEPT, Param, StatementTracker, Text, binary};
 
 /// Parameters of a Bind whose room the next Bind of its portal reuses, at
@@ -73,7 +73,7 @@ impl StatementTracker {
             each_value(b, n, cut, |_, _| {})?;
             Ok::<_, ProtocolError>((portal, stmt, formats, n, b))
         })();
-        let Ok((portal, stmt, formats, n, values)) = parsed else {
+        let Ok((portal, stmt, formats, n, encoded)) = parsed else {
             return;
         };
         // One lookup for the statement's name, text and types.
@@ -95,16 +95,24 @@ impl StatementTracker {
             self.kept = self.kept.saturating_sub(old.kept);
             old.params
         });
+        // The values' slots count too: a client binding many portals of
+        // thousands of values each must not hold the audit thread's memory.
+        let slots = n * std::mem::size_of::<Param>();
+        if self.kept + slots > MAX_KEPT {
+            // Past the session's budget: the count only.
+            self.keep_portal(portal, stmt, text, no_params(), n, 0);
+            return;
+        }
         let mut params = old
             .filter(|p| p.len() == n && n <= REUSED_PARAMS)
             .and_then(|mut p| Arc::get_mut(&mut p).is_some().then_some(p))
             .unwrap_or_else(|| (0..n).map(|_| Param::Null).collect());
-        let Some(slots) = Arc::get_mut(&mut params) else {
+        let Some(values) = Arc::get_mut(&mut params) else {
             return;
         };
         let mut kept = 0;
-        let _ = each_value(values, n, cut, |i, value| {
-            let Some(slot) = slots.get_mut(i) else {
+        let _ = each_value(encoded, n, cut, |i, value| {
+            let Some(slot) = values.get_mut(i) else {
                 return;
             };
             let mut text = match std::mem::replace(slot, Param::Null) {
@@ -143,23 +151,37 @@ impl StatementTracker {
                 }
             };
         });
-        if self.kept + kept > MAX_KEPT {
+        if self.kept + slots + kept > MAX_KEPT {
             // Over the session's budget: keep only the lengths.
-            for p in slots.iter_mut() {
+            for p in values.iter_mut() {
                 if let Param::Text(t) = p {
                     *p = Param::Omitted(t.len());
                 }
             }
             kept = 0;
         }
-        if self.portals.has_room_for(portal) {
+        self.keep_portal(portal, stmt, text, params, n, slots + kept);
+    }
+
+    /// Keeps a bound portal, counting `kept` bytes against the session's budget.
+    fn keep_portal(
+        &mut self,
+        name: &str,
+        statement: Arc<str>,
+        text: Arc<Text>,
+        params: Arc<[Param]>,
+        param_count: usize,
+        kept: usize,
+    ) {
+        if self.portals.has_room_for(name) {
             self.kept += kept;
             self.portals.insert(
-                portal.to_owned(),
+                name.to_owned(),
                 Portal {
-                    statement: stmt,
+                    statement,
                     text,
                     params,
+                    param_count,
                     kept,
                 },
             );

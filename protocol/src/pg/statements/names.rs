@@ -31,7 +31,9 @@ pub(super) struct Portal {
     pub statement: Arc<str>,
     pub text: Arc<Text>,
     pub params: Arc<[Param]>,
-    /// Bytes this portal counts against `MAX_KEPT`.
+    /// See `Statement::param_count`.
+    pub param_count: usize,
+    /// Bytes this portal counts against `MAX_KEPT`: its values and their slots.
     pub kept: usize,
 }
 

@@ -185,6 +185,9 @@ pub struct Statement {
     pub portal: String,
     /// Bound parameters (extended).
     pub params: Arc<[Param]>,
+    /// How many parameters the Bind carried: `params` holds none when the
+    /// session's audit budget could not keep even their slots.
+    pub param_count: usize,
     /// COPY, if the statement ran one.
     pub copy: Option<Copy>,
     /// How it ended.
@@ -203,6 +206,7 @@ pub(super) fn statement(flow: Flow, text: Arc<Text>, now: Instant) -> Statement 
         statement: super::names::shared_name(""),
         portal: String::new(),
         params: no_params(),
+        param_count: 0,
         copy: None,
         outcome: Outcome::Done(Vec::new()),
         started: now,
@@ -211,7 +215,7 @@ pub(super) fn statement(flow: Flow, text: Arc<Text>, now: Instant) -> Statement 
 }
 
 /// No parameters, shared: a statement of the simple protocol allocates none.
-fn no_params() -> Arc<[Param]> {
+pub(super) fn no_params() -> Arc<[Param]> {
     static NONE: std::sync::LazyLock<Arc<[Param]>> = std::sync::LazyLock::new(|| Arc::from([]));
     Arc::clone(&NONE)
 }

@@ -314,6 +314,28 @@ fn memory_is_bounded() {
     let params = &t.portals.get("").expect("the unnamed portal").params;
     assert!(matches!(params[0], Param::Text(_)));
     assert_eq!(params[99], Param::Omitted(MAX_PARAM));
+    // The values' slots count as well: portals of thousands of NULLs each
+    // keep only their count once the session's budget is spent.
+    let nulls: Vec<Option<&[u8]>> = vec![None; 10_000];
+    let portals = 2 * MAX_KEPT / (nulls.len() * std::mem::size_of::<Param>());
+    for i in 0..portals {
+        t.client(b'B', &bind(&format!("p{i}"), "", &[], &nulls), Instant::now());
+    }
+    let held: usize = (0..portals)
+        .filter_map(|i| t.portals.get(&format!("p{i}")))
+        .map(|p| p.params.len() * std::mem::size_of::<Param>())
+        .sum();
+    assert!(held <= MAX_KEPT && t.kept <= MAX_KEPT, "{held} bytes of slots held");
+    let last = t.portals.get(&format!("p{}", portals - 1)).expect("the last portal");
+    assert_eq!((last.params.len(), last.param_count), (0, nulls.len()));
+    // Closing portals gives their room back.
+    for i in 0..portals {
+        let mut close = vec![b'P'];
+        close.extend(cstr(&format!("p{i}")));
+        t.client(b'C', &close, Instant::now());
+    }
+    t.client(b'B', &bind("p0", "", &[], &nulls), Instant::now());
+    assert_eq!(t.portals.get("p0").expect("rebound").params.len(), nulls.len());
     // Too many messages in flight: tracking stops instead of growing.
     for _ in 0..=MAX_EXPECT {
         t.client(b'S', &[], Instant::now());
