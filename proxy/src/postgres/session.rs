@@ -188,7 +188,7 @@ async fn run(
     };
     let backend_key = upstream.backend_key.clone();
     let info = SessionInfo {
-        id: new_session_id(),
+        id: crate::random::session_id(),
         user: user.to_owned(),
         resource: resource.name.clone(),
         role: role.name.clone(),
@@ -328,8 +328,4 @@ fn random_bytes(n: usize) -> Bytes {
     let mut raw = vec![0u8; n];
     let _ = getrandom::fill(&mut raw);
     Bytes::from(raw)
-}
-
-fn new_session_id() -> String {
-    format!("ses_{}", crate::random::hex(6).unwrap_or_default())
 }

@@ -253,7 +253,7 @@ pub fn start(
         (Ok(a), Some(grant_rx)) => {
             proxy.metrics.connection(PROTOCOL, &resource, "allowed");
             let info = SessionInfo {
-                id: format!("ses_{}", crate::random::hex(6).unwrap_or_default()),
+                id: crate::random::session_id(),
                 user: user.to_owned(),
                 resource: resource.clone(),
                 role: a.role.name.clone(),
