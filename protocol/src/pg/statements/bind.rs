@@ -87,10 +87,7 @@ impl StatementTracker {
                 .get(at..at + 2)
                 .is_some_and(|f| i16::from_be_bytes([f[0], f[1]]) == 1)
         };
-        // The portal's old values, when nothing else holds them and they are
-        // as many (and few): overwritten in place, their short strings
-        // reused, so a driver that binds the unnamed portal before each run
-        // allocates nothing.
+        // The portal's last binding goes, and its bytes leave the budget.
         let old = self.portals.remove(portal).map(|old| {
             self.kept = self.kept.saturating_sub(old.kept);
             old.params
@@ -103,10 +100,15 @@ impl StatementTracker {
             self.keep_portal(portal, stmt, text, no_params(), n, 0);
             return;
         }
+        // Its values, when nothing else holds them and they are as many (and
+        // few): overwritten in place, their short strings reused, so a
+        // driver that binds the unnamed portal before each run allocates
+        // nothing.
         let mut params = old
             .filter(|p| p.len() == n && n <= REUSED_PARAMS)
             .and_then(|mut p| Arc::get_mut(&mut p).is_some().then_some(p))
             .unwrap_or_else(|| (0..n).map(|_| Param::Null).collect());
+        // Unshared or new, so always there.
         let Some(values) = Arc::get_mut(&mut params) else {
             return;
         };
