@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::backend::parse_error_notice;
-use super::capture::Message;
+use super::capture::{Message, TextDigest};
 use super::message::{read_cstr, read_i32};
 
 mod binary;
@@ -46,6 +46,10 @@ const MAX_PARAMS_KEPT: usize = 64 * 1024;
 /// Parameter types remembered per prepared statement; a statement with more
 /// shows its binary values by length only.
 const MAX_TYPES: usize = 1024;
+/// Command tags a session's completions share.
+const RECENT_TAGS: usize = 8;
+/// Longest text whose room a session keeps for its next Query.
+const RECYCLED_TEXT: usize = 4096;
 /// Messages awaiting an answer; past it the tracker gives up on the session
 /// (see [`StatementTracker::lost`]) rather than grow.
 const MAX_EXPECT: usize = 100_000;
@@ -82,11 +86,14 @@ pub struct StatementTracker {
     kept: usize,
     /// Too many messages in flight: tracking stopped.
     lost: bool,
-    /// The last command tag, shared by the completions that repeat it.
-    tag: Option<Arc<str>>,
+    /// The last few command tags, shared by the completions that repeat
+    /// them (a transaction's BEGIN, UPDATE 1, ..., COMMIT).
+    tags: VecDeque<Arc<str>>,
     /// An empty list with room, from a statement handed back (`recycle`),
     /// for the next statement's completions.
     completions: Vec<Completion>,
+    /// A simple Query's text handed back, whose room the next one takes.
+    spare_text: Option<Arc<Text>>,
 }
 
 impl StatementTracker {
@@ -131,6 +138,23 @@ impl StatementTracker {
             list.clear();
             self.completions = list;
         }
+        let mut text = s.text;
+        if s.flow == Flow::Simple && text.text.capacity() <= RECYCLED_TEXT && Arc::get_mut(&mut text).is_some() {
+            self.spare_text = Some(text);
+        }
+    }
+
+    /// The text of a Query's `body`: in the room of a recycled one when
+    /// there is one and the text came whole.
+    fn query_text(&mut self, body: &[u8], digest: Option<TextDigest>) -> Arc<Text> {
+        if digest.is_none()
+            && let Some(mut spare) = self.spare_text.take()
+            && let Some(text) = Arc::get_mut(&mut spare)
+        {
+            text.refill(body);
+            return spare;
+        }
+        Arc::new(Text::of(body, digest))
     }
 
     /// A list for a statement's completions, with room when one was recycled.
@@ -138,11 +162,18 @@ impl StatementTracker {
         std::mem::take(&mut self.completions)
     }
 
-    /// A completion of `tag`, sharing the string of the last one that had it.
+    /// A completion of `tag`, sharing the string of a recent one that had it.
     fn completion(&mut self, tag: &str) -> Completion {
-        let shared = match &self.tag {
-            Some(last) if **last == *tag => Arc::clone(last),
-            _ => Arc::clone(self.tag.insert(Arc::from(tag))),
+        let shared = match self.tags.iter().find(|t| ***t == *tag) {
+            Some(known) => Arc::clone(known),
+            None => {
+                if self.tags.len() == RECENT_TAGS {
+                    self.tags.pop_front();
+                }
+                let new: Arc<str> = Arc::from(tag);
+                self.tags.push_back(Arc::clone(&new));
+                new
+            }
         };
         Completion {
             tag: shared,
@@ -180,8 +211,8 @@ impl StatementTracker {
         let mut b = body;
         match m.tag {
             b'Q' => {
-                let text = Text::of(body, m.text);
-                let mut s = statement(Flow::Simple, Arc::new(text), now);
+                let text = self.query_text(body, m.text);
+                let mut s = statement(Flow::Simple, text, now);
                 s.outcome = Outcome::Done(self.completion_list());
                 self.push(Expect::Run(s));
             }

@@ -45,22 +45,24 @@ impl Class {
 #[derive(Default)]
 pub struct Classifier {
     cache: HashMap<Vec<u8>, Arc<Class>, foldhash::fast::RandomState>,
+    /// The shape of the statement at hand, in a buffer kept for the next.
+    key: Vec<u8>,
 }
 
 impl Classifier {
     /// The class and tables of `sql` (one statement or several).
     pub fn classify(&mut self, sql: &str) -> Arc<Class> {
-        let Some(key) = shape(sql) else {
+        if shape(sql, &mut self.key).is_none() {
             return Arc::new(parse(sql));
-        };
-        if let Some(c) = self.cache.get(&key) {
+        }
+        if let Some(c) = self.cache.get(self.key.as_slice()) {
             return Arc::clone(c);
         }
         if self.cache.len() >= CACHE {
             self.cache.clear();
         }
         let class = Arc::new(parse(sql));
-        self.cache.insert(key, Arc::clone(&class));
+        self.cache.insert(self.key.clone(), Arc::clone(&class));
         class
     }
 }
@@ -147,15 +149,15 @@ fn class_of(stmt: &str) -> &'static str {
     }
 }
 
-/// The text with its literals (quoted strings and numbers) blanked, as a
-/// cache key; `None` when the text has quoting this cannot follow safely
-/// (dollar quotes, escape strings, block comments), and is then parsed
-/// every time. Two texts of one shape must differ in literals only: quoted
+/// Writes into `out` the text with its literals (quoted strings and
+/// numbers) blanked, as a cache key; `None` when the text has quoting this
+/// cannot follow safely (dollar quotes, escape strings, block comments),
+/// and is then parsed every time. Two texts of one shape must differ in literals only: quoted
 /// identifiers, parameters (`$1`) and line comments are kept as written,
 /// so a quote inside them cannot hide a table behind a cached shape.
-fn shape(sql: &str) -> Option<Vec<u8>> {
+fn shape(sql: &str, out: &mut Vec<u8>) -> Option<()> {
     let b = sql.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
+    out.clear();
     let mut i = 0;
     let word = |at: usize| at > 0 && (b[at - 1].is_ascii_alphanumeric() || b[at - 1] == b'_' || b[at - 1] >= 0x80);
     while i < b.len() {
@@ -218,7 +220,7 @@ fn shape(sql: &str) -> Option<Vec<u8>> {
         }
         i += 1;
     }
-    Some(out)
+    Some(())
 }
 
 /// The bytes `shape` looks at: any other is copied as it is.
@@ -312,6 +314,12 @@ pub fn holds_secret(literal: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `shape` into a fresh buffer.
+    fn shape(sql: &str) -> Option<Vec<u8>> {
+        let mut out = Vec::new();
+        super::shape(sql, &mut out).map(|()| out)
+    }
 
     #[test]
     fn classes_and_tables_come_from_the_parser() {

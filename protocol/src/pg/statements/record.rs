@@ -63,6 +63,20 @@ impl Text {
         }
     }
 
+    /// `Text::of(body, None)` written over this one, in its room.
+    pub(super) fn refill(&mut self, body: &[u8]) {
+        let sent = up_to_nul(body);
+        if sent.len() > MAX_TEXT {
+            *self = Text::new(sent);
+            return;
+        }
+        self.text.clear();
+        push_lossy(&mut self.text, sent);
+        self.len = sent.len();
+        self.sha256 = None;
+        self.rendered = OnceLock::new();
+    }
+
     /// Whether this is the whole text at the start of `body` (a
     /// NUL-terminated string), as it was sent.
     pub(super) fn is(&self, body: &[u8]) -> bool {

@@ -571,16 +571,20 @@ fn a_rebound_portal_reuses_the_room_of_its_last_values_once_they_are_handed_back
     );
 }
 #[test]
-fn completions_share_a_repeated_tag() {
-    let mut t = prepared(&parse("s1", "SELECT $1, $2"));
-    let mut out = Vec::new();
+fn completions_share_the_tags_a_session_repeats() {
+    let mut t = StatementTracker::new();
     let now = Instant::now();
+    let mut out = Vec::new();
+    // A transaction's tags, twice.
     for _ in 0..2 {
-        t.client(b'B', &bind("", "s1", &[], &[None, None]), now);
-        t.client(b'E', &execute(""), now);
-        t.client(b'S', &[], now);
-        for (tag, body) in [(b'2', Vec::new()), (b'C', cstr("SELECT 1")), (b'Z', vec![b'I'])] {
-            t.server(tag, &body, now, &mut out);
+        for (sql, tag) in [
+            ("BEGIN", "BEGIN"),
+            ("UPDATE t SET a = 1", "UPDATE 1"),
+            ("COMMIT", "COMMIT"),
+        ] {
+            t.client(b'Q', &cstr(sql), now);
+            t.server(b'C', &cstr(tag), now, &mut out);
+            t.server(b'Z', b"I", now, &mut out);
         }
     }
     let tags: Vec<&Arc<str>> = out
@@ -590,6 +594,41 @@ fn completions_share_a_repeated_tag() {
             other => panic!("{other:?}"),
         })
         .collect();
-    assert_eq!(&**tags[0], "SELECT 1");
-    assert!(Arc::ptr_eq(tags[0], tags[1]));
+    assert_eq!(
+        tags.iter().map(|t| &***t).collect::<Vec<_>>(),
+        ["BEGIN", "UPDATE 1", "COMMIT"].repeat(2)
+    );
+    for i in 0..3 {
+        assert!(Arc::ptr_eq(tags[i], tags[i + 3]), "{}", tags[i]);
+    }
+}
+
+#[test]
+fn a_query_takes_the_room_of_the_last_one_handed_back() {
+    let mut t = StatementTracker::new();
+    let now = Instant::now();
+    let run = |t: &mut StatementTracker, sql: &str| {
+        let mut out = Vec::new();
+        t.client(b'Q', &cstr(sql), now);
+        t.server(b'C', &cstr("SELECT 1"), now, &mut out);
+        t.server(b'Z', b"I", now, &mut out);
+        out.pop().expect("the statement")
+    };
+    let first = run(&mut t, "SELECT 'a long first statement'");
+    let room = first.text.text.as_ptr();
+    t.recycle(first);
+    let second = run(&mut t, "SELECT 2");
+    assert_eq!(*second.text, Text::new(b"SELECT 2"));
+    assert_eq!(second.text.text.as_ptr(), room, "the same room");
+    // Still held: the next one gets its own.
+    let third = run(&mut t, "SELECT 3");
+    assert_eq!(third.text.text, "SELECT 3");
+    assert_ne!(third.text.text.as_ptr(), room);
+    drop(second);
+    t.recycle(third);
+    // Past what is kept, a text is cut as ever, with its length and hash.
+    let long = format!("SELECT '{}'", "x".repeat(MAX_TEXT));
+    let cut = run(&mut t, &long);
+    assert_eq!(*cut.text, Text::new(long.as_bytes()));
+    assert!(cut.text.sha256.is_some());
 }
