@@ -129,8 +129,9 @@ impl StatementTracker {
     }
 
     /// Takes back a statement the caller is done with: the room it holds
-    /// goes to the next statements (its completion list here, its bound
-    /// values to the next Bind of its portal), which then allocate nothing.
+    /// goes to the next statements (its completion list and a Query's text
+    /// here, its bound values to the next Bind of its portal), which then
+    /// allocate nothing.
     pub fn recycle(&mut self, s: Statement) {
         if let Outcome::Done(mut list) = s.outcome
             && list.capacity() <= 4
