@@ -152,9 +152,10 @@ fn class_of(stmt: &str) -> &'static str {
 /// Writes into `out` the text with its literals (quoted strings and
 /// numbers) blanked, as a cache key; `None` when the text has quoting this
 /// cannot follow safely (dollar quotes, escape strings, block comments),
-/// and is then parsed every time. Two texts of one shape must differ in literals only: quoted
-/// identifiers, parameters (`$1`) and line comments are kept as written,
-/// so a quote inside them cannot hide a table behind a cached shape.
+/// and is then parsed every time. Two texts of one shape must differ in
+/// literals only: quoted identifiers, parameters (`$1`) and line comments
+/// are kept as written, so a quote inside them cannot hide a table behind
+/// a cached shape.
 fn shape(sql: &str, out: &mut Vec<u8>) -> Option<()> {
     let b = sql.as_bytes();
     out.clear();
