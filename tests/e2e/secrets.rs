@@ -46,10 +46,13 @@ async fn no_secret_in_logs_api_or_metrics() {
     // One typed without quotes is a syntax error whose message quotes it.
     let written = format!("pw-{}", crate::harness::pg::random_hex());
     let unquoted = format!("pw_{}", crate::harness::pg::random_hex());
+    // A comment after the keyword, and a DO block's body, hide nothing.
     for sql in [
         format!("ALTER ROLE no_such_role PASSWORD '{written}'"),
         format!("CREATE USER nobody_here WITH LOGIN PASSWORD '{written}'"),
         format!("ALTER ROLE no_such_role PASSWORD {unquoted}"),
+        format!("ALTER ROLE no_such_role PASSWORD /* new */ '{written}'"),
+        format!("DO $$BEGIN ALTER ROLE no_such_role PASSWORD '{written}'; END$$"),
     ] {
         assert!(
             !gw.psql("alice", &alice, "orders@read", "disable", &sql)
@@ -58,6 +61,18 @@ async fn no_secret_in_logs_api_or_metrics() {
         );
         assert!(s.client.execute(sql.as_str(), &[]).await.is_err());
     }
+    // A password bound as a value: the driver sends Parse, Bind and
+    // Execute at once, so the value goes out though the Parse fails.
+    let bound = format!("pw-{}", crate::harness::pg::random_hex());
+    assert!(
+        s.client
+            .query_typed(
+                "ALTER ROLE no_such_role PASSWORD $1",
+                &[(&bound, tokio_postgres::types::Type::TEXT)]
+            )
+            .await
+            .is_err()
+    );
     s.client
         .cancel_token()
         .cancel_query(tokio_postgres::NoTls)
@@ -158,7 +173,10 @@ async fn no_secret_in_logs_api_or_metrics() {
     assert!(
         export.contains("ALTER ROLE no_such_role PASSWORD '[redacted]'")
             && export.contains("CREATE USER nobody_here WITH LOGIN PASSWORD '[redacted]'")
-            && export.contains("\"sqlstate\":\"42601\""),
+            && export.contains("\"sqlstate\":\"42601\"")
+            && export.contains("ALTER ROLE no_such_role PASSWORD /* new */ '[redacted]'")
+            && export.contains("DO $$BEGIN ALTER ROLE no_such_role PASSWORD '[redacted]'; END$$")
+            && export.contains("ALTER ROLE no_such_role PASSWORD $1"),
         "the statements should be recorded, redacted: {export}"
     );
     answers.push(("portcullis audit --jsonl".into(), export));
@@ -186,6 +204,7 @@ async fn no_secret_in_logs_api_or_metrics() {
     secrets.extend(pg().secrets().into_iter().map(|s| ("an upstream password", s)));
     secrets.push(("a password written into a statement", written.as_str()));
     secrets.push(("a password typed without quotes", unquoted.as_str()));
+    secrets.push(("a password bound as a value", bound.as_str()));
     let mut leaks = Vec::new();
     for (where_, text) in &answers {
         for (what, secret) in &secrets {

@@ -1,18 +1,14 @@
 //! What a statement is (SELECT, INSERT, DDL, ...) and which tables it
-//! touches, from PostgreSQL's own parser (pg_query); and the redaction of
-//! passwords written into statements, before anything is stored. Runs on the
-//! audit thread, never on the relay path.
+//! touches, from PostgreSQL's own parser (pg_query). Runs on the audit
+//! thread, never on the relay path.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use pg_query::protobuf::Token;
 use portcullis_protocol::audit::detail::{Detail, Fields};
 
 /// Statement shapes remembered; past it the cache starts over.
 const CACHE: usize = 4096;
-/// What replaces a secret in a statement.
-pub const REDACTED: &str = "'[redacted]'";
 
 /// A statement's class and tables.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -235,83 +231,6 @@ const SPECIAL: [bool; 256] = {
     special
 };
 
-/// `text` with every password written into it replaced by [`REDACTED`], or
-/// `None` when it holds none: a string after the PASSWORD keyword (`CREATE
-/// ROLE`, `ALTER USER`, `OPTIONS (password ...)`), and connection strings
-/// and URLs with a password (`password=...`, `scheme://user:secret@host`).
-/// Text that mentions a password but cannot be scanned is withheld whole.
-pub fn redact(text: &str) -> Option<String> {
-    if !mentions_password(text) {
-        return None;
-    }
-    let lower = text.to_ascii_lowercase();
-    let Ok(tokens) = pg_query::scan_tokens(text) else {
-        return Some("[redacted: the statement mentions a password and could not be scanned]".to_owned());
-    };
-    let mut spans = Vec::new();
-    let mut after_password = false;
-    for t in &tokens {
-        let is_string = t.token == Token::Sconst as i32 || t.token == Token::Usconst as i32;
-        let (start, end) = (t.start as usize, t.end as usize);
-        if is_string {
-            let literal = lower.get(start..end).unwrap_or_default();
-            if after_password || holds_secret(literal) {
-                spans.push((start, end));
-            }
-        } else if after_password
-            && [Token::Ident, Token::Iconst, Token::Fconst]
-                .iter()
-                .any(|k| t.token == *k as i32)
-        {
-            // A password typed without quotes: the server refuses it, naming it in its error.
-            spans.push((start, end));
-        }
-        after_password = t.token == Token::Password as i32;
-    }
-    if spans.is_empty() {
-        return None;
-    }
-    let mut out = String::with_capacity(text.len());
-    let mut at = 0;
-    for (start, end) in spans {
-        out.push_str(text.get(at..start)?);
-        out.push_str(REDACTED);
-        at = end;
-    }
-    out.push_str(text.get(at..)?);
-    Some(out)
-}
-
-/// Whether `text` may hold a password: it says "password" in any case, or
-/// holds a URL. Every statement is checked: most say neither, and are
-/// scanned with SIMD and not copied.
-fn mentions_password(text: &str) -> bool {
-    let b = text.as_bytes();
-    memchr::memchr_iter(b':', b).any(|i| b.get(i + 1..i + 3) == Some(b"//"))
-        || memchr::memchr2_iter(b'p', b'P', b)
-            .any(|i| b.get(i..i + 8).is_some_and(|w| w.eq_ignore_ascii_case(b"password")))
-}
-
-/// Whether a value, in any case, is a connection string or URL with a
-/// password. Most values (numbers, names) mention neither and are neither
-/// copied nor searched further.
-pub fn value_holds_secret(value: &str) -> bool {
-    mentions_password(value) && holds_secret(&value.to_ascii_lowercase())
-}
-
-/// Whether a literal (lowercased) is a connection string or URL with a password.
-pub fn holds_secret(literal: &str) -> bool {
-    let conninfo = literal
-        .match_indices("password")
-        .any(|(i, w)| literal[i + w.len()..].trim_start().starts_with('='));
-    let url = literal.find("://").is_some_and(|i| {
-        let rest = &literal[i + 3..];
-        let host_start = rest.find(['/', '?']).unwrap_or(rest.len());
-        rest[..host_start].contains('@') && rest[..host_start].split('@').next().is_some_and(|u| u.contains(':'))
-    });
-    conninfo || url
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -365,61 +284,5 @@ mod tests {
         c.classify("SELECT 1 FROM t WHERE a = 1");
         c.classify("SELECT 1 FROM t WHERE a = 2");
         assert_eq!(c.cache.len(), 1);
-    }
-
-    #[test]
-    fn passwords_are_redacted() {
-        for (sql, want) in [
-            (
-                "ALTER ROLE bob PASSWORD 'hunter2'",
-                "ALTER ROLE bob PASSWORD '[redacted]'",
-            ),
-            (
-                "CREATE USER bob WITH LOGIN ENCRYPTED PASSWORD 'hunter2' VALID UNTIL 'infinity'",
-                "CREATE USER bob WITH LOGIN ENCRYPTED PASSWORD '[redacted]' VALID UNTIL 'infinity'",
-            ),
-            (
-                "CREATE USER MAPPING FOR bob SERVER s OPTIONS (user 'bob', password 'hunter2')",
-                "CREATE USER MAPPING FOR bob SERVER s OPTIONS (user 'bob', password '[redacted]')",
-            ),
-            (
-                "SELECT dblink_connect('host=db password = hunter2 user=x')",
-                "SELECT dblink_connect('[redacted]')",
-            ),
-            (
-                "SELECT dblink('postgresql://bob:hunter2@db/x', 'select 1')",
-                "SELECT dblink('[redacted]', 'select 1')",
-            ),
-        ] {
-            assert_eq!(redact(sql).as_deref(), Some(want), "{sql}");
-        }
-        assert_eq!(
-            redact("ALTER ROLE bob PASSWORD hunter2").as_deref(),
-            Some("ALTER ROLE bob PASSWORD '[redacted]'")
-        );
-        assert_eq!(
-            redact("ALTER ROLE bob PASSWORD 12345").as_deref(),
-            Some("ALTER ROLE bob PASSWORD '[redacted]'")
-        );
-        assert_eq!(redact("ALTER ROLE bob PASSWORD NULL"), None);
-        assert_eq!(redact("SELECT 'https://example.com/x'"), None);
-        assert_eq!(redact("SELECT password FROM users"), None);
-        let withheld = redact("ALTER ROLE bob PASSWORD 'hunter2").expect("withheld");
-        assert!(!withheld.contains("hunter2"));
-    }
-
-    #[test]
-    fn the_pre_check_finds_password_in_any_case_and_any_url() {
-        for sql in [
-            "alter role b PaSsWoRd 'x'",
-            "SELECT 1 -- password",
-            "SELECT 'a://b'",
-            "ppassword",
-        ] {
-            assert!(mentions_password(sql), "{sql}");
-        }
-        for sql in ["SELECT passwor", "SELECT 'pass word'", "SELECT ':/'", "", "p"] {
-            assert!(!mentions_password(sql), "{sql}");
-        }
     }
 }

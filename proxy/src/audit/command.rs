@@ -5,7 +5,7 @@
 //! headers, `password=` in connection strings and URLs with a password. The
 //! secret is replaced by [`REDACTED`], as in statements; the rest stays.
 
-use super::classify::REDACTED;
+use super::redact::REDACTED;
 
 /// Variable names (upper-cased) that hold a secret when assigned.
 const SECRET_VARS: &[&str] = &[

@@ -10,6 +10,7 @@ pub mod classify;
 pub mod command;
 mod pipeline;
 pub mod records;
+pub mod redact;
 pub mod spool;
 pub mod statement;
 

@@ -11,7 +11,8 @@ use portcullis_protocol::audit::detail::{Detail, Fields};
 use portcullis_protocol::feed::UnixMillis;
 use portcullis_protocol::pg::statements::{Flow, Outcome, Param, Rendered, Statement, Text};
 
-use super::classify::{Classifier, REDACTED, redact, value_holds_secret};
+use super::classify::Classifier;
+use super::redact::{REDACTED, redact, value_holds_secret};
 
 /// What every event of one session carries.
 #[derive(Debug)]
@@ -131,10 +132,11 @@ pub fn statement_detail(session: &SessionAudit, s: &Statement, classifier: &mut 
         let text = s.text.rendered.get_or_init(|| {
             let mut fields = Fields::default();
             fields.put_plain("flow", "extended");
-            let redacted = text_detail(&s.text, classifier, &mut fields);
+            let (redacted, secret_params) = text_detail(&s.text, classifier, &mut fields);
             Rendered {
                 fields: Arc::new(fields),
                 redacted,
+                secret_params: secret_params.into(),
             }
         });
         d.put_shared(&text.fields);
@@ -151,13 +153,23 @@ pub fn statement_detail(session: &SessionAudit, s: &Statement, classifier: &mut 
             } else if s.params.is_empty() {
                 d.put_plain("params", "[not kept: past the session's audit budget]");
             } else {
-                d.put_list("params", s.params.iter().map(param_value));
+                let secret = |i: usize| text.secret_params.contains(&(i + 1));
+                d.put_list(
+                    "params",
+                    s.params.iter().enumerate().map(|(i, p)| {
+                        if secret(i) {
+                            Some(Cow::Borrowed(REDACTED))
+                        } else {
+                            param_value(p)
+                        }
+                    }),
+                );
             }
         }
         text.redacted
     } else {
         d.put_plain("flow", if s.flow == Flow::Simple { "simple" } else { "function" });
-        text_detail(&s.text, classifier, d)
+        text_detail(&s.text, classifier, d).0
     };
     if let Some(copy) = s.copy {
         d.put_plain("copy", if copy.inbound { "from_stdin" } else { "to_stdout" });
@@ -191,26 +203,22 @@ pub fn statement_detail(session: &SessionAudit, s: &Statement, classifier: &mut 
 }
 
 /// Writes a statement's class, tables and text (passwords redacted; a cut
-/// text's whole length and hash); answers whether a password was redacted.
-fn text_detail(text: &Text, classifier: &mut Classifier, d: &mut impl Detail) -> bool {
+/// text's whole length and hash); answers whether a password was redacted,
+/// and the parameters bound where one goes.
+fn text_detail(text: &Text, classifier: &mut Classifier, d: &mut impl Detail) -> (bool, Vec<usize>) {
     d.put_shared(&classifier.classify(&text.text).fields);
-    let redacted = match redact(&text.text) {
-        Some(redacted) => {
-            d.put("text", &redacted);
-            d.put_plain("redacted", "true");
-            true
-        }
-        None => {
-            d.put("text", &text.text);
-            false
-        }
-    };
+    let found = redact(&text.text);
+    d.put("text", found.text.as_deref().unwrap_or(&text.text));
+    let redacted = !found.is_empty();
+    if redacted {
+        d.put_plain("redacted", "true");
+    }
     if let Some(sha) = &text.sha256 {
         // Cut: the whole text's length and hash, never the rest of it.
         d.put_number("text_len", text.len as u64);
         d.put_plain("text_sha256", sha);
     }
-    redacted
+    (redacted, found.params)
 }
 
 /// The error message of a statement that held a password.
@@ -328,6 +336,22 @@ pub(crate) mod tests {
         let e = statement_event(&s, &st, &mut Classifier::default());
         assert_eq!(e.detail["text"], "ALTER ROLE bob PASSWORD '[redacted]'");
         assert_eq!(e.detail["sqlstate"], "42601");
+        assert!(!format!("{e:?}").contains("hunter2"), "{e:?}");
+    }
+
+    #[test]
+    fn a_value_bound_where_a_password_goes_is_redacted_and_the_error_withheld() {
+        let s = session(false);
+        let mut st = bound(vec![Param::Text("bob".into()), Param::Text("hunter2".into())], s.since);
+        st.text = Arc::new(Text::new(b"CREATE USER MAPPING FOR $1 SERVER s OPTIONS (password $2)"));
+        st.outcome = Outcome::Failed {
+            sqlstate: "42601".into(),
+            message: "syntax error at or near \"$1\"".into(),
+        };
+        let e = statement_event(&s, &st, &mut Classifier::default());
+        assert_eq!(e.detail["params"], r#"["bob","'[redacted]'"]"#);
+        assert_eq!(e.detail["redacted"], "true");
+        assert_eq!(e.detail["error"], WITHHELD);
         assert!(!format!("{e:?}").contains("hunter2"), "{e:?}");
     }
 

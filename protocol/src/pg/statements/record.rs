@@ -31,6 +31,9 @@ pub struct Rendered {
     pub fields: Arc<Fields>,
     /// Whether a password was redacted.
     pub redacted: bool,
+    /// Bound parameters (`$n`, from 1) written where a password goes:
+    /// their values are never shown.
+    pub secret_params: Box<[usize]>,
 }
 
 impl Text {

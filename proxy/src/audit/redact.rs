@@ -1,0 +1,302 @@
+//! Passwords written into statements, found and replaced before anything
+//! is stored: the string after the PASSWORD keyword (comments in between
+//! skipped), the same inside strings that hold statements (a DO block's or
+//! a function's body), the value bound to a `$n` written there, and
+//! connection strings and URLs with a password. Runs on the audit thread.
+
+use std::borrow::Cow;
+
+use pg_query::protobuf::Token;
+
+/// What replaces a secret in a statement.
+pub const REDACTED: &str = "'[redacted]'";
+
+/// How deep strings within strings are searched: a DO block in a function
+/// body is two. A deeper one that says "password" is replaced whole.
+const DEPTH: usize = 4;
+
+/// What a statement holds that must not be stored.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Redaction {
+    /// The text with every password replaced by [`REDACTED`], when it held one.
+    pub text: Option<String>,
+    /// Bound parameters (`$n`, from 1) written where a password goes: their
+    /// values are passwords.
+    pub params: Vec<usize>,
+}
+
+impl Redaction {
+    /// Whether anything was found.
+    pub fn is_empty(&self) -> bool {
+        self.text.is_none() && self.params.is_empty()
+    }
+}
+
+/// The passwords written into `text`, or bound to it (see the module's
+/// doc). Text that mentions a password but cannot be scanned is withheld
+/// whole.
+pub fn redact(text: &str) -> Redaction {
+    let mut found = Redaction::default();
+    if !mentions_password(text) {
+        return found;
+    }
+    found.text = match redact_in(text, 0, &mut found.params) {
+        Ok(text) => text,
+        Err(Unscannable) => Some("[redacted: the statement mentions a password and could not be scanned]".to_owned()),
+    };
+    found
+}
+
+/// The scanner refused the text (an unterminated string or comment).
+struct Unscannable;
+
+/// `text` with its secrets replaced (`None`: it holds none), strings in it
+/// searched `depth` levels down; the parameters bound where a password goes
+/// are added to `params`.
+fn redact_in(text: &str, depth: usize, params: &mut Vec<usize>) -> Result<Option<String>, Unscannable> {
+    let tokens = pg_query::scan_tokens(text).map_err(|_| Unscannable)?;
+    let lower = text.to_ascii_lowercase();
+    let mut spans: Vec<(usize, usize, Cow<'static, str>)> = Vec::new();
+    let mut after_password = false;
+    for t in &tokens {
+        let kind = t.token;
+        // `PASSWORD /* new */ 'x'` is still a password.
+        if kind == Token::SqlComment as i32 || kind == Token::CComment as i32 {
+            continue;
+        }
+        let (start, end) = (t.start as usize, t.end as usize);
+        if kind == Token::Sconst as i32 || kind == Token::Usconst as i32 {
+            let literal = lower.get(start..end).unwrap_or_default();
+            if after_password || holds_secret(literal) {
+                spans.push((start, end, Cow::Borrowed(REDACTED)));
+            } else if says_password(literal.as_bytes())
+                && let Some(inner) = nested(text.get(start..end).unwrap_or_default(), depth)
+            {
+                spans.push((start, end, Cow::Owned(inner)));
+            }
+        } else if after_password && kind == Token::Param as i32 {
+            if let Some(n) = text.get(start + 1..end).and_then(|n| n.parse().ok()) {
+                params.push(n);
+            }
+        } else if after_password
+            && [Token::Ident, Token::Iconst, Token::Fconst]
+                .iter()
+                .any(|k| kind == *k as i32)
+        {
+            // A password typed without quotes: the server refuses it, naming it in its error.
+            spans.push((start, end, Cow::Borrowed(REDACTED)));
+        }
+        after_password = kind == Token::Password as i32;
+    }
+    if spans.is_empty() {
+        return Ok(None);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut at = 0;
+    for (start, end, with) in spans {
+        out.push_str(text.get(at..start).unwrap_or_default());
+        out.push_str(&with);
+        at = end;
+    }
+    out.push_str(text.get(at..).unwrap_or_default());
+    Ok(Some(out))
+}
+
+/// A string literal that says "password", with what is written in it
+/// redacted as statements are (`None`: nothing in it is secret). Its body
+/// is searched when it is dollar-quoted or a plain `'...'` string; any
+/// other kind (`E'...'`, `U&'...'`), one nested too deep or one whose body
+/// cannot be scanned is replaced whole.
+fn nested(literal: &str, depth: usize) -> Option<String> {
+    let whole = || Some(REDACTED.to_owned());
+    if depth + 1 >= DEPTH {
+        return whole();
+    }
+    // The statement's own parameters are not the body's: a body's `$1` is not redacted.
+    let mut unused = Vec::new();
+    if literal.starts_with('$') {
+        // `$tag$body$tag$`
+        let tag = &literal[..literal[1..].find('$').map_or(literal.len(), |i| i + 2)];
+        let body = literal.get(tag.len()..literal.len().checked_sub(tag.len())?)?;
+        return match redact_in(body, depth + 1, &mut unused) {
+            Ok(inner) => inner.map(|inner| format!("{tag}{inner}{tag}")),
+            Err(Unscannable) => whole(),
+        };
+    }
+    if literal.starts_with('\'') && literal.len() >= 2 {
+        let body = literal[1..literal.len() - 1].replace("''", "'");
+        return match redact_in(&body, depth + 1, &mut unused) {
+            Ok(inner) => inner.map(|inner| format!("'{}'", inner.replace('\'', "''"))),
+            Err(Unscannable) => whole(),
+        };
+    }
+    whole()
+}
+
+/// Whether `text` may hold a password: it says "password" in any case, or
+/// holds a URL. Every statement is checked: most say neither, and are
+/// scanned with SIMD and not copied.
+fn mentions_password(text: &str) -> bool {
+    let b = text.as_bytes();
+    memchr::memchr_iter(b':', b).any(|i| b.get(i + 1..i + 3) == Some(b"//")) || says_password(b)
+}
+
+/// Whether `b` says "password", in any case.
+fn says_password(b: &[u8]) -> bool {
+    memchr::memchr2_iter(b'p', b'P', b).any(|i| b.get(i..i + 8).is_some_and(|w| w.eq_ignore_ascii_case(b"password")))
+}
+
+/// Whether a value, in any case, is a connection string or URL with a
+/// password. Most values (numbers, names) mention neither and are neither
+/// copied nor searched further.
+pub fn value_holds_secret(value: &str) -> bool {
+    mentions_password(value) && holds_secret(&value.to_ascii_lowercase())
+}
+
+/// Whether a literal (lowercased) is a connection string or URL with a password.
+pub fn holds_secret(literal: &str) -> bool {
+    let conninfo = literal
+        .match_indices("password")
+        .any(|(i, w)| literal[i + w.len()..].trim_start().starts_with('='));
+    let url = literal.find("://").is_some_and(|i| {
+        let rest = &literal[i + 3..];
+        let host_start = rest.find(['/', '?']).unwrap_or(rest.len());
+        rest[..host_start].contains('@') && rest[..host_start].split('@').next().is_some_and(|u| u.contains(':'))
+    });
+    conninfo || url
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The redacted text alone.
+    fn text(sql: &str) -> Option<String> {
+        redact(sql).text
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        for (sql, want) in [
+            (
+                "ALTER ROLE bob PASSWORD 'hunter2'",
+                "ALTER ROLE bob PASSWORD '[redacted]'",
+            ),
+            (
+                "CREATE USER bob WITH LOGIN ENCRYPTED PASSWORD 'hunter2' VALID UNTIL 'infinity'",
+                "CREATE USER bob WITH LOGIN ENCRYPTED PASSWORD '[redacted]' VALID UNTIL 'infinity'",
+            ),
+            (
+                "CREATE USER MAPPING FOR bob SERVER s OPTIONS (user 'bob', password 'hunter2')",
+                "CREATE USER MAPPING FOR bob SERVER s OPTIONS (user 'bob', password '[redacted]')",
+            ),
+            (
+                "SELECT dblink_connect('host=db password = hunter2 user=x')",
+                "SELECT dblink_connect('[redacted]')",
+            ),
+            (
+                "SELECT dblink('postgresql://bob:hunter2@db/x', 'select 1')",
+                "SELECT dblink('[redacted]', 'select 1')",
+            ),
+            // psql's \password sends the verifier it computed.
+            (
+                "ALTER USER bob PASSWORD 'SCRAM-SHA-256$4096:c2FsdA==$a2V5:c2Vy'",
+                "ALTER USER bob PASSWORD '[redacted]'",
+            ),
+            (
+                "CREATE ROLE bob LOGIN PASSWORD E'hunter2'; SELECT 1",
+                "CREATE ROLE bob LOGIN PASSWORD '[redacted]'; SELECT 1",
+            ),
+        ] {
+            assert_eq!(text(sql).as_deref(), Some(want), "{sql}");
+        }
+        assert_eq!(
+            text("ALTER ROLE bob PASSWORD hunter2").as_deref(),
+            Some("ALTER ROLE bob PASSWORD '[redacted]'")
+        );
+        assert_eq!(
+            text("ALTER ROLE bob PASSWORD 12345").as_deref(),
+            Some("ALTER ROLE bob PASSWORD '[redacted]'")
+        );
+        assert!(redact("ALTER ROLE bob PASSWORD NULL").is_empty());
+        assert!(redact("SELECT 'https://example.com/x'").is_empty());
+        assert!(redact("SELECT password FROM users").is_empty());
+        let withheld = text("ALTER ROLE bob PASSWORD 'hunter2").expect("withheld");
+        assert!(!withheld.contains("hunter2"));
+    }
+
+    #[test]
+    fn a_comment_between_the_keyword_and_the_password_hides_nothing() {
+        for sql in [
+            "ALTER ROLE bob PASSWORD /* new */ 'hunter2'",
+            "ALTER ROLE bob PASSWORD -- new\n 'hunter2'",
+            "ALTER ROLE bob PASSWORD /* a */ /* b */ hunter2",
+        ] {
+            let redacted = text(sql).expect(sql);
+            assert!(!redacted.contains("hunter2"), "{sql}: {redacted}");
+            assert!(redacted.contains(REDACTED), "{sql}: {redacted}");
+        }
+    }
+
+    #[test]
+    fn a_password_bound_as_a_parameter_names_that_parameter() {
+        assert_eq!(
+            redact("ALTER ROLE bob PASSWORD $1"),
+            Redaction {
+                text: None,
+                params: vec![1]
+            }
+        );
+        assert_eq!(
+            redact("CREATE USER MAPPING FOR bob SERVER s OPTIONS (user $1, password /* x */ $2)").params,
+            [2]
+        );
+        assert!(redact("SELECT $1 FROM users WHERE password = $2").is_empty());
+    }
+
+    #[test]
+    fn statements_written_in_strings_are_searched_too() {
+        assert_eq!(
+            text("DO $$BEGIN CREATE ROLE app LOGIN PASSWORD 'hunter2'; END$$").as_deref(),
+            Some("DO $$BEGIN CREATE ROLE app LOGIN PASSWORD '[redacted]'; END$$")
+        );
+        assert_eq!(
+            text("DO $body$ BEGIN EXECUTE 'ALTER ROLE app PASSWORD ''hunter2'''; END $body$").as_deref(),
+            Some("DO $body$ BEGIN EXECUTE 'ALTER ROLE app PASSWORD ''[redacted]'''; END $body$")
+        );
+        assert_eq!(
+            text("DO 'BEGIN ALTER ROLE app PASSWORD ''hunter2''; END'").as_deref(),
+            Some("DO 'BEGIN ALTER ROLE app PASSWORD ''[redacted]''; END'")
+        );
+        // A body's `$1` is not a parameter of the statement.
+        let found = redact("CREATE FUNCTION f(p text) RETURNS void AS $$ ALTER ROLE app PASSWORD $1 $$ LANGUAGE sql");
+        assert!(found.params.is_empty());
+        // An escaped string, a body that cannot be scanned, or one nested
+        // too deep, that says password: replaced whole.
+        for sql in [
+            "DO E'BEGIN ALTER ROLE app PASSWORD \\'hunter2\\'; END'",
+            "SELECT $$ ALTER ROLE app PASSWORD 'hunter2 $$",
+            "SELECT $a$ $b$ $c$ $d$ PASSWORD 'hunter2' $d$ $c$ $b$ $a$",
+        ] {
+            let redacted = text(sql).expect(sql);
+            assert!(!redacted.contains("hunter2"), "{sql}: {redacted}");
+        }
+        // A string that only says the word keeps it.
+        assert!(redact("SELECT 'forgot your password?'").is_empty());
+    }
+
+    #[test]
+    fn the_pre_check_finds_password_in_any_case_and_any_url() {
+        for sql in [
+            "alter role b PaSsWoRd 'x'",
+            "SELECT 1 -- password",
+            "SELECT 'a://b'",
+            "ppassword",
+        ] {
+            assert!(mentions_password(sql), "{sql}");
+        }
+        for sql in ["SELECT passwor", "SELECT 'pass word'", "SELECT ':/'", "", "p"] {
+            assert!(!mentions_password(sql), "{sql}");
+        }
+    }
+}
