@@ -114,9 +114,9 @@ fn nested(literal: &str, depth: usize) -> Option<String> {
     }
     // The statement's own parameters are not the body's: a body's `$1` is not redacted.
     let mut unused = Vec::new();
-    if literal.starts_with('$') {
+    if let Some(rest) = literal.strip_prefix('$') {
         // `$tag$body$tag$`
-        let tag = &literal[..literal[1..].find('$').map_or(literal.len(), |i| i + 2)];
+        let tag = &literal[..rest.find('$').map_or(literal.len(), |i| i + 2)];
         let body = literal.get(tag.len()..literal.len().checked_sub(tag.len())?)?;
         return match redact_in(body, depth + 1, &mut unused) {
             Ok(inner) => inner.map(|inner| format!("{tag}{inner}{tag}")),
