@@ -46,6 +46,12 @@ pub enum Cut {
         /// Grant id.
         grant_id: String,
     },
+    /// The statement audit stopped following the session (see
+    /// `portcullis_protocol::pg::statements::Lost`).
+    AuditLost {
+        /// Why.
+        why: String,
+    },
     /// The gateway is shutting down.
     Shutdown,
 }
@@ -58,6 +64,7 @@ impl Cut {
             Cut::Revoked { .. } => "revoked",
             Cut::Killed { .. } => "killed",
             Cut::GrantGone { .. } => "grant_gone",
+            Cut::AuditLost { .. } => "audit_lost",
             Cut::Shutdown => "shutdown",
         }
     }
@@ -79,13 +86,22 @@ impl Cut {
             Cut::GrantGone { grant_id } => {
                 format!("grant {grant_id} on \"{resource}\" is no longer known to the gateway; the session is closed")
             }
+            Cut::AuditLost { why } => {
+                format!("session {session_id} on \"{resource}\" is closed: the audit cannot follow it ({why})")
+            }
             Cut::Shutdown => "the Portcullis gateway is shutting down".to_owned(),
         }
     }
 
-    /// The FATAL ErrorResponse sent before closing (SQLSTATE 57P01, admin_shutdown).
+    /// The FATAL ErrorResponse sent before closing: SQLSTATE 57P01
+    /// (admin_shutdown), or 54000 (program_limit_exceeded) when the audit
+    /// could not follow.
     pub fn message(&self, resource: &str, session_id: &str) -> Bytes {
-        error_response(Severity::Fatal, "57P01", &self.text(resource, session_id), None, None)
+        let code = match self {
+            Cut::AuditLost { .. } => "54000",
+            _ => "57P01",
+        };
+        error_response(Severity::Fatal, code, &self.text(resource, session_id), None, None)
     }
 }
 
@@ -174,7 +190,10 @@ pub async fn enforce<N: From<Notice>>(
             _ = handle.kill.cancelled() => {
                 return match handle.killed_by.lock().ok().and_then(|g| g.clone()) {
                     Some(by) => Cut::Killed { by },
-                    None => Cut::Shutdown,
+                    None => match handle.audit_lost.get() {
+                        Some(why) => Cut::AuditLost { why: why.clone() },
+                        None => Cut::Shutdown,
+                    },
                 };
             }
             changed = grant.changed() => {

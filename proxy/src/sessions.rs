@@ -2,7 +2,7 @@
 //! that ends it. Implements the control plane's `SessionDirectory` seam.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use dashmap::DashMap;
 use portcullis_protocol::sessions::{SessionDirectory, SessionInfo};
@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics::ProxyMetrics;
 
 /// Shared state of one live session.
+#[derive(Debug)]
 pub struct SessionHandle {
     /// Static description (bytes fields are filled from the counters on read).
     pub info: SessionInfo,
@@ -22,6 +23,8 @@ pub struct SessionHandle {
     pub kill: CancellationToken,
     /// Who killed it, for the FATAL text.
     pub killed_by: Mutex<Option<String>>,
+    /// Why the statement audit stopped following it, when it did.
+    pub audit_lost: OnceLock<String>,
 }
 
 impl SessionHandle {
@@ -32,6 +35,13 @@ impl SessionHandle {
             .ok()
             .and_then(|g| g.clone())
             .unwrap_or_else(|| "an operator".to_owned())
+    }
+
+    /// Cuts the session because its audit stopped following it (`why`):
+    /// it must not go on unrecorded.
+    pub fn cut_for_audit(&self, why: String) {
+        let _ = self.audit_lost.set(why);
+        self.kill.cancel();
     }
 }
 
@@ -85,6 +95,7 @@ impl SessionRegistry {
             bytes_out: AtomicU64::new(0),
             kill: parent.child_token(),
             killed_by: Mutex::new(None),
+            audit_lost: OnceLock::new(),
         });
         self.live.insert(handle.info.id.clone(), Arc::clone(&handle));
         self.changed.notify_one();

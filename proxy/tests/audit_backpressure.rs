@@ -49,6 +49,7 @@ fn session() -> Arc<SessionAudit> {
         redact_parameters: false,
         wall: 1_000,
         since: Instant::now(),
+        handle: None,
     })
 }
 

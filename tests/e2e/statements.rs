@@ -350,3 +350,55 @@ async fn a_policy_with_redact_parameters_keeps_values_out() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_the_audit_cannot_follow_is_cut_and_says_why() {
+    let gw = Gateway::start(GatewayOptions::default());
+    let alice = gw.add_user("alice", &[], false);
+    let carol = gw.add_user("carol", &[], false);
+    gw.grant(&alice, &carol, "orders", None, "1h");
+    let c = client(&gw, &alice).await;
+    c.query_one("SELECT 1", &[]).await.expect("a first statement");
+    // More prepared statements alive at once than the audit follows (10,000).
+    let mut held = Vec::new();
+    let err = loop {
+        match c.prepare("SELECT 2").await {
+            Ok(statement) => held.push(statement),
+            Err(e) => break e,
+        }
+        assert!(held.len() < 20_000, "the session was never cut");
+    };
+    assert!(held.len() >= 10_000, "cut after {} statements: {err}", held.len());
+    let db = err
+        .as_db_error()
+        .unwrap_or_else(|| panic!("a FATAL from the gateway: {err:?}"));
+    assert_eq!(db.code().code(), "54000");
+    assert!(
+        db.message()
+            .contains("the audit cannot follow it (more than 10000 prepared statements"),
+        "{}",
+        db.message()
+    );
+
+    let all = statements(&gw, 2).await;
+    let lost: Vec<_> = all.iter().filter(|e| detail(e, "outcome") == "not_followed").collect();
+    assert_eq!(lost.len(), 1, "{lost:#?}");
+    assert!(detail(lost[0], "why").starts_with("more than 10000 prepared statements"));
+    assert_eq!(detail(&all[0], "text"), "SELECT 1", "statements before it are recorded");
+    let log = AuditLog::open_blocking(&gw.data_dir).expect("open");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let end = loop {
+        let search = Search {
+            action: Some("session.end".into()),
+            limit: 10,
+            ..Search::default()
+        };
+        let found = log.search(search).await.expect("search");
+        if let Some((_, e)) = found.into_iter().next() {
+            break e;
+        }
+        assert!(Instant::now() < deadline, "no session.end");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(detail(&end, "ended"), "audit_lost");
+}

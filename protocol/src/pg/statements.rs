@@ -39,8 +39,11 @@ pub const MAX_PARAM: usize = 1024;
 /// Prepared statements and portals remembered per session.
 const MAX_NAMES: usize = 10_000;
 /// Bytes of statement text and parameters remembered per session; past it
-/// new statements keep only their length.
+/// new statements keep their first `KEPT_PAST_BUDGET` bytes, length and hash.
 const MAX_KEPT: usize = 8 * 1024 * 1024;
+/// Bytes of text a prepared statement keeps past the session's budget:
+/// enough to tell what it is (at most `MAX_NAMES` of them).
+const KEPT_PAST_BUDGET: usize = 256;
 /// Bytes of parameter values kept per Bind.
 const MAX_PARAMS_KEPT: usize = 64 * 1024;
 /// Parameter types remembered per prepared statement; a statement with more
@@ -53,6 +56,26 @@ const RECYCLED_TEXT: usize = 4096;
 /// Messages awaiting an answer; past it the tracker gives up on the session
 /// (see [`StatementTracker::lost`]) rather than grow.
 const MAX_EXPECT: usize = 100_000;
+
+/// Why a tracker stopped following its session: what it would have had to
+/// hold grew past its bound. The session must not go on unrecorded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lost {
+    /// More than `MAX_EXPECT` messages awaited the server's answer at once.
+    InFlight,
+    /// More than `MAX_NAMES` prepared statements or portals were kept at once.
+    Names,
+}
+
+impl Lost {
+    /// Why, as the event and the engineer read it.
+    pub fn why(self) -> String {
+        match self {
+            Lost::InFlight => format!("more than {MAX_EXPECT} messages awaited the server's answer at once"),
+            Lost::Names => format!("more than {MAX_NAMES} prepared statements or portals were kept at once"),
+        }
+    }
+}
 
 /// What a client message waits for.
 enum Expect {
@@ -84,8 +107,10 @@ pub struct StatementTracker {
     copy_in: bool,
     /// Text and parameter bytes held in `prepared` and `portals`.
     kept: usize,
-    /// Too many messages in flight: tracking stopped.
-    lost: bool,
+    /// Tracking stopped, and why (see `Lost`).
+    lost: Option<Lost>,
+    /// Statements awaiting their outcome when tracking stopped.
+    unfollowed: usize,
     /// The last few command tags, shared by the completions that repeat
     /// them (a transaction's BEGIN, UPDATE 1, ..., COMMIT).
     tags: VecDeque<Arc<str>>,
@@ -102,10 +127,27 @@ impl StatementTracker {
         StatementTracker::default()
     }
 
-    /// Whether tracking stopped because the client kept more messages in
-    /// flight than the tracker keeps (`MAX_EXPECT`); nothing more is reported.
-    pub fn lost(&self) -> bool {
+    /// Why tracking stopped, if it did: the client kept more messages in
+    /// flight, or more names, than the tracker keeps. Nothing more is
+    /// reported; the session should be cut.
+    pub fn lost(&self) -> Option<Lost> {
         self.lost
+    }
+
+    /// Statements sent and not yet answered when tracking stopped: they
+    /// are not reported one by one.
+    pub fn unfollowed(&self) -> usize {
+        self.unfollowed
+    }
+
+    /// Stops tracking: what is held is let go.
+    fn give_up(&mut self, why: Lost) {
+        self.lost = Some(why);
+        self.unfollowed = self.expect.iter().filter(|e| matches!(e, Expect::Run(_))).count();
+        self.expect.clear();
+        self.prepared.clear();
+        self.portals.clear();
+        self.kept = 0;
     }
 
     fn push(&mut self, e: Expect) {
@@ -118,12 +160,7 @@ impl StatementTracker {
             self.discarding = false;
         }
         if self.expect.len() >= MAX_EXPECT {
-            self.lost = true;
-            self.expect.clear();
-            self.prepared.clear();
-            self.portals.clear();
-            self.kept = 0;
-            return;
+            return self.give_up(Lost::InFlight);
         }
         self.expect.push_back(e);
     }
@@ -182,15 +219,11 @@ impl StatementTracker {
         }
     }
 
-    /// Statement text as kept: whole, or only its length past the session's budget.
+    /// Statement text as kept: whole, or past the session's budget its
+    /// first bytes, length and hash.
     fn keep_text(&mut self, text: Text) -> Text {
         if self.kept + text.text.len() > MAX_KEPT {
-            return Text {
-                text: String::new(),
-                len: text.len,
-                sha256: text.sha256,
-                rendered: std::sync::OnceLock::new(),
-            };
+            return text.shortened(KEPT_PAST_BUDGET);
         }
         self.kept += text.text.len();
         text
@@ -205,7 +238,7 @@ impl StatementTracker {
     /// A message from the client, as [`Capture`](super::capture::Capture)
     /// passes it: its body may be cut, with the digest of its text.
     pub fn client_message(&mut self, m: &Message<'_>, now: Instant) {
-        if self.lost {
+        if self.lost.is_some() {
             return;
         }
         let body = m.body;
@@ -225,7 +258,10 @@ impl StatementTracker {
                     return self.push(Expect::Other);
                 }
                 let name = name.to_owned();
-                if !self.discarding && self.prepared.has_room_for(&name) {
+                if !self.discarding {
+                    if !self.prepared.has_room_for(&name) {
+                        return self.give_up(Lost::Names);
+                    }
                     let old = self.prepared.remove(&name);
                     if let Some(old) = &old {
                         self.kept = self.kept.saturating_sub(old.kept());
@@ -362,7 +398,7 @@ impl StatementTracker {
     /// A message from the server, as [`Capture`](super::capture::Capture)
     /// passes it; completed statements go to `out`.
     pub fn server_message(&mut self, m: &Message<'_>, now: Instant, out: &mut Vec<Statement>) {
-        if self.lost {
+        if self.lost.is_some() {
             return;
         }
         let (tag, body) = (m.tag, m.body);

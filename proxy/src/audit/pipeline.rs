@@ -17,11 +17,13 @@ use std::time::{Duration, Instant};
 
 use portcullis_protocol::audit::AuditEvent;
 use portcullis_protocol::audit::block::BlockBuilder;
+use portcullis_protocol::audit::detail::{Detail, DetailJson};
+use portcullis_protocol::feed::UnixMillis;
 use prometheus::IntGauge;
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TryRecvError;
 
-use portcullis_protocol::pg::statements::{Statement, StatementTracker};
+use portcullis_protocol::pg::statements::{Lost, Statement, StatementTracker};
 
 use super::classify::Classifier;
 use super::statement::{Batch, SessionAudit, statement_detail};
@@ -166,7 +168,12 @@ impl Blocks {
                     tracker.recycle(s);
                 }
             } else {
+                let following = tracker.lost().is_none();
                 tracker.client_message(m, now);
+                if following && let Some(why) = tracker.lost() {
+                    filling.push_lost(session.wall_at(now), why, tracker.unfollowed());
+                    session.cut_for_audit(why);
+                }
             }
         });
         self.spare.put(records);
@@ -216,11 +223,30 @@ struct Filling<'a> {
 impl Filling<'_> {
     /// Adds `s` to the block, first sending the block on when `s` does not fit.
     fn push(&mut self, s: &Statement) {
+        let session = self.session;
+        self.push_with(session.at(s), |classifier, d| {
+            statement_detail(session, s, classifier, d)
+        });
+    }
+
+    /// Records, at `at`, that the session's tracker stopped (`why`) with
+    /// `unfollowed` statements awaiting their outcome: nothing after this
+    /// is recorded statement by statement, and the session is cut.
+    fn push_lost(&mut self, at: UnixMillis, why: Lost, unfollowed: usize) {
+        self.push_with(at, |_, d| {
+            d.put_plain("outcome", "not_followed");
+            d.put("why", &why.why());
+            d.put_number("unfollowed", unfollowed as u64);
+        });
+    }
+
+    /// Adds an event at `at` whose detail `write` puts in, first sending the
+    /// block on when it does not fit.
+    fn push_with(&mut self, at: UnixMillis, write: impl FnOnce(&mut Classifier, &mut DetailJson<'_>)) {
         if !self.sent {
             return;
         }
         let session = self.session;
-        let at = session.at(s);
         if let Some(open) = self.open.take() {
             // Two lookups: `entry` would clone the id every batch.
             let id = &session.session_id;
@@ -241,7 +267,7 @@ impl Filling<'_> {
         }
         let classifier = &mut *self.classifier;
         super::write_next_id(self.id);
-        block.push_with(self.id, at, |d| statement_detail(session, s, classifier, d));
+        block.push_with(self.id, at, |d| write(classifier, d));
         self.since.get_or_insert_with(Instant::now);
     }
 }

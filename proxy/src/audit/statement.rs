@@ -9,10 +9,11 @@ use std::time::Instant;
 use portcullis_protocol::audit::AuditEvent;
 use portcullis_protocol::audit::detail::{Detail, Fields};
 use portcullis_protocol::feed::UnixMillis;
-use portcullis_protocol::pg::statements::{Flow, Outcome, Param, Rendered, Statement, Text};
+use portcullis_protocol::pg::statements::{Flow, Lost, Outcome, Param, Rendered, Statement, Text};
 
 use super::classify::Classifier;
 use super::redact::{REDACTED, redact, value_holds_secret};
+use crate::sessions::SessionHandle;
 
 /// What every event of one session carries.
 #[derive(Debug)]
@@ -43,6 +44,9 @@ pub struct SessionAudit {
     pub wall: UnixMillis,
     /// See `wall`.
     pub since: Instant,
+    /// The live session, which the audit cuts when it cannot follow it
+    /// (`None` where nothing is followed statement by statement).
+    pub handle: Option<Arc<SessionHandle>>,
 }
 
 impl SessionAudit {
@@ -65,8 +69,20 @@ impl SessionAudit {
 
     /// When `s` started, on the wall clock.
     pub fn at(&self, s: &Statement) -> UnixMillis {
-        let offset = s.started.saturating_duration_since(self.since).as_millis();
+        self.wall_at(s.started)
+    }
+
+    /// `at` on the wall clock.
+    pub fn wall_at(&self, at: Instant) -> UnixMillis {
+        let offset = at.saturating_duration_since(self.since).as_millis();
         self.wall.saturating_add(i64::try_from(offset).unwrap_or(i64::MAX))
+    }
+
+    /// Cuts the session: its statements can no longer be followed (`why`).
+    pub fn cut_for_audit(&self, why: Lost) {
+        if let Some(handle) = &self.handle {
+            handle.cut_for_audit(why.why());
+        }
     }
 }
 
@@ -262,6 +278,7 @@ pub(crate) mod tests {
             redact_parameters,
             wall: 1_000,
             since: Instant::now(),
+            handle: None,
         }
     }
 

@@ -222,6 +222,7 @@ async fn run(
         redact_parameters: role.redact_parameters,
         wall: now_millis(),
         since: std::time::Instant::now(),
+        handle: Some(Arc::clone(&registration.handle)),
     });
     let session_event = |action: &str| audit.event(action);
     let mut start = session_event("session.start");

@@ -404,6 +404,7 @@ fn session_audit_of(a: &Admitted, user: &str, session_id: &str) -> SessionAudit 
         redact_parameters: a.role.redact_parameters,
         wall: now_millis(),
         since: std::time::Instant::now(),
+        handle: None,
     }
 }
 

@@ -342,6 +342,7 @@ mod tests {
             redact_parameters: false,
             wall: 0,
             since: std::time::Instant::now(),
+            handle: None,
         })
     }
 

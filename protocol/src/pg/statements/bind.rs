@@ -175,18 +175,19 @@ impl StatementTracker {
         param_count: usize,
         kept: usize,
     ) {
-        if self.portals.has_room_for(name) {
-            self.kept += kept;
-            self.portals.insert(
-                name.to_owned(),
-                Portal {
-                    statement,
-                    text,
-                    params,
-                    param_count,
-                    kept,
-                },
-            );
+        if !self.portals.has_room_for(name) {
+            return self.give_up(super::Lost::Names);
         }
+        self.kept += kept;
+        self.portals.insert(
+            name.to_owned(),
+            Portal {
+                statement,
+                text,
+                params,
+                param_count,
+                kept,
+            },
+        );
     }
 }

@@ -61,7 +61,29 @@ impl Text {
         Text {
             text: lossy(&first[..end]),
             len,
-            sha256: Some(sha256.iter().map(|b| format!("{b:02x}")).collect()),
+            sha256: Some(hex(&sha256)),
+            rendered: OnceLock::new(),
+        }
+    }
+
+    /// This text's first `keep` bytes (on a character boundary), with the
+    /// whole text's length and hash.
+    pub(super) fn shortened(self, keep: usize) -> Text {
+        let sha256 = match self.sha256 {
+            Some(sha) => sha,
+            None => hex(&Sha256::digest(self.text.as_bytes()).into()),
+        };
+        let mut end = keep.min(self.text.len());
+        while !self.text.is_char_boundary(end) {
+            end -= 1;
+        }
+        let mut text = self.text;
+        text.truncate(end);
+        text.shrink_to_fit();
+        Text {
+            text,
+            len: self.len,
+            sha256: Some(sha256),
             rendered: OnceLock::new(),
         }
     }
@@ -97,6 +119,11 @@ impl Text {
             None => Text::new(sent),
         }
     }
+}
+
+/// A SHA-256 in hex.
+fn hex(sha256: &[u8; 32]) -> String {
+    sha256.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The NUL-terminated string at the start of `body` (all of it when cut

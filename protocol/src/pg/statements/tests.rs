@@ -3,6 +3,7 @@ use sha2::{Digest, Sha256};
 use super::*;
 use crate::pg::backend::{Severity, error_response};
 
+mod limits;
 mod recycle;
 
 fn cstr(s: &str) -> Vec<u8> {
@@ -342,7 +343,8 @@ fn memory_is_bounded() {
     for _ in 0..=MAX_EXPECT {
         t.client(b'S', &[], Instant::now());
     }
-    assert!(t.lost() && t.expect.is_empty() && t.portals.is_empty());
+    assert_eq!(t.lost(), Some(Lost::InFlight));
+    assert!(t.expect.is_empty() && t.portals.is_empty());
 }
 
 #[test]

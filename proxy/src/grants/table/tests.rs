@@ -239,6 +239,7 @@ fn handle() -> SessionHandle {
         bytes_out: AtomicU64::new(0),
         kill: CancellationToken::new(),
         killed_by: std::sync::Mutex::new(None),
+        audit_lost: std::sync::OnceLock::new(),
     }
 }
 

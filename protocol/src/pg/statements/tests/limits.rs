@@ -1,0 +1,59 @@
+//! What a session can make the tracker hold is bounded: past the text
+//! budget a prepared statement keeps its head, length and hash; past the
+//! names or messages it follows, tracking stops and says why.
+
+use super::*;
+
+/// Prepares `name` as `sql`, as the server answers it.
+fn prepare(t: &mut StatementTracker, name: &str, sql: &str) {
+    t.client(b'P', &parse(name, sql), Instant::now());
+    t.server(b'1', &[], Instant::now(), &mut Vec::new());
+}
+
+#[test]
+fn past_the_budget_a_prepared_statement_keeps_its_head_length_and_hash() {
+    let mut t = StatementTracker::new();
+    let filler = format!("SELECT '{}'", "x".repeat(MAX_TEXT - 10));
+    for i in 0..MAX_KEPT / filler.len() {
+        prepare(&mut t, &format!("s{i}"), &filler);
+    }
+    // Past the budget, in characters of two bytes: cut on a boundary.
+    let sql = format!("UPDATE accounts SET note = '{}'", "é".repeat(1000));
+    prepare(&mut t, "late", &sql);
+    let text = &t.prepared.get("late").expect("remembered").text;
+    assert!(sql.starts_with(&text.text) && text.text.len() <= KEPT_PAST_BUDGET);
+    assert!(text.text.len() > KEPT_PAST_BUDGET - 2, "{}", text.text.len());
+    assert_eq!(text.len, sql.len());
+    let sha: String = Sha256::digest(sql.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(text.sha256.as_deref(), Some(sha.as_str()));
+    assert_eq!(t.lost(), None);
+}
+
+#[test]
+fn past_the_names_it_keeps_tracking_stops_and_says_why() {
+    let mut t = StatementTracker::new();
+    for i in 0..MAX_NAMES {
+        prepare(&mut t, &format!("s{i}"), "SELECT 1");
+    }
+    // A name already kept, or the unnamed statement, needs no room.
+    prepare(&mut t, "s0", "SELECT 2");
+    prepare(&mut t, "", "SELECT 3");
+    assert_eq!(t.lost(), None);
+    t.client(b'Q', &cstr("SELECT pg_sleep(1)"), Instant::now());
+    t.client(b'P', &parse("one_too_many", "SELECT 4"), Instant::now());
+    assert_eq!(t.lost(), Some(Lost::Names));
+    assert_eq!(t.unfollowed(), 1, "the query still waiting for its answer");
+    assert!(t.prepared.is_empty() && t.expect.is_empty());
+
+    // Portals as well.
+    let mut t = StatementTracker::new();
+    prepare(&mut t, "", "SELECT 1");
+    for i in 0..=MAX_NAMES {
+        t.client(b'B', &bind(&format!("p{i}"), "", &[], &[]), Instant::now());
+    }
+    assert_eq!(t.lost(), Some(Lost::Names));
+    assert!(Lost::Names.why().contains(&MAX_NAMES.to_string()));
+}
