@@ -248,6 +248,34 @@ async fn an_edited_statement_or_a_deleted_block_breaks_the_chain() {
 }
 
 #[tokio::test]
+async fn a_forged_span_or_an_unreadable_row_is_a_break_and_never_a_count() {
+    // The newest event deleted, and its place added to a block's span: the
+    // count would stay 11 though an event is gone.
+    for (at, log) in mixed().await {
+        tamper(
+            &at,
+            "DELETE FROM events WHERE seq = 11; UPDATE events SET span = 4 WHERE seq = 8",
+        );
+        let verdict = log.verify().await.expect("verify");
+        assert!(
+            matches!(&verdict.broken, Some(ChainBreak::Edited { seq: 8, id }) if id == "evt_b2"),
+            "{at:?}: {verdict:?}"
+        );
+    }
+    // A link cut short no longer reads as one: a break, not an error.
+    for (at, log) in mixed().await {
+        tamper(&at, "UPDATE events SET hash = substr(hash, 1, 1) WHERE seq = 7");
+        assert!(
+            matches!(
+                log.verify().await.expect("verify").broken,
+                Some(ChainBreak::Edited { seq: 7, .. })
+            ),
+            "{at:?}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_reader_on_its_own_connection_sees_what_is_written_later() {
     // As a test or a tool reading audit.db beside a running gateway: it
     // polls, and every poll must see what was committed since.

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 
 use portcullis_protocol::audit::block::{self, BLOCK, LIST, STATEMENT, expand, span};
-use portcullis_protocol::audit::{AuditEvent, ChainCheck, GENESIS, link};
+use portcullis_protocol::audit::{AuditEvent, ChainBreak, ChainCheck, GENESIS, link};
 use portcullis_protocol::feed::UnixMillis;
 
 use super::schema::AUDIT_LOCK;
@@ -208,18 +208,32 @@ pub(super) fn verify(conn: &mut Conn, key: &[u8; 32]) -> Result<Verdict, AuditEr
     let events = u64::try_from(events).unwrap_or(0);
     let mut check = ChainCheck::new(key);
     let mut broken = None;
-    let mut failed = None;
     tx.each(&format!("SELECT {COLUMNS} FROM events ORDER BY seq"), &[], &mut |r| {
-        let (seq, event, prev, hash) = row(&r)?;
-        let links = to_hash(seq, &prev).and_then(|p| Ok((p, to_hash(seq, &hash)?)));
-        let (prev, hash) = match links {
-            Ok(links) => links,
-            Err(e) => {
-                failed = Some(e);
-                return Ok(ControlFlow::Break(()));
-            }
+        // A row that no longer reads as an event (a value of the wrong type
+        // or size) was edited as surely as one whose link does not match.
+        let next = check.checked() + 1;
+        let edited = || ChainBreak::Edited {
+            seq: r.get::<i64>(0).map_or(next, seq_of),
+            id: r.get::<String>(1).unwrap_or_default(),
         };
-        match check.next(seq, &event, &prev, &hash) {
+        let read = row(&r).ok().and_then(|(seq, event, prev, hash)| {
+            let span = seq_of(r.get::<i64>(15).ok()?);
+            Some((seq, event, to_hash(seq, &prev).ok()?, to_hash(seq, &hash).ok()?, span))
+        });
+        let Some((seq, event, prev, hash, span)) = read else {
+            broken = Some(edited());
+            return Ok(ControlFlow::Break(()));
+        };
+        let step = check.next(seq, &event, &prev, &hash).and_then(|()| {
+            // The count of events is the sum of the stored spans: one not
+            // matching its block (itself linked) would hide deleted events.
+            if span == block::span(&event) {
+                Ok(())
+            } else {
+                Err(edited())
+            }
+        });
+        match step {
             Ok(()) => Ok(ControlFlow::Continue(())),
             Err(b) => {
                 broken = Some(b);
@@ -227,9 +241,6 @@ pub(super) fn verify(conn: &mut Conn, key: &[u8; 32]) -> Result<Verdict, AuditEr
             }
         }
     })?;
-    if let Some(e) = failed {
-        return Err(e);
-    }
     Ok(Verdict {
         events,
         checked: check.checked(),
