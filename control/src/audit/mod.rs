@@ -94,7 +94,11 @@ pub struct Verdict {
 /// The audit log; cheap to clone.
 #[derive(Clone)]
 pub struct AuditLog {
-    conn: Arc<Mutex<Conn>>,
+    /// Appends and shippers' cursors: the writer's own connection.
+    writer: Arc<Mutex<Conn>>,
+    /// Searches, exports and `verify`: a connection of their own, so that
+    /// a long one never holds the writer (and through it every session) back.
+    reader: Arc<Mutex<Conn>>,
     key: Arc<[u8; 32]>,
     /// The PostgreSQL store's URL, to connect again when the connection broke.
     postgres: Option<Arc<Secret<String>>>,
@@ -129,12 +133,13 @@ impl AuditLog {
     /// `postgres`, or else in `data_dir`; its key is in `data_dir`. Blocking.
     pub(crate) fn open_in(data_dir: &Path, postgres: Option<&Secret<String>>) -> Result<AuditLog, AuditError> {
         let key = key::load_or_create(&data_dir.join(key::FILE))?;
-        let conn = match postgres {
-            Some(url) => schema::open_postgres(url.expose(), &key_check(&key))?,
-            None => schema::open(&data_dir.join(FILE))?,
+        let open = || match postgres {
+            Some(url) => schema::open_postgres(url.expose(), &key_check(&key)),
+            None => schema::open(&data_dir.join(FILE)),
         };
         Ok(AuditLog {
-            conn: Arc::new(Mutex::new(conn)),
+            writer: Arc::new(Mutex::new(open()?)),
+            reader: Arc::new(Mutex::new(open()?)),
             key: Arc::new(key),
             postgres: postgres.map(|u| Arc::new(u.clone())),
             metrics: None,
@@ -147,9 +152,15 @@ impl AuditLog {
         self
     }
 
-    /// Runs `f` on the connection; a PostgreSQL connection that broke is made again first.
-    fn with<T>(&self, f: impl FnOnce(&mut Conn, &[u8; 32]) -> Result<T, AuditError>) -> Result<T, AuditError> {
-        let mut conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
+    /// Runs `f` on the writer's connection, or the readers' one when not
+    /// `write`; a PostgreSQL connection that broke is made again first.
+    fn with<T>(
+        &self,
+        write: bool,
+        f: impl FnOnce(&mut Conn, &[u8; 32]) -> Result<T, AuditError>,
+    ) -> Result<T, AuditError> {
+        let conn = if write { &self.writer } else { &self.reader };
+        let mut conn = conn.lock().unwrap_or_else(PoisonError::into_inner);
         if let (Conn::Postgres(pg), Some(url)) = (&*conn, &self.postgres)
             && pg.is_closed()
         {
@@ -158,12 +169,13 @@ impl AuditLog {
         f(&mut conn, &self.key)
     }
 
-    async fn blocking<T: Send + 'static>(
+    /// Runs `f` on the readers' connection, off the async runtime.
+    async fn reading<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Conn, &[u8; 32]) -> Result<T, AuditError> + Send + 'static,
     ) -> Result<T, AuditError> {
         let log = self.clone();
-        tokio::task::spawn_blocking(move || log.with(f))
+        tokio::task::spawn_blocking(move || log.with(false, f))
             .await
             .map_err(|e| AuditError::Task(e.to_string()))?
     }
@@ -184,7 +196,7 @@ impl AuditLog {
         source: Source,
         shipped: Option<(&str, &Cursor)>,
     ) -> Result<usize, AuditError> {
-        let new = self.with(|conn, key| store::append(conn, key, events, shipped))?;
+        let new = self.with(true, |conn, key| store::append(conn, key, events, shipped))?;
         // A block of statements counts as the statements it holds.
         let count: u64 = new.iter().map(|(_, n)| n).sum();
         if let Some(m) = &self.metrics {
@@ -200,22 +212,22 @@ impl AuditLog {
 
     /// Where `source`'s shipper stands. Blocking.
     pub(crate) fn cursor_blocking(&self, source: &str) -> Result<Option<Cursor>, AuditError> {
-        self.with(|conn, _| store::cursor(conn, source))
+        self.with(true, |conn, _| store::cursor(conn, source))
     }
 
     /// Checks the whole chain from the first event.
     pub async fn verify(&self) -> Result<Verdict, AuditError> {
-        self.blocking(store::verify).await
+        self.reading(store::verify).await
     }
 
     /// Events matching `search`, in its order.
     pub async fn search(&self, search: Search) -> Result<Vec<(u64, AuditEvent)>, AuditError> {
-        self.blocking(move |conn, _| store::search(conn, &search)).await
+        self.reading(move |conn, _| store::search(conn, &search)).await
     }
 
     /// Sessions matching `search` (from their start and end events), in its order.
     pub async fn sessions(&self, search: SessionSearch) -> Result<Vec<SessionRecord>, AuditError> {
-        self.blocking(move |conn, _| store::sessions(conn, &search)).await
+        self.reading(move |conn, _| store::sessions(conn, &search)).await
     }
 }
 

@@ -54,6 +54,45 @@ async fn an_untouched_log_verifies_and_duplicates_are_stored_once() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_read_holds_no_append_back() {
+    for (at, log) in logs_with(3).await {
+        // A verify or a search in the middle of its walk: a snapshot open on
+        // the readers' connection.
+        let reader = log.clone();
+        let (opened, open) = std::sync::mpsc::channel();
+        let (done, finish) = std::sync::mpsc::channel::<()>();
+        let walk = tokio::task::spawn_blocking(move || {
+            reader.with(false, |conn, _| {
+                let mut tx = conn.snapshot()?;
+                let count = |tx: &mut crate::store::db::Tx<'_>| -> Result<i64, super::AuditError> {
+                    use crate::store::Sql;
+                    Ok(tx.query_one("SELECT COUNT(*) FROM events", &[])?.get(0)?)
+                };
+                let before = count(&mut tx)?;
+                let _ = opened.send(());
+                let _ = finish.recv();
+                Ok((before, count(&mut tx)?))
+            })
+        });
+        open.recv().expect("the walk started");
+        let appended = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            log.append(vec![event(4, "alice", "statement")]),
+        )
+        .await;
+        assert_eq!(
+            appended.map(|r| r.ok()),
+            Ok(Some(1)),
+            "{at:?}: the append waited for the read"
+        );
+        let _ = done.send(());
+        let seen = walk.await.expect("join").expect("walk");
+        assert_eq!(seen, (3, 3), "{at:?}: the walk reads one snapshot");
+        assert_eq!(log.verify().await.expect("verify").events, 4);
+    }
+}
+
 #[tokio::test]
 async fn verify_names_the_first_edit_deletion_or_reordering() {
     for (at, log) in logs_with(6).await {

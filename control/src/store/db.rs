@@ -209,6 +209,30 @@ impl Conn {
         }
     }
 
+    /// Starts a transaction that only reads, from one snapshot of the
+    /// store, holding no writer off (SQLite's WAL keeps the snapshot;
+    /// PostgreSQL's repeatable read does).
+    pub fn snapshot(&mut self) -> Result<Tx<'_>, DbError> {
+        match self {
+            Conn::Sqlite(c) => Ok(Tx::Sqlite(c.transaction()?)),
+            Conn::Postgres(pg) => {
+                let driver = &pg.driver;
+                let tx = driver.block_on(
+                    pg.client
+                        .build_transaction()
+                        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                        .read_only(true)
+                        .start(),
+                )?;
+                Ok(Tx::Postgres {
+                    tx,
+                    prepared: &mut pg.prepared,
+                    driver,
+                })
+            }
+        }
+    }
+
     /// Runs several statements separated by semicolons, without arguments.
     pub fn batch(&mut self, sql: &str) -> Result<(), DbError> {
         match self {
