@@ -57,8 +57,10 @@ async fn refusals_and_sessions_are_recorded_and_chained() {
     let mut s = connect(&config).await.expect("connect");
     gw.cli_ok(&carol, &["revoke", &gid, "--reason", "audit test"]);
     assert!(s.until_closed(Duration::from_secs(10)).await.1.is_some());
+    // Refused again, now naming the revoked grant.
+    assert!(connect(&config).await.is_err());
 
-    let all = events(&gw, 5).await;
+    let all = events(&gw, 6).await;
     let actions: Vec<&str> = all.iter().map(|e| e.action.as_str()).collect();
     assert_eq!(
         actions,
@@ -67,16 +69,21 @@ async fn refusals_and_sessions_are_recorded_and_chained() {
             "session.start",
             "session.end",
             "session.start",
-            "session.end"
+            "session.end",
+            "connect.denied"
         ],
         "{all:#?}"
     );
+    let revoked = &all[5];
+    assert_eq!(revoked.detail["outcome"], "revoked");
+    assert_eq!(revoked.grant_id.as_deref(), Some(gid.as_str()), "{revoked:?}");
     let denied = &all[0];
     assert_eq!(
         (denied.user.as_str(), denied.resource.as_deref()),
         ("alice", Some("orders"))
     );
     assert_eq!(denied.detail.get("outcome").map(String::as_str), Some("no_grant"));
+    assert_eq!(denied.grant_id, None, "no grant to name");
     assert!(denied.detail["why"].contains("portcullis request"), "{denied:?}");
 
     let (start, quit, cut) = (&all[1], &all[2], &all[4]);

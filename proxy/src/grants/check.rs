@@ -53,6 +53,33 @@ impl Denied {
             Denied::ChooseRole { .. } => "choose_role",
         }
     }
+
+    /// The grant the refusal is about, when one is.
+    pub fn grant_id(&self) -> Option<&str> {
+        match self {
+            Denied::Scheduled { grant_id, .. }
+            | Denied::Expired { grant_id, .. }
+            | Denied::Revoked { grant_id, .. } => Some(grant_id),
+            _ => None,
+        }
+    }
+
+    /// The request the refusal is about, when one is.
+    pub fn request_id(&self) -> Option<&str> {
+        match self {
+            Denied::Pending { request_id } => Some(request_id),
+            _ => None,
+        }
+    }
+
+    /// Puts the grant or request the refusal is about, and the `role`
+    /// asked for, on its `connect.denied` event: a search by grant or
+    /// request then finds the refusals it caused.
+    pub fn annotate(&self, role: Option<&str>, e: &mut portcullis_protocol::audit::AuditEvent) {
+        e.grant_id = self.grant_id().map(str::to_owned);
+        e.request_id = self.request_id().map(str::to_owned);
+        e.role = role.map(str::to_owned);
+    }
 }
 
 /// Picks the grant that admits `role` (or the only granted role when `role` is `None`) at `now`.

@@ -324,7 +324,13 @@ pub fn start(
 fn refused(proxy: &Arc<Proxy>, peer: SocketAddr, user: &str, resource: &str, refusal: &Refusal) {
     proxy.metrics.connection(PROTOCOL, resource, refusal.kind());
     tracing::info!(%peer, user, outcome = refusal.kind(), "ssh session refused: {}", refusal.text());
-    let denied = denied_event(user, refusal.resource(), refusal.kind(), refusal.text(), peer);
+    let mut denied = denied_event(user, refusal.resource(), refusal.kind(), refusal.text(), peer);
+    if let Refusal::Denied {
+        denied: why, role_hint, ..
+    } = refusal
+    {
+        why.annotate(role_hint.as_deref(), &mut denied);
+    }
     let proxy = Arc::clone(proxy);
     proxy
         .tracker
