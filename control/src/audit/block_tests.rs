@@ -223,6 +223,29 @@ async fn statements_that_share_a_text_stored_once_are_each_found_by_it() {
 }
 
 #[tokio::test]
+async fn a_bound_value_with_quotes_or_backslashes_is_found_as_typed() {
+    for (_at, log) in mixed().await {
+        let typed = r#"say "hi" \ bye"#;
+        let mut b = BlockBuilder::new(session_event("evt_b3", "statements", T0 + 400));
+        let detail = BTreeMap::from([
+            ("text".to_owned(), "SELECT $1".to_owned()),
+            ("params".to_owned(), serde_json::to_string(&[typed]).unwrap_or_default()),
+        ]);
+        b.push("evt_b3_0", T0 + 400, detail);
+        log.append(vec![b.finish()]).await.expect("append");
+        let found = log
+            .search(Search {
+                grep: Some(typed.to_uppercase()),
+                limit: 10,
+                ..Search::default()
+            })
+            .await
+            .expect("search");
+        assert_eq!(ids(&found), [(12, "evt_b3_0".to_owned())]);
+    }
+}
+
+#[tokio::test]
 async fn an_edited_statement_or_a_deleted_block_breaks_the_chain() {
     for (at, log) in mixed().await {
         tamper(

@@ -291,22 +291,12 @@ pub(super) fn search(conn: &mut dyn Sql, s: &Search) -> Result<Vec<(u64, AuditEv
         filter("at < ?", t.into());
     }
     if let Some(text) = &s.grep {
-        // The text as typed (in the plain columns) or JSON-escaped (in
-        // `detail`, `body` and `approvers`).
-        let json = escaped(text);
-        if json == *text {
-            filter(
-                &format!("{position}(lower({GREPPED}), lower(?)) > 0"),
-                text.clone().into(),
-            );
-        } else {
-            values.push(text.clone().into());
-            values.push(json.into());
-            let (raw, json) = (values.len() - 1, values.len());
-            clauses.push(format!(
-                "({position}(lower({GREPPED}), lower(?{raw})) > 0 OR {position}(lower({GREPPED}), lower(?{json})) > 0)"
-            ));
+        let mut any = Vec::new();
+        for form in grep_forms(text) {
+            values.push(form.into());
+            any.push(format!("{position}(lower({GREPPED}), lower(?{})) > 0", values.len()));
         }
+        clauses.push(format!("({})", any.join(" OR ")));
     }
     // A page of rows at a time, until the page of events is full: a row
     // can hold many events, or none that match.
@@ -371,11 +361,28 @@ impl Search {
             && self.action.as_ref().is_none_or(|a| *a == e.action)
             && self.since.is_none_or(|t| e.at >= t)
             && self.until.is_none_or(|t| e.at < t)
-            && self
-                .grep
-                .as_ref()
-                .is_none_or(|g| grepped(e).contains(&g.to_ascii_lowercase()))
+            && self.grep.as_ref().is_none_or(|g| {
+                let texts = grepped(e);
+                grep_forms(g).iter().any(|form| texts.contains(form.as_str()))
+            })
     }
+}
+
+/// `text` lowercased as it may be stored: as typed (the plain columns),
+/// JSON-escaped (`detail`, a block's `body`, a bound value read from a
+/// block) or escaped twice (a bound value inside a block's `body`, being a
+/// JSON list in a JSON string).
+fn grep_forms(text: &str) -> Vec<String> {
+    let typed = text.to_ascii_lowercase();
+    let once = escaped(&typed);
+    let twice = escaped(&once);
+    let mut forms = vec![typed];
+    for form in [once, twice] {
+        if !forms.contains(&form) {
+            forms.push(form);
+        }
+    }
+    forms
 }
 
 /// `text` as it reads inside a JSON string.
