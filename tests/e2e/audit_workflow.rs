@@ -133,6 +133,12 @@ fn workflow_actions_are_audited_with_reason_and_approvers() {
     assert_eq!(actions(&down.iter().collect::<Vec<_>>()), actions(&e4));
     assert_eq!(gw.audit_json(&["--since", "1h"]).len(), all.len());
     assert!(gw.audit_json(&["--until", "2000-01-01T00:00:00Z"]).is_empty());
+    // A time in the middle splits the log in two: at or after, and before.
+    let mid = all[all.len() / 2]["at"].as_str().expect("at");
+    let (after, before): (Vec<&Value>, Vec<&Value>) = all.iter().partition(|e| e["at"].as_str() >= Some(mid));
+    assert!(!before.is_empty(), "events before {mid}");
+    assert_eq!(gw.audit_json(&["--since", mid]).iter().collect::<Vec<_>>(), after);
+    assert_eq!(gw.audit_json(&["--until", mid]).iter().collect::<Vec<_>>(), before);
     let first = all[0]["at"].as_str().expect("at");
     let later = gw.audit_json(&["--since", first, "--action", "user.create"]);
     assert_eq!(later.len(), 5);
