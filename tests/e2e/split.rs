@@ -171,6 +171,14 @@ async fn feed_revoke_kill_and_tokens_across_two_proxies() {
     assert!(!body.contains(proxy_token.as_str()) && !body.contains(alice.as_str()));
     let (status, body) = control.http("GET", "/v1/feed/changes?after=0&epoch=nope", Some(proxy_token), None);
     assert_eq!(status, 410, "a cursor from another history: {body}");
+    // A proxy ships events of its own ids only: a workflow id is refused.
+    let forged = serde_json::json!([{
+        "id": "wf_999999_0", "at": 0, "action": "request.approve", "user": "carol",
+        "approvers": [], "detail": {}
+    }]);
+    let (status, body) = control.http("POST", "/v1/audit/events", Some(proxy_token), Some(&forged.to_string()));
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("start with evt_"), "{body}");
 
     // Revoke on the control plane cuts the sessions on both proxies.
     cut_by_revoke(&[&on0, &on1], &gid, || {
@@ -337,11 +345,12 @@ async fn outage(mut split: Split) {
     // The store keeps one event per id; what could repeat is an event sent
     // again under a new id (a spool replayed after a restart).
     for text in ["SELECT 'during the outage'", "SELECT 'still running'"] {
-        let copies = events
+        let copies: Vec<&Value> = events
             .iter()
             .filter(|e| e["action"] == "statement" && e["detail"]["text"] == text)
-            .count();
-        assert_eq!(copies, 1, "{text} recorded {copies} times");
+            .collect();
+        assert_eq!(copies.len(), 1, "{text} recorded {} times", copies.len());
+        assert_eq!(copies[0]["detail"]["proxy"], "p1", "the proxy that sent it");
     }
     let ends = events
         .iter()

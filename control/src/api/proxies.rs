@@ -36,11 +36,22 @@ pub(crate) async fn report(
 /// Appends a batch of the proxy's audit events (a JSON array); answers once
 /// they are durable. Events already stored (same id) are skipped, so a batch
 /// sent again after a lost answer is harmless: `{"received": N, "new": M}`.
+/// Each event is marked with the proxy that sent it (`detail.proxy`); a
+/// proxy's ids start with `evt_`, so that none can take the place of the
+/// workflow's own (`wf_...`) before it is shipped.
 pub(crate) async fn audit_events(
     State(state): State<AppState>,
     ProxyCaller(proxy): ProxyCaller,
-    JsonBody(events): JsonBody<Vec<AuditEvent>>,
+    JsonBody(mut events): JsonBody<Vec<AuditEvent>>,
 ) -> Result<Json<Value>, ApiError> {
+    if let Some(e) = events.iter().find(|e| !e.id.starts_with("evt_")) {
+        return Err(ApiError::BadBody {
+            detail: format!("audit event id {:?}: a proxy's event ids start with evt_", e.id),
+        });
+    }
+    for e in &mut events {
+        e.detail.insert("proxy".into(), proxy.clone());
+    }
     let received = events.len();
     let new = state.audit.append(events).await?;
     tracing::debug!(proxy = %proxy, received, new, "audit events from a proxy");
