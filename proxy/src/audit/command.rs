@@ -165,6 +165,13 @@ fn scan_inline(command: &str, spans: &mut Vec<(usize, usize)>) {
         if let Some(value) = trimmed.strip_prefix('=') {
             let from = lower.len() - value.trim_start_matches(' ').len();
             spans.push((from, stop(from)));
+        } else if rest.starts_with(char::is_whitespace)
+            && let Some(quoted) = rest.trim_start().strip_prefix('\'')
+        {
+            // SQL run through a client: `psql -c "ALTER ROLE bob PASSWORD 'x'"`.
+            let from = lower.len() - quoted.len() - 1;
+            let end = quoted.find('\'').map_or(lower.len(), |j| from + j + 2);
+            spans.push((from, end));
         }
     }
     for (i, w) in lower.match_indices("://") {
@@ -295,6 +302,14 @@ mod tests {
             (
                 "psql 'host=db password=hunter2 user=x'",
                 "psql 'host=db password='[redacted]' user=x'",
+            ),
+            (
+                "psql -c \"ALTER ROLE bob PASSWORD  'hunter2'\" orders",
+                "psql -c \"ALTER ROLE bob PASSWORD  '[redacted]'\" orders",
+            ),
+            (
+                "echo \"create user x with password\n'hunter2'\" | psql",
+                "echo \"create user x with password\n'[redacted]'\" | psql",
             ),
             (
                 "git clone https://bob:hunter2@example.com/r.git",
