@@ -422,6 +422,42 @@ fn a_pty_session_is_recorded_in_asciicast_and_fetched_with_the_cli() {
         s.gw.audit_until(&["--session", &id], |e| e.iter().any(|e| e["action"] == "session.end"));
     let end = one(&session, "session.end");
     assert_eq!(d(end, "recording"), format!("{id}.cast"), "{end}");
+    let shell = one(&session, "shell");
+    assert_eq!(
+        (d(shell, "pty"), d(shell, "outcome"), d(shell, "exit_status")),
+        ("true", "exited", "0"),
+        "{shell}"
+    );
+}
+
+#[test]
+fn a_shell_without_a_pty_is_one_event_with_its_exit_and_bytes() {
+    let s = setup();
+    s.gw.grant(&s.alice, &s.carol, "web1", None, "30m");
+    // `ssh -T host < script`: a login shell reads the script from stdin.
+    let cmd = ssh_command(s.gw.ssh_port, &s.alice_key, "alice+web1", "");
+    let args: Vec<String> = cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+    let mut plain = std::process::Command::new(cmd.get_program());
+    plain
+        .arg("-T")
+        .args(args.iter().filter(|a| !a.is_empty()))
+        .env_remove("SSH_AUTH_SOCK");
+    let script = b"echo marker-$((40+2))\nexit 3\n";
+    let out = run_bounded_input(&mut plain, Some(script), Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stdout(&out).contains("marker-42"), "{}", stdout(&out));
+
+    let session =
+        s.gw.audit_until(&[], |e| e.iter().any(|e| e["action"] == "session.end"));
+    let shell = one(&session, "shell");
+    assert_eq!(
+        (d(shell, "pty"), d(shell, "outcome"), d(shell, "exit_status")),
+        ("", "exited", "3"),
+        "{shell}"
+    );
+    assert_eq!(d(shell, "bytes_in"), script.len().to_string(), "{shell}");
+    assert!(d(shell, "bytes_out").parse::<u64>().is_ok_and(|n| n >= 10), "{shell}");
+    assert!(session.iter().all(|e| e["action"] != "exec"), "{session:#?}");
 }
 
 /// `recordings --json` until it lists `n`, bounded.

@@ -1,10 +1,12 @@
 //! What one session channel did, for the audit log: its exec command (one
-//! `exec` event, with the secrets in it redacted, recorded when the command
-//! ends with its exit status), its sftp operations (`sftp_audit`) and the
-//! recording of a pty channel (`recording`). Both pumps of the bridge share
-//! it; nothing here holds a lock across an await.
+//! `exec` event, with the secrets in it redacted), its shell (one `shell`
+//! event) or a subsystem other than sftp (one `subsystem` event), each
+//! recorded when the channel ends, with how it ended, its bytes and
+//! duration; its sftp operations (`sftp_audit`) and the recording of a pty
+//! channel (`recording`). Both pumps of the bridge share it; nothing here
+//! holds a lock across an await.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
@@ -22,11 +24,21 @@ use crate::clock::now_millis;
 /// `command_len` says how long it was.
 const MAX_COMMAND: usize = 16 * 1024;
 
-/// An exec request being followed.
-struct Exec {
-    command: String,
+/// What the channel was asked to run, being followed.
+struct Request {
+    what: What,
     at: UnixMillis,
     since: Instant,
+}
+
+/// The kinds of request a session channel makes.
+enum What {
+    /// A command line.
+    Exec(String),
+    /// A login shell.
+    Shell,
+    /// A subsystem other than sftp (which is followed operation by operation).
+    Subsystem(String),
 }
 
 /// How the command ended.
@@ -38,7 +50,10 @@ enum Exit {
 /// The audit state of one channel.
 pub struct ChannelAudit {
     conn: Arc<Conn>,
-    exec: Mutex<Option<Exec>>,
+    request: Mutex<Option<Request>>,
+    /// Bytes from the client, and from the server (stdout and stderr).
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
     exit: Mutex<Option<Exit>>,
     pty: Mutex<Option<Screen>>,
     sftp: OnceLock<SftpAudit>,
@@ -50,7 +65,9 @@ impl ChannelAudit {
     pub fn new(conn: Arc<Conn>) -> ChannelAudit {
         ChannelAudit {
             conn,
-            exec: Mutex::new(None),
+            request: Mutex::new(None),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
             exit: Mutex::new(None),
             pty: Mutex::new(None),
             sftp: OnceLock::new(),
@@ -77,33 +94,41 @@ impl ChannelAudit {
 
     /// The client asked for a shell; with a pty, it is recorded.
     pub fn shell(&self) {
+        self.follow(What::Shell);
         self.record_pty();
     }
 
     /// The client asked to run `command`.
     pub fn exec(&self, command: &[u8]) {
-        if let Ok(mut e) = self.exec.lock() {
-            *e = Some(Exec {
-                command: String::from_utf8_lossy(command).into_owned(),
-                at: now_millis(),
-                since: Instant::now(),
-            });
-        }
+        self.follow(What::Exec(String::from_utf8_lossy(command).into_owned()));
         // `ssh -t host top` is as interactive as a shell.
         self.record_pty();
     }
 
     /// The client asked for a subsystem; sftp is followed operation by operation.
     pub fn subsystem(&self, name: &str) {
-        if name == "sftp"
-            && let Some(session) = &self.conn.audit
-        {
+        if name != "sftp" {
+            return self.follow(What::Subsystem(name.to_owned()));
+        }
+        if let Some(session) = &self.conn.audit {
             let _ = self.sftp.set(SftpAudit::new(Arc::clone(session)));
+        }
+    }
+
+    /// From now on the channel runs `what`.
+    fn follow(&self, what: What) {
+        if let Ok(mut r) = self.request.lock() {
+            *r = Some(Request {
+                what,
+                at: now_millis(),
+                since: Instant::now(),
+            });
         }
     }
 
     /// Bytes from the client: sftp requests are followed (no copy is kept).
     pub async fn from_client(&self, data: &[u8]) {
+        self.bytes_in.fetch_add(data.len() as u64, Ordering::Relaxed);
         if let Some(sftp) = self.sftp.get() {
             for e in sftp.from_client(data) {
                 self.conn.proxy.audit.record(e).await;
@@ -113,6 +138,7 @@ impl ChannelAudit {
 
     /// Bytes from the server: sftp answers followed, pty output recorded.
     pub async fn from_server(&self, data: &Bytes) {
+        self.bytes_out.fetch_add(data.len() as u64, Ordering::Relaxed);
         if let Some(r) = self.recorder.get() {
             r.output(data).await;
         }
@@ -125,6 +151,7 @@ impl ChannelAudit {
 
     /// Stderr from the server: shown on the terminal, so recorded, never sftp.
     pub async fn from_server_stderr(&self, data: &Bytes) {
+        self.bytes_out.fetch_add(data.len() as u64, Ordering::Relaxed);
         if let Some(r) = self.recorder.get() {
             r.output(data).await;
         }
@@ -151,10 +178,11 @@ impl ChannelAudit {
         }
     }
 
-    /// The channel is over: the exec event and what sftp left open are recorded.
+    /// The channel is over: its exec, shell or subsystem event and what
+    /// sftp left open are recorded.
     pub async fn finish(&self) {
         let mut events = self.sftp.get().map(SftpAudit::finish).unwrap_or_default();
-        if let Some(e) = self.exec_event() {
+        if let Some(e) = self.request_event() {
             events.insert(0, e);
         }
         for e in events {
@@ -162,29 +190,23 @@ impl ChannelAudit {
         }
     }
 
-    fn exec_event(&self) -> Option<portcullis_protocol::audit::AuditEvent> {
+    fn request_event(&self) -> Option<portcullis_protocol::audit::AuditEvent> {
         let audit = self.conn.audit.as_ref()?;
-        let exec = self.exec.lock().ok()?.take()?;
-        let mut e = audit.event("exec");
-        e.at = exec.at;
+        let request = self.request.lock().ok()?.take()?;
+        let action = match &request.what {
+            What::Exec(_) => "exec",
+            What::Shell => "shell",
+            What::Subsystem(_) => "subsystem",
+        };
+        let mut e = audit.event(action);
+        e.at = request.at;
         let d = &mut e.detail;
-        let mut command = exec.command;
-        if command.len() > MAX_COMMAND {
-            d.insert("command_len".into(), command.len().to_string());
-            let mut cut = MAX_COMMAND;
-            while !command.is_char_boundary(cut) {
-                cut -= 1;
+        match request.what {
+            What::Exec(command) => command_detail(command, d),
+            What::Subsystem(name) => {
+                d.insert("name".into(), name);
             }
-            command.truncate(cut);
-        }
-        match redact_command(&command) {
-            Some(redacted) => {
-                d.insert("command".into(), redacted);
-                d.insert("redacted".into(), "true".into());
-            }
-            None => {
-                d.insert("command".into(), command);
-            }
+            What::Shell => {}
         }
         let exit = self.exit.lock().ok().and_then(|mut x| x.take());
         match exit {
@@ -206,7 +228,9 @@ impl ChannelAudit {
         if self.recorder.get().is_some() {
             d.insert("pty".into(), "true".into());
         }
-        d.insert("duration_ms".into(), exec.since.elapsed().as_millis().to_string());
+        d.insert("bytes_in".into(), self.bytes_in.load(Ordering::Relaxed).to_string());
+        d.insert("bytes_out".into(), self.bytes_out.load(Ordering::Relaxed).to_string());
+        d.insert("duration_ms".into(), request.since.elapsed().as_millis().to_string());
         Some(e)
     }
 
@@ -238,6 +262,27 @@ impl ChannelAudit {
             Err(e) => {
                 tracing::warn!(session = %meta.session_id, error = %e, "cannot record the pty session");
             }
+        }
+    }
+}
+
+/// An exec event's command line: redacted, and cut past `MAX_COMMAND`.
+fn command_detail(mut command: String, d: &mut std::collections::BTreeMap<String, String>) {
+    if command.len() > MAX_COMMAND {
+        d.insert("command_len".into(), command.len().to_string());
+        let mut cut = MAX_COMMAND;
+        while !command.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        command.truncate(cut);
+    }
+    match redact_command(&command) {
+        Some(redacted) => {
+            d.insert("command".into(), redacted);
+            d.insert("redacted".into(), "true".into());
+        }
+        None => {
+            d.insert("command".into(), command);
         }
     }
 }
