@@ -324,14 +324,9 @@ fn a_pty_session_is_recorded_in_asciicast_and_fetched_with_the_cli() {
     s.gw.grant(&s.alice, &s.carol, "web1", None, "30m");
     // Typed: `echo marker-$((100+23))`. Only the shell's output says marker-123,
     // so finding it proves output is recorded, whatever the terminal echoes.
-    let cmd = ssh_command(s.gw.ssh_port, &s.alice_key, "alice+web1", "");
-    let args: Vec<String> = cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
-    let mut tty = std::process::Command::new(cmd.get_program());
-    // `-tt`: a pty upstream although stdin is a pipe; no command: a login shell.
-    tty.arg("-tt")
-        .args(args.iter().filter(|a| !a.is_empty()))
-        .env("TERM", "xterm-256color")
-        .env_remove("SSH_AUTH_SOCK");
+    // `-tt`: a pty upstream although stdin is a pipe.
+    let mut tty = login_shell(&s, "-tt");
+    tty.env("TERM", "xterm-256color");
     let input = b"echo marker-$((100+23))\nexit 0\n";
     let out = run_bounded_input(&mut tty, Some(input), Duration::from_secs(60));
     assert!(
@@ -435,13 +430,7 @@ fn a_shell_without_a_pty_is_one_event_with_its_exit_and_bytes() {
     let s = setup();
     s.gw.grant(&s.alice, &s.carol, "web1", None, "30m");
     // `ssh -T host < script`: a login shell reads the script from stdin.
-    let cmd = ssh_command(s.gw.ssh_port, &s.alice_key, "alice+web1", "");
-    let args: Vec<String> = cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
-    let mut plain = std::process::Command::new(cmd.get_program());
-    plain
-        .arg("-T")
-        .args(args.iter().filter(|a| !a.is_empty()))
-        .env_remove("SSH_AUTH_SOCK");
+    let mut plain = login_shell(&s, "-T");
     let script = b"echo marker-$((40+2))\nexit 3\n";
     let out = run_bounded_input(&mut plain, Some(script), Duration::from_secs(60));
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
@@ -458,6 +447,17 @@ fn a_shell_without_a_pty_is_one_event_with_its_exit_and_bytes() {
     assert_eq!(d(shell, "bytes_in"), script.len().to_string(), "{shell}");
     assert!(d(shell, "bytes_out").parse::<u64>().is_ok_and(|n| n >= 10), "{shell}");
     assert!(session.iter().all(|e| e["action"] != "exec"), "{session:#?}");
+}
+
+/// `ssh FLAG alice+web1` with no command: a login shell.
+fn login_shell(s: &Setup, flag: &str) -> std::process::Command {
+    let cmd = ssh_command(s.gw.ssh_port, &s.alice_key, "alice+web1", "");
+    let mut shell = std::process::Command::new(cmd.get_program());
+    shell
+        .arg(flag)
+        .args(cmd.get_args().filter(|a| !a.is_empty()))
+        .env_remove("SSH_AUTH_SOCK");
+    shell
 }
 
 /// `recordings --json` until it lists `n`, bounded.
