@@ -180,10 +180,12 @@ impl AuditLog {
             .map_err(|e| AuditError::Task(e.to_string()))?
     }
 
-    /// Appends events not stored yet (by id) to the chain; answers how many were new.
+    /// Appends events not stored yet (by id) to the chain; answers how many
+    /// were new once the commit is on disk: a remote proxy then forgets them
+    /// (its spool), so they must outlive a power cut here.
     pub async fn append(&self, events: Vec<AuditEvent>) -> Result<usize, AuditError> {
         let log = self.clone();
-        tokio::task::spawn_blocking(move || log.write_blocking(&events, Source::Proxy, None))
+        tokio::task::spawn_blocking(move || log.write(&events, Source::Proxy, None, true))
             .await
             .map_err(|e| AuditError::Task(e.to_string()))?
     }
@@ -196,7 +198,26 @@ impl AuditLog {
         source: Source,
         shipped: Option<(&str, &Cursor)>,
     ) -> Result<usize, AuditError> {
-        let new = self.with(true, |conn, key| store::append(conn, key, events, shipped))?;
+        self.write(events, source, shipped, false)
+    }
+
+    /// `write_blocking`, the commit synced to disk before it returns when `synced`.
+    fn write(
+        &self,
+        events: &[AuditEvent],
+        source: Source,
+        shipped: Option<(&str, &Cursor)>,
+        synced: bool,
+    ) -> Result<usize, AuditError> {
+        let new = self.with(true, |conn, key| {
+            if !synced {
+                return store::append(conn, key, events, shipped);
+            }
+            conn.sync_every_commit(true)?;
+            let new = store::append(conn, key, events, shipped);
+            conn.sync_every_commit(false)?;
+            new
+        })?;
         // A block of statements counts as the statements it holds.
         let count: u64 = new.iter().map(|(_, n)| n).sum();
         if let Some(m) = &self.metrics {

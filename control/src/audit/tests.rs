@@ -94,6 +94,30 @@ async fn a_long_read_holds_no_append_back() {
 }
 
 #[tokio::test]
+async fn a_proxy_s_batch_is_synced_to_disk_and_the_writer_goes_back_to_wal_syncing() {
+    use crate::store::Sql;
+    let at = crate::store::testing::sqlite();
+    let log = crate::store::testing::audit_log(&at).await;
+    let level = |log: &AuditLog| {
+        log.with(true, |conn, _| {
+            Ok(conn.query_one("PRAGMA synchronous", &[])?.get::<i64>(0)?)
+        })
+        .expect("PRAGMA synchronous")
+    };
+    assert_eq!(level(&log), 1, "NORMAL: the WAL syncs at checkpoints");
+    log.with(true, |conn, _| Ok(conn.sync_every_commit(true)?))
+        .expect("FULL");
+    assert_eq!(level(&log), 2, "FULL: every commit syncs");
+    log.with(true, |conn, _| Ok(conn.sync_every_commit(false)?))
+        .expect("NORMAL");
+    assert_eq!(
+        log.append(vec![event(1, "alice", "statement")]).await.expect("append"),
+        1
+    );
+    assert_eq!(level(&log), 1, "back to NORMAL after a synced append");
+}
+
+#[tokio::test]
 async fn verify_names_the_first_edit_deletion_or_reordering() {
     for (at, log) in logs_with(6).await {
         tamper(

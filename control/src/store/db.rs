@@ -209,6 +209,20 @@ impl Conn {
         }
     }
 
+    /// Makes each commit from now on durable before it returns (`on`), or
+    /// lets SQLite's WAL sync only at checkpoints, its setting for the logs
+    /// (`PRAGMA synchronous`). PostgreSQL syncs every commit already.
+    pub fn sync_every_commit(&mut self, on: bool) -> Result<(), DbError> {
+        match self {
+            Conn::Sqlite(c) => Ok(c.execute_batch(if on {
+                "PRAGMA synchronous = FULL"
+            } else {
+                "PRAGMA synchronous = NORMAL"
+            })?),
+            Conn::Postgres(_) => Ok(()),
+        }
+    }
+
     /// Starts a transaction that only reads, from one snapshot of the
     /// store, holding no writer off (SQLite's WAL keeps the snapshot;
     /// PostgreSQL's repeatable read does).
