@@ -8,7 +8,7 @@ use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::harness::clients::{run_bounded, run_bounded_input};
 use crate::harness::sshd::{SshSetup, ssh_with};
@@ -52,9 +52,15 @@ fn ssh_stdio_forward(s: &SshSetup, dest: &str, input: &[u8]) -> std::process::Ou
 #[test]
 fn stdio_forwarding_reaches_an_allowed_destination_and_is_audited() {
     let echo = echo_server();
-    let s = SshSetup::with_policy(&format!("      port_forwarding: [\"127.0.0.1:{echo}\"]\n"), "", "");
+    let dead = closed_port();
+    let s = SshSetup::with_policy(
+        &format!("      port_forwarding: [\"127.0.0.1:{echo}\", \"127.0.0.1:{dead}\"]\n"),
+        "",
+        "",
+    );
     s.gw.grant(&s.alice, &s.carol, "web1", None, "30m");
-    let out = ssh_stdio_forward(&s, &format!("127.0.0.1:{echo}"), b"ping through the gateway\n");
+    let ping = b"ping through the gateway\n";
+    let out = ssh_stdio_forward(&s, &format!("127.0.0.1:{echo}"), ping);
     assert_eq!(
         stdout(&out),
         "ping through the gateway\n",
@@ -67,6 +73,31 @@ fn stdio_forwarding_reaches_an_allowed_destination_and_is_audited() {
     assert_eq!(e["detail"]["protocol"], "ssh", "{e}");
     assert_eq!(e["user"], "alice", "{e}");
     assert!(e["detail"]["originator"].as_str().is_some_and(|o| !o.is_empty()), "{e}");
+    let closed = s.gw.audit_seen("forward.close");
+    let c = &closed[0];
+    assert_eq!(c["detail"]["destination"], format!("127.0.0.1:{echo}"), "{c}");
+    let len = ping.len().to_string();
+    assert_eq!(
+        (&c["detail"]["bytes_in"], &c["detail"]["bytes_out"]),
+        (&json!(len), &json!(len)),
+        "{c}"
+    );
+
+    // Allowed, but nobody listens there: the server's failure is audited.
+    let out = ssh_stdio_forward(&s, &format!("127.0.0.1:{dead}"), b"x");
+    assert!(!out.status.success(), "{}", stderr(&out));
+    let failed = s.gw.audit_seen("forward.failed");
+    assert_eq!(
+        failed[0]["detail"]["destination"],
+        format!("127.0.0.1:{dead}"),
+        "{}",
+        failed[0]
+    );
+    assert!(
+        failed[0]["detail"]["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{}",
+        failed[0]
+    );
 
     // Another port of the same host is not named by the policy.
     let other = closed_port();

@@ -2,11 +2,13 @@
 //! opens to `HOST:PORT`, allowed only where the role's policy names the
 //! destination, carried over a direct-tcpip channel of the session's own
 //! upstream connection, so the server makes the TCP connection as it would
-//! without the gateway. Bytes count in the session, each opening is audited,
-//! and the channel closes with the session's cut.
+//! without the gateway. Bytes count in the session; each opening, each
+//! failure to open upstream and each close (with its bytes and duration) is
+//! audited, and the channel closes with the session's cut.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use portcullis_protocol::audit::AuditEvent;
 use russh::server::{ChannelOpenHandle, Msg};
@@ -89,6 +91,10 @@ pub async fn run(conn: Arc<Conn>, channel: Channel<Msg>, fwd: Forward, reply: Ch
         Ok(up) => up,
         Err(e) => {
             tracing::info!(user = %conn.user, destination = %fwd.destination(), error = %e, "ssh forward failed upstream");
+            if let Some(mut failed) = event(&conn, "forward.failed", &fwd) {
+                failed.detail.insert("error".into(), e.to_string());
+                conn.proxy.audit.record(failed).await;
+            }
             let reason = format!(
                 "portcullis: the server could not open a connection to {}: {e}",
                 fwd.destination()
@@ -101,15 +107,32 @@ pub async fn run(conn: Arc<Conn>, channel: Channel<Msg>, fwd: Forward, reply: Ch
     }
     tracing::info!(user = %conn.user, destination = %fwd.destination(), "ssh forward opened");
     reply.accept().await;
-    relay(&conn, channel, up).await;
+    let since = Instant::now();
+    let (bytes_in, bytes_out) = relay(&conn, channel, up).await;
+    if let Some(mut closed) = event(&conn, "forward.close", &fwd) {
+        let d = &mut closed.detail;
+        d.insert("bytes_in".into(), bytes_in.to_string());
+        d.insert("bytes_out".into(), bytes_out.to_string());
+        d.insert("duration_ms".into(), since.elapsed().as_millis().to_string());
+        conn.proxy.audit.record(closed).await;
+    }
 }
 
-async fn relay(conn: &Conn, channel: Channel<Msg>, up: Channel<client::Msg>) {
+/// Relays until either side closes or the session is cut; answers the
+/// bytes from the client and to it.
+async fn relay(conn: &Conn, channel: Channel<Msg>, up: Channel<client::Msg>) -> (u64, u64) {
     let (from_client, to_client) = channel.split();
     let (from_up, to_up) = up.split();
     let mut cut = conn.cut.clone();
-    let count_in = |n: usize| count(conn, n, true);
-    let count_out = |n: usize| count(conn, n, false);
+    let (sent, received) = (AtomicU64::new(0), AtomicU64::new(0));
+    let count_in = |n: usize| {
+        sent.fetch_add(n as u64, Ordering::Relaxed);
+        count(conn, n, true);
+    };
+    let count_out = |n: usize| {
+        received.fetch_add(n as u64, Ordering::Relaxed);
+        count(conn, n, false);
+    };
     tokio::select! {
         () = pump(from_client, &to_up, count_in) => {}
         () = pump(from_up, &to_client, count_out) => {}
@@ -118,6 +141,7 @@ async fn relay(conn: &Conn, channel: Channel<Msg>, up: Channel<client::Msg>) {
     }
     let _ = to_client.close().await;
     let _ = to_up.close().await;
+    (sent.into_inner(), received.into_inner())
 }
 
 fn count(conn: &Conn, n: usize, inbound: bool) {
