@@ -189,7 +189,13 @@ async fn run(
         peer,
     } = client;
     let Some(grant_rx) = proxy.grants.watch(&grant.id) else {
-        tracing::warn!(user, grant = %grant.id, "grant vanished between admission and session start");
+        // Revoked or expired since admission: refused, with why, as a new
+        // attempt would be (never a bare disconnect).
+        tracing::info!(user, grant = %grant.id, "grant vanished between admission and session start");
+        let dbname = format!("{}@{}", resource.name, role.name);
+        if let Err(refusal) = admit(proxy, user, &dbname) {
+            refuse(proxy, Some(client), &refusal, &resource.name, peer, user).await;
+        }
         return None;
     };
     let backend_key = upstream.backend_key.clone();
