@@ -35,11 +35,15 @@ fn cstr(s: &str) -> Vec<u8> {
 }
 
 fn session() -> Arc<SessionAudit> {
+    session_named("ses_flood")
+}
+
+fn session_named(id: &str) -> Arc<SessionAudit> {
     Arc::new(SessionAudit {
         user: "alice".into(),
         resource: "orders".into(),
         role: "read".into(),
-        session_id: "ses_flood".into(),
+        session_id: id.into(),
         protocol: "postgres",
         grant_id: "grt_1".into(),
         request_id: "req_1".into(),
@@ -141,6 +145,64 @@ async fn a_full_queue_holds_the_session_back_and_loses_nothing() {
     );
     let ids: std::collections::HashSet<&str> = all.iter().map(|e| e.id.as_str()).collect();
     assert_eq!(ids.len(), total, "distinct event ids");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_session_holds_back_itself_not_a_quiet_one() {
+    let waits = prometheus::IntCounter::new("waits", "waits").expect("counter");
+    let (log_tx, mut log_rx) = mpsc::channel::<AuditEvent>(1);
+    let queue = AuditQueue::new(Some(log_tx), waits, depth()).expect("audit thread");
+    let mut flood = Recorder::new(session(), queue.statements().expect("a statement queue"));
+    let mut quiet = Recorder::new(
+        session_named("ses_quiet"),
+        queue.statements().expect("a statement queue"),
+    );
+    let mut cx = Context::from_waker(Waker::noop());
+
+    // The flood runs until it is held back (the log stalls meanwhile).
+    let mut flooded = 0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while flood.poll_room(&mut cx, false).is_ready() {
+        run_statement(&mut flood, flooded);
+        flooded += 1;
+        assert!(Instant::now() < deadline, "the flood was never held back");
+    }
+    // The quiet session's statements go on: its own backlog is small.
+    for i in 0..20 {
+        run_statement(&mut quiet, i);
+        assert!(quiet.poll_room(&mut cx, false).is_ready(), "statement {i} held back");
+    }
+
+    // The log drains: both finish, and every quiet statement is there.
+    let drained = tokio::spawn(async move {
+        let mut all = Vec::new();
+        while let Some(e) = log_rx.recv().await {
+            all.push(e);
+        }
+        all
+    });
+    flood.finish().await;
+    quiet.finish().await;
+    drop(queue);
+    let all: Vec<AuditEvent> = drained
+        .await
+        .expect("join")
+        .into_iter()
+        .flat_map(|b| expand(0, b))
+        .map(|(_, e)| e)
+        .collect();
+    let quiet_texts: Vec<&str> = all
+        .iter()
+        .filter(|e| e.session_id.as_deref() == Some("ses_quiet"))
+        .map(|e| e.detail.get("text").map_or("", String::as_str))
+        .collect();
+    let want: Vec<String> = (0..20).map(|i| format!("SELECT {i}")).collect();
+    assert_eq!(quiet_texts, want);
+    let flood_count = all
+        .iter()
+        .filter(|e| e.session_id.as_deref() == Some("ses_flood"))
+        .count();
+    assert_eq!(flood_count, flooded, "and every flooded one");
 }
 
 #[tokio::test]
