@@ -11,11 +11,17 @@ use crate::harness::{Gateway, GatewayOptions, connect, ok};
 
 /// The statement events so far, oldest first, once at least `min` are there.
 async fn statements(gw: &Gateway, min: usize) -> Vec<AuditEvent> {
+    events(gw, "statement", min).await
+}
+
+/// The events of `action` so far, oldest first, once at least `min` are
+/// there (or 30 s have passed).
+async fn events(gw: &Gateway, action: &str, min: usize) -> Vec<AuditEvent> {
     let log = AuditLog::open_blocking(&gw.data_dir).expect("open the gateway's audit log");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let search = Search {
-            action: Some("statement".into()),
+            action: Some(action.into()),
             limit: 10_000,
             ..Search::default()
         };
@@ -397,22 +403,9 @@ async fn a_session_the_audit_cannot_follow_is_cut_and_says_why() {
     assert_eq!(lost.len(), 1, "{lost:#?}");
     assert!(detail(lost[0], "why").starts_with("more than 10000 prepared statements"));
     assert_eq!(detail(&all[0], "text"), "SELECT 1", "statements before it are recorded");
-    let log = AuditLog::open_blocking(&gw.data_dir).expect("open");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let end = loop {
-        let search = Search {
-            action: Some("session.end".into()),
-            limit: 10,
-            ..Search::default()
-        };
-        let found = log.search(search).await.expect("search");
-        if let Some((_, e)) = found.into_iter().next() {
-            break e;
-        }
-        assert!(Instant::now() < deadline, "no session.end");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    assert_eq!(detail(&end, "ended"), "audit_lost");
+    let ends = events(&gw, "session.end", 1).await;
+    let end = ends.first().expect("no session.end");
+    assert_eq!(detail(end, "ended"), "audit_lost");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
