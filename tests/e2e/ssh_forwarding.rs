@@ -110,7 +110,14 @@ fn stdio_forwarding_reaches_an_allowed_destination_and_is_audited() {
         )),
         "the client should print why: {err}"
     );
-    s.gw.audit_seen("forward.refused");
+    let refused = s.gw.audit_seen("forward.refused");
+    assert_eq!(refused[0]["detail"]["direction"], "local", "{}", refused[0]);
+    assert_eq!(
+        refused[0]["detail"]["why"],
+        format!("port forwarding to 127.0.0.1:{other} is not allowed by the policy of web1"),
+        "{}",
+        refused[0]
+    );
 }
 
 #[test]
@@ -143,6 +150,20 @@ fn forwarding_is_refused_by_default_and_remote_and_agent_forwarding_never_work()
         stderr(&out).contains("remote port forwarding failed"),
         "{}",
         stderr(&out)
+    );
+    let remote = s.gw.audit_until(&["--action", "forward.refused"], |v| {
+        v.iter().any(|e| e["detail"]["direction"] == "remote")
+    });
+    let remote = remote
+        .iter()
+        .find(|e| e["detail"]["direction"] == "remote")
+        .expect("the -R refusal should be audited");
+    assert_eq!(remote["user"], "alice", "{remote}");
+    // OpenSSH asks for `localhost` when no bind address is given.
+    assert_eq!(remote["detail"]["listen"], "localhost:0", "{remote}");
+    assert_eq!(
+        remote["detail"]["why"], "remote forwarding is never allowed",
+        "{remote}"
     );
 
     // -A: a running agent on this side, and still none on the server.

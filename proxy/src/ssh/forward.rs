@@ -70,11 +70,31 @@ pub async fn refuse(reply: ChannelOpenHandle, code: u32, reason: String) {
     reply.reject(ChannelOpenFailure::Other { code, reason }).await;
 }
 
-/// Records a refusal by policy in the session's audit (a refused session has none).
-pub async fn audit_refused(conn: &Conn, fwd: &Forward) {
-    if let Some(e) = event(conn, "forward.refused", fwd) {
+/// Records a refusal by policy, and `why`, in the session's audit (a refused session has none).
+pub async fn audit_refused(conn: &Conn, fwd: &Forward, why: &str) {
+    if let Some(mut e) = event(conn, "forward.refused", fwd) {
+        e.detail.insert("why".into(), why.to_owned());
         conn.proxy.audit.record(e).await;
     }
+}
+
+/// Records a refused `ssh -R` (a listener on the server for the engineer's
+/// side), which no policy allows: it would open the server to the client's network.
+pub async fn audit_remote_refused(conn: &Conn, address: &str, port: u32) {
+    let Some(audit) = conn.audit.as_ref() else { return };
+    let mut e = audit.event("forward.refused");
+    let listen = Forward {
+        host: address.to_owned(),
+        port,
+        originator: String::new(),
+        originator_port: 0,
+    };
+    e.detail.insert("direction".into(), "remote".into());
+    e.detail.insert("listen".into(), listen.destination());
+    e.detail
+        .insert("why".into(), "remote forwarding is never allowed".into());
+    e.detail.insert("peer".into(), conn.peer.ip().to_string());
+    conn.proxy.audit.record(e).await;
 }
 
 /// Opens the upstream side, then accepts the engineer's channel and relays
@@ -177,6 +197,7 @@ async fn pump<M: From<(russh::ChannelId, ChannelMsg)> + Send + Sync + 'static>(
 /// An audit event of this session about `fwd`; `None` for a refused session.
 fn event(conn: &Conn, action: &str, fwd: &Forward) -> Option<AuditEvent> {
     let mut e = conn.audit.as_ref()?.event(action);
+    e.detail.insert("direction".into(), "local".into());
     e.detail.insert("destination".into(), fwd.destination());
     e.detail.insert(
         "originator".into(),

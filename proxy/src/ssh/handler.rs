@@ -286,7 +286,7 @@ impl russh::server::Handler for SshHandler {
         let conn = Arc::clone(&live.conn);
         if let Err(reason) = forward::check(&conn, &fwd) {
             tracing::info!(peer = %self.peer, user = %conn.user, destination = %fwd.destination(), "ssh forward refused");
-            forward::audit_refused(&conn, &fwd).await;
+            forward::audit_refused(&conn, &fwd, reason.trim_start_matches("portcullis: ")).await;
             forward::refuse(reply, forward::PROHIBITED, reason).await;
             return Ok(());
         }
@@ -303,6 +303,9 @@ impl russh::server::Handler for SshHandler {
     ) -> Result<bool, Self::Error> {
         // Remote forwarding (`ssh -R`) would open the server's ports to the engineer's side: never.
         tracing::info!(peer = %self.peer, address, port = *port, "ssh remote forwarding refused");
+        if let Some(live) = &self.live {
+            forward::audit_remote_refused(&live.conn, address, *port).await;
+        }
         Ok(false)
     }
 
