@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -137,6 +138,59 @@ fn startup(params: &[(&str, &str)]) -> Vec<u8> {
     let mut packet = u32::try_from(body.len() + 4).expect("small").to_be_bytes().to_vec();
     packet.extend(body);
     packet
+}
+
+/// One frontend message: tag, length, body.
+fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = vec![tag];
+    m.extend_from_slice(&u32::try_from(body.len() + 4).expect("small").to_be_bytes());
+    m.extend_from_slice(body);
+    m
+}
+
+/// One backend message: its tag and body.
+async fn read_message(sock: &mut TcpStream) -> (u8, Vec<u8>) {
+    let mut header = [0u8; 5];
+    sock.read_exact(&mut header).await.expect("a message header");
+    let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+    let mut body = vec![0u8; len.saturating_sub(4)];
+    sock.read_exact(&mut body).await.expect("a message body");
+    (header[0], body)
+}
+
+/// A session through the gateway on a bare socket, logged in by hand with
+/// SCRAM (postgres-protocol's client, the one tokio-postgres uses) and
+/// standing at its first ReadyForQuery: a client that can then send anything.
+async fn raw_login(gw: &Gateway, user: &str, token: &str) -> TcpStream {
+    let mut sock = TcpStream::connect(("127.0.0.1", gw.pg_port)).await.expect("connect");
+    let hello = startup(&[("user", user), ("database", "orders")]);
+    sock.write_all(&hello).await.expect("startup");
+    let mut scram = ScramSha256::new(token.as_bytes(), ChannelBinding::unsupported());
+    loop {
+        let (tag, body) = tokio::time::timeout(Duration::from_secs(10), read_message(&mut sock))
+            .await
+            .expect("the login should go on within 10 s");
+        let code = || u32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+        match tag {
+            b'R' if code() == 10 => {
+                let first = scram.message();
+                let mut body = b"SCRAM-SHA-256\0".to_vec();
+                body.extend_from_slice(&u32::try_from(first.len()).expect("small").to_be_bytes());
+                body.extend_from_slice(first);
+                sock.write_all(&message(b'p', &body)).await.expect("client-first");
+            }
+            b'R' if code() == 11 => {
+                scram.update(&body[4..]).expect("server-first");
+                sock.write_all(&message(b'p', scram.message()))
+                    .await
+                    .expect("client-final");
+            }
+            b'R' if code() == 12 => scram.finish(&body[4..]).expect("the server's signature"),
+            b'E' => panic!("login refused: {:?}", String::from_utf8_lossy(&body)),
+            b'Z' => return sock,
+            _ => {}
+        }
+    }
 }
 
 fn code_packet(code: u32) -> Vec<u8> {
@@ -315,5 +369,48 @@ async fn failed_login_flood_is_backed_off() {
     );
     eprintln!("backoff: {:?}", backed_off[0]);
     assert_healthy(&s).await;
+    gw.assert_alive();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_message_after_login_gets_a_fatal_and_ends_the_session_on_record() {
+    let mut gw = Gateway::start(GatewayOptions::default());
+    let (alice, dave) = (gw.add_user("alice", &[], false), gw.add_user("dave", &[], false));
+    let carol = gw.add_user("carol", &[], false);
+    gw.grant(&alice, &carol, "orders", None, "1h");
+    gw.grant(&dave, &carol, "orders", None, "1h");
+    let s = connect(&gw.pg_config("alice", &alice, "orders"))
+        .await
+        .expect("healthy session");
+    let mut sock = raw_login(&gw, "dave", &dave).await;
+    // A whole query first, so the session has a statement on record; then a
+    // Query whose length (2) is below the header's own 4 bytes.
+    sock.write_all(&message(b'Q', b"SELECT 1\0")).await.expect("query");
+    loop {
+        if read_message(&mut sock).await.0 == b'Z' {
+            break;
+        }
+    }
+    let _ = sock.write_all(b"Q\0\0\0\x02").await;
+    let a = read_all(&mut sock, Duration::from_secs(10)).await;
+    let msg = assert_refused("a Query of length 2", &a);
+    let (_, code, _) = error_response(&a.bytes).expect("an ErrorResponse");
+    assert_eq!(code, "08P01", "{msg}");
+    assert_eq!(
+        msg,
+        "portcullis: protocol violation: message 'Q' has an invalid length 2; the session is closed"
+    );
+    assert_healthy(&s).await;
+
+    let ended = gw.audit_until(&["--user", "dave", "--action", "session.end"], |v| !v.is_empty());
+    let ended = ended.first().expect("dave's session.end within 30 s");
+    assert_eq!(ended["detail"]["ended"], "protocol_violation", "{ended}");
+    assert_eq!(
+        ended["detail"]["error"], "message 'Q' has an invalid length 2",
+        "{ended}"
+    );
+    let statements = gw.audit_until(&["--user", "dave", "--action", "statement"], |v| !v.is_empty());
+    assert_eq!(statements.len(), 1, "{statements:?}");
+    assert_eq!(statements[0]["detail"]["text"], "SELECT 1", "{}", statements[0]);
     gw.assert_alive();
 }

@@ -14,6 +14,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
+use portcullis_protocol::pg::backend::{Severity, error_response};
 use portcullis_protocol::pg::boundary::Boundary;
 use portcullis_protocol::pg::error::ProtocolError;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -43,6 +44,9 @@ pub enum RelayEnd {
     ServerClosed,
     /// The session was cut (FATAL delivered, or the grace period ran out).
     Cut,
+    /// The client sent a message no PostgreSQL server would take (a length
+    /// below 4): it was told so with a FATAL, as PostgreSQL tells it.
+    Violation(String),
     /// An I/O or framing error on either side.
     Error(String),
 }
@@ -55,9 +59,29 @@ impl RelayEnd {
             RelayEnd::ClientClosed => "client_closed",
             RelayEnd::ServerClosed => "server_closed",
             RelayEnd::Cut => "cut",
+            RelayEnd::Violation(_) => "protocol_violation",
             RelayEnd::Error(_) => "error",
         }
     }
+
+    /// What went wrong, for an end by error.
+    pub fn error(&self) -> Option<&str> {
+        match self {
+            RelayEnd::Violation(e) | RelayEnd::Error(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// The FATAL a client gets for breaking the protocol: SQLSTATE 08P01, as PostgreSQL sends.
+fn violation_fatal(what: &str) -> Bytes {
+    error_response(
+        Severity::Fatal,
+        "08P01",
+        &format!("portcullis: protocol violation: {what}; the session is closed"),
+        None,
+        None,
+    )
 }
 
 /// Relays until one side closes or `cut` resolves to the reason and the
@@ -90,33 +114,46 @@ pub async fn relay<T>(
         own_pos: 0,
         fatal: None,
         ending: false,
+        violation: None,
     };
-    if let Some(end) = relay.send_first(&first_to_server).await {
-        let idle = relay.server_idle();
-        return (end, None, idle);
+    match relay.send_first(&first_to_server).await {
+        None => {}
+        Some(RelayEnd::Violation(text)) => relay.violate(text),
+        Some(end) => {
+            let idle = relay.server_idle();
+            return (end, None, idle);
+        }
     }
     drop(first_to_server);
     let mut cut = pin!(cut);
     let mut why = None;
     let mut grace: Option<Pin<Box<tokio::time::Sleep>>> = None;
     let end = std::future::poll_fn(|cx| {
+        // Once cut or violated, nothing more from the client reaches the
+        // server, and the first FATAL is the one delivered.
         if why.is_none()
+            && relay.violation.is_none()
             && let Poll::Ready((reason, fatal)) = cut.as_mut().poll(cx)
         {
             why = Some(reason);
             relay.fatal = Some(fatal);
+        }
+        if why.is_none()
+            && relay.violation.is_none()
+            && let Poll::Ready(end) = relay.poll_up(cx)
+        {
+            let RelayEnd::Violation(text) = end else {
+                return Poll::Ready(end);
+            };
+            relay.violate(text);
+        }
+        if grace.is_none() && (why.is_some() || relay.violation.is_some()) {
             grace = Some(Box::pin(tokio::time::sleep(CUT_GRACE)));
         }
         if let Some(g) = grace.as_mut()
             && g.as_mut().poll(cx).is_ready()
         {
-            return Poll::Ready(RelayEnd::Cut);
-        }
-        // Once cut, nothing more from the client reaches the server.
-        if why.is_none()
-            && let Poll::Ready(end) = relay.poll_up(cx)
-        {
-            return Poll::Ready(end);
+            return Poll::Ready(relay.cut_end());
         }
         relay.poll_down(cx)
     })
@@ -167,6 +204,8 @@ struct Relay<'a> {
     fatal: Option<Bytes>,
     /// The FATAL is out: flush, close, done.
     ending: bool,
+    /// The client broke the protocol: this is why the FATAL is out.
+    violation: Option<String>,
 }
 
 /// What a chunk from the client holds for the relay.
@@ -213,7 +252,7 @@ impl Relay<'_> {
         self.handle.bytes_in.fetch_add(first.len() as u64, Ordering::Relaxed);
         let scan = match scan_client(&mut self.up.frames, first) {
             Ok(s) => s,
-            Err(e) => return Some(RelayEnd::Error(format!("client: {e}"))),
+            Err(e) => return Some(RelayEnd::Violation(e.to_string())),
         };
         self.asked += scan.asked;
         if let Some(r) = self.recorder.as_mut() {
@@ -232,6 +271,17 @@ impl Relay<'_> {
     /// Whether the server has answered everything and stands between messages.
     fn server_idle(&self) -> bool {
         self.asked == self.answered && self.down.frames.at_boundary()
+    }
+
+    /// Stops reading the client and queues the FATAL that says why.
+    fn violate(&mut self, what: String) {
+        self.fatal = Some(violation_fatal(&what));
+        self.violation = Some(what);
+    }
+
+    /// How a session ends once its FATAL is out (or its grace ran out).
+    fn cut_end(&mut self) -> RelayEnd {
+        self.violation.take().map_or(RelayEnd::Cut, RelayEnd::Violation)
     }
 
     fn quit_end(&self, clean: bool) -> RelayEnd {
@@ -276,7 +326,7 @@ impl Relay<'_> {
             self.handle.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
             let scan = match scan_client(&mut up.frames, &up.lease.bytes()[..n]) {
                 Ok(s) => s,
-                Err(e) => return Poll::Ready(RelayEnd::Error(format!("client: {e}"))),
+                Err(e) => return Poll::Ready(RelayEnd::Violation(e.to_string())),
             };
             self.asked += scan.asked;
             self.quit = scan.quit;
@@ -307,7 +357,7 @@ impl Relay<'_> {
             if self.ending {
                 let _ = ready!(Pin::new(&mut *self.client).poll_flush(cx));
                 let _ = ready!(Pin::new(&mut *self.client).poll_shutdown(cx));
-                return Poll::Ready(RelayEnd::Cut);
+                return Poll::Ready(self.cut_end());
             }
             let down = &mut self.down;
             let at_boundary = down.mark == Some(down.start) || (down.start == down.end && down.frames.at_boundary());

@@ -317,6 +317,9 @@ async fn run(
     ] {
         ended.detail.insert(k.into(), v);
     }
+    if let (None, Some(error)) = (&cut, end.error()) {
+        ended.detail.insert("error".into(), error.to_owned());
+    }
     proxy.audit.record(ended).await;
     match end {
         RelayEnd::ClientQuit { idle: true } => Some(upstream),
