@@ -172,7 +172,7 @@ impl Blocks {
                 tracker.client_message(m, now);
                 if following && let Some(why) = tracker.lost() {
                     filling.push_lost(session.wall_at(now), why, tracker.unfollowed());
-                    session.cut_for_audit(why);
+                    session.cut_for_audit(why.why());
                 }
             }
         });

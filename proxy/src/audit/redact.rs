@@ -6,7 +6,7 @@
 
 use std::borrow::Cow;
 
-use pg_query::protobuf::Token;
+use pg_query::protobuf::{ScanToken, Token};
 
 /// What replaces a secret in a statement.
 pub const REDACTED: &str = "'[redacted]'";
@@ -41,7 +41,7 @@ pub fn redact(text: &str) -> Redaction {
         return found;
     }
     found.text = match redact_in(text, 0, &mut found.params) {
-        Ok(text) => text,
+        Ok(scan) => scan.text,
         Err(Unscannable) => Some("[redacted: the statement mentions a password and could not be scanned]".to_owned()),
     };
     found
@@ -50,46 +50,116 @@ pub fn redact(text: &str) -> Redaction {
 /// The scanner refused the text (an unterminated string or comment).
 struct Unscannable;
 
-/// `text` with its secrets replaced (`None`: it holds none), strings in it
-/// searched `depth` levels down; the parameters bound where a password goes
-/// are added to `params`.
-fn redact_in(text: &str, depth: usize, params: &mut Vec<usize>) -> Result<Option<String>, Unscannable> {
+/// What scanning one text found.
+struct Scan {
+    /// The text with its secrets replaced (`None`: it holds none).
+    text: Option<String>,
+    /// It names a password whose value is not in it: the name ends the
+    /// text, or a `format` placeholder (`%L`) follows it.
+    open: bool,
+}
+
+/// Where the scan stands after a word that names a password.
+#[derive(Clone, Copy)]
+enum After {
+    /// No such word just seen.
+    Nothing,
+    /// One was: its value comes next, maybe after `=`, `:=` or `TO`.
+    /// `keyword` for PASSWORD itself, whose value may be written bare.
+    Name { keyword: bool },
+    /// The value is a call (`crypt('pw', ...)`): each argument may be it.
+    Call { depth: usize },
+}
+
+fn is(t: &ScanToken, kind: Token) -> bool {
+    t.token == kind as i32
+}
+
+/// `text` with its secrets replaced, strings in it searched `depth` levels
+/// down; the parameters bound where a password goes are added to `params`.
+/// A password's name is the PASSWORD keyword or any identifier that says
+/// password (`sslpassword`, `"password"`, `app.password`); its value is the
+/// string, parameter or bare word after it, or every argument of a call.
+/// A string that writes a statement whose password is given elsewhere
+/// (`format('... PASSWORD %L', 'app', 'pw')`, `'... PASSWORD ' || 'pw'`)
+/// makes every later string and parameter of the text a password.
+fn redact_in(text: &str, depth: usize, params: &mut Vec<usize>) -> Result<Scan, Unscannable> {
     let tokens = pg_query::scan_tokens(text).map_err(|_| Unscannable)?;
     let lower = text.to_ascii_lowercase();
     let mut spans: Vec<(usize, usize, Cow<'static, str>)> = Vec::new();
-    let mut after_password = false;
-    for t in &tokens {
-        let kind = t.token;
+    let mut after = After::Nothing;
+    let mut open = false;
+    let mut rest_secret = false;
+    for (i, t) in tokens.iter().enumerate() {
         // `PASSWORD /* new */ 'x'` is still a password.
-        if kind == Token::SqlComment as i32 || kind == Token::CComment as i32 {
+        if is(t, Token::SqlComment) || is(t, Token::CComment) {
             continue;
         }
         let (start, end) = (t.start as usize, t.end as usize);
-        if kind == Token::Sconst as i32 || kind == Token::Usconst as i32 {
-            let literal = lower.get(start..end).unwrap_or_default();
-            if after_password || holds_secret(literal) {
-                spans.push((start, end, Cow::Borrowed(REDACTED)));
-            } else if says_password(literal.as_bytes())
-                && let Some(inner) = nested(text.get(start..end).unwrap_or_default(), depth)
-            {
-                spans.push((start, end, Cow::Owned(inner)));
+        let literal = is(t, Token::Sconst) || is(t, Token::Usconst);
+        let param = || text.get(start + 1..end).and_then(|n| n.parse::<usize>().ok());
+        match after {
+            After::Name { .. } if is(t, Token::Ascii61) || is(t, Token::ColonEquals) || is(t, Token::To) => continue,
+            After::Name { keyword } => {
+                after = After::Nothing;
+                let bare = [Token::Ident, Token::Iconst, Token::Fconst].iter().any(|k| is(t, *k));
+                if is(t, Token::Ident) && tokens.get(i + 1).is_some_and(|n| is(n, Token::Ascii40)) {
+                    after = After::Call { depth: 0 };
+                    continue;
+                } else if literal || (keyword && bare) {
+                    // A password typed without quotes: the server refuses it, naming it in its error.
+                    spans.push((start, end, Cow::Borrowed(REDACTED)));
+                    continue;
+                } else if is(t, Token::Param) {
+                    params.extend(param());
+                    continue;
+                } else if is(t, Token::Ascii37) {
+                    // `PASSWORD %L` in a format string: the value is an argument.
+                    open = true;
+                }
             }
-        } else if after_password && kind == Token::Param as i32 {
-            if let Some(n) = text.get(start + 1..end).and_then(|n| n.parse().ok()) {
-                params.push(n);
+            After::Call { depth } => {
+                if is(t, Token::Ascii40) {
+                    after = After::Call { depth: depth + 1 };
+                } else if is(t, Token::Ascii41) {
+                    after = if depth <= 1 {
+                        After::Nothing
+                    } else {
+                        After::Call { depth: depth - 1 }
+                    };
+                } else if literal {
+                    spans.push((start, end, Cow::Borrowed(REDACTED)));
+                } else if is(t, Token::Param) {
+                    params.extend(param());
+                }
+                continue;
             }
-        } else if after_password
-            && [Token::Ident, Token::Iconst, Token::Fconst]
-                .iter()
-                .any(|k| kind == *k as i32)
-        {
-            // A password typed without quotes: the server refuses it, naming it in its error.
-            spans.push((start, end, Cow::Borrowed(REDACTED)));
+            After::Nothing => {}
         }
-        after_password = kind == Token::Password as i32;
+        if literal {
+            let said = lower.get(start..end).unwrap_or_default();
+            if rest_secret || holds_secret(said) {
+                spans.push((start, end, Cow::Borrowed(REDACTED)));
+            } else if says_password(said.as_bytes()) {
+                let inner = nested(text.get(start..end).unwrap_or_default(), depth);
+                rest_secret = inner.open;
+                if let Some(inner) = inner.text {
+                    spans.push((start, end, Cow::Owned(inner)));
+                }
+            }
+        } else if rest_secret && is(t, Token::Param) {
+            params.extend(param());
+        } else if is(t, Token::Password)
+            || (is(t, Token::Ident) && says_password(lower.get(start..end).unwrap_or_default().as_bytes()))
+        {
+            after = After::Name {
+                keyword: is(t, Token::Password),
+            };
+        }
     }
+    let open = open || matches!(after, After::Name { .. });
     if spans.is_empty() {
-        return Ok(None);
+        return Ok(Scan { text: None, open });
     }
     let mut out = String::with_capacity(text.len());
     let mut at = 0;
@@ -99,38 +169,53 @@ fn redact_in(text: &str, depth: usize, params: &mut Vec<usize>) -> Result<Option
         at = end;
     }
     out.push_str(text.get(at..).unwrap_or_default());
-    Ok(Some(out))
+    Ok(Scan { text: Some(out), open })
 }
 
 /// A string literal that says "password", with what is written in it
-/// redacted as statements are (`None`: nothing in it is secret). Its body
-/// is searched when it is dollar-quoted or a plain `'...'` string; any
-/// other kind (`E'...'`, `U&'...'`), one nested too deep or one whose body
-/// cannot be scanned is replaced whole.
-fn nested(literal: &str, depth: usize) -> Option<String> {
-    let whole = || Some(REDACTED.to_owned());
+/// redacted as statements are. Its body is searched when it is
+/// dollar-quoted or a plain `'...'` string; any other kind (`E'...'`,
+/// `U&'...'`), one nested too deep or one whose body cannot be scanned is
+/// replaced whole, and counts as open (its password may follow it).
+fn nested(literal: &str, depth: usize) -> Scan {
+    let whole = Scan {
+        text: Some(REDACTED.to_owned()),
+        open: true,
+    };
     if depth + 1 >= DEPTH {
-        return whole();
+        return whole;
     }
     // The statement's own parameters are not the body's: a body's `$1` is not redacted.
     let mut unused = Vec::new();
     if let Some(rest) = literal.strip_prefix('$') {
         // `$tag$body$tag$`
         let tag = &literal[..rest.find('$').map_or(literal.len(), |i| i + 2)];
-        let body = literal.get(tag.len()..literal.len().checked_sub(tag.len())?)?;
+        let Some(body) = literal
+            .len()
+            .checked_sub(tag.len())
+            .and_then(|end| literal.get(tag.len()..end))
+        else {
+            return whole;
+        };
         return match redact_in(body, depth + 1, &mut unused) {
-            Ok(inner) => inner.map(|inner| format!("{tag}{inner}{tag}")),
-            Err(Unscannable) => whole(),
+            Ok(inner) => Scan {
+                text: inner.text.map(|inner| format!("{tag}{inner}{tag}")),
+                open: inner.open,
+            },
+            Err(Unscannable) => whole,
         };
     }
     if literal.starts_with('\'') && literal.len() >= 2 {
         let body = literal[1..literal.len() - 1].replace("''", "'");
         return match redact_in(&body, depth + 1, &mut unused) {
-            Ok(inner) => inner.map(|inner| format!("'{}'", inner.replace('\'', "''"))),
-            Err(Unscannable) => whole(),
+            Ok(inner) => Scan {
+                text: inner.text.map(|inner| format!("'{}'", inner.replace('\'', "''"))),
+                open: inner.open,
+            },
+            Err(Unscannable) => whole,
         };
     }
-    whole()
+    whole
 }
 
 /// Whether `text` may hold a password: it says "password" in any case, or
@@ -158,10 +243,11 @@ pub fn holds_secret(literal: &str) -> bool {
     let conninfo = literal
         .match_indices("password")
         .any(|(i, w)| literal[i + w.len()..].trim_start().starts_with('='));
+    // `scheme://user:password@host`: libpq takes everything before the `@`
+    // as the user's part, `?` and `/` included.
     let url = literal.find("://").is_some_and(|i| {
         let rest = &literal[i + 3..];
-        let host_start = rest.find(['/', '?']).unwrap_or(rest.len());
-        rest[..host_start].contains('@') && rest[..host_start].split('@').next().is_some_and(|u| u.contains(':'))
+        rest.find('@').is_some_and(|at| rest[..at].contains(':'))
     });
     conninfo || url
 }
@@ -251,7 +337,62 @@ mod tests {
             redact("CREATE USER MAPPING FOR bob SERVER s OPTIONS (user $1, password /* x */ $2)").params,
             [2]
         );
-        assert!(redact("SELECT $1 FROM users WHERE password = $2").is_empty());
+        // Compared with a password column: the value is one.
+        assert_eq!(redact("SELECT $1 FROM users WHERE password = $2").params, [2]);
+        assert!(redact("SELECT $1 FROM users WHERE password IS NULL").is_empty());
+    }
+
+    #[test]
+    fn a_password_given_apart_from_its_statement_is_redacted() {
+        for sql in [
+            "DO $$BEGIN EXECUTE format('ALTER ROLE %I PASSWORD %L', 'app', 'hunter2'); END$$",
+            "SELECT format('CREATE ROLE app LOGIN PASSWORD %L', 'hunter2')",
+            "DO $$BEGIN EXECUTE 'ALTER ROLE app PASSWORD ' || quote_literal('hunter2'); END$$",
+            "SELECT set_config('app.password', 'hunter2', false)",
+        ] {
+            let redacted = text(sql).expect(sql);
+            assert!(!redacted.contains("hunter2"), "{sql}: {redacted}");
+        }
+        assert_eq!(
+            redact("SELECT format('ALTER ROLE %I PASSWORD %L', $1, $2)").params,
+            [1, 2]
+        );
+        // The template itself stays readable.
+        assert_eq!(
+            text("SELECT format('CREATE ROLE app LOGIN PASSWORD %L', 'hunter2')").as_deref(),
+            Some("SELECT format('CREATE ROLE app LOGIN PASSWORD %L', '[redacted]')")
+        );
+    }
+
+    #[test]
+    fn any_name_that_says_password_hides_its_value() {
+        for (sql, want) in [
+            (
+                "CREATE USER MAPPING FOR bob SERVER s OPTIONS (\"user\" 'bob', \"password\" 'hunter2')",
+                "CREATE USER MAPPING FOR bob SERVER s OPTIONS (\"user\" 'bob', \"password\" '[redacted]')",
+            ),
+            (
+                "ALTER USER MAPPING FOR bob SERVER s OPTIONS (ADD sslpassword 'hunter2')",
+                "ALTER USER MAPPING FOR bob SERVER s OPTIONS (ADD sslpassword '[redacted]')",
+            ),
+            ("SET app.password = 'hunter2'", "SET app.password = '[redacted]'"),
+            (
+                "ALTER ROLE x SET app.password TO 'hunter2'",
+                "ALTER ROLE x SET app.password TO '[redacted]'",
+            ),
+            (
+                "UPDATE users SET password = crypt('hunter2', gen_salt('bf')) WHERE id = 1",
+                "UPDATE users SET password = crypt('[redacted]', gen_salt('[redacted]')) WHERE id = 1",
+            ),
+            (
+                "SELECT dblink_connect('postgresql://bob:pa?ss@db/x')",
+                "SELECT dblink_connect('[redacted]')",
+            ),
+        ] {
+            assert_eq!(text(sql).as_deref(), Some(want), "{sql}");
+        }
+        // A column that says password, next to no value, hides nothing.
+        assert!(redact("SELECT password_hash, name FROM users WHERE name = 'bob'").is_empty());
     }
 
     #[test]

@@ -3,13 +3,14 @@
 //! an `AuditEvent` on the audit thread.
 
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::sync::Arc;
 use std::time::Instant;
 
 use portcullis_protocol::audit::AuditEvent;
 use portcullis_protocol::audit::detail::{Detail, Fields};
 use portcullis_protocol::feed::UnixMillis;
-use portcullis_protocol::pg::statements::{Flow, Lost, Outcome, Param, Rendered, Statement, Text};
+use portcullis_protocol::pg::statements::{Flow, Outcome, Param, Rendered, Statement, Text};
 
 use super::classify::Classifier;
 use super::redact::{REDACTED, redact, value_holds_secret};
@@ -78,10 +79,10 @@ impl SessionAudit {
         self.wall.saturating_add(i64::try_from(offset).unwrap_or(i64::MAX))
     }
 
-    /// Cuts the session: its statements can no longer be followed (`why`).
-    pub fn cut_for_audit(&self, why: Lost) {
+    /// Cuts the session: what it does can no longer be followed (`why`).
+    pub fn cut_for_audit(&self, why: String) {
         if let Some(handle) = &self.handle {
-            handle.cut_for_audit(why.why());
+            handle.cut_for_audit(why);
         }
     }
 }
@@ -163,9 +164,13 @@ pub fn statement_detail(session: &SessionAudit, s: &Statement, classifier: &mut 
             d.put("portal", &s.portal);
         }
         d.put_number("param_count", s.param_count as u64);
+        // A value hidden here must not come back in the server's error
+        // (`invalid input syntax for type integer: "..."`).
+        let hidden = Cell::new(false);
         if s.param_count > 0 {
             if session.redact_parameters {
                 d.put_plain("params", "[redacted by policy]");
+                hidden.set(true);
             } else if s.params.is_empty() {
                 d.put_plain("params", "[not kept: past the session's audit budget]");
             } else {
@@ -173,16 +178,20 @@ pub fn statement_detail(session: &SessionAudit, s: &Statement, classifier: &mut 
                 d.put_list(
                     "params",
                     s.params.iter().enumerate().map(|(i, p)| {
-                        if secret(i) {
+                        let value = if secret(i) {
                             Some(Cow::Borrowed(REDACTED))
                         } else {
                             param_value(p)
+                        };
+                        if value.as_deref() == Some(REDACTED) {
+                            hidden.set(true);
                         }
+                        value
                     }),
                 );
             }
         }
-        text.redacted
+        text.redacted || hidden.get()
     } else {
         d.put_plain("flow", if s.flow == Flow::Simple { "simple" } else { "function" });
         text_detail(&s.text, classifier, d).0
@@ -207,8 +216,9 @@ pub fn statement_detail(session: &SessionAudit, s: &Statement, classifier: &mut 
         Outcome::Failed { sqlstate, message } => {
             d.put_plain("outcome", "error");
             d.put("sqlstate", sqlstate);
-            // The server quotes the statement in some errors (`syntax error at or
-            // near "hunter2"`): for one that held a password, its SQLSTATE only.
+            // The server quotes the statement or a value in some errors
+            // (`syntax error at or near "hunter2"`): for one that held a
+            // password or a hidden value, its SQLSTATE only.
             d.put("error", if redacted { WITHHELD } else { message });
         }
         Outcome::Suspended => d.put_plain("outcome", "suspended"),
@@ -230,15 +240,18 @@ fn text_detail(text: &Text, classifier: &mut Classifier, d: &mut impl Detail) ->
         d.put_plain("redacted", "true");
     }
     if let Some(sha) = &text.sha256 {
-        // Cut: the whole text's length and hash, never the rest of it.
+        // Cut: the whole text's length and hash, never the rest of it. Not
+        // the hash of one that held a password: it would let one guess it.
         d.put_number("text_len", text.len as u64);
-        d.put_plain("text_sha256", sha);
+        if !redacted {
+            d.put_plain("text_sha256", sha);
+        }
     }
     (redacted, found.params)
 }
 
-/// The error message of a statement that held a password.
-const WITHHELD: &str = "[withheld: the statement held a password]";
+/// The error message of a statement that held a password or a hidden value.
+const WITHHELD: &str = "[withheld: it may quote a redacted value]";
 
 /// A bound value as the event lists it (`None`: SQL NULL); one that holds a
 /// password (a connection string or URL) is redacted.
@@ -382,6 +395,26 @@ pub(crate) mod tests {
         );
         assert_eq!(e.detail["params"], "[redacted by policy]");
         assert_eq!(e.detail["param_count"], "1");
+        // Nor does the server's error bring them back.
+        let mut st = bound(vec![Param::Text("123-45-6789".into())], s.since);
+        st.outcome = Outcome::Failed {
+            sqlstate: "22P02".into(),
+            message: "invalid input syntax for type integer: \"123-45-6789\"".into(),
+        };
+        let e = statement_event(&s, &st, &mut Classifier::default());
+        assert_eq!(
+            (e.detail["sqlstate"].as_str(), e.detail["error"].as_str()),
+            ("22P02", WITHHELD)
+        );
+        // A connection string bound as a value: redacted, and so is the error.
+        let s = session(false);
+        let mut st = bound(vec![Param::Text("host=db password=hunter2".into())], s.since);
+        st.outcome = Outcome::Failed {
+            sqlstate: "08001".into(),
+            message: "could not connect: host=db password=hunter2".into(),
+        };
+        let e = statement_event(&s, &st, &mut Classifier::default());
+        assert!(!format!("{e:?}").contains("hunter2"), "{e:?}");
     }
 
     #[test]
