@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 
-use portcullis_protocol::audit::block::{self, BLOCK, LIST, STATEMENT, expand, span};
+use portcullis_protocol::audit::block::{self, BLOCK, LIST, STATEMENT, expand_lazily, span};
 use portcullis_protocol::audit::{AuditEvent, ChainBreak, ChainCheck, GENESIS, link};
 use portcullis_protocol::feed::UnixMillis;
 
@@ -254,6 +254,9 @@ const GREPPED: &str = "detail || ' ' || coalesce(body, '') || ' ' || coalesce(re
     coalesce(resource, '') || ' ' || coalesce(role, '') || ' ' || coalesce(session_id, '') || ' ' || \
     coalesce(grant_id, '') || ' ' || coalesce(request_id, '') || ' ' || approvers";
 
+/// Rows a search reads per query, at most.
+const ROWS_AT_ONCE: usize = 64;
+
 pub(super) fn search(conn: &mut dyn Sql, s: &Search) -> Result<Vec<(u64, AuditEvent)>, AuditError> {
     // Where `needle` is in `haystack`, 0 if nowhere.
     let position = match conn.engine() {
@@ -306,6 +309,8 @@ pub(super) fn search(conn: &mut dyn Sql, s: &Search) -> Result<Vec<(u64, AuditEv
         false => after.saturating_sub(block::MAX_STATEMENTS),
     });
     let limit = s.limit.max(1);
+    // Rows read at once: a row can be a block of hundreds of statements.
+    let batch = limit.min(ROWS_AT_ONCE);
     let mut found = Vec::new();
     loop {
         let mut page_clauses = clauses.clone();
@@ -325,23 +330,32 @@ pub(super) fn search(conn: &mut dyn Sql, s: &Search) -> Result<Vec<(u64, AuditEv
         } else {
             " ORDER BY seq"
         });
-        sql.push_str(&format!(" LIMIT {limit}"));
+        sql.push_str(&format!(" LIMIT {batch}"));
         let rows = conn
             .query(&sql, &page_values)?
             .iter()
             .map(|r| row(r).map(|(seq, e, _, _)| (seq, e)))
             .collect::<Result<Vec<_>, _>>()?;
-        let full = rows.len() == limit;
+        let full = rows.len() == batch;
         rows_after = rows.last().map(|(seq, _)| *seq).or(rows_after);
         for (seq, event) in rows {
-            let mut events = expand(seq, event);
-            if s.newest_first {
-                events.reverse();
+            // Statements are written out one at a time, and only until the page is full.
+            let mut events = expand_lazily(seq, event);
+            let mut take = |(seq, e): (u64, AuditEvent)| {
+                if s.admits(seq, &e) {
+                    found.push((seq, e));
+                }
+                found.len() >= limit
+            };
+            let page_full = match s.newest_first {
+                true => events.rev().any(&mut take),
+                false => events.any(&mut take),
+            };
+            if page_full {
+                return Ok(found);
             }
-            found.extend(events.into_iter().filter(|(seq, e)| s.admits(*seq, e)));
         }
-        if found.len() >= limit || !full {
-            found.truncate(limit);
+        if !full {
             return Ok(found);
         }
     }

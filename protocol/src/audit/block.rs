@@ -165,33 +165,37 @@ impl BlockBuilder {
     }
 }
 
-/// One statement read out of a block, with the fields it shares.
+/// Fields several statements of a block share.
+type Group = BTreeMap<String, String>;
+
+/// One statement read out of a block: its own fields, and which group of
+/// shared ones it names.
 struct Member {
     id: String,
     at: UnixMillis,
     detail: BTreeMap<String, String>,
+    with: Option<usize>,
 }
 
-/// A block's statements, each with its shared fields; `None` when the list
-/// does not read as one (only ever an edited block).
-fn read_members(list: &str) -> Option<Vec<Member>> {
+/// A block's statements and the field groups they share; `None` when the
+/// list does not read as one (only ever an edited block).
+fn read_members(list: &str) -> Option<(Vec<Member>, Vec<Group>)> {
     let entries: Vec<Entry> = serde_json::from_str(list).ok()?;
     let (shared, statements): (Vec<Entry>, Vec<Entry>) = entries.into_iter().partition(|e| e.shared.is_some());
-    let shared: Vec<BTreeMap<String, String>> = shared.into_iter().filter_map(|e| e.shared).collect();
-    statements
+    let shared: Vec<Group> = shared.into_iter().filter_map(|e| e.shared).collect();
+    let members = statements
         .into_iter()
-        .map(|e| {
-            let (Some(id), Some(at), Some(mut detail)) = (e.id, e.at, e.detail) else {
-                return None;
-            };
-            if let Some(i) = e.with {
-                for (k, v) in shared.get(i)? {
-                    detail.entry(k.clone()).or_insert_with(|| v.clone());
-                }
-            }
-            Some(Member { id, at, detail })
+        .map(|e| match (e.id, e.at, e.detail) {
+            (Some(id), Some(at), Some(detail)) if e.with.is_none_or(|i| i < shared.len()) => Some(Member {
+                id,
+                at,
+                detail,
+                with: e.with,
+            }),
+            _ => None,
         })
-        .collect()
+        .collect::<Option<Vec<_>>>()?;
+    Some((members, shared))
 }
 
 /// Sequence numbers `event` takes in the chain: a block one per statement.
@@ -211,42 +215,96 @@ pub fn span(event: &AuditEvent) -> u64 {
 /// number; any other event as it is. A block that does not read back (only
 /// ever an edited one, which `verify` reports) is shown as stored.
 pub fn expand(seq: u64, event: AuditEvent) -> Vec<(u64, AuditEvent)> {
-    if event.action != BLOCK {
-        return vec![(seq, event)];
-    }
-    let Some(members) = event.detail.get(LIST).and_then(|l| read_members(l)) else {
-        return vec![(seq, event)];
+    expand_lazily(seq, event).collect()
+}
+
+/// `expand`, one event at a time, from either end: the fields a block's
+/// statements share (a prepared statement's text) are copied into each
+/// statement only as it is taken, so a reader that stops early, or keeps
+/// few, never holds the whole block written out.
+pub fn expand_lazily(seq: u64, mut event: AuditEvent) -> Expanded {
+    let read = match event.action == BLOCK {
+        true => event.detail.get(LIST).and_then(|l| read_members(l)),
+        false => None,
     };
-    let shared: Vec<(&String, &String)> = event
-        .detail
-        .iter()
-        .filter(|(k, _)| k.as_str() != COUNT && k.as_str() != LIST)
-        .collect();
-    members
-        .into_iter()
-        .zip(seq..)
-        .map(|(m, seq)| {
-            let mut detail = m.detail;
-            for (k, v) in &shared {
-                detail.entry((*k).clone()).or_insert_with(|| (*v).clone());
-            }
-            let statement = AuditEvent {
-                id: m.id,
-                at: m.at,
-                action: STATEMENT.to_owned(),
-                user: event.user.clone(),
-                resource: event.resource.clone(),
-                role: event.role.clone(),
-                session_id: event.session_id.clone(),
-                grant_id: event.grant_id.clone(),
-                request_id: event.request_id.clone(),
-                reason: event.reason.clone(),
-                approvers: event.approvers.clone(),
-                detail,
-            };
-            (seq, statement)
-        })
-        .collect()
+    let Some((members, shared)) = read else {
+        return Expanded {
+            seq,
+            plain: Some(event),
+            header: None,
+            shared: Vec::new(),
+            members: Vec::new().into_iter().enumerate(),
+        };
+    };
+    event.detail.remove(COUNT);
+    event.detail.remove(LIST);
+    Expanded {
+        seq,
+        plain: None,
+        header: Some(event),
+        shared,
+        members: members.into_iter().enumerate(),
+    }
+}
+
+/// The events stored in one row (see `expand_lazily`).
+pub struct Expanded {
+    seq: u64,
+    /// An event that is not a block, given once.
+    plain: Option<AuditEvent>,
+    /// A block's own fields: who, where, and what all its statements share.
+    header: Option<AuditEvent>,
+    shared: Vec<Group>,
+    members: std::iter::Enumerate<std::vec::IntoIter<Member>>,
+}
+
+impl Expanded {
+    /// The `i`th statement of the block, written out whole.
+    fn statement(&self, i: usize, m: Member) -> Option<(u64, AuditEvent)> {
+        let header = self.header.as_ref()?;
+        let mut detail = m.detail;
+        let group = m.with.and_then(|g| self.shared.get(g));
+        for (k, v) in group.into_iter().flatten().chain(&header.detail) {
+            detail.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+        let statement = AuditEvent {
+            id: m.id,
+            at: m.at,
+            action: STATEMENT.to_owned(),
+            user: header.user.clone(),
+            resource: header.resource.clone(),
+            role: header.role.clone(),
+            session_id: header.session_id.clone(),
+            grant_id: header.grant_id.clone(),
+            request_id: header.request_id.clone(),
+            reason: header.reason.clone(),
+            approvers: header.approvers.clone(),
+            detail,
+        };
+        Some((self.seq + i as u64, statement))
+    }
+}
+
+impl Iterator for Expanded {
+    type Item = (u64, AuditEvent);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if let Some(e) = self.plain.take() {
+            return Some((self.seq, e));
+        }
+        let (i, m) = self.members.next()?;
+        self.statement(i, m)
+    }
+}
+
+impl DoubleEndedIterator for Expanded {
+    fn next_back(&mut self) -> Option<Self::Item> {
+        if let Some(e) = self.plain.take() {
+            return Some((self.seq, e));
+        }
+        let (i, m) = self.members.next_back()?;
+        self.statement(i, m)
+    }
 }
 
 #[cfg(test)]
@@ -297,6 +355,24 @@ mod tests {
             ),
             (Some("INC-1"), vec!["carol".to_owned()], Some("ses_1"))
         );
+    }
+
+    #[test]
+    fn a_block_is_read_from_either_end_one_statement_at_a_time() {
+        let mut b = BlockBuilder::new(session());
+        for (id, at) in [("evt_a", 1), ("evt_b", 2), ("evt_c", 3)] {
+            b.push(id, at, detail(id));
+        }
+        let block = b.finish();
+        let ids = |v: Vec<(u64, AuditEvent)>| v.into_iter().map(|(s, e)| (s, e.id)).collect::<Vec<_>>();
+        let mut back = expand_lazily(10, block.clone()).rev().collect::<Vec<_>>();
+        back.reverse();
+        assert_eq!(ids(back), ids(expand(10, block.clone())));
+        let newest = expand_lazily(10, block.clone()).next_back().map(|(s, e)| (s, e.id));
+        assert_eq!(newest, Some((12, "evt_c".to_owned())));
+        let mut plain = expand_lazily(5, session());
+        assert_eq!(plain.next_back().map(|(s, _)| s), Some(5));
+        assert!(plain.next().is_none(), "a plain event comes once");
     }
 
     #[test]
