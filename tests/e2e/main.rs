@@ -27,6 +27,7 @@ mod slack;
 mod split;
 mod ssh;
 mod ssh_audit;
+mod ssh_evasion;
 mod ssh_forwarding;
 mod ssh_input;
 mod ssh_pty;

@@ -221,7 +221,7 @@ fn each_sftp_operation_is_one_event() {
     std::fs::write(
         &batch,
         format!(
-            "cd {far_path}\nput {src} up.bin\nmkdir sub\nrename up.bin sub/moved.bin\nget sub/moved.bin {back}\nchmod 640 sub/moved.bin\nrm sub/moved.bin\nrmdir sub\nrm gone.bin\n",
+            "cd {far_path}\nput {src} up.bin\nmkdir sub\nls sub\nrename up.bin sub/moved.bin\nget sub/moved.bin {back}\nchmod 640 sub/moved.bin\nrm sub/moved.bin\nrmdir sub\nrm gone.bin\n",
             src = src.display(),
             back = back.display()
         ),
@@ -256,6 +256,13 @@ fn each_sftp_operation_is_one_event() {
     ] {
         assert_eq!(d(upload, k), v, "{k}: {upload}");
     }
+    // Each event names the grant's request, its reason and its approvers.
+    assert!(
+        upload["request_id"].as_str().is_some_and(|r| r.starts_with("req_")),
+        "{upload}"
+    );
+    assert!(upload["reason"].as_str().is_some_and(|r| !r.is_empty()), "{upload}");
+    assert_eq!(upload["approvers"], serde_json::json!(["carol"]), "{upload}");
     assert!(
         upload["detail"].get("closed").is_none(),
         "closed by the client: {upload}"
@@ -313,8 +320,27 @@ fn each_sftp_operation_is_one_event() {
         (at("sub").as_str(), "ok")
     );
     assert!(ops("unparseable").is_empty(), "{events:#?}");
-    // Order: the operations as the batch ran them.
-    let order: Vec<&str> = events.iter().map(|e| d(e, "op")).filter(|op| *op != "open").collect();
+    // Looking is recorded too: `cd` resolves the path, `ls` opens the directory.
+    assert!(
+        ops("realpath")
+            .iter()
+            .any(|e| d(e, "path") == far_path && d(e, "outcome") == "ok"),
+        "{events:#?}"
+    );
+    let opendir = ops("opendir");
+    assert!(
+        opendir
+            .iter()
+            .any(|e| d(e, "path").trim_end_matches('/') == at("sub") && d(e, "outcome") == "ok"),
+        "{events:#?}"
+    );
+    // Order: the changes as the batch made them.
+    let changes = ["mkdir", "rename", "setstat", "remove", "rmdir"];
+    let order: Vec<&str> = events
+        .iter()
+        .map(|e| d(e, "op"))
+        .filter(|op| changes.contains(op))
+        .collect();
     assert_eq!(order, ["mkdir", "rename", "setstat", "remove", "rmdir", "remove"]);
 }
 

@@ -15,21 +15,30 @@ pub const MAX_KEPT: usize = 64 * 1024;
 /// Longest handle accepted (the draft's limit).
 pub const MAX_HANDLE: usize = 256;
 
+const INIT: u8 = 1;
 const OPEN: u8 = 3;
 const CLOSE: u8 = 4;
 const READ: u8 = 5;
 const WRITE: u8 = 6;
+const LSTAT: u8 = 7;
 const SETSTAT: u8 = 9;
 const FSETSTAT: u8 = 10;
+const OPENDIR: u8 = 11;
 const REMOVE: u8 = 13;
 const MKDIR: u8 = 14;
 const RMDIR: u8 = 15;
+const REALPATH: u8 = 16;
+const STAT: u8 = 17;
 const RENAME: u8 = 18;
+const READLINK: u8 = 19;
 const SYMLINK: u8 = 20;
 const STATUS: u8 = 101;
 const HANDLE: u8 = 102;
 const DATA: u8 = 103;
+const NAME: u8 = 104;
+const ATTRS: u8 = 105;
 const EXTENDED: u8 = 200;
+const EXTENDED_REPLY: u8 = 201;
 
 /// Which peer wrote the stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -108,11 +117,13 @@ pub enum Packet {
         len: u64,
     },
     /// A request on one or two paths: remove, rename, mkdir, rmdir, setstat,
-    /// symlink, and OpenSSH's posix-rename, hardlink and lsetstat extensions.
+    /// symlink, opendir, stat, lstat, realpath, readlink, and OpenSSH's
+    /// posix-rename, hardlink, lsetstat, statvfs and expand-path extensions.
     PathOp {
         /// Request id.
         id: u32,
-        /// `remove`, `rename`, `mkdir`, `rmdir`, `setstat`, `symlink`, `hardlink`.
+        /// `remove`, `rename`, `mkdir`, `rmdir`, `setstat`, `symlink`,
+        /// `hardlink`, `opendir`, `stat`, `lstat`, `realpath`, `readlink`, `statvfs`.
         op: &'static str,
         /// The path acted on (for symlink and hardlink: the new link).
         path: String,
@@ -120,6 +131,32 @@ pub enum Packet {
         to: Option<String>,
         /// Attributes set.
         attrs: Option<Attrs>,
+    },
+    /// OpenSSH's `copy-data` extension: bytes copied from one open handle
+    /// to another by the server.
+    CopyData {
+        /// Request id.
+        id: u32,
+        /// The handle read from.
+        from: Vec<u8>,
+        /// The handle written to.
+        to: Vec<u8>,
+        /// Bytes asked for (0: up to the end of the file).
+        len: u64,
+    },
+    /// An extension request audit knows nothing of: its name only.
+    Extension {
+        /// Request id.
+        id: u32,
+        /// The extension's name (cut to 256 characters).
+        name: String,
+    },
+    /// A request that changes nothing and names no path audit keeps (a
+    /// READDIR or FSTAT on a handle, an unknown type, a harmless
+    /// extension): followed only so that its answer is matched to it.
+    Request {
+        /// Request id.
+        id: u32,
     },
     /// Set attributes through a handle.
     FSetStat {
@@ -152,6 +189,11 @@ pub enum Packet {
         id: u32,
         /// Bytes of data carried.
         len: u64,
+    },
+    /// Any other answer (NAME, ATTRS, EXTENDED_REPLY): the request succeeded.
+    Answer {
+        /// Request id.
+        id: u32,
     },
 }
 
@@ -343,7 +385,11 @@ fn want(side: Side, kind: u8, body_len: usize, kept: &[u8]) -> Result<usize, Gar
         }
     };
     match (side, kind) {
-        (Side::Client, OPEN | CLOSE | READ | SETSTAT | FSETSTAT | REMOVE | MKDIR | RMDIR | RENAME | SYMLINK) => whole(),
+        (
+            Side::Client,
+            OPEN | CLOSE | READ | SETSTAT | FSETSTAT | REMOVE | MKDIR | RMDIR | RENAME | SYMLINK | OPENDIR | LSTAT
+            | STAT | REALPATH | READLINK,
+        ) => whole(),
         // Extension requests may be large and are mostly not followed: their start.
         (Side::Client, EXTENDED) => Ok(body_len.min(MAX_KEPT)),
         (Side::Client, WRITE) => {
@@ -359,7 +405,11 @@ fn want(side: Side, kind: u8, body_len: usize, kept: &[u8]) -> Result<usize, Gar
         }
         (Side::Server, STATUS | HANDLE) => whole(),
         (Side::Server, DATA) => Ok(body_len.min(8)),
-        _ => Ok(0),
+        (Side::Server, NAME | ATTRS | EXTENDED_REPLY) => Ok(body_len.min(4)),
+        // INIT and VERSION carry no request id.
+        (Side::Client, INIT) | (Side::Server, _) => Ok(0),
+        // Every other request has an id, and an answer to match it with.
+        (Side::Client, _) => Ok(body_len.min(4)),
     }
 }
 
@@ -400,8 +450,16 @@ fn decode(side: Side, kind: u8, body_len: usize, kept: &[u8]) -> Result<Option<P
             handle: r.handle()?,
             attrs: r.attrs()?,
         },
-        (Side::Client, REMOVE | RMDIR) => {
-            let op = if kind == REMOVE { "remove" } else { "rmdir" };
+        (Side::Client, REMOVE | RMDIR | OPENDIR | LSTAT | STAT | REALPATH | READLINK) => {
+            let op = match kind {
+                REMOVE => "remove",
+                RMDIR => "rmdir",
+                OPENDIR => "opendir",
+                LSTAT => "lstat",
+                STAT => "stat",
+                REALPATH => "realpath",
+                _ => "readlink",
+            };
             path_op(id, op, r.text()?, None, None)
         }
         (Side::Client, MKDIR | SETSTAT) => {
@@ -429,15 +487,46 @@ fn decode(side: Side, kind: u8, body_len: usize, kept: &[u8]) -> Result<Option<P
             let truncated = body_len > kept.len();
             let followed = matches!(
                 name,
-                b"posix-rename@openssh.com" | b"hardlink@openssh.com" | b"lsetstat@openssh.com"
+                b"posix-rename@openssh.com"
+                    | b"hardlink@openssh.com"
+                    | b"lsetstat@openssh.com"
+                    | b"statvfs@openssh.com"
+                    | b"expand-path@openssh.com"
+                    | b"copy-data"
             );
             if !followed {
-                return Ok(None);
+                // Asking, not acting: a handle's statvfs or fsync, the
+                // server's limits, a home directory, names of ids.
+                let harmless = matches!(
+                    name,
+                    b"fstatvfs@openssh.com"
+                        | b"fsync@openssh.com"
+                        | b"limits@openssh.com"
+                        | b"home-directory"
+                        | b"users-groups-by-id@openssh.com"
+                );
+                return Ok(Some(if harmless {
+                    Packet::Request { id }
+                } else {
+                    Packet::Extension {
+                        id,
+                        name: String::from_utf8_lossy(name).chars().take(256).collect(),
+                    }
+                }));
             }
             if truncated {
                 return Err(garbled(format!("an extension request of {body_len} bytes")));
             }
             match name {
+                b"statvfs@openssh.com" => path_op(id, "statvfs", r.text()?, None, None),
+                b"expand-path@openssh.com" => path_op(id, "realpath", r.text()?, None, None),
+                b"copy-data" => {
+                    let from = r.handle()?;
+                    let _offset = r.u64()?;
+                    let len = r.u64()?;
+                    let to = r.handle()?;
+                    Packet::CopyData { id, from, to, len }
+                }
                 b"lsetstat@openssh.com" => {
                     let path = r.text()?;
                     path_op(id, "setstat", path, None, Some(r.attrs()?))
@@ -475,6 +564,8 @@ fn decode(side: Side, kind: u8, body_len: usize, kept: &[u8]) -> Result<Option<P
             }
             Packet::Data { id, len: len as u64 }
         }
+        (Side::Server, NAME | ATTRS | EXTENDED_REPLY) => Packet::Answer { id },
+        (Side::Client, _) => Packet::Request { id },
         _ => return Ok(None),
     };
     Ok(Some(p))

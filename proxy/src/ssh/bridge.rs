@@ -142,14 +142,28 @@ async fn pump_up(
     mut from_client: ChannelReadHalf,
     to_up: Arc<ChannelWriteHalf<client::Msg>>,
 ) {
+    // A channel runs one program: a second request was answered with a
+    // failure by the handler and never reaches the server.
+    let mut running = false;
     while let Some(msg) = from_client.wait().await {
+        let again = matches!(
+            msg,
+            ChannelMsg::RequestShell { .. } | ChannelMsg::Exec { .. } | ChannelMsg::RequestSubsystem { .. }
+        ) && std::mem::replace(&mut running, true);
+        if again {
+            tracing::info!(user = %conn.user, "ssh: a second program on one channel refused");
+            continue;
+        }
         let sent = match msg {
             ChannelMsg::Data { data } => {
                 if let Some(s) = &conn.session {
                     s.bytes_in.fetch_add(data.len() as u64, Ordering::Relaxed);
                 }
-                // Before it is relayed: the request is known before its answer can come.
-                audit.from_client(&data).await;
+                // Before it is relayed: the request is known before its answer can
+                // come. What the audit cannot follow never runs: the cut follows.
+                if !audit.from_client(&data).await {
+                    continue;
+                }
                 to_up.data_bytes(data).await
             }
             ChannelMsg::Eof => to_up.eof().await,

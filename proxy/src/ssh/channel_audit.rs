@@ -100,16 +100,27 @@ impl ChannelAudit {
 
     /// The client asked to run `command`.
     pub fn exec(&self, command: &[u8]) {
-        self.follow(What::Exec(String::from_utf8_lossy(command).into_owned()));
+        let command = String::from_utf8_lossy(command).into_owned();
+        // `sftp -s /usr/lib/openssh/sftp-server` runs the server as a
+        // command: its operations are followed one by one all the same.
+        if runs_sftp_server(&command) {
+            self.follow_sftp();
+        }
+        self.follow(What::Exec(command));
         // `ssh -t host top` is as interactive as a shell.
         self.record_pty();
     }
 
     /// The client asked for a subsystem; sftp is followed operation by operation.
     pub fn subsystem(&self, name: &str) {
-        if name != "sftp" {
-            return self.follow(What::Subsystem(name.to_owned()));
+        if name == "sftp" {
+            self.follow_sftp();
+        } else {
+            self.follow(What::Subsystem(name.to_owned()));
         }
+    }
+
+    fn follow_sftp(&self) {
         if let Some(session) = &self.conn.audit {
             let _ = self.sftp.set(SftpAudit::new(Arc::clone(session)));
         }
@@ -126,14 +137,16 @@ impl ChannelAudit {
         }
     }
 
-    /// Bytes from the client: sftp requests are followed (no copy is kept).
-    pub async fn from_client(&self, data: &[u8]) {
+    /// Bytes from the client: sftp requests are followed (no copy is
+    /// kept). `false` when the sftp stream can no longer be followed: then
+    /// the bytes must not be relayed (the session is being cut).
+    pub async fn from_client(&self, data: &[u8]) -> bool {
         self.bytes_in.fetch_add(data.len() as u64, Ordering::Relaxed);
-        if let Some(sftp) = self.sftp.get() {
-            for e in sftp.from_client(data) {
-                self.conn.proxy.audit.record(e).await;
-            }
+        let Some(sftp) = self.sftp.get() else { return true };
+        for e in sftp.from_client(data) {
+            self.conn.proxy.audit.record(e).await;
         }
+        !sftp.stopped()
     }
 
     /// Bytes from the server: sftp answers followed, pty output recorded.
@@ -264,6 +277,13 @@ impl ChannelAudit {
             }
         }
     }
+}
+
+/// Whether a command line starts an sftp server (`sftp-server`, by any
+/// path, with any options): its stdin and stdout are then an sftp stream.
+fn runs_sftp_server(command: &str) -> bool {
+    let program = command.split_whitespace().next().unwrap_or_default();
+    program.rsplit('/').next() == Some("sftp-server")
 }
 
 /// An exec event's command line: redacted, and cut past `MAX_COMMAND`.

@@ -266,7 +266,7 @@ pub fn start(
             let reg = proxy.sessions.register(info, shutdown);
             let handle = Arc::clone(&reg.handle);
             tracing::info!(session = %handle.info.id, user, resource = %resource, role = %a.role.name, grant = %a.grant.id, %peer, "ssh session started");
-            session_audit = Some(Arc::new(session_audit_of(a, user, &handle.info.id)));
+            session_audit = Some(Arc::new(session_audit_of(a, user, &handle)));
             enforcer = Some(spawn_enforcer(
                 proxy,
                 Arc::clone(&handle),
@@ -395,12 +395,12 @@ fn spawn_enforcer(
 }
 
 /// What every audit event of an admitted session carries.
-fn session_audit_of(a: &Admitted, user: &str, session_id: &str) -> SessionAudit {
+fn session_audit_of(a: &Admitted, user: &str, session: &Arc<SessionHandle>) -> SessionAudit {
     SessionAudit {
         user: user.to_owned(),
         resource: a.resource.name.clone(),
         role: a.role.name.clone(),
-        session_id: session_id.to_owned(),
+        session_id: session.info.id.clone(),
         protocol: PROTOCOL,
         grant_id: a.grant.id.clone(),
         request_id: a.grant.request_id.clone(),
@@ -410,7 +410,8 @@ fn session_audit_of(a: &Admitted, user: &str, session_id: &str) -> SessionAudit 
         redact_parameters: a.role.redact_parameters,
         wall: now_millis(),
         since: std::time::Instant::now(),
-        handle: None,
+        // Through it the sftp audit cuts a session it can no longer follow.
+        handle: Some(Arc::clone(session)),
     }
 }
 

@@ -35,6 +35,16 @@ pub struct Forward {
 }
 
 impl Forward {
+    /// A destination (or a listening address) alone.
+    pub fn to(host: &str, port: u32) -> Forward {
+        Forward {
+            host: host.to_owned(),
+            port,
+            originator: String::new(),
+            originator_port: 0,
+        }
+    }
+
     /// `host:port`, bracketed for IPv6.
     pub fn destination(&self) -> String {
         if self.host.contains(':') {
@@ -78,21 +88,20 @@ pub async fn audit_refused(conn: &Conn, fwd: &Forward, why: &str) {
     }
 }
 
-/// Records a refused `ssh -R` (a listener on the server for the engineer's
-/// side), which no policy allows: it would open the server to the client's network.
-pub async fn audit_remote_refused(conn: &Conn, address: &str, port: u32) {
+/// Why an `ssh -R` is refused: a listener on the server for the
+/// engineer's side would open the server to the client's network.
+pub const REMOTE_REFUSED: &str = "remote forwarding is never allowed";
+/// Why a forward to or from a Unix socket is refused.
+pub const SOCKET_REFUSED: &str = "forwarding of Unix sockets is never allowed";
+
+/// Records a forward refused before any policy applies (`ssh -R`, Unix
+/// sockets): `direction`, and the `key` (`listen` or `destination`) it named.
+pub async fn audit_refused_outright(conn: &Conn, direction: &str, key: &str, named: String, why: &str) {
     let Some(audit) = conn.audit.as_ref() else { return };
     let mut e = audit.event("forward.refused");
-    let listen = Forward {
-        host: address.to_owned(),
-        port,
-        originator: String::new(),
-        originator_port: 0,
-    };
-    e.detail.insert("direction".into(), "remote".into());
-    e.detail.insert("listen".into(), listen.destination());
-    e.detail
-        .insert("why".into(), "remote forwarding is never allowed".into());
+    e.detail.insert("direction".into(), direction.into());
+    e.detail.insert(key.into(), named);
+    e.detail.insert("why".into(), why.into());
     e.detail.insert("peer".into(), conn.peer.ip().to_string());
     conn.proxy.audit.record(e).await;
 }

@@ -10,6 +10,7 @@
 //! holds the connection to its deadlines.
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -40,6 +41,8 @@ pub struct SshHandler {
     token_refused: Option<TokenCheck>,
     /// How far the handshake got, for the listener's deadlines.
     phase: watch::Sender<Phase>,
+    /// Channels that asked for a shell, command or subsystem.
+    programs: HashSet<ChannelId>,
 }
 
 impl SshHandler {
@@ -53,6 +56,7 @@ impl SshHandler {
             live: None,
             token_refused: None,
             phase,
+            programs: HashSet::new(),
         }
     }
 
@@ -71,6 +75,17 @@ impl SshHandler {
             .as_ref()
             .and_then(|l| l.conn.admission.as_ref().ok())
             .is_some_and(|a| a.role.ssh_policy.env_allowed(name))
+    }
+
+    /// A shell, exec or subsystem request: the first of a channel succeeds
+    /// (the bridge runs it), any later one fails, as sshd answers it (the
+    /// bridge never sends it on: the audit records one program a channel).
+    fn program_request(&mut self, channel: ChannelId, session: &mut Session) -> Result<(), russh::Error> {
+        if self.programs.insert(channel) {
+            session.channel_success(channel)
+        } else {
+            session.channel_failure(channel)
+        }
     }
 
     fn knows(&self, login: &str, key: &russh::keys::PublicKey) -> bool {
@@ -304,9 +319,36 @@ impl russh::server::Handler for SshHandler {
         // Remote forwarding (`ssh -R`) would open the server's ports to the engineer's side: never.
         tracing::info!(peer = %self.peer, address, port = *port, "ssh remote forwarding refused");
         if let Some(live) = &self.live {
-            forward::audit_remote_refused(&live.conn, address, *port).await;
+            let listen = Forward::to(address, *port).destination();
+            forward::audit_refused_outright(&live.conn, "remote", "listen", listen, forward::REMOTE_REFUSED).await;
         }
         Ok(false)
+    }
+
+    async fn streamlocal_forward(&mut self, socket_path: &str, _session: &mut Session) -> Result<bool, Self::Error> {
+        tracing::info!(peer = %self.peer, "ssh remote socket forwarding refused");
+        if let Some(live) = &self.live {
+            let path = socket_path.to_owned();
+            forward::audit_refused_outright(&live.conn, "remote", "listen", path, forward::SOCKET_REFUSED).await;
+        }
+        Ok(false)
+    }
+
+    async fn channel_open_direct_streamlocal(
+        &mut self,
+        _channel: Channel<Msg>,
+        socket_path: &str,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        tracing::info!(peer = %self.peer, "ssh socket forwarding refused");
+        if let Some(live) = &self.live {
+            let path = socket_path.to_owned();
+            forward::audit_refused_outright(&live.conn, "local", "destination", path, forward::SOCKET_REFUSED).await;
+        }
+        let why = format!("portcullis: {}", forward::SOCKET_REFUSED);
+        forward::refuse(reply, forward::PROHIBITED, why).await;
+        Ok(())
     }
 
     async fn agent_request(&mut self, channel: ChannelId, _session: &mut Session) -> Result<bool, Self::Error> {
@@ -328,7 +370,7 @@ impl russh::server::Handler for SshHandler {
     }
 
     async fn shell_request(&mut self, channel: ChannelId, session: &mut Session) -> Result<(), Self::Error> {
-        session.channel_success(channel)
+        self.program_request(channel, session)
     }
 
     async fn exec_request(
@@ -337,7 +379,7 @@ impl russh::server::Handler for SshHandler {
         _data: &[u8],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        session.channel_success(channel)
+        self.program_request(channel, session)
     }
 
     async fn subsystem_request(
@@ -346,6 +388,11 @@ impl russh::server::Handler for SshHandler {
         _name: &str,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        session.channel_success(channel)
+        self.program_request(channel, session)
+    }
+
+    async fn channel_close(&mut self, channel: ChannelId, _session: &mut Session) -> Result<(), Self::Error> {
+        self.programs.remove(&channel);
+        Ok(())
     }
 }

@@ -27,7 +27,7 @@ fn all(side: Side, stream: &[u8], piece: usize) -> Result<Vec<Packet>, Garbled> 
     Ok(out)
 }
 
-/// A client stream with one of each followed request, and others between.
+/// A client stream with one of each kind of request: followed, matched only, and INIT.
 fn client_stream() -> (Vec<u8>, Vec<Packet>) {
     let data = vec![0xabu8; 40_000];
     let mut stream = Vec::new();
@@ -45,7 +45,8 @@ fn client_stream() -> (Vec<u8>, Vec<Packet>) {
         WRITE,
         &body(&[&8u32.to_be_bytes(), &s(b"h1"), &0u64.to_be_bytes(), &s(&data)]),
     ));
-    stream.extend(packet(17, &body(&[&9u32.to_be_bytes(), &s(b"/etc")]))); // STAT: not followed
+    stream.extend(packet(17, &body(&[&9u32.to_be_bytes(), &s(b"/etc")]))); // STAT
+    stream.extend(packet(8, &body(&[&14u32.to_be_bytes(), &s(b"h1")]))); // FSTAT: matched only
     stream.extend(packet(RENAME, &body(&[&10u32.to_be_bytes(), &s(b"a"), &s(b"b")])));
     stream.extend(packet(
         EXTENDED,
@@ -77,6 +78,14 @@ fn client_stream() -> (Vec<u8>, Vec<Packet>) {
             handle: b"h1".to_vec(),
             len: 40_000,
         },
+        Packet::PathOp {
+            id: 9,
+            op: "stat",
+            path: "/etc".into(),
+            to: None,
+            attrs: None,
+        },
+        Packet::Request { id: 14 },
         Packet::PathOp {
             id: 10,
             op: "rename",
@@ -131,6 +140,10 @@ fn responses_decode_with_data_skipped() {
         STATUS,
         &body(&[&9u32.to_be_bytes(), &2u32.to_be_bytes(), &s(b"No such file"), &s(b"")]),
     ));
+    stream.extend(packet(
+        104,
+        &body(&[&10u32.to_be_bytes(), &1u32.to_be_bytes(), &s(&[b'n'; 5000])]),
+    )); // NAME
     let want = vec![
         Packet::Handle {
             id: 7,
@@ -142,6 +155,7 @@ fn responses_decode_with_data_skipped() {
             code: 2,
             message: "No such file".into(),
         },
+        Packet::Answer { id: 10 },
     ];
     for piece in [1, 4, 9, 4096, stream.len()] {
         assert_eq!(all(Side::Server, &stream, piece).expect("parses"), want);
