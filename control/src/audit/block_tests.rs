@@ -242,6 +242,18 @@ async fn a_bound_value_with_quotes_or_backslashes_is_found_as_typed() {
             .await
             .expect("search");
         assert_eq!(ids(&found), [(12, "evt_b3_0".to_owned())]);
+        // An id, as `verify` names one, finds its event, in a block or not.
+        for id in ["evt_b3_0", "EVT_B3"] {
+            let found = log
+                .search(Search {
+                    grep: Some(id.into()),
+                    limit: 10,
+                    ..Search::default()
+                })
+                .await
+                .expect("search");
+            assert_eq!(ids(&found), [(12, "evt_b3_0".to_owned())], "{id}");
+        }
     }
 }
 

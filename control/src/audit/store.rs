@@ -250,7 +250,7 @@ pub(super) fn verify(conn: &mut Conn, key: &[u8; 32]) -> Result<Verdict, AuditEr
 }
 
 /// What `grep` looks in: every text of an event.
-const GREPPED: &str = "detail || ' ' || coalesce(body, '') || ' ' || coalesce(reason, '') || ' ' || action || ' ' || user_name || ' ' || \
+const GREPPED: &str = "id || ' ' || detail || ' ' || coalesce(body, '') || ' ' || coalesce(reason, '') || ' ' || action || ' ' || user_name || ' ' || \
     coalesce(resource, '') || ' ' || coalesce(role, '') || ' ' || coalesce(session_id, '') || ' ' || \
     coalesce(grant_id, '') || ' ' || coalesce(request_id, '') || ' ' || approvers";
 
@@ -413,7 +413,7 @@ fn escaped(text: &str) -> String {
 /// lowercased as `lower` in SQLite does (ASCII only).
 fn grepped(e: &AuditEvent) -> String {
     let mut texts: Vec<&str> = e.detail.iter().flat_map(|(k, v)| [k.as_str(), v.as_str()]).collect();
-    texts.extend([e.reason.as_deref().unwrap_or_default(), &e.action, &e.user]);
+    texts.extend([&e.id, e.reason.as_deref().unwrap_or_default(), &e.action, &e.user]);
     for field in [&e.resource, &e.role, &e.session_id, &e.grant_id, &e.request_id] {
         texts.push(field.as_deref().unwrap_or_default());
     }

@@ -213,22 +213,20 @@ impl Spool {
         let scan = frame::scan(&mut BufReader::new(&mut file), len)?;
         if let Some(why) = scan.bad {
             let cut = len - scan.valid;
+            // Set aside, never deleted: at the end of the newest segment it
+            // is most likely a write the crash tore (`append` never returned
+            // for it), but damage there looks the same.
+            let aside = self.dir.join(format!("{id:020}{DAMAGED}"));
             if newest {
-                // A write the crash tore: `append` never returned for it.
-                tracing::warn!(segment = %path.display(), bytes = cut, why, "audit spool: cutting off a torn last write");
+                tracing::warn!(segment = %path.display(), bytes = cut, why, kept = %aside.display(), "audit spool: a torn last write (or damage) set aside");
             } else {
-                let aside = self.dir.join(format!("{id:020}{DAMAGED}"));
                 tracing::error!(segment = %path.display(), bytes = cut, why, kept = %aside.display(), "audit spool: damaged records set aside");
-                let mut out = OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .mode(0o600)
-                    .open(&aside)?;
-                file.seek(SeekFrom::Start(scan.valid))?;
-                io::copy(&mut (&mut file).take(cut), &mut out)?;
-                out.sync_all()?;
             }
+            // Appended: what an earlier start set aside from this segment stays.
+            let mut out = OpenOptions::new().append(true).create(true).mode(0o600).open(&aside)?;
+            file.seek(SeekFrom::Start(scan.valid))?;
+            io::copy(&mut (&mut file).take(cut), &mut out)?;
+            out.sync_all()?;
             file.set_len(scan.valid)?;
             file.sync_all()?;
         }

@@ -172,10 +172,50 @@ fn a_torn_last_record_is_cut_off_and_the_rest_survives() {
         .expect("truncate");
     let mut spool = Spool::open(&dir.spool(), Limits::default()).expect("reopen");
     assert_eq!(spool.depth(), 9);
+    assert_eq!(
+        damaged(&dir.spool()).len(),
+        1,
+        "the torn bytes are set aside, not deleted"
+    );
     spool.append(&events(10..12)).expect("append");
     let mut want = ids(&events(0..9));
     want.extend(ids(&events(10..12)));
     assert_eq!(ids(&drain(&mut spool, 4)), want);
+}
+
+/// The `.damaged` files of a spool, with their sizes.
+fn damaged(dir: &std::path::Path) -> Vec<u64> {
+    std::fs::read_dir(dir)
+        .expect("read_dir")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".damaged"))
+        .map(|e| e.metadata().expect("stat").len())
+        .collect()
+}
+
+#[test]
+fn damage_early_in_the_newest_segment_sets_the_rest_aside_whole() {
+    let dir = Scratch::new();
+    {
+        let mut spool = Spool::open(&dir.spool(), Limits::default()).expect("open");
+        for i in 0..10 {
+            spool.append(&[event(i)]).expect("append");
+        }
+    }
+    let seg = segments(&dir.spool())[0].clone();
+    let mut bytes = std::fs::read(&seg).expect("read");
+    let len = bytes.len() as u64;
+    // A byte of the first record's payload: no torn write looks like this,
+    // and the nine records after it must not be deleted with it.
+    bytes[30] ^= 0xff;
+    std::fs::write(&seg, &bytes).expect("write");
+    let spool = Spool::open(&dir.spool(), Limits::default()).expect("reopen");
+    assert_eq!(spool.depth(), 0);
+    assert_eq!(
+        damaged(&dir.spool()),
+        [len - 8],
+        "every record after the header is kept aside"
+    );
 }
 
 #[test]
