@@ -198,6 +198,9 @@ fn a_host_key_mismatch_is_refused_on_stderr_and_audited() {
         (Some("alice"), Some("web1"), Some("deploy"), Some(gid.as_str())),
         "{x}"
     );
+    // The grant's context, as on every event of an admitted session.
+    assert!(x["reason"].as_str().is_some_and(|r| !r.is_empty()), "{x}");
+    assert_eq!(x["approvers"], serde_json::json!(["carol"]), "{x}");
     assert!(d(x, "why").contains("does not match the host_key pinned"), "{x}");
     let all = s.gw.audit_json(&["--user", "alice"]);
     assert!(
@@ -205,6 +208,46 @@ fn a_host_key_mismatch_is_refused_on_stderr_and_audited() {
             .all(|e| e["action"] != "session.start" && e["action"] != "exec"),
         "a refused session neither starts nor runs anything: {all:#?}"
     );
+}
+
+#[test]
+fn a_client_gone_during_the_upstream_login_still_leaves_the_decision_on_record() {
+    // An upstream that accepts and says nothing until the client has left.
+    let hole = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let sshd = Sshd::start();
+    let resource = sshd.resource_yaml().replace(
+        &format!("port: {}", sshd.port),
+        &format!("port: {}", hole.local_addr().expect("addr").port()),
+    );
+    let s = setup_with(sshd, resource);
+    s.gw.grant(&s.alice, &s.carol, "web1", None, "30m");
+    let mut client = ssh_command(s.gw.ssh_port, &s.alice_key, "alice+web1", "echo must-not-run")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn ssh");
+    hole.set_nonblocking(true).expect("nonblocking");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let upstream = loop {
+        match hole.accept() {
+            Ok((stream, _)) => break stream,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => panic!("the gateway never began its upstream login: {e}"),
+        }
+    };
+    let _ = client.kill();
+    let _ = client.wait();
+    // Let the gateway see the client go before the login fails.
+    std::thread::sleep(Duration::from_millis(300));
+    drop(upstream);
+    let denied = s.gw.audit_until(&["--action", "connect.denied"], |e| !e.is_empty());
+    let x = one(&denied, "connect.denied");
+    assert_eq!(
+        (x["user"].as_str(), x["resource"].as_str()),
+        (Some("alice"), Some("web1")),
+        "{x}"
+    );
+    assert!(d(x, "outcome").starts_with("upstream"), "{x}");
 }
 
 #[test]

@@ -70,8 +70,6 @@ pub struct Conn {
     pub ptys: AtomicU32,
     /// `session.start` was recorded, so `session.end` must be.
     started: AtomicBool,
-    /// The connection is gone: a late upstream login starts no session.
-    closed: AtomicBool,
     began: Instant,
     upstream: OnceCell<Result<Arc<Upstream>, Refusal>>,
 }
@@ -91,10 +89,7 @@ impl Drop for Live {
     fn drop(&mut self) {
         // A cut, or the server hanging up, came first if either set it.
         let _ = self.conn.ended.set("client_quit");
-        self.conn.closed.store(true, Ordering::SeqCst);
-        if let Some(login) = self.login.take() {
-            login.abort();
-        }
+        let login = self.login.take();
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
@@ -102,6 +97,12 @@ impl Drop for Live {
         // Tracked, so shutdown waits for the event to be queued; the handle is not needed.
         drop(conn.proxy.tracker.clone().spawn_on(
             async move {
+                // A client that left while the upstream login ran was still
+                // admitted: the login ends (bounded by its timeout) and its
+                // session.start or connect.denied is recorded, then the end.
+                if let Some(login) = login {
+                    let _ = login.await;
+                }
                 conn.bridges.close();
                 let _ = tokio::time::timeout(DRAIN, conn.bridges.wait()).await;
                 if let Some(e) = conn.end_event() {
@@ -143,6 +144,8 @@ impl Conn {
                         denied.role = Some(admitted.role.name.clone());
                         denied.grant_id = Some(admitted.grant.id.clone());
                         denied.request_id = Some(admitted.grant.request_id.clone());
+                        denied.reason.clone_from(&admitted.grant.reason);
+                        denied.approvers.clone_from(&admitted.grant.approvers);
                         self.proxy.audit.record(denied).await;
                         Err(refusal)
                     }
@@ -152,12 +155,9 @@ impl Conn {
             .clone()
     }
 
-    /// Records `session.start`, unless the connection is already gone.
+    /// Records `session.start`.
     async fn audit_start(&self) {
         let Some(audit) = &self.audit else { return };
-        if self.closed.load(Ordering::SeqCst) {
-            return;
-        }
         self.started.store(true, Ordering::SeqCst);
         let mut start = audit.event("session.start");
         start.detail.insert("peer".into(), self.peer.ip().to_string());
@@ -299,7 +299,6 @@ pub fn start(
         recordings: Mutex::new(Vec::new()),
         ptys: AtomicU32::new(0),
         started: AtomicBool::new(false),
-        closed: AtomicBool::new(false),
         began: Instant::now(),
         upstream: OnceCell::new(),
     });
