@@ -79,13 +79,51 @@ fn parse(sql: &str) -> Class {
             };
             Class::new(class, tables.join(","))
         }
-        // Not valid SQL (the server will have said so), or cut short: the first word.
+        // Not valid SQL (the server will have said so), or cut short: the
+        // first word that is not in a comment.
         Err(_) => Class::new(
-            sql.split(|c: char| !c.is_ascii_alphabetic())
+            past_comments(sql)
+                .split(|c: char| !c.is_ascii_alphabetic())
                 .find(|w| !w.is_empty())
                 .map_or_else(|| "UNKNOWN".to_owned(), str::to_ascii_uppercase),
             String::new(),
         ),
+    }
+}
+
+/// `sql` from its first character that is not blank or in a comment
+/// (block comments nest, as in PostgreSQL); empty when a comment never ends.
+fn past_comments(mut sql: &str) -> &str {
+    loop {
+        sql = sql.trim_start();
+        if let Some(rest) = sql.strip_prefix("--") {
+            sql = rest.find('\n').map_or("", |n| &rest[n..]);
+        } else if sql.starts_with("/*") {
+            let mut depth = 0usize;
+            let mut end = None;
+            let b = sql.as_bytes();
+            let mut i = 0;
+            while i + 1 < b.len() {
+                match (b[i], b[i + 1]) {
+                    (b'/', b'*') => {
+                        depth += 1;
+                        i += 2;
+                    }
+                    (b'*', b'/') => {
+                        depth -= 1;
+                        i += 2;
+                        if depth == 0 {
+                            end = Some(i);
+                            break;
+                        }
+                    }
+                    _ => i += 1,
+                }
+            }
+            sql = end.map_or("", |e| &sql[e..]);
+        } else {
+            return sql;
+        }
     }
 }
 
@@ -252,6 +290,17 @@ mod tests {
         assert_eq!(c.classify("UPDATE t SET x = 1").class, "UPDATE");
         assert_eq!(c.classify("begin").class, "TRANSACTION");
         assert_eq!(c.classify("selec 1").class, "SELEC");
+        // Statements inside others count: what EXPLAIN ANALYZE runs, a DELETE in a WITH.
+        assert_eq!(c.classify("EXPLAIN ANALYZE DELETE FROM t").class, "DELETE,EXPLAIN");
+        let cte = c.classify("WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d");
+        assert_eq!(cte.class, "DELETE,SELECT");
+        // Text too long to parse is named by its first word outside comments.
+        assert_eq!(
+            c.classify("/* SELECT /* nested */ */ -- SELECT\n DELETE FROM t WHERE")
+                .class,
+            "DELETE"
+        );
+        assert_eq!(c.classify("/* never ends SELECT").class, "UNKNOWN");
     }
 
     #[test]
