@@ -3,7 +3,7 @@
 
 use axum::Json;
 use axum::extract::State;
-use portcullis_protocol::audit::AuditEvent;
+use portcullis_protocol::audit::{AuditEvent, block};
 use portcullis_protocol::sessions::SessionInfo;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -38,7 +38,8 @@ pub(crate) async fn report(
 /// sent again after a lost answer is harmless: `{"received": N, "new": M}`.
 /// Each event is marked with the proxy that sent it (`detail.proxy`); a
 /// proxy's ids start with `evt_`, so that none can take the place of the
-/// workflow's own (`wf_...`) before it is shipped.
+/// workflow's own (`wf_...`) before it is shipped; a block of statements
+/// must count them truly, since the count decides their sequence numbers.
 pub(crate) async fn audit_events(
     State(state): State<AppState>,
     ProxyCaller(proxy): ProxyCaller,
@@ -48,6 +49,9 @@ pub(crate) async fn audit_events(
         return Err(ApiError::BadBody {
             detail: format!("audit event id {:?}: a proxy's event ids start with evt_", e.id),
         });
+    }
+    if let Some(why) = events.iter().find_map(|e| block::check(e).err()) {
+        return Err(ApiError::BadBody { detail: why });
     }
     for e in &mut events {
         e.detail.insert("proxy".into(), proxy.clone());

@@ -198,6 +198,34 @@ fn read_members(list: &str) -> Option<(Vec<Member>, Vec<Group>)> {
     Some((members, shared))
 }
 
+/// Why a block sent from elsewhere (a remote proxy) may not be stored:
+/// its count must be its statements' (it decides the sequence numbers they
+/// take), and each statement's id of a proxy's form (`evt_`).
+pub fn check(event: &AuditEvent) -> Result<(), String> {
+    if event.action != BLOCK {
+        return Ok(());
+    }
+    let count = event.detail.get(COUNT).and_then(|c| c.parse::<u64>().ok());
+    let Some((members, _)) = event.detail.get(LIST).and_then(|l| read_members(l)) else {
+        return Err(format!("block {}: its statements do not read as a list", event.id));
+    };
+    if count != Some(members.len() as u64) || members.is_empty() || members.len() as u64 > MAX_STATEMENTS {
+        return Err(format!(
+            "block {}: a count of {} for {} statements (1 to {MAX_STATEMENTS})",
+            event.id,
+            event.detail.get(COUNT).map_or("none", String::as_str),
+            members.len()
+        ));
+    }
+    match members.iter().find(|m| !m.id.starts_with("evt_")) {
+        Some(m) => Err(format!(
+            "block {}: statement id {:?} does not start with evt_",
+            event.id, m.id
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Sequence numbers `event` takes in the chain: a block one per statement.
 pub fn span(event: &AuditEvent) -> u64 {
     if event.action != BLOCK {
@@ -355,6 +383,31 @@ mod tests {
             ),
             (Some("INC-1"), vec!["carol".to_owned()], Some("ses_1"))
         );
+    }
+
+    #[test]
+    fn a_block_from_elsewhere_must_count_its_statements_and_name_them_as_a_proxy_does() {
+        let mut b = BlockBuilder::new(session());
+        b.push("evt_a", 1, detail("SELECT 1"));
+        b.push("evt_b", 2, detail("SELECT 2"));
+        let block = b.finish();
+        assert_eq!(check(&block), Ok(()));
+        let mut forged = block.clone();
+        forged.detail.insert(COUNT.into(), "5".into());
+        assert!(check(&forged).is_err_and(|e| e.contains("a count of 5 for 2 statements")));
+        let renamed = AuditEvent {
+            detail: block
+                .detail
+                .iter()
+                .map(|(k, v)| (k.clone(), v.replace("evt_b", "wf_b")))
+                .collect(),
+            ..block.clone()
+        };
+        assert!(check(&renamed).is_err_and(|e| e.contains("\"wf_b\"")));
+        let mut unreadable = block;
+        unreadable.detail.insert(LIST.into(), "[".into());
+        assert!(check(&unreadable).is_err());
+        assert_eq!(check(&session()), Ok(()), "not a block: nothing to check");
     }
 
     #[test]
