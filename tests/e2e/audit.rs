@@ -11,7 +11,7 @@ use portcullis_protocol::audit::AuditEvent;
 use serde_json::{Value, json};
 
 use crate::harness::pg::pg;
-use crate::harness::{Gateway, GatewayOptions, connect, ok, stderr, stdout};
+use crate::harness::{Gateway, GatewayOptions, Role, connect, ok, stderr, stdout};
 
 /// Every event of the proxy so far but statements (tests/e2e/statements.rs
 /// has those) and workflow actions (`wf_...`),
@@ -108,6 +108,21 @@ async fn refusals_and_sessions_are_recorded_and_chained() {
     for secret in [alice.as_str(), carol.as_str()].into_iter().chain(pg().secrets()) {
         assert!(!text.contains(secret), "a secret reached the audit log");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_names_the_role_asked_for_and_none_when_none_was() {
+    let gw = Gateway::start(GatewayOptions {
+        roles: vec![Role::Read, Role::Admin],
+        ..GatewayOptions::default()
+    });
+    let alice = gw.add_user("alice", &[], false);
+    assert!(connect(&gw.pg_config("alice", &alice, "orders")).await.is_err());
+    assert!(connect(&gw.pg_config("alice", &alice, "orders@admin")).await.is_err());
+    let denied = events(&gw, 2).await;
+    let roles: Vec<Option<&str>> = denied.iter().map(|e| e.role.as_deref()).collect();
+    // Not `read`, the role the suggested request command names.
+    assert_eq!(roles, [None, Some("admin")], "{denied:#?}");
 }
 
 /// Runs SQL on the gateway's audit log, as someone with write access to the file could.

@@ -59,6 +59,7 @@ pub fn admit(proxy: &Proxy, user: &str, dbname: &str) -> Result<Admitted, Refusa
         denied: Box::new(denied),
         resource: resource.name.clone(),
         role_hint: role_hint(resource, role),
+        asked: role.map(str::to_owned),
         user: user.to_owned(),
     })?;
     let Some(role) = resource.role(&grant.role) else {

@@ -66,6 +66,8 @@ pub enum Refusal {
         resource: String,
         /// The role to put in the suggested request command, if one is needed.
         role_hint: Option<String>,
+        /// The role the client asked for, if any (the audit event's `role`).
+        asked: Option<String>,
         /// User name.
         user: String,
     },
@@ -167,6 +169,7 @@ impl Refusal {
                 resource,
                 role_hint,
                 user,
+                ..
             } => denied_text(denied, resource, role_hint.as_deref(), user),
             // 57P03 cannot_connect_now: drivers treat it as "try again later".
             Refusal::ControlPlaneSilent { silent } => ("57P03", crate::sync::contact::stale_text(*silent), None),

@@ -131,11 +131,8 @@ async fn refuse(
         denied.detail.insert("outcome".into(), refusal.kind().into());
         denied.detail.insert("why".into(), refusal.text().1);
         denied.detail.insert("peer".into(), peer.ip().to_string());
-        if let Refusal::Denied {
-            denied: why, role_hint, ..
-        } = refusal
-        {
-            why.annotate(role_hint.as_deref(), &mut denied);
+        if let Refusal::Denied { denied: why, asked, .. } = refusal {
+            why.annotate(asked.as_deref(), &mut denied);
         }
         proxy.audit.record(denied).await;
     }

@@ -59,6 +59,7 @@ pub fn admit(proxy: &Proxy, name: &LoginName<'_>) -> Result<Admitted, Refusal> {
         denied: Box::new(denied),
         resource: resource.name.clone(),
         role_hint: role_hint(resource, name.role),
+        asked: name.role.map(str::to_owned),
         user: name.user.to_owned(),
     })?;
     let Some(role) = resource.role(&grant.role) else {

@@ -241,6 +241,7 @@ pub fn start(
             denied: Box::new(Denied::NoGrant),
             resource: a.resource.name.clone(),
             role_hint: None,
+            asked: Some(a.role.name.clone()),
             user: user.to_owned(),
         });
     }
@@ -324,11 +325,8 @@ fn refused(proxy: &Arc<Proxy>, peer: SocketAddr, user: &str, resource: &str, ref
     proxy.metrics.connection(PROTOCOL, resource, refusal.kind());
     tracing::info!(%peer, user, outcome = refusal.kind(), "ssh session refused: {}", refusal.text());
     let mut denied = denied_event(user, refusal.resource(), refusal.kind(), refusal.text(), peer);
-    if let Refusal::Denied {
-        denied: why, role_hint, ..
-    } = refusal
-    {
-        why.annotate(role_hint.as_deref(), &mut denied);
+    if let Refusal::Denied { denied: why, asked, .. } = refusal {
+        why.annotate(asked.as_deref(), &mut denied);
     }
     let proxy = Arc::clone(proxy);
     proxy

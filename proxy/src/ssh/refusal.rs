@@ -38,6 +38,8 @@ pub enum Refusal {
         resource: String,
         /// The role to put in the suggested request command, if one is needed.
         role_hint: Option<String>,
+        /// The role the client asked for, if any (the audit event's `role`).
+        asked: Option<String>,
         /// User name.
         user: String,
     },
@@ -99,6 +101,7 @@ impl Refusal {
                 resource,
                 role_hint,
                 user,
+                ..
             } => denied_text(denied, resource, role_hint.as_deref(), user),
             Refusal::ControlPlaneSilent { silent } => crate::sync::contact::stale_text(*silent),
             Refusal::Upstream { resource, detail } => {
@@ -136,6 +139,7 @@ mod tests {
             denied: Box::new(Denied::NoGrant),
             resource: "web1".into(),
             role_hint: None,
+            asked: None,
             user: "alice".into(),
         };
         assert!(r.text().contains("portcullis request web1 --reason"), "{}", r.text());
