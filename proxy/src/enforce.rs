@@ -46,8 +46,8 @@ pub enum Cut {
         /// Grant id.
         grant_id: String,
     },
-    /// The statement audit stopped following the session (see
-    /// `portcullis_protocol::pg::statements::Lost`).
+    /// The audit stopped following the session: its statements (see
+    /// `portcullis_protocol::pg::statements::Lost`) or an sftp stream.
     AuditLost {
         /// Why.
         why: String,

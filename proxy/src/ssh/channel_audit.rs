@@ -143,10 +143,11 @@ impl ChannelAudit {
     pub async fn from_client(&self, data: &[u8]) -> bool {
         self.bytes_in.fetch_add(data.len() as u64, Ordering::Relaxed);
         let Some(sftp) = self.sftp.get() else { return true };
-        for e in sftp.from_client(data) {
+        let (events, followed) = sftp.from_client(data);
+        for e in events {
             self.conn.proxy.audit.record(e).await;
         }
-        !sftp.stopped()
+        followed
     }
 
     /// Bytes from the server: sftp answers followed, pty output recorded.

@@ -35,23 +35,18 @@ pub struct Forward {
 }
 
 impl Forward {
-    /// A destination (or a listening address) alone.
-    pub fn to(host: &str, port: u32) -> Forward {
-        Forward {
-            host: host.to_owned(),
-            port,
-            originator: String::new(),
-            originator_port: 0,
-        }
-    }
-
     /// `host:port`, bracketed for IPv6.
     pub fn destination(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
+        host_port(&self.host, self.port)
+    }
+}
+
+/// `host:port`, bracketed for IPv6.
+pub fn host_port(host: &str, port: u32) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
     }
 }
 
@@ -97,13 +92,10 @@ pub const SOCKET_REFUSED: &str = "forwarding of Unix sockets is never allowed";
 /// Records a forward refused before any policy applies (`ssh -R`, Unix
 /// sockets): `direction`, and the `key` (`listen` or `destination`) it named.
 pub async fn audit_refused_outright(conn: &Conn, direction: &str, key: &str, named: String, why: &str) {
-    let Some(audit) = conn.audit.as_ref() else { return };
-    let mut e = audit.event("forward.refused");
-    e.detail.insert("direction".into(), direction.into());
-    e.detail.insert(key.into(), named);
-    e.detail.insert("why".into(), why.into());
-    e.detail.insert("peer".into(), conn.peer.ip().to_string());
-    conn.proxy.audit.record(e).await;
+    if let Some(mut e) = base_event(conn, "forward.refused", direction, key, named) {
+        e.detail.insert("why".into(), why.into());
+        conn.proxy.audit.record(e).await;
+    }
 }
 
 /// Opens the upstream side, then accepts the engineer's channel and relays
@@ -205,13 +197,21 @@ async fn pump<M: From<(russh::ChannelId, ChannelMsg)> + Send + Sync + 'static>(
 
 /// An audit event of this session about `fwd`; `None` for a refused session.
 fn event(conn: &Conn, action: &str, fwd: &Forward) -> Option<AuditEvent> {
-    let mut e = conn.audit.as_ref()?.event(action);
-    e.detail.insert("direction".into(), "local".into());
-    e.detail.insert("destination".into(), fwd.destination());
+    let mut e = base_event(conn, action, "local", "destination", fwd.destination())?;
     e.detail.insert(
         "originator".into(),
         format!("{}:{}", fwd.originator, fwd.originator_port),
     );
+    Some(e)
+}
+
+/// A forward event of this session: its `direction`, what it named under
+/// `key` (`destination` or `listen`), and the client's address; `None` for
+/// a refused session.
+fn base_event(conn: &Conn, action: &str, direction: &str, key: &str, named: String) -> Option<AuditEvent> {
+    let mut e = conn.audit.as_ref()?.event(action);
+    e.detail.insert("direction".into(), direction.into());
+    e.detail.insert(key.into(), named);
     e.detail.insert("peer".into(), conn.peer.ip().to_string());
     Some(e)
 }

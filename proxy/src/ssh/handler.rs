@@ -319,7 +319,7 @@ impl russh::server::Handler for SshHandler {
         // Remote forwarding (`ssh -R`) would open the server's ports to the engineer's side: never.
         tracing::info!(peer = %self.peer, address, port = *port, "ssh remote forwarding refused");
         if let Some(live) = &self.live {
-            let listen = Forward::to(address, *port).destination();
+            let listen = forward::host_port(address, *port);
             forward::audit_refused_outright(&live.conn, "remote", "listen", listen, forward::REMOTE_REFUSED).await;
         }
         Ok(false)
