@@ -162,7 +162,7 @@ pub enum Param {
     /// A value past the per-Bind budget: only its length is kept.
     Omitted(usize),
     /// A value in the part of an over-long Bind that was not kept (past
-    /// [`MAX_BODY`](super::capture::MAX_BODY)): not even its length is known.
+    /// [`MAX_BODY`](crate::pg::capture::MAX_BODY)): not even its length is known.
     Unseen,
 }
 
