@@ -5,7 +5,9 @@
 //! bytes that are not a record, fail the length or the check: they are
 //! never read as an event.
 
-use std::io::{self, Read};
+use std::fs::File;
+use std::io::{self, BufReader, Read, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
 
 use portcullis_protocol::audit::AuditEvent;
 use sha2::{Digest, Sha256};
@@ -88,36 +90,92 @@ pub(super) fn decode(payload: &[u8]) -> io::Result<AuditEvent> {
     serde_json::from_slice(payload).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
-/// A segment read through: where each record ends, how far the records are
-/// whole, and what stopped the reading early, if anything.
+/// A segment read through: where each record ends, which stretches of it
+/// are not records, and how far it holds records at all.
 pub(super) struct Scan {
     /// End offset of each whole record, in order.
     pub ends: Vec<u64>,
+    /// Damaged stretches (`start..end`) with whole records after them.
+    pub holes: Vec<(u64, u64)>,
     /// End of the last whole record (`START` when there is none).
     pub valid: u64,
-    /// Why the bytes after `valid` are not records.
+    /// Why the bytes after `valid` are not records, if any are left.
     pub bad: Option<&'static str>,
 }
 
-/// Reads every record of a segment of `len` bytes whose header was checked
-/// (`r` positioned at `START`).
-pub(super) fn scan(r: &mut impl Read, len: u64) -> io::Result<Scan> {
+impl Scan {
+    /// Bytes of the records after `from` (a record boundary).
+    pub fn bytes_after(&self, from: u64) -> u64 {
+        let holes: u64 = self.holes.iter().filter(|h| h.0 >= from).map(|h| h.1 - h.0).sum();
+        self.valid.saturating_sub(from) - holes
+    }
+}
+
+/// Reads every record of `file`, `len` bytes whose header was checked.
+/// Damage inside is stepped over: reading goes on at the next place where a
+/// whole record starts (its length fits and its checksum matches, a chance
+/// of 2^-64 for bytes that are not one), so one bad record never costs the
+/// records after it.
+pub(super) fn scan(file: &File, len: u64) -> io::Result<Scan> {
     let mut scan = Scan {
         ends: Vec::new(),
+        holes: Vec::new(),
         valid: START,
         bad: None,
     };
+    let mut at = START;
+    let mut r = BufReader::with_capacity(64 << 10, file);
+    r.seek(SeekFrom::Start(at))?;
     loop {
-        match read(r, scan.valid, len)? {
+        match read(&mut r, at, len)? {
             Next::Record(_, size) => {
-                scan.valid += size;
-                scan.ends.push(scan.valid);
+                at += size;
+                scan.ends.push(at);
+                scan.valid = at;
             }
             Next::End => return Ok(scan),
-            Next::Bad(why) => {
-                scan.bad = Some(why);
-                return Ok(scan);
-            }
+            Next::Bad(why) => match next_record(file, at + 1, len)? {
+                Some(next) => {
+                    scan.holes.push((at, next));
+                    at = next;
+                    r.seek(SeekFrom::Start(at))?;
+                }
+                None => {
+                    scan.bad = Some(why);
+                    return Ok(scan);
+                }
+            },
         }
     }
+}
+
+/// The first offset at or after `from` where a whole record starts.
+/// Payloads are JSON, whose bytes are never zero, and a length that fits a
+/// segment begins with a zero byte: only a record's own frame passes the
+/// cheap test, so the checksum is computed almost only where one is.
+fn next_record(file: &File, from: u64, end: u64) -> io::Result<Option<u64>> {
+    const WINDOW: usize = 1 << 20;
+    let mut buf = vec![0u8; WINDOW + FRAME];
+    let mut base = from;
+    while base + FRAME as u64 <= end {
+        let want = usize::try_from((end - base).min(buf.len() as u64)).map_err(io::Error::other)?;
+        file.read_exact_at(&mut buf[..want], base)?;
+        let last = want.saturating_sub(FRAME);
+        for i in 0..=last {
+            let room = end - (base + i as u64) - FRAME as u64;
+            let head = &buf[i..i + FRAME];
+            let size = u64::from(u32::from_be_bytes([head[0], head[1], head[2], head[3]]));
+            if size == 0 || size > room {
+                continue;
+            }
+            let mut payload = vec![0u8; usize::try_from(size).map_err(io::Error::other)?];
+            file.read_exact_at(&mut payload, base + (i + FRAME) as u64)?;
+            if payload.first() == Some(&b'{') && check(&[head[0], head[1], head[2], head[3]], &payload)[..] == head[4..]
+            {
+                return Ok(Some(base + i as u64));
+            }
+        }
+        base += last as u64 + 1;
+    }
+    Ok(None)
 }

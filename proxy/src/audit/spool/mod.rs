@@ -53,10 +53,12 @@ impl Default for Limits {
     }
 }
 
-/// One segment file: its id and how far its records are whole.
+/// One segment file: its id, how far its records are whole, and the
+/// damaged stretches between them that reading steps over.
 struct Segment {
     id: u64,
     len: u64,
+    holes: Vec<(u64, u64)>,
 }
 
 /// A durable FIFO of audit events in one directory; one process at a time.
@@ -119,8 +121,9 @@ fn segment_ids(dir: &Path) -> io::Result<Vec<u64>> {
 
 impl Spool {
     /// Opens (or creates, mode 0700) the spool in `dir`, recovering from a
-    /// crash: a torn last record is cut off, and damaged bytes inside older
-    /// segments are set aside in `ID.damaged` with an error in the log.
+    /// crash: a torn last record is cut off and set aside in `ID.damaged`,
+    /// and a damaged record with whole ones after it is copied to
+    /// `ID.OFFSET.damaged` and stepped over, with an error in the log.
     pub fn open(dir: &Path, limits: Limits) -> io::Result<Spool> {
         DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
         std::fs::set_permissions(dir, Permissions::from_mode(0o700))?;
@@ -152,11 +155,13 @@ impl Spool {
             let Some(scan) = spool.recover(id, Some(id) == newest)? else {
                 continue;
             };
-            let ends = scan.ends;
+            let ends = &scan.ends;
             if id == cursor.seg {
-                // The cursor is a record boundary; were it not, the boundary
-                // before it redelivers rather than loses or misreads.
-                let at = ends.iter().copied().filter(|e| *e <= cursor.off).max().unwrap_or(START);
+                // The cursor is a record boundary (a record's end, or a
+                // hole's); were it not, the boundary before it redelivers
+                // rather than loses or misreads.
+                let starts = ends.iter().chain(scan.holes.iter().map(|h| &h.1));
+                let at = starts.copied().filter(|e| *e <= cursor.off).max().unwrap_or(START);
                 if at != cursor.off {
                     tracing::error!(
                         segment = id,
@@ -169,8 +174,12 @@ impl Spool {
             }
             let from = if id == cursor.seg { cursor.off } else { START };
             spool.depth += ends.iter().filter(|e| **e > from).count() as u64;
-            spool.bytes += scan.valid.saturating_sub(from);
-            spool.segments.push_back(Segment { id, len: scan.valid });
+            spool.bytes += scan.bytes_after(from);
+            spool.segments.push_back(Segment {
+                id,
+                len: scan.valid,
+                holes: scan.holes,
+            });
         }
         spool.cursor = cursor;
         if let Some(last) = spool.segments.back() {
@@ -210,7 +219,21 @@ impl Spool {
         if &head != HEADER {
             return Err(invalid(format!("{}: not an audit spool segment", path.display())));
         }
-        let scan = frame::scan(&mut BufReader::new(&mut file), len)?;
+        let scan = frame::scan(&file, len)?;
+        for &(start, end) in &scan.holes {
+            // Named by where it was, so a later start keeps the one copy.
+            let aside = self.dir.join(format!("{id:020}.{start}{DAMAGED}"));
+            tracing::error!(segment = %path.display(), at = start, bytes = end - start, kept = %aside.display(), "audit spool: a damaged record set aside; the records after it are delivered");
+            match OpenOptions::new().write(true).create_new(true).mode(0o600).open(&aside) {
+                Ok(mut out) => {
+                    file.seek(SeekFrom::Start(start))?;
+                    io::copy(&mut (&mut file).take(end - start), &mut out)?;
+                    out.sync_all()?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e),
+            }
+        }
         if let Some(why) = scan.bad {
             let cut = len - scan.valid;
             // Set aside, never deleted: at the end of the newest segment it
@@ -315,6 +338,7 @@ impl Spool {
         self.segments.push_back(Segment {
             id,
             len: buf.len() as u64,
+            holes: Vec::new(),
         });
         self.writer = Some(file);
         let settled = self.settled(self.cursor);
@@ -351,6 +375,11 @@ impl Spool {
             let mut r = BufReader::with_capacity(64 << 10, file);
             let mut at = from;
             while out.len() < max_events {
+                if let Some(&(_, end)) = seg.holes.iter().find(|h| h.0 == at) {
+                    // Set aside at open.
+                    at = end;
+                    r.seek(SeekFrom::Start(at))?;
+                }
                 match frame::read(&mut r, at, seg.len)? {
                     Next::Record(payload, size) => {
                         if !out.is_empty() && taken + payload.len() > max_bytes {

@@ -193,8 +193,28 @@ fn damaged(dir: &std::path::Path) -> Vec<u64> {
         .collect()
 }
 
+/// Where each record of a segment file starts, and its size with its frame.
+fn records(seg: &Path) -> Vec<(usize, usize)> {
+    let bytes = std::fs::read(seg).expect("read");
+    let mut out = Vec::new();
+    let mut at = 8;
+    while at < bytes.len() {
+        let len = u32::from_be_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
+        out.push((at, 12 + len));
+        at += 12 + len;
+    }
+    out
+}
+
+/// Flips one byte of `seg` at `at`.
+fn flip(seg: &Path, at: usize) {
+    let mut bytes = std::fs::read(seg).expect("read");
+    bytes[at] ^= 0xff;
+    std::fs::write(seg, &bytes).expect("write");
+}
+
 #[test]
-fn damage_early_in_the_newest_segment_sets_the_rest_aside_whole() {
+fn a_damaged_record_early_in_the_newest_segment_costs_only_itself() {
     let dir = Scratch::new();
     {
         let mut spool = Spool::open(&dir.spool(), Limits::default()).expect("open");
@@ -203,19 +223,49 @@ fn damage_early_in_the_newest_segment_sets_the_rest_aside_whole() {
         }
     }
     let seg = segments(&dir.spool())[0].clone();
-    let mut bytes = std::fs::read(&seg).expect("read");
-    let len = bytes.len() as u64;
+    let recs = records(&seg);
     // A byte of the first record's payload: no torn write looks like this,
-    // and the nine records after it must not be deleted with it.
-    bytes[30] ^= 0xff;
-    std::fs::write(&seg, &bytes).expect("write");
-    let spool = Spool::open(&dir.spool(), Limits::default()).expect("reopen");
-    assert_eq!(spool.depth(), 0);
+    // and the nine records after it must not be set aside with it.
+    flip(&seg, recs[0].0 + 20);
+    let mut spool = Spool::open(&dir.spool(), Limits::default()).expect("reopen");
+    assert_eq!(spool.depth(), 9);
     assert_eq!(
         damaged(&dir.spool()),
-        [len - 8],
-        "every record after the header is kept aside"
+        [recs[0].1 as u64],
+        "the damaged record alone is kept aside"
     );
+    spool.append(&events(10..11)).expect("append");
+    assert_eq!(ids(&drain(&mut spool, 4)), ids(&events(1..11)));
+}
+
+#[test]
+fn damage_in_delivered_records_costs_none_of_the_undelivered() {
+    let dir = Scratch::new();
+    {
+        let mut spool = Spool::open(&dir.spool(), Limits::default()).expect("open");
+        spool.append(&events(0..10)).expect("append");
+        assert_eq!(spool.peek(5, usize::MAX).expect("peek").len(), 5);
+        spool.ack(5).expect("ack");
+    }
+    let seg = segments(&dir.spool())[0].clone();
+    let recs = records(&seg);
+    // The length of a delivered record, and a byte of another.
+    flip(&seg, recs[1].0 + 1);
+    flip(&seg, recs[3].0 + 30);
+    for _ in 0..2 {
+        let mut spool = Spool::open(&dir.spool(), Limits::default()).expect("reopen");
+        assert_eq!(spool.depth(), 5);
+        assert_eq!(spool.bytes(), recs[5..].iter().map(|r| r.1 as u64).sum::<u64>());
+        assert_eq!(ids(&spool.peek(100, usize::MAX).expect("peek")), ids(&events(5..10)));
+    }
+    assert_eq!(
+        damaged(&dir.spool()).len(),
+        2,
+        "each damaged stretch is kept aside once, however often the spool opens"
+    );
+    let mut spool = Spool::open(&dir.spool(), Limits::default()).expect("reopen");
+    assert_eq!(ids(&drain(&mut spool, 2)), ids(&events(5..10)));
+    assert_eq!(spool.bytes(), 0);
 }
 
 #[test]
