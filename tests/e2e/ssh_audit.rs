@@ -62,6 +62,25 @@ fn refusals_sessions_and_exec_commands_are_audited() {
     assert!(d(x, "why").contains("no grant for alice on \"web1\""), "{x}");
     assert_eq!(d(x, "peer"), "127.0.0.1", "{x}");
 
+    // Keys alone, none registered (BatchMode never reaches the token prompt):
+    // one refusal for the connection, not one a key.
+    let stray = s.keys.path().join("stray_ed25519");
+    keygen(&stray);
+    let out = ssh(s.gw.ssh_port, &stray, "alice+web1", "echo hi");
+    assert!(!out.status.success(), "{}", stderr(&out));
+    let denied = s.gw.audit_until(&["--action", "connect.denied"], |e| e.len() >= 2);
+    assert_eq!(denied.len(), 2, "{denied:#?}");
+    let x = &denied[1];
+    assert_eq!(
+        (x["user"].as_str(), x["resource"].as_str(), d(x, "outcome")),
+        (Some("alice"), Some("web1"), "bad_credentials"),
+        "{x}"
+    );
+    assert!(
+        d(x, "why").contains("none of the offered SSH keys is registered"),
+        "{x}"
+    );
+
     let (_, gid) = s.gw.grant(&s.alice, &s.carol, "web1", None, "30m");
     let out = ssh(s.gw.ssh_port, &s.alice_key, "alice+web1", "echo hello; exit 3");
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));

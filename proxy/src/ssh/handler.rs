@@ -39,6 +39,10 @@ pub struct SshHandler {
     live: Option<Live>,
     /// Why the last token try failed, told with the next prompt.
     token_refused: Option<TokenCheck>,
+    /// The login a key was refused for, last: recorded if nothing else is.
+    key_refused: Option<String>,
+    /// Whether a refusal of this connection's login is on record.
+    refusal_recorded: bool,
     /// How far the handshake got, for the listener's deadlines.
     phase: watch::Sender<Phase>,
     /// Channels that asked for a shell, command or subsystem.
@@ -55,6 +59,8 @@ impl SshHandler {
             login: None,
             live: None,
             token_refused: None,
+            key_refused: None,
+            refusal_recorded: false,
             phase,
             programs: HashSet::new(),
         }
@@ -88,8 +94,32 @@ impl SshHandler {
         }
     }
 
+    /// Records a refused login as `connect.denied` of `outcome`.
+    fn record_refusal(&mut self, login: &str, outcome: &str, why: &str) {
+        self.refusal_recorded = true;
+        conn::audit_login_refused(&self.proxy, login, self.peer, outcome, why);
+    }
+
     fn knows(&self, login: &str, key: &russh::keys::PublicKey) -> bool {
         key_registered(&self.proxy.grants, target::parse(login).user, key)
+    }
+}
+
+impl Drop for SshHandler {
+    /// A connection that ends on refused keys alone, without a login or
+    /// another refusal on record, is one `connect.denied`: a client tries
+    /// each of its keys in turn, so a refused key alone is not.
+    fn drop(&mut self) {
+        if self.live.is_some() || self.refusal_recorded {
+            return;
+        }
+        let Some(login) = self.key_refused.take() else {
+            return;
+        };
+        if tokio::runtime::Handle::try_current().is_ok() {
+            let why = "none of the offered SSH keys is registered for this login";
+            conn::audit_login_refused(&self.proxy, &login, self.peer, "bad_credentials", why);
+        }
     }
 }
 
@@ -155,6 +185,7 @@ impl russh::server::Handler for SshHandler {
         Ok(if self.knows(user, offer.public_key) {
             Auth::Accept
         } else {
+            self.key_refused = Some(user.to_owned());
             reject()
         })
     }
@@ -165,6 +196,7 @@ impl russh::server::Handler for SshHandler {
             Ok(Auth::Accept)
         } else {
             tracing::info!(peer = %self.peer, login = user, "ssh key not registered for this user");
+            self.key_refused = Some(user.to_owned());
             Ok(reject())
         }
     }
@@ -179,16 +211,18 @@ impl russh::server::Handler for SshHandler {
         let user = target::parse(login).user;
         let Some(mut answers) = response else {
             let contact = &self.proxy.contact;
-            let blocked = match contact.refusal().filter(|_| !contact.is_synced()) {
-                // A split proxy without the feed's snapshot knows no users yet.
-                Some(silent) => Some(stale_text(silent)),
-                None => backoff(&self.proxy, user, self.peer.ip()).err().map(|wait| {
-                    let why = backoff_text(wait);
-                    conn::audit_login_refused(&self.proxy, login, self.peer, "backoff", &why);
-                    why
-                }),
+            // A split proxy without the feed's snapshot knows no users yet.
+            let stale = contact.refusal().filter(|_| !contact.is_synced()).map(stale_text);
+            let blocked = match stale {
+                Some(why) => Some(("control_plane_stale", why)),
+                None => backoff(&self.proxy, user, self.peer.ip())
+                    .err()
+                    .map(|wait| ("backoff", backoff_text(wait))),
             };
-            return Ok(token_challenge(self.token_refused, blocked));
+            if let Some((outcome, why)) = &blocked {
+                self.record_refusal(login, outcome, why);
+            }
+            return Ok(token_challenge(self.token_refused, blocked.map(|(_, why)| why)));
         };
         let Some(token) = answers.next() else {
             // The backoff challenge had no prompt; nothing to check.
@@ -205,7 +239,7 @@ impl russh::server::Handler for SshHandler {
                     TokenCheck::Backoff(wait) => ("backoff", backoff_text(wait)),
                     _ => ("bad_credentials", "that token was not accepted".to_owned()),
                 };
-                conn::audit_login_refused(&self.proxy, login, self.peer, outcome, &why);
+                self.record_refusal(login, outcome, &why);
                 self.token_refused = Some(refused);
                 Ok(reject())
             }
