@@ -91,6 +91,7 @@ pub(super) fn append(
          ON CONFLICT (id) DO NOTHING"
     );
     for e in events {
+        let e = &*without_nul(e);
         let hash = link(key, next, &prev, e);
         let approvers = serde_json::to_string(&e.approvers).unwrap_or_else(|_| "[]".into());
         let (detail, body) = split_body(e);
@@ -131,6 +132,48 @@ pub(super) fn append(
     }
     tx.commit()?;
     Ok(new)
+}
+
+/// `e` with every NUL in its plain text columns as U+FFFD. PostgreSQL's
+/// text holds no NUL, and a client can send one (an SSH login name is any
+/// UTF-8): the insert would fail, and the writer retry it forever while
+/// every session waits. Both stores keep the same, so the chain is the
+/// same; `approvers`, `detail` and `body` are JSON, which escapes it.
+fn without_nul(e: &AuditEvent) -> std::borrow::Cow<'_, AuditEvent> {
+    let plain = [
+        Some(&e.id),
+        Some(&e.action),
+        Some(&e.user),
+        e.resource.as_ref(),
+        e.role.as_ref(),
+    ];
+    let ids = [
+        e.session_id.as_ref(),
+        e.grant_id.as_ref(),
+        e.request_id.as_ref(),
+        e.reason.as_ref(),
+    ];
+    if !plain.into_iter().chain(ids).flatten().any(|f| f.contains('\0')) {
+        return std::borrow::Cow::Borrowed(e);
+    }
+    let mut e = e.clone();
+    let plain = [
+        Some(&mut e.id),
+        Some(&mut e.action),
+        Some(&mut e.user),
+        e.resource.as_mut(),
+        e.role.as_mut(),
+    ];
+    let ids = [
+        e.session_id.as_mut(),
+        e.grant_id.as_mut(),
+        e.request_id.as_mut(),
+        e.reason.as_mut(),
+    ];
+    for f in plain.into_iter().chain(ids).flatten() {
+        *f = f.replace('\0', "\u{fffd}");
+    }
+    std::borrow::Cow::Owned(e)
 }
 
 /// A row's `detail` and `body` columns: a block's statements go to `body`

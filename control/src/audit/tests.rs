@@ -528,3 +528,28 @@ async fn writes_are_counted_and_their_lag_observed() {
         lag.get_sample_sum()
     );
 }
+
+#[tokio::test]
+async fn a_nul_in_a_name_is_stored_in_every_store_and_the_chain_holds() {
+    for at in crate::store::testing::stores() {
+        let (_, log) = store_and_log(&at).await;
+        let mut e = AuditEvent::new("evt_nul".into(), 1000, "connect.denied", "a\0b");
+        e.role = Some("r\0".into());
+        e.detail.insert("why".into(), "x\0y".into());
+        let mut after = AuditEvent::new("evt_after".into(), 1001, "connect.denied", "carol");
+        after.session_id = Some("ses_1".into());
+        // On PostgreSQL the NUL failed the insert, and with it every later event.
+        assert_eq!(log.append(vec![e, after]).await.expect("append"), 2);
+        let events = all(&log).await;
+        assert_eq!(events[0].user, "a\u{fffd}b");
+        assert_eq!(events[0].role.as_deref(), Some("r\u{fffd}"));
+        assert_eq!(
+            events[0].detail.get("why").map(String::as_str),
+            Some("x\0y"),
+            "JSON keeps it"
+        );
+        assert_eq!(events[1].id, "evt_after");
+        let verdict = log.verify().await.expect("verify");
+        assert_eq!((verdict.events, verdict.broken), (2, None));
+    }
+}
