@@ -288,7 +288,11 @@ async fn record(store: &Store, at: i64, actor: &str, action: &'static str, subje
         detail,
     };
     store
-        .call(move |conn| history::record(conn, &entry).map_err(ControlError::from))
+        .call(move |conn| {
+            let mut tx = conn.transaction()?;
+            history::record(&mut tx, &entry)?;
+            tx.commit().map_err(ControlError::from)
+        })
         .await
         .expect("record");
 }

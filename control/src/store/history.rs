@@ -4,6 +4,7 @@
 use portcullis_protocol::feed::UnixMillis;
 use serde_json::Value;
 
+use crate::store::db::Tx;
 use crate::store::{DbError, Row, Sql, args};
 
 /// Actor of what Portcullis does on its own (creating `admin` on first
@@ -32,8 +33,10 @@ pub(crate) struct Entry {
     pub detail: Value,
 }
 
-/// Appends one entry.
-pub(crate) fn record(db: &mut dyn Sql, e: &Entry) -> Result<(), DbError> {
+/// Appends one entry, in a write transaction (`Conn::transaction`): the
+/// audit shipper reads history in number order, and an entry numbered
+/// after one a writer has not committed yet would make it skip that one.
+pub(crate) fn record(db: &mut Tx<'_>, e: &Entry) -> Result<(), DbError> {
     db.execute(
         "INSERT INTO history (at, actor, action, subject, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
         args![e.at, &e.actor, e.action, &e.subject, e.detail.to_string()],

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use crate::store::Sql;
+use crate::store::db::Tx;
 use portcullis_protocol::duration;
 use portcullis_protocol::feed::UnixMillis;
 use serde_json::{Value, json};
@@ -168,7 +168,7 @@ impl Workflow {
     /// kept exactly when the change is.
     pub(crate) fn emit(
         &self,
-        conn: &mut dyn Sql,
+        conn: &mut Tx<'_>,
         at: UnixMillis,
         actor: &str,
         subject: &str,
@@ -181,7 +181,7 @@ impl Workflow {
 
 /// Appends an entry that is no request or grant event (users, sessions).
 pub(crate) fn record(
-    conn: &mut dyn Sql,
+    conn: &mut Tx<'_>,
     at: UnixMillis,
     actor: &str,
     action: &'static str,

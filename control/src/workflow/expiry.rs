@@ -5,7 +5,8 @@
 
 use std::time::Duration;
 
-use crate::store::{Conn, Sql};
+use crate::store::Conn;
+use crate::store::db::Tx;
 use portcullis_protocol::duration;
 use portcullis_protocol::feed::{FeedEvent, UnixMillis};
 
@@ -94,7 +95,7 @@ impl Workflow {
     }
 
     /// Records the escalation steps `req` reached by `now`; answers when the next one is due.
-    fn escalate(&self, conn: &mut dyn Sql, req: &Request, now: UnixMillis) -> Result<Option<UnixMillis>, ApiError> {
+    fn escalate(&self, conn: &mut Tx<'_>, req: &Request, now: UnixMillis) -> Result<Option<UnixMillis>, ApiError> {
         // A request whose resource or role left the config escalates no further.
         let Some(policy) = self.catalog.get(&req.resource).map(|r| r.policy(&req.role)) else {
             return Ok(None);
@@ -127,7 +128,7 @@ impl Workflow {
     }
 
     /// Moves `req` to `expired`, said to be by Portcullis itself.
-    fn expire(&self, conn: &mut dyn Sql, req: &Request, now: UnixMillis) -> Result<(), ApiError> {
+    fn expire(&self, conn: &mut Tx<'_>, req: &Request, now: UnixMillis) -> Result<(), ApiError> {
         let waited = duration::format(time::duration(now.saturating_sub(req.created_at)));
         let why = format!("no answer within the policy's pending_ttl (waited {waited})");
         requests::decide(
@@ -153,7 +154,7 @@ impl Workflow {
     /// Records a scheduled grant's start once it came, "expiring soon" once per
     /// deadline of each active grant, and its expiry once it passed (both start
     /// and expiry at the time they happened, not when noticed).
-    fn note_grants(&self, conn: &mut dyn Sql, now: UnixMillis, next: &mut Soonest) -> Result<(), ApiError> {
+    fn note_grants(&self, conn: &mut Tx<'_>, now: UnixMillis, next: &mut Soonest) -> Result<(), ApiError> {
         for grants::Unnoted {
             grant,
             expiring_noted_for: noted_for,

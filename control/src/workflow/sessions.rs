@@ -46,8 +46,15 @@ impl Workflow {
             "role": session.role,
             "grant_id": session.grant_id,
         });
+        // Under the write lock, as every history write: the audit shipper
+        // takes history in number order, and an entry numbered after one
+        // another replica has not committed yet would make it skip that one.
         self.store
-            .call(move |conn| record(conn, time::now(), &caller.name, "session.kill", &id, detail))
+            .call(move |conn| {
+                let mut tx = conn.transaction()?;
+                record(&mut tx, time::now(), &caller.name, "session.kill", &id, detail)?;
+                tx.commit().map_err(ApiError::from)
+            })
             .await?;
         self.audit_wake.notify_one();
         Ok(session)
