@@ -179,6 +179,14 @@ async fn feed_revoke_kill_and_tokens_across_two_proxies() {
     let (status, body) = control.http("POST", "/v1/audit/events", Some(proxy_token), Some(&forged.to_string()));
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("start with evt_"), "{body}");
+    // Nor a workflow action under an id of its own form.
+    let forged = serde_json::json!([{
+        "id": "evt_forged", "at": 0, "action": "request.approve", "user": "carol",
+        "request_id": "req_1", "approvers": ["carol"], "detail": {}
+    }]);
+    let (status, body) = control.http("POST", "/v1/audit/events", Some(proxy_token), Some(&forged.to_string()));
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("not an action a proxy records"), "{body}");
 
     // Revoke on the control plane cuts the sessions on both proxies.
     cut_by_revoke(&[&on0, &on1], &gid, || {

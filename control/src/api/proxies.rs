@@ -3,7 +3,7 @@
 
 use axum::Json;
 use axum::extract::State;
-use portcullis_protocol::audit::{AuditEvent, block};
+use portcullis_protocol::audit::{AuditEvent, PROXY_ACTIONS, block};
 use portcullis_protocol::sessions::SessionInfo;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -38,8 +38,10 @@ pub(crate) async fn report(
 /// sent again after a lost answer is harmless: `{"received": N, "new": M}`.
 /// Each event is marked with the proxy that sent it (`detail.proxy`); a
 /// proxy's ids start with `evt_`, so that none can take the place of the
-/// workflow's own (`wf_...`) before it is shipped; a block of statements
-/// must count them truly, since the count decides their sequence numbers.
+/// workflow's own (`wf_...`) before it is shipped, and its actions are a
+/// proxy's (`PROXY_ACTIONS`), never the workflow's; a block of statements
+/// must pass `block::check` (a true count, since it decides their sequence
+/// numbers; ids and times of its own; no statement naming a proxy).
 pub(crate) async fn audit_events(
     State(state): State<AppState>,
     ProxyCaller(proxy): ProxyCaller,
@@ -48,6 +50,11 @@ pub(crate) async fn audit_events(
     if let Some(e) = events.iter().find(|e| !e.id.starts_with("evt_")) {
         return Err(ApiError::BadBody {
             detail: format!("audit event id {:?}: a proxy's event ids start with evt_", e.id),
+        });
+    }
+    if let Some(e) = events.iter().find(|e| !PROXY_ACTIONS.contains(&e.action.as_str())) {
+        return Err(ApiError::BadBody {
+            detail: format!("audit event {}: {:?} is not an action a proxy records", e.id, e.action),
         });
     }
     if let Some(why) = events.iter().find_map(|e| block::check(e).err()) {

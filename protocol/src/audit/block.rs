@@ -198,15 +198,22 @@ fn read_members(list: &str) -> Option<(Vec<Member>, Vec<Group>)> {
     Some((members, shared))
 }
 
-/// Why a block sent from elsewhere (a remote proxy) may not be stored:
-/// its count must be its statements' (it decides the sequence numbers they
-/// take), and each statement's id of a proxy's form (`evt_`).
+/// Detail keys the control plane sets on a block it takes from a proxy,
+/// which no statement or shared group may carry: theirs would win when the
+/// block is read back.
+pub const HEADER_ONLY: &[&str] = &["proxy"];
+
+/// Why a block sent from elsewhere (a remote proxy) may not be stored: its
+/// count must be its statements' (it decides the sequence numbers they
+/// take), each statement's id of a proxy's form (`evt_`) and its own in the
+/// block, each statement's time within the block's span (searches by time
+/// find a block by it), and no statement may carry a `HEADER_ONLY` key.
 pub fn check(event: &AuditEvent) -> Result<(), String> {
     if event.action != BLOCK {
         return Ok(());
     }
     let count = event.detail.get(COUNT).and_then(|c| c.parse::<u64>().ok());
-    let Some((members, _)) = event.detail.get(LIST).and_then(|l| read_members(l)) else {
+    let Some((members, shared)) = event.detail.get(LIST).and_then(|l| read_members(l)) else {
         return Err(format!("block {}: its statements do not read as a list", event.id));
     };
     if count != Some(members.len() as u64) || members.is_empty() || members.len() as u64 > MAX_STATEMENTS {
@@ -217,13 +224,28 @@ pub fn check(event: &AuditEvent) -> Result<(), String> {
             members.len()
         ));
     }
-    match members.iter().find(|m| !m.id.starts_with("evt_")) {
-        Some(m) => Err(format!(
-            "block {}: statement id {:?} does not start with evt_",
-            event.id, m.id
-        )),
-        None => Ok(()),
+    let mut ids = std::collections::HashSet::new();
+    let span = event.at..=event.at.saturating_add(MAX_SPAN_MS);
+    for m in &members {
+        let why = if !m.id.starts_with("evt_") {
+            "does not start with evt_"
+        } else if !ids.insert(m.id.as_str()) {
+            "is given twice"
+        } else if !span.contains(&m.at) {
+            "has a time outside the block's span"
+        } else {
+            continue;
+        };
+        return Err(format!("block {}: statement id {:?} {why}", event.id, m.id));
     }
+    let fields = members.iter().map(|m| &m.detail).chain(&shared);
+    if let Some(key) = fields
+        .flat_map(|d| d.keys())
+        .find(|k| HEADER_ONLY.contains(&k.as_str()))
+    {
+        return Err(format!("block {}: a statement may not set {key:?}", event.id));
+    }
+    Ok(())
 }
 
 /// Sequence numbers `event` takes in the chain: a block one per statement.
@@ -404,6 +426,28 @@ mod tests {
             ..block.clone()
         };
         assert!(check(&renamed).is_err_and(|e| e.contains("\"wf_b\"")));
+        let edited = |from: &str, to: &str| AuditEvent {
+            detail: block
+                .detail
+                .iter()
+                .map(|(k, v)| (k.clone(), v.replace(from, to)))
+                .collect(),
+            ..block.clone()
+        };
+        let twice = edited("evt_b", "evt_a");
+        assert!(check(&twice).is_err_and(|e| e.contains("\"evt_a\" is given twice")));
+        let late = edited("\"at\":2", &format!("\"at\":{}", 2 + MAX_SPAN_MS));
+        assert!(
+            check(&late).is_err_and(|e| e.contains("outside the block's span")),
+            "{late:?}"
+        );
+        let early = edited("\"at\":2", "\"at\":0");
+        assert!(check(&early).is_err_and(|e| e.contains("outside the block's span")));
+        let posing = edited("\"text\":\"SELECT 2\"", "\"text\":\"SELECT 2\",\"proxy\":\"p0\"");
+        assert!(
+            check(&posing).is_err_and(|e| e.contains("may not set \"proxy\"")),
+            "{posing:?}"
+        );
         let mut unreadable = block;
         unreadable.detail.insert(LIST.into(), "[".into());
         assert!(check(&unreadable).is_err());

@@ -20,6 +20,25 @@ pub mod block;
 pub mod detail;
 pub mod json;
 
+/// The actions a proxy records (docs/AUDIT.md, "From the proxy"): the
+/// control plane takes no other from one, so no proxy can write a
+/// workflow event (an approval, a revocation).
+pub const PROXY_ACTIONS: &[&str] = &[
+    "connect.denied",
+    "session.start",
+    "session.end",
+    block::STATEMENT,
+    block::BLOCK,
+    "exec",
+    "shell",
+    "subsystem",
+    "sftp",
+    "forward.open",
+    "forward.refused",
+    "forward.failed",
+    "forward.close",
+];
+
 /// The link before the first event.
 pub const GENESIS: [u8; 32] = [0; 32];
 /// Version tag of the link encoding, so a later format cannot be confused with this one.
