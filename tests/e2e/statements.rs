@@ -61,7 +61,8 @@ async fn every_statement_is_one_event_with_its_outcome() {
         "1"
     );
     ok(&psql("COPY (SELECT generate_series(1, 100)) TO STDOUT"), "psql copy");
-    assert!(!psql("SELECT 1/0").status.success());
+    // One Query of two commands, the second failing: the first's tag stays.
+    assert!(!psql("SELECT 1; SELECT 1/0").status.success());
     assert!(!psql("ALTER ROLE no_such_role PASSWORD 'hunter2'").status.success());
 
     // tokio-postgres, extended protocol: Parse, Bind, Execute with a value.
@@ -117,8 +118,12 @@ async fn every_statement_is_one_event_with_its_outcome() {
 
     let failed = &all[2];
     assert_eq!(
-        (detail(failed, "outcome"), detail(failed, "sqlstate")),
-        ("error", "22012")
+        (
+            detail(failed, "outcome"),
+            detail(failed, "sqlstate"),
+            detail(failed, "tag")
+        ),
+        ("error", "22012", "SELECT 1")
     );
 
     let password = &all[3];

@@ -350,18 +350,35 @@ impl StatementTracker {
                 let text = Text::new(format!("<function call, oid {oid}>").as_bytes());
                 self.push(Expect::Run(statement(Flow::Function, Arc::new(text), now)));
             }
-            b'd' => self.copy_bytes(true, m.len),
+            b'd' => self.copy_in_bytes(m.len),
             // CopyDone, CopyFail: the copy is over on the client's side.
             b'c' | b'f' => {
-                let started = matches!(self.expect.front(), Some(Expect::Run(s)) if s.copy.is_some());
                 if self.copy_in {
                     self.copy_in = false;
-                } else if !started {
+                } else {
                     // Ahead of the server's CopyInResponse: mark where the copy ends.
                     self.push(Expect::CopyEnd);
                 }
             }
             _ => {}
+        }
+    }
+
+    /// CopyData from the client: it belongs to the statement sent last,
+    /// whether or not the server's CopyInResponse came yet.
+    fn copy_in_bytes(&mut self, n: usize) {
+        let last = self.expect.iter_mut().rev().find_map(|e| match e {
+            Expect::Run(s) => Some(s),
+            _ => None,
+        });
+        if let Some(s) = last {
+            let copy = s.copy.get_or_insert(Copy {
+                inbound: true,
+                bytes: 0,
+            });
+            if copy.inbound {
+                copy.bytes += n as u64;
+            }
         }
     }
 
@@ -431,8 +448,10 @@ impl StatementTracker {
             b'Z' => {
                 while let Some(e) = self.expect.pop_front() {
                     match e {
-                        // The simple protocol's statement (or a function call) ends here.
-                        Expect::Run(mut s) if s.flow != Flow::Extended => {
+                        // The simple protocol's statement (or a function call)
+                        // ends here, unless it came after an extended-protocol
+                        // error: the server skipped it on the way to the Sync.
+                        Expect::Run(mut s) if s.flow != Flow::Extended && !self.skipping => {
                             s.duration = now.saturating_duration_since(s.started);
                             out.push(s);
                             break;
@@ -444,6 +463,11 @@ impl StatementTracker {
                         }
                         _ => {}
                     }
+                }
+                // The end of a COPY whose statement failed before it began:
+                // the server ignored it, and so does the queue.
+                while matches!(self.expect.front(), Some(Expect::CopyEnd)) {
+                    self.expect.pop_front();
                 }
                 self.skipping = false;
             }
@@ -469,17 +493,19 @@ impl StatementTracker {
                 }
             }
             b'G' | b'H' | b'W' => {
-                let extended = match self.expect.front_mut() {
+                let inbound = tag == b'G';
+                let running = match self.expect.front_mut() {
                     Some(Expect::Run(s)) => {
-                        s.copy = Some(Copy {
-                            inbound: tag == b'G',
-                            bytes: 0,
-                        });
-                        s.flow == Flow::Extended
+                        // Several COPYs of one Query add up; data the client
+                        // sent ahead of this response was counted already.
+                        if s.copy.is_none_or(|c| c.inbound != inbound) {
+                            s.copy = Some(Copy { inbound, bytes: 0 });
+                        }
+                        true
                     }
                     _ => false,
                 };
-                if tag == b'G' && extended {
+                if inbound && running {
                     self.copy_in_started();
                 }
             }
@@ -488,8 +514,9 @@ impl StatementTracker {
         }
     }
 
-    /// An extended COPY IN began: the server ignores the Syncs the client
-    /// sends until its CopyDone or CopyFail, so they leave the queue.
+    /// A COPY IN began: the server ignores the Syncs the client sends
+    /// until its CopyDone or CopyFail (in either protocol), so they leave
+    /// the queue.
     fn copy_in_started(&mut self) {
         let end = self.expect.iter().position(|e| matches!(e, Expect::CopyEnd));
         let mut upto = end.unwrap_or(self.expect.len());
@@ -515,11 +542,22 @@ impl StatementTracker {
             |_| ("XX000".to_owned(), "unreadable error".to_owned()),
             |e| (e.code, e.message),
         );
-        let failed = Outcome::Failed { sqlstate, message };
+        let failed = Outcome::Failed {
+            sqlstate,
+            message,
+            done: Vec::new(),
+        };
         self.copy_in = false;
         match self.expect.front_mut() {
-            // The simple protocol goes on to ReadyForQuery.
-            Some(Expect::Run(s)) if s.flow != Flow::Extended => s.outcome = failed,
+            // The simple protocol goes on to ReadyForQuery; the commands of
+            // the Query that completed before the error stay on record.
+            Some(Expect::Run(s)) if s.flow != Flow::Extended => {
+                let done = match std::mem::replace(&mut s.outcome, Outcome::NotRun) {
+                    Outcome::Done(list) => list,
+                    _ => Vec::new(),
+                };
+                s.outcome = with_done(failed, done);
+            }
             // An error at Sync: the implicit commit of what ran before it failed.
             Some(Expect::Sync) if !self.skipping => {
                 let text = Arc::new(Text::new(b"<implicit COMMIT at Sync>"));
@@ -571,6 +609,18 @@ impl StatementTracker {
             s.duration = now.saturating_duration_since(s.started);
             out.push(s);
         }
+    }
+}
+
+/// `failed` with the commands that completed before it.
+fn with_done(failed: Outcome, done: Vec<Completion>) -> Outcome {
+    match failed {
+        Outcome::Failed { sqlstate, message, .. } => Outcome::Failed {
+            sqlstate,
+            message,
+            done,
+        },
+        other => other,
     }
 }
 

@@ -10,7 +10,7 @@ use std::time::Instant;
 use portcullis_protocol::audit::AuditEvent;
 use portcullis_protocol::audit::detail::{Detail, Fields};
 use portcullis_protocol::feed::UnixMillis;
-use portcullis_protocol::pg::statements::{Flow, Outcome, Param, Rendered, Statement, Text};
+use portcullis_protocol::pg::statements::{Completion, Flow, Outcome, Param, Rendered, Statement, Text};
 
 use super::classify::Classifier;
 use super::redact::{REDACTED, redact, value_holds_secret};
@@ -203,29 +203,40 @@ pub fn statement_detail(session: &SessionAudit, s: &Statement, classifier: &mut 
     match &s.outcome {
         Outcome::Done(list) => {
             d.put_plain("outcome", "ok");
-            match list.as_slice() {
-                [] => {}
-                [one] => d.put("tag", &one.tag),
-                many => d.put("tag", &many.iter().map(|c| &*c.tag).collect::<Vec<_>>().join("; ")),
-            }
-            let rows: Option<u64> = list.iter().filter_map(|c| c.rows).reduce(|a, b| a.saturating_add(b));
-            if let Some(rows) = rows {
-                d.put_number("rows", rows);
-            }
+            completions(list, d);
         }
-        Outcome::Failed { sqlstate, message } => {
+        Outcome::Failed {
+            sqlstate,
+            message,
+            done,
+        } => {
             d.put_plain("outcome", "error");
             d.put("sqlstate", sqlstate);
             // The server quotes the statement or a value in some errors
             // (`syntax error at or near "hunter2"`): for one that held a
             // password or a hidden value, its SQLSTATE only.
             d.put("error", if redacted { WITHHELD } else { message });
+            completions(done, d);
         }
         Outcome::Suspended => d.put_plain("outcome", "suspended"),
         Outcome::NotRun => d.put_plain("outcome", "not_run"),
         Outcome::Interrupted => d.put_plain("outcome", "interrupted"),
     }
     d.put_number("duration_us", u64::try_from(s.duration.as_micros()).unwrap_or(u64::MAX));
+}
+
+/// Writes the command tags of `list` (`tag`, joined by "; ") and the rows
+/// they name in all (`rows`).
+fn completions(list: &[Completion], d: &mut impl Detail) {
+    match list {
+        [] => {}
+        [one] => d.put("tag", &one.tag),
+        many => d.put("tag", &many.iter().map(|c| &*c.tag).collect::<Vec<_>>().join("; ")),
+    }
+    let rows: Option<u64> = list.iter().filter_map(|c| c.rows).reduce(|a, b| a.saturating_add(b));
+    if let Some(rows) = rows {
+        d.put_number("rows", rows);
+    }
 }
 
 /// Writes a statement's class, tables and text (passwords redacted; a cut
@@ -362,6 +373,7 @@ pub(crate) mod tests {
         st.outcome = Outcome::Failed {
             sqlstate: "42601".into(),
             message: "syntax error at or near \"hunter2\"".into(),
+            done: Vec::new(),
         };
         let e = statement_event(&s, &st, &mut Classifier::default());
         assert_eq!(e.detail["text"], "ALTER ROLE bob PASSWORD '[redacted]'");
@@ -377,6 +389,7 @@ pub(crate) mod tests {
         st.outcome = Outcome::Failed {
             sqlstate: "42601".into(),
             message: "syntax error at or near \"$1\"".into(),
+            done: Vec::new(),
         };
         let e = statement_event(&s, &st, &mut Classifier::default());
         assert_eq!(e.detail["params"], r#"["bob","'[redacted]'"]"#);
@@ -400,6 +413,7 @@ pub(crate) mod tests {
         st.outcome = Outcome::Failed {
             sqlstate: "22P02".into(),
             message: "invalid input syntax for type integer: \"123-45-6789\"".into(),
+            done: Vec::new(),
         };
         let e = statement_event(&s, &st, &mut Classifier::default());
         assert_eq!(
@@ -412,6 +426,7 @@ pub(crate) mod tests {
         st.outcome = Outcome::Failed {
             sqlstate: "08001".into(),
             message: "could not connect: host=db password=hunter2".into(),
+            done: Vec::new(),
         };
         let e = statement_event(&s, &st, &mut Classifier::default());
         assert!(!format!("{e:?}").contains("hunter2"), "{e:?}");

@@ -187,6 +187,9 @@ pub enum Outcome {
         sqlstate: String,
         /// The server's message.
         message: String,
+        /// Commands of a simple Query that completed before the error (a
+        /// `DELETE` that committed before a later statement failed).
+        done: Vec<Completion>,
     },
     /// An Execute that stopped at its row limit (PortalSuspended).
     Suspended,

@@ -513,3 +513,121 @@ fn binary_values_of_known_types_read_as_text() {
     assert_eq!(out.len(), 1);
     assert_eq!(&*out[0].params, &[Param::Text("7".into())][..]);
 }
+
+#[test]
+fn a_query_the_server_skipped_after_an_extended_error_did_not_run() {
+    let out = run(&[
+        (true, b'P', parse("", "SELECT 1/0")),
+        (true, b'B', bind("", "", &[], &[])),
+        (true, b'E', execute("")),
+        // Sent with the batch: the server skips it on the way to the Sync.
+        (true, b'Q', cstr("DELETE FROM t")),
+        (true, b'S', Vec::new()),
+        (false, b'1', Vec::new()),
+        (false, b'2', Vec::new()),
+        (false, b'E', error("22012")),
+        (false, b'Z', vec![b'I']),
+        // Then a DELETE that runs, and a query that fails: each its own outcome.
+        (true, b'Q', cstr("DELETE FROM t")),
+        (false, b'C', cstr("DELETE 5")),
+        (false, b'Z', vec![b'I']),
+        (true, b'Q', cstr("SELECT 1/0")),
+        (false, b'E', error("22012")),
+        (false, b'Z', vec![b'I']),
+    ]);
+    let got: Vec<(&str, &Outcome)> = out.iter().map(|s| (s.text.text.as_str(), &s.outcome)).collect();
+    assert_eq!(got.len(), 4, "{got:?}");
+    assert!(matches!(got[0], ("SELECT 1/0", Outcome::Failed { .. })), "{got:?}");
+    assert_eq!(got[1], ("DELETE FROM t", &Outcome::NotRun));
+    assert_eq!(got[2], ("DELETE FROM t", &done(&[("DELETE 5", Some(5))])));
+    assert!(matches!(got[3], ("SELECT 1/0", Outcome::Failed { .. })), "{got:?}");
+}
+
+#[test]
+fn a_sync_sent_during_a_simple_copy_in_is_ignored_as_the_server_does() {
+    let out = run(&[
+        (true, b'Q', cstr("COPY t FROM STDIN")),
+        (false, b'G', vec![0, 0, 0]),
+        (true, b'S', Vec::new()),
+        (true, b'd', vec![b'x'; 3]),
+        (true, b'c', Vec::new()),
+        (false, b'C', cstr("COPY 1")),
+        (false, b'Z', vec![b'I']),
+        (true, b'Q', cstr("DELETE FROM t")),
+        (false, b'C', cstr("DELETE 1")),
+        (false, b'Z', vec![b'I']),
+    ]);
+    assert_eq!(out.len(), 2);
+    assert_eq!(out[0].outcome, done(&[("COPY 1", Some(1))]));
+    assert_eq!(out[1].outcome, done(&[("DELETE 1", Some(1))]));
+}
+
+#[test]
+fn an_error_in_a_query_of_several_commands_keeps_those_that_completed() {
+    let out = run(&[
+        (true, b'Q', cstr("BEGIN; DELETE FROM t; COMMIT; SELECT 1/0")),
+        (false, b'C', cstr("BEGIN")),
+        (false, b'C', cstr("DELETE 5")),
+        (false, b'C', cstr("COMMIT")),
+        (false, b'E', error("22012")),
+        (false, b'Z', vec![b'I']),
+    ]);
+    match &out[0].outcome {
+        Outcome::Failed { sqlstate, done, .. } => {
+            assert_eq!(sqlstate, "22012");
+            let tags: Vec<&str> = done.iter().map(|c| &*c.tag).collect();
+            assert_eq!(tags, ["BEGIN", "DELETE 5", "COMMIT"]);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn copy_data_ahead_of_the_server_and_several_copies_all_count() {
+    let out = run(&[
+        (true, b'Q', cstr("COPY a FROM STDIN; COPY b FROM STDIN")),
+        // Sent before the server's CopyInResponse.
+        (true, b'd', vec![b'x'; 4]),
+        (true, b'c', Vec::new()),
+        (false, b'G', vec![0, 0, 0]),
+        (false, b'C', cstr("COPY 1")),
+        (false, b'G', vec![0, 0, 0]),
+        (true, b'd', vec![b'y'; 6]),
+        (true, b'c', Vec::new()),
+        (false, b'C', cstr("COPY 1")),
+        (false, b'Z', vec![b'I']),
+        (true, b'Q', cstr("SELECT 1")),
+        (false, b'C', cstr("SELECT 1")),
+        (false, b'Z', vec![b'I']),
+    ]);
+    assert_eq!(out.len(), 2);
+    assert_eq!(
+        out[0].copy,
+        Some(Copy {
+            inbound: true,
+            bytes: 10
+        })
+    );
+    assert_eq!(
+        out[1].outcome,
+        done(&[("SELECT 1", Some(1))]),
+        "the next tag is its own"
+    );
+}
+
+#[test]
+fn a_copy_that_failed_before_it_began_leaves_the_next_statement_its_tag() {
+    let out = run(&[
+        (true, b'Q', cstr("COPY nowhere FROM STDIN")),
+        (true, b'd', vec![b'x'; 4]),
+        (true, b'c', Vec::new()),
+        (false, b'E', error("42P01")),
+        (false, b'Z', vec![b'I']),
+        (true, b'Q', cstr("DELETE FROM t")),
+        (false, b'C', cstr("DELETE 2")),
+        (false, b'Z', vec![b'I']),
+    ]);
+    assert_eq!(out.len(), 2);
+    assert!(matches!(&out[0].outcome, Outcome::Failed { sqlstate, .. } if sqlstate == "42P01"));
+    assert_eq!(out[1].outcome, done(&[("DELETE 2", Some(2))]));
+}
