@@ -414,3 +414,50 @@ async fn a_broken_message_after_login_gets_a_fatal_and_ends_the_session_on_recor
     assert_eq!(statements[0]["detail"]["text"], "SELECT 1", "{}", statements[0]);
     gw.assert_alive();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_pipelined_past_what_the_audit_follows_are_recorded_by_their_text() {
+    let mut gw = Gateway::start(GatewayOptions::default());
+    let dave = gw.add_user("dave", &[], false);
+    let carol = gw.add_user("carol", &[], false);
+    gw.grant(&dave, &carol, "orders", None, "1h");
+    let mut sock = raw_login(&gw, "dave", &dave).await;
+    // In one write: a Query still running when the audit stops following
+    // (one prepared statement past the 10,000 it follows), then a Query
+    // sent after: none may run off the record.
+    let mut burst = message(b'Q', b"SELECT pg_sleep(0.3), 'still waiting'\0");
+    for i in 0..=10_000 {
+        burst.extend(message(b'P', format!("s{i}\0SELECT {i}\0\0\0").as_bytes()));
+    }
+    burst.extend(message(b'Q', b"SELECT 'sent after'\0"));
+    let _ = sock.write_all(&burst).await;
+    let a = read_all(&mut sock, Duration::from_secs(10)).await;
+    let (_, code, msg) = error_response(&a.bytes).expect("an ErrorResponse");
+    assert_eq!(code, "54000", "{msg}");
+
+    let recorded = |v: &[serde_json::Value], text: &str| v.iter().any(|e| e["detail"]["text"] == text);
+    let statements = gw.audit_until(&["--user", "dave", "--action", "statement"], |v| {
+        recorded(v, "SELECT pg_sleep(0.3), 'still waiting'") && recorded(v, "SELECT 10000")
+    });
+    let outcome = |text: &str| {
+        let e = statements.iter().find(|e| e["detail"]["text"] == text);
+        e.map(|e| e["detail"]["outcome"].clone())
+    };
+    assert_eq!(
+        outcome("SELECT pg_sleep(0.3), 'still waiting'"),
+        Some("not_followed".into()),
+        "{statements:#?}"
+    );
+    assert_eq!(
+        outcome("SELECT 10000"),
+        Some("not_followed".into()),
+        "the Parse that stopped it"
+    );
+    // Relayed before the cut or not: recorded if it was.
+    let sent_after = outcome("SELECT 'sent after'");
+    assert!(
+        sent_after.is_none() || sent_after == Some("not_followed".into()),
+        "{sent_after:?}"
+    );
+    gw.assert_alive();
+}

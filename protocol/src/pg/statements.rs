@@ -111,6 +111,9 @@ pub struct StatementTracker {
     lost: Option<Lost>,
     /// Statements awaiting their outcome when tracking stopped.
     unfollowed: usize,
+    /// Statements recorded without their outcome since tracking stopped,
+    /// for the caller to take (`abandoned`).
+    abandoned: Vec<Statement>,
     /// The last few command tags, shared by the completions that repeat
     /// them (a transaction's BEGIN, UPDATE 1, ..., COMMIT).
     tags: VecDeque<Arc<str>>,
@@ -140,17 +143,79 @@ impl StatementTracker {
         self.unfollowed
     }
 
-    /// Stops tracking: what is held is let go.
+    /// Stops following outcomes: the statements awaiting theirs are
+    /// recorded as they are (`NotFollowed`), and so is every statement the
+    /// client sends from now on, by its text, until the session is cut. The
+    /// names stay, for the texts of what runs under them; they grow no more.
     fn give_up(&mut self, why: Lost) {
+        if self.lost.is_some() {
+            return;
+        }
         self.lost = Some(why);
-        self.unfollowed = self.expect.iter().filter(|e| matches!(e, Expect::Run(_))).count();
-        self.expect.clear();
-        self.prepared.clear();
-        self.portals.clear();
-        self.kept = 0;
+        for e in self.expect.drain(..) {
+            if let Expect::Run(mut s) = e {
+                s.outcome = Outcome::NotFollowed;
+                self.abandoned.push(s);
+            }
+        }
+        self.unfollowed = self.abandoned.len();
+    }
+
+    /// Takes the statements recorded without their outcome since tracking
+    /// stopped (see [`StatementTracker::lost`]).
+    pub fn abandoned(&mut self, out: &mut Vec<Statement>) {
+        out.append(&mut self.abandoned);
+    }
+
+    /// A client message once tracking stopped: what it would run is
+    /// recorded by its text. A Bind names the statement whose text runs,
+    /// and its portal is forgotten, so that no Execute finds an older one.
+    fn unfollowed_message(&mut self, m: &Message<'_>, now: Instant) {
+        let mut b = m.body;
+        let (flow, text, name) = match m.tag {
+            b'Q' => (Flow::Simple, self.query_text(m.body, m.text), None),
+            b'P' => {
+                let Ok(name) = read_cstr(&mut b, "Parse") else { return };
+                (Flow::Extended, Arc::new(Text::of(b, m.text)), Some(name.to_owned()))
+            }
+            b'B' => {
+                let (Ok(portal), Ok(stmt)) = (read_cstr(&mut b, "Bind"), read_cstr(&mut b, "Bind")) else {
+                    return;
+                };
+                if let Some(p) = self.portals.remove(portal) {
+                    self.kept = self.kept.saturating_sub(p.kept);
+                }
+                let text = self.prepared.get(stmt).map(|p| Arc::clone(&p.text));
+                (
+                    Flow::Extended,
+                    text.unwrap_or_else(|| Arc::new(Text::new(b""))),
+                    Some(stmt.to_owned()),
+                )
+            }
+            b'E' => {
+                let portal = read_cstr(&mut b, "Execute").unwrap_or_default();
+                let Some(p) = self.portals.get(portal) else { return };
+                (Flow::Extended, Arc::clone(&p.text), Some((*p.statement).to_owned()))
+            }
+            b'F' => {
+                let oid = read_i32(&mut b, "FunctionCall").unwrap_or_default();
+                let text = Text::new(format!("<function call, oid {oid}>").as_bytes());
+                (Flow::Function, Arc::new(text), None)
+            }
+            _ => return,
+        };
+        let mut s = statement(flow, text, now);
+        if let Some(name) = name {
+            s.statement = shared_name(&name);
+        }
+        s.outcome = Outcome::NotFollowed;
+        self.abandoned.push(s);
     }
 
     fn push(&mut self, e: Expect) {
+        if self.lost.is_some() {
+            return;
+        }
         // The server discards everything but Sync after an error, and
         // ignores Sync during an extended COPY IN: so does the queue.
         if (self.discarding && !matches!(e, Expect::Sync)) || (self.copy_in && matches!(e, Expect::Sync)) {
@@ -238,9 +303,16 @@ impl StatementTracker {
     /// A message from the client, as [`Capture`](super::capture::Capture)
     /// passes it: its body may be cut, with the digest of its text.
     pub fn client_message(&mut self, m: &Message<'_>, now: Instant) {
-        if self.lost.is_some() {
-            return;
+        if self.lost.is_none() {
+            self.followed_message(m, now);
         }
+        // Also the message that made tracking stop.
+        if self.lost.is_some() {
+            self.unfollowed_message(m, now);
+        }
+    }
+
+    fn followed_message(&mut self, m: &Message<'_>, now: Instant) {
         let body = m.body;
         let mut b = body;
         match m.tag {
@@ -396,6 +468,7 @@ impl StatementTracker {
     /// as failed when the server's error came first (a backend terminated
     /// under the session says why before it closes).
     pub fn interrupt(&mut self, now: Instant, out: &mut Vec<Statement>) {
+        out.append(&mut self.abandoned);
         for e in self.expect.drain(..) {
             if let Expect::Run(mut s) = e {
                 if !matches!(s.outcome, Outcome::Failed { .. }) {

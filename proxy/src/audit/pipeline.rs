@@ -170,9 +170,16 @@ impl Blocks {
             } else {
                 let following = tracker.lost().is_none();
                 tracker.client_message(m, now);
-                if following && let Some(why) = tracker.lost() {
-                    filling.push_lost(session.wall_at(now), why, tracker.unfollowed());
-                    session.cut_for_audit(why.why());
+                if let Some(why) = tracker.lost() {
+                    if following {
+                        filling.push_lost(session.wall_at(now), why, tracker.unfollowed());
+                        session.cut_for_audit(why.why());
+                    }
+                    // Until the cut, what the relay still sends is recorded by its text.
+                    tracker.abandoned(done);
+                    for s in done.drain(..) {
+                        filling.push(&s);
+                    }
                 }
             }
         });

@@ -221,6 +221,7 @@ pub fn statement_detail(session: &SessionAudit, s: &Statement, classifier: &mut 
         Outcome::Suspended => d.put_plain("outcome", "suspended"),
         Outcome::NotRun => d.put_plain("outcome", "not_run"),
         Outcome::Interrupted => d.put_plain("outcome", "interrupted"),
+        Outcome::NotFollowed => d.put_plain("outcome", "not_followed"),
     }
     d.put_number("duration_us", u64::try_from(s.duration.as_micros()).unwrap_or(u64::MAX));
 }

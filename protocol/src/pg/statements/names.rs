@@ -92,16 +92,6 @@ impl<T> Names<T> {
     pub fn has_room_for(&self, name: &str) -> bool {
         name.is_empty() || self.named.len() < MAX_NAMES || self.named.contains_key(name)
     }
-
-    pub fn clear(&mut self) {
-        self.unnamed = None;
-        self.named.clear();
-    }
-
-    #[cfg(test)]
-    pub fn is_empty(&self) -> bool {
-        self.unnamed.is_none() && self.named.is_empty()
-    }
 }
 
 /// `name` to share: the unnamed statement's empty name allocates nothing.

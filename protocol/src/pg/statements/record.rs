@@ -197,6 +197,9 @@ pub enum Outcome {
     NotRun,
     /// The session ended (cut, or either side closed) before the outcome came.
     Interrupted,
+    /// Sent after the audit stopped following the session's outcomes (see
+    /// `StatementTracker::lost`), or awaiting its outcome then.
+    NotFollowed,
 }
 
 /// Which protocol carried the statement.

@@ -46,7 +46,26 @@ fn past_the_names_it_keeps_tracking_stops_and_says_why() {
     t.client(b'P', &parse("one_too_many", "SELECT 4"), Instant::now());
     assert_eq!(t.lost(), Some(Lost::Names));
     assert_eq!(t.unfollowed(), 1, "the query still waiting for its answer");
-    assert!(t.prepared.is_empty() && t.expect.is_empty());
+    assert!(t.expect.is_empty());
+    // What the relay sends until the cut is recorded by its text all the same.
+    t.client(b'Q', &cstr("DELETE FROM accounts"), Instant::now());
+    t.client(b'B', &bind("", "s0", &[], &[]), Instant::now());
+    t.client(b'E', &execute(""), Instant::now());
+    t.client(b'S', &[], Instant::now());
+    t.server(b'Z', b"I", Instant::now(), &mut Vec::new());
+    let mut out = Vec::new();
+    t.abandoned(&mut out);
+    let got: Vec<(&str, &Outcome)> = out.iter().map(|s| (s.text.text.as_str(), &s.outcome)).collect();
+    assert_eq!(
+        got,
+        [
+            ("SELECT pg_sleep(1)", &Outcome::NotFollowed),
+            ("SELECT 4", &Outcome::NotFollowed),
+            ("DELETE FROM accounts", &Outcome::NotFollowed),
+            ("SELECT 2", &Outcome::NotFollowed),
+        ],
+        "the waiting query, the Parse that stopped tracking, a Query, and the Bind of a statement prepared before"
+    );
 
     // Portals as well.
     let mut t = StatementTracker::new();
@@ -56,4 +75,14 @@ fn past_the_names_it_keeps_tracking_stops_and_says_why() {
     }
     assert_eq!(t.lost(), Some(Lost::Names));
     assert!(Lost::Names.why().contains(&MAX_NAMES.to_string()));
+    // A portal bound before: its Execute is recorded with its text.
+    t.client(b'E', &execute("p0"), Instant::now());
+    let mut out = Vec::new();
+    t.interrupt(Instant::now(), &mut out);
+    let texts: Vec<&str> = out.iter().map(|s| s.text.text.as_str()).collect();
+    assert_eq!(
+        texts,
+        ["SELECT 1", "SELECT 1"],
+        "the Bind that stopped tracking, then the Execute"
+    );
 }
