@@ -80,9 +80,21 @@ impl Lost {
 /// What a client message waits for.
 enum Expect {
     Run(Statement),
-    Parse(String),
-    /// Describe of a prepared statement: its ParameterDescription types it.
-    Describe(String),
+    /// A Parse, applied to `prepared` as it was sent (so the Binds sent
+    /// with it find it), with what it replaced: restored if the server
+    /// refuses or skips it (a name that exists already fails with 42P05).
+    Parse {
+        name: String,
+        old: Option<Prepared>,
+    },
+    /// A Close of a prepared statement, with what it removed, likewise.
+    Close {
+        name: String,
+        old: Option<Prepared>,
+    },
+    /// Describe of a prepared statement: its ParameterDescription types
+    /// it, if the name still holds that text when the answer comes.
+    Describe(String, Option<Arc<Text>>),
     Other,
     Sync,
     /// The client ended a COPY IN before the server's CopyInResponse came.
@@ -362,8 +374,8 @@ impl StatementTracker {
                         types
                     };
                     self.kept += 4 * types.len();
-                    let shared = match old {
-                        Some(old) => old.name,
+                    let shared = match &old {
+                        Some(old) => Arc::clone(&old.name),
                         None => shared_name(&name),
                     };
                     self.prepared.insert(
@@ -374,8 +386,9 @@ impl StatementTracker {
                             types,
                         },
                     );
+                    return self.push(Expect::Parse { name, old });
                 }
-                self.push(Expect::Parse(name));
+                self.push(Expect::Parse { name, old: None });
             }
             b'B' => {
                 if !self.discarding {
@@ -398,21 +411,26 @@ impl StatementTracker {
                 s.portal = portal.to_owned();
                 self.push(Expect::Run(s));
             }
-            b'C' => {
-                if let Some((&kind, mut rest)) = b.split_first() {
-                    let name = read_cstr(&mut rest, "Close").unwrap_or_default();
-                    let freed = match kind {
-                        b'S' => self.prepared.remove(name).map_or(0, |p| p.kept()),
-                        _ => self.portals.remove(name).map_or(0, |p| p.kept),
-                    };
-                    self.kept = self.kept.saturating_sub(freed);
+            b'C' => match b.split_first() {
+                Some((b'S', mut rest)) if !self.discarding => {
+                    let name = read_cstr(&mut rest, "Close").unwrap_or_default().to_owned();
+                    let old = self.prepared.remove(&name);
+                    self.kept = self.kept.saturating_sub(old.as_ref().map_or(0, Prepared::kept));
+                    self.push(Expect::Close { name, old });
                 }
-                self.push(Expect::Other);
-            }
+                Some((_, mut rest)) if !self.discarding => {
+                    let name = read_cstr(&mut rest, "Close").unwrap_or_default();
+                    let freed = self.portals.remove(name).map_or(0, |p| p.kept);
+                    self.kept = self.kept.saturating_sub(freed);
+                    self.push(Expect::Other);
+                }
+                _ => self.push(Expect::Other),
+            },
             b'D' => match b.split_first() {
                 Some((b'S', mut rest)) => {
                     let name = read_cstr(&mut rest, "Describe").unwrap_or_default().to_owned();
-                    self.push(Expect::Describe(name));
+                    let text = self.prepared.get(&name).map(|p| Arc::clone(&p.text));
+                    self.push(Expect::Describe(name, text));
                 }
                 _ => self.push(Expect::Other),
             },
@@ -549,8 +567,9 @@ impl StatementTracker {
                 self.expect.pop_front();
             }
             b't' => {
-                if let Some(Expect::Describe(name)) = self.expect.front()
+                if let Some(Expect::Describe(name, Some(text))) = self.expect.front()
                     && let Some(p) = self.prepared.get_mut(name)
+                    && Arc::ptr_eq(&p.text, text)
                     && p.types.iter().all(|&t| t == 0)
                 {
                     let types = declared_types_after_text(body);
@@ -561,7 +580,7 @@ impl StatementTracker {
                 }
             }
             b'T' | b'n' => {
-                if matches!(self.expect.front(), Some(Expect::Other | Expect::Describe(_))) {
+                if matches!(self.expect.front(), Some(Expect::Other | Expect::Describe(..))) {
                     self.expect.pop_front();
                 }
             }
@@ -656,23 +675,38 @@ impl StatementTracker {
                     s.outcome = failed;
                     s.duration = now.saturating_duration_since(s.started);
                     out.push(s);
-                } else if let Some(Expect::Parse(name)) = self.expect.front() {
+                } else if let Some(Expect::Parse { name, .. }) = self.expect.front() {
                     // A Parse that failed on its own: record its text.
-                    let name = name.clone();
-                    let text = match self.prepared.remove(&name) {
-                        Some(p) => {
-                            self.kept = self.kept.saturating_sub(p.kept());
-                            p.text
-                        }
-                        None => Arc::new(Text::new(b"")),
-                    };
-                    let mut s = statement(Flow::Extended, text, now);
-                    s.statement = shared_name(&name);
+                    let text = self.prepared.get(name).map(|p| Arc::clone(&p.text));
+                    let mut s = statement(Flow::Extended, text.unwrap_or_else(|| Arc::new(Text::new(b""))), now);
+                    s.statement = shared_name(name);
                     s.outcome = failed;
                     out.push(s);
                 }
+                self.undo_to_sync();
             }
             _ => {}
+        }
+    }
+
+    /// The server refused or skipped every Parse and Close up to the next
+    /// Sync: what they changed in `prepared` is undone, the last first.
+    fn undo_to_sync(&mut self) {
+        let end = self.expect.iter().position(|e| matches!(e, Expect::Sync));
+        let end = end.unwrap_or(self.expect.len());
+        for i in (0..end).rev() {
+            let (parse, name, old) = match self.expect.get_mut(i) {
+                Some(Expect::Parse { name, old }) => (true, name.clone(), old.take()),
+                Some(Expect::Close { name, old }) => (false, name.clone(), old.take()),
+                _ => continue,
+            };
+            if parse && let Some(new) = self.prepared.remove(&name) {
+                self.kept = self.kept.saturating_sub(new.kept());
+            }
+            if let Some(old) = old {
+                self.kept += old.kept();
+                self.prepared.insert(name, old);
+            }
         }
     }
 

@@ -631,3 +631,92 @@ fn a_copy_that_failed_before_it_began_leaves_the_next_statement_its_tag() {
     assert!(matches!(&out[0].outcome, Outcome::Failed { sqlstate, .. } if sqlstate == "42P01"));
     assert_eq!(out[1].outcome, done(&[("DELETE 2", Some(2))]));
 }
+
+fn close_statement(name: &str) -> Vec<u8> {
+    [&b"S"[..], &cstr(name)].concat()
+}
+
+#[test]
+fn a_parse_or_close_the_server_refused_or_skipped_changes_no_name() {
+    let out = run(&[
+        (true, b'P', parse("s1", "DELETE FROM t")),
+        (true, b'S', Vec::new()),
+        (false, b'1', Vec::new()),
+        (false, b'Z', vec![b'I']),
+        // The name exists: the server refuses the Parse (42P05) and skips the rest.
+        (true, b'P', parse("s1", "SELECT 1")),
+        (true, b'B', bind("", "s1", &[], &[])),
+        (true, b'E', execute("")),
+        (true, b'S', Vec::new()),
+        (false, b'E', error("42P05")),
+        (false, b'Z', vec![b'I']),
+        // A Close skipped after a failed Parse keeps the name too.
+        (true, b'P', parse("x", "SELEC")),
+        (true, b'C', close_statement("s1")),
+        (true, b'S', Vec::new()),
+        (false, b'E', error("42601")),
+        (false, b'Z', vec![b'I']),
+        // So the DELETE runs under its own text.
+        (true, b'B', bind("", "s1", &[], &[])),
+        (true, b'E', execute("")),
+        (true, b'S', Vec::new()),
+        (false, b'2', Vec::new()),
+        (false, b'C', cstr("DELETE 3")),
+        (false, b'Z', vec![b'I']),
+    ]);
+    let got: Vec<(&str, &Outcome)> = out.iter().map(|s| (s.text.text.as_str(), &s.outcome)).collect();
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert!(matches!(got[0], ("SELECT 1", Outcome::Failed { .. })), "{got:?}");
+    assert!(matches!(got[1], ("SELEC", Outcome::Failed { .. })), "{got:?}");
+    assert_eq!(got[2], ("DELETE FROM t", &done(&[("DELETE 3", Some(3))])));
+}
+
+#[test]
+fn a_close_and_parse_again_that_succeed_take_effect() {
+    let out = run(&[
+        (true, b'P', parse("s1", "SELECT 1")),
+        (true, b'C', close_statement("s1")),
+        (true, b'P', parse("s1", "DELETE FROM t")),
+        (true, b'B', bind("", "s1", &[], &[])),
+        (true, b'E', execute("")),
+        (true, b'S', Vec::new()),
+        (false, b'1', Vec::new()),
+        (false, b'3', Vec::new()),
+        (false, b'1', Vec::new()),
+        (false, b'2', Vec::new()),
+        (false, b'C', cstr("DELETE 1")),
+        (false, b'Z', vec![b'I']),
+    ]);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].text.text, "DELETE FROM t");
+}
+
+#[test]
+fn a_parameter_description_types_only_the_statement_it_describes() {
+    let out = run(&[
+        (true, b'P', parse("s0", "SELECT $1::int4")),
+        (true, b'D', vec![b'S', b's', b'0', 0]),
+        // Closed and parsed again before the answer came.
+        (true, b'C', close_statement("s0")),
+        (true, b'P', parse("s0", "SELECT $1::float4")),
+        (true, b'S', Vec::new()),
+        (false, b'1', Vec::new()),
+        (false, b't', parameter_description(&[23])),
+        (false, b'T', vec![0, 0]),
+        (false, b'3', Vec::new()),
+        (false, b'1', Vec::new()),
+        (false, b'Z', vec![b'I']),
+        (true, b'B', bind("", "s0", &[1], &[Some(&1.5f32.to_be_bytes())])),
+        (true, b'E', execute("")),
+        (true, b'S', Vec::new()),
+        (false, b'2', Vec::new()),
+        (false, b'C', cstr("SELECT 1")),
+        (false, b'Z', vec![b'I']),
+    ]);
+    assert_eq!(out.len(), 1);
+    assert_eq!(
+        &*out[0].params,
+        &[Param::Binary(4)][..],
+        "not read as the int4 the first statement took"
+    );
+}
