@@ -280,9 +280,12 @@ async fn extended_statements_carry_names_values_portals_and_copy_in() {
         .await
         .expect("copy data");
     assert_eq!(sink.finish().await.expect("copy done"), 3);
+    // The driver's Sync sent within the COPY gets no answer: the session,
+    // still open, owes none, so its statements reach the log as they run.
+    c.execute("SELECT 'after the copy'", &[]).await.expect("after");
+    let all = statements(&gw, 9).await;
+    with_text(&all, "SELECT 'after the copy'");
     drop(c);
-
-    let all = statements(&gw, 8).await;
     let texts: Vec<&str> = all.iter().map(|e| detail(e, "text")).collect();
     let named_runs: Vec<&AuditEvent> = all
         .iter()

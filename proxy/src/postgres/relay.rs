@@ -106,6 +106,7 @@ pub async fn relay<T>(
         up: Pipe::default(),
         down: Pipe::default(),
         asked: 0,
+        copy_syncs: CopySyncs::default(),
         answered: 0,
         quit: None,
         notices,
@@ -187,8 +188,10 @@ struct Relay<'a> {
     up: Pipe,
     /// Server to client.
     down: Pipe,
-    /// Query, Sync and FunctionCall messages sent: each gets one ReadyForQuery.
+    /// Query, Sync and FunctionCall messages sent: each gets one
+    /// ReadyForQuery (but the Syncs of `copy_syncs`).
     asked: u64,
+    copy_syncs: CopySyncs,
     /// ReadyForQuery messages received.
     answered: u64,
     /// The client sent Terminate; true when it came whole, at a boundary.
@@ -216,6 +219,21 @@ struct ClientChunk {
     quit: Option<bool>,
     /// Messages that each get one ReadyForQuery.
     asked: u64,
+    /// Syncs counted before, now known to have been sent within a COPY IN.
+    ignored: u64,
+}
+
+/// The client's Syncs the server ignores: it reads none during a COPY IN
+/// (either protocol), and libpq and tokio-postgres send one right after
+/// the Execute that starts it. A Sync the client follows with CopyData,
+/// CopyDone or CopyFail, before any other message and while no CopyDone
+/// or CopyFail came before it, was sent within the COPY IN.
+#[derive(Default)]
+struct CopySyncs {
+    /// Syncs since the client's last other message.
+    pending: u64,
+    /// That message was a CopyDone or CopyFail: the COPY IN is over.
+    ended: bool,
 }
 
 impl ClientChunk {
@@ -226,19 +244,33 @@ impl ClientChunk {
     }
 }
 
-fn scan_client(frames: &mut Boundary, chunk: &[u8]) -> Result<ClientChunk, ProtocolError> {
+fn scan_client(frames: &mut Boundary, syncs: &mut CopySyncs, chunk: &[u8]) -> Result<ClientChunk, ProtocolError> {
     let mut scan = ClientChunk {
         forward: chunk.len(),
         quit: None,
         asked: 0,
+        ignored: 0,
     };
-    frames.advance_with(chunk, |tag, pos| match tag {
-        b'Q' | b'S' | b'F' if scan.quit.is_none() => scan.asked += 1,
-        b'X' if scan.quit.is_none() => {
-            scan.quit = Some(pos >= 5);
-            scan.forward = pos.saturating_sub(5);
+    frames.advance_with(chunk, |tag, pos| {
+        if scan.quit.is_some() {
+            return;
         }
-        _ => {}
+        match tag {
+            b'S' => {
+                scan.asked += 1;
+                syncs.pending += 1;
+                return;
+            }
+            b'd' | b'c' | b'f' if !syncs.ended => scan.ignored += syncs.pending,
+            b'Q' | b'F' => scan.asked += 1,
+            b'X' => {
+                scan.quit = Some(pos >= 5);
+                scan.forward = pos.saturating_sub(5);
+            }
+            _ => {}
+        }
+        syncs.pending = 0;
+        syncs.ended = matches!(tag, b'c' | b'f');
     })?;
     Ok(scan)
 }
@@ -250,11 +282,11 @@ impl Relay<'_> {
             return None;
         }
         self.handle.bytes_in.fetch_add(first.len() as u64, Ordering::Relaxed);
-        let scan = match scan_client(&mut self.up.frames, first) {
+        let scan = match scan_client(&mut self.up.frames, &mut self.copy_syncs, first) {
             Ok(s) => s,
             Err(e) => return Some(RelayEnd::Violation(e.to_string())),
         };
-        self.asked += scan.asked;
+        self.asked = (self.asked + scan.asked).saturating_sub(scan.ignored);
         if let Some(r) = self.recorder.as_mut() {
             r.client(&first[..scan.forward], scan.ends_whole(&self.up.frames));
         }
@@ -324,11 +356,11 @@ impl Relay<'_> {
                 Err(e) => return Poll::Ready(RelayEnd::Error(format!("client: {e}"))),
             };
             self.handle.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
-            let scan = match scan_client(&mut up.frames, &up.lease.bytes()[..n]) {
+            let scan = match scan_client(&mut up.frames, &mut self.copy_syncs, &up.lease.bytes()[..n]) {
                 Ok(s) => s,
                 Err(e) => return Poll::Ready(RelayEnd::Violation(e.to_string())),
             };
-            self.asked += scan.asked;
+            self.asked = (self.asked + scan.asked).saturating_sub(scan.ignored);
             self.quit = scan.quit;
             if let Some(r) = self.recorder.as_mut() {
                 r.client(&up.lease.bytes()[..scan.forward], scan.ends_whole(&up.frames));
@@ -428,5 +460,58 @@ impl Relay<'_> {
             down.start = 0;
             down.end = n;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut m = vec![tag];
+        m.extend_from_slice(&u32::try_from(body.len() + 4).expect("small").to_be_bytes());
+        m.extend_from_slice(body);
+        m
+    }
+
+    /// ReadyForQuery messages the server owes after `chunks`, sent in turn.
+    fn owed(chunks: &[Vec<u8>]) -> u64 {
+        let (mut frames, mut syncs, mut asked) = (Boundary::new(), CopySyncs::default(), 0u64);
+        for chunk in chunks {
+            let scan = scan_client(&mut frames, &mut syncs, chunk).expect("scan");
+            asked = (asked + scan.asked).saturating_sub(scan.ignored);
+        }
+        asked
+    }
+
+    #[test]
+    fn syncs_sent_within_a_copy_in_are_owed_no_answer() {
+        let (bind, exec, sync) = (msg(b'B', b"\0\0\0\0\0\0\0"), msg(b'E', b"\0\0\0\0\0"), msg(b'S', b""));
+        let (data, done) = (msg(b'd', b"1\n"), msg(b'c', b""));
+        // tokio-postgres's copy_in: Bind, Execute, Sync; the data; CopyDone, Sync.
+        assert_eq!(
+            owed(&[
+                [bind.clone(), exec.clone(), sync.clone()].concat(),
+                data.clone(),
+                [done.clone(), sync.clone()].concat()
+            ]),
+            1
+        );
+        // Split at every message, and a Sync among the data.
+        let parts = [
+            bind.clone(),
+            exec.clone(),
+            sync.clone(),
+            data.clone(),
+            sync.clone(),
+            data.clone(),
+            done.clone(),
+            sync.clone(),
+        ];
+        assert_eq!(owed(&parts), 1);
+        // A Sync after the COPY ended is answered, whatever follows it.
+        assert_eq!(owed(&[done.clone(), sync.clone(), data.clone()]), 1);
+        // No COPY: every Sync and Query is answered.
+        assert_eq!(owed(&[bind, exec, sync.clone(), msg(b'Q', b"SELECT 1\0"), sync]), 3);
     }
 }
