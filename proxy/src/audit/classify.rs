@@ -64,6 +64,18 @@ impl Classifier {
 }
 
 fn parse(sql: &str) -> Class {
+    parse_as_is(sql)
+        .or_else(|| {
+            // Strings with backslash escapes (`standard_conforming_strings`
+            // off), which the parser reads as on: the statement without its
+            // values parses as the server ran it.
+            let plain = super::redact::every_literal_redacted(sql)?;
+            parse_as_is(&plain)
+        })
+        .unwrap_or_else(|| first_word(sql))
+}
+
+fn parse_as_is(sql: &str) -> Option<Class> {
     match pg_query::summary(sql, 0, -1) {
         Ok(s) => {
             let mut classes: Vec<&str> = s.statement_types.iter().map(|t| class_of(t)).collect();
@@ -77,18 +89,22 @@ fn parse(sql: &str) -> Class {
             } else {
                 classes.join(",")
             };
-            Class::new(class, tables.join(","))
+            Some(Class::new(class, tables.join(",")))
         }
-        // Not valid SQL (the server will have said so), or cut short: the
-        // first word that is not in a comment.
-        Err(_) => Class::new(
-            past_comments(sql)
-                .split(|c: char| !c.is_ascii_alphabetic())
-                .find(|w| !w.is_empty())
-                .map_or_else(|| "UNKNOWN".to_owned(), str::to_ascii_uppercase),
-            String::new(),
-        ),
+        Err(_) => None,
     }
+}
+
+/// Not valid SQL (the server will have said so), or cut short: the first
+/// word that is not in a comment.
+fn first_word(sql: &str) -> Class {
+    Class::new(
+        past_comments(sql)
+            .split(|c: char| !c.is_ascii_alphabetic())
+            .find(|w| !w.is_empty())
+            .map_or_else(|| "UNKNOWN".to_owned(), str::to_ascii_uppercase),
+        String::new(),
+    )
 }
 
 /// `sql` from its first character that is not blank or in a comment
@@ -301,6 +317,11 @@ mod tests {
             "DELETE"
         );
         assert_eq!(c.classify("/* never ends SELECT").class, "UNKNOWN");
+        // Strings with backslash escapes (standard_conforming_strings off)
+        // do not parse as they are; without their values they do.
+        let escaped = c.classify(r"WITH d AS (DELETE FROM accounts RETURNING 1) SELECT 1 FROM d WHERE 'x\'' <> ''");
+        assert_eq!(escaped.class, "DELETE,SELECT");
+        assert!(escaped.tables.split(',').any(|t| t == "accounts"), "{}", escaped.tables);
     }
 
     #[test]

@@ -33,8 +33,9 @@ impl Redaction {
 }
 
 /// The passwords written into `text`, or bound to it (see the module's
-/// doc). Text that mentions a password but cannot be scanned is withheld
-/// whole.
+/// doc). Text that mentions a password but cannot be scanned keeps only
+/// its names, keywords and comments, or when even that fails to read, is
+/// withheld whole.
 pub fn redact(text: &str) -> Redaction {
     let mut found = Redaction::default();
     if !mentions_password(text) {
@@ -42,9 +43,113 @@ pub fn redact(text: &str) -> Redaction {
     }
     found.text = match redact_in(text, 0, &mut found.params) {
         Ok(scan) => scan.text,
-        Err(Unscannable) => Some("[redacted: the statement mentions a password and could not be scanned]".to_owned()),
+        // Most often strings with backslash escapes, in a session with
+        // `standard_conforming_strings` off, which the scanner reads as on.
+        Err(Unscannable) => Some(
+            every_literal_redacted(text)
+                .unwrap_or_else(|| "[redacted: the statement mentions a password and could not be scanned]".to_owned()),
+        ),
     };
     found
+}
+
+/// `text` with every string, in either reading of a backslash in it, and
+/// every bare word after a name that says password, replaced by
+/// [`REDACTED`]; names, keywords and comments kept. `None` when a string,
+/// quoted name or comment does not end. Taking out every value is too much
+/// for a text that scans, and enough for one that does not: what the
+/// statement does stays on record.
+pub(crate) fn every_literal_redacted(text: &str) -> Option<String> {
+    let b = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let (mut i, mut kept) = (0, 0);
+    let mut after_password = false;
+    while i < b.len() {
+        let start = i;
+        match b[i] {
+            b'\'' => {
+                // `'it''s'` or `'it\'s'`: a backslash always escapes here,
+                // the reading under which the scanner failed.
+                i += 1;
+                loop {
+                    match b.get(i)? {
+                        b'\\' => i += 2,
+                        b'\'' if b.get(i + 1) == Some(&b'\'') => i += 2,
+                        b'\'' => break,
+                        _ => i += 1,
+                    }
+                }
+                i += 1;
+                // An `E` prefix goes with it (left alone as a word below).
+                let prefixed = start > kept && b[start - 1].eq_ignore_ascii_case(&b'e');
+                let from = if prefixed { start - 1 } else { start };
+                out.push_str(&text[kept..from]);
+                out.push_str(REDACTED);
+                kept = i;
+                after_password = false;
+            }
+            b'"' => {
+                i += 1 + memchr::memchr(b'"', &b[i + 1..])? + 1;
+            }
+            b'-' if b.get(i + 1) == Some(&b'-') => {
+                i = memchr::memchr(b'\n', &b[i..]).map_or(b.len(), |n| i + n);
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                let mut depth = 0usize;
+                loop {
+                    match (b.get(i)?, b.get(i + 1)) {
+                        (b'/', Some(b'*')) => (depth, i) = (depth + 1, i + 2),
+                        (b'*', Some(b'/')) => {
+                            (depth, i) = (depth - 1, i + 2);
+                            if depth == 0 {
+                                break;
+                            }
+                        }
+                        _ => i += 1,
+                    }
+                }
+            }
+            b'$' => {
+                // `$tag$ ... $tag$`, or `$1`.
+                let tag_end = b[i + 1..]
+                    .iter()
+                    .position(|c| !(c.is_ascii_alphanumeric() || *c == b'_'));
+                match tag_end.map(|n| i + 1 + n) {
+                    Some(end) if b[end] == b'$' && !b[i + 1..end].first().is_some_and(u8::is_ascii_digit) => {
+                        let tag = &text[i..=end];
+                        let body = end + 1;
+                        let close = text[body..].find(tag)?;
+                        i = body + close + tag.len();
+                        out.push_str(&text[kept..start]);
+                        out.push_str(REDACTED);
+                        kept = i;
+                        after_password = false;
+                    }
+                    _ => i += 1,
+                }
+            }
+            c if c.is_ascii_alphanumeric() || c == b'_' => {
+                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] >= 0x80) {
+                    i += 1;
+                }
+                let word = &b[start..i];
+                if word.eq_ignore_ascii_case(b"e") && b.get(i) == Some(&b'\'') {
+                    continue;
+                }
+                if after_password && !word.eq_ignore_ascii_case(b"to") {
+                    out.push_str(&text[kept..start]);
+                    out.push_str(REDACTED);
+                    kept = i;
+                    after_password = false;
+                } else {
+                    after_password = says_password(word);
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    out.push_str(&text[kept..]);
+    Some(out)
 }
 
 /// The scanner refused the text (an unterminated string or comment).
@@ -439,5 +544,39 @@ mod tests {
         for sql in ["SELECT passwor", "SELECT 'pass word'", "SELECT ':/'", "", "p"] {
             assert!(!mentions_password(sql), "{sql}");
         }
+    }
+
+    #[test]
+    fn text_that_does_not_scan_keeps_what_it_does() {
+        // standard_conforming_strings off: the server reads `'x\''` whole,
+        // the scanner an unterminated string.
+        let sql = r"WITH d AS (DELETE FROM accounts RETURNING 1) SELECT count(*) FROM d WHERE 'x\'' <> '' -- password";
+        assert_eq!(
+            text(sql).as_deref(),
+            Some(
+                "WITH d AS (DELETE FROM accounts RETURNING 1) SELECT count(*) FROM d WHERE '[redacted]' <> '[redacted]' -- password"
+            )
+        );
+        for (sql, want) in [
+            (
+                r"ALTER ROLE bob PASSWORD 'it\'s hunter2'",
+                "ALTER ROLE bob PASSWORD '[redacted]'",
+            ),
+            (
+                r"ALTER ROLE bob PASSWORD E'it\'s' VALID UNTIL 'it\'s'",
+                "ALTER ROLE bob PASSWORD '[redacted]' VALID UNTIL '[redacted]'",
+            ),
+            (
+                r#"SELECT "it's" /* 'not \' a string */, $q$ it's $q$ FROM t WHERE password = hunter2 AND x = 'y\''"#,
+                r#"SELECT "it's" /* 'not \' a string */, '[redacted]' FROM t WHERE password = '[redacted]' AND x = '[redacted]'"#,
+            ),
+        ] {
+            assert_eq!(text(sql).as_deref(), Some(want), "{sql}");
+        }
+        // A string that never ends: nothing of it can be told apart.
+        assert_eq!(
+            text("SELECT 'hunter2 -- password").as_deref(),
+            Some("[redacted: the statement mentions a password and could not be scanned]")
+        );
     }
 }
