@@ -438,7 +438,11 @@ impl StatementTracker {
             b'F' => {
                 let oid = read_i32(&mut b, "FunctionCall").unwrap_or_default();
                 let text = Text::new(format!("<function call, oid {oid}>").as_bytes());
-                self.push(Expect::Run(statement(Flow::Function, Arc::new(text), now)));
+                let mut s = statement(Flow::Function, Arc::new(text), now);
+                if let Some((args, n)) = bind::function_args(b, body.len() < m.len) {
+                    (s.params, s.param_count) = (args, n);
+                }
+                self.push(Expect::Run(s));
             }
             b'd' => self.copy_in_bytes(m.len),
             // CopyDone, CopyFail: the copy is over on the client's side.

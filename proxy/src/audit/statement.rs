@@ -163,38 +163,14 @@ pub fn statement_detail(session: &SessionAudit, s: &Statement, classifier: &mut 
         if !s.portal.is_empty() {
             d.put("portal", &s.portal);
         }
-        d.put_number("param_count", s.param_count as u64);
-        // A value hidden here must not come back in the server's error
-        // (`invalid input syntax for type integer: "..."`).
-        let hidden = Cell::new(false);
-        if s.param_count > 0 {
-            if session.redact_parameters {
-                d.put_plain("params", "[redacted by policy]");
-                hidden.set(true);
-            } else if s.params.is_empty() {
-                d.put_plain("params", "[not kept: past the session's audit budget]");
-            } else {
-                let secret = |i: usize| text.secret_params.contains(&(i + 1));
-                d.put_list(
-                    "params",
-                    s.params.iter().enumerate().map(|(i, p)| {
-                        let value = if secret(i) {
-                            Some(Cow::Borrowed(REDACTED))
-                        } else {
-                            param_value(p)
-                        };
-                        if value.as_deref() == Some(REDACTED) {
-                            hidden.set(true);
-                        }
-                        value
-                    }),
-                );
-            }
-        }
-        text.redacted || hidden.get()
+        let hidden = params_detail(session, s, &text.secret_params, d);
+        text.redacted || hidden
     } else {
         d.put_plain("flow", if s.flow == Flow::Simple { "simple" } else { "function" });
-        text_detail(&s.text, classifier, d).0
+        let redacted = text_detail(&s.text, classifier, d).0;
+        // A function call's arguments, as a Bind's values.
+        let hidden = s.flow == Flow::Function && params_detail(session, s, &[], d);
+        redacted || hidden
     };
     if let Some(copy) = s.copy {
         d.put_plain("copy", if copy.inbound { "from_stdin" } else { "to_stdout" });
@@ -224,6 +200,41 @@ pub fn statement_detail(session: &SessionAudit, s: &Statement, classifier: &mut 
         Outcome::NotFollowed => d.put_plain("outcome", "not_followed"),
     }
     d.put_number("duration_us", u64::try_from(s.duration.as_micros()).unwrap_or(u64::MAX));
+}
+
+/// Writes `param_count` and the values of `s` (`params`), those at
+/// `secret` (from 1) and all under a `redact_parameters` policy redacted;
+/// answers whether any value was hidden, which must not come back in the
+/// server's error (`invalid input syntax for type integer: "..."`).
+fn params_detail(session: &SessionAudit, s: &Statement, secret: &[usize], d: &mut impl Detail) -> bool {
+    d.put_number("param_count", s.param_count as u64);
+    if s.param_count == 0 {
+        return false;
+    }
+    if session.redact_parameters {
+        d.put_plain("params", "[redacted by policy]");
+        return true;
+    }
+    if s.params.is_empty() {
+        d.put_plain("params", "[not kept: past the session's audit budget]");
+        return false;
+    }
+    let hidden = Cell::new(false);
+    d.put_list(
+        "params",
+        s.params.iter().enumerate().map(|(i, p)| {
+            let value = if secret.contains(&(i + 1)) {
+                Some(Cow::Borrowed(REDACTED))
+            } else {
+                param_value(p)
+            };
+            if value.as_deref() == Some(REDACTED) {
+                hidden.set(true);
+            }
+            value
+        }),
+    );
+    hidden.get()
 }
 
 /// Writes the command tags of `list` (`tag`, joined by "; ") and the rows
@@ -468,5 +479,19 @@ pub(crate) mod tests {
         let detail = &statements[0].1.detail;
         assert_eq!(detail["params"], serde_json::to_string(&want).unwrap_or_default());
         assert_eq!(detail, &statement_event(&s, &st, &mut Classifier::default()).detail);
+    }
+
+    #[test]
+    fn a_function_call_shows_its_arguments_as_a_bind_does() {
+        let s = session(false);
+        let mut st = bound(vec![Param::Text("x".into()), Param::Binary(4)], s.since);
+        st.flow = Flow::Function;
+        st.text = Arc::new(Text::new(b"<function call, oid 1234>"));
+        let e = statement_event(&s, &st, &mut Classifier::default());
+        assert_eq!(e.detail["flow"], "function");
+        assert_eq!(e.detail["param_count"], "2");
+        assert_eq!(e.detail["params"], r#"["x","<binary, 4 bytes>"]"#, "{e:?}");
+        let e = statement_event(&session(true), &st, &mut Classifier::default());
+        assert_eq!(e.detail["params"], "[redacted by policy]");
     }
 }

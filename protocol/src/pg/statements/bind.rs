@@ -57,6 +57,40 @@ fn each_value(mut b: &[u8], n: usize, cut: bool, mut f: impl FnMut(usize, Value<
     Ok(())
 }
 
+/// A FunctionCall's arguments (after its function's oid), as a Bind's
+/// values of unknown types read: text as text, binary by length; with how
+/// many there are. `None` when the body does not read as arguments.
+pub(super) fn function_args(mut b: &[u8], cut: bool) -> Option<(Arc<[Param]>, usize)> {
+    let nformats = usize::try_from(read_i16(&mut b).ok()?).unwrap_or(0);
+    let formats = b.get(..2 * nformats)?;
+    b = &b[2 * nformats..];
+    let n = usize::try_from(read_i16(&mut b).ok()?).unwrap_or(0);
+    let binary = |i: usize| {
+        let at = if formats.len() == 2 { 0 } else { 2 * i };
+        formats.get(at..at + 2).is_some_and(|f| f == [0, 1])
+    };
+    let mut kept = 0;
+    let mut args = Vec::with_capacity(n.min(64));
+    each_value(b, n, cut, |i, value| {
+        args.push(match value {
+            Value::Null => Param::Null,
+            Value::Omitted(len) => Param::Omitted(len),
+            Value::Unseen => Param::Unseen,
+            Value::Bytes(v) if binary(i) => Param::Binary(v.len()),
+            Value::Bytes(v) if kept + v.len().min(MAX_PARAM) > MAX_PARAMS_KEPT => Param::Omitted(v.len()),
+            Value::Bytes(v) => {
+                let keep = v.len().min(MAX_PARAM);
+                kept += keep;
+                let mut text = String::new();
+                push_lossy(&mut text, &v[..keep]);
+                Param::Text(text)
+            }
+        });
+    })
+    .ok()?;
+    Some((args.into(), n))
+}
+
 impl StatementTracker {
     /// A Bind's portal and parameters; when `cut`, the body ends early and
     /// values past its end are recorded as unseen.

@@ -720,3 +720,34 @@ fn a_parameter_description_types_only_the_statement_it_describes() {
         "not read as the int4 the first statement took"
     );
 }
+
+#[test]
+fn a_function_call_carries_its_arguments() {
+    let mut body = 1234i32.to_be_bytes().to_vec();
+    // Formats: text, binary; three arguments: text, binary, NULL; then the result's format.
+    body.extend(2i16.to_be_bytes());
+    body.extend(0i16.to_be_bytes());
+    body.extend(1i16.to_be_bytes());
+    body.extend(3i16.to_be_bytes());
+    body.extend(8i32.to_be_bytes());
+    body.extend(b"DROP t;\n");
+    body.extend(4i32.to_be_bytes());
+    body.extend(7i32.to_be_bytes());
+    body.extend((-1i32).to_be_bytes());
+    body.extend(1i16.to_be_bytes());
+    let out = run(&[
+        (true, b'F', body),
+        (false, b'V', vec![0, 0, 0, 0]),
+        (false, b'Z', vec![b'I']),
+    ]);
+    assert_eq!(out.len(), 1);
+    assert_eq!(
+        (out[0].flow, out[0].text.text.as_str()),
+        (Flow::Function, "<function call, oid 1234>")
+    );
+    assert_eq!(out[0].param_count, 3);
+    assert_eq!(
+        &*out[0].params,
+        &[Param::Text("DROP t;\n".into()), Param::Binary(4), Param::Null][..]
+    );
+}
