@@ -219,21 +219,48 @@ struct ClientChunk {
     quit: Option<bool>,
     /// Messages that each get one ReadyForQuery.
     asked: u64,
-    /// Syncs counted before, now known to have been sent within a COPY IN.
-    ignored: u64,
 }
 
 /// The client's Syncs the server ignores: it reads none during a COPY IN
 /// (either protocol), and libpq and tokio-postgres send one right after
 /// the Execute that starts it. A Sync the client follows with CopyData,
 /// CopyDone or CopyFail, before any other message and while no CopyDone
-/// or CopyFail came before it, was sent within the COPY IN.
+/// or CopyFail came before it, may have been sent within a COPY IN; it is
+/// uncounted only once the server completes a COPY IN (CommandComplete
+/// after its CopyInResponse), which proves it read them all in the COPY.
+/// Any other outcome leaves them counted: a count too high only delays
+/// records and pooling, one too low would skip the cancel of a running
+/// query when the session is cut.
 #[derive(Default)]
 struct CopySyncs {
     /// Syncs since the client's last other message.
     pending: u64,
     /// That message was a CopyDone or CopyFail: the COPY IN is over.
     ended: bool,
+    /// Syncs the client sent within what may be a COPY IN.
+    within: u64,
+    /// The server sent CopyInResponse and has not yet ended that COPY.
+    server_copying: bool,
+}
+
+impl CopySyncs {
+    /// A server message `tag`: answers the Syncs now proven ignored.
+    fn server(&mut self, tag: u8) -> u64 {
+        match tag {
+            b'G' => self.server_copying = true,
+            b'C' if self.server_copying => {
+                self.server_copying = false;
+                return std::mem::take(&mut self.within);
+            }
+            // An error, or a ReadyForQuery: no COPY IN holds what came before.
+            b'E' | b'Z' => {
+                self.server_copying = false;
+                self.within = 0;
+            }
+            _ => {}
+        }
+        0
+    }
 }
 
 impl ClientChunk {
@@ -249,7 +276,6 @@ fn scan_client(frames: &mut Boundary, syncs: &mut CopySyncs, chunk: &[u8]) -> Re
         forward: chunk.len(),
         quit: None,
         asked: 0,
-        ignored: 0,
     };
     frames.advance_with(chunk, |tag, pos| {
         if scan.quit.is_some() {
@@ -261,7 +287,7 @@ fn scan_client(frames: &mut Boundary, syncs: &mut CopySyncs, chunk: &[u8]) -> Re
                 syncs.pending += 1;
                 return;
             }
-            b'd' | b'c' | b'f' if !syncs.ended => scan.ignored += syncs.pending,
+            b'd' | b'c' | b'f' if !syncs.ended => syncs.within += syncs.pending,
             b'Q' | b'F' => scan.asked += 1,
             b'X' => {
                 scan.quit = Some(pos >= 5);
@@ -286,7 +312,7 @@ impl Relay<'_> {
             Ok(s) => s,
             Err(e) => return Some(RelayEnd::Violation(e.to_string())),
         };
-        self.asked = (self.asked + scan.asked).saturating_sub(scan.ignored);
+        self.asked += scan.asked;
         if let Some(r) = self.recorder.as_mut() {
             r.client(&first[..scan.forward], scan.ends_whole(&self.up.frames));
         }
@@ -360,7 +386,7 @@ impl Relay<'_> {
                 Ok(s) => s,
                 Err(e) => return Poll::Ready(RelayEnd::Violation(e.to_string())),
             };
-            self.asked = (self.asked + scan.asked).saturating_sub(scan.ignored);
+            self.asked += scan.asked;
             self.quit = scan.quit;
             if let Some(r) = self.recorder.as_mut() {
                 r.client(&up.lease.bytes()[..scan.forward], scan.ends_whole(&up.frames));
@@ -444,16 +470,19 @@ impl Relay<'_> {
                 Err(e) => return Poll::Ready(RelayEnd::Error(format!("server: {e}"))),
             };
             self.handle.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
-            let mut answered = 0;
+            let (mut answered, mut ignored) = (0, 0);
+            let copy_syncs = &mut self.copy_syncs;
             down.mark = match down.frames.advance_with(&down.lease.bytes()[..n], |tag, _| {
                 if tag == b'Z' {
                     answered += 1;
                 }
+                ignored += copy_syncs.server(tag);
             }) {
                 Ok(m) => m,
                 Err(e) => return Poll::Ready(RelayEnd::Error(format!("server: {e}"))),
             };
             self.answered += answered;
+            self.asked = self.asked.saturating_sub(ignored);
             if let Some(r) = self.recorder.as_mut() {
                 r.server(&down.lease.bytes()[..n], down.frames.at_boundary());
             }
@@ -474,12 +503,16 @@ mod tests {
         m
     }
 
-    /// ReadyForQuery messages the server owes after `chunks`, sent in turn.
-    fn owed(chunks: &[Vec<u8>]) -> u64 {
+    /// ReadyForQuery messages the server owes after the client sent
+    /// `chunks` and the server answered with `server` (tags), in turn.
+    fn owed(chunks: &[Vec<u8>], server: &[u8]) -> u64 {
         let (mut frames, mut syncs, mut asked) = (Boundary::new(), CopySyncs::default(), 0u64);
         for chunk in chunks {
-            let scan = scan_client(&mut frames, &mut syncs, chunk).expect("scan");
-            asked = (asked + scan.asked).saturating_sub(scan.ignored);
+            asked += scan_client(&mut frames, &mut syncs, chunk).expect("scan").asked;
+        }
+        for &tag in server {
+            asked = asked.saturating_sub(syncs.server(tag));
+            asked -= u64::from(tag == b'Z');
         }
         asked
     }
@@ -487,31 +520,32 @@ mod tests {
     #[test]
     fn syncs_sent_within_a_copy_in_are_owed_no_answer() {
         let (bind, exec, sync) = (msg(b'B', b"\0\0\0\0\0\0\0"), msg(b'E', b"\0\0\0\0\0"), msg(b'S', b""));
-        let (data, done) = (msg(b'd', b"1\n"), msg(b'c', b""));
+        let (data, done, fail) = (msg(b'd', b"1\n"), msg(b'c', b""), msg(b'f', b"no\0"));
         // tokio-postgres's copy_in: Bind, Execute, Sync; the data; CopyDone, Sync.
-        assert_eq!(
-            owed(&[
-                [bind.clone(), exec.clone(), sync.clone()].concat(),
-                data.clone(),
-                [done.clone(), sync.clone()].concat()
-            ]),
-            1
-        );
-        // Split at every message, and a Sync among the data.
-        let parts = [
-            bind.clone(),
-            exec.clone(),
-            sync.clone(),
+        let copy = [
+            [bind.clone(), exec.clone(), sync.clone()].concat(),
             data.clone(),
-            sync.clone(),
-            data.clone(),
-            done.clone(),
-            sync.clone(),
+            [done.clone(), sync.clone()].concat(),
         ];
-        assert_eq!(owed(&parts), 1);
-        // A Sync after the COPY ended is answered, whatever follows it.
-        assert_eq!(owed(&[done.clone(), sync.clone(), data.clone()]), 1);
+        assert_eq!(owed(&copy, b"2GCZ"), 0, "the first Sync was read within the COPY");
+        // Split at every message, and a Sync among the data.
+        let parts = [&bind, &exec, &sync, &data, &sync, &data, &done, &sync].map(Clone::clone);
+        assert_eq!(owed(&parts, b"2GCZ"), 0);
+        // The COPY failed before it began: both Syncs are answered.
+        let failed = [
+            [bind.clone(), exec.clone(), sync.clone()].concat(),
+            [fail, sync.clone()].concat(),
+        ];
+        assert_eq!(owed(&failed, b"2EZ"), 1, "one answer still owed");
+        assert_eq!(owed(&failed, b"2EZZ"), 0);
+        // CopyData after a Sync, with no COPY at all: the Sync is answered,
+        // and a query after it is owed its answer.
+        let stray = [sync.clone(), data.clone(), msg(b'Q', b"SELECT pg_sleep(600)\0")];
+        assert_eq!(owed(&stray, b"Z"), 1, "the running query is still owed");
         // No COPY: every Sync and Query is answered.
-        assert_eq!(owed(&[bind, exec, sync.clone(), msg(b'Q', b"SELECT 1\0"), sync]), 3);
+        assert_eq!(
+            owed(&[bind, exec, sync.clone(), msg(b'Q', b"SELECT 1\0"), sync], b""),
+            3
+        );
     }
 }
