@@ -97,8 +97,18 @@ enum Expect {
     Describe(String, Option<Arc<Text>>),
     Other,
     Sync,
-    /// The client ended a COPY IN before the server's CopyInResponse came.
+    /// Where the client's CopyData began (after a statement that may be a
+    /// COPY IN): a Sync before it was read within the COPY, if it is one.
+    Data,
+    /// Where the client ended a COPY IN (CopyDone or CopyFail).
     CopyEnd,
+}
+
+impl Expect {
+    /// A place in the client's stream, answered by nothing.
+    fn is_marker(&self) -> bool {
+        matches!(self, Expect::Data | Expect::CopyEnd)
+    }
 }
 
 /// Follows one session's statements.
@@ -115,8 +125,12 @@ pub struct StatementTracker {
     /// sends up to that Sync. Messages sent after it (the client may have
     /// sent them before the error arrived) are read as usual.
     discarding: bool,
-    /// In an extended-protocol COPY IN, where the server ignores Sync.
+    /// In a COPY IN the server confirmed and the client has not ended:
+    /// the server ignores Sync there.
     copy_in: bool,
+    /// The server is in a COPY IN (from its CopyInResponse to the COPY's
+    /// end).
+    copying_in: bool,
     /// Text and parameter bytes held in `prepared` and `portals`.
     kept: usize,
     /// Tracking stopped, and why (see `Lost`).
@@ -188,7 +202,20 @@ impl StatementTracker {
             b'Q' => (Flow::Simple, self.query_text(m.body, m.text), None),
             b'P' => {
                 let Ok(name) = read_cstr(&mut b, "Parse") else { return };
-                (Flow::Extended, Arc::new(Text::of(b, m.text)), Some(name.to_owned()))
+                let text = Arc::new(Text::of(b, m.text));
+                // A name that needs no room takes the text, for the Binds that follow.
+                if name.is_empty() || self.prepared.get(name).is_some() {
+                    let old = self.prepared.remove(name);
+                    self.kept = self.kept.saturating_sub(old.as_ref().map_or(0, Prepared::kept));
+                    let prepared = Prepared {
+                        name: shared_name(name),
+                        text: Arc::clone(&text),
+                        types: no_types(),
+                    };
+                    self.kept += prepared.kept();
+                    self.prepared.insert(name.to_owned(), prepared);
+                }
+                (Flow::Extended, text, Some(name.to_owned()))
             }
             b'B' => {
                 let (Ok(portal), Ok(stmt)) = (read_cstr(&mut b, "Bind"), read_cstr(&mut b, "Bind")) else {
@@ -235,6 +262,10 @@ impl StatementTracker {
         }
         if matches!(e, Expect::Sync) {
             self.discarding = false;
+        }
+        // A marker after nothing marks nothing.
+        if e.is_marker() && self.expect.is_empty() {
+            return;
         }
         if self.expect.len() >= MAX_EXPECT {
             return self.give_up(Lost::InFlight);
@@ -444,15 +475,16 @@ impl StatementTracker {
                 }
                 self.push(Expect::Run(s));
             }
-            b'd' => self.copy_in_bytes(m.len),
+            b'd' => {
+                self.copy_in_bytes(m.len);
+                if !self.copy_in && !matches!(self.expect.back(), Some(Expect::Data)) {
+                    self.push(Expect::Data);
+                }
+            }
             // CopyDone, CopyFail: the copy is over on the client's side.
             b'c' | b'f' => {
-                if self.copy_in {
-                    self.copy_in = false;
-                } else {
-                    // Ahead of the server's CopyInResponse: mark where the copy ends.
-                    self.push(Expect::CopyEnd);
-                }
+                self.copy_in = false;
+                self.push(Expect::CopyEnd);
             }
             _ => {}
         }
@@ -520,6 +552,9 @@ impl StatementTracker {
                     b'C' => Some(self.completion(read_cstr(&mut &body[..], "CommandComplete").unwrap_or_default())),
                     _ => None,
                 };
+                if self.copying_in {
+                    self.copy_in_done();
+                }
                 match self.expect.front_mut() {
                     Some(Expect::Run(s)) if s.flow == Flow::Simple => {
                         if let Outcome::Done(list) = &mut s.outcome {
@@ -541,7 +576,7 @@ impl StatementTracker {
             }
             b'E' => self.error(body, now, out),
             b'Z' => {
-                while let Some(e) = self.expect.pop_front() {
+                while let Some(e) = self.pop_front() {
                     match e {
                         // The simple protocol's statement (or a function call)
                         // ends here, unless it came after an extended-protocol
@@ -559,16 +594,13 @@ impl StatementTracker {
                         _ => {}
                     }
                 }
-                // The end of a COPY whose statement failed before it began:
-                // the server ignored it, and so does the queue.
-                while matches!(self.expect.front(), Some(Expect::CopyEnd)) {
-                    self.expect.pop_front();
-                }
                 self.skipping = false;
+                // Whatever the server skipped, it is reading as usual again.
+                self.discarding = false;
             }
             // ParseComplete, BindComplete, CloseComplete answer the front item.
             b'1' | b'2' | b'3' => {
-                self.expect.pop_front();
+                self.pop_front();
             }
             b't' => {
                 if let Some(Expect::Describe(name, Some(text))) = self.expect.front()
@@ -585,7 +617,7 @@ impl StatementTracker {
             }
             b'T' | b'n' => {
                 if matches!(self.expect.front(), Some(Expect::Other | Expect::Describe(..))) {
-                    self.expect.pop_front();
+                    self.pop_front();
                 }
             }
             b'G' | b'H' | b'W' => {
@@ -604,33 +636,51 @@ impl StatementTracker {
                 if inbound && running {
                     self.copy_in_started();
                 }
+                self.copying_in = inbound && running;
             }
             b'd' => self.copy_bytes(false, m.len),
             _ => {}
         }
     }
 
-    /// A COPY IN began: the server ignores the Syncs the client sends
-    /// until its CopyDone or CopyFail (in either protocol), so they leave
-    /// the queue.
+    /// The front item, answered; markers that come to the front with no
+    /// statement before them mark nothing and go too.
+    fn pop_front(&mut self) -> Option<Expect> {
+        let e = self.expect.pop_front();
+        while self.expect.front().is_some_and(Expect::is_marker) {
+            self.expect.pop_front();
+        }
+        e
+    }
+
+    /// A COPY IN began (the front statement's): the server ignores every
+    /// Sync it reads until the COPY ends. Those sent before any CopyData
+    /// certainly were, and leave the queue now; those among the data leave
+    /// when the COPY completes (`copy_in_done`), since an error in the data
+    /// ends it early. Until the client ends it, its Syncs are not queued.
     fn copy_in_started(&mut self) {
-        let end = self.expect.iter().position(|e| matches!(e, Expect::CopyEnd));
-        let mut upto = end.unwrap_or(self.expect.len());
-        let mut i = 1;
-        while i < upto {
-            if matches!(self.expect.get(i), Some(Expect::Sync)) {
-                self.expect.remove(i);
-                upto -= 1;
-            } else {
-                i += 1;
-            }
-        }
-        match end {
-            Some(_) => {
-                self.expect.remove(upto);
-            }
-            None => self.copy_in = true,
-        }
+        let first_mark = self.expect.iter().skip(1).position(Expect::is_marker);
+        let upto = first_mark.map_or(self.expect.len(), |p| p + 1);
+        let mut i = 0;
+        self.expect.retain(|e| {
+            i += 1;
+            !(i > 1 && i <= upto && matches!(e, Expect::Sync))
+        });
+        self.copy_in = !self.expect.iter().any(|e| matches!(e, Expect::CopyEnd));
+    }
+
+    /// A COPY IN completed: every Sync the client sent within it was read
+    /// there, and leaves the queue with the COPY's markers.
+    fn copy_in_done(&mut self) {
+        self.copying_in = false;
+        let Some(end) = self.expect.iter().position(|e| matches!(e, Expect::CopyEnd)) else {
+            return;
+        };
+        let mut i = 0;
+        self.expect.retain(|e| {
+            i += 1;
+            !(i > 1 && i <= end + 1 && matches!(e, Expect::Sync | Expect::Data | Expect::CopyEnd))
+        });
     }
 
     fn error(&mut self, body: &[u8], now: Instant, out: &mut Vec<Statement>) {
@@ -644,6 +694,7 @@ impl StatementTracker {
             done: Vec::new(),
         };
         self.copy_in = false;
+        self.copying_in = false;
         match self.expect.front_mut() {
             // The simple protocol goes on to ReadyForQuery; the commands of
             // the Query that completed before the error stay on record.
@@ -668,10 +719,12 @@ impl StatementTracker {
                 self.discarding = !self.expect.iter().any(|e| matches!(e, Expect::Sync));
                 // The error belongs to the first statement up to the Sync: a
                 // failed Parse or Bind means its Execute never ran.
-                let failing = self
-                    .expect
-                    .iter()
-                    .position(|e| matches!(e, Expect::Run(_) | Expect::Sync));
+                // A Query or function call in between is not the batch's:
+                // the server skips it (`not_run` at the ReadyForQuery).
+                let failing = self.expect.iter().position(|e| match e {
+                    Expect::Run(s) => s.flow == Flow::Extended,
+                    e => matches!(e, Expect::Sync),
+                });
                 if let Some(i) = failing
                     && matches!(self.expect.get(i), Some(Expect::Run(_)))
                     && let Some(Expect::Run(mut s)) = self.expect.remove(i)
@@ -699,13 +752,18 @@ impl StatementTracker {
         let end = self.expect.iter().position(|e| matches!(e, Expect::Sync));
         let end = end.unwrap_or(self.expect.len());
         for i in (0..end).rev() {
-            let (parse, name, old) = match self.expect.get_mut(i) {
+            let (parse, name, mut old) = match self.expect.get_mut(i) {
                 Some(Expect::Parse { name, old }) => (true, name.clone(), old.take()),
                 Some(Expect::Close { name, old }) => (false, name.clone(), old.take()),
                 _ => continue,
             };
             if parse && let Some(new) = self.prepared.remove(&name) {
                 self.kept = self.kept.saturating_sub(new.kept());
+            }
+            // The server drops the unnamed statement before it parses the
+            // next: one whose Parse failed (the error's, at the front) is gone.
+            if parse && i == 0 && name.is_empty() {
+                old = None;
             }
             if let Some(old) = old {
                 self.kept += old.kept();
@@ -715,7 +773,7 @@ impl StatementTracker {
     }
 
     fn finish(&mut self, outcome: Outcome, now: Instant, out: &mut Vec<Statement>) {
-        if let Some(Expect::Run(mut s)) = self.expect.pop_front() {
+        if let Some(Expect::Run(mut s)) = self.pop_front() {
             s.outcome = outcome;
             s.duration = now.saturating_duration_since(s.started);
             out.push(s);

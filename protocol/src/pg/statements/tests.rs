@@ -344,7 +344,13 @@ fn memory_is_bounded() {
         t.client(b'S', &[], Instant::now());
     }
     assert_eq!(t.lost(), Some(Lost::InFlight));
-    assert!(t.expect.is_empty(), "the queue is let go; the names grow no more");
+    assert!(t.expect.is_empty(), "the queue is let go");
+    t.client(b'B', &bind("after", "", &[], &nulls), Instant::now());
+    t.client(b'P', &parse("new", "SELECT 2"), Instant::now());
+    assert!(
+        t.portals.get("after").is_none() && t.prepared.get("new").is_none(),
+        "the names grow no more"
+    );
 }
 
 #[test]
@@ -750,4 +756,94 @@ fn a_function_call_carries_its_arguments() {
         &*out[0].params,
         &[Param::Text("DROP t;\n".into()), Param::Binary(4), Param::Null][..]
     );
+}
+
+#[test]
+fn a_copy_that_fails_on_its_data_leaves_the_syncs_after_it_answered() {
+    // One write: the server fails on the row, answers the second Sync and
+    // runs the DELETE.
+    let out = run(&[
+        (true, b'P', parse("", "COPY t (id) FROM STDIN")),
+        (true, b'B', bind("", "", &[], &[])),
+        (true, b'E', execute("")),
+        (true, b'S', Vec::new()),
+        (true, b'd', b"x\n".to_vec()),
+        (true, b'S', Vec::new()),
+        (true, b'Q', cstr("DELETE FROM accounts")),
+        (false, b'1', Vec::new()),
+        (false, b'2', Vec::new()),
+        (false, b'G', vec![0, 0, 0]),
+        (false, b'E', error("22P02")),
+        (false, b'Z', vec![b'I']),
+        (false, b'C', cstr("DELETE 3")),
+        (false, b'Z', vec![b'I']),
+        (true, b'Q', cstr("SELECT 1")),
+        (false, b'C', cstr("SELECT 1")),
+        (false, b'Z', vec![b'I']),
+    ]);
+    let got: Vec<(&str, &Outcome)> = out.iter().map(|s| (s.text.text.as_str(), &s.outcome)).collect();
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert!(
+        matches!(got[0], ("COPY t (id) FROM STDIN", Outcome::Failed { .. })),
+        "{got:?}"
+    );
+    assert_eq!(got[1], ("DELETE FROM accounts", &done(&[("DELETE 3", Some(3))])));
+    assert_eq!(got[2], ("SELECT 1", &done(&[("SELECT 1", Some(1))])));
+}
+
+#[test]
+fn syncs_among_the_data_of_a_copy_that_completes_are_ignored() {
+    let out = run(&[
+        (true, b'P', parse("", "COPY t FROM STDIN")),
+        (true, b'B', bind("", "", &[], &[])),
+        (true, b'E', execute("")),
+        (true, b'S', Vec::new()),
+        (true, b'd', b"1\n".to_vec()),
+        (true, b'S', Vec::new()),
+        (true, b'd', b"2\n".to_vec()),
+        (true, b'c', Vec::new()),
+        (true, b'S', Vec::new()),
+        (false, b'1', Vec::new()),
+        (false, b'2', Vec::new()),
+        (false, b'G', vec![0, 0, 0]),
+        (false, b'C', cstr("COPY 2")),
+        (false, b'Z', vec![b'I']),
+        (true, b'Q', cstr("DELETE FROM t")),
+        (false, b'C', cstr("DELETE 2")),
+        (false, b'Z', vec![b'I']),
+    ]);
+    assert_eq!(out.len(), 2);
+    assert_eq!(out[0].outcome, done(&[("COPY 2", Some(2))]));
+    assert_eq!(out[1].outcome, done(&[("DELETE 2", Some(2))]));
+}
+
+#[test]
+fn a_failed_parse_keeps_its_error_and_the_query_after_it_did_not_run() {
+    let out = run(&[
+        (true, b'P', parse("", "SELEC 1")),
+        (true, b'Q', cstr("DELETE FROM t")),
+        (true, b'S', Vec::new()),
+        (false, b'E', error("42601")),
+        (false, b'Z', vec![b'I']),
+    ]);
+    let got: Vec<(&str, &Outcome)> = out.iter().map(|s| (s.text.text.as_str(), &s.outcome)).collect();
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(matches!(got[0], ("SELEC 1", Outcome::Failed { .. })), "{got:?}");
+    assert_eq!(got[1], ("DELETE FROM t", &Outcome::NotRun));
+}
+
+#[test]
+fn a_failed_parse_of_the_unnamed_statement_leaves_none() {
+    let mut t = StatementTracker::new();
+    let now = Instant::now();
+    let mut out = Vec::new();
+    t.client(b'P', &parse("", "DELETE FROM t"), now);
+    t.client(b'S', &[], now);
+    t.server(b'1', &[], now, &mut out);
+    t.server(b'Z', b"I", now, &mut out);
+    t.client(b'P', &parse("", "SELEC"), now);
+    t.client(b'S', &[], now);
+    t.server(b'E', &error("42601"), now, &mut out);
+    t.server(b'Z', b"I", now, &mut out);
+    assert!(t.prepared.get("").is_none(), "the server dropped it before parsing");
 }
