@@ -168,8 +168,15 @@ fn next_record(file: &File, from: u64, end: u64) -> io::Result<Option<u64>> {
             if size == 0 || size > room {
                 continue;
             }
+            // A payload is a JSON object: look at its first byte before reading it whole.
+            let at = base + (i + FRAME) as u64;
+            let mut first = [0u8];
+            file.read_exact_at(&mut first, at)?;
+            if first != *b"{" {
+                continue;
+            }
             let mut payload = vec![0u8; usize::try_from(size).map_err(io::Error::other)?];
-            file.read_exact_at(&mut payload, base + (i + FRAME) as u64)?;
+            file.read_exact_at(&mut payload, at)?;
             if payload.first() == Some(&b'{') && check(&[head[0], head[1], head[2], head[3]], &payload)[..] == head[4..]
             {
                 return Ok(Some(base + i as u64));

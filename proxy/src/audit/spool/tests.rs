@@ -239,7 +239,7 @@ fn a_damaged_record_early_in_the_newest_segment_costs_only_itself() {
 }
 
 #[test]
-fn damage_in_delivered_records_costs_none_of_the_undelivered() {
+fn damaged_records_before_or_after_the_cursor_cost_only_themselves() {
     let dir = Scratch::new();
     {
         let mut spool = Spool::open(&dir.spool(), Limits::default()).expect("open");
@@ -249,23 +249,28 @@ fn damage_in_delivered_records_costs_none_of_the_undelivered() {
     }
     let seg = segments(&dir.spool())[0].clone();
     let recs = records(&seg);
-    // The length of a delivered record, and a byte of another.
+    // The length of a delivered record, a byte of another, and one not
+    // yet delivered.
     flip(&seg, recs[1].0 + 1);
     flip(&seg, recs[3].0 + 30);
+    flip(&seg, recs[7].0 + 30);
+    let mut want = ids(&events(5..7));
+    want.extend(ids(&events(8..10)));
     for _ in 0..2 {
         let mut spool = Spool::open(&dir.spool(), Limits::default()).expect("reopen");
-        assert_eq!(spool.depth(), 5);
-        assert_eq!(spool.bytes(), recs[5..].iter().map(|r| r.1 as u64).sum::<u64>());
-        assert_eq!(ids(&spool.peek(100, usize::MAX).expect("peek")), ids(&events(5..10)));
+        assert_eq!(spool.depth(), 4);
+        let undelivered = [5, 6, 8, 9].map(|i| recs[i].1 as u64);
+        assert_eq!(spool.bytes(), undelivered.iter().sum::<u64>());
+        assert_eq!(ids(&spool.peek(100, usize::MAX).expect("peek")), want);
     }
     assert_eq!(
         damaged(&dir.spool()).len(),
-        2,
+        3,
         "each damaged stretch is kept aside once, however often the spool opens"
     );
     let mut spool = Spool::open(&dir.spool(), Limits::default()).expect("reopen");
-    assert_eq!(ids(&drain(&mut spool, 2)), ids(&events(5..10)));
-    assert_eq!(spool.bytes(), 0);
+    assert_eq!(ids(&drain(&mut spool, 2)), want);
+    assert_eq!((spool.depth(), spool.bytes()), (0, 0));
 }
 
 #[test]
