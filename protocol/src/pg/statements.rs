@@ -688,23 +688,30 @@ impl StatementTracker {
             |_| ("XX000".to_owned(), "unreadable error".to_owned()),
             |e| (e.code, e.message),
         );
+        self.copy_in = false;
+        self.copying_in = false;
+        if let Some(Expect::Run(s)) = self.expect.front_mut()
+            && s.flow != Flow::Extended
+        {
+            // The simple protocol goes on to ReadyForQuery; the commands of
+            // the Query that completed before the error stay on record.
+            let done = match std::mem::replace(&mut s.outcome, Outcome::NotRun) {
+                Outcome::Done(list) => list,
+                _ => Vec::new(),
+            };
+            s.outcome = Outcome::Failed {
+                sqlstate,
+                message,
+                done,
+            };
+            return;
+        }
         let failed = Outcome::Failed {
             sqlstate,
             message,
             done: Vec::new(),
         };
-        self.copy_in = false;
-        self.copying_in = false;
         match self.expect.front_mut() {
-            // The simple protocol goes on to ReadyForQuery; the commands of
-            // the Query that completed before the error stay on record.
-            Some(Expect::Run(s)) if s.flow != Flow::Extended => {
-                let done = match std::mem::replace(&mut s.outcome, Outcome::NotRun) {
-                    Outcome::Done(list) => list,
-                    _ => Vec::new(),
-                };
-                s.outcome = with_done(failed, done);
-            }
             // An error at Sync: the implicit commit of what ran before it failed.
             Some(Expect::Sync) if !self.skipping => {
                 let text = Arc::new(Text::new(b"<implicit COMMIT at Sync>"));
@@ -778,18 +785,6 @@ impl StatementTracker {
             s.duration = now.saturating_duration_since(s.started);
             out.push(s);
         }
-    }
-}
-
-/// `failed` with the commands that completed before it.
-fn with_done(failed: Outcome, done: Vec<Completion>) -> Outcome {
-    match failed {
-        Outcome::Failed { sqlstate, message, .. } => Outcome::Failed {
-            sqlstate,
-            message,
-            done,
-        },
-        other => other,
     }
 }
 

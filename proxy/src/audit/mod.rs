@@ -220,6 +220,12 @@ fn push_hex(out: &mut String, n: u64) {
 
 /// A new event of `action` by `user`, now, with a fresh id.
 pub fn event(action: &str, user: &str) -> AuditEvent {
+    // A control plane takes no other action from a proxy: a new one must
+    // join the list, or split mode would refuse it.
+    debug_assert!(
+        portcullis_protocol::audit::PROXY_ACTIONS.contains(&action),
+        "{action} is not in PROXY_ACTIONS"
+    );
     AuditEvent::new(next_id(), now_millis(), action, user)
 }
 
