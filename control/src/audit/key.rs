@@ -10,9 +10,10 @@ use super::AuditError;
 /// File name of the key inside `data_dir`.
 pub(super) const FILE: &str = "audit.key";
 
-/// Reads the key, or makes it when there is none. A key file of the wrong
-/// size is an error, never replaced: replacing it would orphan the chain.
-pub(super) fn load_or_create(path: &Path) -> Result<[u8; 32], AuditError> {
+/// Reads the key, or makes it when there is none (then `true`). A key
+/// file of the wrong size is an error, never replaced: replacing it would
+/// orphan the chain.
+pub(super) fn load_or_create(path: &Path) -> Result<([u8; 32], bool), AuditError> {
     let fail = |detail: String| AuditError::Key {
         path: path.to_path_buf(),
         detail,
@@ -30,16 +31,17 @@ pub(super) fn load_or_create(path: &Path) -> Result<[u8; 32], AuditError> {
             getrandom::fill(&mut key).map_err(|e| fail(e.to_string()))?;
             file.write_all(&key).map_err(|e| fail(e.to_string()))?;
             file.sync_all().map_err(|e| fail(e.to_string()))?;
-            Ok(key)
+            Ok((key, true))
         }
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             let mut bytes = Vec::new();
             std::fs::File::open(path)
                 .and_then(|f| f.take(33).read_to_end(&mut bytes))
                 .map_err(|e| fail(e.to_string()))?;
-            bytes
+            let key = bytes
                 .try_into()
-                .map_err(|b: Vec<u8>| fail(format!("{} bytes, expected 32; it is never replaced", b.len())))
+                .map_err(|b: Vec<u8>| fail(format!("{} bytes, expected 32; it is never replaced", b.len())))?;
+            Ok((key, false))
         }
         Err(e) => Err(fail(e.to_string())),
     }

@@ -58,7 +58,7 @@ pub enum AuditError {
     Sql(#[from] DbError),
     /// This replica's chain key is not the one the shared log was started with.
     #[error(
-        "audit log: DATA_DIR/audit.key is not the key this store's audit log is chained with; give every control replica the same audit.key"
+        "audit log: DATA_DIR/audit.key is not the key this audit log is chained with: restore that key (every control replica holds the same one), or move the log aside to start a new chain"
     )]
     OtherKey,
     /// A stored row that does not decode.
@@ -132,13 +132,24 @@ impl AuditLog {
     /// Opens (creating if needed) the log in the PostgreSQL store at
     /// `postgres`, or else in `data_dir`; its key is in `data_dir`. Blocking.
     pub(crate) fn open_in(data_dir: &Path, postgres: Option<&Secret<String>>) -> Result<AuditLog, AuditError> {
-        let key = key::load_or_create(&data_dir.join(key::FILE))?;
+        let key_path = data_dir.join(key::FILE);
+        let (key, made) = key::load_or_create(&key_path)?;
+        let check = key_check(&key);
         let open = || match postgres {
-            Some(url) => schema::open_postgres(url.expose(), &key_check(&key)),
-            None => schema::open(&data_dir.join(FILE)),
+            Some(url) => schema::open_postgres(url.expose(), &check),
+            None => schema::open(&data_dir.join(FILE), &check),
+        };
+        let writer = match open() {
+            Err(AuditError::OtherKey) if made => {
+                // Made just now, for a log chained with another: left in
+                // place it would only stand where the old one must go back.
+                let _ = std::fs::remove_file(&key_path);
+                return Err(AuditError::OtherKey);
+            }
+            opened => opened?,
         };
         Ok(AuditLog {
-            writer: Arc::new(Mutex::new(open()?)),
+            writer: Arc::new(Mutex::new(writer)),
             reader: Arc::new(Mutex::new(open()?)),
             key: Arc::new(key),
             postgres: postgres.map(|u| Arc::new(u.clone())),

@@ -6,6 +6,8 @@
 use std::path::Path;
 use std::time::Duration;
 
+use rusqlite::OptionalExtension;
+
 use super::AuditError;
 use crate::store::db::{Conn, PgConn};
 use crate::store::{Sql, args};
@@ -62,6 +64,10 @@ CREATE INDEX events_session_action ON events (session_id, action, seq);
     // it would be escaped a second time, in a column of its own.
     "ALTER TABLE events ADD COLUMN span INTEGER NOT NULL DEFAULT 1;
      ALTER TABLE events ADD COLUMN body TEXT;",
+    // 5: which key the chain is linked with (`key_check`, which does not
+    // tell the key), as the PostgreSQL log keeps it: a lost or replaced
+    // audit.key is told at start, not taken for an edit of every event.
+    "CREATE TABLE chain_key (key_check TEXT NOT NULL);",
 ];
 
 /// The same schema for PostgreSQL, as it stands after every step above:
@@ -98,8 +104,10 @@ CREATE TABLE shipped (
 );
 ";
 
-/// Opens (creating or upgrading) the log in the SQLite file at `path`.
-pub(super) fn open(path: &Path) -> Result<Conn, AuditError> {
+/// Opens (creating or upgrading) the log in the SQLite file at `path`,
+/// chained with the key `key_check` tells of (the first key it sees, for
+/// a file made before it kept one).
+pub(super) fn open(path: &Path, key_check: &str) -> Result<Conn, AuditError> {
     let conn = rusqlite::Connection::open(path)?;
     conn.busy_timeout(Duration::from_secs(5))?;
     // A new file gets 16 KiB pages (SQLite's default is 4 KiB): blocks of
@@ -122,6 +130,16 @@ pub(super) fn open(path: &Path) -> Result<Conn, AuditError> {
     {
         let next = done + 1;
         conn.execute_batch(&format!("BEGIN; {step} PRAGMA user_version = {next}; COMMIT;"))?;
+    }
+    let kept: Option<String> = conn
+        .query_row("SELECT key_check FROM chain_key", [], |r| r.get(0))
+        .optional()?;
+    match kept {
+        None => {
+            conn.execute("INSERT INTO chain_key (key_check) VALUES (?1)", [key_check])?;
+        }
+        Some(kept) if kept != key_check => return Err(AuditError::OtherKey),
+        Some(_) => {}
     }
     Ok(Conn::Sqlite(conn))
 }
@@ -162,7 +180,7 @@ mod tests {
             .and_then(|c| c.execute_batch(&format!("{first} PRAGMA user_version = 1;")))
             .expect("a version 1 file");
         for _ in 0..2 {
-            let mut conn = open(&path).expect("open and upgrade");
+            let mut conn = open(&path, "k").expect("open and upgrade");
             let version: i64 = conn
                 .query_one("PRAGMA user_version", &[])
                 .and_then(|r| r.get(0))
@@ -180,8 +198,8 @@ mod tests {
     fn a_new_file_gets_large_pages() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("audit.db");
-        drop(open(&path).expect("create"));
-        let mut conn = open(&path).expect("reopen");
+        drop(open(&path, "k").expect("create"));
+        let mut conn = open(&path, "k").expect("reopen");
         assert_eq!(page_size(&mut conn), PAGE_SIZE);
     }
 

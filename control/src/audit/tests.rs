@@ -239,8 +239,9 @@ async fn the_writer_drains_the_queue_and_survives_restarts() {
 fn the_key_is_made_once_owner_only_and_never_replaced() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join(key::FILE);
-    let first = key::load_or_create(&path).expect("create");
-    assert_eq!(key::load_or_create(&path).expect("load"), first);
+    let (first, made) = key::load_or_create(&path).expect("create");
+    assert!(made);
+    assert_eq!(key::load_or_create(&path).expect("load"), (first, false));
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -250,6 +251,34 @@ fn the_key_is_made_once_owner_only_and_never_replaced() {
     std::fs::write(&path, b"short").expect("damage");
     assert!(key::load_or_create(&path).is_err(), "a damaged key is an error");
     assert_eq!(std::fs::read(&path).expect("read"), b"short", "and is left alone");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_or_replaced_key_is_told_at_start_not_taken_for_edits() {
+    for at in crate::store::testing::stores() {
+        let log = crate::store::testing::audit_log(&at).await;
+        let e = AuditEvent::new("evt_1".into(), 1000, "session.start", "alice");
+        assert_eq!(log.append(vec![e]).await.expect("append"), 1);
+        drop(log);
+        let key = at.dir.path().join(key::FILE);
+        let kept = std::fs::read(&key).expect("the key");
+        let open = || {
+            let (dir, postgres) = (at.dir.path().to_path_buf(), at.postgres());
+            AuditLog::open_in(&dir, postgres.as_ref())
+        };
+        // Lost: a new one is not made in its place.
+        std::fs::remove_file(&key).expect("lose the key");
+        let err = tokio::task::block_in_place(open).err().expect("refused");
+        assert!(err.to_string().contains("restore that key"), "{err}");
+        assert!(!key.exists(), "no new key left where the old one must go back");
+        // Replaced: refused too.
+        std::fs::write(&key, [7u8; 32]).expect("another key");
+        assert!(tokio::task::block_in_place(open).is_err());
+        // Restored: the chain is whole.
+        std::fs::write(&key, &kept).expect("restore");
+        let log = tokio::task::block_in_place(open).expect("open");
+        assert_eq!(log.verify().await.expect("verify").broken, None);
+    }
 }
 
 // The shipper: workflow history into the log, each entry once, resuming
