@@ -460,3 +460,45 @@ async fn a_100_mb_statement_is_recorded_cut_and_never_held_whole() {
     assert!(kept.len() <= 64 * 1024 && kept.len() > 60 * 1024 && huge.starts_with(kept));
     assert_eq!((detail(cut, "outcome"), detail(cut, "rows")), ("ok", "1"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_large_object_calls_are_function_events_with_their_arguments() {
+    let gw = Gateway::start(GatewayOptions::default());
+    let alice = gw.add_user("alice", &[], false);
+    let carol = gw.add_user("carol", &[], false);
+    gw.grant(&alice, &carol, "orders", None, "1h");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("body.txt");
+    let body = b"a large object's body";
+    std::fs::write(&file, body).expect("write");
+    // libpq's large-object calls take the fast path (FunctionCall).
+    let out = tokio::task::block_in_place(|| {
+        gw.psql(
+            "alice",
+            &alice,
+            "orders",
+            "disable",
+            &format!("\\lo_import {}", file.display()),
+        )
+    });
+    assert!(ok(&out, "psql \\lo_import").starts_with("lo_import "));
+
+    let want = format!("<binary, {} bytes>", body.len());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let calls = loop {
+        let all = statements(&gw, 1).await;
+        let calls: Vec<AuditEvent> = all.into_iter().filter(|e| detail(e, "flow") == "function").collect();
+        if calls.iter().any(|e| detail(e, "params").contains(&want)) || Instant::now() > deadline {
+            break calls;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        calls.iter().any(|e| detail(e, "params").contains(&want)),
+        "the write, with its data's length: {calls:#?}"
+    );
+    for e in &calls {
+        assert!(detail(e, "text").starts_with("<function call, oid "), "{e:?}");
+        assert_eq!(detail(e, "outcome"), "ok", "{e:?}");
+    }
+}
