@@ -443,7 +443,7 @@ async fn a_replica_with_another_audit_key_is_refused() {
         .expect_err("another chain key");
     assert!(
         err.to_string()
-            .contains("give every control replica the same audit.key"),
+            .contains("every control replica holds the same one"),
         "{err}"
     );
     drop(a);
