@@ -442,8 +442,7 @@ async fn a_replica_with_another_audit_key_is_refused() {
         .await
         .expect_err("another chain key");
     assert!(
-        err.to_string()
-            .contains("every control replica holds the same one"),
+        err.to_string().contains("every control replica holds the same one"),
         "{err}"
     );
     drop(a);

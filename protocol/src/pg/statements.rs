@@ -491,13 +491,17 @@ impl StatementTracker {
     }
 
     /// CopyData from the client: it belongs to the statement sent last,
-    /// whether or not the server's CopyInResponse came yet.
+    /// whether or not the server's CopyInResponse came yet, when that one
+    /// can be a COPY (the server ignores CopyData sent anywhere else).
     fn copy_in_bytes(&mut self, n: usize) {
         let last = self.expect.iter_mut().rev().find_map(|e| match e {
             Expect::Run(s) => Some(s),
             _ => None,
         });
-        if let Some(s) = last {
+        let says_copy = |t: &str| t.as_bytes().windows(4).any(|w| w.eq_ignore_ascii_case(b"copy"));
+        if let Some(s) = last
+            && (s.copy.is_some() || says_copy(&s.text.text))
+        {
             let copy = s.copy.get_or_insert(Copy {
                 inbound: true,
                 bytes: 0,

@@ -847,3 +847,16 @@ fn a_failed_parse_of_the_unnamed_statement_leaves_none() {
     t.server(b'Z', b"I", now, &mut out);
     assert!(t.prepared.get("").is_none(), "the server dropped it before parsing");
 }
+
+#[test]
+fn copy_data_after_a_statement_that_is_no_copy_marks_nothing() {
+    let out = run(&[
+        (true, b'Q', cstr("DELETE FROM t")),
+        (true, b'd', b"x".to_vec()),
+        (false, b'C', cstr("DELETE 1")),
+        (false, b'Z', vec![b'I']),
+    ]);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].copy, None);
+    assert_eq!(out[0].outcome, done(&[("DELETE 1", Some(1))]));
+}
