@@ -7,6 +7,8 @@ use std::sync::Arc;
 
 use portcullis_protocol::audit::detail::{Detail, Fields};
 
+use super::comments::block_comment_end;
+
 /// Statement shapes remembered; past it the cache starts over.
 const CACHE: usize = 4096;
 
@@ -115,28 +117,7 @@ fn past_comments(mut sql: &str) -> &str {
         if let Some(rest) = sql.strip_prefix("--") {
             sql = rest.find('\n').map_or("", |n| &rest[n..]);
         } else if sql.starts_with("/*") {
-            let mut depth = 0usize;
-            let mut end = None;
-            let b = sql.as_bytes();
-            let mut i = 0;
-            while i + 1 < b.len() {
-                match (b[i], b[i + 1]) {
-                    (b'/', b'*') => {
-                        depth += 1;
-                        i += 2;
-                    }
-                    (b'*', b'/') => {
-                        depth -= 1;
-                        i += 2;
-                        if depth == 0 {
-                            end = Some(i);
-                            break;
-                        }
-                    }
-                    _ => i += 1,
-                }
-            }
-            sql = end.map_or("", |e| &sql[e..]);
+            sql = block_comment_end(sql.as_bytes(), 0).map_or("", |e| &sql[e..]);
         } else {
             return sql;
         }

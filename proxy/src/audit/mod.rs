@@ -8,6 +8,7 @@
 
 pub mod classify;
 pub mod command;
+mod comments;
 mod pipeline;
 pub mod records;
 pub mod redact;
