@@ -336,10 +336,12 @@ pub(super) fn search(conn: &mut dyn Sql, s: &Search) -> Result<Vec<(u64, AuditEv
     if let Some(t) = s.until {
         filter("at < ?", t.into());
     }
-    if let Some(text) = &s.grep {
+    // Worked out once: every event read from a block is tested with them too.
+    let grep = s.grep.as_deref().map(grep_forms);
+    if let Some(forms) = &grep {
         let mut any = Vec::new();
-        for form in grep_forms(text) {
-            values.push(form.into());
+        for form in forms {
+            values.push(form.clone().into());
             any.push(format!("{position}(lower({GREPPED}), lower(?{})) > 0", values.len()));
         }
         clauses.push(format!("({})", any.join(" OR ")));
@@ -385,7 +387,7 @@ pub(super) fn search(conn: &mut dyn Sql, s: &Search) -> Result<Vec<(u64, AuditEv
             // Statements are written out one at a time, and only until the page is full.
             let mut events = expand_lazily(seq, event);
             let mut take = |(seq, e): (u64, AuditEvent)| {
-                if s.admits(seq, &e) {
+                if s.admits(seq, &e, grep.as_deref()) {
                     found.push((seq, e));
                 }
                 found.len() >= limit
@@ -407,8 +409,8 @@ pub(super) fn search(conn: &mut dyn Sql, s: &Search) -> Result<Vec<(u64, AuditEv
 impl Search {
     /// Whether an event read from a row the SQL selected matches: exact for
     /// each statement of a block, where the row's own time, action and text
-    /// only said it may hold one.
-    fn admits(&self, seq: u64, e: &AuditEvent) -> bool {
+    /// only said it may hold one. `grep` is `grep_forms` of `self.grep`.
+    fn admits(&self, seq: u64, e: &AuditEvent, grep: Option<&[String]>) -> bool {
         let after = match (self.after, self.newest_first) {
             (None, _) => true,
             (Some(after), false) => seq > after,
@@ -418,9 +420,9 @@ impl Search {
             && self.action.as_ref().is_none_or(|a| *a == e.action)
             && self.since.is_none_or(|t| e.at >= t)
             && self.until.is_none_or(|t| e.at < t)
-            && self.grep.as_ref().is_none_or(|g| {
+            && grep.is_none_or(|forms| {
                 let texts = grepped(e);
-                grep_forms(g).iter().any(|form| texts.contains(form.as_str()))
+                forms.iter().any(|form| texts.contains(form.as_str()))
             })
     }
 }
