@@ -8,7 +8,8 @@
 //! Binary-format parameter values of common types are shown in their text
 //! form (`binary`), typed by the Parse or the server's ParameterDescription.
 //! `names` keeps what the session prepared and bound; `bind` reads a Bind;
-//! `record` is what one statement's record holds.
+//! `record` is what one statement's record holds; `copy` follows COPY;
+//! `lost` records by their text what runs once tracking had to stop.
 //!
 //! Responses come back in request order, so the tracker keeps a queue of
 //! what each client message expects; after an error in the extended
@@ -25,9 +26,12 @@ use super::message::{read_cstr, read_i32};
 
 mod binary;
 mod bind;
+mod copy;
+mod lost;
 mod names;
 mod record;
 
+pub use lost::Lost;
 use names::{Names, Portal, Prepared, declared_types, declared_types_after_text, no_types, shared_name};
 use record::statement;
 pub use record::{Completion, Copy, Flow, Outcome, Param, Rendered, Statement, Text};
@@ -56,26 +60,6 @@ const RECYCLED_TEXT: usize = 4096;
 /// Messages awaiting an answer; past it the tracker gives up on the session
 /// (see [`StatementTracker::lost`]) rather than grow.
 const MAX_EXPECT: usize = 100_000;
-
-/// Why a tracker stopped following its session: what it would have had to
-/// hold grew past its bound. The session must not go on unrecorded.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Lost {
-    /// More than `MAX_EXPECT` messages awaited the server's answer at once.
-    InFlight,
-    /// More than `MAX_NAMES` prepared statements or portals were kept at once.
-    Names,
-}
-
-impl Lost {
-    /// Why, as the event and the engineer read it.
-    pub fn why(self) -> String {
-        match self {
-            Lost::InFlight => format!("more than {MAX_EXPECT} messages awaited the server's answer at once"),
-            Lost::Names => format!("more than {MAX_NAMES} prepared statements or portals were kept at once"),
-        }
-    }
-}
 
 /// What a client message waits for.
 enum Expect {
@@ -154,101 +138,6 @@ impl StatementTracker {
     /// A tracker for a new session.
     pub fn new() -> StatementTracker {
         StatementTracker::default()
-    }
-
-    /// Why tracking stopped, if it did: the client kept more messages in
-    /// flight, or more names, than the tracker keeps. Nothing more is
-    /// reported; the session should be cut.
-    pub fn lost(&self) -> Option<Lost> {
-        self.lost
-    }
-
-    /// Statements sent and not yet answered when tracking stopped: they
-    /// are not reported one by one.
-    pub fn unfollowed(&self) -> usize {
-        self.unfollowed
-    }
-
-    /// Stops following outcomes: the statements awaiting theirs are
-    /// recorded as they are (`NotFollowed`), and so is every statement the
-    /// client sends from now on, by its text, until the session is cut. The
-    /// names stay, for the texts of what runs under them; they grow no more.
-    fn give_up(&mut self, why: Lost) {
-        if self.lost.is_some() {
-            return;
-        }
-        self.lost = Some(why);
-        for e in self.expect.drain(..) {
-            if let Expect::Run(mut s) = e {
-                s.outcome = Outcome::NotFollowed;
-                self.abandoned.push(s);
-            }
-        }
-        self.unfollowed = self.abandoned.len();
-    }
-
-    /// Takes the statements recorded without their outcome since tracking
-    /// stopped (see [`StatementTracker::lost`]).
-    pub fn abandoned(&mut self, out: &mut Vec<Statement>) {
-        out.append(&mut self.abandoned);
-    }
-
-    /// A client message once tracking stopped: what it would run is
-    /// recorded by its text. A Bind names the statement whose text runs,
-    /// and its portal is forgotten, so that no Execute finds an older one.
-    fn unfollowed_message(&mut self, m: &Message<'_>, now: Instant) {
-        let mut b = m.body;
-        let (flow, text, name) = match m.tag {
-            b'Q' => (Flow::Simple, self.query_text(m.body, m.text), None),
-            b'P' => {
-                let Ok(name) = read_cstr(&mut b, "Parse") else { return };
-                let text = Arc::new(Text::of(b, m.text));
-                // A name that needs no room takes the text, for the Binds that follow.
-                if name.is_empty() || self.prepared.get(name).is_some() {
-                    let old = self.prepared.remove(name);
-                    self.kept = self.kept.saturating_sub(old.as_ref().map_or(0, Prepared::kept));
-                    let prepared = Prepared {
-                        name: shared_name(name),
-                        text: Arc::clone(&text),
-                        types: no_types(),
-                    };
-                    self.kept += prepared.kept();
-                    self.prepared.insert(name.to_owned(), prepared);
-                }
-                (Flow::Extended, text, Some(name.to_owned()))
-            }
-            b'B' => {
-                let (Ok(portal), Ok(stmt)) = (read_cstr(&mut b, "Bind"), read_cstr(&mut b, "Bind")) else {
-                    return;
-                };
-                if let Some(p) = self.portals.remove(portal) {
-                    self.kept = self.kept.saturating_sub(p.kept);
-                }
-                let text = self.prepared.get(stmt).map(|p| Arc::clone(&p.text));
-                (
-                    Flow::Extended,
-                    text.unwrap_or_else(|| Arc::new(Text::new(b""))),
-                    Some(stmt.to_owned()),
-                )
-            }
-            b'E' => {
-                let portal = read_cstr(&mut b, "Execute").unwrap_or_default();
-                let Some(p) = self.portals.get(portal) else { return };
-                (Flow::Extended, Arc::clone(&p.text), Some((*p.statement).to_owned()))
-            }
-            b'F' => {
-                let oid = read_i32(&mut b, "FunctionCall").unwrap_or_default();
-                let text = Text::new(format!("<function call, oid {oid}>").as_bytes());
-                (Flow::Function, Arc::new(text), None)
-            }
-            _ => return,
-        };
-        let mut s = statement(flow, text, now);
-        if let Some(name) = name {
-            s.statement = shared_name(&name);
-        }
-        s.outcome = Outcome::NotFollowed;
-        self.abandoned.push(s);
     }
 
     fn push(&mut self, e: Expect) {
@@ -467,9 +356,7 @@ impl StatementTracker {
             },
             b'S' => self.push(Expect::Sync),
             b'F' => {
-                let oid = read_i32(&mut b, "FunctionCall").unwrap_or_default();
-                let text = Text::new(format!("<function call, oid {oid}>").as_bytes());
-                let mut s = statement(Flow::Function, Arc::new(text), now);
+                let mut s = statement(Flow::Function, function_text(&mut b), now);
                 if let Some((args, n)) = bind::function_args(b, body.len() < m.len) {
                     (s.params, s.param_count) = (args, n);
                 }
@@ -487,37 +374,6 @@ impl StatementTracker {
                 self.push(Expect::CopyEnd);
             }
             _ => {}
-        }
-    }
-
-    /// CopyData from the client: it belongs to the statement sent last,
-    /// whether or not the server's CopyInResponse came yet, when that one
-    /// can be a COPY (the server ignores CopyData sent anywhere else).
-    fn copy_in_bytes(&mut self, n: usize) {
-        let last = self.expect.iter_mut().rev().find_map(|e| match e {
-            Expect::Run(s) => Some(s),
-            _ => None,
-        });
-        let says_copy = |t: &str| t.as_bytes().windows(4).any(|w| w.eq_ignore_ascii_case(b"copy"));
-        if let Some(s) = last
-            && (s.copy.is_some() || says_copy(&s.text.text))
-        {
-            let copy = s.copy.get_or_insert(Copy {
-                inbound: true,
-                bytes: 0,
-            });
-            if copy.inbound {
-                copy.bytes += n as u64;
-            }
-        }
-    }
-
-    fn copy_bytes(&mut self, inbound: bool, n: usize) {
-        if let Some(Expect::Run(s)) = self.expect.front_mut()
-            && let Some(c) = s.copy.as_mut()
-            && c.inbound == inbound
-        {
-            c.bytes += n as u64;
         }
     }
 
@@ -657,36 +513,6 @@ impl StatementTracker {
         e
     }
 
-    /// A COPY IN began (the front statement's): the server ignores every
-    /// Sync it reads until the COPY ends. Those sent before any CopyData
-    /// certainly were, and leave the queue now; those among the data leave
-    /// when the COPY completes (`copy_in_done`), since an error in the data
-    /// ends it early. Until the client ends it, its Syncs are not queued.
-    fn copy_in_started(&mut self) {
-        let first_mark = self.expect.iter().skip(1).position(Expect::is_marker);
-        let upto = first_mark.map_or(self.expect.len(), |p| p + 1);
-        let mut i = 0;
-        self.expect.retain(|e| {
-            i += 1;
-            !(i > 1 && i <= upto && matches!(e, Expect::Sync))
-        });
-        self.copy_in = !self.expect.iter().any(|e| matches!(e, Expect::CopyEnd));
-    }
-
-    /// A COPY IN completed: every Sync the client sent within it was read
-    /// there, and leaves the queue with the COPY's markers.
-    fn copy_in_done(&mut self) {
-        self.copying_in = false;
-        let Some(end) = self.expect.iter().position(|e| matches!(e, Expect::CopyEnd)) else {
-            return;
-        };
-        let mut i = 0;
-        self.expect.retain(|e| {
-            i += 1;
-            !(i > 1 && i <= end + 1 && matches!(e, Expect::Sync | Expect::Data | Expect::CopyEnd))
-        });
-    }
-
     fn error(&mut self, body: &[u8], now: Instant, out: &mut Vec<Statement>) {
         let (sqlstate, message) = parse_error_notice(body).map_or_else(
             |_| ("XX000".to_owned(), "unreadable error".to_owned()),
@@ -790,6 +616,13 @@ impl StatementTracker {
             out.push(s);
         }
     }
+}
+
+/// The text a FunctionCall is recorded by (it carries no SQL): its
+/// function's oid, read from the front of `b`.
+fn function_text(b: &mut &[u8]) -> Arc<Text> {
+    let oid = read_i32(b, "FunctionCall").unwrap_or_default();
+    Arc::new(Text::new(format!("<function call, oid {oid}>").as_bytes()))
 }
 
 #[cfg(test)]
