@@ -261,14 +261,22 @@ async fn extended_statements_carry_names_values_portals_and_copy_in() {
     c.query_one(&typed, &[&41i32, &true, &"binary text"])
         .await
         .expect("typed");
-    // A named portal read one row at a time.
+    // A named portal read two rows at a time, to its end: one statement.
     let tx = c.transaction().await.expect("begin");
     let portal = tx
-        .bind("SELECT generate_series(1, $1::int)", &[&3i32])
+        .bind("SELECT generate_series(1, $1::int)", &[&5i32])
         .await
         .expect("bind");
-    assert_eq!(tx.query_portal(&portal, 1).await.expect("portal").len(), 1);
-    drop(portal);
+    for rows in [2, 2, 1] {
+        assert_eq!(tx.query_portal(&portal, 2).await.expect("portal").len(), rows);
+    }
+    // Another read one row, then closed.
+    let early = tx
+        .bind("SELECT generate_series(1, $1::int) AS early", &[&3i32])
+        .await
+        .expect("bind");
+    assert_eq!(tx.query_portal(&early, 1).await.expect("portal").len(), 1);
+    drop(early);
     tx.commit().await.expect("commit");
     // COPY FROM STDIN through the extended protocol.
     c.batch_execute("CREATE TEMP TABLE audited (x int)")
@@ -283,7 +291,7 @@ async fn extended_statements_carry_names_values_portals_and_copy_in() {
     // The driver's Sync sent within the COPY gets no answer: the session,
     // still open, owes none, so its statements reach the log as they run.
     c.execute("SELECT 'after the copy'", &[]).await.expect("after");
-    let all = statements(&gw, 9).await;
+    let all = statements(&gw, 10).await;
     with_text(&all, "SELECT 'after the copy'");
     drop(c);
     let texts: Vec<&str> = all.iter().map(|e| detail(e, "text")).collect();
@@ -309,10 +317,32 @@ async fn extended_statements_carry_names_values_portals_and_copy_in() {
     let typed = with_text(&all, "SELECT $1 + 1, $2, $3");
     assert_eq!(detail(typed, "params"), r#"["41","t","binary text"]"#);
 
-    let suspended = with_text(&all, "SELECT generate_series(1, $1::int)");
-    assert!(!detail(suspended, "portal").is_empty(), "a named portal: {suspended:?}");
-    assert_eq!(detail(suspended, "outcome"), "suspended");
-    assert_eq!(detail(suspended, "param_count"), "1");
+    let pieces: Vec<&AuditEvent> = all
+        .iter()
+        .filter(|e| detail(e, "text").starts_with("SELECT generate_series"))
+        .collect();
+    assert_eq!(pieces.len(), 2, "one event a portal: {texts:#?}");
+    let read = with_text(&all, "SELECT generate_series(1, $1::int)");
+    assert!(!detail(read, "portal").is_empty(), "a named portal: {read:?}");
+    assert_eq!(
+        (
+            detail(read, "outcome"),
+            detail(read, "tag"),
+            detail(read, "rows"),
+            detail(read, "executes"),
+            detail(read, "params")
+        ),
+        ("ok", "SELECT 1", "5", "3", r#"["5"]"#)
+    );
+    let early = with_text(&all, "SELECT generate_series(1, $1::int) AS early");
+    assert_eq!(
+        (
+            detail(early, "outcome"),
+            detail(early, "rows"),
+            detail(early, "param_count")
+        ),
+        ("suspended", "1", "1")
+    );
     assert_eq!(detail(with_text(&all, "START TRANSACTION"), "class"), "TRANSACTION");
 
     let copy = with_text(&all, "COPY audited FROM STDIN");

@@ -9,7 +9,8 @@
 //! form (`binary`), typed by the Parse or the server's ParameterDescription.
 //! `names` keeps what the session prepared and bound; `bind` reads a Bind;
 //! `record` is what one statement's record holds; `copy` follows COPY;
-//! `lost` records by their text what runs once tracking had to stop.
+//! `suspended` makes a portal run in pieces one record; `lost` records by
+//! their text what runs once tracking had to stop.
 //!
 //! Responses come back in request order, so the tracker keeps a queue of
 //! what each client message expects; after an error in the extended
@@ -30,6 +31,7 @@ mod copy;
 mod lost;
 mod names;
 mod record;
+mod suspended;
 
 pub use lost::Lost;
 use names::{Names, Portal, Prepared, declared_types, declared_types_after_text, no_types, shared_name};
@@ -132,6 +134,11 @@ pub struct StatementTracker {
     completions: Vec<Completion>,
     /// A simple Query's text handed back, whose room the next one takes.
     spare_text: Option<Arc<Text>>,
+    /// Bound portals so far: each Bind's number (`Statement::binding`).
+    bindings: u64,
+    /// Runs of portals that stopped at an Execute's row limit, awaiting
+    /// the portal's next Execute (see `suspended`).
+    suspended: Vec<Statement>,
 }
 
 impl StatementTracker {
@@ -324,11 +331,13 @@ impl StatementTracker {
                         s.statement = Arc::clone(&p.statement);
                         s.params = Arc::clone(&p.params);
                         s.param_count = p.param_count;
+                        s.binding = p.binding;
                         s
                     }
                     None => statement(Flow::Extended, Arc::new(Text::new(b"")), now),
                 };
                 s.portal = portal.to_owned();
+                s.max_rows = read_i32(&mut b, "Execute").map_or(0, |n| u32::try_from(n).unwrap_or(0));
                 self.push(Expect::Run(s));
             }
             b'C' => match b.split_first() {
@@ -383,6 +392,7 @@ impl StatementTracker {
     /// under the session says why before it closes).
     pub fn interrupt(&mut self, now: Instant, out: &mut Vec<Statement>) {
         out.append(&mut self.abandoned);
+        out.append(&mut self.suspended);
         for e in self.expect.drain(..) {
             if let Expect::Run(mut s) = e {
                 if !matches!(s.outcome, Outcome::Failed { .. }) {
@@ -457,6 +467,11 @@ impl StatementTracker {
                 self.skipping = false;
                 // Whatever the server skipped, it is reading as usual again.
                 self.discarding = false;
+                // Out of a transaction block, or in a failed one, no portal
+                // runs on.
+                if body.first() != Some(&b'T') {
+                    out.append(&mut self.suspended);
+                }
             }
             // ParseComplete, BindComplete, CloseComplete answer the front item.
             b'1' | b'2' | b'3' => {
@@ -566,6 +581,7 @@ impl StatementTracker {
                     && matches!(self.expect.get(i), Some(Expect::Run(_)))
                     && let Some(Expect::Run(mut s)) = self.expect.remove(i)
                 {
+                    self.resume(&mut s, out);
                     s.outcome = failed;
                     s.duration = now.saturating_duration_since(s.started);
                     out.push(s);
@@ -611,8 +627,12 @@ impl StatementTracker {
 
     fn finish(&mut self, outcome: Outcome, now: Instant, out: &mut Vec<Statement>) {
         if let Some(Expect::Run(mut s)) = self.pop_front() {
+            self.resume(&mut s, out);
             s.outcome = outcome;
             s.duration = now.saturating_duration_since(s.started);
+            if matches!(s.outcome, Outcome::Suspended) {
+                return self.suspend(s, out);
+            }
             out.push(s);
         }
     }

@@ -40,8 +40,10 @@ pub fn client_keep(tag: u8) -> Keep {
 /// all, the bulk of any result.
 pub fn server_keep(tag: u8) -> Keep {
     match tag {
-        b'C' | b'E' | b't' => Keep::Body,
-        b'I' | b's' | b'Z' | b'1' | b'2' | b'3' | b'T' | b'n' | b'G' | b'H' | b'W' | b'd' => Keep::Length,
+        // ReadyForQuery's one byte says whether a transaction block is
+        // open: the portals of one that ended are gone.
+        b'C' | b'E' | b't' | b'Z' => Keep::Body,
+        b'I' | b's' | b'1' | b'2' | b'3' | b'T' | b'n' | b'G' | b'H' | b'W' | b'd' => Keep::Length,
         _ => Keep::Skip,
     }
 }
@@ -281,7 +283,7 @@ pub(crate) mod tests {
         for tag in [b'X', b'p', b'H'] {
             assert_eq!(client_keep(tag), Keep::Skip, "{}", char::from(tag));
         }
-        assert_eq!((server_keep(b'Z'), client_keep(b'S')), (Keep::Length, Keep::Length));
+        assert_eq!((server_keep(b'Z'), client_keep(b'S')), (Keep::Body, Keep::Length));
     }
 
     #[test]

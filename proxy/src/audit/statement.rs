@@ -179,7 +179,7 @@ pub fn statement_detail(session: &SessionAudit, s: &Statement, classifier: &mut 
     match &s.outcome {
         Outcome::Done(list) => {
             d.put_plain("outcome", "ok");
-            completions(list, d);
+            completions(list, s.fetched, d);
         }
         Outcome::Failed {
             sqlstate,
@@ -192,12 +192,18 @@ pub fn statement_detail(session: &SessionAudit, s: &Statement, classifier: &mut 
             // (`syntax error at or near "hunter2"`): for one that held a
             // password or a hidden value, its SQLSTATE only.
             d.put("error", if redacted { WITHHELD } else { message });
-            completions(done, d);
+            completions(done, s.fetched, d);
         }
-        Outcome::Suspended => d.put_plain("outcome", "suspended"),
+        Outcome::Suspended => {
+            d.put_plain("outcome", "suspended");
+            d.put_number("rows", s.fetched);
+        }
         Outcome::NotRun => d.put_plain("outcome", "not_run"),
         Outcome::Interrupted => d.put_plain("outcome", "interrupted"),
         Outcome::NotFollowed => d.put_plain("outcome", "not_followed"),
+    }
+    if s.executes > 1 {
+        d.put_number("executes", u64::from(s.executes));
     }
     d.put_number("duration_us", u64::try_from(s.duration.as_micros()).unwrap_or(u64::MAX));
 }
@@ -238,8 +244,9 @@ fn params_detail(session: &SessionAudit, s: &Statement, secret: &[usize], d: &mu
 }
 
 /// Writes the command tags of `list` (`tag`, joined by "; ") and the rows
-/// they name in all (`rows`).
-fn completions(list: &[Completion], d: &mut impl Detail) {
+/// they name in all (`rows`), with those a portal run in pieces `fetched`
+/// before its last piece.
+fn completions(list: &[Completion], fetched: u64, d: &mut impl Detail) {
     match list {
         [] => {}
         [one] => d.put("tag", &one.tag),
@@ -247,7 +254,7 @@ fn completions(list: &[Completion], d: &mut impl Detail) {
     }
     let rows: Option<u64> = list.iter().filter_map(|c| c.rows).reduce(|a, b| a.saturating_add(b));
     if let Some(rows) = rows {
-        d.put_number("rows", rows);
+        d.put_number("rows", rows.saturating_add(fetched));
     }
 }
 
@@ -333,6 +340,10 @@ pub(crate) mod tests {
             }]),
             started: since + Duration::from_millis(5),
             duration: Duration::from_micros(250),
+            max_rows: 0,
+            binding: 1,
+            executes: 1,
+            fetched: 0,
         }
     }
 
@@ -374,6 +385,21 @@ pub(crate) mod tests {
             assert_eq!(d.get(k).map(String::as_str), Some(v), "{k}");
         }
         assert!(!d.contains_key("portal"));
+    }
+
+    #[test]
+    fn a_portal_run_in_pieces_counts_every_piece_s_rows() {
+        let s = session(false);
+        let mut st = bound(Vec::new(), s.since);
+        (st.executes, st.fetched) = (3, 4);
+        let e = statement_event(&s, &st, &mut Classifier::default());
+        assert_eq!((&*e.detail["rows"], &*e.detail["executes"]), ("6", "3"));
+        st.outcome = Outcome::Suspended;
+        let e = statement_event(&s, &st, &mut Classifier::default());
+        assert_eq!((&*e.detail["outcome"], &*e.detail["rows"]), ("suspended", "4"));
+        st.executes = 1;
+        let e = statement_event(&s, &st, &mut Classifier::default());
+        assert!(!e.detail.contains_key("executes"), "{:?}", e.detail);
     }
 
     #[test]

@@ -213,6 +213,7 @@ impl StatementTracker {
             return self.give_up(super::Lost::Names);
         }
         self.kept += kept;
+        self.bindings += 1;
         self.portals.insert(
             name.to_owned(),
             Portal {
@@ -221,6 +222,7 @@ impl StatementTracker {
                 params,
                 param_count,
                 kept,
+                binding: self.bindings,
             },
         );
     }

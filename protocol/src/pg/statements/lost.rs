@@ -61,6 +61,8 @@ impl StatementTracker {
             }
         }
         self.unfollowed = self.abandoned.len();
+        // Portals that stopped at a row limit go on record as they stand.
+        self.abandoned.append(&mut self.suspended);
     }
 
     /// Takes the statements recorded without their outcome since tracking

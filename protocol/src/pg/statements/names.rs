@@ -35,6 +35,8 @@ pub(super) struct Portal {
     pub param_count: usize,
     /// Bytes this portal counts against `MAX_KEPT`: its values and their slots.
     pub kept: usize,
+    /// Which Bind of the session made it (see `Statement::binding`).
+    pub binding: u64,
 }
 
 /// Prepared statements or portals by name. Drivers mostly use the unnamed

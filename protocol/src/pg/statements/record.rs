@@ -191,7 +191,8 @@ pub enum Outcome {
         /// `DELETE` that committed before a later statement failed).
         done: Vec<Completion>,
     },
-    /// An Execute that stopped at its row limit (PortalSuspended).
+    /// A portal that stopped at an Execute's row limit (PortalSuspended)
+    /// and was not run to its end: closed, or its transaction ended.
     Suspended,
     /// Skipped by the server after an earlier error in the same pipeline.
     NotRun,
@@ -242,10 +243,20 @@ pub struct Statement {
     pub copy: Option<Copy>,
     /// How it ended.
     pub outcome: Outcome,
-    /// When the client sent it.
+    /// When the client sent it (a portal run in pieces: its first Execute).
     pub started: Instant,
     /// From sending to its outcome.
     pub duration: Duration,
+    /// The Execute's row limit (0: none).
+    pub max_rows: u32,
+    /// Which Bind of its portal ran: the pieces of one portal's run share it.
+    pub binding: u64,
+    /// Executes this record covers: more than one for a portal run in
+    /// pieces (a driver's cursor, JDBC's fetch size), which is one record.
+    pub executes: u32,
+    /// Rows the portal's earlier Executes returned, each stopping at its
+    /// limit; the outcome's tags count only the last one's.
+    pub fetched: u64,
 }
 
 /// A statement of `flow` sent `now`, with no names, parameters or outcome yet.
@@ -261,6 +272,10 @@ pub(super) fn statement(flow: Flow, text: Arc<Text>, now: Instant) -> Statement 
         outcome: Outcome::Done(Vec::new()),
         started: now,
         duration: Duration::ZERO,
+        max_rows: 0,
+        binding: 0,
+        executes: 1,
+        fetched: 0,
     }
 }
 

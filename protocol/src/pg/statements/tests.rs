@@ -6,6 +6,7 @@ use crate::pg::backend::{Severity, error_response};
 mod copy;
 mod limits;
 mod recycle;
+mod suspended;
 
 fn cstr(s: &str) -> Vec<u8> {
     let mut v = s.as_bytes().to_vec();
