@@ -13,7 +13,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use portcullis_proxy::Proxy;
-use portcullis_proxy::audit::spool::{Limits, ShipOptions, Spool, spawn_shipper};
+use portcullis_proxy::audit::spool::{Limits, ShipMetrics, ShipOptions, Spool, spawn_shipper};
 use portcullis_proxy::sync::client::ControlClient;
 use portcullis_proxy::sync::contact::Contact;
 use portcullis_proxy::sync::follow::{Follower, watch_staleness};
@@ -58,7 +58,10 @@ pub async fn run(path: &Path, control_urls: Vec<String>) -> anyhow::Result<()> {
         spool,
         audit_rx,
         ship::deliver(Arc::clone(&client), tokio::runtime::Handle::current()),
-        feed_metrics.spool_depth.clone(),
+        ShipMetrics {
+            depth: feed_metrics.spool_depth.clone(),
+            refused: feed_metrics.audit_refused.clone(),
+        },
         ShipOptions {
             batch_events: ship::BATCH,
             ..ShipOptions::default()

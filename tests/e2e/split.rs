@@ -488,3 +488,66 @@ async fn replicas_on_one_store_serve_every_proxy_and_survive_losing_one() {
     let listed = b.cli_ok(&carol, &["grants", "--json"]);
     assert!(listed.contains(&again), "{listed}");
 }
+
+/// An event the control plane refuses (here one no proxy may write, put in
+/// a stopped proxy's spool as a proxy newer than its control plane would)
+/// is set aside, and holds up none of the events after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_the_control_plane_refuses_is_set_aside_and_the_rest_delivered() {
+    use portcullis_protocol::audit::AuditEvent;
+    use portcullis_proxy::audit::spool::{Limits, REFUSED, Spool};
+
+    let mut split = Split::start(1, GatewayOptions::default(), "60s");
+    let alice = split.control.add_user("alice", &[], false);
+    let carol = split.control.add_user("carol", &[], false);
+    split.control.grant(&alice, &carol, "orders", None, "1h");
+    let spool_dir = split.proxies[0].data_dir.join("spool");
+    split.proxies[0].stop();
+    {
+        let mut spool = Spool::open(&spool_dir, Limits::default()).expect("the stopped proxy's spool");
+        let forged = AuditEvent::new(
+            "evt_from_the_future".into(),
+            1_700_000_000_000,
+            "request.approve",
+            "carol",
+        );
+        spool.append(&[forged]).expect("append");
+    }
+    split.proxies[0].restart();
+    let proxy = &split.proxies[0];
+    assert!(admits_within(proxy, "alice", &alice, "orders", Duration::from_secs(5)));
+    let s = connect(&proxy.pg_config("alice", &alice, "orders"))
+        .await
+        .expect("connect");
+    s.client
+        .simple_query("SELECT 'behind the refused one'")
+        .await
+        .expect("query");
+    drop(s);
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = split.control.cli_ok(&split.control.admin_token, &["audit", "--json"]);
+        if out.contains("behind the refused one") {
+            assert!(!out.contains("evt_from_the_future"), "a forged event was stored");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "events after a refused one were not delivered"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (_, metrics) = proxy.http("GET", "/metrics", None, None);
+    assert!(
+        metrics.lines().any(|l| l == "portcullis_audit_refused_events_total 1"),
+        "{metrics}"
+    );
+    let aside = std::fs::read_to_string(spool_dir.join(REFUSED)).expect("refused.jsonl");
+    assert!(aside.contains("evt_from_the_future"), "{aside}");
+    let log = proxy.log();
+    assert!(
+        log.contains("the audit log refused an audit event") && log.contains("not an action a proxy records"),
+        "{log}"
+    );
+}

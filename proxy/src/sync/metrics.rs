@@ -22,6 +22,9 @@ pub struct FeedMetrics {
     pub resyncs: IntCounter,
     /// `portcullis_audit_spool_depth`: audit events waiting for the control plane.
     pub spool_depth: IntGauge,
+    /// `portcullis_audit_refused_events_total`: audit events the control
+    /// plane refused, set aside in the spool's `refused.jsonl`.
+    pub audit_refused: IntCounter,
 }
 
 impl FeedMetrics {
@@ -52,6 +55,10 @@ impl FeedMetrics {
                 "portcullis_audit_spool_depth",
                 "Audit events waiting to be delivered to the control plane",
             )?,
+            audit_refused: IntCounter::new(
+                "portcullis_audit_refused_events_total",
+                "Audit events the control plane refused as they are, set aside in DATA_DIR/spool/refused.jsonl",
+            )?,
         };
         registry.register(Box::new(m.revision.clone()))?;
         registry.register(Box::new(m.staleness.clone()))?;
@@ -59,6 +66,7 @@ impl FeedMetrics {
         registry.register(Box::new(m.reconnects.clone()))?;
         registry.register(Box::new(m.resyncs.clone()))?;
         registry.register(Box::new(m.spool_depth.clone()))?;
+        registry.register(Box::new(m.audit_refused.clone()))?;
         Ok(m)
     }
 }

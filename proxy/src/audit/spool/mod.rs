@@ -6,10 +6,12 @@
 //! nothing `append` returned for; what was delivered but not yet
 //! acknowledged is delivered again (the log keeps one event per id). The
 //! shipper (`shipper`) drives it from the audit thread's queue to a
-//! delivery function. See docs/AUDIT.md, "Spool".
+//! delivery function; events the audit log refuses as they are wait apart
+//! (`refused`). See docs/AUDIT.md, "Spool".
 
 mod cursor;
 mod frame;
+mod refused;
 mod shipper;
 #[cfg(test)]
 mod tests;
@@ -24,7 +26,8 @@ use portcullis_protocol::audit::AuditEvent;
 
 use cursor::{Pos, sync_dir};
 use frame::{HEADER, Next, START};
-pub use shipper::{ShipOptions, Shipper, spawn_shipper};
+pub use refused::REFUSED;
+pub use shipper::{ShipMetrics, ShipOptions, Shipper, Undelivered, spawn_shipper};
 
 /// Default bound on the bytes of unacknowledged events.
 pub const MAX_BYTES: u64 = 1 << 30;
@@ -124,6 +127,7 @@ impl Spool {
     /// crash: a torn last record is cut off and set aside in `ID.damaged`,
     /// and a damaged record with whole ones after it is copied to
     /// `ID.OFFSET.damaged` and stepped over, with an error in the log.
+    /// Events an earlier run set aside as refused are queued again.
     pub fn open(dir: &Path, limits: Limits) -> io::Result<Spool> {
         DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
         std::fs::set_permissions(dir, Permissions::from_mode(0o700))?;
@@ -192,6 +196,13 @@ impl Spool {
         }
         spool.cursor = settled;
         spool.drop_acknowledged()?;
+        let again = spool.take_back_refused()?;
+        if again > 0 {
+            tracing::warn!(
+                events = again,
+                "audit spool: events the audit log refused before are offered again"
+            );
+        }
         Ok(spool)
     }
 

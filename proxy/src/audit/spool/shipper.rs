@@ -4,8 +4,10 @@
 //! accepted them, retrying with capped exponential backoff while it fails.
 //! Appending goes on while delivery is down; once the spool is full the
 //! first thread stops taking from the queue, so the bounded queue behind it
-//! slows the sessions, as a slow audit log does in one process. Nothing is
-//! dropped. `deliver` is where the network is; the spool knows none.
+//! slows the sessions, as a slow audit log does in one process. A batch
+//! the audit log refuses as it is is halved until the events refused are
+//! found alone, and those are set aside (`refused`). Nothing is dropped.
+//! `deliver` is where the network is; the spool knows none.
 
 use std::io;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -13,7 +15,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use portcullis_protocol::audit::AuditEvent;
-use prometheus::IntGauge;
+use prometheus::{IntCounter, IntGauge};
 use tokio::sync::{Notify, mpsc};
 
 use super::Spool;
@@ -48,6 +50,26 @@ impl Default for ShipOptions {
     }
 }
 
+/// Why `deliver` did not deliver a batch.
+#[derive(Debug)]
+pub enum Undelivered {
+    /// Worth trying again as it is: the audit log was unreachable, failed,
+    /// or refused the sender (its token), not the events.
+    Retry(String),
+    /// The audit log refused the events themselves: sending the same batch
+    /// again would be refused again.
+    Refused(String),
+}
+
+/// What the shipper shows: events in the spool, and events set aside.
+#[derive(Clone)]
+pub struct ShipMetrics {
+    /// Events in the spool.
+    pub depth: IntGauge,
+    /// Events the audit log refused and the spool set aside.
+    pub refused: IntCounter,
+}
+
 struct State {
     spool: Spool,
     /// Both threads are to end.
@@ -62,7 +84,7 @@ struct Shared {
     changed: Condvar,
     /// Wakes the first thread from its wait on the queue.
     stop: Notify,
-    depth: IntGauge,
+    metrics: ShipMetrics,
 }
 
 impl Shared {
@@ -90,19 +112,18 @@ pub struct Shipper {
 
 /// Starts shipping: events from `rx` are spooled, then handed in order to
 /// `deliver` (blocking; it should time out on its own), which accepts a
-/// whole batch (`Ok`) or none (`Err`, logged, retried). `depth` shows the
-/// events in the spool.
+/// whole batch (`Ok`) or none (`Err`: retried, or halved when refused).
 pub fn spawn_shipper<F>(
     spool: Spool,
     rx: mpsc::Receiver<AuditEvent>,
     deliver: F,
-    depth: IntGauge,
+    metrics: ShipMetrics,
     options: ShipOptions,
 ) -> io::Result<Shipper>
 where
-    F: FnMut(&[AuditEvent]) -> Result<(), String> + Send + 'static,
+    F: FnMut(&[AuditEvent]) -> Result<(), Undelivered> + Send + 'static,
 {
-    depth.set(i64::try_from(spool.depth()).unwrap_or(i64::MAX));
+    metrics.depth.set(i64::try_from(spool.depth()).unwrap_or(i64::MAX));
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
             spool,
@@ -111,7 +132,7 @@ where
         }),
         changed: Condvar::new(),
         stop: Notify::new(),
-        depth,
+        metrics,
     });
     // A runtime of its own lets the first thread wait on the queue and on stop at once.
     let rt = tokio::runtime::Builder::new_current_thread().enable_time().build()?;
@@ -215,7 +236,10 @@ fn append(shared: &Shared, batch: &mut Vec<AuditEvent>, bounded: bool, options: 
                 if let Some(since) = full_since {
                     tracing::info!(waited_ms = since.elapsed().as_millis(), "audit spool has room again");
                 }
-                shared.depth.set(i64::try_from(st.spool.depth()).unwrap_or(i64::MAX));
+                shared
+                    .metrics
+                    .depth
+                    .set(i64::try_from(st.spool.depth()).unwrap_or(i64::MAX));
                 shared.changed.notify_all();
             }
             Err(e) if e.kind() == io::ErrorKind::StorageFull => {
@@ -241,7 +265,10 @@ fn append(shared: &Shared, batch: &mut Vec<AuditEvent>, bounded: bool, options: 
                         tracing::error!(error = %e, id = %event.id, action = %event.action, "audit event cannot be spooled; skipped");
                     }
                 }
-                shared.depth.set(i64::try_from(st.spool.depth()).unwrap_or(i64::MAX));
+                shared
+                    .metrics
+                    .depth
+                    .set(i64::try_from(st.spool.depth()).unwrap_or(i64::MAX));
                 shared.changed.notify_all();
             }
             Err(e) => {
@@ -263,10 +290,13 @@ fn append(shared: &Shared, batch: &mut Vec<AuditEvent>, bounded: bool, options: 
 /// The second thread: spool to `deliver`, oldest first.
 fn ship<F>(shared: &Shared, mut deliver: F, options: ShipOptions)
 where
-    F: FnMut(&[AuditEvent]) -> Result<(), String>,
+    F: FnMut(&[AuditEvent]) -> Result<(), Undelivered>,
 {
     let mut wait = options.retry_first;
     let mut failures = 0u32;
+    // Events a batch holds: halved while the audit log refuses batches,
+    // until the events it refuses are found alone.
+    let mut events = options.batch_events.max(1);
     loop {
         let batch = {
             let mut st = shared.lock();
@@ -279,7 +309,7 @@ where
                 }
                 st = shared.changed.wait(st).unwrap_or_else(PoisonError::into_inner);
             }
-            st.spool.peek(options.batch_events.max(1), options.batch_bytes)
+            st.spool.peek(events, options.batch_bytes)
         };
         let delivered = match batch {
             Ok(batch) if batch.is_empty() => {
@@ -288,8 +318,17 @@ where
                 false
             }
             Ok(batch) => match deliver(&batch) {
-                Ok(()) => acknowledge(shared, batch.len()),
-                Err(e) => {
+                Ok(()) => {
+                    events = options.batch_events.max(1);
+                    acknowledge(shared, batch.len())
+                }
+                Err(Undelivered::Refused(why)) if batch.len() > 1 => {
+                    tracing::warn!(error = %why, events = batch.len(), "the audit log refused a batch of audit events; sending it in halves to find the events it refuses");
+                    events = batch.len() / 2;
+                    continue;
+                }
+                Err(Undelivered::Refused(why)) => set_aside(shared, &batch[0], &why),
+                Err(Undelivered::Retry(e)) => {
                     tracing::warn!(error = %e, events = batch.len(), failures = failures + 1, retry_ms = wait.as_millis(), "cannot deliver audit events; they stay in the spool");
                     false
                 }
@@ -315,13 +354,33 @@ where
     }
 }
 
+/// Sets aside `event`, which the audit log refused (`why`), and takes it
+/// off the queue; false when it could not be written (then it stays).
+fn set_aside(shared: &Shared, event: &AuditEvent, why: &str) -> bool {
+    let kept = shared.lock().spool.set_aside(event);
+    match kept {
+        Ok(()) => {
+            tracing::error!(error = %why, id = %event.id, action = %event.action, file = super::REFUSED, "the audit log refused an audit event; set aside in the spool's directory and offered again at the next start");
+            shared.metrics.refused.inc();
+            acknowledge(shared, 1)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, id = %event.id, "cannot set aside a refused audit event; it stays in the spool");
+            false
+        }
+    }
+}
+
 /// Acknowledges `n` delivered events; false when the cursor could not be
 /// moved (they will be delivered again: at least once).
 fn acknowledge(shared: &Shared, n: usize) -> bool {
     let mut st = shared.lock();
     match st.spool.ack(n) {
         Ok(()) => {
-            shared.depth.set(i64::try_from(st.spool.depth()).unwrap_or(i64::MAX));
+            shared
+                .metrics
+                .depth
+                .set(i64::try_from(st.spool.depth()).unwrap_or(i64::MAX));
             shared.changed.notify_all();
             true
         }

@@ -8,10 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use portcullis_protocol::audit::AuditEvent;
-use prometheus::IntGauge;
+use prometheus::{IntCounter, IntGauge};
 use tokio::sync::mpsc;
 
-use super::{Limits, ShipOptions, Spool, spawn_shipper};
+use super::{Limits, REFUSED, ShipMetrics, ShipOptions, Spool, Undelivered, spawn_shipper};
 
 /// A directory removed after the test.
 struct Scratch(PathBuf);
@@ -30,6 +30,13 @@ impl Scratch {
 impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn metrics(depth: &IntGauge) -> ShipMetrics {
+    ShipMetrics {
+        depth: depth.clone(),
+        refused: IntCounter::new("refused_test", "test").expect("counter"),
     }
 }
 
@@ -438,14 +445,15 @@ fn the_shipper_delivers_everything_once_in_order_through_failures() {
         *n += 1;
         // Down for the first five attempts, and again now and then.
         if *n <= 5 || *n % 4 == 0 {
-            return Err(format!("control plane unreachable (attempt {n})"));
+            return Err(Undelivered::Retry(format!("control plane unreachable (attempt {n})")));
         }
         got.lock().expect("lock").extend(batch.iter().map(|e| e.id.clone()));
         Ok(())
     };
     let gauge = IntGauge::new("spool_depth_test", "test").expect("gauge");
+    let metrics = metrics(&gauge);
     let (tx, rx) = mpsc::channel(64);
-    let shipper = spawn_shipper(spool, rx, deliver, gauge.clone(), fast()).expect("spawn");
+    let shipper = spawn_shipper(spool, rx, deliver, metrics.clone(), fast()).expect("spawn");
     let sender = std::thread::spawn(move || {
         for i in 0..500 {
             tx.blocking_send(event(i)).expect("send");
@@ -470,6 +478,7 @@ fn a_restarted_shipper_delivers_what_the_stopped_one_left() {
     let dir = Scratch::new();
     let delivered = Arc::new(Mutex::new(Vec::<String>::new()));
     let gauge = IntGauge::new("spool_depth_test", "test").expect("gauge");
+    let metrics = metrics(&gauge);
     {
         let spool = Spool::open(&dir.spool(), small()).expect("open");
         let got = delivered.clone();
@@ -477,13 +486,13 @@ fn a_restarted_shipper_delivers_what_the_stopped_one_left() {
         let deliver = move |batch: &[AuditEvent]| {
             let mut got = got.lock().expect("lock");
             if got.len() >= 32 {
-                return Err("connection refused".to_owned());
+                return Err(Undelivered::Retry("connection refused".to_owned()));
             }
             got.extend(batch.iter().map(|e| e.id.clone()));
             Ok(())
         };
         let (tx, rx) = mpsc::channel(512);
-        let shipper = spawn_shipper(spool, rx, deliver, gauge.clone(), fast()).expect("spawn");
+        let shipper = spawn_shipper(spool, rx, deliver, metrics.clone(), fast()).expect("spawn");
         for i in 0..300 {
             tx.blocking_send(event(i)).expect("send");
         }
@@ -503,7 +512,7 @@ fn a_restarted_shipper_delivers_what_the_stopped_one_left() {
         Ok(())
     };
     let (tx, rx) = mpsc::channel(512);
-    let shipper = spawn_shipper(spool, rx, deliver, gauge.clone(), fast()).expect("respawn");
+    let shipper = spawn_shipper(spool, rx, deliver, metrics.clone(), fast()).expect("respawn");
     for i in 300..350 {
         tx.blocking_send(event(i)).expect("send");
     }
@@ -519,4 +528,63 @@ fn a_restarted_shipper_delivers_what_the_stopped_one_left() {
         .collect();
     assert_eq!(first, ids(&events(0..350)));
     assert_eq!(gauge.get(), 0);
+}
+
+#[test]
+fn events_the_audit_log_refuses_are_set_aside_and_the_rest_delivered() {
+    let dir = Scratch::new();
+    let spool = Spool::open(&dir.spool(), small()).expect("open");
+    let delivered = Arc::new(Mutex::new(Vec::<String>::new()));
+    let got = delivered.clone();
+    // The audit log refuses any batch that holds event 7 or event 200.
+    let bad = |e: &AuditEvent| e.id == "evt_00000007" || e.id == "evt_00000200";
+    let deliver = move |batch: &[AuditEvent]| {
+        if batch.iter().any(bad) {
+            return Err(Undelivered::Refused("400: not an action a proxy records".to_owned()));
+        }
+        got.lock().expect("lock").extend(batch.iter().map(|e| e.id.clone()));
+        Ok(())
+    };
+    let gauge = IntGauge::new("spool_depth_test", "test").expect("gauge");
+    let metrics = metrics(&gauge);
+    let (tx, rx) = mpsc::channel(512);
+    let shipper = spawn_shipper(spool, rx, deliver, metrics.clone(), fast()).expect("spawn");
+    for i in 0..300 {
+        tx.blocking_send(event(i)).expect("send");
+    }
+    drop(tx);
+    assert!(shipper.finish(Duration::from_secs(10)), "the spool emptied");
+    let good: Vec<AuditEvent> = events(0..300).into_iter().filter(|e| !bad(e)).collect();
+    assert_eq!(
+        *delivered.lock().expect("lock"),
+        ids(&good),
+        "the others, once each, in order"
+    );
+    assert_eq!((metrics.refused.get(), gauge.get()), (2, 0));
+    let aside = std::fs::read_to_string(dir.spool().join(REFUSED)).expect("refused.jsonl");
+    let aside: Vec<AuditEvent> = aside
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("an event a line"))
+        .collect();
+    assert_eq!(ids(&aside), ["evt_00000007", "evt_00000200"]);
+    let mode = std::fs::metadata(dir.spool().join(REFUSED))
+        .expect("meta")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    // Offered again at the next open, a line cut short by a crash aside.
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(dir.spool().join(REFUSED))
+        .expect("append");
+    f.write_all(br#"{"id":"evt_torn","at":1,"act"#).expect("torn line");
+    drop(f);
+    let mut spool = Spool::open(&dir.spool(), small()).expect("reopen");
+    assert_eq!(spool.depth(), 2);
+    assert!(!dir.spool().join(REFUSED).exists());
+    assert_eq!(
+        ids(&spool.peek(10, 1 << 20).expect("peek")),
+        ["evt_00000007", "evt_00000200"]
+    );
 }
