@@ -353,6 +353,51 @@ async fn extended_statements_carry_names_values_portals_and_copy_in() {
     assert_eq!((detail(copy, "tag"), detail(copy, "rows")), ("COPY 3", "3"));
 }
 
+/// SQL-level PREPARE and EXECUTE: an EXECUTE's event names the statement
+/// it ran, with its class and tables, as long as the name holds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_execute_names_the_prepared_statement_it_ran() {
+    let gw = Gateway::start(GatewayOptions::default());
+    let alice = gw.add_user("alice", &[], false);
+    let carol = gw.add_user("carol", &[], false);
+    gw.grant(&alice, &carol, "orders", None, "1h");
+    let c = client(&gw, &alice).await;
+    c.batch_execute("CREATE TEMP TABLE doomed (id int); INSERT INTO doomed VALUES (1), (2)")
+        .await
+        .expect("table");
+    let prepare = "PREPARE del (int) AS DELETE FROM doomed WHERE id = $1";
+    c.simple_query(prepare).await.expect("prepare");
+    c.simple_query("EXECUTE del(1)").await.expect("execute");
+    c.simple_query("DEALLOCATE del").await.expect("deallocate");
+    let err = c.simple_query("EXECUTE del(2)").await.expect_err("deallocated");
+    assert_eq!(err.code().map(|c| c.code()), Some("26000"));
+    drop(c);
+    // psql: prepared and run in one Query.
+    let sql = "PREPARE q AS SELECT relname FROM pg_class LIMIT 1; EXECUTE q";
+    let out = tokio::task::block_in_place(|| gw.psql("alice", &alice, "orders", "disable", sql));
+    ok(&out, "psql prepare and execute");
+
+    let all = statements(&gw, 6).await;
+    let ran = with_text(&all, "EXECUTE del(1)");
+    assert_eq!(
+        (
+            detail(ran, "prepared"),
+            detail(ran, "prepared_class"),
+            detail(ran, "prepared_tables"),
+            detail(ran, "tag")
+        ),
+        (prepare, "DELETE", "doomed", "DELETE 1")
+    );
+    let gone = with_text(&all, "EXECUTE del(2)");
+    assert_eq!(detail(gone, "outcome"), "error");
+    assert!(!gone.detail.contains_key("prepared"), "{gone:?}");
+    let both = with_text(&all, sql);
+    assert_eq!(
+        (detail(both, "prepared"), detail(both, "prepared_tables")),
+        ("PREPARE q AS SELECT relname FROM pg_class LIMIT 1", "pg_class")
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_policy_with_redact_parameters_keeps_values_out() {
     let gw = Gateway::start(GatewayOptions {

@@ -21,10 +21,13 @@ pub struct Class {
     pub tables: String,
     /// `class` and `tables` (when any) as detail fields, rendered once.
     pub fields: Arc<Fields>,
+    /// Holds a SQL PREPARE, EXECUTE, DEALLOCATE or DISCARD: the session's
+    /// SQL prepared statements follow it (`prepared`).
+    pub prepared: bool,
 }
 
 impl Class {
-    fn new(class: String, tables: String) -> Class {
+    fn new(class: String, tables: String, prepared: bool) -> Class {
         let mut fields = Fields::default();
         fields.put("class", &class);
         if !tables.is_empty() {
@@ -34,6 +37,7 @@ impl Class {
             class,
             tables,
             fields: Arc::new(fields),
+            prepared,
         }
     }
 }
@@ -91,7 +95,13 @@ fn parse_as_is(sql: &str) -> Option<Class> {
             } else {
                 classes.join(",")
             };
-            Some(Class::new(class, tables.join(",")))
+            let prepared = s.statement_types.iter().any(|t| {
+                matches!(
+                    t.as_str(),
+                    "PrepareStmt" | "ExecuteStmt" | "DeallocateStmt" | "DiscardStmt"
+                )
+            });
+            Some(Class::new(class, tables.join(","), prepared))
         }
         Err(_) => None,
     }
@@ -106,6 +116,7 @@ fn first_word(sql: &str) -> Class {
             .find(|w| !w.is_empty())
             .map_or_else(|| "UNKNOWN".to_owned(), str::to_ascii_uppercase),
         String::new(),
+        false,
     )
 }
 

@@ -10,6 +10,7 @@ pub mod classify;
 pub mod command;
 mod comments;
 mod pipeline;
+mod prepared;
 pub mod records;
 pub mod redact;
 pub mod spool;

@@ -135,25 +135,32 @@ impl Batch {
 pub fn statement_event(session: &SessionAudit, s: &Statement, classifier: &mut Classifier) -> AuditEvent {
     let mut e = session.event("statement");
     e.at = session.at(s);
-    statement_detail(session, s, classifier, &mut e.detail);
+    let _ = statement_detail(session, s, classifier, &mut e.detail);
     e
 }
 
 /// Writes what one statement's event says beyond its session's fields into
 /// `d`: class, tables, text (passwords redacted), parameters, outcome and
-/// duration.
-pub fn statement_detail(session: &SessionAudit, s: &Statement, classifier: &mut Classifier, d: &mut impl Detail) {
-    let redacted = if s.flow == Flow::Extended {
+/// duration. Answers whether it holds a SQL PREPARE, EXECUTE, DEALLOCATE
+/// or DISCARD, for the session's `SqlPrepared` to follow.
+pub fn statement_detail(
+    session: &SessionAudit,
+    s: &Statement,
+    classifier: &mut Classifier,
+    d: &mut impl Detail,
+) -> bool {
+    let (redacted, prepared) = if s.flow == Flow::Extended {
         // Shared by every run of a prepared statement: worked out once, and
         // stored once per block.
         let text = s.text.rendered.get_or_init(|| {
             let mut fields = Fields::default();
             fields.put_plain("flow", "extended");
-            let (redacted, secret_params) = text_detail(&s.text, classifier, &mut fields);
+            let facts = text_detail(&s.text, classifier, &mut fields);
             Rendered {
                 fields: Arc::new(fields),
-                redacted,
-                secret_params: secret_params.into(),
+                redacted: facts.redacted,
+                secret_params: facts.secret_params.into(),
+                prepared: facts.prepared,
             }
         });
         d.put_shared(&text.fields);
@@ -164,13 +171,13 @@ pub fn statement_detail(session: &SessionAudit, s: &Statement, classifier: &mut 
             d.put("portal", &s.portal);
         }
         let hidden = params_detail(session, s, &text.secret_params, d);
-        text.redacted || hidden
+        (text.redacted || hidden, text.prepared)
     } else {
         d.put_plain("flow", if s.flow == Flow::Simple { "simple" } else { "function" });
-        let redacted = text_detail(&s.text, classifier, d).0;
+        let facts = text_detail(&s.text, classifier, d);
         // A function call's arguments, as a Bind's values.
         let hidden = s.flow == Flow::Function && params_detail(session, s, &[], d);
-        redacted || hidden
+        (facts.redacted || hidden, facts.prepared)
     };
     if let Some(copy) = s.copy {
         d.put_plain("copy", if copy.inbound { "from_stdin" } else { "to_stdout" });
@@ -206,6 +213,7 @@ pub fn statement_detail(session: &SessionAudit, s: &Statement, classifier: &mut 
         d.put_number("executes", u64::from(s.executes));
     }
     d.put_number("duration_us", u64::try_from(s.duration.as_micros()).unwrap_or(u64::MAX));
+    prepared
 }
 
 /// Writes `param_count` and the values of `s` (`params`), those at
@@ -258,11 +266,21 @@ fn completions(list: &[Completion], fetched: u64, d: &mut impl Detail) {
     }
 }
 
+/// What writing a statement's text found.
+struct TextFacts {
+    /// A password was redacted.
+    redacted: bool,
+    /// The parameters bound where a password goes.
+    secret_params: Vec<usize>,
+    /// See `Class::prepared`.
+    prepared: bool,
+}
+
 /// Writes a statement's class, tables and text (passwords redacted; a cut
-/// text's whole length and hash); answers whether a password was redacted,
-/// and the parameters bound where one goes.
-fn text_detail(text: &Text, classifier: &mut Classifier, d: &mut impl Detail) -> (bool, Vec<usize>) {
-    d.put_shared(&classifier.classify(&text.text).fields);
+/// text's whole length and hash).
+fn text_detail(text: &Text, classifier: &mut Classifier, d: &mut impl Detail) -> TextFacts {
+    let class = classifier.classify(&text.text);
+    d.put_shared(&class.fields);
     let found = redact(&text.text);
     d.put("text", found.text.as_deref().unwrap_or(&text.text));
     let redacted = !found.is_empty();
@@ -277,7 +295,11 @@ fn text_detail(text: &Text, classifier: &mut Classifier, d: &mut impl Detail) ->
             d.put_plain("text_sha256", sha);
         }
     }
-    (redacted, found.params)
+    TextFacts {
+        redacted,
+        secret_params: found.params,
+        prepared: class.prepared,
+    }
 }
 
 /// The error message of a statement that held a password or a hidden value.
@@ -500,7 +522,9 @@ pub(crate) mod tests {
         let s = session(false);
         let mut block = BlockBuilder::new(s.event("statements"));
         let st = bound(params, s.since);
-        block.push_with("evt_1", 1, |d| statement_detail(&s, &st, &mut Classifier::default(), d));
+        block.push_with("evt_1", 1, |d| {
+            statement_detail(&s, &st, &mut Classifier::default(), d);
+        });
         let statements = expand(1, block.finish());
         let detail = &statements[0].1.detail;
         assert_eq!(detail["params"], serde_json::to_string(&want).unwrap_or_default());
