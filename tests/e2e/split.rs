@@ -551,3 +551,44 @@ async fn an_event_the_control_plane_refuses_is_set_aside_and_the_rest_delivered(
         "{log}"
     );
 }
+
+/// An SSH login to a proxy that has no snapshot of the grant feed yet (its
+/// control plane down since it started) is told why on stderr, without a
+/// token prompt, and the refusal reaches the audit log once the control
+/// plane is back: once, as `control_plane_stale`.
+#[test]
+fn an_ssh_login_to_a_proxy_without_its_first_snapshot_is_refused_and_audited() {
+    use crate::harness::sshd::{Sshd, keygen, ssh_prompted};
+
+    let sshd = Sshd::start();
+    let opts = GatewayOptions {
+        ssh_resources: Some(sshd.resource_yaml()),
+        ..GatewayOptions::default()
+    };
+    let mut split = Split::start(1, opts, "2s");
+    let keys = tempfile::tempdir().expect("tempdir");
+    let key = keys.path().join("alice_ed25519");
+    keygen(&key);
+    let public = keys.path().join("alice_ed25519.pub").display().to_string();
+    let control = &split.control;
+    control.cli_ok(&control.admin_token, &["user", "add", "alice", "--ssh-key", &public]);
+    split.control.stop();
+    split.proxies[0].restart_listening();
+
+    let out = ssh_prompted(split.proxies[0].ssh_port, &key, "alice+web1", "echo hi", "not-a-token");
+    assert!(!out.status.success(), "admitted: {}", stderr(&out));
+    assert!(
+        stderr(&out).contains("has not heard from its control plane"),
+        "ssh should say why: {}",
+        stderr(&out)
+    );
+
+    split.control.restart();
+    let denied = split
+        .control
+        .audit_until(&["--action", "connect.denied"], |e| !e.is_empty());
+    let ssh: Vec<&Value> = denied.iter().filter(|e| e["detail"]["protocol"] == "ssh").collect();
+    assert_eq!(ssh.len(), 1, "one refusal for the connection: {denied:#?}");
+    assert_eq!(ssh[0]["detail"]["outcome"], "control_plane_stale", "{:#?}", ssh[0]);
+    assert_eq!(ssh[0]["user"], "alice", "{:#?}", ssh[0]);
+}

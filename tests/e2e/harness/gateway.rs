@@ -205,13 +205,7 @@ impl Gateway {
         let pg_port = free_port();
         let ssh_port = if opts.ssh_resources.is_some() { free_port() } else { 0 };
         let mut config = config_yaml(opts, &data_dir, api_port, pg_port, &admin_pw);
-        if let Some(resources) = &opts.ssh_resources {
-            // `resources:` is the config's last list unless extra_yaml follows; keep it so.
-            assert!(
-                opts.extra_yaml.is_empty(),
-                "ssh_resources with extra_yaml is not supported"
-            );
-            config.push_str(resources);
+        if opts.ssh_resources.is_some() {
             config.push_str(&format!("ssh: {{ listen: 127.0.0.1:{ssh_port}{} }}\n", opts.ssh_extra));
         }
         if let Mode::Proxy { name, staleness, .. } = &opts.mode {
@@ -509,6 +503,10 @@ fn config_yaml(
         port = pg.port,
         pw = admin_pw.display(),
     );
+    // More entries of `resources:`, before any other section.
+    if let Some(resources) = &opts.ssh_resources {
+        yaml.push_str(resources);
+    }
     yaml.push_str(&opts.extra_yaml);
     yaml
 }
