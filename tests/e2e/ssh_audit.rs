@@ -1,18 +1,17 @@
 //! SSH in the audit log, through the real OpenSSH clients and a real sshd:
 //! refusals as `connect.denied`, `session.start`/`session.end` with bytes and
 //! how the session ended, one `exec` event per command (secrets redacted)
-//! with its exit status, one `sftp` event per operation, a pinned host key
-//! that does not match, and the asciicast recording of a pty session.
+//! with its exit status, and a pinned host key that does not match. Files
+//! (`ssh_file_audit`) and recordings (`ssh_recording`) have their own.
 
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::clients::run_bounded_input;
-use crate::harness::sshd::{SshSetup, Sshd, keygen, public_line, sftp_batch, spawn_bounded, ssh, ssh_command};
-use crate::harness::{Gateway, GatewayOptions, stderr, stdout};
+use crate::harness::sshd::{SshSetup, Sshd, keygen, public_line, spawn_bounded, ssh, ssh_command};
+use crate::harness::{GatewayOptions, stderr, stdout};
 
-type Setup = SshSetup;
+pub(crate) type Setup = SshSetup;
 
 /// A gateway in front of `sshd`, with `resource` as its `web1` entry.
 fn setup_with(sshd: Sshd, resource: String) -> Setup {
@@ -25,17 +24,17 @@ fn setup_with(sshd: Sshd, resource: String) -> Setup {
     )
 }
 
-fn setup() -> Setup {
+pub(crate) fn setup() -> Setup {
     SshSetup::start(Sshd::start(), GatewayOptions::default())
 }
 
 /// `detail.KEY` of `e`, or "" when absent.
-fn d<'a>(e: &'a Value, key: &str) -> &'a str {
+pub(crate) fn d<'a>(e: &'a Value, key: &str) -> &'a str {
     e["detail"][key].as_str().unwrap_or_default()
 }
 
 /// The one event of `action` among `events`.
-fn one<'a>(events: &'a [Value], action: &str) -> &'a Value {
+pub(crate) fn one<'a>(events: &'a [Value], action: &str) -> &'a Value {
     let found: Vec<&Value> = events.iter().filter(|e| e["action"] == action).collect();
     assert_eq!(found.len(), 1, "expected one {action}: {events:#?}");
     found[0]
@@ -267,339 +266,4 @@ fn a_client_gone_during_the_upstream_login_still_leaves_the_decision_on_record()
         "{x}"
     );
     assert!(d(x, "outcome").starts_with("upstream"), "{x}");
-}
-
-#[test]
-fn each_sftp_operation_is_one_event() {
-    let s = setup();
-    s.gw.grant(&s.alice, &s.carol, "web1", None, "30m");
-    let local = tempfile::tempdir().expect("tempdir");
-    let far = tempfile::tempdir().expect("tempdir");
-    let far_path = far.path().display().to_string();
-    let src = local.path().join("src.bin");
-    std::fs::write(&src, vec![7u8; 20_000]).expect("write sample");
-    let back = local.path().join("back.bin");
-    let batch = local.path().join("batch");
-    std::fs::write(
-        &batch,
-        format!(
-            "cd {far_path}\nput {src} up.bin\nmkdir sub\nls sub\nrename up.bin sub/moved.bin\nget sub/moved.bin {back}\nchmod 640 sub/moved.bin\nrm sub/moved.bin\nrmdir sub\nrm gone.bin\n",
-            src = src.display(),
-            back = back.display()
-        ),
-    )
-    .expect("write batch");
-    let out = sftp_batch(s.gw.ssh_port, &s.alice_key, "alice+web1", &batch);
-    // The last `rm` fails (no such file), so sftp -b stops there with an error.
-    assert!(
-        !out.status.success(),
-        "the failing rm should fail the batch: {}",
-        stderr(&out)
-    );
-    assert_eq!(std::fs::read(&back).expect("downloaded").len(), 20_000);
-
-    let events = s.gw.audit_until(&["--action", "sftp"], |e| {
-        e.iter().filter(|e| d(e, "op") == "remove").count() >= 2
-    });
-    let ops = |op: &str| -> Vec<&Value> { events.iter().filter(|e| d(e, "op") == op).collect() };
-    let at = |name: &str| format!("{far_path}/{name}");
-
-    let opens = ops("open");
-    let upload = opens
-        .iter()
-        .find(|e| d(e, "path") == at("up.bin"))
-        .unwrap_or_else(|| panic!("the upload's open: {events:#?}"));
-    for (k, v) in [
-        ("flags", "write,create,truncate"),
-        ("outcome", "ok"),
-        ("bytes_written", "20000"),
-        ("bytes_read", "0"),
-        ("protocol", "ssh"),
-    ] {
-        assert_eq!(d(upload, k), v, "{k}: {upload}");
-    }
-    // Each event names the grant's request, its reason and its approvers.
-    assert!(
-        upload["request_id"].as_str().is_some_and(|r| r.starts_with("req_")),
-        "{upload}"
-    );
-    assert!(upload["reason"].as_str().is_some_and(|r| !r.is_empty()), "{upload}");
-    assert_eq!(upload["approvers"], serde_json::json!(["carol"]), "{upload}");
-    assert!(
-        upload["detail"].get("closed").is_none(),
-        "closed by the client: {upload}"
-    );
-    let download = opens
-        .iter()
-        .find(|e| d(e, "path") == at("sub/moved.bin"))
-        .unwrap_or_else(|| panic!("the download's open: {events:#?}"));
-    for (k, v) in [
-        ("flags", "read"),
-        ("outcome", "ok"),
-        ("bytes_read", "20000"),
-        ("bytes_written", "0"),
-    ] {
-        assert_eq!(d(download, k), v, "{k}: {download}");
-    }
-
-    let mkdir = ops("mkdir");
-    assert_eq!(mkdir.len(), 1, "{events:#?}");
-    assert_eq!(
-        (d(mkdir[0], "path"), d(mkdir[0], "outcome")),
-        (at("sub").as_str(), "ok")
-    );
-    let rename = ops("rename");
-    assert_eq!(rename.len(), 1, "{events:#?}");
-    assert_eq!(
-        (d(rename[0], "path"), d(rename[0], "to"), d(rename[0], "outcome")),
-        (at("up.bin").as_str(), at("sub/moved.bin").as_str(), "ok")
-    );
-    let setstat = ops("setstat");
-    assert_eq!(setstat.len(), 1, "{events:#?}");
-    assert_eq!(
-        (d(setstat[0], "path"), d(setstat[0], "attrs"), d(setstat[0], "outcome")),
-        (at("sub/moved.bin").as_str(), "mode=0640", "ok")
-    );
-    let removes = ops("remove");
-    assert_eq!(removes.len(), 2, "{events:#?}");
-    assert_eq!(
-        (d(removes[0], "path"), d(removes[0], "outcome")),
-        (at("sub/moved.bin").as_str(), "ok")
-    );
-    assert_eq!(
-        (d(removes[1], "path"), d(removes[1], "outcome")),
-        (at("gone.bin").as_str(), "no_such_file")
-    );
-    assert!(
-        !d(removes[1], "error").is_empty(),
-        "the server's message: {}",
-        removes[1]
-    );
-    let rmdir = ops("rmdir");
-    assert_eq!(rmdir.len(), 1, "{events:#?}");
-    assert_eq!(
-        (d(rmdir[0], "path"), d(rmdir[0], "outcome")),
-        (at("sub").as_str(), "ok")
-    );
-    assert!(ops("unparseable").is_empty(), "{events:#?}");
-    // Looking is recorded too: `cd` resolves the path, `ls` opens the directory.
-    assert!(
-        ops("realpath")
-            .iter()
-            .any(|e| d(e, "path") == far_path && d(e, "outcome") == "ok"),
-        "{events:#?}"
-    );
-    let opendir = ops("opendir");
-    assert!(
-        opendir
-            .iter()
-            .any(|e| d(e, "path").trim_end_matches('/') == at("sub") && d(e, "outcome") == "ok"),
-        "{events:#?}"
-    );
-    // Order: the changes as the batch made them.
-    let changes = ["mkdir", "rename", "setstat", "remove", "rmdir"];
-    let order: Vec<&str> = events
-        .iter()
-        .map(|e| d(e, "op"))
-        .filter(|op| changes.contains(op))
-        .collect();
-    assert_eq!(order, ["mkdir", "rename", "setstat", "remove", "rmdir", "remove"]);
-}
-
-#[test]
-fn a_pty_session_is_recorded_in_asciicast_and_fetched_with_the_cli() {
-    let s = setup();
-    s.gw.grant(&s.alice, &s.carol, "web1", None, "30m");
-    // Typed: `echo marker-$((100+23))`. Only the shell's output says marker-123,
-    // so finding it proves output is recorded, whatever the terminal echoes.
-    // `-tt`: a pty upstream although stdin is a pipe.
-    let mut tty = login_shell(&s, "-tt");
-    tty.env("TERM", "xterm-256color");
-    let input = b"echo marker-$((100+23))\nexit 0\n";
-    let out = run_bounded_input(&mut tty, Some(input), Duration::from_secs(60));
-    assert!(
-        stdout(&out).contains("marker-123"),
-        "the shell ran the command: {}\n{}",
-        stdout(&out),
-        stderr(&out)
-    );
-
-    let listed = wait_recordings(&s.gw, 1);
-    let r = &listed[0];
-    let id = r["id"].as_str().expect("id").to_owned();
-    assert_eq!(
-        (r["user"].as_str(), r["resource"].as_str(), r["role"].as_str()),
-        (Some("alice"), Some("web1"), Some("deploy")),
-        "{r}"
-    );
-    assert_eq!(
-        r["session_id"].as_str(),
-        Some(id.as_str()),
-        "the first pty's recording is named after the session: {r}"
-    );
-    assert!(r["size"].as_u64().unwrap_or(0) > 0, "{r}");
-    assert!(r["started_at"].as_str().is_some_and(|t| t.ends_with('Z')), "{r}");
-
-    let table = s.gw.cli_ok(&s.gw.admin_token, &["recordings"]);
-    assert!(table.contains(&id) && table.contains("alice"), "{table}");
-
-    let cast = s.gw.cli_ok(&s.gw.admin_token, &["recording", &id]);
-    let mut lines = cast.lines();
-    let header: Value = serde_json::from_str(lines.next().expect("a header line")).expect("header is JSON");
-    assert_eq!(header["version"], 2, "{header}");
-    assert!(header["width"].as_u64().is_some_and(|w| w > 0), "{header}");
-    assert!(header["height"].as_u64().is_some_and(|h| h > 0), "{header}");
-    assert!(header["timestamp"].as_u64().is_some(), "{header}");
-    assert_eq!(header["env"]["TERM"], "xterm-256color", "{header}");
-    let mut output = String::new();
-    let mut last = 0.0;
-    let mut events = 0;
-    for line in lines {
-        let e: Value = serde_json::from_str(line).unwrap_or_else(|err| panic!("event line not JSON ({err}): {line}"));
-        let e = e.as_array().unwrap_or_else(|| panic!("an event is an array: {line}"));
-        assert_eq!(e.len(), 3, "{line}");
-        let t = e[0].as_f64().unwrap_or_else(|| panic!("time is a number: {line}"));
-        assert!(t >= last, "times never go back: {line}");
-        last = t;
-        let code = e[1].as_str().expect("code");
-        assert!(code == "o" || code == "r", "{line}");
-        if code == "o" {
-            output.push_str(e[2].as_str().expect("data is a string"));
-        }
-        events += 1;
-    }
-    assert!(events > 0, "{cast}");
-    assert!(
-        output.contains("marker-123"),
-        "the command's output is recorded: {output:?}"
-    );
-
-    // Not found, and not for everyone.
-    let missing = s.gw.cli(&s.gw.admin_token, &["recording", "ses_000000000000"]);
-    assert!(!missing.status.success());
-    assert!(
-        stderr(&missing).contains("unknown recording ses_000000000000"),
-        "{}",
-        stderr(&missing)
-    );
-    let not_admin = s.gw.cli(&s.alice, &["recordings"]);
-    assert!(!not_admin.status.success());
-    assert!(
-        stderr(&not_admin).contains("only an admin may read session recordings"),
-        "{}",
-        stderr(&not_admin)
-    );
-    let (status, _) = s.gw.http(
-        "GET",
-        "/v1/recordings/..%2F..%2Fadmin.token",
-        Some(&s.gw.admin_token),
-        None,
-    );
-    assert_eq!(status, 404, "no path leaves the recordings directory");
-
-    // The file is private, and session.end names it.
-    let path = s.gw.data_dir.join("recordings").join(format!("{id}.cast"));
-    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&path).expect("cast on disk").permissions());
-    assert_eq!(mode & 0o777, 0o600);
-    let session =
-        s.gw.audit_until(&["--session", &id], |e| e.iter().any(|e| e["action"] == "session.end"));
-    let end = one(&session, "session.end");
-    assert_eq!(d(end, "recording"), format!("{id}.cast"), "{end}");
-    let shell = one(&session, "shell");
-    assert_eq!(
-        (d(shell, "pty"), d(shell, "outcome"), d(shell, "exit_status")),
-        ("true", "exited", "0"),
-        "{shell}"
-    );
-}
-
-#[test]
-fn a_shell_without_a_pty_is_one_event_with_its_exit_and_bytes() {
-    let s = setup();
-    s.gw.grant(&s.alice, &s.carol, "web1", None, "30m");
-    // `ssh -T host < script`: a login shell reads the script from stdin.
-    let mut plain = login_shell(&s, "-T");
-    let script = b"echo marker-$((40+2))\nexit 3\n";
-    let out = run_bounded_input(&mut plain, Some(script), Duration::from_secs(60));
-    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
-    assert!(stdout(&out).contains("marker-42"), "{}", stdout(&out));
-
-    let session =
-        s.gw.audit_until(&[], |e| e.iter().any(|e| e["action"] == "session.end"));
-    let shell = one(&session, "shell");
-    assert_eq!(
-        (d(shell, "pty"), d(shell, "outcome"), d(shell, "exit_status")),
-        ("", "exited", "3"),
-        "{shell}"
-    );
-    assert_eq!(d(shell, "bytes_in"), script.len().to_string(), "{shell}");
-    assert!(d(shell, "bytes_out").parse::<u64>().is_ok_and(|n| n >= 10), "{shell}");
-    assert!(session.iter().all(|e| e["action"] != "exec"), "{session:#?}");
-}
-
-/// `ssh FLAG alice+web1` with no command: a login shell.
-fn login_shell(s: &Setup, flag: &str) -> std::process::Command {
-    let cmd = ssh_command(s.gw.ssh_port, &s.alice_key, "alice+web1", "");
-    let mut shell = std::process::Command::new(cmd.get_program());
-    shell
-        .arg(flag)
-        .args(cmd.get_args().filter(|a| !a.is_empty()))
-        .env_remove("SSH_AUTH_SOCK");
-    shell
-}
-
-/// `recordings --json` until it lists `n`, bounded.
-fn wait_recordings(gw: &Gateway, n: usize) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let out = gw.cli_ok(&gw.admin_token, &["recordings", "--json"]);
-        let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("recordings --json ({e}): {out}"));
-        let list = v.as_array().cloned().unwrap_or_default();
-        if list.len() == n {
-            return list;
-        }
-        assert!(Instant::now() < deadline, "expected {n} recordings: {out}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-#[test]
-fn scp_is_audited_in_both_modes() {
-    let s = setup();
-    s.gw.grant(&s.alice, &s.carol, "web1", None, "30m");
-    let local = tempfile::tempdir().expect("tempdir");
-    let far = tempfile::tempdir().expect("tempdir");
-    let src = local.path().join("src.bin");
-    std::fs::write(&src, vec![1u8; 5_000]).expect("write sample");
-    let up = far.path().join("legacy.bin");
-    let remote = |p: &std::path::Path| format!("alice+web1@127.0.0.1:{}", p.display());
-    let src_arg = src.display().to_string();
-    let down = local.path().join("down.bin").display().to_string();
-    let (up_remote, sftp_remote) = (remote(&up), remote(&far.path().join("sftp-mode.bin")));
-    for args in [
-        vec!["-O", src_arg.as_str(), up_remote.as_str()],
-        vec!["-O", up_remote.as_str(), down.as_str()],
-        vec![src_arg.as_str(), sftp_remote.as_str()],
-    ] {
-        let out = crate::harness::sshd::scp(s.gw.ssh_port, &s.alice_key, &args);
-        assert!(out.status.success(), "scp {args:?}: {}", stderr(&out));
-    }
-    // Legacy mode: the remote scp is an exec command, upload (-t) then download (-f).
-    let execs = s.gw.audit_until(&["--action", "exec"], |e| e.len() >= 2);
-    let commands: Vec<(&str, &str)> = execs.iter().map(|e| (d(e, "command"), d(e, "exit_status"))).collect();
-    let up_cmd = format!("scp -t {}", up.display());
-    let down_cmd = format!("scp -f {}", up.display());
-    assert_eq!(
-        commands,
-        [(up_cmd.as_str(), "0"), (down_cmd.as_str(), "0")],
-        "{execs:#?}"
-    );
-    // SFTP mode: an open for writing with the bytes.
-    let sftp = s.gw.audit_until(&["--action", "sftp"], |e| !e.is_empty());
-    let path = far.path().join("sftp-mode.bin").display().to_string();
-    let open = sftp
-        .iter()
-        .find(|e| d(e, "op") == "open" && d(e, "path") == path)
-        .unwrap_or_else(|| panic!("scp's open: {sftp:#?}"));
-    assert_eq!((d(open, "bytes_written"), d(open, "outcome")), ("5000", "ok"), "{open}");
 }
