@@ -244,14 +244,19 @@ fn statement_line(e: &Value) -> String {
         .and_then(Value::as_str)
         .and_then(|us| us.parse::<f64>().ok())
         .map_or_else(|| "-".to_owned(), |us| format!("{:.1}ms", us / 1000.0));
-    format!(
+    let mut line = format!(
         "{}  {}  rows={}  {}  {}",
         cell(e, "at"),
         outcome,
         cell(detail, "rows"),
         duration,
         cell(detail, "text")
-    )
+    );
+    // An EXECUTE's text alone says nothing of what it ran.
+    if let Some(prepared) = detail.get("prepared").and_then(Value::as_str) {
+        line.push_str(&format!("  [ran: {prepared}]"));
+    }
+    line
 }
 
 /// `kill SESSION_ID`: prints `killed`.
@@ -259,4 +264,25 @@ pub async fn kill(api: &Api, id: &str) -> anyhow::Result<()> {
     api.post(&format!("/v1/sessions/{}/kill", seg(id)), json!({})).await?;
     println!("killed");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_statement_line_says_what_an_execute_ran() {
+        let e = json!({
+            "at": "2026-11-24T17:00:00.000Z", "action": "statement",
+            "detail": {
+                "outcome": "ok", "tag": "DELETE 1", "rows": "1", "duration_us": "1500",
+                "text": "EXECUTE del(5)", "prepared": "PREPARE del (int) AS DELETE FROM orders WHERE id = $1"
+            }
+        });
+        assert_eq!(
+            statement_line(&e),
+            "2026-11-24T17:00:00.000Z  DELETE 1  rows=1  1.5ms  EXECUTE del(5)  \
+             [ran: PREPARE del (int) AS DELETE FROM orders WHERE id = $1]"
+        );
+    }
 }
