@@ -81,6 +81,8 @@ enum Expect {
     /// Describe of a prepared statement: its ParameterDescription types
     /// it, if the name still holds that text when the answer comes.
     Describe(String, Option<Arc<Text>>),
+    /// A Close of a portal: its run that stopped at a row limit ends there.
+    ClosePortal(String),
     Other,
     Sync,
     /// Where the client's CopyData began (after a statement that may be a
@@ -351,7 +353,7 @@ impl StatementTracker {
                     let name = read_cstr(&mut rest, "Close").unwrap_or_default();
                     let freed = self.portals.remove(name).map_or(0, |p| p.kept);
                     self.kept = self.kept.saturating_sub(freed);
-                    self.push(Expect::Other);
+                    self.push(Expect::ClosePortal(name.to_owned()));
                 }
                 _ => self.push(Expect::Other),
             },
@@ -392,9 +394,10 @@ impl StatementTracker {
     /// under the session says why before it closes).
     pub fn interrupt(&mut self, now: Instant, out: &mut Vec<Statement>) {
         out.append(&mut self.abandoned);
-        out.append(&mut self.suspended);
-        for e in self.expect.drain(..) {
+        let expect = std::mem::take(&mut self.expect);
+        for e in expect {
             if let Expect::Run(mut s) = e {
+                self.resume(&mut s, out);
                 if !matches!(s.outcome, Outcome::Failed { .. }) {
                     s.outcome = Outcome::Interrupted;
                 }
@@ -402,6 +405,7 @@ impl StatementTracker {
                 out.push(s);
             }
         }
+        out.append(&mut self.suspended);
     }
 
     /// A whole message from the server; completed statements go to `out`.
@@ -467,15 +471,18 @@ impl StatementTracker {
                 self.skipping = false;
                 // Whatever the server skipped, it is reading as usual again.
                 self.discarding = false;
-                // Out of a transaction block, or in a failed one, no portal
-                // runs on.
-                if body.first() != Some(&b'T') {
+                // Out of a transaction block no portal runs on. (In a failed
+                // one a portal of the outer transaction runs on after
+                // ROLLBACK TO SAVEPOINT.)
+                if body.first() == Some(&b'I') {
                     out.append(&mut self.suspended);
                 }
             }
             // ParseComplete, BindComplete, CloseComplete answer the front item.
             b'1' | b'2' | b'3' => {
-                self.pop_front();
+                if let Some(Expect::ClosePortal(name)) = self.pop_front() {
+                    self.end_run(&name, out);
+                }
             }
             b't' => {
                 if let Some(Expect::Describe(name, Some(text))) = self.expect.front()

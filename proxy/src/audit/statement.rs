@@ -261,8 +261,12 @@ fn completions(list: &[Completion], fetched: u64, d: &mut impl Detail) {
         many => d.put("tag", &many.iter().map(|c| &*c.tag).collect::<Vec<_>>().join("; ")),
     }
     let rows: Option<u64> = list.iter().filter_map(|c| c.rows).reduce(|a, b| a.saturating_add(b));
-    if let Some(rows) = rows {
-        d.put_number("rows", rows.saturating_add(fetched));
+    // A portal read in pieces returned its rows even if its end (an
+    // error, a tag with no count) names none.
+    match rows {
+        Some(rows) => d.put_number("rows", rows.saturating_add(fetched)),
+        None if fetched > 0 => d.put_number("rows", fetched),
+        None => {}
     }
 }
 
@@ -419,6 +423,14 @@ pub(crate) mod tests {
         st.outcome = Outcome::Suspended;
         let e = statement_event(&s, &st, &mut Classifier::default());
         assert_eq!((&*e.detail["outcome"], &*e.detail["rows"]), ("suspended", "4"));
+        // Failed in a later piece: the rows the earlier ones returned.
+        st.outcome = Outcome::Failed {
+            sqlstate: "22012".into(),
+            message: "division by zero".into(),
+            done: Vec::new(),
+        };
+        let e = statement_event(&s, &st, &mut Classifier::default());
+        assert_eq!((&*e.detail["outcome"], &*e.detail["rows"]), ("error", "4"));
         st.executes = 1;
         let e = statement_event(&s, &st, &mut Classifier::default());
         assert!(!e.detail.contains_key("executes"), "{:?}", e.detail);

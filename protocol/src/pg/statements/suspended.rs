@@ -4,15 +4,14 @@
 //! every piece's rows, and the outcome of the last.
 //!
 //! A piece that stops at its limit waits here for the portal's next
-//! Execute. One that never comes (the portal closed, or its transaction
-//! ended) leaves the run on record as `Suspended` at the next
-//! ReadyForQuery out of a transaction block, or when the session ends.
+//! Execute. One that never comes leaves the run on record as `Suspended`
+//! when the portal is closed or bound again, at the next ReadyForQuery out
+//! of a transaction block, or when the session ends.
 
 use super::{Flow, Statement, StatementTracker};
 
-/// Runs kept waiting at once; past it, a piece is a record of its own, as
-/// is a run whose portal is rebound before its next piece. Drivers read
-/// one cursor at a time.
+/// Runs kept waiting at once; past it, the one that waited longest is
+/// recorded as it stands. Drivers read a cursor or two at a time.
 pub(super) const MAX_SUSPENDED: usize = 16;
 
 impl StatementTracker {
@@ -37,14 +36,19 @@ impl StatementTracker {
     }
 
     /// `s` stopped at its row limit, having returned that many rows: it
-    /// waits for the portal's next Execute, or goes to `out` when too many
-    /// runs wait already.
+    /// waits for the portal's next Execute.
     pub(super) fn suspend(&mut self, mut s: Statement, out: &mut Vec<Statement>) {
         s.fetched = s.fetched.saturating_add(u64::from(s.max_rows));
-        if self.suspended.len() < MAX_SUSPENDED {
-            self.suspended.push(s);
-        } else {
-            out.push(s);
+        if self.suspended.len() >= MAX_SUSPENDED {
+            out.push(self.suspended.remove(0));
+        }
+        self.suspended.push(s);
+    }
+
+    /// The portal `name` was closed: its run, if one waits, ends as it stands.
+    pub(super) fn end_run(&mut self, name: &str, out: &mut Vec<Statement>) {
+        if let Some(i) = self.suspended.iter().position(|r| r.portal == name) {
+            out.push(self.suspended.remove(i));
         }
     }
 }

@@ -103,35 +103,99 @@ fn pieces_sent_at_once_are_one_record() {
     assert_eq!((runs[0].executes, runs[0].fetched), (2, 2));
 }
 
-#[test]
-fn a_portal_not_read_to_its_end_is_recorded_when_its_transaction_ends() {
-    let mut steps = bound_in_a_transaction("c1");
-    steps.extend(piece("c1", false));
-    steps.extend(piece("c1", false));
-    steps.extend([
-        (true, b'C', vec![b'P', b'c', b'1', 0]),
-        (true, b'S', Vec::new()),
-        (false, b'3', Vec::new()),
-        (false, b'Z', vec![b'T']),
-    ]);
-    let mut t = StatementTracker::new();
+/// Feeds `steps` to `t` at one time; answers what completed.
+fn feed(t: &mut StatementTracker, steps: &[(bool, u8, Vec<u8>)]) -> Vec<Statement> {
     let mut out = Vec::new();
     let now = Instant::now();
-    for (client, tag, body) in &steps {
+    for (client, tag, body) in steps {
         if *client {
             t.client(*tag, body, now);
         } else {
             t.server(*tag, body, now, &mut out);
         }
     }
-    assert!(extended(&out).is_empty(), "still in its transaction: {out:#?}");
-    t.client(b'Q', &cstr("COMMIT"), now);
-    t.server(b'C', &cstr("COMMIT"), now, &mut out);
-    t.server(b'Z', b"I", now, &mut out);
+    out
+}
+
+#[test]
+fn a_portal_closed_before_its_end_is_recorded_at_its_close() {
+    let mut t = StatementTracker::new();
+    let mut steps = bound_in_a_transaction("c1");
+    steps.extend(piece("c1", false));
+    steps.extend(piece("c1", false));
+    let out = feed(&mut t, &steps);
+    assert!(extended(&out).is_empty(), "still open: {out:#?}");
+    let out = feed(
+        &mut t,
+        &[
+            (true, b'C', vec![b'P', b'c', b'1', 0]),
+            (true, b'S', Vec::new()),
+            (false, b'3', Vec::new()),
+            (false, b'Z', vec![b'T']),
+        ],
+    );
     let runs = extended(&out);
     assert_eq!(runs.len(), 1, "{out:#?}");
     assert_eq!(runs[0].outcome, Outcome::Suspended);
     assert_eq!((runs[0].executes, runs[0].fetched), (2, 4));
+}
+
+#[test]
+fn a_portal_left_open_is_recorded_when_its_transaction_ends() {
+    let mut t = StatementTracker::new();
+    let mut steps = bound_in_a_transaction("c1");
+    steps.extend(piece("c1", false));
+    let out = feed(&mut t, &steps);
+    assert!(extended(&out).is_empty(), "still in its transaction: {out:#?}");
+    let out = feed(
+        &mut t,
+        &[
+            (true, b'Q', cstr("COMMIT")),
+            (false, b'C', cstr("COMMIT")),
+            (false, b'Z', vec![b'I']),
+        ],
+    );
+    let runs = extended(&out);
+    assert_eq!(runs.len(), 1, "{out:#?}");
+    assert_eq!((&runs[0].outcome, runs[0].fetched), (&Outcome::Suspended, 2));
+}
+
+#[test]
+fn a_portal_read_on_after_rollback_to_a_savepoint_is_still_one_record() {
+    let mut t = StatementTracker::new();
+    let mut steps = bound_in_a_transaction("c1");
+    steps.extend(piece("c1", false));
+    steps.extend([
+        (true, b'Q', cstr("SAVEPOINT s; SELECT 1/0")),
+        (false, b'C', cstr("SAVEPOINT")),
+        (false, b'E', error("22012")),
+        (false, b'Z', vec![b'E']),
+        (true, b'Q', cstr("ROLLBACK TO SAVEPOINT s")),
+        (false, b'C', cstr("ROLLBACK")),
+        (false, b'Z', vec![b'T']),
+    ]);
+    steps.extend(piece("c1", true));
+    let out = feed(&mut t, &steps);
+    let runs = extended(&out);
+    assert_eq!(runs.len(), 1, "{out:#?}");
+    assert_eq!((runs[0].executes, runs[0].fetched), (2, 2));
+    assert_eq!(runs[0].outcome, done(&[("SELECT 1", Some(1))]));
+}
+
+#[test]
+fn a_piece_under_way_when_the_session_ends_joins_its_run() {
+    let mut t = StatementTracker::new();
+    let mut steps = bound_in_a_transaction("c1");
+    steps.extend(piece("c1", false));
+    steps.push((true, b'E', execute_rows("c1", 2)));
+    let mut out = feed(&mut t, &steps);
+    t.interrupt(Instant::now(), &mut out);
+    let runs = extended(&out);
+    assert_eq!(runs.len(), 1, "{out:#?}");
+    assert_eq!(
+        (&runs[0].outcome, runs[0].executes, runs[0].fetched),
+        (&Outcome::Interrupted, 2, 2)
+    );
 }
 
 #[test]
@@ -223,17 +287,10 @@ fn runs_kept_waiting_are_bounded() {
         steps.extend(piece(&name, false));
     }
     let mut t = StatementTracker::new();
-    let mut out = Vec::new();
-    let now = Instant::now();
-    for (client, tag, body) in &steps {
-        if *client {
-            t.client(*tag, body, now);
-        } else {
-            t.server(*tag, body, now, &mut out);
-        }
-    }
+    let mut out = feed(&mut t, &steps);
     assert_eq!(t.suspended.len(), super::super::suspended::MAX_SUSPENDED);
-    assert_eq!(extended(&out).len(), 4, "past the bound, a piece is its own record");
-    t.interrupt(now, &mut out);
+    let evicted: Vec<&str> = extended(&out).iter().map(|s| s.portal.as_str()).collect();
+    assert_eq!(evicted, ["c0", "c1", "c2", "c3"], "the runs that waited longest");
+    t.interrupt(Instant::now(), &mut out);
     assert_eq!(extended(&out).len(), portals);
 }
