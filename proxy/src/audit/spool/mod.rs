@@ -26,7 +26,7 @@ use portcullis_protocol::audit::AuditEvent;
 
 use cursor::{Pos, sync_dir};
 use frame::{HEADER, Next, START};
-pub use refused::REFUSED;
+pub use refused::{MAX_REFUSED, REFUSED};
 pub use shipper::{ShipMetrics, ShipOptions, Shipper, Undelivered, spawn_shipper};
 
 /// Default bound on the bytes of unacknowledged events.
@@ -196,13 +196,7 @@ impl Spool {
         }
         spool.cursor = settled;
         spool.drop_acknowledged()?;
-        let again = spool.take_back_refused()?;
-        if again > 0 {
-            tracing::warn!(
-                events = again,
-                "audit spool: events the audit log refused before are offered again"
-            );
-        }
+        spool.offer_refused_again();
         Ok(spool)
     }
 

@@ -25,6 +25,8 @@ use super::Spool;
 const COALESCE: Duration = Duration::from_millis(5);
 /// Events appended in one write at most.
 const APPEND_BATCH: usize = 1024;
+/// How often events the audit log refused are offered again.
+const REOFFER: Duration = Duration::from_secs(3600);
 
 /// How the shipper batches and retries.
 #[derive(Clone, Copy, Debug)]
@@ -297,7 +299,17 @@ where
     // Events a batch holds: halved while the audit log refuses batches,
     // until the events it refuses are found alone.
     let mut events = options.batch_events.max(1);
+    let mut offered = std::time::Instant::now();
     loop {
+        if offered.elapsed() >= REOFFER {
+            offered = std::time::Instant::now();
+            let mut st = shared.lock();
+            st.spool.offer_refused_again();
+            shared
+                .metrics
+                .depth
+                .set(i64::try_from(st.spool.depth()).unwrap_or(i64::MAX));
+        }
         let batch = {
             let mut st = shared.lock();
             loop {
@@ -360,7 +372,7 @@ fn set_aside(shared: &Shared, event: &AuditEvent, why: &str) -> bool {
     let kept = shared.lock().spool.set_aside(event);
     match kept {
         Ok(()) => {
-            tracing::error!(error = %why, id = %event.id, action = %event.action, file = super::REFUSED, "the audit log refused an audit event; set aside in the spool's directory and offered again at the next start");
+            tracing::error!(error = %why, id = %event.id, action = %event.action, file = super::REFUSED, "the audit log refused an audit event; set aside in the spool's directory, offered again every hour and at the next start");
             shared.metrics.refused.inc();
             acknowledge(shared, 1)
         }

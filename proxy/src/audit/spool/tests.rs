@@ -11,7 +11,7 @@ use portcullis_protocol::audit::AuditEvent;
 use prometheus::{IntCounter, IntGauge};
 use tokio::sync::mpsc;
 
-use super::{Limits, REFUSED, ShipMetrics, ShipOptions, Spool, Undelivered, spawn_shipper};
+use super::{Limits, MAX_REFUSED, REFUSED, ShipMetrics, ShipOptions, Spool, Undelivered, spawn_shipper};
 
 /// A directory removed after the test.
 struct Scratch(PathBuf);
@@ -586,5 +586,25 @@ fn events_the_audit_log_refuses_are_set_aside_and_the_rest_delivered() {
     assert_eq!(
         ids(&spool.peek(10, 1 << 20).expect("peek")),
         ["evt_00000007", "evt_00000200"]
+    );
+}
+
+#[test]
+fn past_what_may_be_set_aside_a_refused_event_stays_in_the_queue() {
+    let dir = Scratch::new();
+    let spool = Spool::open(&dir.spool(), small()).expect("open");
+    let full = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.spool().join(REFUSED))
+        .expect("create");
+    full.set_len(MAX_REFUSED - 10).expect("a sparse file near the bound");
+    let err = spool.set_aside(&event(1)).expect_err("past the bound");
+    assert_eq!(err.kind(), ErrorKind::StorageFull);
+    assert_eq!(
+        full.metadata().expect("meta").len(),
+        MAX_REFUSED - 10,
+        "nothing written"
     );
 }
