@@ -371,13 +371,20 @@ async fn an_execute_names_the_prepared_statement_it_ran() {
     c.simple_query("DEALLOCATE del").await.expect("deallocate");
     let err = c.simple_query("EXECUTE del(2)").await.expect_err("deallocated");
     assert_eq!(err.code().map(|c| c.code()), Some("26000"));
+    // A value given where the statement takes a password.
+    c.batch_execute(
+        "CREATE TEMP TABLE creds (password text); PREPARE chk (text) AS SELECT count(*) FROM creds WHERE password = $1",
+    )
+    .await
+    .expect("prepare chk");
+    c.simple_query("EXECUTE chk('hunter2')").await.expect("execute chk");
     drop(c);
     // psql: prepared and run in one Query.
     let sql = "PREPARE q AS SELECT relname FROM pg_class LIMIT 1; EXECUTE q";
     let out = tokio::task::block_in_place(|| gw.psql("alice", &alice, "orders", "disable", sql));
     ok(&out, "psql prepare and execute");
 
-    let all = statements(&gw, 6).await;
+    let all = statements(&gw, 8).await;
     let ran = with_text(&all, "EXECUTE del(1)");
     assert_eq!(
         (
@@ -386,7 +393,7 @@ async fn an_execute_names_the_prepared_statement_it_ran() {
             detail(ran, "prepared_tables"),
             detail(ran, "tag")
         ),
-        (prepare, "DELETE", "doomed", "DELETE 1")
+        ("DELETE FROM doomed WHERE id = $1", "DELETE", "doomed", "DELETE 1")
     );
     let gone = with_text(&all, "EXECUTE del(2)");
     assert_eq!(detail(gone, "outcome"), "error");
@@ -394,7 +401,13 @@ async fn an_execute_names_the_prepared_statement_it_ran() {
     let both = with_text(&all, sql);
     assert_eq!(
         (detail(both, "prepared"), detail(both, "prepared_tables")),
-        ("PREPARE q AS SELECT relname FROM pg_class LIMIT 1", "pg_class")
+        ("SELECT relname FROM pg_class LIMIT 1", "pg_class")
+    );
+    let chk = with_text(&all, "EXECUTE chk('[redacted]')");
+    assert_eq!(detail(chk, "redacted"), "true");
+    assert!(
+        !format!("{all:?}").contains("hunter2"),
+        "a password reached the audit log"
     );
 }
 

@@ -9,8 +9,9 @@
 //! form (`binary`), typed by the Parse or the server's ParameterDescription.
 //! `names` keeps what the session prepared and bound; `bind` reads a Bind;
 //! `record` is what one statement's record holds; `copy` follows COPY;
-//! `suspended` makes a portal run in pieces one record; `lost` records by
-//! their text what runs once tracking had to stop.
+//! `suspended` makes a portal run in pieces one record; `sql` learns from
+//! the audit what SQL `PREPARE`s did; `lost` records by their text what
+//! runs once tracking had to stop.
 //!
 //! Responses come back in request order, so the tracker keeps a queue of
 //! what each client message expects; after an error in the extended
@@ -31,6 +32,7 @@ mod copy;
 mod lost;
 mod names;
 mod record;
+mod sql;
 mod suspended;
 
 pub use lost::Lost;

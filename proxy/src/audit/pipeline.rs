@@ -26,7 +26,6 @@ use tokio::sync::mpsc::error::TryRecvError;
 use portcullis_protocol::pg::statements::{Lost, Statement, StatementTracker};
 
 use super::classify::Classifier;
-use super::prepared::SqlPrepared;
 use super::statement::{Batch, SessionAudit, statement_detail};
 use super::{Item, records};
 
@@ -105,8 +104,6 @@ type BySession<T> = HashMap<String, T, foldhash::fast::RandomState>;
 struct Blocks {
     classifier: Classifier,
     trackers: BySession<StatementTracker>,
-    /// The SQL prepared statements of the sessions that made any.
-    prepared: BySession<SqlPrepared>,
     /// Statements a tracker just completed (kept for its room).
     done: Vec<Statement>,
     open: BySession<BlockBuilder>,
@@ -132,7 +129,6 @@ impl Blocks {
                 {
                     // Its recorder's end came first, unless the relay was torn down.
                     self.trackers.remove(id);
-                    self.prepared.remove(id);
                 }
                 let open = e.session_id.as_ref().and_then(|id| self.open.remove(id));
                 open.is_none_or(|b| log.blocking_send(b.finish()).is_ok()) && log.blocking_send(*e).is_ok()
@@ -155,7 +151,6 @@ impl Blocks {
             block: None,
             session: &session,
             classifier: &mut self.classifier,
-            prepared: Some(&mut self.prepared),
             id: &mut self.id,
             since: &mut self.since,
             log,
@@ -169,7 +164,7 @@ impl Blocks {
             if from_server {
                 tracker.server_message(m, now, done);
                 for s in done.drain(..) {
-                    filling.push(&s);
+                    filling.push(&s, tracker);
                     tracker.recycle(s);
                 }
             } else {
@@ -183,7 +178,7 @@ impl Blocks {
                     // Until the cut, what the relay still sends is recorded by its text.
                     tracker.abandoned(done);
                     for s in done.drain(..) {
-                        filling.push(&s);
+                        filling.push(&s, tracker);
                     }
                 }
             }
@@ -192,15 +187,11 @@ impl Blocks {
         if let Some(end) = end {
             tracker.interrupt(end, done);
             for s in done.drain(..) {
-                filling.push(&s);
+                filling.push(&s, tracker);
             }
-        }
-        let sent = filling.sent;
-        if end.is_some() {
             self.trackers.remove(&session.session_id);
-            self.prepared.remove(&session.session_id);
         }
-        sent
+        filling.sent
     }
 
     /// Sends every open block once the oldest has waited `GATHER`.
@@ -229,8 +220,6 @@ struct Filling<'a> {
     block: Option<&'a mut BlockBuilder>,
     session: &'a Arc<SessionAudit>,
     classifier: &'a mut Classifier,
-    /// Every session's SQL prepared statements (taken while a statement is written).
-    prepared: Option<&'a mut BySession<SqlPrepared>>,
     id: &'a mut String,
     since: &'a mut Option<Instant>,
     log: &'a mpsc::Sender<AuditEvent>,
@@ -239,19 +228,13 @@ struct Filling<'a> {
 }
 
 impl Filling<'_> {
-    /// Adds `s` to the block, first sending the block on when `s` does not fit.
-    fn push(&mut self, s: &Statement) {
+    /// Adds `s`, one of `tracker`'s, to the block, first sending the block
+    /// on when `s` does not fit.
+    fn push(&mut self, s: &Statement, tracker: &mut StatementTracker) {
         let session = self.session;
-        let mut prepared = self.prepared.take();
         self.push_with(session.at(s), |classifier, d| {
-            if statement_detail(session, s, classifier, d)
-                && let Some(by_session) = prepared.as_deref_mut()
-            {
-                let id = session.session_id.clone();
-                by_session.entry(id).or_default().follow(s, classifier, d);
-            }
+            statement_detail(session, s, classifier, Some(tracker), d);
         });
-        self.prepared = prepared;
     }
 
     /// Records, at `at`, that the session's tracker stopped (`why`) with

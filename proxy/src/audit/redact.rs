@@ -50,13 +50,23 @@ pub fn redact(text: &str) -> Redaction {
         Ok(scan) => scan.text,
         // Most often strings with backslash escapes, in a session with
         // `standard_conforming_strings` off, which the scanner reads as on.
-        Err(Unscannable) => Some(
-            every_value_redacted(text, &mut found.params)
-                .unwrap_or_else(|| "[redacted: the statement mentions a password and could not be scanned]".to_owned()),
-        ),
+        Err(Unscannable) => {
+            Some(every_value_redacted(text, &mut found.params).unwrap_or_else(|| UNREADABLE.to_owned()))
+        }
     };
     found
 }
+
+/// `text` with every string in it redacted, its names, keywords and
+/// comments kept (withheld whole when it cannot be read): for a text whose
+/// values go where a password does, though the text does not say so (an
+/// `EXECUTE` of a statement that takes a password).
+pub fn every_value(text: &str) -> String {
+    every_value_redacted(text, &mut Vec::new()).unwrap_or_else(|| UNREADABLE.to_owned())
+}
+
+/// What a text that holds a password is stored as when it cannot be read.
+const UNREADABLE: &str = "[redacted: the statement mentions a password and could not be scanned]";
 
 /// The scanner refused the text (an unterminated string or comment).
 struct Unscannable;

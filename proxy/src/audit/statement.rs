@@ -10,10 +10,13 @@ use std::time::Instant;
 use portcullis_protocol::audit::AuditEvent;
 use portcullis_protocol::audit::detail::{Detail, Fields};
 use portcullis_protocol::feed::UnixMillis;
-use portcullis_protocol::pg::statements::{Completion, Flow, Outcome, Param, Rendered, Statement, Text};
+use portcullis_protocol::pg::statements::{
+    Completion, Flow, Outcome, Param, Rendered, Statement, StatementTracker, Text,
+};
 
 use super::classify::Classifier;
-use super::redact::{REDACTED, redact, value_holds_secret};
+use super::prepared;
+use super::redact::{REDACTED, every_value, redact, value_holds_secret};
 use crate::sessions::SessionHandle;
 
 /// What every event of one session carries.
@@ -135,27 +138,29 @@ impl Batch {
 pub fn statement_event(session: &SessionAudit, s: &Statement, classifier: &mut Classifier) -> AuditEvent {
     let mut e = session.event("statement");
     e.at = session.at(s);
-    let _ = statement_detail(session, s, classifier, &mut e.detail);
+    statement_detail(session, s, classifier, None, &mut e.detail);
     e
 }
 
 /// Writes what one statement's event says beyond its session's fields into
 /// `d`: class, tables, text (passwords redacted), parameters, outcome and
-/// duration. Answers whether it holds a SQL PREPARE, EXECUTE, DEALLOCATE
-/// or DISCARD, for the session's `SqlPrepared` to follow.
+/// duration. A statement with a SQL PREPARE, EXECUTE, DEALLOCATE or
+/// DISCARD in it is followed in the session's `tracker` (see `prepared`).
 pub fn statement_detail(
     session: &SessionAudit,
     s: &Statement,
     classifier: &mut Classifier,
+    tracker: Option<&mut StatementTracker>,
     d: &mut impl Detail,
-) -> bool {
-    let (redacted, prepared) = if s.flow == Flow::Extended {
+) {
+    let follow = tracker.map(|t| (&s.outcome, t));
+    let redacted = if s.flow == Flow::Extended {
         // Shared by every run of a prepared statement: worked out once, and
         // stored once per block.
         let text = s.text.rendered.get_or_init(|| {
             let mut fields = Fields::default();
             fields.put_plain("flow", "extended");
-            let facts = text_detail(&s.text, classifier, &mut fields);
+            let facts = text_detail(&s.text, classifier, None, &mut fields);
             Rendered {
                 fields: Arc::new(fields),
                 redacted: facts.redacted,
@@ -163,21 +168,29 @@ pub fn statement_detail(
                 prepared: facts.prepared,
             }
         });
-        d.put_shared(&text.fields);
+        let (redacted, secret) = if text.prepared {
+            // What it runs depends on the session's names at the time.
+            d.put_plain("flow", "extended");
+            let facts = text_detail(&s.text, classifier, follow, d);
+            (facts.redacted, Cow::Owned(facts.secret_params))
+        } else {
+            d.put_shared(&text.fields);
+            (text.redacted, Cow::Borrowed(&*text.secret_params))
+        };
         if !s.statement.is_empty() {
             d.put("statement", &s.statement);
         }
         if !s.portal.is_empty() {
             d.put("portal", &s.portal);
         }
-        let hidden = params_detail(session, s, &text.secret_params, d);
-        (text.redacted || hidden, text.prepared)
+        let hidden = params_detail(session, s, &secret, d);
+        redacted || hidden
     } else {
         d.put_plain("flow", if s.flow == Flow::Simple { "simple" } else { "function" });
-        let facts = text_detail(&s.text, classifier, d);
+        let facts = text_detail(&s.text, classifier, follow, d);
         // A function call's arguments, as a Bind's values.
         let hidden = s.flow == Flow::Function && params_detail(session, s, &[], d);
-        (facts.redacted || hidden, facts.prepared)
+        facts.redacted || hidden
     };
     if let Some(copy) = s.copy {
         d.put_plain("copy", if copy.inbound { "from_stdin" } else { "to_stdout" });
@@ -213,7 +226,6 @@ pub fn statement_detail(
         d.put_number("executes", u64::from(s.executes));
     }
     d.put_number("duration_us", u64::try_from(s.duration.as_micros()).unwrap_or(u64::MAX));
-    prepared
 }
 
 /// Writes `param_count` and the values of `s` (`params`), those at
@@ -281,12 +293,32 @@ struct TextFacts {
 }
 
 /// Writes a statement's class, tables and text (passwords redacted; a cut
-/// text's whole length and hash).
-fn text_detail(text: &Text, classifier: &mut Classifier, d: &mut impl Detail) -> TextFacts {
+/// text's whole length and hash). With `follow`, its outcome and the
+/// session's tracker, SQL prepared statements in it are followed, and what
+/// its EXECUTEs ran is written too.
+fn text_detail(
+    text: &Text,
+    classifier: &mut Classifier,
+    follow: Option<(&Outcome, &mut StatementTracker)>,
+    d: &mut impl Detail,
+) -> TextFacts {
     let class = classifier.classify(&text.text);
+    let executed = match follow {
+        // A cut text is no whole statement.
+        Some((outcome, tracker)) if class.prepared && text.sha256.is_none() => {
+            Some(prepared::follow(&text.text, outcome, tracker))
+        }
+        _ => None,
+    };
     d.put_shared(&class.fields);
-    let found = redact(&text.text);
+    let mut found = redact(&text.text);
+    if executed.as_ref().is_some_and(|e| e.secret) {
+        found.text = Some(every_value(&text.text));
+    }
     d.put("text", found.text.as_deref().unwrap_or(&text.text));
+    if let Some(executed) = &executed {
+        executed.write(classifier, d);
+    }
     let redacted = !found.is_empty();
     if redacted {
         d.put_plain("redacted", "true");
@@ -535,7 +567,7 @@ pub(crate) mod tests {
         let mut block = BlockBuilder::new(s.event("statements"));
         let st = bound(params, s.since);
         block.push_with("evt_1", 1, |d| {
-            statement_detail(&s, &st, &mut Classifier::default(), d);
+            statement_detail(&s, &st, &mut Classifier::default(), None, d);
         });
         let statements = expand(1, block.finish());
         let detail = &statements[0].1.detail;

@@ -90,6 +90,16 @@ impl<T> Names<T> {
         }
     }
 
+    /// Takes every named entry out.
+    pub fn drain_named(&mut self) -> impl Iterator<Item = T> + '_ {
+        self.named.drain().map(|(_, v)| v)
+    }
+
+    /// Takes every entry out, the unnamed one too.
+    pub fn drain_all(&mut self) -> impl Iterator<Item = T> + '_ {
+        self.unnamed.take().into_iter().chain(self.drain_named())
+    }
+
     /// Whether another named entry fits (the unnamed one always does).
     pub fn has_room_for(&self, name: &str) -> bool {
         name.is_empty() || self.named.len() < MAX_NAMES || self.named.contains_key(name)
