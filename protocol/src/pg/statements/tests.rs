@@ -52,9 +52,9 @@ fn error(code: &str) -> Vec<u8> {
     error_response(Severity::Error, code, "boom", None, None)[5..].to_vec()
 }
 
-/// Feeds `(from_client, tag, body)` in order; answers what completed.
-fn run(steps: &[(bool, u8, Vec<u8>)]) -> Vec<Statement> {
-    let mut t = StatementTracker::new();
+/// Feeds `(from_client, tag, body)` to `t` in order, at one time;
+/// answers what completed.
+fn feed(t: &mut StatementTracker, steps: &[(bool, u8, Vec<u8>)]) -> Vec<Statement> {
     let mut out = Vec::new();
     let now = Instant::now();
     for (client, tag, body) in steps {
@@ -64,6 +64,13 @@ fn run(steps: &[(bool, u8, Vec<u8>)]) -> Vec<Statement> {
             t.server(*tag, body, now, &mut out);
         }
     }
+    out
+}
+
+/// `feed` to a new tracker, which must owe nothing after.
+fn run(steps: &[(bool, u8, Vec<u8>)]) -> Vec<Statement> {
+    let mut t = StatementTracker::new();
+    let out = feed(&mut t, steps);
     assert!(t.expect.is_empty(), "everything answered");
     out
 }

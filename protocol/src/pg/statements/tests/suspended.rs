@@ -103,20 +103,6 @@ fn pieces_sent_at_once_are_one_record() {
     assert_eq!((runs[0].executes, runs[0].fetched), (2, 2));
 }
 
-/// Feeds `steps` to `t` at one time; answers what completed.
-fn feed(t: &mut StatementTracker, steps: &[(bool, u8, Vec<u8>)]) -> Vec<Statement> {
-    let mut out = Vec::new();
-    let now = Instant::now();
-    for (client, tag, body) in steps {
-        if *client {
-            t.client(*tag, body, now);
-        } else {
-            t.server(*tag, body, now, &mut out);
-        }
-    }
-    out
-}
-
 #[test]
 fn a_portal_closed_before_its_end_is_recorded_at_its_close() {
     let mut t = StatementTracker::new();
