@@ -195,7 +195,8 @@ pub enum Outcome {
         done: Vec<Completion>,
     },
     /// A portal that stopped at an Execute's row limit (PortalSuspended)
-    /// and was not run to its end: closed, or its transaction ended.
+    /// and was not run to its end: closed or bound again, its transaction
+    /// or the session ended, or too many such runs waited.
     Suspended,
     /// Skipped by the server after an earlier error in the same pipeline.
     NotRun,

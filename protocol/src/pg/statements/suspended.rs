@@ -26,7 +26,8 @@ impl StatementTracker {
         let Some(i) = self.suspended.iter().position(|r| r.portal == s.portal) else {
             return;
         };
-        let run = self.suspended.swap_remove(i);
+        // In order: the one that waited longest is first.
+        let run = self.suspended.remove(i);
         if run.binding != s.binding {
             return out.push(run);
         }
