@@ -193,6 +193,7 @@ fn grow_pending(table: &GrantTable, have: &mut usize, total: usize) {
                 user: user_name(u),
                 resource: resource_name((u * 7 + 4) % RESOURCES),
                 role: "read".into(),
+                reason: None,
             }),
             at: None,
         });

@@ -288,6 +288,7 @@ mod tests {
             user: "alice".to_owned(),
             resource: "orders".to_owned(),
             role: "read".to_owned(),
+            reason: None,
         })
     }
 

@@ -126,6 +126,7 @@ impl Request {
             user: self.user.clone(),
             resource: self.resource.clone(),
             role: self.role.clone(),
+            reason: self.reason.clone(),
         }
     }
 }

@@ -71,6 +71,9 @@ pub struct PendingEntry {
     pub resource: String,
     /// Requested role.
     pub role: String,
+    /// The request's reason, for the audit of the refusals it explains.
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 /// One change to what proxies hold.

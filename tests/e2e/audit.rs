@@ -59,8 +59,11 @@ async fn refusals_and_sessions_are_recorded_and_chained() {
     assert!(s.until_closed(Duration::from_secs(10)).await.1.is_some());
     // Refused again, now naming the revoked grant.
     assert!(connect(&config).await.is_err());
+    // Refused while a new request waits, naming it.
+    let pending = gw.request(&alice, "orders", None, "1h");
+    assert!(connect(&config).await.is_err());
 
-    let all = events(&gw, 6).await;
+    let all = events(&gw, 7).await;
     let actions: Vec<&str> = all.iter().map(|e| e.action.as_str()).collect();
     assert_eq!(
         actions,
@@ -70,13 +73,36 @@ async fn refusals_and_sessions_are_recorded_and_chained() {
             "session.end",
             "session.start",
             "session.end",
+            "connect.denied",
             "connect.denied"
         ],
         "{all:#?}"
     );
+    // A refusal about a grant or request carries the request's id, reason
+    // and approvers, as the grant's sessions do.
     let revoked = &all[5];
     assert_eq!(revoked.detail["outcome"], "revoked");
     assert_eq!(revoked.grant_id.as_deref(), Some(gid.as_str()), "{revoked:?}");
+    for e in [revoked, &all[1]] {
+        assert_eq!(e.request_id, all[1].request_id, "{e:?}");
+        assert_eq!(
+            (e.reason.as_deref(), e.approvers.as_slice()),
+            (Some("e2e test"), &["carol".to_owned()][..]),
+            "{e:?}"
+        );
+    }
+    let waiting = &all[6];
+    assert_eq!(waiting.detail["outcome"], "pending");
+    assert_eq!(
+        (
+            waiting.request_id.as_deref(),
+            waiting.reason.as_deref(),
+            waiting.grant_id.as_deref()
+        ),
+        (Some(pending.as_str()), Some("e2e test"), None),
+        "{waiting:?}"
+    );
+    assert!(waiting.approvers.is_empty(), "{waiting:?}");
     let denied = &all[0];
     assert_eq!(
         (denied.user.as_str(), denied.resource.as_deref()),

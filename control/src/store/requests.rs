@@ -156,7 +156,7 @@ pub(crate) fn decide(
 /// Every pending request as proxies need it.
 pub(crate) fn pending_entries(db: &mut dyn Sql) -> Result<Vec<PendingEntry>, DbError> {
     db.query(
-        "SELECT id, user_name, resource, role FROM requests WHERE state = 'pending' ORDER BY created_at, rowid",
+        "SELECT id, user_name, resource, role, reason FROM requests WHERE state = 'pending' ORDER BY created_at, rowid",
         &[],
     )?
     .iter()
@@ -166,6 +166,7 @@ pub(crate) fn pending_entries(db: &mut dyn Sql) -> Result<Vec<PendingEntry>, DbE
             user: r.get(1)?,
             resource: r.get(2)?,
             role: r.get(3)?,
+            reason: r.get(4)?,
         })
     })
     .collect()

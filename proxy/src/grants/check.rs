@@ -1,7 +1,30 @@
 //! The admission check: may this user open a session on this resource and role, now?
 //! Pure: it takes the user's grants and pending requests and the time.
 
+use portcullis_protocol::audit::AuditEvent;
 use portcullis_protocol::feed::{GrantEntry, PendingEntry, Revocation, UnixMillis};
+
+/// The request a refusal is about: its id, reason and approvers go on the
+/// refusal's audit event, as on every event of its grant's sessions.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Requested {
+    /// Request id.
+    pub request_id: String,
+    /// Its reason.
+    pub reason: Option<String>,
+    /// Who approved it (none while it is pending).
+    pub approvers: Vec<String>,
+}
+
+impl Requested {
+    fn of(g: &GrantEntry) -> Requested {
+        Requested {
+            request_id: g.request_id.clone(),
+            reason: g.reason.clone(),
+            approvers: g.approvers.clone(),
+        }
+    }
+}
 
 /// Why a session is refused; each knows the text the person reads.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -12,6 +35,8 @@ pub enum Denied {
     Pending {
         /// The pending request.
         request_id: String,
+        /// It, for the audit.
+        request: Box<Requested>,
     },
     /// The grant starts later.
     Scheduled {
@@ -19,6 +44,8 @@ pub enum Denied {
         grant_id: String,
         /// When it starts.
         starts_at: UnixMillis,
+        /// Its request, for the audit.
+        request: Box<Requested>,
     },
     /// The latest grant ran out.
     Expired {
@@ -26,6 +53,8 @@ pub enum Denied {
         grant_id: String,
         /// When it ended.
         at: UnixMillis,
+        /// Its request, for the audit.
+        request: Box<Requested>,
     },
     /// The latest grant was revoked.
     Revoked {
@@ -33,6 +62,8 @@ pub enum Denied {
         grant_id: String,
         /// Who, why and when.
         revocation: Revocation,
+        /// Its request, for the audit.
+        request: Box<Requested>,
     },
     /// Several roles are granted and none was named.
     ChooseRole {
@@ -65,20 +96,28 @@ impl Denied {
     }
 
     /// The request the refusal is about, when one is.
-    pub fn request_id(&self) -> Option<&str> {
+    pub fn request(&self) -> Option<&Requested> {
         match self {
-            Denied::Pending { request_id } => Some(request_id),
-            _ => None,
+            Denied::Pending { request, .. }
+            | Denied::Scheduled { request, .. }
+            | Denied::Expired { request, .. }
+            | Denied::Revoked { request, .. } => Some(request),
+            Denied::NoGrant | Denied::ChooseRole { .. } => None,
         }
     }
 
-    /// Puts the grant or request the refusal is about, and the `role`
-    /// asked for, on its `connect.denied` event: a search by grant or
-    /// request then finds the refusals it caused.
-    pub fn annotate(&self, role: Option<&str>, e: &mut portcullis_protocol::audit::AuditEvent) {
+    /// Puts the grant and request the refusal is about (with the request's
+    /// reason and approvers), and the `role` asked for, on its
+    /// `connect.denied` event: a search by grant or request then finds the
+    /// refusals it caused.
+    pub fn annotate(&self, role: Option<&str>, e: &mut AuditEvent) {
         e.grant_id = self.grant_id().map(str::to_owned);
-        e.request_id = self.request_id().map(str::to_owned);
         e.role = role.map(str::to_owned);
+        if let Some(r) = self.request() {
+            e.request_id = Some(r.request_id.clone());
+            e.reason.clone_from(&r.reason);
+            e.approvers.clone_from(&r.approvers);
+        }
     }
 }
 
@@ -116,11 +155,17 @@ pub fn check(
         return Err(Denied::Scheduled {
             grant_id: g.id.clone(),
             starts_at: g.starts_at,
+            request: Box::new(Requested::of(g)),
         });
     }
     if let Some(p) = pending.iter().find(|p| role.is_none_or(|r| p.role == r)) {
         return Err(Denied::Pending {
             request_id: p.request_id.clone(),
+            request: Box::new(Requested {
+                request_id: p.request_id.clone(),
+                reason: p.reason.clone(),
+                approvers: Vec::new(),
+            }),
         });
     }
     let ended_at = |g: &GrantEntry| g.revoked.as_ref().map_or(g.expires_at, |r| r.at);
@@ -130,10 +175,12 @@ pub fn check(
             Some(r) => Err(Denied::Revoked {
                 grant_id: g.id.clone(),
                 revocation: r.clone(),
+                request: Box::new(Requested::of(g)),
             }),
             None => Err(Denied::Expired {
                 grant_id: g.id.clone(),
                 at: g.expires_at,
+                request: Box::new(Requested::of(g)),
             }),
         },
         None => Err(Denied::NoGrant),
@@ -175,7 +222,11 @@ pub(crate) mod tests {
             check(&g, &[], None, 100),
             Err(Denied::Expired {
                 grant_id: "g1".into(),
-                at: 100
+                at: 100,
+                request: Box::new(Requested {
+                    request_id: "req_g1".into(),
+                    ..Requested::default()
+                }),
             })
         );
     }
@@ -218,11 +269,16 @@ pub(crate) mod tests {
             user: "alice".into(),
             resource: "orders".into(),
             role: "read".into(),
+            reason: None,
         }];
         assert_eq!(
             check(&[], &p, None, 50),
             Err(Denied::Pending {
-                request_id: "req_1".into()
+                request_id: "req_1".into(),
+                request: Box::new(Requested {
+                    request_id: "req_1".into(),
+                    ..Requested::default()
+                }),
             })
         );
         assert_eq!(check(&[], &p, Some("admin"), 50), Err(Denied::NoGrant));

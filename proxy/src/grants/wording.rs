@@ -41,22 +41,26 @@ pub fn explain(
             format!("no grant for {user} on \"{resource}\"; request access with: {ask}"),
             None,
         ),
-        Denied::Pending { request_id } => (
+        Denied::Pending { request_id, .. } => (
             format!("request {request_id} for \"{resource}\" is still pending approval"),
             Some(format!("an approver can run: portcullis approve {request_id}")),
         ),
-        Denied::Scheduled { grant_id, starts_at } => (
+        Denied::Scheduled {
+            grant_id, starts_at, ..
+        } => (
             format!("grant {grant_id} on \"{resource}\" starts at {}", rfc3339(*starts_at)),
             None,
         ),
-        Denied::Expired { grant_id, at } => (
+        Denied::Expired { grant_id, at, .. } => (
             format!(
                 "grant {grant_id} on \"{resource}\" expired at {}; request access again with: {ask}",
                 rfc3339(*at)
             ),
             None,
         ),
-        Denied::Revoked { grant_id, revocation } => (
+        Denied::Revoked {
+            grant_id, revocation, ..
+        } => (
             format!(
                 "grant {grant_id} on \"{resource}\" was revoked by {} at {}{}; request access again with: {ask}",
                 revocation.by,

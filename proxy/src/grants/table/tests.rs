@@ -52,6 +52,7 @@ fn pending(id: &str, user: &str) -> PendingEntry {
         user: user.into(),
         resource: "orders".into(),
         role: "read".into(),
+        reason: None,
     }
 }
 
@@ -159,6 +160,7 @@ fn snapshot_removes_what_it_no_longer_holds_and_keeps_channels() {
                 user: "alice".into(),
                 resource: "orders".into(),
                 role: "write".into(),
+                reason: None,
             }],
         },
         T0,
