@@ -157,41 +157,59 @@ async fn history(api: &Api, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `sessions show ID [--json]`: the session, then its statements.
+/// `sessions show ID [--json]`: the session, then what it did: a Postgres
+/// session's statements, an SSH session's commands, shells, file
+/// operations and forwards (its events but its start and end).
 async fn show(api: &Api, id: &str, json: bool) -> anyhow::Result<()> {
-    let path = format!("/v1/sessions/{}/events?action=statement", seg(id));
-    let first = page(api, &path, None).await?;
+    let statements = format!("/v1/sessions/{}/events?action=statement", seg(id));
+    let mut first = page(api, &statements, None).await?;
     let session = first
         .get("session")
         .cloned()
         .ok_or_else(|| anyhow!("the API's answer has no \"session\" field"))?;
+    let ssh = cell(&session, "protocol") == "ssh";
+    let (path, heading, key) = if ssh {
+        let all = format!("/v1/sessions/{}/events", seg(id));
+        first = page(api, &all, None).await?;
+        (all, "ACTIVITY", "events")
+    } else {
+        (statements, "STATEMENTS", "statements")
+    };
+    // An SSH session's own start and end are the session's fields already.
+    let shown = |e: &Value| !matches!(cell(e, "action").as_str(), "session.start" | "session.end");
     let mut out = BufWriter::new(std::io::stdout());
     if json {
         write!(
             out,
-            "{{\n\"session\": {},\n\"statements\": ",
+            "{{\n\"session\": {},\n\"{key}\": ",
             serde_json::to_string(&session)?
         )?;
         let mut array = JsonArray::new(&mut out);
-        each(api, &path, first, "events", |e| array.push(e)).await?;
+        each(api, &path, first, "events", |e| {
+            if shown(e) { array.push(e) } else { Ok(()) }
+        })
+        .await?;
         array.finish()?;
         writeln!(out, "}}")?;
         out.flush()?;
         return Ok(());
     }
     write_session(&mut out, &session)?;
-    let mut statements = 0usize;
+    let mut listed = 0usize;
     each(api, &path, first, "events", |e| {
-        if statements == 0 {
-            writeln!(out, "\nSTATEMENTS")?;
+        if !shown(e) {
+            return Ok(());
         }
-        statements += 1;
+        if listed == 0 {
+            writeln!(out, "\n{heading}")?;
+        }
+        listed += 1;
         writeln!(out, "{}", statement_line(e))?;
         Ok(())
     })
     .await?;
-    if statements == 0 {
-        writeln!(out, "\nno statements recorded")?;
+    if listed == 0 {
+        writeln!(out, "\nno {} recorded", heading.to_lowercase())?;
     }
     out.flush()?;
     Ok(())

@@ -132,7 +132,10 @@ fn workflow_actions_are_audited_with_reason_and_approvers() {
     let on_orders = all.iter().filter(|e| e["resource"] == "orders").count();
     assert_eq!(gw.audit_json(&["--resource", "orders"]).len(), on_orders);
     assert!(on_orders < all.len(), "user.create names no resource");
-    assert!(gw.audit_json(&["--resource", "bench"]).is_empty(), "nothing on bench yet");
+    assert!(
+        gw.audit_json(&["--resource", "bench"]).is_empty(),
+        "nothing on bench yet"
+    );
     let down = gw.audit_json(&["--grep", "DB DOWN"]);
     assert_eq!(actions(&down.iter().collect::<Vec<_>>()), actions(&e4));
     assert_eq!(gw.audit_json(&["--since", "1h"]).len(), all.len());

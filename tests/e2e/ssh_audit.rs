@@ -145,6 +145,21 @@ fn refusals_sessions_and_exec_commands_are_audited() {
     assert!(d(end, "duration_ms").parse::<u64>().is_ok(), "{end}");
     let actions: Vec<&str> = session.iter().filter_map(|e| e["action"].as_str()).collect();
     assert_eq!(actions, ["session.start", "exec", "session.end"], "in order");
+    // `sessions show` lists what an SSH session did, not its statements.
+    let shown = s.gw.cli_ok(&s.alice, &["sessions", "show", &sid]);
+    assert!(shown.contains("\nACTIVITY\n"), "{shown}");
+    let lines: Vec<&str> = shown.lines().filter(|l| l.contains(" exec ")).collect();
+    assert_eq!(lines.len(), 1, "{shown}");
+    assert!(lines[0].contains("echo hello; exit 3"), "{shown}");
+    let as_json: Value = serde_json::from_str(&s.gw.cli_ok(&s.alice, &["sessions", "show", &sid, "--json"]))
+        .expect("sessions show --json");
+    let listed: Vec<&str> = as_json["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    assert_eq!(listed, ["exec"], "{as_json}");
 
     let everything = s.gw.cli_ok(&s.gw.admin_token, &["audit", "--jsonl"]);
     assert!(!everything.contains("hunter2"), "a password reached the audit log");
