@@ -58,7 +58,7 @@ fn stdio_forwarding_reaches_an_allowed_destination_and_is_audited() {
         "",
         "",
     );
-    s.gw.grant(&s.alice, &s.carol, "web1", None, "30m");
+    let (rid, gid) = s.gw.grant(&s.alice, &s.carol, "web1", None, "30m");
     let ping = b"ping through the gateway\n";
     let out = ssh_stdio_forward(&s, &format!("127.0.0.1:{echo}"), ping);
     assert_eq!(
@@ -73,8 +73,30 @@ fn stdio_forwarding_reaches_an_allowed_destination_and_is_audited() {
     assert_eq!(e["detail"]["protocol"], "ssh", "{e}");
     assert_eq!(e["user"], "alice", "{e}");
     assert!(e["detail"]["originator"].as_str().is_some_and(|o| !o.is_empty()), "{e}");
+    // The same who, where and why as every event of the session.
+    assert_eq!(
+        (
+            &e["resource"],
+            &e["role"],
+            &e["grant_id"],
+            &e["request_id"],
+            &e["reason"],
+            &e["approvers"]
+        ),
+        (
+            &json!("web1"),
+            &json!("deploy"),
+            &json!(gid),
+            &json!(rid),
+            &json!("e2e test"),
+            &json!(["carol"])
+        ),
+        "{e}"
+    );
+    assert!(e["session_id"].as_str().is_some_and(|id| id.starts_with("ses_")), "{e}");
     let closed = s.gw.audit_seen("forward.close");
     let c = &closed[0];
+    assert_eq!(c["session_id"], e["session_id"], "{c}");
     assert_eq!(c["detail"]["destination"], format!("127.0.0.1:{echo}"), "{c}");
     let len = ping.len().to_string();
     assert_eq!(
