@@ -90,6 +90,11 @@ impl<T> Names<T> {
         }
     }
 
+    /// Whether any named entry is kept.
+    pub fn has_named(&self) -> bool {
+        !self.named.is_empty()
+    }
+
     /// Takes every named entry out.
     pub fn drain_named(&mut self) -> impl Iterator<Item = T> + '_ {
         self.named.drain().map(|(_, v)| v)

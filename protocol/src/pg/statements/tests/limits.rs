@@ -86,3 +86,46 @@ fn past_the_names_it_keeps_tracking_stops_and_says_why() {
         "the Bind that stopped tracking, then the Execute"
     );
 }
+
+#[test]
+fn portals_end_with_their_transaction_and_free_their_names() {
+    // A driver that binds a new named portal in each transaction and
+    // never closes it (the server drops it at the end): no bound is hit.
+    let mut t = StatementTracker::new();
+    prepare(&mut t, "", "SELECT 1");
+    let now = Instant::now();
+    for i in 0..=MAX_NAMES {
+        let name = format!("C_{i}");
+        t.client(b'B', &bind(&name, "", &[], &[]), now);
+        t.client(b'E', &execute(&name), now);
+        t.client(b'S', &[], now);
+        let mut out = Vec::new();
+        for (tag, body) in [(b'2', &b""[..]), (b'C', b"SELECT 1\0"), (b'Z', b"I")] {
+            t.server(tag, body, now, &mut out);
+        }
+        assert_eq!(out.len(), 1);
+    }
+    assert_eq!(t.lost(), None);
+    // Within a transaction block they stay.
+    t.client(b'B', &bind("kept", "", &[], &[]), now);
+    t.server(b'2', b"", now, &mut Vec::new());
+    t.server(b'Z', b"T", now, &mut Vec::new());
+    t.client(b'E', &execute("kept"), now);
+    let mut out = Vec::new();
+    t.server(b'C', b"SELECT 1\0", now, &mut out);
+    assert_eq!(out[0].text.text, "SELECT 1");
+
+    // A Bind sent ahead of the last transaction's end is the next one's.
+    let mut t = StatementTracker::new();
+    prepare(&mut t, "", "SELECT 1");
+    t.client(b'S', &[], now);
+    t.client(b'B', &bind("next", "", &[], &[]), now);
+    t.server(b'Z', b"I", now, &mut Vec::new());
+    t.client(b'E', &execute("next"), now);
+    t.client(b'S', &[], now);
+    let mut out = Vec::new();
+    for (tag, body) in [(b'2', &b""[..]), (b'C', b"SELECT 1\0"), (b'Z', b"I")] {
+        t.server(tag, body, now, &mut out);
+    }
+    assert_eq!(out[0].text.text, "SELECT 1");
+}
