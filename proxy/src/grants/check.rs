@@ -34,8 +34,6 @@ pub enum Denied {
     /// A request is waiting for approval.
     Pending {
         /// The pending request.
-        request_id: String,
-        /// It, for the audit.
         request: Box<Requested>,
     },
     /// The grant starts later.
@@ -160,7 +158,6 @@ pub fn check(
     }
     if let Some(p) = pending.iter().find(|p| role.is_none_or(|r| p.role == r)) {
         return Err(Denied::Pending {
-            request_id: p.request_id.clone(),
             request: Box::new(Requested {
                 request_id: p.request_id.clone(),
                 reason: p.reason.clone(),
@@ -274,7 +271,6 @@ pub(crate) mod tests {
         assert_eq!(
             check(&[], &p, None, 50),
             Err(Denied::Pending {
-                request_id: "req_1".into(),
                 request: Box::new(Requested {
                     request_id: "req_1".into(),
                     ..Requested::default()

@@ -41,9 +41,15 @@ pub fn explain(
             format!("no grant for {user} on \"{resource}\"; request access with: {ask}"),
             None,
         ),
-        Denied::Pending { request_id, .. } => (
-            format!("request {request_id} for \"{resource}\" is still pending approval"),
-            Some(format!("an approver can run: portcullis approve {request_id}")),
+        Denied::Pending { request } => (
+            format!(
+                "request {} for \"{resource}\" is still pending approval",
+                request.request_id
+            ),
+            Some(format!(
+                "an approver can run: portcullis approve {}",
+                request.request_id
+            )),
         ),
         Denied::Scheduled {
             grant_id, starts_at, ..
