@@ -8,7 +8,8 @@
 //! Binary-format parameter values of common types are shown in their text
 //! form (`binary`), typed by the Parse or the server's ParameterDescription.
 //! `names` keeps what the session prepared and bound; `bind` reads a Bind;
-//! `record` is what one statement's record holds; `copy` follows COPY;
+//! `record` is what one statement's record holds; `errors` what an error
+//! fails and what the server skips after it; `copy` follows COPY;
 //! `suspended` makes a portal run in pieces one record; `sql` learns from
 //! the audit what SQL `PREPARE`s did; `lost` records by their text what
 //! runs once tracking had to stop.
@@ -22,13 +23,13 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::backend::parse_error_notice;
 use super::capture::{Message, TextDigest};
 use super::message::{read_cstr, read_i32};
 
 mod binary;
 mod bind;
 mod copy;
+mod errors;
 mod lost;
 mod names;
 mod record;
@@ -543,103 +544,6 @@ impl StatementTracker {
             self.expect.pop_front();
         }
         e
-    }
-
-    fn error(&mut self, body: &[u8], now: Instant, out: &mut Vec<Statement>) {
-        let (sqlstate, message) = parse_error_notice(body).map_or_else(
-            |_| ("XX000".to_owned(), "unreadable error".to_owned()),
-            |e| (e.code, e.message),
-        );
-        self.copy_in = false;
-        self.copying_in = false;
-        if let Some(Expect::Run(s)) = self.expect.front_mut()
-            && s.flow != Flow::Extended
-        {
-            // The simple protocol goes on to ReadyForQuery; the commands of
-            // the Query that completed before the error stay on record.
-            let done = match std::mem::replace(&mut s.outcome, Outcome::NotRun) {
-                Outcome::Done(list) => list,
-                _ => Vec::new(),
-            };
-            s.outcome = Outcome::Failed {
-                sqlstate,
-                message,
-                done,
-            };
-            return;
-        }
-        let failed = Outcome::Failed {
-            sqlstate,
-            message,
-            done: Vec::new(),
-        };
-        match self.expect.front_mut() {
-            // An error at Sync: the implicit commit of what ran before it failed.
-            Some(Expect::Sync) if !self.skipping => {
-                let text = Arc::new(Text::new(b"<implicit COMMIT at Sync>"));
-                let mut s = statement(Flow::Extended, text, now);
-                s.outcome = failed;
-                out.push(s);
-            }
-            Some(_) if !self.skipping => {
-                self.skipping = true;
-                // Unless the batch's Sync is already queued, what the client
-                // sends next is discarded up to it.
-                self.discarding = !self.expect.iter().any(|e| matches!(e, Expect::Sync));
-                // The error belongs to the first statement up to the Sync: a
-                // failed Parse or Bind means its Execute never ran.
-                // A Query or function call in between is not the batch's:
-                // the server skips it (`not_run` at the ReadyForQuery).
-                let failing = self.expect.iter().position(|e| match e {
-                    Expect::Run(s) => s.flow == Flow::Extended,
-                    e => matches!(e, Expect::Sync),
-                });
-                if let Some(i) = failing
-                    && matches!(self.expect.get(i), Some(Expect::Run(_)))
-                    && let Some(Expect::Run(mut s)) = self.expect.remove(i)
-                {
-                    self.resume(&mut s, out);
-                    s.outcome = failed;
-                    s.duration = now.saturating_duration_since(s.started);
-                    out.push(s);
-                } else if let Some(Expect::Parse { name, .. }) = self.expect.front() {
-                    // A Parse that failed on its own: record its text.
-                    let text = self.prepared.get(name).map(|p| Arc::clone(&p.text));
-                    let mut s = statement(Flow::Extended, text.unwrap_or_else(|| Arc::new(Text::new(b""))), now);
-                    s.statement = shared_name(name);
-                    s.outcome = failed;
-                    out.push(s);
-                }
-                self.undo_to_sync();
-            }
-            _ => {}
-        }
-    }
-
-    /// The server refused or skipped every Parse and Close up to the next
-    /// Sync: what they changed in `prepared` is undone, the last first.
-    fn undo_to_sync(&mut self) {
-        let end = self.expect.iter().position(|e| matches!(e, Expect::Sync));
-        let end = end.unwrap_or(self.expect.len());
-        for i in (0..end).rev() {
-            let (parse, name, mut old) = match self.expect.get_mut(i) {
-                Some(Expect::Parse { name, old }) => (true, name.clone(), old.take()),
-                Some(Expect::Close { name, old }) => (false, name.clone(), old.take()),
-                _ => continue,
-            };
-            if parse && let Some(new) = self.prepared.remove(&name) {
-                self.kept = self.kept.saturating_sub(new.kept());
-            }
-            // The server drops the unnamed statement before it parses the
-            // next: one whose Parse failed (the error's, at the front) is gone.
-            if parse && i == 0 && name.is_empty() {
-                old = None;
-            }
-            if let Some(old) = old {
-                self.kept += old.kept();
-                self.prepared.insert(name, old);
-            }
-        }
     }
 
     fn finish(&mut self, outcome: Outcome, now: Instant, out: &mut Vec<Statement>) {

@@ -150,7 +150,7 @@ fn a_copy_that_fails_on_its_data_leaves_the_syncs_after_it_answered() {
         (false, b'C', cstr("SELECT 1")),
         (false, b'Z', vec![b'I']),
     ]);
-    let got: Vec<(&str, &Outcome)> = out.iter().map(|s| (s.text.text.as_str(), &s.outcome)).collect();
+    let got = outcomes(&out);
     assert_eq!(got.len(), 3, "{got:?}");
     assert!(
         matches!(got[0], ("COPY t (id) FROM STDIN", Outcome::Failed { .. })),

@@ -55,7 +55,7 @@ fn past_the_names_it_keeps_tracking_stops_and_says_why() {
     t.server(b'Z', b"I", Instant::now(), &mut Vec::new());
     let mut out = Vec::new();
     t.abandoned(&mut out);
-    let got: Vec<(&str, &Outcome)> = out.iter().map(|s| (s.text.text.as_str(), &s.outcome)).collect();
+    let got = outcomes(&out);
     assert_eq!(
         got,
         [
