@@ -16,13 +16,13 @@ use portcullis_protocol::audit::detail::Detail;
 use portcullis_protocol::pg::statements::{Outcome, StatementTracker, Text};
 
 use super::classify::Classifier;
-use super::redact::redact;
+use super::redact::{Redaction, redact};
 
 /// What a statement's EXECUTEs ran.
 #[derive(Debug, Default)]
 pub struct Executed {
-    /// The texts their names held, in order.
-    texts: Vec<Arc<Text>>,
+    /// The texts their names held, in order, with the passwords found in each.
+    texts: Vec<(Arc<Text>, Redaction)>,
     /// One of them takes a password among its parameters, and the EXECUTE
     /// gave values: its text is to be stored with every value redacted.
     pub secret: bool,
@@ -47,8 +47,9 @@ pub fn follow(sql: &str, outcome: &Outcome, tracker: &mut StatementTracker) -> E
             if let NodeRef::ExecuteStmt(e) = n
                 && let Some(text) = tracker.prepared_text(&e.name)
             {
-                executed.secret |= !e.params.is_empty() && !redact(&text.text).params.is_empty();
-                executed.texts.push(text);
+                let found = redact(&text.text);
+                executed.secret |= !e.params.is_empty() && !found.params.is_empty();
+                executed.texts.push((text, found));
             }
         }
         if i >= ran {
@@ -84,8 +85,8 @@ impl Executed {
         }
         let mut texts = Vec::with_capacity(self.texts.len());
         let (mut classes, mut tables) = (Vec::new(), Vec::new());
-        for text in &self.texts {
-            texts.push(redact(&text.text).text.unwrap_or_else(|| text.text.clone()));
+        for (text, found) in &self.texts {
+            texts.push(found.text.as_deref().unwrap_or(&text.text));
             let class = classifier.classify(&text.text);
             classes.extend(class.class.split(',').map(str::to_owned));
             tables.extend(class.tables.split(',').filter(|t| !t.is_empty()).map(str::to_owned));
