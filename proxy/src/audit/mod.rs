@@ -138,6 +138,12 @@ impl StatementQueue {
         }
     }
 
+    /// The depth gauge it sets: for tests.
+    #[cfg(test)]
+    pub(crate) fn depth(&self) -> IntGauge {
+        self.depth.clone()
+    }
+
     /// A buffer for a session's batch.
     pub fn buffer(&self) -> Vec<u8> {
         self.spare.get()
@@ -167,7 +173,14 @@ impl StatementQueue {
         let Some(reserving) = self.reserving.as_mut() else {
             return Poll::Ready(());
         };
-        let permit = std::task::ready!(reserving.as_mut().poll(cx));
+        let Poll::Ready(permit) = reserving.as_mut().poll(cx) else {
+            // Again, while waiting: the audit thread sets the depth it saw
+            // as it took an item, which a sender that filled the slot just
+            // after, and the thread then stuck on a stalled log, leave one
+            // short of full.
+            self.depth.set(i64::try_from(QUEUE).unwrap_or(i64::MAX));
+            return Poll::Pending;
+        };
         self.reserving = None;
         match permit {
             Ok(permit) => {

@@ -166,6 +166,30 @@ mod tests {
     }
 
     #[test]
+    fn a_full_queue_reads_full_while_the_session_waits_for_room() {
+        let (tx, _rx) = mpsc::channel(1);
+        let queue = StatementQueue::bare(tx);
+        let depth = queue.depth();
+        let session = Arc::new(crate::audit::statement::tests::session(false));
+        let mut recorder = Recorder::new(session, queue);
+        let mut cx = Context::from_waker(Waker::noop());
+        let statement = message(b'Q', b"SELECT 1\0");
+        recorder.client(&statement, true);
+        assert!(recorder.poll_room(&mut cx, false).is_ready(), "the one slot");
+        let full = i64::try_from(crate::audit::QUEUE).expect("small");
+        while recorder.batch.records.len() < BACKLOG {
+            recorder.client(&statement, true);
+            let _ = recorder.poll_room(&mut cx, false);
+        }
+        assert_eq!(depth.get(), full, "a sender found it full");
+        // The audit thread took an item and set what it saw then, one
+        // short; the session filled the slot and the thread got stuck.
+        depth.set(full - 1);
+        assert!(recorder.poll_room(&mut cx, false).is_pending());
+        assert_eq!(depth.get(), full, "still waiting: full");
+    }
+
+    #[test]
     fn a_small_chunk_of_whole_messages_is_copied_whole_and_a_cut_one_message_by_message() {
         let (tx, _rx) = mpsc::channel(64);
         let session = Arc::new(crate::audit::statement::tests::session(false));
