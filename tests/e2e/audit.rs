@@ -11,7 +11,7 @@ use portcullis_protocol::audit::AuditEvent;
 use serde_json::{Value, json};
 
 use crate::harness::pg::pg;
-use crate::harness::{Gateway, GatewayOptions, Role, connect, ok, stderr, stdout};
+use crate::harness::{Gateway, GatewayOptions, Role, connect, now, ok, stderr, stdout};
 
 /// Every event of the proxy so far but statements (tests/e2e/statements.rs
 /// has those) and workflow actions (`wf_...`),
@@ -134,6 +134,89 @@ async fn refusals_and_sessions_are_recorded_and_chained() {
     for secret in [alice.as_str(), carol.as_str()].into_iter().chain(pg().secrets()) {
         assert!(!text.contains(secret), "a secret reached the audit log");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_credentials_expired_and_scheduled_refusals_are_recorded_with_why() {
+    let gw = Gateway::start(GatewayOptions {
+        warn_before: vec![],
+        ..GatewayOptions::default()
+    });
+    let alice = gw.add_user("alice", &[], false);
+    let carol = gw.add_user("carol", &[], false);
+    let wrong = format!("{alice}x");
+    assert!(connect(&gw.pg_config("alice", &wrong, "orders")).await.is_err());
+
+    let config = gw.pg_config("alice", &alice, "orders");
+    let (short_request, short) = gw.grant(&alice, &carol, "orders", None, "2s");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while gw.grant_json(&alice, &short)["state"] != "expired" {
+        assert!(Instant::now() < deadline, "the grant never expired");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(connect(&config).await.is_err());
+
+    let start = (now() + time::Duration::hours(1))
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("format");
+    let later_request = gw.cli_ok(
+        &alice,
+        &[
+            "request", "orders", "--for", "10m", "--reason", "tonight", "--start", &start,
+        ],
+    );
+    assert_eq!(gw.cli_ok(&carol, &["approve", &later_request]), "approved");
+    let later = gw.api_json(&alice, &format!("/v1/requests/{later_request}"))["grant_id"]
+        .as_str()
+        .expect("grant_id")
+        .to_owned();
+    assert!(connect(&config).await.is_err());
+
+    let all = events(&gw, 3).await;
+    let refusals: Vec<(&str, &str, Option<&str>, Option<&str>, Option<&str>)> = all
+        .iter()
+        .map(|e| {
+            (
+                e.action.as_str(),
+                e.detail.get("outcome").map_or("", String::as_str),
+                e.grant_id.as_deref(),
+                e.request_id.as_deref(),
+                e.reason.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        refusals,
+        [
+            ("connect.denied", "bad_credentials", None, None, None),
+            (
+                "connect.denied",
+                "expired",
+                Some(short.as_str()),
+                Some(short_request.as_str()),
+                Some("e2e test")
+            ),
+            (
+                "connect.denied",
+                "scheduled",
+                Some(later.as_str()),
+                Some(later_request.as_str()),
+                Some("tonight")
+            ),
+        ],
+        "{all:#?}"
+    );
+    for e in &all {
+        assert_eq!(
+            (e.user.as_str(), e.resource.as_deref()),
+            ("alice", Some("orders")),
+            "{e:?}"
+        );
+        assert!(!e.detail.get("why").map_or("", String::as_str).is_empty(), "{e:?}");
+    }
+    assert_eq!(all[1].approvers, ["carol"], "{:?}", all[1]);
+    let text = format!("{all:?}");
+    assert!(!text.contains(&alice), "a token reached the audit log");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
