@@ -270,9 +270,11 @@ fn statement_line(e: &Value) -> String {
         duration,
         cell(detail, "text")
     );
-    // An EXECUTE's text alone says nothing of what it ran.
-    if let Some(prepared) = detail.get("prepared").and_then(Value::as_str) {
-        line.push_str(&format!("  [ran: {prepared}]"));
+    // An EXECUTE's or a FETCH's text alone says nothing of what it ran.
+    for (key, label) in [("prepared", "ran"), ("cursor", "cursor")] {
+        if let Some(text) = detail.get(key).and_then(Value::as_str) {
+            line.push_str(&format!("  [{label}: {text}]"));
+        }
     }
     line
 }
@@ -289,7 +291,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_statement_line_says_what_an_execute_ran() {
+    fn a_statement_line_says_what_an_execute_ran_and_a_fetch_read() {
         let e = json!({
             "at": "2026-11-24T17:00:00.000Z", "action": "statement",
             "detail": {
@@ -301,6 +303,18 @@ mod tests {
             statement_line(&e),
             "2026-11-24T17:00:00.000Z  DELETE 1  rows=1  1.5ms  EXECUTE del(5)  \
              [ran: PREPARE del (int) AS DELETE FROM orders WHERE id = $1]"
+        );
+        let e = json!({
+            "at": "2026-11-24T17:00:00.000Z", "action": "statement",
+            "detail": {
+                "outcome": "ok", "tag": "FETCH 100", "rows": "100", "duration_us": "900",
+                "text": "FETCH FORWARD 100 FROM _psql_cursor", "cursor": "SELECT * FROM orders"
+            }
+        });
+        assert_eq!(
+            statement_line(&e),
+            "2026-11-24T17:00:00.000Z  FETCH 100  rows=100  0.9ms  FETCH FORWARD 100 FROM _psql_cursor  \
+             [cursor: SELECT * FROM orders]"
         );
     }
 }

@@ -173,7 +173,7 @@ async fn bad_credentials_expired_and_scheduled_refusals_are_recorded_with_why() 
     assert!(connect(&config).await.is_err());
 
     let all = events(&gw, 3).await;
-    let refusals: Vec<(&str, &str, Option<&str>, Option<&str>, Option<&str>)> = all
+    let refusals: Vec<_> = all
         .iter()
         .map(|e| {
             (

@@ -412,6 +412,69 @@ async fn an_execute_names_the_prepared_statement_it_ran() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_names_the_query_of_its_cursor() {
+    let gw = Gateway::start(GatewayOptions::default());
+    let alice = gw.add_user("alice", &[], false);
+    let carol = gw.add_user("carol", &[], false);
+    gw.grant(&alice, &carol, "orders", None, "1h");
+    // psql with FETCH_COUNT reads every SELECT through a cursor, 2 rows at a time.
+    let sql = "SELECT relname FROM pg_class ORDER BY relname LIMIT 5";
+    let out = tokio::task::block_in_place(|| gw.psql_with("alice", &alice, "orders", &["-v", "FETCH_COUNT=2"], sql));
+    assert_eq!(ok(&out, "psql with FETCH_COUNT").lines().count(), 5);
+    // The same through tokio-postgres, in SQL: declared, read, closed.
+    let mut c = client(&gw, &alice).await;
+    let tx = c.transaction().await.expect("begin");
+    tx.batch_execute("DECLARE c1 CURSOR FOR SELECT 7 AS seven FROM generate_series(1, 3)")
+        .await
+        .expect("declare");
+    let rows = tx.query("FETCH 2 FROM c1", &[]).await.expect("fetch");
+    assert_eq!(rows.len(), 2);
+    tx.batch_execute("CLOSE c1").await.expect("close");
+    let err = tx.batch_execute("FETCH 2 FROM c1").await.expect_err("closed");
+    assert_eq!(err.code().map(|c| c.code()), Some("34000"));
+    drop(tx);
+    drop(c);
+
+    let all = statements(&gw, 8).await;
+    let fetches: Vec<&AuditEvent> = all
+        .iter()
+        .filter(|e| detail(e, "text").starts_with("FETCH FORWARD 2 FROM _psql_cursor"))
+        .collect();
+    assert!(fetches.len() >= 3, "{all:#?}");
+    for f in &fetches {
+        assert_eq!(
+            (
+                detail(f, "cursor"),
+                detail(f, "cursor_class"),
+                detail(f, "cursor_tables")
+            ),
+            (sql, "SELECT", "pg_class"),
+            "{f:?}"
+        );
+    }
+    let fetched: u64 = fetches
+        .iter()
+        .map(|f| detail(f, "rows").parse::<u64>().expect("rows"))
+        .sum();
+    assert_eq!(fetched, 5);
+    // The extended protocol's FETCH (tokio-postgres prepares it) names it too.
+    let read = all
+        .iter()
+        .find(|e| detail(e, "text") == "FETCH 2 FROM c1" && detail(e, "outcome") == "ok")
+        .expect("the FETCH");
+    assert_eq!(
+        detail(read, "cursor"),
+        "SELECT 7 AS seven FROM generate_series(1, 3)",
+        "{read:?}"
+    );
+    let failed = all
+        .iter()
+        .find(|e| detail(e, "text") == "FETCH 2 FROM c1" && detail(e, "outcome") == "error")
+        .expect("the FETCH after CLOSE");
+    assert!(!failed.detail.contains_key("cursor"), "{failed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_policy_with_redact_parameters_keeps_values_out() {
     let gw = Gateway::start(GatewayOptions {
         policy_extra: "      redact_parameters: true\n".to_owned(),

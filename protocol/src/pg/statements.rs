@@ -474,17 +474,18 @@ impl StatementTracker {
                 self.skipping = false;
                 // Whatever the server skipped, it is reading as usual again.
                 self.discarding = false;
-                // Out of a transaction block no portal runs on, nor exists:
-                // the server drops them with their transaction. (In a failed
-                // one a portal of the outer transaction runs on after
-                // ROLLBACK TO SAVEPOINT.) Named portals are let go once
-                // nothing else is in flight (a Bind sent ahead is the next
-                // transaction's); the unnamed portal's slot stays, for the
-                // next Bind to reuse its room.
+                // Out of a transaction block no portal runs on, nor exists
+                // but a cursor declared WITH HOLD: the server drops them
+                // with their transaction. (In a failed one a portal of the
+                // outer transaction runs on after ROLLBACK TO SAVEPOINT.)
+                // Named portals are let go once nothing else is in flight
+                // (a Bind sent ahead is the next transaction's); the
+                // unnamed portal's slot stays, for the next Bind to reuse
+                // its room.
                 if body.first() == Some(&b'I') {
                     out.append(&mut self.suspended);
                     if self.expect.is_empty() && self.portals.has_named() {
-                        let freed: usize = self.portals.drain_named().map(|p| p.kept).sum();
+                        let freed = self.portals.release_named(|p| p.hold, |p| p.kept);
                         self.kept = self.kept.saturating_sub(freed);
                     }
                 }

@@ -21,13 +21,14 @@ pub struct Class {
     pub tables: String,
     /// `class` and `tables` (when any) as detail fields, rendered once.
     pub fields: Arc<Fields>,
-    /// Holds a SQL PREPARE, EXECUTE, DEALLOCATE or DISCARD: the session's
-    /// SQL prepared statements follow it (`prepared`).
-    pub prepared: bool,
+    /// Makes, uses or drops a prepared statement or cursor by name in SQL
+    /// (PREPARE, EXECUTE, DEALLOCATE, DISCARD, DECLARE, FETCH, MOVE,
+    /// CLOSE): the session's names follow it (`sql_names`).
+    pub names: bool,
 }
 
 impl Class {
-    fn new(class: String, tables: String, prepared: bool) -> Class {
+    fn new(class: String, tables: String, names: bool) -> Class {
         let mut fields = Fields::default();
         fields.put("class", &class);
         if !tables.is_empty() {
@@ -37,7 +38,7 @@ impl Class {
             class,
             tables,
             fields: Arc::new(fields),
-            prepared,
+            names,
         }
     }
 }
@@ -95,13 +96,19 @@ fn parse_as_is(sql: &str) -> Option<Class> {
             } else {
                 classes.join(",")
             };
-            let prepared = s.statement_types.iter().any(|t| {
+            let names = s.statement_types.iter().any(|t| {
                 matches!(
                     t.as_str(),
-                    "PrepareStmt" | "ExecuteStmt" | "DeallocateStmt" | "DiscardStmt"
+                    "PrepareStmt"
+                        | "ExecuteStmt"
+                        | "DeallocateStmt"
+                        | "DiscardStmt"
+                        | "DeclareCursorStmt"
+                        | "FetchStmt"
+                        | "ClosePortalStmt"
                 )
             });
-            Some(Class::new(class, tables.join(","), prepared))
+            Some(Class::new(class, tables.join(","), names))
         }
         Err(_) => None,
     }

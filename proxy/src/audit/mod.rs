@@ -10,10 +10,10 @@ pub mod classify;
 pub mod command;
 mod comments;
 mod pipeline;
-mod prepared;
 pub mod records;
 pub mod redact;
 pub mod spool;
+mod sql_names;
 pub mod statement;
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -15,8 +15,8 @@ use portcullis_protocol::pg::statements::{
 };
 
 use super::classify::Classifier;
-use super::prepared;
 use super::redact::{REDACTED, every_value, redact, value_holds_secret};
+use super::sql_names;
 use crate::sessions::SessionHandle;
 
 /// What every event of one session carries.
@@ -144,8 +144,9 @@ pub fn statement_event(session: &SessionAudit, s: &Statement, classifier: &mut C
 
 /// Writes what one statement's event says beyond its session's fields into
 /// `d`: class, tables, text (passwords redacted), parameters, outcome and
-/// duration. A statement with a SQL PREPARE, EXECUTE, DEALLOCATE or
-/// DISCARD in it is followed in the session's `tracker` (see `prepared`).
+/// duration. A statement that makes, uses or drops a prepared statement
+/// or cursor by name in SQL is followed in the session's `tracker` (see
+/// `sql_names`).
 pub fn statement_detail(
     session: &SessionAudit,
     s: &Statement,
@@ -165,10 +166,10 @@ pub fn statement_detail(
                 fields: Arc::new(fields),
                 redacted: facts.redacted,
                 secret_params: facts.secret_params.into(),
-                prepared: facts.prepared,
+                names: facts.names,
             }
         });
-        let (redacted, secret) = if text.prepared {
+        let (redacted, secret) = if text.names {
             // What it runs depends on the session's names at the time.
             d.put_plain("flow", "extended");
             let facts = text_detail(&s.text, classifier, follow, d);
@@ -288,14 +289,14 @@ struct TextFacts {
     redacted: bool,
     /// The parameters bound where a password goes.
     secret_params: Vec<usize>,
-    /// See `Class::prepared`.
-    prepared: bool,
+    /// See `Class::names`.
+    names: bool,
 }
 
 /// Writes a statement's class, tables and text (passwords redacted; a cut
 /// text's whole length and hash). With `follow`, its outcome and the
-/// session's tracker, SQL prepared statements in it are followed, and what
-/// its EXECUTEs ran is written too.
+/// session's tracker, SQL prepared statements and cursors in it are
+/// followed, and what its EXECUTEs ran and its FETCHes read is written too.
 fn text_detail(
     text: &Text,
     classifier: &mut Classifier,
@@ -305,8 +306,8 @@ fn text_detail(
     let class = classifier.classify(&text.text);
     let executed = match follow {
         // A cut text is no whole statement.
-        Some((outcome, tracker)) if class.prepared && text.sha256.is_none() => {
-            Some(prepared::follow(&text.text, outcome, tracker))
+        Some((outcome, tracker)) if class.names && text.sha256.is_none() => {
+            Some(sql_names::follow(&text.text, outcome, tracker))
         }
         _ => None,
     };
@@ -334,7 +335,7 @@ fn text_detail(
     TextFacts {
         redacted,
         secret_params: found.params,
-        prepared: class.prepared,
+        names: class.names,
     }
 }
 

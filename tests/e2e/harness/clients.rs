@@ -117,17 +117,31 @@ impl Gateway {
 
     /// psql through the gateway with a keyword connection string.
     pub fn psql(&self, user: &str, token: &str, dbname: &str, sslmode: &str, sql: &str) -> Output {
-        let conninfo = format!(
+        self.psql_conn_with(&self.conninfo(user, dbname, sslmode), token, &[], sql)
+    }
+
+    /// `psql` with more arguments (e.g. `-v FETCH_COUNT=2`), without TLS.
+    pub fn psql_with(&self, user: &str, token: &str, dbname: &str, args: &[&str], sql: &str) -> Output {
+        self.psql_conn_with(&self.conninfo(user, dbname, "disable"), token, args, sql)
+    }
+
+    fn conninfo(&self, user: &str, dbname: &str, sslmode: &str) -> String {
+        format!(
             "host=127.0.0.1 port={} user={user} dbname={dbname} sslmode={sslmode}",
             self.pg_port
-        );
-        self.psql_conn(&conninfo, token, sql)
+        )
     }
 
     /// psql with any connection string or URL, the token as PGPASSWORD.
     pub fn psql_conn(&self, conninfo: &str, token: &str, sql: &str) -> Output {
+        self.psql_conn_with(conninfo, token, &[], sql)
+    }
+
+    fn psql_conn_with(&self, conninfo: &str, token: &str, args: &[&str], sql: &str) -> Output {
         let mut cmd = Command::new("psql");
-        cmd.args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", conninfo, "-c", sql])
+        cmd.args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", conninfo])
+            .args(args)
+            .args(["-c", sql])
             .env("PGPASSWORD", token)
             .env("PGCONNECT_TIMEOUT", "10");
         for var in [

@@ -223,6 +223,7 @@ impl StatementTracker {
                 param_count,
                 kept,
                 binding: self.bindings,
+                hold: false,
             },
         );
     }

@@ -37,6 +37,8 @@ pub(super) struct Portal {
     pub kept: usize,
     /// Which Bind of the session made it (see `Statement::binding`).
     pub binding: u64,
+    /// A SQL cursor declared `WITH HOLD`: it outlives its transaction.
+    pub hold: bool,
 }
 
 /// Prepared statements or portals by name. Drivers mostly use the unnamed
@@ -98,6 +100,19 @@ impl<T> Names<T> {
     /// Takes every named entry out.
     pub fn drain_named(&mut self) -> impl Iterator<Item = T> + '_ {
         self.named.drain().map(|(_, v)| v)
+    }
+
+    /// Drops the named entries `keep` says no to; answers what `kept` says
+    /// they held, summed.
+    pub fn release_named(&mut self, keep: impl Fn(&T) -> bool, kept: impl Fn(&T) -> usize) -> usize {
+        let mut freed = 0;
+        self.named.retain(|_, v| {
+            keep(v) || {
+                freed += kept(v);
+                false
+            }
+        });
+        freed
     }
 
     /// Takes every entry out, the unnamed one too.

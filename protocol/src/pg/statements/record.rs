@@ -34,9 +34,9 @@ pub struct Rendered {
     /// Bound parameters (`$n`, from 1) written where a password goes:
     /// their values are never shown.
     pub secret_params: Box<[usize]>,
-    /// Holds a SQL PREPARE, EXECUTE, DEALLOCATE or DISCARD, which the audit
-    /// follows per session.
-    pub prepared: bool,
+    /// Makes, uses or drops a prepared statement or cursor by name in SQL,
+    /// which the audit follows per session.
+    pub names: bool,
 }
 
 impl Text {

@@ -1,12 +1,16 @@
-//! SQL-level prepared statements: `PREPARE name AS ...` keeps a statement
-//! in the session by name, and `EXECUTE name(...)` runs it, so an EXECUTE's
-//! text alone says nothing of what ran. The server keeps them in one
-//! namespace with the extended protocol's Parse and Close, and so does the
-//! session's tracker: what a `PREPARE`, `DEALLOCATE` or `DISCARD ALL` did
-//! is told to it here, once it ran, and an EXECUTE's event names the text
-//! its name held (`prepared`), with that statement's class and tables
-//! (`prepared_class`, `prepared_tables`). Values given to an EXECUTE where
-//! its statement takes a password are redacted with the rest of its text.
+//! Names SQL keeps in the session: `PREPARE name AS ...` keeps a statement
+//! by name and `EXECUTE name(...)` runs it; `DECLARE name CURSOR FOR ...`
+//! keeps a query and `FETCH ... FROM name` reads it (psql's `FETCH_COUNT`
+//! mode does this for every query). An EXECUTE's or a FETCH's text alone
+//! says nothing of what ran. The server keeps these names in one namespace
+//! each with the extended protocol's statements and portals, and so does
+//! the session's tracker: what a `PREPARE`, `DEALLOCATE`, `DECLARE`,
+//! `CLOSE` or `DISCARD ALL` did is told to it here, once it ran. An
+//! EXECUTE's event names the text its name held (`prepared`), a FETCH's or
+//! MOVE's the cursor's query (`cursor`), each with its class and tables
+//! (`prepared_class`, `prepared_tables`, `cursor_class`, `cursor_tables`).
+//! Values given to an EXECUTE where its statement takes a password are
+//! redacted with the rest of its text.
 
 use std::sync::Arc;
 
@@ -18,20 +22,22 @@ use portcullis_protocol::pg::statements::{Outcome, StatementTracker, Text};
 use super::classify::Classifier;
 use super::redact::{Redaction, redact};
 
-/// What a statement's EXECUTEs ran.
+/// What a statement's EXECUTEs ran and its FETCHes read.
 #[derive(Debug, Default)]
 pub struct Executed {
     /// The texts their names held, in order, with the passwords found in each.
     texts: Vec<(Arc<Text>, Redaction)>,
+    /// The queries of the cursors FETCH or MOVE read, likewise.
+    cursors: Vec<(Arc<Text>, Redaction)>,
     /// One of them takes a password among its parameters, and the EXECUTE
     /// gave values: its text is to be stored with every value redacted.
     pub secret: bool,
 }
 
-/// Follows `sql`, a statement that holds a SQL PREPARE, EXECUTE,
-/// DEALLOCATE or DISCARD (see `Class::prepared`) and ended with `outcome`:
-/// the commands of it that ran are told to `tracker`, in order, and what
-/// its EXECUTEs ran is answered.
+/// Follows `sql`, a statement that uses SQL's names (see `Class::names`)
+/// and ended with `outcome`: the commands of it that ran are told to
+/// `tracker`, in order, and what its EXECUTEs ran and FETCHes read is
+/// answered.
 pub fn follow(sql: &str, outcome: &Outcome, tracker: &mut StatementTracker) -> Executed {
     let mut executed = Executed::default();
     let Ok(parsed) = pg_query::parse(sql, 0) else {
@@ -44,32 +50,46 @@ pub fn follow(sql: &str, outcome: &Outcome, tracker: &mut StatementTracker) -> E
         };
         // `EXPLAIN EXECUTE`, `CREATE TABLE ... AS EXECUTE` run one too.
         for (n, ..) in node.nodes() {
-            if let NodeRef::ExecuteStmt(e) = n
-                && let Some(text) = tracker.prepared_text(&e.name)
-            {
-                let found = redact(&text.text);
-                executed.secret |= !e.params.is_empty() && !found.params.is_empty();
-                executed.texts.push((text, found));
+            match n {
+                NodeRef::ExecuteStmt(e) => {
+                    if let Some(text) = tracker.prepared_text(&e.name) {
+                        let found = redact(&text.text);
+                        executed.secret |= !e.params.is_empty() && !found.params.is_empty();
+                        executed.texts.push((text, found));
+                    }
+                }
+                NodeRef::FetchStmt(f) => {
+                    if let Some(text) = tracker.cursor_text(&f.portalname) {
+                        let found = redact(&text.text);
+                        executed.cursors.push((text, found));
+                    }
+                }
+                _ => {}
             }
         }
         if i >= ran {
             continue;
         }
+        let start = usize::try_from(raw.stmt_location).unwrap_or(0);
+        let end = match usize::try_from(raw.stmt_len) {
+            Ok(0) | Err(_) => sql.len(),
+            Ok(len) => start.saturating_add(len),
+        };
+        let written = sql.get(start..end);
         match node {
-            NodeEnum::PrepareStmt(p) => {
-                let start = usize::try_from(raw.stmt_location).unwrap_or(0);
-                let end = match usize::try_from(raw.stmt_len) {
-                    Ok(0) | Err(_) => sql.len(),
-                    Ok(len) => start.saturating_add(len),
-                };
-                match sql.get(start..end).and_then(prepared_statement) {
-                    Some(statement) => tracker.sql_prepared(&p.name, statement),
-                    None => tracker.sql_deallocated(Some(&p.name)),
-                }
-            }
+            NodeEnum::PrepareStmt(p) => match written.and_then(|w| after_first(w, Token::As)) {
+                Some(statement) => tracker.sql_prepared(&p.name, statement),
+                None => tracker.sql_deallocated(Some(&p.name)),
+            },
             NodeEnum::DeallocateStmt(x) if x.isall || x.name.is_empty() => tracker.sql_deallocated(None),
             NodeEnum::DeallocateStmt(x) => tracker.sql_deallocated(Some(&x.name)),
             NodeEnum::DiscardStmt(x) if x.target == DiscardMode::DiscardAll as i32 => tracker.discarded_all(),
+            NodeEnum::DeclareCursorStmt(d) => match written.and_then(|w| after_first(w, Token::For)) {
+                Some(query) => tracker.sql_declared(&d.portalname, query, d.options & CURSOR_OPT_HOLD != 0),
+                None => tracker.sql_closed(Some(&d.portalname)),
+            },
+            NodeEnum::ClosePortalStmt(c) if c.portalname.is_empty() => tracker.sql_closed(None),
+            NodeEnum::ClosePortalStmt(c) => tracker.sql_closed(Some(&c.portalname)),
             _ => {}
         }
     }
@@ -80,35 +100,55 @@ impl Executed {
     /// Writes what ran into `d`: the texts (passwords redacted), and their
     /// classes and tables.
     pub fn write(&self, classifier: &mut Classifier, d: &mut impl Detail) {
-        if self.texts.is_empty() {
-            return;
-        }
-        let mut texts = Vec::with_capacity(self.texts.len());
-        let (mut classes, mut tables) = (Vec::new(), Vec::new());
-        for (text, found) in &self.texts {
-            texts.push(found.text.as_deref().unwrap_or(&text.text));
-            let class = classifier.classify(&text.text);
-            classes.extend(class.class.split(',').map(str::to_owned));
-            tables.extend(class.tables.split(',').filter(|t| !t.is_empty()).map(str::to_owned));
-        }
-        for list in [&mut classes, &mut tables] {
-            list.sort_unstable();
-            list.dedup();
-        }
-        d.put("prepared", &texts.join("; "));
-        d.put("prepared_class", &classes.join(","));
-        if !tables.is_empty() {
-            d.put("prepared_tables", &tables.join(","));
-        }
+        const PREPARED: [&str; 3] = ["prepared", "prepared_class", "prepared_tables"];
+        const CURSOR: [&str; 3] = ["cursor", "cursor_class", "cursor_tables"];
+        write_texts(&self.texts, PREPARED, classifier, d);
+        write_texts(&self.cursors, CURSOR, classifier, d);
     }
 }
 
-/// The statement a `PREPARE name [(types)] AS statement` prepares: what
-/// follows its first AS (no type name holds one).
-fn prepared_statement(prepare: &str) -> Option<&str> {
-    let tokens = pg_query::scan_tokens(prepare).ok()?;
-    let as_ = tokens.iter().find(|t| t.token == Token::As as i32)?;
-    Some(prepare.get(usize::try_from(as_.end).ok()?..)?.trim())
+/// Writes `list`'s texts (passwords redacted), their classes and tables,
+/// under `keys`; nothing when it is empty.
+fn write_texts(
+    list: &[(Arc<Text>, Redaction)],
+    keys: [&'static str; 3],
+    classifier: &mut Classifier,
+    d: &mut impl Detail,
+) {
+    if list.is_empty() {
+        return;
+    }
+    let mut texts = Vec::with_capacity(list.len());
+    let (mut classes, mut tables) = (Vec::new(), Vec::new());
+    for (text, found) in list {
+        texts.push(found.text.as_deref().unwrap_or(&text.text));
+        let class = classifier.classify(&text.text);
+        classes.extend(class.class.split(',').map(str::to_owned));
+        tables.extend(class.tables.split(',').filter(|t| !t.is_empty()).map(str::to_owned));
+    }
+    for list in [&mut classes, &mut tables] {
+        list.sort_unstable();
+        list.dedup();
+    }
+    let [text_key, class_key, tables_key] = keys;
+    d.put(text_key, &texts.join("; "));
+    d.put(class_key, &classes.join(","));
+    if !tables.is_empty() {
+        d.put(tables_key, &tables.join(","));
+    }
+}
+
+/// PostgreSQL's `CURSOR_OPT_HOLD` (parsenodes.h): declared `WITH HOLD`.
+const CURSOR_OPT_HOLD: i32 = 0x0020;
+
+/// What follows the first `keyword` of `sql`: the statement a `PREPARE
+/// name [(types)] AS statement` prepares (no type name holds an AS), the
+/// query of a `DECLARE name [options] CURSOR FOR query` (no option holds a
+/// FOR).
+fn after_first(sql: &str, keyword: Token) -> Option<&str> {
+    let tokens = pg_query::scan_tokens(sql).ok()?;
+    let found = tokens.iter().find(|t| t.token == keyword as i32)?;
+    Some(sql.get(usize::try_from(found.end).ok()?..)?.trim())
 }
 
 /// How many of a statement's commands ran, from the first: all of one that
@@ -270,6 +310,89 @@ mod tests {
         // DEALLOCATE ALL drops what a Parse named too.
         s.event(&ok("DEALLOCATE ALL"));
         assert_eq!(s.ran("s1"), None);
+    }
+
+    /// What `FETCH ... FROM name` reports it read.
+    fn read(s: &mut Session, name: &str) -> Option<String> {
+        s.event(&ok(&format!("FETCH FORWARD 100 FROM {name}"))).remove("cursor")
+    }
+
+    /// The server says the session is out of a transaction block.
+    fn transaction_ends(s: &mut Session) {
+        s.tracker.server(b'Z', b"I", Instant::now(), &mut Vec::new());
+    }
+
+    #[test]
+    fn a_fetch_names_the_query_its_cursor_runs_until_the_cursor_is_closed() {
+        let mut s = Session::default();
+        // psql with FETCH_COUNT set.
+        s.event(&ok("BEGIN"));
+        let declare = s.event(&ok(
+            "DECLARE _psql_cursor NO SCROLL CURSOR FOR\nSELECT * FROM orders WHERE total > 10",
+        ));
+        assert!(!declare.contains_key("cursor"), "{declare:?}");
+        let d = s.event(&ok("FETCH FORWARD 100 FROM _psql_cursor"));
+        assert_eq!(d["cursor"], "SELECT * FROM orders WHERE total > 10");
+        assert_eq!((&*d["cursor_class"], &*d["cursor_tables"]), ("SELECT", "orders"));
+        assert_eq!(d["text"], "FETCH FORWARD 100 FROM _psql_cursor");
+        let moved = s.event(&ok("MOVE BACKWARD ALL IN _psql_cursor"));
+        assert_eq!(moved["cursor_tables"], "orders");
+        assert_eq!(read(&mut s, "other"), None);
+        s.event(&ok("CLOSE _psql_cursor"));
+        assert_eq!(read(&mut s, "_psql_cursor"), None, "closed");
+        // Declared and read in one Query; CLOSE ALL closes it.
+        let d = s.event(&ok("DECLARE c CURSOR FOR SELECT * FROM t; FETCH 1 FROM c"));
+        assert_eq!(d["cursor"], "SELECT * FROM t");
+        s.event(&ok("CLOSE ALL"));
+        assert_eq!(read(&mut s, "c"), None);
+        // A DECLARE that failed declared nothing.
+        let failed = Outcome::Failed {
+            sqlstate: "25P01".into(),
+            message: "DECLARE CURSOR can only be used in transaction blocks".into(),
+            done: Vec::new(),
+        };
+        s.event(&ran("DECLARE d CURSOR FOR SELECT 1", failed));
+        assert_eq!(read(&mut s, "d"), None);
+    }
+
+    #[test]
+    fn cursors_end_with_their_transaction_unless_declared_with_hold() {
+        let mut s = Session::default();
+        s.event(&ok("DECLARE kept CURSOR WITH HOLD FOR SELECT * FROM t1"));
+        s.event(&ok("DECLARE gone BINARY CURSOR WITHOUT HOLD FOR SELECT * FROM t2"));
+        transaction_ends(&mut s);
+        assert_eq!(read(&mut s, "gone"), None);
+        assert_eq!(read(&mut s, "kept").as_deref(), Some("SELECT * FROM t1"));
+        s.event(&ok("DISCARD ALL"));
+        assert_eq!(read(&mut s, "kept"), None);
+    }
+
+    #[test]
+    fn a_cursor_is_a_portal_the_extended_protocol_can_run_and_close() {
+        let mut s = Session::default();
+        s.event(&ok("DECLARE c CURSOR WITH HOLD FOR SELECT * FROM accounts"));
+        let now = Instant::now();
+        s.tracker.client(b'E', b"c\0\0\0\0\x05", now);
+        s.tracker.client(b'S', b"", now);
+        let mut out = Vec::new();
+        for (tag, body) in [(b'C', &b"FETCH 5\0"[..]), (b'Z', b"T")] {
+            s.tracker.server(tag, body, now, &mut out);
+        }
+        assert_eq!(out[0].text.text, "SELECT * FROM accounts");
+        assert_eq!(out[0].portal, "c");
+        s.tracker.client(b'C', b"Pc\0", now);
+        s.tracker.server(b'3', b"", now, &mut out);
+        assert_eq!(read(&mut s, "c"), None, "closed by the protocol's Close");
+    }
+
+    #[test]
+    fn a_password_in_a_cursors_query_is_redacted_where_it_is_named() {
+        let mut s = Session::default();
+        s.event(&ok(
+            "DECLARE c CURSOR WITH HOLD FOR SELECT * FROM dblink('host=db password=hunter2', 'SELECT 1') AS t(x int)",
+        ));
+        let d = read(&mut s, "c").expect("named");
+        assert!(!d.contains("hunter2") && d.contains("[redacted]"), "{d}");
     }
 
     #[test]
