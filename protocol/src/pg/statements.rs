@@ -144,6 +144,9 @@ pub struct StatementTracker {
     /// Runs of portals that stopped at an Execute's row limit, awaiting
     /// the portal's next Execute (see `suspended`).
     suspended: Vec<Statement>,
+    /// The last FATAL (or PANIC) the server sent: why it ended the
+    /// session, when it did (see `fatal`).
+    fatal: Option<String>,
 }
 
 impl StatementTracker {
@@ -461,9 +464,13 @@ impl StatementTracker {
                         Expect::Run(mut s) if s.flow != Flow::Extended && !self.skipping => {
                             s.duration = now.saturating_duration_since(s.started);
                             out.push(s);
+                            self.next_starts(now);
                             break;
                         }
-                        Expect::Sync => break,
+                        Expect::Sync => {
+                            self.next_starts(now);
+                            break;
+                        }
                         Expect::Run(mut s) => {
                             s.outcome = Outcome::NotRun;
                             out.push(s);
@@ -547,8 +554,18 @@ impl StatementTracker {
         e
     }
 
+    /// A statement ended at `now`: the next one sent ahead (a pipeline)
+    /// starts now at the server, not when it was sent, and its duration
+    /// counts from here.
+    fn next_starts(&mut self, now: Instant) {
+        if let Some(Expect::Run(next)) = self.expect.iter_mut().find(|e| matches!(e, Expect::Run(_))) {
+            next.started = next.started.max(now);
+        }
+    }
+
     fn finish(&mut self, outcome: Outcome, now: Instant, out: &mut Vec<Statement>) {
         if let Some(Expect::Run(mut s)) = self.pop_front() {
+            self.next_starts(now);
             self.resume(&mut s, out);
             s.outcome = outcome;
             s.duration = now.saturating_duration_since(s.started);

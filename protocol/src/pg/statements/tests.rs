@@ -448,3 +448,39 @@ fn a_function_call_carries_its_arguments() {
         &[Param::Text("DROP t;\n".into()), Param::Binary(4), Param::Null][..]
     );
 }
+
+#[test]
+fn a_pipelined_statement_s_duration_counts_from_when_the_one_before_ended() {
+    let mut t = StatementTracker::new();
+    let mut out = Vec::new();
+    let sent = Instant::now();
+    let at = |ms: u64| sent + std::time::Duration::from_millis(ms);
+    // Two extended-protocol statements and a simple Query, sent together.
+    for (sql, portal) in [("SELECT pg_sleep(1)", "a"), ("SELECT 2", "b")] {
+        t.client(b'P', &parse("", sql), sent);
+        t.client(b'B', &bind(portal, "", &[], &[]), sent);
+        t.client(b'E', &execute(portal), sent);
+    }
+    t.client(b'S', b"", sent);
+    t.client(b'Q', &cstr("SELECT 3"), sent);
+    let answers = [
+        (0, b'1', vec![]),
+        (0, b'2', vec![]),
+        (1000, b'C', cstr("SELECT 1")),
+        (1000, b'1', vec![]),
+        (1000, b'2', vec![]),
+        (1003, b'C', cstr("SELECT 1")),
+        (1003, b'Z', vec![b'I']),
+        (1003, b'C', cstr("SELECT 1")),
+        (1010, b'Z', vec![b'I']),
+    ];
+    for (ms, tag, body) in answers {
+        t.server(tag, &body, at(ms), &mut out);
+    }
+    let took: Vec<(&str, u128)> = out
+        .iter()
+        .map(|s| (s.text.text.as_str(), s.duration.as_millis()))
+        .collect();
+    assert_eq!(took, [("SELECT pg_sleep(1)", 1000), ("SELECT 2", 3), ("SELECT 3", 7)]);
+    assert_eq!(out[1].started, at(1000), "it started at the server then");
+}
