@@ -452,6 +452,18 @@ async fn each_way_a_session_can_end_is_recorded() {
     assert_eq!(ends.len(), 3, "{all:#?}");
     assert_eq!(ends[0], (killed_id.as_str(), "killed"));
     assert_eq!(ends[1], (dropped_id.as_str(), "server_closed"));
+    // With why the server closed it; a cut is no error.
+    let error_of = |id: &str| {
+        all.iter()
+            .find(|e| e.action == "session.end" && e.session_id.as_deref() == Some(id))
+            .and_then(|e| e.detail.get("error"))
+            .map(String::as_str)
+    };
+    assert_eq!(
+        error_of(&dropped_id),
+        Some("FATAL 57P01: terminating connection due to administrator command")
+    );
+    assert_eq!(error_of(&killed_id), None);
     assert_eq!(
         (ends[2].1, all.last().and_then(|e| e.resource.as_deref())),
         ("expired", Some("bench"))

@@ -113,6 +113,9 @@ struct Blocks {
     spare: records::Spare,
     /// The id of the statement being added, in a string kept for the next.
     id: String,
+    /// The server's last FATAL in sessions whose recorder ended, for their
+    /// `session.end` (which follows) to say why the server closed them.
+    fatal: BySession<String>,
 }
 
 impl Blocks {
@@ -123,12 +126,15 @@ impl Blocks {
     /// Takes one queued item; false once the log is gone.
     fn take(&mut self, item: Item, log: &mpsc::Sender<AuditEvent>) -> bool {
         match item {
-            Item::Event(e) => {
+            Item::Event(mut e) => {
                 if e.action == "session.end"
                     && let Some(id) = &e.session_id
                 {
                     // Its recorder's end came first, unless the relay was torn down.
                     self.trackers.remove(id);
+                    if let Some(fatal) = self.fatal.remove(id) {
+                        e.detail.entry("error".into()).or_insert(fatal);
+                    }
                 }
                 let open = e.session_id.as_ref().and_then(|id| self.open.remove(id));
                 open.is_none_or(|b| log.blocking_send(b.finish()).is_ok()) && log.blocking_send(*e).is_ok()
@@ -188,6 +194,9 @@ impl Blocks {
             tracker.interrupt(end, done);
             for s in done.drain(..) {
                 filling.push(&s, tracker);
+            }
+            if let Some(fatal) = tracker.fatal() {
+                self.fatal.insert(session.session_id.clone(), fatal.to_owned());
             }
             self.trackers.remove(&session.session_id);
         }
@@ -319,5 +328,25 @@ mod tests {
             (detail["text"].as_str(), detail["outcome"].as_str()),
             ("SELECT pg_sleep(9)", "interrupted")
         );
+    }
+
+    #[test]
+    fn a_session_the_server_ended_says_why_in_its_end() {
+        let (log, mut events) = mpsc::channel(16);
+        let mut blocks = Blocks::default();
+        let session = Arc::new(crate::audit::statement::tests::session(false));
+        let mut batch = Batch::new(Arc::clone(&session), Vec::new());
+        // Idle, then terminated (idle_session_timeout, pg_terminate_backend).
+        let fatal = b"SFATAL\0VFATAL\0C57P05\0Mterminating connection due to idle-session timeout\0\0";
+        records::push(&mut batch.records, true, 1_000, &Message::whole(b'E', fatal));
+        batch.end = Some(Instant::now());
+        assert!(blocks.take(Item::Statements(batch.take(Vec::new())), &log));
+        assert!(blocks.take(Item::Event(Box::new(session.event("session.end"))), &log));
+        let end = events.try_recv().expect("the end");
+        assert_eq!(
+            end.detail.get("error").map(String::as_str),
+            Some("FATAL 57P05: terminating connection due to idle-session timeout")
+        );
+        assert!(blocks.fatal.is_empty(), "taken by the end");
     }
 }

@@ -16,10 +16,15 @@ impl StatementTracker {
     /// An ErrorResponse: the statement it fails, and in the extended
     /// protocol what the server skips up to the next Sync.
     pub(super) fn error(&mut self, body: &[u8], now: Instant, out: &mut Vec<Statement>) {
-        let (sqlstate, message) = parse_error_notice(body).map_or_else(
-            |_| ("XX000".to_owned(), "unreadable error".to_owned()),
-            |e| (e.code, e.message),
-        );
+        let (sqlstate, message) = match parse_error_notice(body) {
+            Ok(e) => {
+                if matches!(e.severity.as_str(), "FATAL" | "PANIC") {
+                    self.fatal = Some(format!("{} {}: {}", e.severity, e.code, e.message));
+                }
+                (e.code, e.message)
+            }
+            Err(_) => ("XX000".to_owned(), "unreadable error".to_owned()),
+        };
         self.copy_in = false;
         self.copying_in = false;
         if let Some(Expect::Run(s)) = self.expect.front_mut()
@@ -72,6 +77,7 @@ impl StatementTracker {
                     s.outcome = failed;
                     s.duration = now.saturating_duration_since(s.started);
                     out.push(s);
+                    self.next_starts(now);
                 } else if let Some(Expect::Parse { name, .. }) = self.expect.front() {
                     // A Parse that failed on its own: record its text.
                     let text = self.prepared.get(name).map(|p| Arc::clone(&p.text));
@@ -84,6 +90,13 @@ impl StatementTracker {
             }
             _ => {}
         }
+    }
+
+    /// The last FATAL the server sent (`FATAL 57P01: terminating connection
+    /// due to administrator command`): why the server ended the session,
+    /// when it closed it, whether or not a statement was running.
+    pub fn fatal(&self) -> Option<&str> {
+        self.fatal.as_deref()
     }
 
     /// The server refused or skipped every Parse and Close up to the next
