@@ -81,6 +81,13 @@ enum Expect {
         name: String,
         old: Option<Prepared>,
     },
+    /// A Bind of a named portal, likewise: a name that holds a portal (or
+    /// a SQL cursor) already fails with 42P03, and the old one runs on.
+    /// The unnamed portal's Binds are `Other`: the server replaces it.
+    Bind {
+        name: String,
+        old: Option<Portal>,
+    },
     /// Describe of a prepared statement: its ParameterDescription types
     /// it, if the name still holds that text when the answer comes.
     Describe(String, Option<Arc<Text>>),
@@ -326,8 +333,10 @@ impl StatementTracker {
                 self.push(Expect::Parse { name, old: None });
             }
             b'B' => {
-                if !self.discarding {
-                    self.bind(b, body.len() < m.len);
+                if !self.discarding
+                    && let Some((name, old)) = self.bind(b, body.len() < m.len)
+                {
+                    return self.push(Expect::Bind { name, old });
                 }
                 self.push(Expect::Other);
             }

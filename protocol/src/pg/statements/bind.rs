@@ -93,8 +93,16 @@ pub(super) fn function_args(mut b: &[u8], cut: bool) -> Option<(Arc<[Param]>, us
 
 impl StatementTracker {
     /// A Bind's portal and parameters; when `cut`, the body ends early and
-    /// values past its end are recorded as unseen.
-    pub(super) fn bind(&mut self, mut b: &[u8], cut: bool) {
+    /// values past its end are recorded as unseen. Of a named portal,
+    /// answers its name and the portal it replaced, for the Bind to be
+    /// undone if the server refuses it.
+    pub(super) fn bind(&mut self, b: &[u8], cut: bool) -> Option<(String, Option<Portal>)> {
+        let (portal, old) = self.bind_portal(b, cut)?;
+        (!portal.is_empty()).then(|| (portal.to_owned(), old))
+    }
+
+    /// `bind`: answers the portal's name and, when it is named, what it replaced.
+    fn bind_portal<'b>(&mut self, mut b: &'b [u8], cut: bool) -> Option<(&'b str, Option<Portal>)> {
         let parsed = (|| {
             let portal = read_cstr(&mut b, "Bind")?;
             let stmt = read_cstr(&mut b, "Bind")?;
@@ -108,7 +116,7 @@ impl StatementTracker {
             Ok::<_, ProtocolError>((portal, stmt, formats, n, b))
         })();
         let Ok((portal, stmt, formats, n, encoded)) = parsed else {
-            return;
+            return None;
         };
         // One lookup for the statement's name, text and types.
         let (stmt, text, types) = match self.prepared.get(stmt) {
@@ -122,29 +130,36 @@ impl StatementTracker {
                 .is_some_and(|f| i16::from_be_bytes([f[0], f[1]]) == 1)
         };
         // The portal's last binding goes, and its bytes leave the budget.
-        let old = self.portals.remove(portal).map(|old| {
-            self.kept = self.kept.saturating_sub(old.kept);
-            old.params
-        });
+        // The unnamed portal's values may be reused; a named portal is kept
+        // whole, for the Bind to be undone.
+        let mut old = self.portals.remove(portal);
+        if let Some(o) = &old {
+            self.kept = self.kept.saturating_sub(o.kept);
+        }
+        let reusable = if portal.is_empty() {
+            old.take().map(|o| o.params)
+        } else {
+            None
+        };
         // The values' slots count too: a client binding many portals of
         // thousands of values each must not hold the audit thread's memory.
         let slots = n * std::mem::size_of::<Param>();
         if self.kept + slots > MAX_KEPT {
             // Past the session's budget: the count only.
             self.keep_portal(portal, stmt, text, no_params(), n, 0);
-            return;
+            return Some((portal, old));
         }
         // Its values, when nothing else holds them and they are as many (and
         // few): overwritten in place, their short strings reused, so a
         // driver that binds the unnamed portal before each run allocates
         // nothing.
-        let mut params = old
+        let mut params = reusable
             .filter(|p| p.len() == n && n <= REUSED_PARAMS)
             .and_then(|mut p| Arc::get_mut(&mut p).is_some().then_some(p))
             .unwrap_or_else(|| (0..n).map(|_| Param::Null).collect());
         // Unshared or new, so always there.
         let Some(values) = Arc::get_mut(&mut params) else {
-            return;
+            return Some((portal, old));
         };
         let mut kept = 0;
         let _ = each_value(encoded, n, cut, |i, value| {
@@ -197,6 +212,7 @@ impl StatementTracker {
             kept = 0;
         }
         self.keep_portal(portal, stmt, text, params, n, slots + kept);
+        Some((portal, old))
     }
 
     /// Keeps a bound portal, counting `kept` bytes against the session's budget.

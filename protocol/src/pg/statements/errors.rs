@@ -99,8 +99,9 @@ impl StatementTracker {
         self.fatal.as_deref()
     }
 
-    /// The server refused or skipped every Parse and Close up to the next
-    /// Sync: what they changed in `prepared` is undone, the last first.
+    /// The server refused or skipped every Parse, Close and named Bind up
+    /// to the next Sync: what they changed in `prepared` and `portals` is
+    /// undone, the last first.
     fn undo_to_sync(&mut self) {
         let end = self.expect.iter().position(|e| matches!(e, Expect::Sync));
         let end = end.unwrap_or(self.expect.len());
@@ -108,6 +109,17 @@ impl StatementTracker {
             let (parse, name, mut old) = match self.expect.get_mut(i) {
                 Some(Expect::Parse { name, old }) => (true, name.clone(), old.take()),
                 Some(Expect::Close { name, old }) => (false, name.clone(), old.take()),
+                Some(Expect::Bind { name, old }) => {
+                    let (name, old) = (name.clone(), old.take());
+                    if let Some(new) = self.portals.remove(&name) {
+                        self.kept = self.kept.saturating_sub(new.kept);
+                    }
+                    if let Some(old) = old {
+                        self.kept += old.kept;
+                        self.portals.insert(name, old);
+                    }
+                    continue;
+                }
                 _ => continue,
             };
             if parse && let Some(new) = self.prepared.remove(&name) {

@@ -484,3 +484,36 @@ fn a_pipelined_statement_s_duration_counts_from_when_the_one_before_ended() {
     assert_eq!(took, [("SELECT pg_sleep(1)", 1000), ("SELECT 2", 3), ("SELECT 3", 7)]);
     assert_eq!(out[1].started, at(1000), "it started at the server then");
 }
+
+#[test]
+fn a_bind_the_server_refused_leaves_the_portal_it_named_as_it_was() {
+    let mut t = StatementTracker::new();
+    t.sql_declared("c", "SELECT * FROM salaries", true);
+    // Binding a name a cursor holds fails (42P03); the cursor reads on.
+    feed(
+        &mut t,
+        &[
+            (true, b'P', parse("", "SELECT 1")),
+            (true, b'B', bind("c", "", &[], &[])),
+            (true, b'B', bind("new", "", &[], &[])),
+            (true, b'S', vec![]),
+            (false, b'1', vec![]),
+            (false, b'E', error("42P03")),
+            (false, b'Z', vec![b'I']),
+        ],
+    );
+    let text = |t: &StatementTracker, name: &str| t.cursor_text(name).map(|x| x.text.clone());
+    assert_eq!(text(&t, "c").as_deref(), Some("SELECT * FROM salaries"));
+    assert_eq!(text(&t, "new"), None, "skipped: never made");
+    // One the server took replaces it.
+    feed(
+        &mut t,
+        &[
+            (true, b'B', bind("p", "", &[], &[])),
+            (true, b'S', vec![]),
+            (false, b'2', vec![]),
+            (false, b'Z', vec![b'T']),
+        ],
+    );
+    assert_eq!(text(&t, "p").as_deref(), Some("SELECT 1"));
+}
