@@ -11,8 +11,9 @@
 //! `record` is what one statement's record holds; `errors` what an error
 //! fails and what the server skips after it; `copy` follows COPY;
 //! `suspended` makes a portal run in pieces one record; `sql` learns from
-//! the audit what SQL `PREPARE`s did; `lost` records by their text what
-//! runs once tracking had to stop.
+//! the audit what SQL `PREPARE`s and cursors did; `transaction` lets go
+//! what ends with a transaction; `lost` records by their text what runs
+//! once tracking had to stop.
 //!
 //! Responses come back in request order, so the tracker keeps a queue of
 //! what each client message expects; after an error in the extended
@@ -35,6 +36,7 @@ mod names;
 mod record;
 mod sql;
 mod suspended;
+mod transaction;
 
 pub use lost::Lost;
 use names::{Names, Portal, Prepared, declared_types, declared_types_after_text, no_types, shared_name};
@@ -154,6 +156,8 @@ pub struct StatementTracker {
     /// The last FATAL (or PANIC) the server sent: why it ended the
     /// session, when it did (see `fatal`).
     fatal: Option<String>,
+    /// The transaction so far, and whether one ended (see `transaction`).
+    transaction: transaction::Transaction,
 }
 
 impl StatementTracker {
@@ -257,6 +261,7 @@ impl StatementTracker {
     /// A message from the client, as [`Capture`](super::capture::Capture)
     /// passes it: its body may be cut, with the digest of its text.
     pub fn client_message(&mut self, m: &Message<'_>, now: Instant) {
+        self.settle();
         if self.lost.is_none() {
             self.followed_message(m, now);
         }
@@ -434,11 +439,16 @@ impl StatementTracker {
         if self.lost.is_some() {
             return;
         }
+        self.settle();
         let (tag, body) = (m.tag, m.body);
         match tag {
             b'C' | b'I' => {
                 let done = match tag {
-                    b'C' => Some(self.completion(read_cstr(&mut &body[..], "CommandComplete").unwrap_or_default())),
+                    b'C' => {
+                        let tag = read_cstr(&mut &body[..], "CommandComplete").unwrap_or_default();
+                        self.transaction.completed(tag);
+                        Some(self.completion(tag))
+                    }
                     _ => None,
                 };
                 if self.copying_in {
@@ -490,21 +500,14 @@ impl StatementTracker {
                 self.skipping = false;
                 // Whatever the server skipped, it is reading as usual again.
                 self.discarding = false;
-                // Out of a transaction block no portal runs on, nor exists
-                // but a cursor declared WITH HOLD: the server drops them
-                // with their transaction. (In a failed one a portal of the
-                // outer transaction runs on after ROLLBACK TO SAVEPOINT.)
-                // Named portals are let go once nothing else is in flight
-                // (a Bind sent ahead is the next transaction's); the
-                // unnamed portal's slot stays, for the next Bind to reuse
-                // its room.
+                // Out of a transaction block no portal runs on: the server
+                // drops them with their transaction (see `transaction`).
+                // (In a failed block a portal of the outer transaction runs
+                // on after ROLLBACK TO SAVEPOINT.)
                 if body.first() == Some(&b'I') {
                     out.append(&mut self.suspended);
-                    if self.expect.is_empty() && self.portals.has_named() {
-                        let freed = self.portals.release_named(|p| p.hold, |p| p.kept);
-                        self.kept = self.kept.saturating_sub(freed);
-                    }
                 }
+                self.transaction.ready(body.first().copied(), self.expect.is_empty());
             }
             // ParseComplete, BindComplete, CloseComplete answer the front item.
             b'1' | b'2' | b'3' => {

@@ -79,7 +79,7 @@ impl AuditQueue {
 
     async fn send(&self, tx: &mpsc::Sender<Item>, item: Item) {
         match tx.try_send(item) {
-            Ok(()) => {}
+            Ok(()) => shows_full(tx, &self.depth),
             Err(TrySendError::Full(item)) => {
                 full(&self.waits, &self.depth);
                 let _ = tx.send(item).await;
@@ -106,6 +106,16 @@ impl AuditQueue {
 fn full(waits: &IntCounter, depth: &IntGauge) {
     waits.inc();
     depth.set(i64::try_from(QUEUE).unwrap_or(i64::MAX));
+}
+
+/// A send filled the queue's last slot: the depth shows it full. The audit
+/// thread sets the depth it saw as it took an item, and a sender filling
+/// the freed slot just after, with the thread then stuck on a stalled log,
+/// would leave it one short of full for as long as the stall lasts.
+fn shows_full(tx: &mpsc::Sender<Item>, depth: &IntGauge) {
+    if tx.capacity() == 0 {
+        depth.set(i64::try_from(QUEUE).unwrap_or(i64::MAX));
+    }
 }
 
 type Reserve = std::pin::Pin<
@@ -157,6 +167,7 @@ impl StatementQueue {
             match self.tx.try_reserve() {
                 Ok(permit) => {
                     permit.send(Item::Statements(batch.take(self.spare.get())));
+                    shows_full(&self.tx, &self.depth);
                     return Poll::Ready(());
                 }
                 Err(TrySendError::Closed(())) => {
@@ -174,10 +185,7 @@ impl StatementQueue {
             return Poll::Ready(());
         };
         let Poll::Ready(permit) = reserving.as_mut().poll(cx) else {
-            // Again, while waiting: the audit thread sets the depth it saw
-            // as it took an item, which a sender that filled the slot just
-            // after, and the thread then stuck on a stalled log, leave one
-            // short of full.
+            // Again, when polled while waiting (see `shows_full`).
             self.depth.set(i64::try_from(QUEUE).unwrap_or(i64::MAX));
             return Poll::Pending;
         };
@@ -185,6 +193,7 @@ impl StatementQueue {
         match permit {
             Ok(permit) => {
                 permit.send(Item::Statements(batch.take(self.spare.get())));
+                shows_full(&self.tx, &self.depth);
             }
             Err(_) => batch.clear(),
         }

@@ -132,7 +132,10 @@ impl Blocks {
                 {
                     // Its recorder's end came first, unless the relay was torn down.
                     self.trackers.remove(id);
-                    if let Some(fatal) = self.fatal.remove(id) {
+                    // Why the server closed it; a cut's FATAL is the proxy's own.
+                    if let Some(fatal) = self.fatal.remove(id)
+                        && e.detail.get("ended").is_some_and(|how| how == "server_closed")
+                    {
                         e.detail.entry("error".into()).or_insert(fatal);
                     }
                 }
@@ -335,18 +338,30 @@ mod tests {
         let (log, mut events) = mpsc::channel(16);
         let mut blocks = Blocks::default();
         let session = Arc::new(crate::audit::statement::tests::session(false));
-        let mut batch = Batch::new(Arc::clone(&session), Vec::new());
+        let mut idle = Batch::new(Arc::clone(&session), Vec::new());
         // Idle, then terminated (idle_session_timeout, pg_terminate_backend).
         let fatal = b"SFATAL\0VFATAL\0C57P05\0Mterminating connection due to idle-session timeout\0\0";
-        records::push(&mut batch.records, true, 1_000, &Message::whole(b'E', fatal));
-        batch.end = Some(Instant::now());
-        assert!(blocks.take(Item::Statements(batch.take(Vec::new())), &log));
-        assert!(blocks.take(Item::Event(Box::new(session.event("session.end"))), &log));
-        let end = events.try_recv().expect("the end");
-        assert_eq!(
-            end.detail.get("error").map(String::as_str),
-            Some("FATAL 57P05: terminating connection due to idle-session timeout")
-        );
-        assert!(blocks.fatal.is_empty(), "taken by the end");
+        records::push(&mut idle.records, true, 1_000, &Message::whole(b'E', fatal));
+        let end = |how: &str| {
+            let mut e = session.event("session.end");
+            e.detail.insert("ended".into(), how.into());
+            Item::Event(Box::new(e))
+        };
+        for (how, error) in [
+            (
+                "server_closed",
+                Some("FATAL 57P05: terminating connection due to idle-session timeout"),
+            ),
+            // Cut by the proxy as the server's FATAL came: not why it ended.
+            ("expired", None),
+        ] {
+            let mut batch = Batch::new(Arc::clone(&session), idle.records.clone());
+            batch.end = Some(Instant::now());
+            assert!(blocks.take(Item::Statements(batch), &log));
+            assert!(blocks.take(end(how), &log));
+            let ended = events.try_recv().expect("the end");
+            assert_eq!(ended.detail.get("error").map(String::as_str), error, "{how}");
+            assert!(blocks.fatal.is_empty(), "taken by the end");
+        }
     }
 }

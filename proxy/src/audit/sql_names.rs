@@ -317,9 +317,15 @@ mod tests {
         s.event(&ok(&format!("FETCH FORWARD 100 FROM {name}"))).remove("cursor")
     }
 
-    /// The server says the session is out of a transaction block.
-    fn transaction_ends(s: &mut Session) {
-        s.tracker.server(b'Z', b"I", Instant::now(), &mut Vec::new());
+    /// The server says the transaction ended: `rolled_back` by a ROLLBACK.
+    /// What it held goes at the next message (a ParameterStatus here).
+    fn transaction_ends(s: &mut Session, rolled_back: bool) {
+        let mut out = Vec::new();
+        if rolled_back {
+            s.tracker.server(b'C', b"ROLLBACK\0", Instant::now(), &mut out);
+        }
+        s.tracker.server(b'Z', b"I", Instant::now(), &mut out);
+        s.tracker.server(b'S', b"TimeZone\0UTC\0", Instant::now(), &mut out);
     }
 
     #[test]
@@ -360,9 +366,40 @@ mod tests {
         let mut s = Session::default();
         s.event(&ok("DECLARE kept CURSOR WITH HOLD FOR SELECT * FROM t1"));
         s.event(&ok("DECLARE gone BINARY CURSOR WITHOUT HOLD FOR SELECT * FROM t2"));
-        transaction_ends(&mut s);
+        transaction_ends(&mut s, false);
         assert_eq!(read(&mut s, "gone"), None);
         assert_eq!(read(&mut s, "kept").as_deref(), Some("SELECT * FROM t1"));
+        // Rolled back: a cursor WITH HOLD goes with its transaction, one
+        // that committed before stays.
+        s.event(&ok("DECLARE undone CURSOR WITH HOLD FOR SELECT * FROM t3"));
+        transaction_ends(&mut s, true);
+        assert_eq!(read(&mut s, "undone"), None);
+        assert_eq!(read(&mut s, "kept").as_deref(), Some("SELECT * FROM t1"));
+        // Declared in a Query that failed after it: rolled back too.
+        let failed = Outcome::Failed {
+            sqlstate: "22012".into(),
+            message: "division by zero".into(),
+            done: vec![Completion {
+                tag: "DECLARE CURSOR".into(),
+                rows: None,
+            }],
+        };
+        s.tracker.server(
+            b'E',
+            b"SERROR\0C22012\0Mdivision by zero\0\0",
+            Instant::now(),
+            &mut Vec::new(),
+        );
+        s.event(&ran("DECLARE lost CURSOR WITH HOLD FOR SELECT 1; SELECT 1/0", failed));
+        transaction_ends(&mut s, false);
+        assert_eq!(read(&mut s, "lost"), None);
+        // A Query that declares and commits: its ReadyForQuery is read
+        // before the audit follows the DECLARE; the cursor goes all the same.
+        s.tracker.server(b'Z', b"I", Instant::now(), &mut Vec::new());
+        s.event(&ok("BEGIN; DECLARE brief CURSOR FOR SELECT 1; COMMIT"));
+        s.tracker
+            .server(b'S', b"TimeZone\0UTC\0", Instant::now(), &mut Vec::new());
+        assert_eq!(read(&mut s, "brief"), None);
         s.event(&ok("DISCARD ALL"));
         assert_eq!(read(&mut s, "kept"), None);
     }

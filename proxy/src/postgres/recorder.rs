@@ -177,6 +177,7 @@ mod tests {
         recorder.client(&statement, true);
         assert!(recorder.poll_room(&mut cx, false).is_ready(), "the one slot");
         let full = i64::try_from(crate::audit::QUEUE).expect("small");
+        assert_eq!(depth.get(), full, "the send that took the last slot says so");
         while recorder.batch.records.len() < BACKLOG {
             recorder.client(&statement, true);
             let _ = recorder.poll_room(&mut cx, false);

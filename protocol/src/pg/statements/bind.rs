@@ -7,6 +7,7 @@ use super::super::error::ProtocolError;
 use super::super::message::{read_cstr, read_i32};
 use super::names::{Portal, read_i16, shared_name};
 use super::record::{no_params, push_lossy};
+use super::transaction::Hold;
 use super::{MAX_KEPT, MAX_PARAM, MAX_PARAMS_KEPT, Param, StatementTracker, Text, binary};
 
 /// Parameters of a Bind whose room the next Bind of its portal reuses, at
@@ -239,7 +240,7 @@ impl StatementTracker {
                 param_count,
                 kept,
                 binding: self.bindings,
-                hold: false,
+                hold: Hold::Not,
             },
         );
     }

@@ -19,7 +19,14 @@ impl StatementTracker {
         let (sqlstate, message) = match parse_error_notice(body) {
             Ok(e) => {
                 if matches!(e.severity.as_str(), "FATAL" | "PANIC") {
-                    self.fatal = Some(format!("{} {}: {}", e.severity, e.code, e.message));
+                    // A statement it fails keeps the message, withheld
+                    // where it may quote a password; here, its SQLSTATE.
+                    let running = self.expect.iter().any(|x| matches!(x, Expect::Run(_)));
+                    self.fatal = Some(if running {
+                        format!("{} {}", e.severity, e.code)
+                    } else {
+                        format!("{} {}: {}", e.severity, e.code, e.message)
+                    });
                 }
                 (e.code, e.message)
             }
@@ -27,6 +34,7 @@ impl StatementTracker {
         };
         self.copy_in = false;
         self.copying_in = false;
+        self.transaction.error();
         if let Some(Expect::Run(s)) = self.expect.front_mut()
             && s.flow != Flow::Extended
         {
@@ -92,9 +100,10 @@ impl StatementTracker {
         }
     }
 
-    /// The last FATAL the server sent (`FATAL 57P01: terminating connection
-    /// due to administrator command`): why the server ended the session,
-    /// when it closed it, whether or not a statement was running.
+    /// The last FATAL the server sent (`FATAL 57P05: terminating connection
+    /// due to idle-session timeout`): why the server ended the session,
+    /// when it closed it. One that failed a statement is its SQLSTATE only
+    /// (`FATAL 57P01`): the statement's record has the message.
     pub fn fatal(&self) -> Option<&str> {
         self.fatal.as_deref()
     }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use super::super::error::ProtocolError;
 use super::super::message::{read_cstr, read_i32};
+use super::transaction::Hold;
 use super::{MAX_NAMES, MAX_TYPES, Param, Text};
 
 /// A prepared statement: its name, text and parameter types.
@@ -37,8 +38,8 @@ pub(super) struct Portal {
     pub kept: usize,
     /// Which Bind of the session made it (see `Statement::binding`).
     pub binding: u64,
-    /// A SQL cursor declared `WITH HOLD`: it outlives its transaction.
-    pub hold: bool,
+    /// Whether it outlives its transaction (a SQL cursor `WITH HOLD`).
+    pub hold: Hold,
 }
 
 /// Prepared statements or portals by name. Drivers mostly use the unnamed
@@ -102,9 +103,9 @@ impl<T> Names<T> {
         self.named.drain().map(|(_, v)| v)
     }
 
-    /// Drops the named entries `keep` says no to; answers what `kept` says
-    /// they held, summed.
-    pub fn release_named(&mut self, keep: impl Fn(&T) -> bool, kept: impl Fn(&T) -> usize) -> usize {
+    /// Drops the named entries `keep` says no to (it may change those it
+    /// keeps); answers what `kept` says they held, summed.
+    pub fn release_named(&mut self, mut keep: impl FnMut(&mut T) -> bool, kept: impl Fn(&T) -> usize) -> usize {
         let mut freed = 0;
         self.named.retain(|_, v| {
             keep(v) || {

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use super::names::{Portal, Prepared, no_types, shared_name};
 use super::record::no_params;
+use super::transaction::Hold;
 use super::{StatementTracker, Text};
 
 impl StatementTracker {
@@ -72,7 +73,7 @@ impl StatementTracker {
             param_count: 0,
             kept: self.kept - before,
             binding: self.bindings,
-            hold,
+            hold: if hold { Hold::Declared } else { Hold::Not },
         };
         self.portals.insert(name.to_owned(), portal);
     }

@@ -1,0 +1,101 @@
+//! What ends with a transaction: the server drops every portal when the
+//! transaction that made it ends, but a SQL cursor declared `WITH HOLD`,
+//! which outlives a commit and not a rollback. A ReadyForQuery out of a
+//! transaction block (`I`) says one ended, and whether it was rolled back:
+//! an error since the last ReadyForQuery (an implicit transaction, a
+//! failed COMMIT), a failed block before it (`E`), or a `ROLLBACK` tag.
+//!
+//! The names go at the session's next message, not at the ReadyForQuery
+//! itself: the audit tells the tracker what a `DECLARE` in the statement
+//! that ReadyForQuery ended did once it has the statement (`sql`), which
+//! is after.
+
+use super::StatementTracker;
+
+/// A portal's life past its transaction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Hold {
+    /// Ends with its transaction (a Bind's, a plain cursor's).
+    Not,
+    /// A cursor `WITH HOLD` whose transaction has not ended yet.
+    Declared,
+    /// A cursor `WITH HOLD` whose transaction committed: it lives until
+    /// closed.
+    Committed,
+}
+
+/// A transaction that ended, for the next message to settle.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Ended {
+    rolled_back: bool,
+    /// Nothing else was in flight: a Bind sent ahead is the next
+    /// transaction's, and its portal stays.
+    portals_end: bool,
+}
+
+/// What the messages since the last ReadyForQuery said of the transaction.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Transaction {
+    /// An error came.
+    failed: bool,
+    /// The last command tag was `ROLLBACK` (also a COMMIT of a failed block).
+    rolled_back: bool,
+    /// The last ReadyForQuery said the block had failed (`E`).
+    in_failed_block: bool,
+    /// One ended, and its names are yet to be let go.
+    pub ended: Option<Ended>,
+}
+
+impl Transaction {
+    /// An ErrorResponse came.
+    pub fn error(&mut self) {
+        self.failed = true;
+    }
+
+    /// A command completed with `tag`.
+    pub fn completed(&mut self, tag: &str) {
+        self.rolled_back = tag == "ROLLBACK";
+    }
+
+    /// A ReadyForQuery with `status`; `idle_queue`: nothing else is in
+    /// flight.
+    pub fn ready(&mut self, status: Option<u8>, idle_queue: bool) {
+        if status == Some(b'I') {
+            self.ended = Some(Ended {
+                rolled_back: self.failed || self.rolled_back || self.in_failed_block,
+                portals_end: idle_queue,
+            });
+        }
+        self.in_failed_block = status == Some(b'E');
+        self.failed = false;
+        self.rolled_back = false;
+    }
+}
+
+impl StatementTracker {
+    /// Lets go what a transaction that ended held, if one did: its portals
+    /// (the unnamed one's slot stays, for the next Bind to reuse its room)
+    /// and cursors, but those declared `WITH HOLD` in a transaction that
+    /// committed, or before.
+    pub(super) fn settle(&mut self) {
+        let Some(ended) = self.transaction.ended.take() else {
+            return;
+        };
+        if !self.portals.has_named() {
+            return;
+        }
+        let freed = self.portals.release_named(
+            |p| match p.hold {
+                Hold::Committed => true,
+                Hold::Declared if ended.rolled_back => false,
+                Hold::Declared => {
+                    p.hold = Hold::Committed;
+                    true
+                }
+                Hold::Not => !ended.portals_end,
+            },
+            |p| p.kept,
+        );
+        self.kept = self.kept.saturating_sub(freed);
+    }
+}
