@@ -89,6 +89,8 @@ enum Expect {
     Bind {
         name: String,
         old: Option<Portal>,
+        /// The new portal's `binding`.
+        binding: u64,
     },
     /// Describe of a prepared statement: its ParameterDescription types
     /// it, if the name still holds that text when the answer comes.
@@ -341,7 +343,8 @@ impl StatementTracker {
                 if !self.discarding
                     && let Some((name, old)) = self.bind(b, body.len() < m.len)
                 {
-                    return self.push(Expect::Bind { name, old });
+                    let binding = self.bindings;
+                    return self.push(Expect::Bind { name, old, binding });
                 }
                 self.push(Expect::Other);
             }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::super::backend::parse_error_notice;
-use super::names::shared_name;
+use super::names::{Portal, shared_name};
 use super::record::statement;
 use super::{Expect, Flow, Outcome, Statement, StatementTracker, Text};
 
@@ -118,15 +118,9 @@ impl StatementTracker {
             let (parse, name, mut old) = match self.expect.get_mut(i) {
                 Some(Expect::Parse { name, old }) => (true, name.clone(), old.take()),
                 Some(Expect::Close { name, old }) => (false, name.clone(), old.take()),
-                Some(Expect::Bind { name, old }) => {
-                    let (name, old) = (name.clone(), old.take());
-                    if let Some(new) = self.portals.remove(&name) {
-                        self.kept = self.kept.saturating_sub(new.kept);
-                    }
-                    if let Some(old) = old {
-                        self.kept += old.kept;
-                        self.portals.insert(name, old);
-                    }
+                Some(Expect::Bind { name, old, binding }) => {
+                    let (name, old, binding) = (name.clone(), old.take(), *binding);
+                    self.undo_bind(name, old, binding, end);
                     continue;
                 }
                 _ => continue,
@@ -144,5 +138,35 @@ impl StatementTracker {
                 self.prepared.insert(name, old);
             }
         }
+    }
+
+    /// Undoes a named Bind the server refused or skipped: the portal it
+    /// made goes (unless a DECLARE has taken the name since) and the one it
+    /// replaced is back, and so are Executes of it sent ahead, in batches
+    /// after the Sync at `end`: the server runs the old portal there.
+    fn undo_bind(&mut self, name: String, old: Option<Portal>, binding: u64, end: usize) {
+        if self.portals.get(&name).is_some_and(|p| p.binding == binding)
+            && let Some(new) = self.portals.remove(&name)
+        {
+            self.kept = self.kept.saturating_sub(new.kept);
+        }
+        let Some(old) = old else { return };
+        if self.portals.get(&name).is_some() {
+            return;
+        }
+        for e in self.expect.iter_mut().skip(end) {
+            if let Expect::Run(s) = e
+                && s.portal == name
+                && s.binding == binding
+            {
+                s.text = Arc::clone(&old.text);
+                s.statement = Arc::clone(&old.statement);
+                s.params = Arc::clone(&old.params);
+                s.param_count = old.param_count;
+                s.binding = old.binding;
+            }
+        }
+        self.kept += old.kept;
+        self.portals.insert(name, old);
     }
 }

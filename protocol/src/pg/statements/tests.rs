@@ -517,3 +517,54 @@ fn a_bind_the_server_refused_leaves_the_portal_it_named_as_it_was() {
     );
     assert_eq!(text(&t, "p").as_deref(), Some("SELECT 1"));
 }
+
+#[test]
+fn an_execute_sent_behind_a_refused_bind_runs_the_portal_the_name_held() {
+    let mut t = StatementTracker::new();
+    t.sql_declared("c", "SELECT * FROM salaries", true);
+    // Pipelined: the Execute of the next batch runs the cursor, not the refused Bind.
+    let out = feed(
+        &mut t,
+        &[
+            (true, b'P', parse("", "SELECT 1")),
+            (true, b'B', bind("c", "", &[], &[])),
+            (true, b'S', vec![]),
+            (true, b'E', execute("c")),
+            (true, b'S', vec![]),
+            (false, b'1', vec![]),
+            (false, b'E', error("42P03")),
+            (false, b'Z', vec![b'I']),
+            (false, b'C', cstr("SELECT 3")),
+            (false, b'Z', vec![b'I']),
+        ],
+    );
+    assert_eq!(
+        outcomes(&out),
+        [("SELECT * FROM salaries", &done(&[("SELECT 3", Some(3))]))]
+    );
+}
+
+#[test]
+fn a_refused_bind_leaves_a_cursor_declared_since_under_its_name() {
+    let mut t = StatementTracker::new();
+    feed(
+        &mut t,
+        &[
+            (true, b'P', parse("", "SELECT 1")),
+            (true, b'B', bind("p", "", &[], &[])),
+            (true, b'S', vec![]),
+        ],
+    );
+    // A DECLARE of the same name, pipelined ahead of the Bind, ran first.
+    t.sql_declared("p", "SELECT * FROM salaries", true);
+    feed(
+        &mut t,
+        &[
+            (false, b'1', vec![]),
+            (false, b'E', error("42P03")),
+            (false, b'Z', vec![b'I']),
+        ],
+    );
+    let cursor = t.cursor_text("p").map(|x| x.text.clone());
+    assert_eq!(cursor.as_deref(), Some("SELECT * FROM salaries"));
+}
