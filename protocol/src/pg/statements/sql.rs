@@ -56,8 +56,8 @@ impl StatementTracker {
     }
 
     /// A SQL `DECLARE name CURSOR FOR query` ran; `hold`: declared `WITH
-    /// HOLD`, it outlives its transaction. Past the session's bounds the
-    /// name holds nothing known.
+    /// HOLD`, it outlives its transaction if that commits. Past the
+    /// session's bounds the name holds nothing known.
     pub fn sql_declared(&mut self, name: &str, query: &str, hold: bool) {
         self.sql_closed(Some(name));
         if !self.portals.has_room_for(name) {
