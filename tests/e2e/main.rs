@@ -34,6 +34,7 @@ mod ssh_input;
 mod ssh_pty;
 mod ssh_recording;
 mod ssh_transfer;
+mod statement_names;
 mod statements;
 mod store;
 mod workflow;
