@@ -224,6 +224,29 @@ mod tests {
         fn ran(&mut self, name: &str) -> Option<String> {
             self.event(&ok(&format!("EXECUTE {name}"))).remove("prepared")
         }
+
+        /// What `FETCH ... FROM name` reports it read.
+        fn read(&mut self, name: &str) -> Option<String> {
+            self.event(&ok(&format!("FETCH FORWARD 100 FROM {name}")))
+                .remove("cursor")
+        }
+
+        /// The server says the transaction ended: `rolled_back` by a
+        /// ROLLBACK. What it held goes at the next message.
+        fn transaction_ends(&mut self, rolled_back: bool) {
+            if rolled_back {
+                self.tracker
+                    .server(b'C', b"ROLLBACK\0", Instant::now(), &mut Vec::new());
+            }
+            self.tracker.server(b'Z', b"I", Instant::now(), &mut Vec::new());
+            self.next_message();
+        }
+
+        /// The session's next message: a ParameterStatus.
+        fn next_message(&mut self) {
+            self.tracker
+                .server(b'S', b"TimeZone\0UTC\0", Instant::now(), &mut Vec::new());
+        }
     }
 
     #[test]
@@ -312,22 +335,6 @@ mod tests {
         assert_eq!(s.ran("s1"), None);
     }
 
-    /// What `FETCH ... FROM name` reports it read.
-    fn read(s: &mut Session, name: &str) -> Option<String> {
-        s.event(&ok(&format!("FETCH FORWARD 100 FROM {name}"))).remove("cursor")
-    }
-
-    /// The server says the transaction ended: `rolled_back` by a ROLLBACK.
-    /// What it held goes at the next message (a ParameterStatus here).
-    fn transaction_ends(s: &mut Session, rolled_back: bool) {
-        let mut out = Vec::new();
-        if rolled_back {
-            s.tracker.server(b'C', b"ROLLBACK\0", Instant::now(), &mut out);
-        }
-        s.tracker.server(b'Z', b"I", Instant::now(), &mut out);
-        s.tracker.server(b'S', b"TimeZone\0UTC\0", Instant::now(), &mut out);
-    }
-
     #[test]
     fn a_fetch_names_the_query_its_cursor_runs_until_the_cursor_is_closed() {
         let mut s = Session::default();
@@ -343,14 +350,14 @@ mod tests {
         assert_eq!(d["text"], "FETCH FORWARD 100 FROM _psql_cursor");
         let moved = s.event(&ok("MOVE BACKWARD ALL IN _psql_cursor"));
         assert_eq!(moved["cursor_tables"], "orders");
-        assert_eq!(read(&mut s, "other"), None);
+        assert_eq!(s.read("other"), None);
         s.event(&ok("CLOSE _psql_cursor"));
-        assert_eq!(read(&mut s, "_psql_cursor"), None, "closed");
+        assert_eq!(s.read("_psql_cursor"), None, "closed");
         // Declared and read in one Query; CLOSE ALL closes it.
         let d = s.event(&ok("DECLARE c CURSOR FOR SELECT * FROM t; FETCH 1 FROM c"));
         assert_eq!(d["cursor"], "SELECT * FROM t");
         s.event(&ok("CLOSE ALL"));
-        assert_eq!(read(&mut s, "c"), None);
+        assert_eq!(s.read("c"), None);
         // A DECLARE that failed declared nothing.
         let failed = Outcome::Failed {
             sqlstate: "25P01".into(),
@@ -358,7 +365,7 @@ mod tests {
             done: Vec::new(),
         };
         s.event(&ran("DECLARE d CURSOR FOR SELECT 1", failed));
-        assert_eq!(read(&mut s, "d"), None);
+        assert_eq!(s.read("d"), None);
     }
 
     #[test]
@@ -366,15 +373,15 @@ mod tests {
         let mut s = Session::default();
         s.event(&ok("DECLARE kept CURSOR WITH HOLD FOR SELECT * FROM t1"));
         s.event(&ok("DECLARE gone BINARY CURSOR WITHOUT HOLD FOR SELECT * FROM t2"));
-        transaction_ends(&mut s, false);
-        assert_eq!(read(&mut s, "gone"), None);
-        assert_eq!(read(&mut s, "kept").as_deref(), Some("SELECT * FROM t1"));
+        s.transaction_ends(false);
+        assert_eq!(s.read("gone"), None);
+        assert_eq!(s.read("kept").as_deref(), Some("SELECT * FROM t1"));
         // Rolled back: a cursor WITH HOLD goes with its transaction, one
         // that committed before stays.
         s.event(&ok("DECLARE undone CURSOR WITH HOLD FOR SELECT * FROM t3"));
-        transaction_ends(&mut s, true);
-        assert_eq!(read(&mut s, "undone"), None);
-        assert_eq!(read(&mut s, "kept").as_deref(), Some("SELECT * FROM t1"));
+        s.transaction_ends(true);
+        assert_eq!(s.read("undone"), None);
+        assert_eq!(s.read("kept").as_deref(), Some("SELECT * FROM t1"));
         // Declared in a Query that failed after it: rolled back too.
         let failed = Outcome::Failed {
             sqlstate: "22012".into(),
@@ -391,17 +398,16 @@ mod tests {
             &mut Vec::new(),
         );
         s.event(&ran("DECLARE lost CURSOR WITH HOLD FOR SELECT 1; SELECT 1/0", failed));
-        transaction_ends(&mut s, false);
-        assert_eq!(read(&mut s, "lost"), None);
+        s.transaction_ends(false);
+        assert_eq!(s.read("lost"), None);
         // A Query that declares and commits: its ReadyForQuery is read
         // before the audit follows the DECLARE; the cursor goes all the same.
         s.tracker.server(b'Z', b"I", Instant::now(), &mut Vec::new());
         s.event(&ok("BEGIN; DECLARE brief CURSOR FOR SELECT 1; COMMIT"));
-        s.tracker
-            .server(b'S', b"TimeZone\0UTC\0", Instant::now(), &mut Vec::new());
-        assert_eq!(read(&mut s, "brief"), None);
+        s.next_message();
+        assert_eq!(s.read("brief"), None);
         s.event(&ok("DISCARD ALL"));
-        assert_eq!(read(&mut s, "kept"), None);
+        assert_eq!(s.read("kept"), None);
     }
 
     #[test]
@@ -419,7 +425,7 @@ mod tests {
         assert_eq!(out[0].portal, "c");
         s.tracker.client(b'C', b"Pc\0", now);
         s.tracker.server(b'3', b"", now, &mut out);
-        assert_eq!(read(&mut s, "c"), None, "closed by the protocol's Close");
+        assert_eq!(s.read("c"), None, "closed by the protocol's Close");
     }
 
     #[test]
@@ -428,7 +434,7 @@ mod tests {
         s.event(&ok(
             "DECLARE c CURSOR WITH HOLD FOR SELECT * FROM dblink('host=db password=hunter2', 'SELECT 1') AS t(x int)",
         ));
-        let d = read(&mut s, "c").expect("named");
+        let d = s.read("c").expect("named");
         assert!(!d.contains("hunter2") && d.contains("[redacted]"), "{d}");
     }
 
