@@ -353,12 +353,10 @@ impl StatementTracker {
                 let mut s = match self.portals.get(portal) {
                     Some(p) => {
                         let mut s = statement(Flow::Extended, Arc::clone(&p.text), now);
-                        s.statement = Arc::clone(&p.statement);
-                        s.params = Arc::clone(&p.params);
-                        s.param_count = p.param_count;
-                        s.binding = p.binding;
+                        p.runs_in(&mut s);
                         s
                     }
+                    // Maybe a cursor whose DECLARE is ahead of it: see `answered`.
                     None => statement(Flow::Extended, Arc::new(Text::new(b"")), now),
                 };
                 s.portal = portal.to_owned();
@@ -420,7 +418,7 @@ impl StatementTracker {
         let expect = std::mem::take(&mut self.expect);
         for e in expect {
             if let Expect::Run(mut s) = e {
-                self.resume(&mut s, out);
+                self.answered(&mut s, out);
                 if !matches!(s.outcome, Outcome::Failed { .. }) {
                     s.outcome = Outcome::Interrupted;
                 }
@@ -578,10 +576,27 @@ impl StatementTracker {
         }
     }
 
+    /// `s`, a statement the server answered. An Execute of a portal the
+    /// tracker did not know when it was sent runs a SQL cursor declared
+    /// since, if there is one: its DECLARE was pipelined ahead of it (the
+    /// audit follows a DECLARE once it ran). A Bind's portal that is there
+    /// now was sent after it. And an Execute may go on with a run that
+    /// stopped at a row limit (`resume`).
+    fn answered(&mut self, s: &mut Statement, out: &mut Vec<Statement>) {
+        if s.flow == Flow::Extended
+            && s.binding == 0
+            && let Some(p) = self.portals.get(&s.portal)
+            && p.cursor
+        {
+            p.runs_in(s);
+        }
+        self.resume(s, out);
+    }
+
     fn finish(&mut self, outcome: Outcome, now: Instant, out: &mut Vec<Statement>) {
         if let Some(Expect::Run(mut s)) = self.pop_front() {
             self.next_starts(now);
-            self.resume(&mut s, out);
+            self.answered(&mut s, out);
             s.outcome = outcome;
             s.duration = now.saturating_duration_since(s.started);
             if matches!(s.outcome, Outcome::Suspended) {

@@ -429,6 +429,63 @@ mod tests {
     }
 
     #[test]
+    fn an_execute_pipelined_behind_its_cursors_declare_runs_the_cursors_query() {
+        let mut s = Session::default();
+        let now = Instant::now();
+        s.tracker
+            .client(b'Q', b"DECLARE c CURSOR WITH HOLD FOR SELECT * FROM accounts\0", now);
+        // Sent before the DECLARE ran, with a Bind of another name after it.
+        s.tracker.client(b'E', b"c\0\0\0\0\x05", now);
+        s.tracker.client(b'S', b"", now);
+        s.tracker.client(b'P', b"\0SELECT 2\0\0\0", now);
+        s.tracker.client(b'B', b"d\0\0\0\0\0\0\0\0", now);
+        s.tracker.client(b'E', b"d\0\0\0\0\0", now);
+        s.tracker.client(b'S', b"", now);
+        let (mut out, mut texts) = (Vec::new(), Vec::new());
+        let answers = [
+            (b'C', &b"DECLARE CURSOR\0"[..]),
+            (b'Z', b"I"),
+            (b'C', b"FETCH 5\0"),
+            (b'Z', b"I"),
+            (b'1', b""),
+            (b'2', b""),
+            (b'C', b"SELECT 1\0"),
+            (b'Z', b"I"),
+        ];
+        for (tag, body) in answers {
+            s.tracker.server(tag, body, now, &mut out);
+            for done in out.drain(..) {
+                let text = s.event(&done).remove("text").unwrap_or_default();
+                texts.push((done.portal, text));
+            }
+        }
+        let texts: Vec<(&str, &str)> = texts.iter().map(|(p, t)| (&**p, &**t)).collect();
+        assert_eq!(
+            texts,
+            [
+                ("", "DECLARE c CURSOR WITH HOLD FOR SELECT * FROM accounts"),
+                ("c", "SELECT * FROM accounts"),
+                ("d", "SELECT 2"),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_execute_of_a_portal_bound_after_it_does_not_run_what_was_bound() {
+        let mut s = Session::default();
+        let now = Instant::now();
+        // No portal `d` yet: the server refuses the first Execute.
+        s.tracker.client(b'E', b"d\0\0\0\0\0", now);
+        s.tracker.client(b'S', b"", now);
+        s.tracker.client(b'P', b"\0SELECT 2\0\0\0", now);
+        s.tracker.client(b'B', b"d\0\0\0\0\0\0\0\0", now);
+        let mut out = Vec::new();
+        let missing = b"SERROR\0VERROR\0C34000\0Mportal \"d\" does not exist\0\0";
+        s.tracker.server(b'E', missing, now, &mut out);
+        assert_eq!((out[0].portal.as_str(), out[0].text.text.as_str()), ("d", ""));
+    }
+
+    #[test]
     fn a_password_in_a_cursors_query_is_redacted_where_it_is_named() {
         let mut s = Session::default();
         s.event(&ok(

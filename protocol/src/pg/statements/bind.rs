@@ -241,6 +241,7 @@ impl StatementTracker {
                 kept,
                 binding: self.bindings,
                 hold: Hold::Not,
+                cursor: false,
             },
         );
     }

@@ -81,7 +81,7 @@ impl StatementTracker {
                     && matches!(self.expect.get(i), Some(Expect::Run(_)))
                     && let Some(Expect::Run(mut s)) = self.expect.remove(i)
                 {
-                    self.resume(&mut s, out);
+                    self.answered(&mut s, out);
                     s.outcome = failed;
                     s.duration = now.saturating_duration_since(s.started);
                     out.push(s);

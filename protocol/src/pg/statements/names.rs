@@ -8,7 +8,7 @@ use std::sync::Arc;
 use super::super::error::ProtocolError;
 use super::super::message::{read_cstr, read_i32};
 use super::transaction::Hold;
-use super::{MAX_NAMES, MAX_TYPES, Param, Text};
+use super::{MAX_NAMES, MAX_TYPES, Param, Statement, Text};
 
 /// A prepared statement: its name, text and parameter types.
 pub(super) struct Prepared {
@@ -40,6 +40,19 @@ pub(super) struct Portal {
     pub binding: u64,
     /// Whether it outlives its transaction (a SQL cursor `WITH HOLD`).
     pub hold: Hold,
+    /// Made by a SQL `DECLARE`, known once it ran (a Bind's is known when sent).
+    pub cursor: bool,
+}
+
+impl Portal {
+    /// `s`, an Execute of this portal, runs what it holds.
+    pub fn runs_in(&self, s: &mut Statement) {
+        s.text = Arc::clone(&self.text);
+        s.statement = Arc::clone(&self.statement);
+        s.params = Arc::clone(&self.params);
+        s.param_count = self.param_count;
+        s.binding = self.binding;
+    }
 }
 
 /// Prepared statements or portals by name. Drivers mostly use the unnamed

@@ -74,6 +74,7 @@ impl StatementTracker {
             kept: self.kept - before,
             binding: self.bindings,
             hold: if hold { Hold::Declared } else { Hold::Not },
+            cursor: true,
         };
         self.portals.insert(name.to_owned(), portal);
     }
