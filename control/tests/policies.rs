@@ -236,12 +236,20 @@ async fn unanswered_requests_expire_and_the_requester_sees_it() {
         .refused("POST", &format!("/v1/requests/{id}/approve"), &carol, None, 409)
         .await;
     assert!(msg.contains("expired, not pending"), "{msg}");
-    let metrics = api.raw("GET", "/metrics", None, None).await.1;
-    assert!(
-        metrics.contains("portcullis_request_decisions_total{decision=\"expired\"} 1"),
-        "{metrics}"
-    );
-    assert!(metrics.contains("portcullis_requests_pending 0"), "{metrics}");
+    // The metrics follow the expiry's commit.
+    let counted = |m: &str| {
+        m.contains("portcullis_request_decisions_total{decision=\"expired\"} 1")
+            && m.contains("portcullis_requests_pending 0")
+    };
+    let mut metrics = String::new();
+    for _ in 0..100 {
+        metrics = api.raw("GET", "/metrics", None, None).await.1;
+        if counted(&metrics) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(counted(&metrics), "{metrics}");
 }
 
 #[tokio::test]

@@ -428,7 +428,12 @@ async fn each_way_a_session_can_end_is_recorded() {
         .get(0);
     let client = std::sync::Arc::clone(&dropped.client);
     let running = tokio::spawn(async move { client.simple_query("SELECT pg_sleep(30)").await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let active = format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {pid} AND state = 'active'");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while pg().sql("orders", &active) != "1" {
+        assert!(std::time::Instant::now() < deadline, "the query never ran");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     pg().sql("orders", &format!("SELECT pg_terminate_backend({pid})"));
     assert!(running.await.expect("join").is_err());
     assert!(dropped.until_closed(Duration::from_secs(10)).await.1.is_some());

@@ -212,7 +212,8 @@ fn workflow_actions_are_audited_with_reason_and_approvers() {
 #[test]
 fn expiry_and_escalation_are_audited_and_a_crash_loses_nothing() {
     let mut gw = Gateway::start(GatewayOptions {
-        policy_extra: "      pending_ttl: 2s\n      escalation: [ { after: 1s, approvers: { users: [dave] } } ]\n"
+        // Expiry well after the escalation: a late pass of the clock must not skip it.
+        policy_extra: "      pending_ttl: 4s\n      escalation: [ { after: 1s, approvers: { users: [dave] } } ]\n"
             .to_owned(),
         ..GatewayOptions::default()
     });

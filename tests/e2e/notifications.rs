@@ -396,10 +396,11 @@ fn escalation_expiry_extension_expiring_soon_and_break_glass_are_delivered() {
     let secret = secret_file(&dir, "hook.secret", HOOK_SECRET);
     let port = free_port();
     let receiver = Receiver::start(port, |_, _| 200);
-    // `orders` escalates after 1s and expires after 3s; `bench` neither.
+    // `orders` escalates after 1s and expires after 5s (well apart, for a
+    // late pass of the clock); `bench` neither.
     let gw = Gateway::start(GatewayOptions {
         policy_extra:
-            "      pending_ttl: 3s\n      escalation: [ { after: 1s, approvers: { users: [dave] } } ]\n      \
+            "      pending_ttl: 5s\n      escalation: [ { after: 1s, approvers: { users: [dave] } } ]\n      \
                        break_glass: { users: [olga], max_duration: 15m }\n"
                 .to_owned(),
         extra_yaml: format!(

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::harness::split::Split;
-use crate::harness::{Gateway, GatewayOptions, Session, connect, now, parse_time, secs_between, stderr};
+use crate::harness::{
+    Gateway, GatewayOptions, Session, connect, now, parse_time, running_upstream, secs_between, stderr,
+};
 
 /// psql `SELECT 1` through `proxy` until it admits, bounded by `within`.
 fn admits_within(proxy: &Gateway, user: &str, token: &str, db: &str, within: Duration) -> bool {
@@ -78,14 +80,16 @@ async fn cut_message(s: &mut Session, within: Duration) -> String {
 /// every one is cut within 5 s with a FATAL naming grant `gid` and the revoke.
 async fn cut_by_revoke(sessions: &[&Session], gid: &str, revoke: impl FnOnce()) {
     // Each runs a query when the revoke lands, so the FATAL is its answer.
+    let query = format!("SELECT pg_sleep(30) AS revoked_{}", crate::harness::pg::random_hex());
     let cuts: Vec<_> = sessions
         .iter()
         .map(|s| {
             let client = s.client.clone();
-            tokio::spawn(async move { client.simple_query("SELECT pg_sleep(30)").await.map(drop) })
+            let sent = query.clone();
+            tokio::spawn(async move { client.simple_query(&sent).await.map(drop) })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    running_upstream(&query, sessions.len()).await;
     let revoked = now();
     revoke();
     for cut in cuts {

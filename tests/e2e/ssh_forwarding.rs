@@ -37,10 +37,10 @@ fn echo_server() -> u16 {
     port
 }
 
-/// A loopback port nobody listens on.
+/// A loopback port nobody listens on, below the ephemeral range: another
+/// test's outgoing connection cannot take it before `ssh -L` binds it.
 fn closed_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
+    crate::harness::pg::free_port()
 }
 
 /// `ssh -W HOST:PORT` (a direct-tcpip channel on stdin/stdout) with `input`.

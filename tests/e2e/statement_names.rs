@@ -6,7 +6,7 @@
 use portcullis_protocol::audit::AuditEvent;
 
 use crate::harness::{Gateway, GatewayOptions, ok};
-use crate::statements::{client, detail, statements, with_text};
+use crate::statements::{client, detail, statements, statements_of_ended, with_text};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_execute_names_the_prepared_statement_it_ran() {
@@ -88,7 +88,7 @@ async fn a_fetch_names_the_query_of_its_cursor() {
     drop(tx);
     drop(c);
 
-    let all = statements(&gw, 8).await;
+    let all = statements_of_ended(&gw, 2).await;
     let fetches: Vec<&AuditEvent> = all
         .iter()
         .filter(|e| detail(e, "text").starts_with("FETCH FORWARD 2 FROM _psql_cursor"))

@@ -7,11 +7,19 @@ use std::time::{Duration, Instant};
 use portcullis_control::audit::{AuditLog, Search};
 use portcullis_protocol::audit::AuditEvent;
 
-use crate::harness::{Gateway, GatewayOptions, connect, ok};
+use crate::harness::{Gateway, GatewayOptions, connect, ok, running_upstream};
 
 /// The statement events so far, oldest first, once at least `min` are there.
 pub(crate) async fn statements(gw: &Gateway, min: usize) -> Vec<AuditEvent> {
     events(gw, "statement", min).await
+}
+
+/// Every statement event of `sessions` sessions, once their ends are in
+/// the log: a session's statements reach the log before its end does.
+pub(crate) async fn statements_of_ended(gw: &Gateway, sessions: usize) -> Vec<AuditEvent> {
+    let ends = events(gw, "session.end", sessions).await;
+    assert!(ends.len() >= sessions, "{} of {sessions} sessions ended", ends.len());
+    statements(gw, 0).await
 }
 
 /// The events of `action` so far, oldest first, once at least `min` are
@@ -175,15 +183,17 @@ async fn a_cut_session_records_the_statement_it_interrupted() {
         .await
         .expect("connect");
     let client = std::sync::Arc::clone(&s.client);
-    let running = tokio::spawn(async move { client.simple_query("SELECT pg_sleep(30)").await });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let query = format!("SELECT pg_sleep(30) AS revoked_{}", crate::harness::pg::random_hex());
+    let sent = query.clone();
+    let running = tokio::spawn(async move { client.simple_query(&sent).await });
+    running_upstream(&query, 1).await;
     gw.cli_ok(&carol, &["revoke", &gid, "--reason", "stop"]);
     assert!(running.await.expect("join").is_err());
     let all = statements(&gw, 1).await;
     assert_eq!(all.len(), 1, "{all:#?}");
     assert_eq!(
         (detail(&all[0], "text"), detail(&all[0], "outcome")),
-        ("SELECT pg_sleep(30)", "interrupted")
+        (query.as_str(), "interrupted")
     );
 }
 

@@ -312,23 +312,16 @@ async fn retries_keep_the_key_and_sign_each_attempt() {
             assert_eq!(doc["request"]["id"], req.id.as_str());
             assert_eq!(doc["id"], key.as_str());
         }
-        // Delivered once it succeeded: nothing more comes.
+        // The row is marked sent after the receiver answered (and after
+        // the count); then nothing more comes.
+        let (attempts, _, state) = wait_state(&c, "sent").await;
+        assert_eq!((attempts, state.as_str()), (3, "sent"));
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(got.lock().expect("lock").len(), 3);
         let m = &c.workflow.metrics;
         assert_eq!(m.notifications_sent.with_label_values(&["webhook"]).get(), 1);
         assert_eq!(m.notifications_retried.with_label_values(&["webhook"]).get(), 2);
         assert_eq!(m.notifications_failed.with_label_values(&["webhook"]).get(), 0);
-        let state = c
-            .workflow
-            .store
-            .call(|conn| -> Result<(String, i64), ControlError> {
-                let r = conn.query_one("SELECT state, attempts FROM outbox", &[])?;
-                Ok((r.get(0)?, r.get(1)?))
-            })
-            .await
-            .expect("row");
-        assert_eq!(state, ("sent".to_owned(), 3));
         shutdown.cancel();
         sender.await.expect("sender ends");
     }
@@ -345,7 +338,9 @@ async fn a_hanging_receiver_times_out_and_others_still_get_theirs() {
                 hook(format!("http://{hang_addr}/hang"), None),
                 hook(format!("http://{addr}/ok"), None),
             ],
-            timeout: Duration::from_secs(2),
+            // Long enough that the good delivery is seen before the first
+            // hanging attempt ends, even on a loaded machine.
+            timeout: Duration::from_secs(3),
             max_attempts: 2,
             backoff: Duration::from_millis(50),
             ..NotifySettings::default()
@@ -483,6 +478,18 @@ async fn wait_attempts(c: &Control, attempts: u32) -> (u32, i64, String) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("the row never reached {attempts} attempts: {:?}", the_row(c).await);
+}
+
+/// Waits (at most 10 s) until the row is in `state`.
+async fn wait_state(c: &Control, state: &str) -> (u32, i64, String) {
+    for _ in 0..200 {
+        let row = the_row(c).await;
+        if row.2 == state {
+            return row;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the row never reached {state}: {:?}", the_row(c).await);
 }
 
 #[tokio::test]

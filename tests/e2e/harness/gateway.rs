@@ -491,7 +491,7 @@ fn config_yaml(
     let mut yaml = format!(
         "data_dir: {data}\n\
          api: {{ listen: 127.0.0.1:{api_port} }}\n\
-         postgres:\n  listen: 127.0.0.1:{pg_port}\n  require_tls: {tls}\n  handshake_timeout: {hs}\n\
+         postgres:\n  listen: 127.0.0.1:{pg_port}\n  require_tls: {tls}\n  handshake_timeout: {hs}\n  workers: 1\n\
          warn_before: [{warn}]\n\
          resources:\n\
          \x20 - name: orders\n    kind: postgres\n    host: 127.0.0.1\n    port: {port}\n    database: orders\n    {upstream_tls}\n    roles:\n{roles}    policy:\n{policy}\

@@ -98,13 +98,16 @@ impl Session {
     }
 }
 
-/// Starts `SELECT pg_sleep(30)` on `s`, cancels it through the gateway with
-/// the session's own cancel key, and answers the SQLSTATE it ended with.
+/// Starts a `pg_sleep(30)` on `s`, cancels it through the gateway with
+/// the session's own cancel key once it runs, and answers the SQLSTATE it
+/// ended with.
 pub async fn cancel_long_query(s: &Session) -> String {
     let token = s.client.cancel_token();
     let client = s.client.clone();
-    let sleeper = tokio::spawn(async move { client.simple_query("SELECT pg_sleep(30)").await.map(drop) });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let query = format!("SELECT pg_sleep(30) AS cancelled_{}", pg::random_hex());
+    let sent = query.clone();
+    let sleeper = tokio::spawn(async move { client.simple_query(&sent).await.map(drop) });
+    running_upstream(&query, 1).await;
     token
         .cancel_query(NoTls)
         .await
@@ -115,6 +118,30 @@ pub async fn cancel_long_query(s: &Session) -> String {
         .expect("join");
     let err = result.expect_err("pg_sleep(30) should be cancelled");
     db_error(&err).0
+}
+
+/// Waits (at most 10 s) until `n` backends run `query`: a cancel, revoke or
+/// terminate sent sooner could reach the server before the query does.
+pub async fn running_upstream(query: &str, n: usize) {
+    let sql = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query = '{}'",
+        query.replace('\'', "''")
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let sql = sql.clone();
+        let count = tokio::task::spawn_blocking(move || pg::pg().sql("postgres", &sql))
+            .await
+            .expect("join");
+        if count == n.to_string() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "`{query}` never ran on {n} backends ({count})"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// The wall clock, as the API writes times.
