@@ -176,8 +176,10 @@ fn scp_is_audited_in_both_modes() {
         "{execs:#?}"
     );
     // SFTP mode: an open for writing with the bytes.
-    let sftp = s.gw.audit_until(&["--action", "sftp"], |e| !e.is_empty());
     let path = far.path().join("sftp-mode.bin").display().to_string();
+    let sftp = s.gw.audit_until(&["--action", "sftp"], |e| {
+        e.iter().any(|e| d(e, "op") == "open" && d(e, "path") == path)
+    });
     let open = sftp
         .iter()
         .find(|e| d(e, "op") == "open" && d(e, "path") == path)
