@@ -25,10 +25,13 @@ pub struct Class {
     /// (PREPARE, EXECUTE, DEALLOCATE, DISCARD, DECLARE, FETCH, MOVE,
     /// CLOSE): the session's names follow it (`sql_names`).
     pub names: bool,
+    /// Ends a transaction in SQL (COMMIT, ROLLBACK, ...), which ends the
+    /// session's cursors with it: followed when the session has any.
+    pub transaction: bool,
 }
 
 impl Class {
-    fn new(class: String, tables: String, names: bool) -> Class {
+    fn new(class: String, tables: String, names: bool, transaction: bool) -> Class {
         let mut fields = Fields::default();
         fields.put("class", &class);
         if !tables.is_empty() {
@@ -39,6 +42,7 @@ impl Class {
             tables,
             fields: Arc::new(fields),
             names,
+            transaction,
         }
     }
 }
@@ -108,7 +112,8 @@ fn parse_as_is(sql: &str) -> Option<Class> {
                         | "ClosePortalStmt"
                 )
             });
-            Some(Class::new(class, tables.join(","), names))
+            let transaction = s.statement_types.iter().any(|t| t == "TransactionStmt");
+            Some(Class::new(class, tables.join(","), names, transaction))
         }
         Err(_) => None,
     }
@@ -123,6 +128,7 @@ fn first_word(sql: &str) -> Class {
             .find(|w| !w.is_empty())
             .map_or_else(|| "UNKNOWN".to_owned(), str::to_ascii_uppercase),
         String::new(),
+        false,
         false,
     )
 }

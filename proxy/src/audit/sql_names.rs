@@ -14,7 +14,7 @@
 
 use std::sync::Arc;
 
-use pg_query::protobuf::{DiscardMode, Token};
+use pg_query::protobuf::{DiscardMode, Token, TransactionStmtKind};
 use pg_query::{NodeEnum, NodeRef};
 use portcullis_protocol::audit::detail::Detail;
 use portcullis_protocol::pg::statements::{Outcome, StatementTracker, Text};
@@ -90,6 +90,13 @@ pub fn follow(sql: &str, outcome: &Outcome, tracker: &mut StatementTracker) -> E
             },
             NodeEnum::ClosePortalStmt(c) if c.portalname.is_empty() => tracker.sql_closed(None),
             NodeEnum::ClosePortalStmt(c) => tracker.sql_closed(Some(&c.portalname)),
+            // Where a Query holds more than its transaction's end (or the
+            // end is `AND CHAIN`), the ReadyForQuery after it says too
+            // little: what ended goes here. The tag tells a COMMIT of a
+            // failed block, a rollback, from one that committed.
+            NodeEnum::TransactionStmt(t) if ends_transaction(t.kind) => {
+                tracker.sql_transaction_ended(tag_of(outcome, i) == Some("ROLLBACK"));
+            }
             _ => {}
         }
     }
@@ -135,6 +142,26 @@ fn write_texts(
     d.put(class_key, &classes.join(","));
     if !tables.is_empty() {
         d.put(tables_key, &tables.join(","));
+    }
+}
+
+/// COMMIT, ROLLBACK (with or without `AND CHAIN`) and PREPARE TRANSACTION
+/// end the session's transaction; savepoints and BEGIN do not.
+fn ends_transaction(kind: i32) -> bool {
+    [
+        TransactionStmtKind::TransStmtCommit,
+        TransactionStmtKind::TransStmtRollback,
+        TransactionStmtKind::TransStmtPrepare,
+    ]
+    .iter()
+    .any(|k| *k as i32 == kind)
+}
+
+/// The command tag of a statement's command `i`, if it completed.
+fn tag_of(outcome: &Outcome, i: usize) -> Option<&str> {
+    match outcome {
+        Outcome::Done(list) | Outcome::Failed { done: list, .. } => list.get(i).map(|c| &*c.tag),
+        _ => None,
     }
 }
 
@@ -408,6 +435,60 @@ mod tests {
         assert_eq!(s.read("brief"), None);
         s.event(&ok("DISCARD ALL"));
         assert_eq!(s.read("kept"), None);
+    }
+
+    /// A Query's outcome: these commands completed, in order.
+    fn done(tags: &[&str]) -> Outcome {
+        Outcome::Done(
+            tags.iter()
+                .map(|t| Completion {
+                    tag: (*t).into(),
+                    rows: None,
+                })
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn a_transaction_ended_amid_a_query_ends_its_cursors_there() {
+        let mut s = Session::default();
+        // Rolled back mid-Query: the Query's last tag is not the end's.
+        let sql = "BEGIN; DECLARE c CURSOR WITH HOLD FOR SELECT * FROM t1; ROLLBACK; SELECT 1";
+        s.event(&ran(sql, done(&["BEGIN", "DECLARE CURSOR", "ROLLBACK", "SELECT 1"])));
+        s.transaction_ends(false);
+        assert_eq!(s.read("c"), None, "rolled back with its transaction");
+        // Committed, then a command that failed: the cursor WITH HOLD stays.
+        s.event(&ok("BEGIN"));
+        s.event(&ok("DECLARE kept CURSOR WITH HOLD FOR SELECT * FROM t2"));
+        let failed = Outcome::Failed {
+            sqlstate: "22012".into(),
+            message: "division by zero".into(),
+            done: vec![Completion {
+                tag: "COMMIT".into(),
+                rows: None,
+            }],
+        };
+        s.tracker.server(
+            b'E',
+            b"SERROR\0C22012\0Mdivision by zero\0\0",
+            Instant::now(),
+            &mut Vec::new(),
+        );
+        s.event(&ran("COMMIT; SELECT 1/0", failed));
+        s.transaction_ends(false);
+        assert_eq!(s.read("kept").as_deref(), Some("SELECT * FROM t2"));
+        // AND CHAIN: still in a block at the ReadyForQuery, and yet ended.
+        s.event(&ok("DECLARE chained CURSOR FOR SELECT * FROM t3"));
+        s.event(&ran("COMMIT AND CHAIN", done(&["COMMIT"])));
+        s.tracker.server(b'Z', b"T", Instant::now(), &mut Vec::new());
+        s.next_message();
+        assert_eq!(s.read("chained"), None);
+        assert_eq!(s.read("kept").as_deref(), Some("SELECT * FROM t2"));
+        // A COMMIT of a failed block rolls back (its tag says so).
+        s.event(&ok("DECLARE doomed CURSOR WITH HOLD FOR SELECT * FROM t4"));
+        s.event(&ran("COMMIT; SELECT 2", done(&["ROLLBACK", "SELECT 1"])));
+        s.transaction_ends(false);
+        assert_eq!(s.read("doomed"), None);
     }
 
     #[test]

@@ -306,7 +306,9 @@ fn text_detail(
     let class = classifier.classify(&text.text);
     let executed = match follow {
         // A cut text is no whole statement.
-        Some((outcome, tracker)) if class.names && text.sha256.is_none() => {
+        Some((outcome, tracker))
+            if (class.names || (class.transaction && tracker.has_cursors())) && text.sha256.is_none() =>
+        {
             Some(sql_names::follow(&text.text, outcome, tracker))
         }
         _ => None,

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use super::names::{Portal, Prepared, no_types, shared_name};
 use super::record::no_params;
-use super::transaction::Hold;
+use super::transaction::{Ended, Hold};
 use super::{StatementTracker, Text};
 
 impl StatementTracker {
@@ -86,6 +86,22 @@ impl StatementTracker {
             None => self.portals.drain_all().map(|p| p.kept).sum(),
         };
         self.kept = self.kept.saturating_sub(freed);
+    }
+
+    /// Whether the session holds a cursor or a named portal (that the end
+    /// of its transaction may take).
+    pub fn has_cursors(&self) -> bool {
+        self.portals.has_named()
+    }
+
+    /// A SQL `COMMIT` or `ROLLBACK` (`rolled_back`; also a COMMIT of a
+    /// failed block) or `PREPARE TRANSACTION` ran: what the transaction
+    /// held goes now, as the ReadyForQuery at its end would let it go.
+    pub fn sql_transaction_ended(&mut self, rolled_back: bool) {
+        self.release(Ended {
+            rolled_back,
+            portals_end: self.expect.is_empty(),
+        });
     }
 
     /// `DISCARD ALL` ran: every named statement and every portal is gone.

@@ -4,6 +4,9 @@
 //! transaction block (`I`) says one ended, and whether it was rolled back:
 //! an error since the last ReadyForQuery (an implicit transaction, a
 //! failed COMMIT), a failed block before it (`E`), or a `ROLLBACK` tag.
+//! Where that says too little (a Query that ends its transaction amid
+//! other commands, `COMMIT AND CHAIN`), the audit, which parses the SQL,
+//! tells the tracker where the transaction ended (`sql_transaction_ended`).
 //!
 //! The names go at the session's next message, not at the ReadyForQuery
 //! itself: the audit tells the tracker what a `DECLARE` in the statement
@@ -27,10 +30,10 @@ pub(super) enum Hold {
 /// A transaction that ended, for the next message to settle.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Ended {
-    rolled_back: bool,
+    pub rolled_back: bool,
     /// Nothing else was in flight: a Bind sent ahead is the next
     /// transaction's, and its portal stays.
-    portals_end: bool,
+    pub portals_end: bool,
 }
 
 /// What the messages since the last ReadyForQuery said of the transaction.
@@ -78,9 +81,13 @@ impl StatementTracker {
     /// and cursors, but those declared `WITH HOLD` in a transaction that
     /// committed, or before.
     pub(super) fn settle(&mut self) {
-        let Some(ended) = self.transaction.ended.take() else {
-            return;
-        };
+        if let Some(ended) = self.transaction.ended.take() {
+            self.release(ended);
+        }
+    }
+
+    /// Lets go what the transaction that `ended` held.
+    pub(super) fn release(&mut self, ended: Ended) {
         if !self.portals.has_named() {
             return;
         }
