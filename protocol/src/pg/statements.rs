@@ -95,8 +95,12 @@ enum Expect {
     /// Describe of a prepared statement: its ParameterDescription types
     /// it, if the name still holds that text when the answer comes.
     Describe(String, Option<Arc<Text>>),
-    /// A Close of a portal: its run that stopped at a row limit ends there.
-    ClosePortal(String),
+    /// A Close of a portal (its run that stopped at a row limit ends
+    /// there), with what it removed: back if the server skips it.
+    ClosePortal {
+        name: String,
+        old: Option<Portal>,
+    },
     Other,
     Sync,
     /// Where the client's CopyData began (after a statement that may be a
@@ -371,10 +375,10 @@ impl StatementTracker {
                     self.push(Expect::Close { name, old });
                 }
                 Some((_, mut rest)) if !self.discarding => {
-                    let name = read_cstr(&mut rest, "Close").unwrap_or_default();
-                    let freed = self.portals.remove(name).map_or(0, |p| p.kept);
-                    self.kept = self.kept.saturating_sub(freed);
-                    self.push(Expect::ClosePortal(name.to_owned()));
+                    let name = read_cstr(&mut rest, "Close").unwrap_or_default().to_owned();
+                    let old = self.portals.remove(&name);
+                    self.kept = self.kept.saturating_sub(old.as_ref().map_or(0, |p| p.kept));
+                    self.push(Expect::ClosePortal { name, old });
                 }
                 _ => self.push(Expect::Other),
             },
@@ -512,7 +516,7 @@ impl StatementTracker {
             }
             // ParseComplete, BindComplete, CloseComplete answer the front item.
             b'1' | b'2' | b'3' => {
-                if let Some(Expect::ClosePortal(name)) = self.pop_front() {
+                if let Some(Expect::ClosePortal { name, .. }) = self.pop_front() {
                     self.end_run(&name, out);
                 }
             }

@@ -123,6 +123,13 @@ impl StatementTracker {
                     self.undo_bind(name, old, binding, end);
                     continue;
                 }
+                Some(Expect::ClosePortal { name, old }) => {
+                    let (name, old) = (name.clone(), old.take());
+                    if let Some(old) = old {
+                        self.put_back(name, old, 0, end);
+                    }
+                    continue;
+                }
                 _ => continue,
             };
             if parse && let Some(new) = self.prepared.remove(&name) {
@@ -142,15 +149,24 @@ impl StatementTracker {
 
     /// Undoes a named Bind the server refused or skipped: the portal it
     /// made goes (unless a DECLARE has taken the name since) and the one it
-    /// replaced is back, and so are Executes of it sent ahead, in batches
-    /// after the Sync at `end`: the server runs the old portal there.
+    /// replaced is back (`put_back`).
     fn undo_bind(&mut self, name: String, old: Option<Portal>, binding: u64, end: usize) {
         if self.portals.get(&name).is_some_and(|p| p.binding == binding)
             && let Some(new) = self.portals.remove(&name)
         {
             self.kept = self.kept.saturating_sub(new.kept);
         }
-        let Some(old) = old else { return };
+        if let Some(old) = old {
+            self.put_back(name, old, binding, end);
+        }
+    }
+
+    /// Puts `old` back under `name`, which a skipped Bind or Close took
+    /// from it, unless the name holds another portal now; so are Executes
+    /// of it sent ahead, in batches after the Sync at `end`, that ran what
+    /// the Bind made (`binding`; 0: nothing, after a Close): the server
+    /// runs the old portal there.
+    fn put_back(&mut self, name: String, old: Portal, binding: u64, end: usize) {
         if self.portals.get(&name).is_some() {
             return;
         }
@@ -159,11 +175,7 @@ impl StatementTracker {
                 && s.portal == name
                 && s.binding == binding
             {
-                s.text = Arc::clone(&old.text);
-                s.statement = Arc::clone(&old.statement);
-                s.params = Arc::clone(&old.params);
-                s.param_count = old.param_count;
-                s.binding = old.binding;
+                old.runs_in(s);
             }
         }
         self.kept += old.kept;

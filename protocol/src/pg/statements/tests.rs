@@ -53,6 +53,10 @@ fn close_statement(name: &str) -> Vec<u8> {
     [&b"S"[..], &cstr(name)].concat()
 }
 
+fn close_portal(name: &str) -> Vec<u8> {
+    [&b"P"[..], &cstr(name)].concat()
+}
+
 fn error(code: &str) -> Vec<u8> {
     error_response(Severity::Error, code, "boom", None, None)[5..].to_vec()
 }
@@ -483,88 +487,4 @@ fn a_pipelined_statement_s_duration_counts_from_when_the_one_before_ended() {
         .collect();
     assert_eq!(took, [("SELECT pg_sleep(1)", 1000), ("SELECT 2", 3), ("SELECT 3", 7)]);
     assert_eq!(out[1].started, at(1000), "it started at the server then");
-}
-
-#[test]
-fn a_bind_the_server_refused_leaves_the_portal_it_named_as_it_was() {
-    let mut t = StatementTracker::new();
-    t.sql_declared("c", "SELECT * FROM salaries", true);
-    // Binding a name a cursor holds fails (42P03); the cursor reads on.
-    feed(
-        &mut t,
-        &[
-            (true, b'P', parse("", "SELECT 1")),
-            (true, b'B', bind("c", "", &[], &[])),
-            (true, b'B', bind("new", "", &[], &[])),
-            (true, b'S', vec![]),
-            (false, b'1', vec![]),
-            (false, b'E', error("42P03")),
-            (false, b'Z', vec![b'I']),
-        ],
-    );
-    let text = |t: &StatementTracker, name: &str| t.cursor_text(name).map(|x| x.text.clone());
-    assert_eq!(text(&t, "c").as_deref(), Some("SELECT * FROM salaries"));
-    assert_eq!(text(&t, "new"), None, "skipped: never made");
-    // One the server took replaces it.
-    feed(
-        &mut t,
-        &[
-            (true, b'B', bind("p", "", &[], &[])),
-            (true, b'S', vec![]),
-            (false, b'2', vec![]),
-            (false, b'Z', vec![b'T']),
-        ],
-    );
-    assert_eq!(text(&t, "p").as_deref(), Some("SELECT 1"));
-}
-
-#[test]
-fn an_execute_sent_behind_a_refused_bind_runs_the_portal_the_name_held() {
-    let mut t = StatementTracker::new();
-    t.sql_declared("c", "SELECT * FROM salaries", true);
-    // Pipelined: the Execute of the next batch runs the cursor, not the refused Bind.
-    let out = feed(
-        &mut t,
-        &[
-            (true, b'P', parse("", "SELECT 1")),
-            (true, b'B', bind("c", "", &[], &[])),
-            (true, b'S', vec![]),
-            (true, b'E', execute("c")),
-            (true, b'S', vec![]),
-            (false, b'1', vec![]),
-            (false, b'E', error("42P03")),
-            (false, b'Z', vec![b'I']),
-            (false, b'C', cstr("SELECT 3")),
-            (false, b'Z', vec![b'I']),
-        ],
-    );
-    assert_eq!(
-        outcomes(&out),
-        [("SELECT * FROM salaries", &done(&[("SELECT 3", Some(3))]))]
-    );
-}
-
-#[test]
-fn a_refused_bind_leaves_a_cursor_declared_since_under_its_name() {
-    let mut t = StatementTracker::new();
-    feed(
-        &mut t,
-        &[
-            (true, b'P', parse("", "SELECT 1")),
-            (true, b'B', bind("p", "", &[], &[])),
-            (true, b'S', vec![]),
-        ],
-    );
-    // A DECLARE of the same name, pipelined ahead of the Bind, ran first.
-    t.sql_declared("p", "SELECT * FROM salaries", true);
-    feed(
-        &mut t,
-        &[
-            (false, b'1', vec![]),
-            (false, b'E', error("42P03")),
-            (false, b'Z', vec![b'I']),
-        ],
-    );
-    let cursor = t.cursor_text("p").map(|x| x.text.clone());
-    assert_eq!(cursor.as_deref(), Some("SELECT * FROM salaries"));
 }

@@ -1,5 +1,5 @@
 //! Errors: the statement an error fails, what the server skips after it
-//! up to the Sync, and the Parse and Close it refused or skipped.
+//! up to the Sync, and the Parse, Bind and Close it refused or skipped.
 
 use super::*;
 
@@ -232,4 +232,140 @@ fn a_failed_parse_of_the_unnamed_statement_leaves_none() {
     t.server(b'E', &error("42601"), now, &mut out);
     t.server(b'Z', b"I", now, &mut out);
     assert!(t.prepared.get("").is_none(), "the server dropped it before parsing");
+}
+
+#[test]
+fn a_bind_the_server_refused_leaves_the_portal_it_named_as_it_was() {
+    let mut t = StatementTracker::new();
+    t.sql_declared("c", "SELECT * FROM salaries", true);
+    // Binding a name a cursor holds fails (42P03); the cursor reads on.
+    feed(
+        &mut t,
+        &[
+            (true, b'P', parse("", "SELECT 1")),
+            (true, b'B', bind("c", "", &[], &[])),
+            (true, b'B', bind("new", "", &[], &[])),
+            (true, b'S', vec![]),
+            (false, b'1', vec![]),
+            (false, b'E', error("42P03")),
+            (false, b'Z', vec![b'I']),
+        ],
+    );
+    let text = |t: &StatementTracker, name: &str| t.cursor_text(name).map(|x| x.text.clone());
+    assert_eq!(text(&t, "c").as_deref(), Some("SELECT * FROM salaries"));
+    assert_eq!(text(&t, "new"), None, "skipped: never made");
+    // One the server took replaces it.
+    feed(
+        &mut t,
+        &[
+            (true, b'B', bind("p", "", &[], &[])),
+            (true, b'S', vec![]),
+            (false, b'2', vec![]),
+            (false, b'Z', vec![b'T']),
+        ],
+    );
+    assert_eq!(text(&t, "p").as_deref(), Some("SELECT 1"));
+}
+
+#[test]
+fn an_execute_sent_behind_a_refused_bind_runs_the_portal_the_name_held() {
+    let mut t = StatementTracker::new();
+    t.sql_declared("c", "SELECT * FROM salaries", true);
+    // Pipelined: the Execute of the next batch runs the cursor, not the refused Bind.
+    let out = feed(
+        &mut t,
+        &[
+            (true, b'P', parse("", "SELECT 1")),
+            (true, b'B', bind("c", "", &[], &[])),
+            (true, b'S', vec![]),
+            (true, b'E', execute("c")),
+            (true, b'S', vec![]),
+            (false, b'1', vec![]),
+            (false, b'E', error("42P03")),
+            (false, b'Z', vec![b'I']),
+            (false, b'C', cstr("SELECT 3")),
+            (false, b'Z', vec![b'I']),
+        ],
+    );
+    assert_eq!(
+        outcomes(&out),
+        [("SELECT * FROM salaries", &done(&[("SELECT 3", Some(3))]))]
+    );
+}
+
+#[test]
+fn a_refused_bind_leaves_a_cursor_declared_since_under_its_name() {
+    let mut t = StatementTracker::new();
+    feed(
+        &mut t,
+        &[
+            (true, b'P', parse("", "SELECT 1")),
+            (true, b'B', bind("p", "", &[], &[])),
+            (true, b'S', vec![]),
+        ],
+    );
+    // A DECLARE of the same name, pipelined ahead of the Bind, ran first.
+    t.sql_declared("p", "SELECT * FROM salaries", true);
+    feed(
+        &mut t,
+        &[
+            (false, b'1', vec![]),
+            (false, b'E', error("42P03")),
+            (false, b'Z', vec![b'I']),
+        ],
+    );
+    let cursor = t.cursor_text("p").map(|x| x.text.clone());
+    assert_eq!(cursor.as_deref(), Some("SELECT * FROM salaries"));
+}
+
+#[test]
+fn a_close_the_server_skipped_leaves_the_portal_open() {
+    let mut t = StatementTracker::new();
+    feed(
+        &mut t,
+        &[
+            (true, b'P', parse("", "SELECT * FROM salaries")),
+            (true, b'B', bind("p", "", &[], &[])),
+            (true, b'S', vec![]),
+            (false, b'1', vec![]),
+            (false, b'2', vec![]),
+            (false, b'Z', vec![b'T']),
+        ],
+    );
+    // A batch fails before its Close, which the server skips; back at the
+    // savepoint the portal of the outer transaction runs on.
+    let out = feed(
+        &mut t,
+        &[
+            (true, b'Q', cstr("SAVEPOINT s")),
+            (true, b'P', parse("", "SELEC 1")),
+            (true, b'C', close_portal("p")),
+            (true, b'S', vec![]),
+            (true, b'Q', cstr("ROLLBACK TO SAVEPOINT s")),
+            (true, b'E', execute("p")),
+            (true, b'S', vec![]),
+            (false, b'C', cstr("SAVEPOINT")),
+            (false, b'Z', vec![b'T']),
+            (false, b'E', error("42601")),
+            (false, b'Z', vec![b'E']),
+            (false, b'C', cstr("ROLLBACK")),
+            (false, b'Z', vec![b'T']),
+            (false, b'C', cstr("SELECT 3")),
+            (false, b'Z', vec![b'T']),
+        ],
+    );
+    let texts: Vec<&str> = out.iter().map(|s| s.text.text.as_str()).collect();
+    assert_eq!(
+        texts,
+        [
+            "SAVEPOINT s",
+            "SELEC 1",
+            "ROLLBACK TO SAVEPOINT s",
+            "SELECT * FROM salaries"
+        ]
+    );
+    assert_eq!(
+        t.cursor_text("p").map(|x| x.text.clone()).as_deref(),
+        Some("SELECT * FROM salaries")
+    );
 }
