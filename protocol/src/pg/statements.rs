@@ -5,8 +5,10 @@
 //! Sans-I/O: the caller hands it whole messages (`client`, `server`) with
 //! the time they passed; it answers the statements that completed, in order.
 //!
-//! Binary-format parameter values of common types are shown in their text
-//! form (`binary`), typed by the Parse or the server's ParameterDescription.
+//! `client` reads what each client message asks and `server` what each
+//! server message answers. Binary-format parameter values of common types
+//! are shown in their text form (`binary`), typed by the Parse or the
+//! server's ParameterDescription.
 //! `names` keeps what the session prepared and bound; `bind` reads a Bind;
 //! `record` is what one statement's record holds; `errors` what an error
 //! fails and what the server skips after it; `copy` follows COPY;
@@ -25,22 +27,23 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::capture::{Message, TextDigest};
-use super::message::{read_cstr, read_i32};
+use super::message::read_i32;
 
 mod binary;
 mod bind;
+mod client;
 mod copy;
 mod errors;
 mod lost;
 mod names;
 mod record;
+mod server;
 mod sql;
 mod suspended;
 mod transaction;
 
 pub use lost::Lost;
-use names::{Names, Portal, Prepared, declared_types, declared_types_after_text, no_types, shared_name};
-use record::statement;
+use names::{Names, Portal, Prepared};
 pub use record::{Completion, Copy, Flow, Outcome, Param, Rendered, Statement, Text};
 
 /// Statement text kept per record; longer text is cut, with its length and hash.
@@ -277,142 +280,6 @@ impl StatementTracker {
         }
     }
 
-    fn followed_message(&mut self, m: &Message<'_>, now: Instant) {
-        let body = m.body;
-        let mut b = body;
-        match m.tag {
-            b'Q' => {
-                let text = self.query_text(body, m.text);
-                let mut s = statement(Flow::Simple, text, now);
-                s.outcome = Outcome::Done(self.completion_list());
-                self.push(Expect::Run(s));
-            }
-            b'P' => {
-                let Ok(name) = read_cstr(&mut b, "Parse") else {
-                    return self.push(Expect::Other);
-                };
-                if m.text.is_none() && read_cstr(&mut &b[..], "Parse").is_err() {
-                    return self.push(Expect::Other);
-                }
-                let name = name.to_owned();
-                if !self.discarding {
-                    if !self.prepared.has_room_for(&name) {
-                        return self.give_up(Lost::Names);
-                    }
-                    let old = self.prepared.remove(&name);
-                    if let Some(old) = &old {
-                        self.kept = self.kept.saturating_sub(old.kept());
-                    }
-                    // The types follow the text, in a body that was not cut.
-                    let types = match m.text {
-                        None if body.len() == m.len => declared_types(b),
-                        _ => no_types(),
-                    };
-                    let text = match &old {
-                        // The same text again (drivers parse the unnamed
-                        // statement before each run): shared, so the audit
-                        // works it out once.
-                        Some(old)
-                            if m.text.is_none() && old.text.is(b) && self.kept + old.text.text.len() <= MAX_KEPT =>
-                        {
-                            self.kept += old.text.text.len();
-                            Arc::clone(&old.text)
-                        }
-                        _ => Arc::new(self.keep_text(Text::of(b, m.text))),
-                    };
-                    // Past the session's budget, binary values show their length only.
-                    let types = if self.kept + 4 * types.len() > MAX_KEPT {
-                        no_types()
-                    } else {
-                        types
-                    };
-                    self.kept += 4 * types.len();
-                    let shared = match &old {
-                        Some(old) => Arc::clone(&old.name),
-                        None => shared_name(&name),
-                    };
-                    self.prepared.insert(
-                        name.clone(),
-                        Prepared {
-                            name: shared,
-                            text,
-                            types,
-                        },
-                    );
-                    return self.push(Expect::Parse { name, old });
-                }
-                self.push(Expect::Parse { name, old: None });
-            }
-            b'B' => {
-                if !self.discarding
-                    && let Some((name, old)) = self.bind(b, body.len() < m.len)
-                {
-                    let binding = self.bindings;
-                    return self.push(Expect::Bind { name, old, binding });
-                }
-                self.push(Expect::Other);
-            }
-            b'E' => {
-                let portal = read_cstr(&mut b, "Execute").unwrap_or_default();
-                let mut s = match self.portals.get(portal) {
-                    Some(p) => {
-                        let mut s = statement(Flow::Extended, Arc::clone(&p.text), now);
-                        p.runs_in(&mut s);
-                        s
-                    }
-                    // Maybe a cursor whose DECLARE is ahead of it: see `answered`.
-                    None => statement(Flow::Extended, Arc::new(Text::new(b"")), now),
-                };
-                s.portal = portal.to_owned();
-                s.max_rows = read_i32(&mut b, "Execute").map_or(0, |n| u32::try_from(n).unwrap_or(0));
-                self.push(Expect::Run(s));
-            }
-            b'C' => match b.split_first() {
-                Some((b'S', mut rest)) if !self.discarding => {
-                    let name = read_cstr(&mut rest, "Close").unwrap_or_default().to_owned();
-                    let old = self.prepared.remove(&name);
-                    self.kept = self.kept.saturating_sub(old.as_ref().map_or(0, Prepared::kept));
-                    self.push(Expect::Close { name, old });
-                }
-                Some((_, mut rest)) if !self.discarding => {
-                    let name = read_cstr(&mut rest, "Close").unwrap_or_default().to_owned();
-                    let old = self.portals.remove(&name);
-                    self.kept = self.kept.saturating_sub(old.as_ref().map_or(0, |p| p.kept));
-                    self.push(Expect::ClosePortal { name, old });
-                }
-                _ => self.push(Expect::Other),
-            },
-            b'D' => match b.split_first() {
-                Some((b'S', mut rest)) => {
-                    let name = read_cstr(&mut rest, "Describe").unwrap_or_default().to_owned();
-                    let text = self.prepared.get(&name).map(|p| Arc::clone(&p.text));
-                    self.push(Expect::Describe(name, text));
-                }
-                _ => self.push(Expect::Other),
-            },
-            b'S' => self.push(Expect::Sync),
-            b'F' => {
-                let mut s = statement(Flow::Function, function_text(&mut b), now);
-                if let Some((args, n)) = bind::function_args(b, body.len() < m.len) {
-                    (s.params, s.param_count) = (args, n);
-                }
-                self.push(Expect::Run(s));
-            }
-            b'd' => {
-                self.copy_in_bytes(m.len);
-                if !self.copy_in && !matches!(self.expect.back(), Some(Expect::Data)) {
-                    self.push(Expect::Data);
-                }
-            }
-            // CopyDone, CopyFail: the copy is over on the client's side.
-            b'c' | b'f' => {
-                self.copy_in = false;
-                self.push(Expect::CopyEnd);
-            }
-            _ => {}
-        }
-    }
-
     /// The session ended: statements sent and not answered go to `out` as
     /// interrupted (a query the cut stopped is recorded all the same), or
     /// as failed when the server's error came first (a backend terminated
@@ -436,129 +303,6 @@ impl StatementTracker {
     /// A whole message from the server; completed statements go to `out`.
     pub fn server(&mut self, tag: u8, body: &[u8], now: Instant, out: &mut Vec<Statement>) {
         self.server_message(&Message::whole(tag, body), now, out);
-    }
-
-    /// A message from the server, as [`Capture`](super::capture::Capture)
-    /// passes it; completed statements go to `out`.
-    pub fn server_message(&mut self, m: &Message<'_>, now: Instant, out: &mut Vec<Statement>) {
-        if self.lost.is_some() {
-            return;
-        }
-        self.settle();
-        let (tag, body) = (m.tag, m.body);
-        match tag {
-            b'C' | b'I' => {
-                let done = match tag {
-                    b'C' => {
-                        let tag = read_cstr(&mut &body[..], "CommandComplete").unwrap_or_default();
-                        self.transaction.completed(tag);
-                        Some(self.completion(tag))
-                    }
-                    _ => None,
-                };
-                if self.copying_in {
-                    self.copy_in_done();
-                }
-                match self.expect.front_mut() {
-                    Some(Expect::Run(s)) if s.flow == Flow::Simple => {
-                        if let Outcome::Done(list) = &mut s.outcome {
-                            list.extend(done);
-                        }
-                    }
-                    Some(Expect::Run(_)) => {
-                        let mut list = self.completion_list();
-                        list.extend(done);
-                        self.finish(Outcome::Done(list), now, out);
-                    }
-                    _ => {}
-                }
-            }
-            b's' => {
-                if matches!(self.expect.front(), Some(Expect::Run(_))) {
-                    self.finish(Outcome::Suspended, now, out);
-                }
-            }
-            b'E' => self.error(body, now, out),
-            b'Z' => {
-                while let Some(e) = self.pop_front() {
-                    match e {
-                        // The simple protocol's statement (or a function call)
-                        // ends here, unless it came after an extended-protocol
-                        // error: the server skipped it on the way to the Sync.
-                        Expect::Run(mut s) if s.flow != Flow::Extended && !self.skipping => {
-                            s.duration = now.saturating_duration_since(s.started);
-                            out.push(s);
-                            self.next_starts(now);
-                            break;
-                        }
-                        Expect::Sync => {
-                            self.next_starts(now);
-                            break;
-                        }
-                        Expect::Run(mut s) => {
-                            s.outcome = Outcome::NotRun;
-                            out.push(s);
-                        }
-                        _ => {}
-                    }
-                }
-                self.skipping = false;
-                // Whatever the server skipped, it is reading as usual again.
-                self.discarding = false;
-                // Out of a transaction block no portal runs on: the server
-                // drops them with their transaction (see `transaction`).
-                // (In a failed block a portal of the outer transaction runs
-                // on after ROLLBACK TO SAVEPOINT.)
-                if body.first() == Some(&b'I') {
-                    out.append(&mut self.suspended);
-                }
-                self.transaction.ready(body.first().copied(), self.expect.is_empty());
-            }
-            // ParseComplete, BindComplete, CloseComplete answer the front item.
-            b'1' | b'2' | b'3' => {
-                if let Some(Expect::ClosePortal { name, .. }) = self.pop_front() {
-                    self.end_run(&name, out);
-                }
-            }
-            b't' => {
-                if let Some(Expect::Describe(name, Some(text))) = self.expect.front()
-                    && let Some(p) = self.prepared.get_mut(name)
-                    && Arc::ptr_eq(&p.text, text)
-                    && p.types.iter().all(|&t| t == 0)
-                {
-                    let types = declared_types_after_text(body);
-                    if !types.is_empty() && self.kept + 4 * types.len() <= MAX_KEPT {
-                        self.kept = self.kept.saturating_sub(4 * p.types.len()) + 4 * types.len();
-                        p.types = types;
-                    }
-                }
-            }
-            b'T' | b'n' => {
-                if matches!(self.expect.front(), Some(Expect::Other | Expect::Describe(..))) {
-                    self.pop_front();
-                }
-            }
-            b'G' | b'H' | b'W' => {
-                let inbound = tag == b'G';
-                let running = match self.expect.front_mut() {
-                    Some(Expect::Run(s)) => {
-                        // Several COPYs of one Query add up; data the client
-                        // sent ahead of this response was counted already.
-                        if s.copy.is_none_or(|c| c.inbound != inbound) {
-                            s.copy = Some(Copy { inbound, bytes: 0 });
-                        }
-                        true
-                    }
-                    _ => false,
-                };
-                if inbound && running {
-                    self.copy_in_started();
-                }
-                self.copying_in = inbound && running;
-            }
-            b'd' => self.copy_bytes(false, m.len),
-            _ => {}
-        }
     }
 
     /// The front item, answered; markers that come to the front with no
