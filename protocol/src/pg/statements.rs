@@ -324,21 +324,26 @@ impl StatementTracker {
         }
     }
 
-    /// `s`, a statement the server answered. An Execute of a portal the
-    /// tracker did not know when it was sent runs a SQL cursor declared
-    /// since, if there is one: its DECLARE was pipelined ahead of it (the
-    /// audit follows a DECLARE once it ran). A Bind's portal that is there
-    /// now was sent after it. And an Execute may go on with a run that
-    /// stopped at a row limit (`resume`).
+    /// `s`, a statement the server answered (`cursor_since`), which may go
+    /// on with a run that stopped at a row limit (`resume`).
     fn answered(&mut self, s: &mut Statement, out: &mut Vec<Statement>) {
+        self.cursor_since(s);
+        self.resume(s, out);
+    }
+
+    /// `s`, an Execute the server answered or skipped, runs a SQL cursor
+    /// of its portal's name declared after it was sent, if there is one:
+    /// the DECLARE was pipelined ahead of it (the audit follows a DECLARE
+    /// once it ran; bindings only grow). A Bind's portal newer than what
+    /// the Execute found was sent after it.
+    fn cursor_since(&self, s: &mut Statement) {
         if s.flow == Flow::Extended
-            && s.binding == 0
             && let Some(p) = self.portals.get(&s.portal)
             && p.cursor
+            && p.binding > s.binding
         {
             p.runs_in(s);
         }
-        self.resume(s, out);
     }
 
     fn finish(&mut self, outcome: Outcome, now: Instant, out: &mut Vec<Statement>) {

@@ -489,6 +489,19 @@ mod tests {
         s.event(&ran("COMMIT; SELECT 2", done(&["ROLLBACK", "SELECT 1"])));
         s.transaction_ends(false);
         assert_eq!(s.read("doomed"), None);
+        // With the next Query sent ahead: a cursor goes all the same.
+        let now = Instant::now();
+        let sql = "BEGIN; DECLARE brief CURSOR FOR SELECT * FROM t5; COMMIT";
+        s.tracker.client(b'Q', format!("{sql}\0").as_bytes(), now);
+        s.tracker.client(b'Q', b"FETCH 1 FROM brief\0", now);
+        let mut out = Vec::new();
+        for tag in ["BEGIN", "DECLARE CURSOR", "COMMIT"] {
+            s.tracker.server(b'C', format!("{tag}\0").as_bytes(), now, &mut out);
+        }
+        s.tracker.server(b'Z', b"I", now, &mut out);
+        s.event(&out[0]);
+        s.next_message();
+        assert_eq!(s.read("brief"), None);
     }
 
     #[test]

@@ -162,16 +162,34 @@ impl StatementTracker {
     }
 
     /// Puts `old` back under `name`, which a skipped Bind or Close took
-    /// from it, unless the name holds another portal now; so are Executes
-    /// of it sent ahead, in batches after the Sync at `end`, that ran what
-    /// the Bind made (`binding`; 0: nothing, after a Close): the server
-    /// runs the old portal there.
+    /// from it; so are Executes of it sent ahead, in batches after the Sync
+    /// at `end`, that ran what the Bind made (`binding`; 0: nothing, after
+    /// a Close): the server runs the old portal there. If a Bind sent
+    /// after took the name again, the server refuses that Bind (the old
+    /// portal is still there), and its undo puts `old` back; a DECLARE
+    /// since keeps the name.
     fn put_back(&mut self, name: String, old: Portal, binding: u64, end: usize) {
-        if self.portals.get(&name).is_some() {
+        if let Some(now) = self.portals.get(&name) {
+            let rebound = now.binding;
+            let later = self.expect.iter_mut().skip(end).find_map(|e| match e {
+                Expect::Bind {
+                    name: n,
+                    old: slot,
+                    binding,
+                } if *n == name && *binding == rebound => Some(slot),
+                _ => None,
+            });
+            if let Some(slot) = later
+                && slot.is_none()
+            {
+                *slot = Some(old);
+            }
             return;
         }
         for e in self.expect.iter_mut().skip(end) {
+            // Queries and function calls have no portal, which reads as the unnamed one's.
             if let Expect::Run(s) = e
+                && s.flow == Flow::Extended
                 && s.portal == name
                 && s.binding == binding
             {

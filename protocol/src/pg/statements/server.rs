@@ -69,6 +69,7 @@ impl StatementTracker {
                             break;
                         }
                         Expect::Run(mut s) => {
+                            self.cursor_since(&mut s);
                             s.outcome = Outcome::NotRun;
                             out.push(s);
                         }

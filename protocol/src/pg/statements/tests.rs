@@ -488,3 +488,55 @@ fn a_pipelined_statement_s_duration_counts_from_when_the_one_before_ended() {
     assert_eq!(took, [("SELECT pg_sleep(1)", 1000), ("SELECT 2", 3), ("SELECT 3", 7)]);
     assert_eq!(out[1].started, at(1000), "it started at the server then");
 }
+
+#[test]
+fn an_execute_runs_a_cursor_declared_again_ahead_of_it() {
+    let mut t = StatementTracker::new();
+    t.sql_declared("c", "SELECT 1", false);
+    let out = feed(
+        &mut t,
+        &[
+            (true, b'Q', cstr("CLOSE c; DECLARE c CURSOR FOR SELECT * FROM salaries")),
+            (true, b'E', execute("c")),
+            (true, b'S', vec![]),
+            (false, b'C', cstr("CLOSE CURSOR")),
+            (false, b'C', cstr("DECLARE CURSOR")),
+            (false, b'Z', vec![b'T']),
+        ],
+    );
+    assert_eq!(out.len(), 1);
+    // What the audit tells the tracker once the Query ran.
+    t.sql_closed(Some("c"));
+    t.sql_declared("c", "SELECT * FROM salaries", false);
+    let out = feed(&mut t, &[(false, b'C', cstr("FETCH 3")), (false, b'Z', vec![b'T'])]);
+    assert_eq!(
+        outcomes(&out),
+        [("SELECT * FROM salaries", &done(&[("FETCH 3", Some(3))]))]
+    );
+}
+
+#[test]
+fn an_execute_the_server_skipped_names_the_cursor_declared_ahead_of_it() {
+    let mut t = StatementTracker::new();
+    let out = feed(
+        &mut t,
+        &[
+            (
+                true,
+                b'Q',
+                cstr("DECLARE c CURSOR WITH HOLD FOR SELECT * FROM salaries"),
+            ),
+            (true, b'P', parse("", "SELEC 1")),
+            (true, b'B', bind("", "", &[], &[])),
+            (true, b'E', execute("")),
+            (true, b'E', execute("c")),
+            (true, b'S', vec![]),
+            (false, b'C', cstr("DECLARE CURSOR")),
+            (false, b'Z', vec![b'I']),
+        ],
+    );
+    assert_eq!(out.len(), 1);
+    t.sql_declared("c", "SELECT * FROM salaries", true);
+    let out = feed(&mut t, &[(false, b'E', error("42601")), (false, b'Z', vec![b'I'])]);
+    assert_eq!(outcomes(&out)[1], ("SELECT * FROM salaries", &Outcome::NotRun));
+}

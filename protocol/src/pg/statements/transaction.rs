@@ -99,7 +99,10 @@ impl StatementTracker {
                     p.hold = Hold::Committed;
                     true
                 }
-                Hold::Not => !ended.portals_end,
+                // A cursor was declared before the end (the audit follows
+                // each DECLARE once it ran); a Bind's portal may be the
+                // next transaction's, sent ahead.
+                Hold::Not => !p.cursor && !ended.portals_end,
             },
             |p| p.kept,
         );

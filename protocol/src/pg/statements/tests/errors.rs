@@ -369,3 +369,87 @@ fn a_close_the_server_skipped_leaves_the_portal_open() {
         Some("SELECT * FROM salaries")
     );
 }
+
+#[test]
+fn a_skipped_close_of_the_unnamed_portal_leaves_queries_their_own_text() {
+    let mut t = StatementTracker::new();
+    let out = feed(
+        &mut t,
+        &[
+            (true, b'P', parse("", "SELECT 1")),
+            (true, b'B', bind("", "", &[], &[])),
+            (true, b'E', execute("")),
+            (true, b'S', vec![]),
+            (true, b'P', parse("", "SELEC 1")),
+            (true, b'C', close_portal("")),
+            (true, b'S', vec![]),
+            (true, b'Q', cstr("DROP TABLE accounts")),
+            (true, b'F', [&7u32.to_be_bytes()[..], &[0, 0, 0, 0, 0, 0]].concat()),
+            (false, b'1', vec![]),
+            (false, b'2', vec![]),
+            (false, b'C', cstr("SELECT 1")),
+            (false, b'Z', vec![b'I']),
+            (false, b'E', error("42601")),
+            (false, b'Z', vec![b'I']),
+            (false, b'C', cstr("DROP TABLE")),
+            (false, b'Z', vec![b'I']),
+            (false, b'V', vec![0, 0, 0, 0]),
+            (false, b'Z', vec![b'I']),
+        ],
+    );
+    let texts: Vec<&str> = out.iter().map(|s| s.text.text.as_str()).collect();
+    assert_eq!(
+        texts,
+        ["SELECT 1", "SELEC 1", "DROP TABLE accounts", "<function call, oid 7>"]
+    );
+}
+
+#[test]
+fn a_portal_a_skipped_close_left_open_is_back_once_a_later_bind_of_it_is_refused() {
+    let mut t = StatementTracker::new();
+    feed(
+        &mut t,
+        &[
+            (true, b'P', parse("", "SELECT * FROM salaries")),
+            (true, b'B', bind("c", "", &[], &[])),
+            (true, b'P', parse("q", "SELECT 2")),
+            (true, b'S', vec![]),
+            (false, b'1', vec![]),
+            (false, b'2', vec![]),
+            (false, b'1', vec![]),
+            (false, b'Z', vec![b'T']),
+        ],
+    );
+    // The Close is skipped; the Bind of the same name behind it is
+    // refused, since `c` is still there.
+    let out = feed(
+        &mut t,
+        &[
+            (true, b'Q', cstr("SAVEPOINT s")),
+            (true, b'P', parse("", "SELEC 1")),
+            (true, b'C', close_portal("c")),
+            (true, b'S', vec![]),
+            (true, b'Q', cstr("ROLLBACK TO SAVEPOINT s")),
+            (true, b'B', bind("c", "q", &[], &[])),
+            (true, b'E', execute("c")),
+            (true, b'S', vec![]),
+            (false, b'C', cstr("SAVEPOINT")),
+            (false, b'Z', vec![b'T']),
+            (false, b'E', error("42601")),
+            (false, b'Z', vec![b'E']),
+            (false, b'C', cstr("ROLLBACK")),
+            (false, b'Z', vec![b'T']),
+            (false, b'E', error("42P03")),
+            (false, b'Z', vec![b'E']),
+        ],
+    );
+    let refused = out.last().map(|s| &s.outcome);
+    assert!(
+        matches!(refused, Some(Outcome::Failed { sqlstate, .. }) if sqlstate == "42P03"),
+        "{refused:?}"
+    );
+    assert_eq!(
+        t.cursor_text("c").map(|x| x.text.clone()).as_deref(),
+        Some("SELECT * FROM salaries")
+    );
+}
