@@ -269,6 +269,22 @@ mod tests {
             self.next_message();
         }
 
+        /// `sql`, a Query whose first command completed with `tag` and
+        /// whose second divided by zero.
+        fn fails_after(&mut self, sql: &str, tag: &str) {
+            let error = b"SERROR\0C22012\0Mdivision by zero\0\0";
+            self.tracker.server(b'E', error, Instant::now(), &mut Vec::new());
+            let failed = Outcome::Failed {
+                sqlstate: "22012".into(),
+                message: "division by zero".into(),
+                done: vec![Completion {
+                    tag: tag.into(),
+                    rows: None,
+                }],
+            };
+            self.event(&ran(sql, failed));
+        }
+
         /// The session's next message: a ParameterStatus.
         fn next_message(&mut self) {
             self.tracker
@@ -410,21 +426,10 @@ mod tests {
         assert_eq!(s.read("undone"), None);
         assert_eq!(s.read("kept").as_deref(), Some("SELECT * FROM t1"));
         // Declared in a Query that failed after it: rolled back too.
-        let failed = Outcome::Failed {
-            sqlstate: "22012".into(),
-            message: "division by zero".into(),
-            done: vec![Completion {
-                tag: "DECLARE CURSOR".into(),
-                rows: None,
-            }],
-        };
-        s.tracker.server(
-            b'E',
-            b"SERROR\0C22012\0Mdivision by zero\0\0",
-            Instant::now(),
-            &mut Vec::new(),
+        s.fails_after(
+            "DECLARE lost CURSOR WITH HOLD FOR SELECT 1; SELECT 1/0",
+            "DECLARE CURSOR",
         );
-        s.event(&ran("DECLARE lost CURSOR WITH HOLD FOR SELECT 1; SELECT 1/0", failed));
         s.transaction_ends(false);
         assert_eq!(s.read("lost"), None);
         // A Query that declares and commits: its ReadyForQuery is read
@@ -460,21 +465,7 @@ mod tests {
         // Committed, then a command that failed: the cursor WITH HOLD stays.
         s.event(&ok("BEGIN"));
         s.event(&ok("DECLARE kept CURSOR WITH HOLD FOR SELECT * FROM t2"));
-        let failed = Outcome::Failed {
-            sqlstate: "22012".into(),
-            message: "division by zero".into(),
-            done: vec![Completion {
-                tag: "COMMIT".into(),
-                rows: None,
-            }],
-        };
-        s.tracker.server(
-            b'E',
-            b"SERROR\0C22012\0Mdivision by zero\0\0",
-            Instant::now(),
-            &mut Vec::new(),
-        );
-        s.event(&ran("COMMIT; SELECT 1/0", failed));
+        s.fails_after("COMMIT; SELECT 1/0", "COMMIT");
         s.transaction_ends(false);
         assert_eq!(s.read("kept").as_deref(), Some("SELECT * FROM t2"));
         // AND CHAIN: still in a block at the ReadyForQuery, and yet ended.

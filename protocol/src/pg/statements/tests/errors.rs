@@ -318,42 +318,58 @@ fn a_refused_bind_leaves_a_cursor_declared_since_under_its_name() {
     assert_eq!(cursor.as_deref(), Some("SELECT * FROM salaries"));
 }
 
-#[test]
-fn a_close_the_server_skipped_leaves_the_portal_open() {
+/// A tracker in a transaction whose portal `name` reads salaries.
+fn portal_in_a_transaction(name: &str) -> StatementTracker {
     let mut t = StatementTracker::new();
     feed(
         &mut t,
         &[
             (true, b'P', parse("", "SELECT * FROM salaries")),
-            (true, b'B', bind("p", "", &[], &[])),
+            (true, b'B', bind(name, "", &[], &[])),
             (true, b'S', vec![]),
             (false, b'1', vec![]),
             (false, b'2', vec![]),
             (false, b'Z', vec![b'T']),
         ],
     );
-    // A batch fails before its Close, which the server skips; back at the
-    // savepoint the portal of the outer transaction runs on.
-    let out = feed(
-        &mut t,
-        &[
-            (true, b'Q', cstr("SAVEPOINT s")),
-            (true, b'P', parse("", "SELEC 1")),
-            (true, b'C', close_portal("p")),
-            (true, b'S', vec![]),
-            (true, b'Q', cstr("ROLLBACK TO SAVEPOINT s")),
-            (true, b'E', execute("p")),
-            (true, b'S', vec![]),
-            (false, b'C', cstr("SAVEPOINT")),
-            (false, b'Z', vec![b'T']),
-            (false, b'E', error("42601")),
-            (false, b'Z', vec![b'E']),
-            (false, b'C', cstr("ROLLBACK")),
-            (false, b'Z', vec![b'T']),
-            (false, b'C', cstr("SELECT 3")),
-            (false, b'Z', vec![b'T']),
-        ],
+    t
+}
+
+/// A batch that fails before its Close of `name`, which the server skips,
+/// then back to a savepoint where the portal runs on; `then`, sent after,
+/// is answered by `answers`.
+fn skipped_close(
+    name: &str,
+    then: &[(bool, u8, Vec<u8>)],
+    answers: &[(bool, u8, Vec<u8>)],
+) -> Vec<(bool, u8, Vec<u8>)> {
+    let asks = [
+        (true, b'Q', cstr("SAVEPOINT s")),
+        (true, b'P', parse("", "SELEC 1")),
+        (true, b'C', close_portal(name)),
+        (true, b'S', vec![]),
+        (true, b'Q', cstr("ROLLBACK TO SAVEPOINT s")),
+    ];
+    let answered = [
+        (false, b'C', cstr("SAVEPOINT")),
+        (false, b'Z', vec![b'T']),
+        (false, b'E', error("42601")),
+        (false, b'Z', vec![b'E']),
+        (false, b'C', cstr("ROLLBACK")),
+        (false, b'Z', vec![b'T']),
+    ];
+    [&asks[..], then, &answered[..], answers].concat()
+}
+
+#[test]
+fn a_close_the_server_skipped_leaves_the_portal_open() {
+    let mut t = portal_in_a_transaction("p");
+    let steps = skipped_close(
+        "p",
+        &[(true, b'E', execute("p")), (true, b'S', vec![])],
+        &[(false, b'C', cstr("SELECT 3")), (false, b'Z', vec![b'T'])],
     );
+    let out = feed(&mut t, &steps);
     let texts: Vec<&str> = out.iter().map(|s| s.text.text.as_str()).collect();
     assert_eq!(
         texts,
@@ -406,43 +422,28 @@ fn a_skipped_close_of_the_unnamed_portal_leaves_queries_their_own_text() {
 
 #[test]
 fn a_portal_a_skipped_close_left_open_is_back_once_a_later_bind_of_it_is_refused() {
-    let mut t = StatementTracker::new();
+    let mut t = portal_in_a_transaction("c");
     feed(
         &mut t,
         &[
-            (true, b'P', parse("", "SELECT * FROM salaries")),
-            (true, b'B', bind("c", "", &[], &[])),
             (true, b'P', parse("q", "SELECT 2")),
             (true, b'S', vec![]),
             (false, b'1', vec![]),
-            (false, b'2', vec![]),
-            (false, b'1', vec![]),
             (false, b'Z', vec![b'T']),
         ],
     );
-    // The Close is skipped; the Bind of the same name behind it is
-    // refused, since `c` is still there.
-    let out = feed(
-        &mut t,
+    // The Bind of the same name behind the skipped Close is refused,
+    // since `c` is still there.
+    let steps = skipped_close(
+        "c",
         &[
-            (true, b'Q', cstr("SAVEPOINT s")),
-            (true, b'P', parse("", "SELEC 1")),
-            (true, b'C', close_portal("c")),
-            (true, b'S', vec![]),
-            (true, b'Q', cstr("ROLLBACK TO SAVEPOINT s")),
             (true, b'B', bind("c", "q", &[], &[])),
             (true, b'E', execute("c")),
             (true, b'S', vec![]),
-            (false, b'C', cstr("SAVEPOINT")),
-            (false, b'Z', vec![b'T']),
-            (false, b'E', error("42601")),
-            (false, b'Z', vec![b'E']),
-            (false, b'C', cstr("ROLLBACK")),
-            (false, b'Z', vec![b'T']),
-            (false, b'E', error("42P03")),
-            (false, b'Z', vec![b'E']),
         ],
+        &[(false, b'E', error("42P03")), (false, b'Z', vec![b'E'])],
     );
+    let out = feed(&mut t, &steps);
     let refused = out.last().map(|s| &s.outcome);
     assert!(
         matches!(refused, Some(Outcome::Failed { sqlstate, .. }) if sqlstate == "42P03"),
