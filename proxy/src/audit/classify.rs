@@ -25,8 +25,9 @@ pub struct Class {
     /// (PREPARE, EXECUTE, DEALLOCATE, DISCARD, DECLARE, FETCH, MOVE,
     /// CLOSE): the session's names follow it (`sql_names`).
     pub names: bool,
-    /// Ends a transaction in SQL (COMMIT, ROLLBACK, ...), which ends the
-    /// session's cursors with it: followed when the session has any.
+    /// Holds transaction control (BEGIN, COMMIT, ROLLBACK, ...): a COMMIT
+    /// or ROLLBACK ends the session's cursors, so it is followed when the
+    /// session has any.
     pub transaction: bool,
 }
 
