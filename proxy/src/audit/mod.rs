@@ -105,7 +105,7 @@ impl AuditQueue {
 /// updates the depth only as it takes items).
 fn full(waits: &IntCounter, depth: &IntGauge) {
     waits.inc();
-    depth.set(i64::try_from(QUEUE).unwrap_or(i64::MAX));
+    show_full(depth);
 }
 
 /// A send filled the queue's last slot: the depth shows it full. The audit
@@ -114,8 +114,12 @@ fn full(waits: &IntCounter, depth: &IntGauge) {
 /// would leave it one short of full for as long as the stall lasts.
 fn shows_full(tx: &mpsc::Sender<Item>, depth: &IntGauge) {
     if tx.capacity() == 0 {
-        depth.set(i64::try_from(QUEUE).unwrap_or(i64::MAX));
+        show_full(depth);
     }
+}
+
+fn show_full(depth: &IntGauge) {
+    depth.set(i64::try_from(QUEUE).unwrap_or(i64::MAX));
 }
 
 type Reserve = std::pin::Pin<
@@ -186,7 +190,7 @@ impl StatementQueue {
         };
         let Poll::Ready(permit) = reserving.as_mut().poll(cx) else {
             // Again, when polled while waiting (see `shows_full`).
-            self.depth.set(i64::try_from(QUEUE).unwrap_or(i64::MAX));
+            show_full(&self.depth);
             return Poll::Pending;
         };
         self.reserving = None;

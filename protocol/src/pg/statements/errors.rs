@@ -124,8 +124,8 @@ impl StatementTracker {
                     continue;
                 }
                 Some(Expect::ClosePortal { name, old }) => {
-                    let (name, old) = (name.clone(), old.take());
-                    if let Some(old) = old {
+                    if let Some(old) = old.take() {
+                        let name = name.clone();
                         self.put_back(name, old, 0, end);
                     }
                     continue;
