@@ -11,7 +11,7 @@ use portcullis_protocol::audit::AuditEvent;
 use serde_json::{Value, json};
 
 use crate::harness::pg::pg;
-use crate::harness::{Gateway, GatewayOptions, Role, connect, now, ok, stderr, stdout};
+use crate::harness::{Gateway, GatewayOptions, Role, connect, now, ok, running_upstream, stderr, stdout};
 
 /// Every event of the proxy so far but statements (tests/e2e/statements.rs
 /// has those) and workflow actions (`wf_...`),
@@ -430,13 +430,10 @@ async fn each_way_a_session_can_end_is_recorded() {
         .expect("pid")
         .get(0);
     let client = std::sync::Arc::clone(&dropped.client);
-    let running = tokio::spawn(async move { client.simple_query("SELECT pg_sleep(30)").await });
-    let active = format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {pid} AND state = 'active'");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while pg().sql("orders", &active) != "1" {
-        assert!(std::time::Instant::now() < deadline, "the query never ran");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let query = format!("SELECT pg_sleep(30) AS terminated_{}", crate::harness::pg::random_hex());
+    let sent = query.clone();
+    let running = tokio::spawn(async move { client.simple_query(&sent).await });
+    running_upstream(&query, 1).await;
     pg().sql("orders", &format!("SELECT pg_terminate_backend({pid})"));
     assert!(running.await.expect("join").is_err());
     assert!(dropped.until_closed(Duration::from_secs(10)).await.1.is_some());
@@ -497,7 +494,7 @@ async fn each_way_a_session_can_end_is_recorded() {
     let cut = gw.audit_until(&["--session", &dropped_id, "--action", "statement"], |e| e.len() >= 2);
     let sleep = cut
         .iter()
-        .find(|e| e["detail"]["text"] == "SELECT pg_sleep(30)")
+        .find(|e| e["detail"]["text"] == query.as_str())
         .unwrap_or_else(|| panic!("{cut:#?}"));
     assert_eq!(
         (&sleep["detail"]["outcome"], &sleep["detail"]["sqlstate"]),
