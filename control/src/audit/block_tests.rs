@@ -161,6 +161,13 @@ async fn paging_walks_into_and_out_of_blocks_in_both_orders() {
 #[tokio::test]
 async fn text_and_time_find_single_statements_inside_blocks() {
     for (_at, log) in mixed().await {
+        let texts = [
+            "SELECT * FROM orders WHERE id = 11",
+            "SELECT * FROM orders WHERE id = 22",
+        ];
+        log.append(vec![block("evt_b3", T0 + 400, &texts)])
+            .await
+            .expect("append");
         let grep = |text: &str| Search {
             grep: Some(text.into()),
             limit: 100,
@@ -174,6 +181,10 @@ async fn text_and_time_find_single_statements_inside_blocks() {
         // And in any other event's detail.
         let found = log.search(grep("GRANT \"g1\"")).await.expect("search");
         assert_eq!(ids(&found), [(7, "evt_notice".to_owned())]);
+        // A text that repeats an earlier one, which compression writes as a
+        // reference to it, is found too.
+        let found = log.search(grep("FROM orders WHERE id = 22")).await.expect("search");
+        assert_eq!(ids(&found), [(13, "evt_b3_1".to_owned())]);
 
         let found = log
             .search(Search {
@@ -260,9 +271,15 @@ async fn a_bound_value_with_quotes_or_backslashes_is_found_as_typed() {
 #[tokio::test]
 async fn an_edited_statement_or_a_deleted_block_breaks_the_chain() {
     for (at, log) in mixed().await {
+        // Decompressed, edited and stored as text, which reads as a body too.
+        let body = if at.postgres().is_some() {
+            "body"
+        } else {
+            "audit_body(body)"
+        };
         tamper(
             &at,
-            "UPDATE events SET body = replace(body, 'SELECT 7', 'SELECT 0') WHERE seq = 8",
+            &format!("UPDATE events SET body = replace({body}, 'SELECT 7', 'SELECT 0') WHERE seq = 8"),
         );
         assert!(
             matches!(
@@ -308,6 +325,54 @@ async fn a_forged_span_or_an_unreadable_row_is_a_break_and_never_a_count() {
             "{at:?}"
         );
     }
+}
+
+#[tokio::test]
+async fn the_sqlite_file_keeps_blocks_compressed_and_reads_a_text_body_too() {
+    let at = crate::store::testing::sqlite();
+    let log = crate::store::testing::audit_log(&at).await;
+    fill(&log).await;
+    let everything = || Search {
+        limit: 100,
+        ..Search::default()
+    };
+    // Each block's body: how it is stored, and its size in bytes.
+    let stored = || -> Vec<(String, i64)> {
+        let file = rusqlite::Connection::open(at.dir.path().join(super::FILE)).expect("open");
+        let mut q = file
+            .prepare(
+                "SELECT typeof(body), length(CAST(body AS BLOB)) FROM events WHERE action = 'statements' ORDER BY seq",
+            )
+            .expect("prepare");
+        q.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .and_then(Iterator::collect)
+            .expect("bodies")
+    };
+    let compressed = stored();
+    assert!(compressed.iter().all(|(kind, _)| kind == "blob"), "{compressed:?}");
+    let before = log.search(everything()).await.expect("search");
+    assert_eq!(before.len(), 11);
+
+    // A file written before blocks were compressed holds their JSON as text.
+    tamper(
+        &at,
+        "UPDATE events SET body = audit_body(body) WHERE action = 'statements'",
+    );
+    let text = stored();
+    assert!(text.iter().all(|(kind, _)| kind == "text"), "{text:?}");
+    assert!(compressed[0].1 < text[0].1, "{compressed:?} against {text:?}");
+    assert_eq!(log.search(everything()).await.expect("search"), before);
+    assert_eq!(log.verify().await.expect("verify").broken, None);
+
+    // A blob that does not unpack is an edit, and a search skips nothing else.
+    tamper(&at, "UPDATE events SET body = x'ff00000001' WHERE seq = 8");
+    assert!(
+        matches!(
+            log.verify().await.expect("verify").broken,
+            Some(ChainBreak::Edited { seq: 8, .. })
+        ),
+        "an unreadable block"
+    );
 }
 
 #[tokio::test]

@@ -11,6 +11,7 @@
 //! Workflow actions reach it from the history table through the shipper
 //! (`ship.rs`), whose cursor is committed with the events it ships.
 
+pub(crate) mod body;
 mod key;
 mod schema;
 pub(crate) mod ship;

@@ -122,6 +122,7 @@ pub(super) fn open(path: &Path, key_check: &str) -> Result<Conn, AuditError> {
     // the writer inserts tens of thousands of rows a second, and benches/
     // audit_write.rs measured it 35% cheaper per event than with 8 MiB.
     conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA cache_size = -32768;")?;
+    super::body::register(&conn)?;
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     for (done, step) in SCHEMA
         .iter()

@@ -9,6 +9,7 @@ use portcullis_protocol::audit::block::{self, BLOCK, LIST, STATEMENT, expand_laz
 use portcullis_protocol::audit::{AuditEvent, ChainBreak, ChainCheck, GENESIS, link};
 use portcullis_protocol::feed::UnixMillis;
 
+use super::body::{self, Body};
 use super::schema::AUDIT_LOCK;
 use super::{AuditError, Verdict};
 use crate::store::db::{Conn, Engine, Value};
@@ -73,6 +74,7 @@ pub(super) fn append(
     shipped: Option<(&str, &Cursor)>,
 ) -> Result<Vec<(UnixMillis, u64)>, AuditError> {
     let mut tx = conn.transaction_locked(AUDIT_LOCK)?;
+    let engine = tx.engine();
     let last: Option<(i64, i64, Vec<u8>)> = tx
         .query_opt("SELECT seq, span, hash FROM events ORDER BY seq DESC LIMIT 1", &[])?
         .map(|r| Ok::<_, crate::store::DbError>((r.get(0)?, r.get(1)?, r.get(2)?)))
@@ -95,6 +97,10 @@ pub(super) fn append(
         let hash = link(key, next, &prev, e);
         let approvers = serde_json::to_string(&e.approvers).unwrap_or_else(|_| "[]".into());
         let (detail, body) = split_body(e);
+        let body = match (body, engine) {
+            (Some(json), Engine::Sqlite) => body::pack(json),
+            (body, _) => body.into(),
+        };
         let inserted = tx.execute(
             &insert,
             args![
@@ -213,8 +219,8 @@ fn row_at(r: &Row, base: usize) -> Result<Stored, crate::store::DbError> {
     let json = |i: usize| -> Result<String, crate::store::DbError> { r.get(base + i) };
     let approvers: Vec<String> = serde_json::from_str(&json(11)?).unwrap_or_default();
     let mut detail: BTreeMap<String, String> = serde_json::from_str(&json(12)?).unwrap_or_default();
-    if let Some(body) = r.get::<Option<String>>(base + 16)? {
-        detail.insert(LIST.to_owned(), body);
+    if let Some(Body(json)) = r.get::<Option<Body>>(base + 16)? {
+        detail.insert(LIST.to_owned(), json);
     }
     let event = AuditEvent {
         id: r.get(base + 1)?,
@@ -292,19 +298,25 @@ pub(super) fn verify(conn: &mut Conn, key: &[u8; 32]) -> Result<Verdict, AuditEr
     })
 }
 
-/// What `grep` looks in: every text of an event.
-const GREPPED: &str = "id || ' ' || detail || ' ' || coalesce(body, '') || ' ' || coalesce(reason, '') || ' ' || action || ' ' || user_name || ' ' || \
-    coalesce(resource, '') || ' ' || coalesce(role, '') || ' ' || coalesce(session_id, '') || ' ' || \
-    coalesce(grant_id, '') || ' ' || coalesce(request_id, '') || ' ' || approvers";
+/// What `grep` looks in: every text of an event, `body` being the SQL that
+/// reads its statements' JSON.
+fn grepped_sql(body: &str) -> String {
+    format!(
+        "id || ' ' || detail || ' ' || coalesce({body}, '') || ' ' || coalesce(reason, '') || ' ' || action || ' ' || \
+         user_name || ' ' || coalesce(resource, '') || ' ' || coalesce(role, '') || ' ' || coalesce(session_id, '') || ' ' || \
+         coalesce(grant_id, '') || ' ' || coalesce(request_id, '') || ' ' || approvers"
+    )
+}
 
 /// Rows a search reads per query, at most.
 const ROWS_AT_ONCE: usize = 64;
 
 pub(super) fn search(conn: &mut dyn Sql, s: &Search) -> Result<Vec<(u64, AuditEvent)>, AuditError> {
-    // Where `needle` is in `haystack`, 0 if nowhere.
-    let position = match conn.engine() {
-        Engine::Sqlite => "instr",
-        Engine::Postgres => "strpos",
+    // Where `needle` is in `haystack`, 0 if nowhere; and the statements'
+    // JSON, compressed in the SQLite file.
+    let (position, grepped) = match conn.engine() {
+        Engine::Sqlite => ("instr", grepped_sql(&format!("{}(body)", body::SQL_FUNCTION))),
+        Engine::Postgres => ("strpos", grepped_sql("body")),
     };
     let mut clauses: Vec<String> = Vec::new();
     let mut values: Vec<Value> = Vec::new();
@@ -342,7 +354,7 @@ pub(super) fn search(conn: &mut dyn Sql, s: &Search) -> Result<Vec<(u64, AuditEv
         let mut any = Vec::new();
         for form in forms {
             values.push(form.clone().into());
-            any.push(format!("{position}(lower({GREPPED}), lower(?{})) > 0", values.len()));
+            any.push(format!("{position}(lower({grepped}), lower(?{})) > 0", values.len()));
         }
         clauses.push(format!("({})", any.join(" OR ")));
     }

@@ -82,8 +82,9 @@ pub(crate) async fn audit_log(at: &TestStore) -> crate::audit::AuditLog {
 pub(crate) fn tamper(at: &TestStore, sql: &str) {
     let sql = sql.to_owned();
     match &at.location {
+        // With the log's own SQL function, as such a person could write one.
         Location::Sqlite(_) => rusqlite::Connection::open(at.dir.path().join(crate::audit::FILE))
-            .and_then(|c| c.execute_batch(&sql))
+            .and_then(|c| crate::audit::body::register(&c).and_then(|()| c.execute_batch(&sql)))
             .expect("tamper with the file"),
         // A thread of its own: the connection must not run inside the test's runtime.
         Location::Postgres(url) => {
