@@ -128,13 +128,14 @@ async fn a_fetch_names_the_query_of_its_cursor() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cursor_ends_where_its_transaction_ends_amid_a_query() {
+async fn a_cursor_ends_where_its_transaction_or_savepoint_ends() {
     let gw = Gateway::start(GatewayOptions::default());
     let alice = gw.add_user("alice", &[], false);
     let carol = gw.add_user("carol", &[], false);
     gw.grant(&alice, &carol, "orders", None, "1h");
     // Each -c is one Query: the first rolls its cursor back before its
     // last command, the third commits its cursor before a command fails.
+    // Then a rollback to a savepoint taken before its cursor was declared.
     let args = [
         "-v",
         "ON_ERROR_STOP=0",
@@ -144,14 +145,28 @@ async fn a_cursor_ends_where_its_transaction_ends_amid_a_query() {
         "FETCH 1 FROM c",
         "-c",
         "BEGIN; DECLARE k CURSOR WITH HOLD FOR SELECT 2 AS two; COMMIT; SELECT 1/0",
+        "-c",
+        "BEGIN",
+        "-c",
+        "SAVEPOINT before_s",
+        "-c",
+        "DECLARE s CURSOR FOR SELECT 3",
+        "-c",
+        "ROLLBACK TO before_s",
+        "-c",
+        "FETCH 1 FROM s",
+        "-c",
+        "ROLLBACK",
     ];
     let out = tokio::task::block_in_place(|| gw.psql_with("alice", &alice, "orders", &args, "FETCH 1 FROM k"));
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().last(), Some("2"));
 
     let all = statements_of_ended(&gw, 1).await;
-    let gone = with_text(&all, "FETCH 1 FROM c");
-    assert_eq!(detail(gone, "sqlstate"), "34000", "{gone:?}");
-    assert!(!gone.detail.contains_key("cursor"), "{gone:?}");
+    for fetch in ["FETCH 1 FROM c", "FETCH 1 FROM s"] {
+        let gone = with_text(&all, fetch);
+        assert_eq!(detail(gone, "sqlstate"), "34000", "{gone:?}");
+        assert!(!gone.detail.contains_key("cursor"), "{gone:?}");
+    }
     let kept = with_text(&all, "FETCH 1 FROM k");
     assert_eq!(
         (detail(kept, "outcome"), detail(kept, "cursor")),

@@ -167,6 +167,9 @@ pub struct StatementTracker {
     fatal: Option<String>,
     /// The transaction so far, and whether one ended (see `transaction`).
     transaction: transaction::Transaction,
+    /// The transaction's savepoints, oldest first, each with the bindings
+    /// made before it (see `sql_savepoint`).
+    savepoints: Vec<(Box<str>, u64)>,
 }
 
 impl StatementTracker {

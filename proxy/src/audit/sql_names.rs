@@ -34,6 +34,15 @@ pub struct Executed {
     pub secret: bool,
 }
 
+/// Whether a statement that ended with `outcome` is to be followed: it
+/// uses SQL's `names` (`Class::names`), or it controls the `transaction`
+/// of a session whose cursors and portals its end or a savepoint's
+/// rollback may close. A `SAVEPOINT` is followed even before any cursor
+/// is declared in it; a `BEGIN` or `COMMIT` alone costs no parse.
+pub fn wanted(names: bool, transaction: bool, outcome: &Outcome, tracker: &StatementTracker) -> bool {
+    names || (transaction && (tracker.has_cursors() || tracker.has_savepoints() || has_tag(outcome, "SAVEPOINT")))
+}
+
 /// Follows `sql`, a statement that uses SQL's names (see `Class::names`)
 /// and ended with `outcome`: the commands of it that ran are told to
 /// `tracker`, in order, and what its EXECUTEs ran and FETCHes read is
@@ -97,6 +106,15 @@ pub fn follow(sql: &str, outcome: &Outcome, tracker: &mut StatementTracker) -> E
             NodeEnum::TransactionStmt(t) if ends_transaction(t.kind) => {
                 tracker.sql_transaction_ended(tag_of(outcome, i) == Some("ROLLBACK"));
             }
+            NodeEnum::TransactionStmt(t) if t.kind == TransactionStmtKind::TransStmtSavepoint as i32 => {
+                tracker.sql_savepoint(&t.savepoint_name);
+            }
+            NodeEnum::TransactionStmt(t) if t.kind == TransactionStmtKind::TransStmtRollbackTo as i32 => {
+                tracker.sql_rolled_back_to(&t.savepoint_name);
+            }
+            NodeEnum::TransactionStmt(t) if t.kind == TransactionStmtKind::TransStmtRelease as i32 => {
+                tracker.sql_released(&t.savepoint_name);
+            }
             _ => {}
         }
     }
@@ -155,6 +173,14 @@ fn ends_transaction(kind: i32) -> bool {
     ]
     .iter()
     .any(|k| *k as i32 == kind)
+}
+
+/// Whether one of a statement's commands completed with `tag`.
+fn has_tag(outcome: &Outcome, tag: &str) -> bool {
+    match outcome {
+        Outcome::Done(list) | Outcome::Failed { done: list, .. } => list.iter().any(|c| *c.tag == *tag),
+        _ => false,
+    }
 }
 
 /// The command tag of a statement's command `i`, if it completed.

@@ -167,9 +167,15 @@ pub fn statement_detail(
                 redacted: facts.redacted,
                 secret_params: facts.secret_params.into(),
                 names: facts.names,
+                transaction: facts.transaction,
             }
         });
-        let (redacted, secret) = if text.names {
+        let follows = text.names
+            || (text.transaction
+                && follow
+                    .as_ref()
+                    .is_some_and(|(outcome, tracker)| sql_names::wanted(false, true, outcome, tracker)));
+        let (redacted, secret) = if follows {
             // What it runs depends on the session's names at the time.
             d.put_plain("flow", "extended");
             let facts = text_detail(&s.text, classifier, follow, d);
@@ -291,6 +297,8 @@ struct TextFacts {
     secret_params: Vec<usize>,
     /// See `Class::names`.
     names: bool,
+    /// See `Class::transaction`.
+    transaction: bool,
 }
 
 /// Writes a statement's class, tables and text (passwords redacted; a cut
@@ -307,7 +315,7 @@ fn text_detail(
     let executed = match follow {
         // A cut text is no whole statement.
         Some((outcome, tracker))
-            if (class.names || (class.transaction && tracker.has_cursors())) && text.sha256.is_none() =>
+            if sql_names::wanted(class.names, class.transaction, outcome, tracker) && text.sha256.is_none() =>
         {
             Some(sql_names::follow(&text.text, outcome, tracker))
         }
@@ -338,6 +346,7 @@ fn text_detail(
         redacted,
         secret_params: found.params,
         names: class.names,
+        transaction: class.transaction,
     }
 }
 

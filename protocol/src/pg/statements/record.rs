@@ -37,6 +37,9 @@ pub struct Rendered {
     /// Makes, uses or drops a prepared statement or cursor by name in SQL,
     /// which the audit follows per session.
     pub names: bool,
+    /// Controls the transaction (a COMMIT, a savepoint), which may close
+    /// the session's cursors and portals: followed while it holds some.
+    pub transaction: bool,
 }
 
 impl Text {

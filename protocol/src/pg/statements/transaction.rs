@@ -8,6 +8,9 @@
 //! other commands, `COMMIT AND CHAIN`), the audit, which parses the SQL,
 //! tells the tracker where the transaction ended (`sql_transaction_ended`).
 //!
+//! A `ROLLBACK TO SAVEPOINT` closes the cursors declared since the
+//! savepoint: the audit tells the tracker of savepoint commands too.
+//!
 //! The names go at the session's next message, not at the ReadyForQuery
 //! itself: the audit tells the tracker what a `DECLARE` in the statement
 //! that ReadyForQuery ended did once it has the statement (`sql`), which
@@ -88,6 +91,7 @@ impl StatementTracker {
 
     /// Lets go what the transaction that `ended` held.
     pub(super) fn release(&mut self, ended: Ended) {
+        self.savepoints.clear();
         if !self.portals.has_named() {
             return;
         }
@@ -107,5 +111,54 @@ impl StatementTracker {
             |p| p.kept,
         );
         self.kept = self.kept.saturating_sub(freed);
+    }
+}
+
+/// Savepoints a transaction keeps track of at most; past them the oldest
+/// is forgotten, and a `ROLLBACK TO` it closes nothing.
+const MAX_SAVEPOINTS: usize = 1024;
+
+impl StatementTracker {
+    /// A SQL `SAVEPOINT name` ran: a `ROLLBACK TO` it closes the cursors
+    /// declared from now on (each takes a binding number when it ran).
+    pub fn sql_savepoint(&mut self, name: &str) {
+        if self.savepoints.len() >= MAX_SAVEPOINTS {
+            self.savepoints.remove(0);
+        }
+        self.savepoints.push((name.into(), self.bindings));
+    }
+
+    /// A SQL `ROLLBACK TO SAVEPOINT name` ran: the server closed the
+    /// cursors declared since, `WITH HOLD` or not, and the savepoints
+    /// after it; it stays. A Bind's portal made since stays known: the
+    /// binding numbers of Binds sent ahead of this do not tell whether
+    /// they ran before it, and an Execute of a closed portal fails anyway.
+    pub fn sql_rolled_back_to(&mut self, name: &str) {
+        let Some(at) = self.savepoints.iter().rposition(|(n, _)| **n == *name) else {
+            return;
+        };
+        self.savepoints.truncate(at + 1);
+        let Some(&(_, mark)) = self.savepoints.last() else {
+            return;
+        };
+        let freed = self
+            .portals
+            .release_named(|p| !(p.cursor && p.binding > mark), |p| p.kept);
+        self.kept = self.kept.saturating_sub(freed);
+    }
+
+    /// A SQL `RELEASE SAVEPOINT name` ran: it and those after it are gone,
+    /// and their cursors now belong to the savepoint before (or the
+    /// transaction).
+    pub fn sql_released(&mut self, name: &str) {
+        if let Some(at) = self.savepoints.iter().rposition(|(n, _)| **n == *name) {
+            self.savepoints.truncate(at);
+        }
+    }
+
+    /// Whether the transaction has a savepoint the tracker follows: its
+    /// commands are then told to it (see `sql_savepoint`).
+    pub fn has_savepoints(&self) -> bool {
+        !self.savepoints.is_empty()
     }
 }

@@ -303,6 +303,58 @@ fn a_transaction_ended_amid_a_query_ends_its_cursors_there() {
 }
 
 #[test]
+fn a_rollback_to_a_savepoint_closes_the_cursors_declared_since() {
+    let mut s = Session::default();
+    s.event(&ok("BEGIN"));
+    // Taken before the session holds any cursor.
+    s.event(&ran("SAVEPOINT a", done(&["SAVEPOINT"])));
+    s.event(&ok("DECLARE inner_a CURSOR WITH HOLD FOR SELECT * FROM t1"));
+    s.event(&ran("SAVEPOINT b", done(&["SAVEPOINT"])));
+    s.event(&ok("DECLARE inner_b CURSOR WITH HOLD FOR SELECT * FROM t2"));
+    s.event(&ran("ROLLBACK TO SAVEPOINT b", done(&["ROLLBACK"])));
+    assert_eq!(s.read("inner_b"), None);
+    assert_eq!(s.read("inner_a").as_deref(), Some("SELECT * FROM t1"));
+    // Released, b's cursors are a's: a rollback to a closes them.
+    s.event(&ok("DECLARE after_b CURSOR FOR SELECT * FROM t3"));
+    s.event(&ran("RELEASE b", done(&["RELEASE"])));
+    s.event(&ran("ROLLBACK TO a", done(&["ROLLBACK"])));
+    assert_eq!(s.read("inner_a"), None);
+    assert_eq!(s.read("after_b"), None);
+    // a stays; within one Query, in order.
+    let sql = "DECLARE c CURSOR FOR SELECT * FROM t4; ROLLBACK TO a; DECLARE d CURSOR FOR SELECT * FROM t5";
+    s.event(&ran(sql, done(&["DECLARE CURSOR", "ROLLBACK", "DECLARE CURSOR"])));
+    assert_eq!(s.read("c"), None);
+    assert_eq!(s.read("d").as_deref(), Some("SELECT * FROM t5"));
+    // A rollback to a savepoint the server refused closes nothing.
+    s.fails_after("SELECT 1; ROLLBACK TO nowhere", "SELECT 1");
+    assert_eq!(s.read("d").as_deref(), Some("SELECT * FROM t5"));
+    assert!(s.tracker.has_savepoints());
+    s.transaction_ends(true);
+    assert!(!s.tracker.has_savepoints(), "savepoints end with their transaction");
+}
+
+#[test]
+fn the_extended_protocol_s_savepoints_and_chained_commits_are_followed_too() {
+    // As JDBC sends them: Parse, Bind, Execute of the unnamed statement.
+    let extended = |sql: &str, tags: &[&str]| {
+        let mut st = ran(sql, done(tags));
+        st.flow = Flow::Extended;
+        st
+    };
+    let mut s = Session::default();
+    s.event(&extended("BEGIN", &["BEGIN"]));
+    s.event(&extended("SAVEPOINT a", &["SAVEPOINT"]));
+    s.event(&ok("DECLARE c CURSOR FOR SELECT * FROM t1"));
+    s.event(&extended("ROLLBACK TO SAVEPOINT a", &["ROLLBACK"]));
+    assert_eq!(s.read("c"), None);
+    s.event(&ok("DECLARE chained CURSOR FOR SELECT * FROM t2"));
+    s.event(&extended("COMMIT AND CHAIN", &["COMMIT"]));
+    s.tracker.server(b'Z', b"T", Instant::now(), &mut Vec::new());
+    s.next_message();
+    assert_eq!(s.read("chained"), None);
+}
+
+#[test]
 fn a_cursor_is_a_portal_the_extended_protocol_can_run_and_close() {
     let mut s = Session::default();
     s.event(&ok("DECLARE c CURSOR WITH HOLD FOR SELECT * FROM accounts"));
