@@ -180,10 +180,7 @@ async fn no_secret_in_logs_api_or_metrics() {
         "the statements should be recorded, redacted: {export}"
     );
     answers.push(("portcullis audit --jsonl".into(), export));
-    for file in ["audit.db", "audit.db-wal"] {
-        let bytes = std::fs::read(gw.data_dir.join(file)).unwrap_or_default();
-        answers.push((file.to_owned(), String::from_utf8_lossy(&bytes).into_owned()));
-    }
+    answers.extend(gw.audit_files_text());
     answers.push((
         "401 answer".into(),
         gw.http("GET", "/v1/whoami", Some(&format!("{alice}x")), None).1,

@@ -364,7 +364,7 @@ async fn the_sqlite_file_keeps_blocks_compressed_and_reads_a_text_body_too() {
     assert_eq!(log.search(everything()).await.expect("search"), before);
     assert_eq!(log.verify().await.expect("verify").broken, None);
 
-    // A blob that does not unpack is an edit, and a search skips nothing else.
+    // A blob that does not unpack is an edit.
     tamper(&at, "UPDATE events SET body = x'ff00000001' WHERE seq = 8");
     assert!(
         matches!(

@@ -30,14 +30,21 @@ pub(super) fn pack(json: &str) -> Value {
     Value::Bytes(lz4_flex::compress_prepend_size(json.as_bytes()))
 }
 
+/// LZ4 writes at most this many bytes per byte of its output: a stored
+/// size past it is an edit, and reading allocates no more.
+const MAX_RATIO: usize = 255;
+
 /// The JSON of a stored BLOB body; `None` when it is not one `pack` made.
 fn unpack(stored: &[u8]) -> Option<String> {
     let (size, compressed) = stored.split_first_chunk::<4>()?;
     let size = usize::try_from(u32::from_le_bytes(*size)).ok()?;
-    if size > MAX_PACKED {
+    if size > MAX_PACKED || size > compressed.len().saturating_mul(MAX_RATIO) {
         return None;
     }
     let json = lz4_flex::decompress(compressed, size).ok()?;
+    if json.len() != size {
+        return None;
+    }
     String::from_utf8(json).ok()
 }
 
@@ -55,10 +62,11 @@ impl FromValue for Body {
     }
 }
 
-/// Gives `conn` the `audit_body(body)` function searches read bodies with:
+/// Gives `conn` the `audit_body(body)` function searches (and tools or
+/// tests reading the file) read bodies with:
 /// the JSON of either form; NULL for NULL or a BLOB that does not unpack
 /// (which `verify` reports as an edit).
-pub(crate) fn register(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
+pub fn register(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
     conn.create_scalar_function(
         SQL_FUNCTION,
         1,
@@ -98,9 +106,15 @@ mod tests {
         let Value::Bytes(mut stored) = pack("[\"SELECT 1\"]") else {
             panic!("compressed");
         };
-        let mut huge = stored.clone();
-        huge[..4].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert_eq!(unpack(&huge), None, "a size past the bound allocates nothing");
+        for size in [u32::MAX, 1 << 20] {
+            let mut huge = stored.clone();
+            huge[..4].copy_from_slice(&size.to_le_bytes());
+            assert_eq!(
+                unpack(&huge),
+                None,
+                "{size}: past what the bytes can hold, nothing is allocated"
+            );
+        }
         stored.truncate(stored.len() - 2);
         assert_eq!(unpack(&stored), None);
         assert_eq!(unpack(&[1, 0]), None);

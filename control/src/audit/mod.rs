@@ -11,7 +11,7 @@
 //! Workflow actions reach it from the history table through the shipper
 //! (`ship.rs`), whose cursor is committed with the events it ships.
 
-pub(crate) mod body;
+pub mod body;
 mod key;
 mod schema;
 pub(crate) mod ship;
@@ -62,6 +62,17 @@ pub enum AuditError {
         "audit log: DATA_DIR/audit.key is not the key this audit log is chained with: restore that key (every control replica holds the same one), or move the log aside to start a new chain"
     )]
     OtherKey,
+    /// The SQLite file was written by a later version, whose rows this
+    /// one may not read (e.g. compressed blocks, read as edits).
+    #[error(
+        "audit log: audit.db was written by a newer Portcullis (its schema is version {found}, this one knows up to {known}): run that version or a later one"
+    )]
+    Newer {
+        /// The file's version.
+        found: i64,
+        /// The last this build knows.
+        known: i64,
+    },
     /// A stored row that does not decode.
     #[error("audit log: event {seq} is unreadable: {detail}")]
     Corrupt {

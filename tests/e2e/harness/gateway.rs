@@ -397,6 +397,29 @@ impl Gateway {
         String::from_utf8_lossy(&std::fs::read(&self.log_path).unwrap_or_default()).into_owned()
     }
 
+    /// What the audit log's files hold, as someone reading them could see
+    /// it: each file's raw bytes (lossy UTF-8), and every block's
+    /// statements decompressed, as LZ4 keeps a repeated text only as a
+    /// reference to its first copy.
+    pub fn audit_files_text(&self) -> Vec<(String, String)> {
+        let mut found = Vec::new();
+        for file in ["audit.db", "audit.db-wal"] {
+            let bytes = std::fs::read(self.data_dir.join(file)).unwrap_or_default();
+            found.push((file.to_owned(), String::from_utf8_lossy(&bytes).into_owned()));
+        }
+        let conn = rusqlite::Connection::open(self.data_dir.join("audit.db")).expect("open audit.db");
+        portcullis_control::audit::body::register(&conn).expect("audit_body");
+        let mut bodies = conn
+            .prepare("SELECT audit_body(body) FROM events WHERE body IS NOT NULL")
+            .expect("prepare");
+        let bodies: Vec<String> = bodies
+            .query_map([], |r| r.get(0))
+            .and_then(Iterator::collect)
+            .expect("bodies");
+        found.push(("audit.db's blocks, decompressed".to_owned(), bodies.join("\n")));
+        found
+    }
+
     /// Panics (with the log) if the gateway process has exited.
     pub fn assert_alive(&mut self) {
         if let Ok(Some(status)) = self.child.try_wait() {
