@@ -171,10 +171,9 @@ pub fn statement_detail(
             }
         });
         let follows = text.names
-            || (text.transaction
-                && follow
-                    .as_ref()
-                    .is_some_and(|(outcome, tracker)| sql_names::wanted(false, true, outcome, tracker)));
+            || follow
+                .as_ref()
+                .is_some_and(|(outcome, tracker)| sql_names::wanted(false, text.transaction, outcome, tracker));
         let (redacted, secret) = if follows {
             // What it runs depends on the session's names at the time.
             d.put_plain("flow", "extended");
