@@ -124,8 +124,20 @@ impl StatementTracker {
                     continue;
                 }
                 Some(Expect::ClosePortal { name, old }) => {
-                    if let Some(old) = old.take() {
-                        let name = name.clone();
+                    let name = name.clone();
+                    let Some(old) = old.take() else { continue };
+                    // A portal that a Bind skipped with the Close made never
+                    // was: Executes sent after the Sync run what that Bind's
+                    // undo leaves under the name (nothing, or the portal it
+                    // replaced), which they are marked to take.
+                    let skipped_bind = self.expect.iter().take(i).any(
+                        |e| matches!(e, Expect::Bind { name: n, binding, .. } if *n == name && *binding == old.binding),
+                    );
+                    if skipped_bind {
+                        for s in executes_after(&mut self.expect, end, &name, 0) {
+                            s.binding = old.binding;
+                        }
+                    } else {
                         self.put_back(name, old, 0, end);
                     }
                     continue;
@@ -186,17 +198,25 @@ impl StatementTracker {
             }
             return;
         }
-        for e in self.expect.iter_mut().skip(end) {
-            // Queries and function calls have no portal, which reads as the unnamed one's.
-            if let Expect::Run(s) = e
-                && s.flow == Flow::Extended
-                && s.portal == name
-                && s.binding == binding
-            {
-                old.runs_in(s);
-            }
+        for s in executes_after(&mut self.expect, end, &name, binding) {
+            old.runs_in(s);
         }
         self.kept += old.kept;
         self.portals.insert(name, old);
     }
+}
+
+/// The Executes of portal `name` queued after the Sync at `end` that ran
+/// what `binding` made (0: nothing the tracker knew).
+fn executes_after<'e>(
+    expect: &'e mut std::collections::VecDeque<Expect>,
+    end: usize,
+    name: &'e str,
+    binding: u64,
+) -> impl Iterator<Item = &'e mut Statement> {
+    expect.iter_mut().skip(end).filter_map(move |e| match e {
+        // Queries and function calls have no portal, which reads as the unnamed one's.
+        Expect::Run(s) if s.flow == Flow::Extended && s.portal == name && s.binding == binding => Some(s),
+        _ => None,
+    })
 }

@@ -421,6 +421,47 @@ fn a_skipped_close_of_the_unnamed_portal_leaves_queries_their_own_text() {
 }
 
 #[test]
+fn a_bind_and_a_close_of_a_new_name_both_skipped_leave_nothing_under_it() {
+    let mut t = StatementTracker::new();
+    let out = feed(
+        &mut t,
+        &[
+            (true, b'P', parse("", "SELEC 1")),
+            (true, b'P', parse("q", "SELECT * FROM salaries")),
+            (true, b'B', bind("x", "q", &[], &[])),
+            (true, b'C', close_portal("x")),
+            (true, b'S', vec![]),
+            (true, b'E', execute("x")),
+            (true, b'S', vec![]),
+            (false, b'E', error("42601")),
+            (false, b'Z', vec![b'I']),
+            (false, b'E', error("34000")),
+            (false, b'Z', vec![b'I']),
+        ],
+    );
+    let texts: Vec<&str> = out.iter().map(|s| s.text.text.as_str()).collect();
+    assert_eq!(texts, ["SELEC 1", ""], "the Execute ran no portal the audit knows");
+
+    // Where the Bind replaced a portal, the server runs that one.
+    let mut t = portal_in_a_transaction("x");
+    let steps = [
+        (true, b'P', parse("", "SELEC 1")),
+        (true, b'B', bind("x", "", &[], &[])),
+        (true, b'C', close_portal("x")),
+        (true, b'S', vec![]),
+        (true, b'E', execute("x")),
+        (true, b'S', vec![]),
+        (false, b'E', error("42601")),
+        (false, b'Z', vec![b'E']),
+        (false, b'E', error("25P02")),
+        (false, b'Z', vec![b'E']),
+    ];
+    let out = feed(&mut t, &steps);
+    let texts: Vec<&str> = out.iter().map(|s| s.text.text.as_str()).collect();
+    assert_eq!(texts, ["SELEC 1", "SELECT * FROM salaries"]);
+}
+
+#[test]
 fn a_portal_a_skipped_close_left_open_is_back_once_a_later_bind_of_it_is_refused() {
     let mut t = portal_in_a_transaction("c");
     feed(
