@@ -30,8 +30,8 @@ pub(super) fn pack(json: &str) -> Value {
     Value::Bytes(lz4_flex::compress_prepend_size(json.as_bytes()))
 }
 
-/// LZ4 writes at most this many bytes per byte of its output: a stored
-/// size past it is an edit, and reading allocates no more.
+/// A byte of LZ4 decodes to at most this many bytes: a stored size past
+/// what the stored bytes can hold is an edit, and reading allocates no more.
 const MAX_RATIO: usize = 255;
 
 /// The JSON of a stored BLOB body; `None` when it is not one `pack` made.
@@ -62,10 +62,10 @@ impl FromValue for Body {
     }
 }
 
-/// Gives `conn` the `audit_body(body)` function searches (and tools or
-/// tests reading the file) read bodies with:
-/// the JSON of either form; NULL for NULL or a BLOB that does not unpack
-/// (which `verify` reports as an edit).
+/// Gives `conn` the `audit_body(body)` function that searches, and tools
+/// or tests reading the file, read bodies with: the JSON of either form;
+/// NULL for NULL or a BLOB that does not unpack (which `verify` reports as
+/// an edit).
 pub fn register(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
     conn.create_scalar_function(
         SQL_FUNCTION,

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use pg_query::protobuf::{DiscardMode, Token, TransactionStmtKind};
 use pg_query::{NodeEnum, NodeRef};
 use portcullis_protocol::audit::detail::Detail;
-use portcullis_protocol::pg::statements::{Outcome, StatementTracker, Text};
+use portcullis_protocol::pg::statements::{Completion, Outcome, StatementTracker, Text};
 
 use super::classify::Classifier;
 use super::redact::{Redaction, redact};
@@ -175,20 +175,22 @@ fn ends_transaction(kind: i32) -> bool {
     .any(|k| *k as i32 == kind)
 }
 
+/// The commands of a statement that completed, in order.
+fn completed(outcome: &Outcome) -> &[Completion] {
+    match outcome {
+        Outcome::Done(list) | Outcome::Failed { done: list, .. } => list,
+        _ => &[],
+    }
+}
+
 /// Whether one of a statement's commands completed with `tag`.
 fn has_tag(outcome: &Outcome, tag: &str) -> bool {
-    match outcome {
-        Outcome::Done(list) | Outcome::Failed { done: list, .. } => list.iter().any(|c| *c.tag == *tag),
-        _ => false,
-    }
+    completed(outcome).iter().any(|c| *c.tag == *tag)
 }
 
 /// The command tag of a statement's command `i`, if it completed.
 fn tag_of(outcome: &Outcome, i: usize) -> Option<&str> {
-    match outcome {
-        Outcome::Done(list) | Outcome::Failed { done: list, .. } => list.get(i).map(|c| &*c.tag),
-        _ => None,
-    }
+    completed(outcome).get(i).map(|c| &*c.tag)
 }
 
 /// PostgreSQL's `CURSOR_OPT_HOLD` (parsenodes.h): declared `WITH HOLD`.

@@ -124,8 +124,8 @@ impl StatementTracker {
                     continue;
                 }
                 Some(Expect::ClosePortal { name, old }) => {
-                    let name = name.clone();
                     let Some(old) = old.take() else { continue };
+                    let name = name.clone();
                     // A portal that a Bind skipped with the Close made never
                     // was: Executes sent after the Sync run what that Bind's
                     // undo leaves under the name (nothing, or the portal it
