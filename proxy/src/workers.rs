@@ -24,7 +24,7 @@ impl Workers {
         let stop = CancellationToken::new();
         let mut handles = Vec::new();
         for i in 0..count.max(1) {
-            let runtime = Builder::new_current_thread().enable_all().build()?;
+            let runtime = Builder::new_current_thread().enable_io().enable_time().build()?;
             handles.push(runtime.handle().clone());
             let stop = stop.clone();
             std::thread::Builder::new()

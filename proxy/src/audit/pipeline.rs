@@ -32,9 +32,12 @@ use super::{Item, records};
 /// While statements are open in blocks, the queue is looked at this often:
 /// one wakeup of this thread per burst instead of one per statement. Under
 /// `pgbench -C` blocks are always open, and waking every 2 ms cost this
-/// thread 51 µs a connection where every 10 ms costs 21. The queue
-/// (`QUEUE` items) holds 10 ms of any load the relays make.
-const COALESCE: Duration = Duration::from_millis(10);
+/// thread 51 µs a connection where every 10 ms costs 21; under `pgbench -S`
+/// 30 ms rather than 10 cut the audit threads' CPU from 1.72 to 1.54 µs a
+/// transaction (each switch to a thread that a relay has just displaced
+/// costs as much as a few statements). The queue (`QUEUE` items, about one
+/// a transaction) holds 30 ms of 130,000 transactions a second.
+const COALESCE: Duration = Duration::from_millis(30);
 /// How long a statement waits in an open block, at most, before the blocks
 /// go to the log: what statement audit adds to the audit lag.
 const GATHER: Duration = Duration::from_millis(50);
