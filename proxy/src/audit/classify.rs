@@ -8,6 +8,7 @@ use std::sync::Arc;
 use portcullis_protocol::audit::detail::{Detail, Fields};
 
 use super::comments::block_comment_end;
+use super::sql_names::{Step, steps};
 
 /// Statement shapes remembered; past it the cache starts over.
 const CACHE: usize = 4096;
@@ -29,10 +30,14 @@ pub struct Class {
     /// or ROLLBACK ends the session's cursors, so it is followed when the
     /// session has any.
     pub transaction: bool,
+    /// What each command does to the transaction, when it holds
+    /// transaction control and no SQL name: it is then followed by these,
+    /// with no parse of its own (`sql_names::Step`).
+    pub steps: Option<Arc<[Step]>>,
 }
 
 impl Class {
-    fn new(class: String, tables: String, names: bool, transaction: bool) -> Class {
+    fn new(class: String, tables: String, names: bool, transaction: bool, steps: Option<Arc<[Step]>>) -> Class {
         let mut fields = Fields::default();
         fields.put("class", &class);
         if !tables.is_empty() {
@@ -44,6 +49,7 @@ impl Class {
             fields: Arc::new(fields),
             names,
             transaction,
+            steps,
         }
     }
 }
@@ -114,7 +120,8 @@ fn parse_as_is(sql: &str) -> Option<Class> {
                 )
             });
             let transaction = s.statement_types.iter().any(|t| t == "TransactionStmt");
-            Some(Class::new(class, tables.join(","), names, transaction))
+            let steps = if transaction && !names { steps(sql) } else { None };
+            Some(Class::new(class, tables.join(","), names, transaction, steps))
         }
         Err(_) => None,
     }
@@ -131,6 +138,7 @@ fn first_word(sql: &str) -> Class {
         String::new(),
         false,
         false,
+        None,
     )
 }
 

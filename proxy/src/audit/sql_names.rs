@@ -99,26 +99,89 @@ pub fn follow(sql: &str, outcome: &Outcome, tracker: &mut StatementTracker) -> E
             },
             NodeEnum::ClosePortalStmt(c) if c.portalname.is_empty() => tracker.sql_closed(None),
             NodeEnum::ClosePortalStmt(c) => tracker.sql_closed(Some(&c.portalname)),
-            // Where a Query holds more than its transaction's end (or the
-            // end is `AND CHAIN`), the ReadyForQuery after it says too
-            // little: what ended goes here. The tag tells a COMMIT of a
-            // failed block, a rollback, from one that committed.
-            NodeEnum::TransactionStmt(t) if ends_transaction(t.kind) => {
-                tracker.sql_transaction_ended(tag_of(outcome, i) == Some("ROLLBACK"));
-            }
-            NodeEnum::TransactionStmt(t) if t.kind == TransactionStmtKind::TransStmtSavepoint as i32 => {
-                tracker.sql_savepoint(&t.savepoint_name);
-            }
-            NodeEnum::TransactionStmt(t) if t.kind == TransactionStmtKind::TransStmtRollbackTo as i32 => {
-                tracker.sql_rolled_back_to(&t.savepoint_name);
-            }
-            NodeEnum::TransactionStmt(t) if t.kind == TransactionStmtKind::TransStmtRelease as i32 => {
-                tracker.sql_released(&t.savepoint_name);
-            }
+            NodeEnum::TransactionStmt(_) => step_of(node).take(i, outcome, tracker),
             _ => {}
         }
     }
     executed
+}
+
+/// What one command of a statement does to the session's transaction, as
+/// its tracker follows it. A statement of transaction control alone (no
+/// SQL name in it) is followed by its steps, found once per shape with its
+/// class: JDBC's `autosave` and psql's `ON_ERROR_ROLLBACK` wrap every
+/// statement in a SAVEPOINT and a RELEASE, and a parse of each cost the
+/// audit thread more than the statement they wrap.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Nothing the tracker follows.
+    Other,
+    /// Ends the transaction: COMMIT, ROLLBACK (with or without `AND
+    /// CHAIN`) or PREPARE TRANSACTION.
+    Ends,
+    /// `SAVEPOINT name`.
+    Savepoint(Box<str>),
+    /// `ROLLBACK TO [SAVEPOINT] name`.
+    RollbackTo(Box<str>),
+    /// `RELEASE [SAVEPOINT] name`.
+    Release(Box<str>),
+}
+
+impl Step {
+    /// Tells `tracker` what command `i` of a statement that ended with
+    /// `outcome` did, as this step.
+    fn take(&self, i: usize, outcome: &Outcome, tracker: &mut StatementTracker) {
+        match self {
+            // Where a Query holds more than its transaction's end (or the
+            // end is `AND CHAIN`), the ReadyForQuery after it says too
+            // little: what ended goes here. The tag tells a COMMIT of a
+            // failed block, a rollback, from one that committed.
+            Step::Ends => tracker.sql_transaction_ended(tag_of(outcome, i) == Some("ROLLBACK")),
+            Step::Savepoint(name) => tracker.sql_savepoint(name),
+            Step::RollbackTo(name) => tracker.sql_rolled_back_to(name),
+            Step::Release(name) => tracker.sql_released(name),
+            Step::Other => {}
+        }
+    }
+}
+
+/// The steps of `sql`'s commands, in order; `None` when it does not parse.
+pub fn steps(sql: &str) -> Option<Arc<[Step]>> {
+    let parsed = pg_query::parse(sql, 0).ok()?;
+    let stmts = parsed.protobuf.stmts.iter();
+    Some(
+        stmts
+            .map(|raw| {
+                raw.stmt
+                    .as_ref()
+                    .and_then(|n| n.node.as_ref())
+                    .map_or(Step::Other, step_of)
+            })
+            .collect(),
+    )
+}
+
+/// Follows, by its shape's `steps`, a statement of transaction control
+/// that uses no SQL name and ended with `outcome`: as `follow` does, with
+/// no parse.
+pub fn follow_steps(steps: &[Step], outcome: &Outcome, tracker: &mut StatementTracker) {
+    for (i, step) in steps.iter().enumerate().take(statements_that_ran(outcome)) {
+        step.take(i, outcome, tracker);
+    }
+}
+
+fn step_of(node: &NodeEnum) -> Step {
+    let NodeEnum::TransactionStmt(t) = node else {
+        return Step::Other;
+    };
+    let name = || t.savepoint_name.as_str().into();
+    match t.kind {
+        kind if ends_transaction(kind) => Step::Ends,
+        kind if kind == TransactionStmtKind::TransStmtSavepoint as i32 => Step::Savepoint(name()),
+        kind if kind == TransactionStmtKind::TransStmtRollbackTo as i32 => Step::RollbackTo(name()),
+        kind if kind == TransactionStmtKind::TransStmtRelease as i32 => Step::Release(name()),
+        _ => Step::Other,
+    }
 }
 
 impl Executed {

@@ -316,7 +316,13 @@ fn text_detail(
         Some((outcome, tracker))
             if sql_names::wanted(class.names, class.transaction, outcome, tracker) && text.sha256.is_none() =>
         {
-            Some(sql_names::follow(&text.text, outcome, tracker))
+            match &class.steps {
+                Some(steps) => {
+                    sql_names::follow_steps(steps, outcome, tracker);
+                    None
+                }
+                None => Some(sql_names::follow(&text.text, outcome, tracker)),
+            }
         }
         _ => None,
     };

@@ -465,3 +465,54 @@ fn values_given_where_a_password_goes_are_redacted() {
         "{d:?}"
     );
 }
+
+#[test]
+fn transaction_control_is_followed_by_the_steps_its_shape_was_parsed_into() {
+    let sql =
+        "SAVEPOINT a; RELEASE SAVEPOINT \"B\"; ROLLBACK WORK TO X; COMMIT AND CHAIN; SELECT 1; PREPARE TRANSACTION 'g'";
+    let want = [
+        Step::Savepoint("a".into()),
+        Step::Release("B".into()),
+        Step::RollbackTo("x".into()),
+        Step::Ends,
+        Step::Other,
+        Step::Ends,
+    ];
+    assert_eq!(steps(sql).as_deref(), Some(&want[..]));
+    let mut classifier = Classifier::default();
+    assert_eq!(
+        classifier
+            .classify("RELEASE pg_psql_temporary_savepoint")
+            .steps
+            .as_deref(),
+        Some(&[Step::Release("pg_psql_temporary_savepoint".into())][..])
+    );
+    // Where a SQL name is used too, or no transaction control, the statement is parsed as before.
+    assert_eq!(classifier.classify("DECLARE c CURSOR FOR SELECT 1; COMMIT").steps, None);
+    assert_eq!(classifier.classify("SELECT 1").steps, None);
+}
+
+#[test]
+fn savepoints_around_every_statement_are_followed_each_time() {
+    // psql's ON_ERROR_ROLLBACK, twice: the second time from the shapes' steps.
+    let mut s = Session::default();
+    s.event(&ok("BEGIN"));
+    for round in 0..2 {
+        s.event(&ran("SAVEPOINT pg_psql_temporary_savepoint", done(&["SAVEPOINT"])));
+        s.event(&ok("DECLARE doomed CURSOR WITH HOLD FOR SELECT * FROM t1"));
+        s.event(&ran("ROLLBACK TO pg_psql_temporary_savepoint", done(&["ROLLBACK"])));
+        assert_eq!(s.read("doomed"), None, "round {round}");
+        s.event(&ran("RELEASE pg_psql_temporary_savepoint", done(&["RELEASE"])));
+        assert!(!s.tracker.has_savepoints(), "round {round}");
+    }
+    // Names fold case as the server folds them; a savepoint that failed to be taken is none.
+    s.event(&ran("SAVEPOINT Mixed", done(&["SAVEPOINT"])));
+    s.event(&ok("DECLARE kept CURSOR WITH HOLD FOR SELECT * FROM t2"));
+    s.fails_after("SELECT 1; SAVEPOINT inner_one", "SELECT 1");
+    s.event(&ok("DECLARE later CURSOR WITH HOLD FOR SELECT * FROM t3"));
+    s.event(&ran("ROLLBACK TO inner_one", done(&["ROLLBACK"])));
+    assert_eq!(s.read("later").as_deref(), Some("SELECT * FROM t3"));
+    s.event(&ran("ROLLBACK TO mixed", done(&["ROLLBACK"])));
+    assert_eq!(s.read("kept"), None);
+    assert_eq!(s.read("later"), None);
+}
