@@ -214,12 +214,15 @@ fn class_of(stmt: &str) -> &'static str {
 }
 
 /// Writes into `out` the text with its literals (quoted strings and
-/// numbers) blanked, as a cache key; `None` when the text has quoting this
-/// cannot follow safely (dollar quotes, escape strings, block comments),
-/// and is then parsed every time. Two texts of one shape must differ in
-/// literals only: quoted identifiers, parameters (`$1`) and line comments
-/// are kept as written, so a quote inside them cannot hide a table behind
-/// a cached shape.
+/// numbers) blanked and each comment made one blank, as a cache key;
+/// `None` when the text has quoting this cannot follow safely (dollar
+/// quotes, escape strings, a comment that never ends), and is then parsed
+/// every time. Two texts of one shape must differ in literals and comments
+/// only: quoted identifiers and parameters (`$1`) are kept as written, and
+/// comments end exactly where PostgreSQL's lexer ends them, so a quote
+/// inside either cannot hide a table behind a cached shape. Comments go
+/// because tools put one on every query (sqlcommenter, Rails' query log
+/// tags), each with its own trace id: kept, every one was a parse.
 fn shape(sql: &str, out: &mut Vec<u8>) -> Option<()> {
     let b = sql.as_bytes();
     out.clear();
@@ -242,13 +245,20 @@ fn shape(sql: &str, out: &mut Vec<u8>) -> Option<()> {
                 i = end;
                 continue;
             }
+            // To the end of the line, which is a CR as well as a LF (scan.l's `non_newline`).
             b'-' if b.get(i + 1) == Some(&b'-') => {
-                let end = b[i..].iter().position(|&n| n == b'\n').map_or(b.len(), |n| i + n);
-                out.extend_from_slice(&b[i..end]);
-                i = end;
+                i = b[i..]
+                    .iter()
+                    .position(|&n| n == b'\n' || n == b'\r')
+                    .map_or(b.len(), |n| i + n);
+                out.push(b' ');
                 continue;
             }
-            b'/' if b.get(i + 1) == Some(&b'*') => return None,
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                i = block_comment_end(b, i)?;
+                out.push(b' ');
+                continue;
+            }
             b'\'' => {
                 if i > 0 && matches!(b[i - 1], b'e' | b'E' | b'u' | b'U' | b'&' | b'b' | b'B' | b'x' | b'X') {
                     return None;
@@ -355,11 +365,27 @@ mod tests {
             shape("SELECT 1 -- '\nFROM secret --'"),
             shape("SELECT 1 -- '\nFROM other --'")
         );
+        // A line comment ends at a CR too; block comments nest.
+        assert_ne!(shape("SELECT 1 -- x\rFROM secret"), shape("SELECT 1 -- x\rFROM other"));
+        assert_ne!(
+            shape("SELECT 1 /* /* */ ' */ FROM secret"),
+            shape("SELECT 1 /* /* */ ' */ FROM other")
+        );
+        assert_ne!(
+            shape("SELECT 1 /*/ */ FROM secret */"),
+            shape("SELECT 1 /*/ */ FROM other */")
+        );
         assert_ne!(
             shape("SELECT \"a'b\" FROM secret WHERE c = 'x'"),
             shape("SELECT \"a'b\" FROM other WHERE c = 'x'")
         );
-        assert_eq!(shape("SELECT 1 /* ' */ FROM t"), None);
+        // Comments, each with its own trace id, share a shape.
+        assert_eq!(
+            shape("SELECT 1 FROM t /*traceparent='00-4bf92f35-01'*/"),
+            shape("SELECT 2 FROM t /*traceparent='00-a3ce929d-01'*/")
+        );
+        assert_eq!(shape("SELECT 1 -- retry 1\n"), shape("SELECT 1 -- retry 22\n"));
+        assert_eq!(shape("SELECT 1 /* never ends"), None);
         assert_eq!(shape("SELECT \"unclosed"), None);
         assert_eq!(shape("SELECT E'\\''"), None);
         assert_eq!(shape("SELECT 'é', 1"), Some(b"SELECT ?, ?".to_vec()));
