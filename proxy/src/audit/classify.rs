@@ -12,6 +12,9 @@ use super::sql_names::{Step, steps};
 
 /// Statement shapes remembered; past it the cache starts over.
 const CACHE: usize = 4096;
+/// Bytes of shapes remembered, at most: a shape is as long as its text (up
+/// to 64 KiB, a bulk INSERT's), and 4,096 of those would hold 256 MiB.
+const CACHE_BYTES: usize = 4 << 20;
 
 /// A statement's class and tables.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -61,6 +64,8 @@ pub struct Classifier {
     cache: HashMap<Vec<u8>, Arc<Class>, foldhash::fast::RandomState>,
     /// The shape of the statement at hand, in a buffer kept for the next.
     key: Vec<u8>,
+    /// What the cache's shapes hold, in bytes.
+    bytes: usize,
 }
 
 impl Classifier {
@@ -72,10 +77,12 @@ impl Classifier {
         if let Some(c) = self.cache.get(self.key.as_slice()) {
             return Arc::clone(c);
         }
-        if self.cache.len() >= CACHE {
+        if self.cache.len() >= CACHE || self.bytes + self.key.len() > CACHE_BYTES {
             self.cache.clear();
+            self.bytes = 0;
         }
         let class = Arc::new(parse(sql));
+        self.bytes += self.key.len();
         self.cache.insert(self.key.clone(), Arc::clone(&class));
         class
     }
@@ -272,13 +279,13 @@ fn shape(sql: &str, out: &mut Vec<u8>) -> Option<()> {
                         Some(_) => i += 1,
                     }
                 }
-                out.push(b'?');
+                literal(out);
             }
             b'0'..=b'9' if !word(i) => {
                 while i + 1 < b.len() && (b[i + 1].is_ascii_alphanumeric() || b[i + 1] == b'.') {
                     i += 1;
                 }
-                out.push(b'?');
+                literal(out);
             }
             // Up to the next byte that may start a literal, a quote or a
             // comment, copied at once. Bytes of a multi-byte character are
@@ -296,6 +303,20 @@ fn shape(sql: &str, out: &mut Vec<u8>) -> Option<()> {
         i += 1;
     }
     Some(())
+}
+
+/// Blanks a literal in a shape: `?`, and a list of them one `?`, so an
+/// `IN (...)` list does not make a shape per length. Only literals, commas
+/// and blanks go: no name, so no table, is lost.
+fn literal(out: &mut Vec<u8>) {
+    let kept = out.trim_ascii_end();
+    if let Some(before) = kept.strip_suffix(b",")
+        && before.trim_ascii_end().ends_with(b"?")
+    {
+        out.truncate(before.trim_ascii_end().len());
+    } else {
+        out.push(b'?');
+    }
 }
 
 /// The bytes `shape` looks at: any other is copied as it is.
@@ -388,11 +409,34 @@ mod tests {
         assert_eq!(shape("SELECT 1 /* never ends"), None);
         assert_eq!(shape("SELECT \"unclosed"), None);
         assert_eq!(shape("SELECT E'\\''"), None);
-        assert_eq!(shape("SELECT 'é', 1"), Some(b"SELECT ?, ?".to_vec()));
+        assert_eq!(shape("SELECT 'é', 1"), Some(b"SELECT ?".to_vec()));
+        // Lists of literals are one, whatever their length; rows stay rows.
+        assert_eq!(
+            shape("SELECT 1 FROM t WHERE a IN (1, 2,3 , 'x')"),
+            shape("SELECT 1 FROM t WHERE a IN (4)")
+        );
+        assert_eq!(
+            shape("INSERT INTO t VALUES (1, 2), (3, 4)"),
+            Some("INSERT INTO t VALUES (?), (?)".into())
+        );
+        assert_ne!(shape("SELECT 1, a FROM t"), shape("SELECT 1 FROM t"));
         assert_eq!(shape("SELECT é1, 2"), Some("SELECT é1, ?".into()));
         let mut c = Classifier::default();
         c.classify("SELECT 1 FROM t WHERE a = 1");
         c.classify("SELECT 1 FROM t WHERE a = 2");
         assert_eq!(c.cache.len(), 1);
+    }
+
+    #[test]
+    fn the_cache_holds_a_bounded_number_of_bytes() {
+        let mut c = Classifier::default();
+        let columns = "x, ".repeat(10_000);
+        for i in 0..160 {
+            let class = c.classify(&format!("SELECT {columns}x FROM t{i}"));
+            assert_eq!(class.tables, format!("t{i}"));
+            assert!(c.bytes <= CACHE_BYTES, "{} bytes after {i}", c.bytes);
+        }
+        assert!(c.cache.len() < 160, "30 KB shapes: {} kept", c.cache.len());
+        assert_eq!(c.bytes, c.cache.keys().map(Vec::len).sum::<usize>());
     }
 }
