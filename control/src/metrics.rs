@@ -106,7 +106,7 @@ impl Metrics {
                 lag: HistogramVec::new(
                     HistogramOpts::new(
                         "portcullis_audit_lag_seconds",
-                        "Time from an audit event to the commit that made it durable in the audit log",
+                        "Time from an audit event (a block of statements: its first) to the commit that made it durable in the audit log",
                     )
                     .buckets(AUDIT_LAG_BUCKETS.to_vec()),
                     &["source"],
