@@ -3,12 +3,12 @@
 //! thread, never on the relay path.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use portcullis_protocol::audit::detail::{Detail, Fields};
 
 use super::comments::block_comment_end;
-use super::sql_names::{Step, steps};
+use super::sql_names::{self, Step};
 
 /// Statement shapes remembered; past it the cache starts over.
 const CACHE: usize = 4096;
@@ -33,14 +33,13 @@ pub struct Class {
     /// or ROLLBACK ends the session's cursors, so it is followed when the
     /// session has any.
     pub transaction: bool,
-    /// What each command does to the transaction, when it holds
-    /// transaction control and no SQL name: it is then followed by these,
-    /// with no parse of its own (`sql_names::Step`).
-    pub steps: Option<Arc<[Step]>>,
+    /// What each command does to the transaction (`sql_names::Step`),
+    /// found the first time a statement of this shape is followed.
+    steps: OnceLock<Option<Box<[Step]>>>,
 }
 
 impl Class {
-    fn new(class: String, tables: String, names: bool, transaction: bool, steps: Option<Arc<[Step]>>) -> Class {
+    fn new(class: String, tables: String, names: bool, transaction: bool) -> Class {
         let mut fields = Fields::default();
         fields.put("class", &class);
         if !tables.is_empty() {
@@ -52,8 +51,20 @@ impl Class {
             fields: Arc::new(fields),
             names,
             transaction,
-            steps,
+            steps: OnceLock::new(),
         }
+    }
+
+    /// What following `sql`, a statement of this class, tells the
+    /// session's tracker, when it holds transaction control and uses no
+    /// SQL name: parsed once for every statement of its shape, as a shape
+    /// keeps names (savepoints' too). `None` otherwise: `sql_names::follow`
+    /// then parses it.
+    pub fn steps(&self, sql: &str) -> Option<&[Step]> {
+        if !self.transaction || self.names {
+            return None;
+        }
+        self.steps.get_or_init(|| sql_names::steps(sql)).as_deref()
     }
 }
 
@@ -77,11 +88,17 @@ impl Classifier {
         if let Some(c) = self.cache.get(self.key.as_slice()) {
             return Arc::clone(c);
         }
+        // Only what the parser took as it is: a text it refused can share a
+        // shape with one that runs (`LIMIT 1, 2` and `LIMIT 1`), and must
+        // not give that one its class without tables.
+        let Some(class) = parse_as_is(sql) else {
+            return Arc::new(parse(sql));
+        };
         if self.cache.len() >= CACHE || self.bytes + self.key.len() > CACHE_BYTES {
             self.cache.clear();
             self.bytes = 0;
         }
-        let class = Arc::new(parse(sql));
+        let class = Arc::new(class);
         self.bytes += self.key.len();
         self.cache.insert(self.key.clone(), Arc::clone(&class));
         class
@@ -127,8 +144,7 @@ fn parse_as_is(sql: &str) -> Option<Class> {
                 )
             });
             let transaction = s.statement_types.iter().any(|t| t == "TransactionStmt");
-            let steps = if transaction && !names { steps(sql) } else { None };
-            Some(Class::new(class, tables.join(","), names, transaction, steps))
+            Some(Class::new(class, tables.join(","), names, transaction))
         }
         Err(_) => None,
     }
@@ -145,7 +161,6 @@ fn first_word(sql: &str) -> Class {
         String::new(),
         false,
         false,
-        None,
     )
 }
 
@@ -155,7 +170,7 @@ fn past_comments(mut sql: &str) -> &str {
     loop {
         sql = sql.trim_start();
         if let Some(rest) = sql.strip_prefix("--") {
-            sql = rest.find('\n').map_or("", |n| &rest[n..]);
+            sql = rest.find(['\n', '\r']).map_or("", |n| &rest[n..]);
         } else if sql.starts_with("/*") {
             sql = block_comment_end(sql.as_bytes(), 0).map_or("", |e| &sql[e..]);
         } else {
@@ -246,6 +261,8 @@ fn shape(sql: &str, out: &mut Vec<u8>) -> Option<()> {
                 continue;
             }
             b'$' => return None,
+            // `U&"..." UESCAPE 'c'`: what the name is depends on a literal.
+            b'"' if i > 0 && b[i - 1] == b'&' => return None,
             b'"' => {
                 let end = i + 1 + b[i + 1..].iter().position(|&q| q == b'"')? + 1;
                 out.extend_from_slice(&b[i..end]);
@@ -425,6 +442,34 @@ mod tests {
         c.classify("SELECT 1 FROM t WHERE a = 1");
         c.classify("SELECT 1 FROM t WHERE a = 2");
         assert_eq!(c.cache.len(), 1);
+    }
+
+    #[test]
+    fn a_text_the_parser_refuses_gives_its_shape_no_class() {
+        // Each pair shares a shape; the first of each fails at the server.
+        for (refused, runs) in [
+            ("SELECT * FROM secret LIMIT 1, 2", "SELECT * FROM secret LIMIT 1"),
+            (
+                "SELECT * FROM secret WHERE id = 1x",
+                "SELECT * FROM secret WHERE id = 1",
+            ),
+            // Strings join across a newline after a line comment, never a block comment.
+            (
+                "SELECT 'a' /* x */\n'b' FROM secret",
+                "SELECT 'a' -- x\n'b' FROM secret",
+            ),
+        ] {
+            let mut c = Classifier::default();
+            assert_eq!(c.classify(refused).tables, "", "{refused}");
+            assert_eq!(c.classify(runs).tables, "secret", "{runs}");
+        }
+        // What a `U&` name says depends on its UESCAPE literal.
+        assert_eq!(shape("SELECT * FROM U&\"secr!0065t\" UESCAPE '#'"), None);
+        assert_eq!(
+            Classifier::default().classify("-- x\rSELECT 1 FROM").class,
+            "SELECT",
+            "a line comment ends at a CR"
+        );
     }
 
     #[test]

@@ -108,10 +108,10 @@ pub fn follow(sql: &str, outcome: &Outcome, tracker: &mut StatementTracker) -> E
 
 /// What one command of a statement does to the session's transaction, as
 /// its tracker follows it. A statement of transaction control alone (no
-/// SQL name in it) is followed by its steps, found once per shape with its
-/// class: JDBC's `autosave` and psql's `ON_ERROR_ROLLBACK` wrap every
-/// statement in a SAVEPOINT and a RELEASE, and a parse of each cost the
-/// audit thread more than the statement they wrap.
+/// SQL name in it) is followed by its steps, kept with the class of its
+/// shape (`Class::steps`): JDBC's `autosave` and psql's `ON_ERROR_ROLLBACK`
+/// wrap every statement in a SAVEPOINT and a RELEASE, and a parse of each
+/// cost the audit thread more than the statement they wrap.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Step {
     /// Nothing the tracker follows.
@@ -146,7 +146,7 @@ impl Step {
 }
 
 /// The steps of `sql`'s commands, in order; `None` when it does not parse.
-pub fn steps(sql: &str) -> Option<Arc<[Step]>> {
+pub fn steps(sql: &str) -> Option<Box<[Step]>> {
     let parsed = pg_query::parse(sql, 0).ok()?;
     let stmts = parsed.protobuf.stmts.iter();
     Some(
@@ -161,9 +161,8 @@ pub fn steps(sql: &str) -> Option<Arc<[Step]>> {
     )
 }
 
-/// Follows, by its shape's `steps`, a statement of transaction control
-/// that uses no SQL name and ended with `outcome`: as `follow` does, with
-/// no parse.
+/// Follows, by its `steps`, a statement of transaction control that uses
+/// no SQL name and ended with `outcome`: as `follow` does, with no parse.
 pub fn follow_steps(steps: &[Step], outcome: &Outcome, tracker: &mut StatementTracker) {
     for (i, step) in steps.iter().enumerate().take(statements_that_ran(outcome)) {
         step.take(i, outcome, tracker);

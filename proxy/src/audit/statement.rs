@@ -316,7 +316,7 @@ fn text_detail(
         Some((outcome, tracker))
             if sql_names::wanted(class.names, class.transaction, outcome, tracker) && text.sha256.is_none() =>
         {
-            match &class.steps {
+            match class.steps(&text.text) {
                 Some(steps) => {
                     sql_names::follow_steps(steps, outcome, tracker);
                     None

@@ -480,21 +480,20 @@ fn transaction_control_is_followed_by_the_steps_its_shape_was_parsed_into() {
     ];
     assert_eq!(steps(sql).as_deref(), Some(&want[..]));
     let mut classifier = Classifier::default();
+    let release = "RELEASE pg_psql_temporary_savepoint";
     assert_eq!(
-        classifier
-            .classify("RELEASE pg_psql_temporary_savepoint")
-            .steps
-            .as_deref(),
+        classifier.classify(release).steps(release),
         Some(&[Step::Release("pg_psql_temporary_savepoint".into())][..])
     );
     // Where a SQL name is used too, or no transaction control, the statement is parsed as before.
-    assert_eq!(classifier.classify("DECLARE c CURSOR FOR SELECT 1; COMMIT").steps, None);
-    assert_eq!(classifier.classify("SELECT 1").steps, None);
+    let declare = "DECLARE c CURSOR FOR SELECT 1; COMMIT";
+    assert_eq!(classifier.classify(declare).steps(declare), None);
+    assert_eq!(classifier.classify("SELECT 1").steps("SELECT 1"), None);
 }
 
 #[test]
 fn savepoints_around_every_statement_are_followed_each_time() {
-    // psql's ON_ERROR_ROLLBACK, twice: the second time from the shapes' steps.
+    // psql's ON_ERROR_ROLLBACK, twice: the second time with no parse.
     let mut s = Session::default();
     s.event(&ok("BEGIN"));
     for round in 0..2 {
