@@ -35,9 +35,13 @@ use super::{Item, records};
 /// thread 51 µs a connection where every 10 ms costs 21; under `pgbench -S`
 /// 30 ms rather than 10 cut the audit threads' CPU from 1.72 to 1.54 µs a
 /// transaction (each switch to a thread that a relay has just displaced
-/// costs as much as a few statements). The queue (`QUEUE` items, about one
-/// a transaction) holds 30 ms of 130,000 transactions a second.
+/// costs as much as a few statements).
 const COALESCE: Duration = Duration::from_millis(30);
+/// The wait instead of `COALESCE` once one wait's arrivals filled a quarter
+/// of the queue (`QUEUE` items, about one a transaction), so that relays do
+/// not wait on a full queue for want of this thread's waking: 10 ms of
+/// 130,000 transactions a second fill a third of it.
+const COALESCE_BUSY: Duration = Duration::from_millis(10);
 /// How long a statement waits in an open block, at most, before the blocks
 /// go to the log: what statement audit adds to the audit lag.
 const GATHER: Duration = Duration::from_millis(50);
@@ -63,6 +67,8 @@ fn run(mut rx: mpsc::Receiver<Item>, log: &mpsc::Sender<AuditEvent>, depth: &Int
         spare,
         ..Blocks::default()
     };
+    // Items taken since this thread last slept.
+    let mut taken = 0usize;
     loop {
         // Wait for work only when no block is open; else come back in time to close them.
         let next = if blocks.is_empty() {
@@ -72,13 +78,19 @@ fn run(mut rx: mpsc::Receiver<Item>, log: &mpsc::Sender<AuditEvent>, depth: &Int
         };
         let sent = match next {
             Ok(item) => {
+                taken += 1;
                 // Before the hand-off that may block: a stalled log shows as depth.
                 depth.set(i64::try_from(rx.len()).unwrap_or(i64::MAX));
                 blocks.take(item, log) && blocks.close_due(log)
             }
             Err(TryRecvError::Empty) => {
                 let sent = blocks.close_due(log);
-                std::thread::sleep(COALESCE);
+                std::thread::sleep(if taken > super::QUEUE / 4 {
+                    COALESCE_BUSY
+                } else {
+                    COALESCE
+                });
+                taken = 0;
                 sent
             }
             Err(TryRecvError::Disconnected) => {
