@@ -92,7 +92,7 @@ impl Classifier {
         // shape with one that runs (`LIMIT 1, 2` and `LIMIT 1`), and must
         // not give that one its class without tables.
         let Some(class) = parse_as_is(sql) else {
-            return Arc::new(parse(sql));
+            return Arc::new(parse_refused(sql));
         };
         if self.cache.len() >= CACHE || self.bytes + self.key.len() > CACHE_BYTES {
             self.cache.clear();
@@ -106,14 +106,16 @@ impl Classifier {
 }
 
 fn parse(sql: &str) -> Class {
-    parse_as_is(sql)
-        .or_else(|| {
-            // Strings with backslash escapes (`standard_conforming_strings`
-            // off), which the parser reads as on: the statement without its
-            // values parses as the server ran it.
-            let plain = super::redact::without_values(sql)?;
-            parse_as_is(&plain)
-        })
+    parse_as_is(sql).unwrap_or_else(|| parse_refused(sql))
+}
+
+/// The class of a text the parser refused as it is.
+fn parse_refused(sql: &str) -> Class {
+    // Strings with backslash escapes (`standard_conforming_strings` off),
+    // which the parser reads as on: the statement without its values
+    // parses as the server ran it.
+    super::redact::without_values(sql)
+        .and_then(|plain| parse_as_is(&plain))
         .unwrap_or_else(|| first_word(sql))
 }
 
