@@ -134,7 +134,7 @@ impl StatementTracker {
     /// binding numbers of Binds sent ahead of this do not tell whether
     /// they ran before it, and an Execute of a closed portal fails anyway.
     pub fn sql_rolled_back_to(&mut self, name: &str) {
-        let Some(at) = self.savepoints.iter().rposition(|(n, _)| **n == *name) else {
+        let Some(at) = self.savepoint(name) else {
             return;
         };
         self.savepoints.truncate(at + 1);
@@ -151,9 +151,15 @@ impl StatementTracker {
     /// and their cursors now belong to the savepoint before (or the
     /// transaction).
     pub fn sql_released(&mut self, name: &str) {
-        if let Some(at) = self.savepoints.iter().rposition(|(n, _)| **n == *name) {
+        if let Some(at) = self.savepoint(name) {
             self.savepoints.truncate(at);
         }
+    }
+
+    /// Where savepoint `name` is: the latest of that name, which is the one
+    /// the server rolls back to or releases.
+    fn savepoint(&self, name: &str) -> Option<usize> {
+        self.savepoints.iter().rposition(|(n, _)| **n == *name)
     }
 
     /// Whether the transaction has a savepoint the tracker follows: its
